@@ -1,0 +1,1 @@
+"""The concurrency layer: the slot engine and the ConcurrencyManager actor."""

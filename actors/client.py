@@ -1,0 +1,196 @@
+"""Typed access to the ConcurrencyManager for callers anywhere in the cluster.
+
+    client = ManagerClient.connect(settings)          # a driver script
+    async with client.slot(group, priority=8) as lease:
+        ...                                            # the gated call
+
+``slot`` makes exactly two manager calls: acquire and release. While the
+caller holds the slot, a background task renews the lease every third of its
+ttl; the release runs in ``finally`` whatever happens; a caller cancelled
+while waiting tells the manager, which drops the waiter or, if the grant was
+already on its way back, passes the slot on.
+
+A group with no limit under no global cap can never make anyone wait, so its
+acquire and release are sent without waiting for the answer: the call starts
+at once and is still counted in the manager's stats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import ray
+from ray.exceptions import RayTaskError
+
+from actors.engine import Lease
+from actors.errors import LeaseRetired, RaygateError
+from actors.groups import GroupSpec
+from actors.manager import MANAGER_NAME, get_or_create_manager
+from actors.settings import Settings, load_settings
+from actors.stats import GroupInfo, QueuePosition, QueueStats
+from actors.waitqueue import DEFAULT_PRIORITY, check_priority
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+async def unwrap(call: Awaitable[T]) -> T:
+    """Await an actor call; re-raise raygate's own errors as themselves, not wrapped by Ray."""
+    try:
+        return await call
+    except RayTaskError as exc:
+        if isinstance(exc.cause, RaygateError):
+            raise exc.cause from None
+        raise
+
+
+class ManagerClient:
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self._groups: dict[str, GroupInfo] = {}
+        # Fire-and-forget calls of the fast path, kept so errors are logged and drain() works.
+        self._notes: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def connect(
+        cls, settings: Settings | None = None, *, name: str = MANAGER_NAME
+    ) -> ManagerClient:
+        """From a driver: get or create the cluster's manager (blocks for one round trip).
+
+        A manager that is already running keeps the settings it was created
+        with; if they differ from ``settings``, this says so in the log.
+        """
+        settings = settings if settings is not None else load_settings()
+        handle = get_or_create_manager(settings, name=name)
+        running = ray.get(handle.settings.remote())
+        if running != settings:
+            log.warning(
+                "the running manager %r was created with other settings; it keeps them. "
+                "To apply new ones, kill it (ray.kill) and connect again",
+                name,
+            )
+        return cls(handle)
+
+    # -- groups ------------------------------------------------------------------
+
+    async def register(self, spec: GroupSpec) -> GroupInfo:
+        info: GroupInfo = await unwrap(self.handle.register.remote(spec))
+        self._groups[info.id] = info
+        return info
+
+    async def group_info(self, group_id: str) -> GroupInfo:
+        if group_id not in self._groups:
+            self._groups[group_id] = await unwrap(self.handle.group_info.remote(group_id))
+        return self._groups[group_id]
+
+    async def model_group(self, model_id: str) -> GroupInfo:
+        info: GroupInfo = await unwrap(self.handle.model_group.remote(model_id))
+        self._groups[info.id] = info
+        return info
+
+    # -- slots -------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def slot(
+        self,
+        group: str,
+        *,
+        priority: int = DEFAULT_PRIORITY,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Lease]:
+        """Hold one slot of ``group`` for the body of the ``async with``."""
+        check_priority(priority)
+        info = await self.group_info(group)
+        request_id = request_id or uuid.uuid4().hex
+        lease_id = uuid.uuid4().hex
+        if info.gated:
+            lease = await self._acquire(group, request_id, lease_id, priority, timeout)
+        else:
+            self._note(
+                self.handle.acquire.remote(group, request_id, lease_id=lease_id, priority=priority)
+            )
+            lease = Lease(
+                id=lease_id,
+                group=group,
+                request_id=request_id,
+                priority=priority,
+                epoch=info.epoch,
+                granted_at=time.monotonic(),
+                ttl=info.lease_ttl,
+            )
+        keeper = asyncio.create_task(self._keep_alive(lease))
+        try:
+            yield lease
+        finally:
+            keeper.cancel()
+            release = self.handle.release.remote(lease.id, lease.epoch)
+            if info.gated:
+                # Shielded: a caller cancelled right here still gives its slot back.
+                await asyncio.shield(unwrap(release))
+            else:
+                self._note(release)
+
+    async def _acquire(
+        self, group: str, request_id: str, lease_id: str, priority: int, timeout: float | None
+    ) -> Lease:
+        call = self.handle.acquire.remote(
+            group, request_id, lease_id=lease_id, priority=priority, timeout=timeout
+        )
+        try:
+            lease: Lease = await unwrap(call)
+        except asyncio.CancelledError:
+            # ray.cancel cannot reach a grant already on its way back; an explicit
+            # cancel drops the waiter, or releases the slot granted meanwhile.
+            self._note(self.handle.cancel.remote(lease_id))
+            raise
+        return lease
+
+    async def _keep_alive(self, lease: Lease) -> None:
+        while True:
+            await asyncio.sleep(lease.ttl / 3)
+            if not await unwrap(self.handle.renew.remote(lease.id, lease.epoch)):
+                log.warning(
+                    "lease %s of group %r is no longer held (reclaimed, or the manager "
+                    "restarted); the call goes on without a slot",
+                    lease.id,
+                    lease.group,
+                )
+                return
+
+    def _note(self, call: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(self._settle(call))
+        self._notes.add(task)
+        task.add_done_callback(self._notes.discard)
+
+    @staticmethod
+    async def _settle(call: Awaitable[Any]) -> None:
+        try:
+            await unwrap(call)
+        except LeaseRetired:
+            pass  # the release overtook its own acquire: nothing was held
+        except Exception:
+            log.warning("a fire-and-forget manager call failed", exc_info=True)
+
+    async def drain(self) -> None:
+        """Wait until every fire-and-forget call this client sent has reached the manager."""
+        while self._notes:
+            await asyncio.gather(*self._notes)
+
+    # -- queries -------------------------------------------------------------------
+
+    async def stats(self) -> QueueStats:
+        return await unwrap(self.handle.stats.remote())
+
+    async def position(self, request_id: str) -> QueuePosition | None:
+        return await unwrap(self.handle.position.remote(request_id))
+
+    async def can_run_immediately(self, model_id: str) -> bool:
+        return await unwrap(self.handle.can_run_immediately.remote(model_id))

@@ -1,0 +1,376 @@
+"""The slot engine: limits, leases and the queue of waiters, in plain Python.
+
+No Ray, no asyncio and no clock of its own (``clock=`` is injected), so every
+ordering and timing rule is tested by calling methods and moving a fake clock.
+The asyncio layer (:mod:`actors.gate`) turns "queued" into a future and the
+leases each call returns into wake-ups.
+
+Vocabulary (after trio's CapacityLimiter): a *group* has a *limit* of slots; a
+caller asks for a slot on behalf of a request id and gets a *lease*; a lease is
+held until released, or until its ttl runs out without a renewal, at which
+point it is reclaimed so a crashed caller never keeps a slot. Lease ids are
+chosen by the caller so that a release or cancel can be sent before the
+acquire's answer is back, and in any order.
+
+Invariant, restored at the end of every public method: no waiter could be
+granted. Either the global cap is reached or every group with waiters is full.
+That is why a new arrival that finds room may take it at once without
+overtaking anyone.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from actors.errors import (
+    DuplicateLease,
+    LeaseRetired,
+    QueueFull,
+    UnknownGroup,
+)
+from actors.groups import GroupSpec
+from actors.stats import GroupInfo, GroupStats, QueuePosition, QueueStats
+from actors.waitqueue import DEFAULT_PRIORITY, GrantKey, WaitQueue, check_priority, grant_key
+
+# Weight of the newest hold time in a group's moving average (for wait estimates).
+HOLD_SMOOTHING = 0.2
+# How many lease ids released or cancelled before their acquire arrived are remembered.
+RETIRED_MEMORY = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A granted slot. ``granted_at`` is on the manager's clock; renew every ``ttl / 3``."""
+
+    id: str
+    group: str
+    request_id: str
+    priority: int
+    epoch: int
+    granted_at: float
+    ttl: float
+
+
+@dataclass(slots=True)
+class _Waiter:
+    lease_id: str
+    group: str
+    request_id: str
+    priority: int
+    key: GrantKey
+    queued_at: float
+
+
+@dataclass(slots=True)
+class _Group:
+    spec: GroupSpec
+    limit: int | None
+    queue: WaitQueue
+    active: int = 0
+    avg_hold: float | None = None
+    granted: int = 0
+    released: int = 0
+    expired: int = 0
+    cancelled: int = 0
+    timed_out: int = 0
+    rejected: int = 0
+
+    def has_room(self) -> bool:
+        return self.limit is None or self.active < self.limit
+
+
+class SlotEngine:
+    def __init__(
+        self,
+        *,
+        epoch: int,
+        lease_ttl: float = 60.0,
+        global_limit: int | None = None,
+        max_pending_per_group: int = 10_000,
+        group_limits: Mapping[str, int | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.epoch = epoch
+        self.lease_ttl = lease_ttl
+        self.global_limit = global_limit
+        self.max_pending_per_group = max_pending_per_group
+        self._overrides = dict(group_limits or {})
+        self.clock = clock
+        self._groups: dict[str, _Group] = {}
+        self._waiters: dict[str, _Waiter] = {}
+        self._leases: dict[str, Lease] = {}
+        self._expires_at: dict[str, float] = {}
+        # (deadline, lease id); renewals push a new entry and stale ones are skipped.
+        self._deadlines: list[tuple[float, str]] = []
+        self._arrivals = itertools.count()
+        self._retired: OrderedDict[str, None] = OrderedDict()
+        self._total_active = 0
+        self.stale_epoch_releases = 0
+        self.unknown_releases = 0
+        self.late_acquires = 0
+        self.renewed = 0
+
+    # -- groups ---------------------------------------------------------------
+
+    def register(self, spec: GroupSpec) -> GroupInfo:
+        """Make a group known (idempotent); a configured override beats the default limit."""
+        group = self._groups.get(spec.id)
+        if group is None:
+            limit = self._overrides.get(spec.id, spec.default_limit)
+            group = self._groups[spec.id] = _Group(spec=spec, limit=limit, queue=WaitQueue())
+        return self._info(group)
+
+    def group_info(self, group_id: str) -> GroupInfo:
+        return self._info(self._group(group_id))
+
+    def _info(self, group: _Group) -> GroupInfo:
+        return GroupInfo(
+            id=group.spec.id,
+            kind=group.spec.kind,
+            limit=group.limit,
+            global_limit=self.global_limit,
+            epoch=self.epoch,
+            lease_ttl=self.lease_ttl,
+        )
+
+    def _group(self, group_id: str) -> _Group:
+        try:
+            return self._groups[group_id]
+        except KeyError:
+            raise UnknownGroup(group_id, tuple(self._groups)) from None
+
+    # -- acquire / release ----------------------------------------------------
+
+    def acquire(
+        self,
+        group_id: str,
+        request_id: str,
+        *,
+        lease_id: str,
+        priority: int = DEFAULT_PRIORITY,
+    ) -> Lease | None:
+        """Grant a slot now and return its lease, or queue the request and return None.
+
+        A queued request is granted later by whichever call frees a slot
+        (release, cancel, reclaim_expired); that call returns its lease.
+        """
+        check_priority(priority)
+        group = self._group(group_id)
+        if lease_id in self._retired:
+            del self._retired[lease_id]
+            self.late_acquires += 1
+            raise LeaseRetired(lease_id)
+        if lease_id in self._waiters or lease_id in self._leases:
+            raise DuplicateLease(lease_id)
+        if group.has_room() and self._global_room():
+            return self._grant(group, lease_id, request_id, priority)
+        if len(group.queue) >= self.max_pending_per_group:
+            group.rejected += 1
+            raise QueueFull(
+                group_id,
+                len(group.queue),
+                self.max_pending_per_group,
+                self._estimate(group, len(group.queue)),
+            )
+        key = grant_key(priority, next(self._arrivals))
+        self._waiters[lease_id] = _Waiter(
+            lease_id, group_id, request_id, priority, key, self.clock()
+        )
+        group.queue.push(lease_id, key)
+        return None
+
+    def release(self, lease_id: str, epoch: int) -> list[Lease]:
+        """Give a slot back (idempotent). Returns the leases this hands to waiters.
+
+        A lease of another epoch (granted before a manager restart), one already
+        reclaimed, or one never seen is ignored and counted; an id never seen is
+        remembered, so an acquire that arrives after its own release is refused.
+        """
+        if epoch != self.epoch:
+            self.stale_epoch_releases += 1
+            return []
+        if lease_id not in self._leases:
+            self.unknown_releases += 1
+            self._retire(lease_id)
+            return []
+        self._free(lease_id).released += 1
+        return self._dispatch()
+
+    def cancel(self, lease_id: str, *, timed_out: bool = False) -> list[Lease]:
+        """The caller gave up: leave the queue, or give back a slot granted meanwhile."""
+        waiter = self._waiters.pop(lease_id, None)
+        if waiter is not None:
+            group = self._groups[waiter.group]
+            group.queue.remove(lease_id)
+            handed_on: list[Lease] = []  # a waiter holds no slot: nothing to pass on
+        elif lease_id in self._leases:
+            # Granted in the same instant the caller gave up: pass the slot on.
+            group = self._free(lease_id)
+            handed_on = self._dispatch()
+        else:
+            self._retire(lease_id)
+            return []
+        if timed_out:
+            group.timed_out += 1
+        else:
+            group.cancelled += 1
+        return handed_on
+
+    def renew(self, lease_id: str, epoch: int) -> bool:
+        """Push a held lease's deadline one ttl ahead; False if it is no longer held."""
+        if epoch != self.epoch or lease_id not in self._leases:
+            return False
+        deadline = self.clock() + self.lease_ttl
+        self._expires_at[lease_id] = deadline
+        heapq.heappush(self._deadlines, (deadline, lease_id))
+        self.renewed += 1
+        return True
+
+    def reclaim_expired(self) -> list[Lease]:
+        """Take back every lease past its deadline; return the leases handed on."""
+        now = self.clock()
+        expired = False
+        while (deadline := self.next_expiry()) is not None and deadline <= now:
+            _, lease_id = heapq.heappop(self._deadlines)
+            self._free(lease_id).expired += 1
+            expired = True
+        return self._dispatch() if expired else []
+
+    def next_expiry(self) -> float | None:
+        """The earliest deadline of a held lease (for the caller's timer), or None."""
+        while self._deadlines:
+            deadline, lease_id = self._deadlines[0]
+            if self._expires_at.get(lease_id) == deadline:
+                return deadline
+            heapq.heappop(self._deadlines)
+        return None
+
+    # -- queries --------------------------------------------------------------
+
+    def can_run_immediately(self, group_id: str) -> bool:
+        return self._group(group_id).has_room() and self._global_room()
+
+    def position(self, request_id: str) -> QueuePosition | None:
+        """Where a waiting request stands in its group's queue, or None if it is not waiting."""
+        for waiter in self._waiters.values():
+            if waiter.request_id == request_id:
+                group = self._groups[waiter.group]
+                ahead = group.queue.ahead_of(waiter.lease_id)
+                return QueuePosition(
+                    request_id=request_id,
+                    group=waiter.group,
+                    priority=waiter.priority,
+                    ahead=ahead,
+                    waited_seconds=self.clock() - waiter.queued_at,
+                    estimated_wait_seconds=self._estimate(group, ahead),
+                )
+        return None
+
+    def stats(self) -> QueueStats:
+        groups = {
+            gid: GroupStats(
+                kind=g.spec.kind,
+                limit=g.limit,
+                active=g.active,
+                pending=len(g.queue),
+                avg_hold_seconds=g.avg_hold,
+                granted=g.granted,
+                released=g.released,
+                expired=g.expired,
+                cancelled=g.cancelled,
+                timed_out=g.timed_out,
+                rejected=g.rejected,
+            )
+            for gid, g in self._groups.items()
+        }
+        return QueueStats(
+            epoch=self.epoch,
+            global_limit=self.global_limit,
+            active_by_group={gid: s.active for gid, s in groups.items()},
+            pending_by_group={gid: s.pending for gid, s in groups.items()},
+            total_active=self._total_active,
+            total_pending=len(self._waiters),
+            groups=groups,
+            stale_epoch_releases=self.stale_epoch_releases,
+            unknown_releases=self.unknown_releases,
+            late_acquires=self.late_acquires,
+            renewed=self.renewed,
+        )
+
+    # -- internals ------------------------------------------------------------
+
+    def _global_room(self) -> bool:
+        return self.global_limit is None or self._total_active < self.global_limit
+
+    def _grant(self, group: _Group, lease_id: str, request_id: str, priority: int) -> Lease:
+        now = self.clock()
+        lease = Lease(
+            id=lease_id,
+            group=group.spec.id,
+            request_id=request_id,
+            priority=priority,
+            epoch=self.epoch,
+            granted_at=now,
+            ttl=self.lease_ttl,
+        )
+        self._leases[lease_id] = lease
+        self._expires_at[lease_id] = now + self.lease_ttl
+        heapq.heappush(self._deadlines, (now + self.lease_ttl, lease_id))
+        group.active += 1
+        group.granted += 1
+        self._total_active += 1
+        return lease
+
+    def _free(self, lease_id: str) -> _Group:
+        lease = self._leases.pop(lease_id)
+        del self._expires_at[lease_id]
+        group = self._groups[lease.group]
+        group.active -= 1
+        self._total_active -= 1
+        held = self.clock() - lease.granted_at
+        group.avg_hold = (
+            held
+            if group.avg_hold is None
+            else (1 - HOLD_SMOOTHING) * group.avg_hold + HOLD_SMOOTHING * held
+        )
+        return group
+
+    def _dispatch(self) -> list[Lease]:
+        """Grant waiters while any can run, best key first across all groups."""
+        granted: list[Lease] = []
+        while self._global_room():
+            best: tuple[GrantKey, str, _Group] | None = None
+            for group in self._groups.values():
+                if not group.has_room():
+                    continue
+                top = group.queue.peek()
+                if top is not None and (best is None or top[0] < best[0]):
+                    best = (top[0], top[1], group)
+            if best is None:
+                break
+            _, lease_id, group = best
+            group.queue.pop()
+            waiter = self._waiters.pop(lease_id)
+            granted.append(self._grant(group, lease_id, waiter.request_id, waiter.priority))
+        return granted
+
+    def _retire(self, lease_id: str) -> None:
+        self._retired[lease_id] = None
+        if len(self._retired) > RETIRED_MEMORY:
+            self._retired.popitem(last=False)
+
+    def _estimate(self, group: _Group, ahead: int) -> float | None:
+        """Seconds until a waiter with ``ahead`` others before it is granted.
+
+        Each slot frees about once per average hold, so ``ahead + 1`` grants
+        take ``(ahead + 1) / limit`` holds. Unknown until a slot was released.
+        """
+        if group.avg_hold is None:
+            return None
+        slots = group.limit or self.global_limit or 1
+        return (ahead + 1) / slots * group.avg_hold

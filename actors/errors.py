@@ -1,0 +1,176 @@
+"""Errors of the concurrency layer.
+
+Every error here is picklable: each class hands all its constructor arguments
+to ``Exception.__init__``, so ``cls(*self.args)`` rebuilds it on the other side
+of an actor call. Messages are built in ``__str__`` from the stored fields and
+say what was wrong and what to do.
+
+    RaygateError                    base of every raygate error
+    ├── ConfigError                 settings could not be read or failed validation
+    ├── ClassificationError         provider / base URL / model cannot be mapped to a group
+    │   ├── UnknownProvider
+    │   ├── InvalidBaseURL
+    │   └── UnknownModel
+    └── QueueError                  a slot request was refused or did not complete
+        ├── InvalidPriority         (also a ValueError)
+        ├── UnknownGroup
+        ├── DuplicateLease
+        ├── LeaseRetired            the lease id was cancelled or released before it arrived
+        ├── QueueFull               the group's pending bound is reached
+        └── AcquireTimeout          no slot within the caller's timeout
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class RaygateError(Exception):
+    """Base class of every error raygate raises on purpose."""
+
+
+class ConfigError(RaygateError):
+    """Settings could not be read, parsed or validated."""
+
+    def __init__(self, source: str, problems: tuple[str, ...]) -> None:
+        super().__init__(source, problems)
+        self.source = source
+        self.problems = problems
+
+    def __str__(self) -> str:
+        listed = "; ".join(self.problems)
+        return f"invalid raygate settings from {self.source}: {listed}"
+
+
+class ClassificationError(RaygateError):
+    """A provider, base URL or model id cannot be mapped to a concurrency group."""
+
+
+class UnknownProvider(ClassificationError):
+    def __init__(self, provider: str, known: tuple[str, ...]) -> None:
+        super().__init__(provider, known)
+        self.provider = provider
+        self.known = known
+
+    def __str__(self) -> str:
+        return f"unknown provider {self.provider!r}; use one of: {', '.join(self.known)}"
+
+
+class InvalidBaseURL(ClassificationError):
+    def __init__(self, base_url: str, reason: str) -> None:
+        super().__init__(base_url, reason)
+        self.base_url = base_url
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"invalid base URL {self.base_url!r}: {self.reason}"
+
+
+class UnknownModel(ClassificationError):
+    def __init__(self, model_id: str, known: tuple[str, ...]) -> None:
+        super().__init__(model_id, known)
+        self.model_id = model_id
+        self.known = known
+
+    def __str__(self) -> str:
+        if not self.known:
+            return (
+                f"unknown model {self.model_id!r}: the model registry is empty; "
+                "add it under `models:` in the settings"
+            )
+        return (
+            f"unknown model {self.model_id!r}; known models: {_listing(self.known)}. "
+            "Add it under `models:` in the settings"
+        )
+
+
+class QueueError(RaygateError):
+    """A request for a slot was refused or did not complete."""
+
+
+class InvalidPriority(QueueError, ValueError):
+    def __init__(self, priority: object, low: int, high: int) -> None:
+        super().__init__(priority, low, high)
+        self.priority = priority
+        self.low = low
+        self.high = high
+
+    def __str__(self) -> str:
+        return (
+            f"priority must be an integer from {self.low} to {self.high} "
+            f"(higher runs first), got {self.priority!r}"
+        )
+
+
+class UnknownGroup(QueueError):
+    def __init__(self, group: str, known: tuple[str, ...]) -> None:
+        super().__init__(group, known)
+        self.group = group
+        self.known = known
+
+    def __str__(self) -> str:
+        known = _listing(self.known) if self.known else "none yet"
+        return (
+            f"unknown concurrency group {self.group!r}; registered groups: {known}. "
+            "Register it first (ManagerClient.register) or add its model to the settings"
+        )
+
+
+class DuplicateLease(QueueError):
+    def __init__(self, lease_id: str) -> None:
+        super().__init__(lease_id)
+        self.lease_id = lease_id
+
+    def __str__(self) -> str:
+        return f"lease id {self.lease_id!r} is already waiting or held; lease ids must be unique"
+
+
+class LeaseRetired(QueueError):
+    def __init__(self, lease_id: str) -> None:
+        super().__init__(lease_id)
+        self.lease_id = lease_id
+
+    def __str__(self) -> str:
+        return (
+            f"lease id {self.lease_id!r} was cancelled or released before its acquire "
+            "arrived; nothing was queued"
+        )
+
+
+class QueueFull(QueueError):
+    def __init__(
+        self, group: str, pending: int, max_pending: int, estimated_wait: float | None
+    ) -> None:
+        super().__init__(group, pending, max_pending, estimated_wait)
+        self.group = group
+        self.pending = pending
+        self.max_pending = max_pending
+        self.estimated_wait = estimated_wait
+
+    def __str__(self) -> str:
+        wait = "unknown" if self.estimated_wait is None else f"about {self.estimated_wait:.1f}s"
+        return (
+            f"queue of group {self.group!r} is full ({self.pending} pending, "
+            f"bound {self.max_pending}); estimated wait {wait}. Retry later or raise "
+            "queue.max_pending_per_group"
+        )
+
+
+class AcquireTimeout(QueueError):
+    def __init__(self, group: str, request_id: str, timeout: float) -> None:
+        super().__init__(group, request_id, timeout)
+        self.group = group
+        self.request_id = request_id
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        return (
+            f"request {self.request_id!r} got no slot in group {self.group!r} "
+            f"within {self.timeout:g}s; it left the queue"
+        )
+
+
+def _listing(names: Iterable[str], most: int = 20) -> str:
+    names = sorted(names)
+    shown = ", ".join(repr(n) for n in names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"

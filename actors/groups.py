@@ -1,0 +1,166 @@
+"""Classification: which concurrency group a backend belongs to.
+
+A group is the unit the manager limits. Remote APIs (OpenAI, Anthropic) take
+hundreds of parallel calls, so each provider is one unlimited group. A model
+server on loopback is one machine's GPU, so each such server is its own group
+with a limit of 1; the same ``localhost`` URL on two GPU hosts is two servers,
+so the host is part of the id. A model server reached over the network scales
+on its own and is unlimited, like the seed "Parallel LLM Execution System" says.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from actors.errors import ClassificationError, InvalidBaseURL, UnknownModel, UnknownProvider
+
+
+class ResourceKind(StrEnum):
+    REMOTE_API = "remote-api"
+    REMOTE_SERVER = "remote-server"
+    LOCAL_SERVER = "local-server"
+
+
+class Provider(StrEnum):
+    ANTHROPIC = "anthropic"
+    OPENAI = "openai"
+    OLLAMA = "ollama"
+    LMSTUDIO = "lmstudio"
+    OPENAI_COMPATIBLE = "openai-compatible"
+
+
+REMOTE_APIS = frozenset({Provider.ANTHROPIC, Provider.OPENAI})
+
+# Where each provider listens when no base URL is configured. A generic
+# OpenAI-compatible server (vLLM, llama.cpp) has no usual address.
+DEFAULT_BASE_URLS: Mapping[Provider, str] = {
+    Provider.ANTHROPIC: "https://api.anthropic.com",
+    Provider.OPENAI: "https://api.openai.com/v1",
+    Provider.OLLAMA: "http://localhost:11434",
+    Provider.LMSTUDIO: "http://localhost:1234/v1",
+}
+
+LOCAL_SERVER_LIMIT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """What classification decides for one backend."""
+
+    id: str
+    kind: ResourceKind
+    provider: Provider
+    base_url: str
+    host: str | None
+    default_limit: int | None
+
+
+def parse_provider(provider: str | Provider) -> Provider:
+    try:
+        return Provider(provider)
+    except ValueError:
+        raise UnknownProvider(str(provider), tuple(p.value for p in Provider)) from None
+
+
+def normalize_base_url(base_url: str) -> str:
+    """Validate an http(s) URL and drop a trailing slash, keeping its path."""
+    parts = urlsplit(base_url.strip())
+    if parts.scheme not in ("http", "https"):
+        raise InvalidBaseURL(base_url, "it must start with http:// or https://")
+    if not parts.hostname:
+        raise InvalidBaseURL(base_url, "it has no host name")
+    try:
+        parts.port  # noqa: B018 - urlsplit validates the port lazily, on access
+    except ValueError:
+        raise InvalidBaseURL(base_url, "its port is not a number from 0 to 65535") from None
+    return (
+        parts._replace(scheme=parts.scheme.lower(), netloc=parts.netloc.lower())
+        .geturl()
+        .rstrip("/")
+    )
+
+
+def origin(base_url: str) -> str:
+    """``scheme://host[:port]``: one server, whatever API path it is reached at."""
+    parts = urlsplit(normalize_base_url(base_url))
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def is_loopback(base_url: str) -> bool:
+    host = urlsplit(normalize_base_url(base_url)).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def classify(
+    provider: str | Provider, base_url: str | None = None, host: str | None = None
+) -> GroupSpec:
+    """Map a backend to its group, kind and default limit (table in DESIGN.md).
+
+    ``host`` names the GPU host a loopback server runs on; it is ignored for
+    servers that are not on loopback, since those are one server for everyone.
+    """
+    provider = parse_provider(provider)
+    if base_url is None:
+        if provider not in DEFAULT_BASE_URLS:
+            raise InvalidBaseURL("", f"provider {provider.value!r} needs a base URL")
+        base_url = DEFAULT_BASE_URLS[provider]
+    url = normalize_base_url(base_url)
+
+    if provider in REMOTE_APIS:
+        kind, group_id, limit = ResourceKind.REMOTE_API, f"remote-api-{provider.value}", None
+        host = None
+    elif is_loopback(url):
+        kind, limit = ResourceKind.LOCAL_SERVER, LOCAL_SERVER_LIMIT
+        group_id = f"local-{provider.value}-{origin(url)}"
+        if host:
+            group_id = f"{group_id}@{host}"
+    else:
+        kind, limit = ResourceKind.REMOTE_SERVER, None
+        group_id = f"remote-{provider.value}-{origin(url)}"
+        host = None
+    return GroupSpec(
+        id=group_id, kind=kind, provider=provider, base_url=url, host=host, default_limit=limit
+    )
+
+
+class ModelEntry(BaseModel):
+    """One model id users ask for, and the backend that serves it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: Provider
+    base_url: str | None = None
+    host: str | None = None
+    # The name the backend knows the model by, when it differs from the id.
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _classifiable(self) -> ModelEntry:
+        # Fail at load, not at the first request, when the entry names no usable backend.
+        try:
+            self.spec()
+        except ClassificationError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def spec(self) -> GroupSpec:
+        return classify(self.provider, self.base_url, self.host)
+
+
+def resolve_model(models: Mapping[str, ModelEntry], model_id: str) -> GroupSpec:
+    try:
+        entry = models[model_id]
+    except KeyError:
+        raise UnknownModel(model_id, tuple(models)) from None
+    return entry.spec()

@@ -1,0 +1,153 @@
+"""The ConcurrencyManager Ray actor: one per cluster, a thin shell over SlotGate.
+
+Why the engine gets a thread and event loop of its own: Ray runs each
+concurrency group of an async actor on its own thread and loop. Acquires wait
+in the default group while release, renew and stats run in ``control`` so that
+no number of waiting acquires can delay them. A future created on one loop and
+resolved from another never wakes its waiter, so every call, from either
+group, hands its work to the engine's loop and awaits the answer there.
+
+Why ``max_concurrency`` is so high: Ray lets an async actor run 1,000 calls at
+once by default and holds the rest in an overflow queue of its own, which is
+not FIFO. Every waiting acquire must reach the engine's queue, where priority
+and arrival decide; ``queue.max_pending_per_group`` is the bound users set.
+
+Crash safety: the actor is detached and restarted by Ray (``max_restarts=-1``).
+A restart starts a new epoch with an empty engine; acquires that were waiting
+are retried by Ray against the new actor (``max_task_retries=-1``), and the
+old epoch's releases and renewals are ignored and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import ray
+
+from actors.engine import Lease, SlotEngine
+from actors.gate import SlotGate
+from actors.groups import GroupSpec, resolve_model
+from actors.settings import Settings
+from actors.stats import GroupInfo, QueuePosition, QueueStats
+from actors.waitqueue import DEFAULT_PRIORITY
+
+MANAGER_NAME = "concurrency-manager"
+NAMESPACE = "raygate"
+CONTROL = "control"
+MAX_CONCURRENT_CALLS = 200_000
+# Pins the singleton to the head node, the one node a cluster cannot lose.
+HEAD_NODE_RESOURCE = {"node:__internal_head__": 0.001}
+
+T = TypeVar("T")
+
+
+@ray.remote(
+    concurrency_groups={CONTROL: 64},
+    max_concurrency=MAX_CONCURRENT_CALLS,
+    max_restarts=-1,
+    max_task_retries=-1,
+    num_cpus=0,
+)
+class ConcurrencyManager:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        queue = settings.queue
+        engine = SlotEngine(
+            epoch=time.time_ns(),
+            lease_ttl=queue.lease_ttl_seconds,
+            global_limit=queue.concurrency,
+            max_pending_per_group=queue.max_pending_per_group,
+            group_limits=queue.group_limits,
+        )
+        for entry in settings.models.values():
+            engine.register(entry.spec())
+        self._gate = SlotGate(engine)
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(
+            target=self._loop.run_forever, name="raygate-slot-engine", daemon=True
+        ).start()
+
+    async def _run(self, work: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self._loop))
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        async def call() -> T:
+            return fn(*args)
+
+        return await self._run(call())
+
+    async def acquire(
+        self,
+        group: str,
+        request_id: str,
+        *,
+        lease_id: str,
+        priority: int = DEFAULT_PRIORITY,
+        timeout: float | None = None,
+    ) -> Lease:
+        return await self._run(
+            self._gate.acquire(
+                group, request_id, lease_id=lease_id, priority=priority, timeout=timeout
+            )
+        )
+
+    @ray.method(concurrency_group=CONTROL)
+    async def release(self, lease_id: str, epoch: int) -> None:
+        await self._call(self._gate.release, lease_id, epoch)
+
+    @ray.method(concurrency_group=CONTROL)
+    async def cancel(self, lease_id: str) -> None:
+        await self._call(self._gate.cancel, lease_id)
+
+    @ray.method(concurrency_group=CONTROL)
+    async def renew(self, lease_id: str, epoch: int) -> bool:
+        return await self._call(self._gate.renew, lease_id, epoch)
+
+    @ray.method(concurrency_group=CONTROL)
+    async def register(self, spec: GroupSpec) -> GroupInfo:
+        return await self._call(self._gate.engine.register, spec)
+
+    @ray.method(concurrency_group=CONTROL)
+    async def group_info(self, group_id: str) -> GroupInfo:
+        return await self._call(self._gate.engine.group_info, group_id)
+
+    @ray.method(concurrency_group=CONTROL)
+    async def model_group(self, model_id: str) -> GroupInfo:
+        spec = resolve_model(self._settings.models, model_id)
+        return await self._call(self._gate.engine.register, spec)
+
+    @ray.method(concurrency_group=CONTROL)
+    async def can_run_immediately(self, model_id: str) -> bool:
+        info = await self.model_group(model_id)
+        return await self._call(self._gate.engine.can_run_immediately, info.id)
+
+    @ray.method(concurrency_group=CONTROL)
+    async def stats(self) -> QueueStats:
+        return await self._call(self._gate.engine.stats)
+
+    @ray.method(concurrency_group=CONTROL)
+    async def position(self, request_id: str) -> QueuePosition | None:
+        return await self._call(self._gate.engine.position, request_id)
+
+    @ray.method(concurrency_group=CONTROL)
+    async def settings(self) -> Settings:
+        return self._settings
+
+
+def get_or_create_manager(settings: Settings, *, name: str = MANAGER_NAME) -> Any:
+    """The cluster's manager: the running one if any, else a new one with ``settings``.
+
+    Returns at once (no round trip); the handle works from any driver, job,
+    actor or Serve replica in the cluster.
+    """
+    return ConcurrencyManager.options(  # type: ignore[attr-defined]
+        name=name,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        resources=HEAD_NODE_RESOURCE,
+    ).remote(settings)

@@ -1,0 +1,110 @@
+"""raygate settings: one pydantic model, read once from a YAML file and the environment.
+
+Precedence, highest first: environment (``RAYGATE_QUEUE__CONCURRENCY=8``; ``__``
+nests), the YAML file, the defaults here. The file is the ``path`` given to
+:func:`load_settings`, else ``$RAYGATE_CONFIG``, else none. Everything is
+validated at load and frozen; a bad value fails with the field's dotted name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from actors.errors import ConfigError
+from actors.groups import ModelEntry
+
+CONFIG_ENV = "RAYGATE_CONFIG"
+
+
+class QueueSettings(BaseModel):
+    """The manager's limits (seed "LLM Queue Migration Plan": enabled, concurrency)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # false: callers bypass the manager and call backends directly (parity mode).
+    enabled: bool = True
+    # Global cap on in-flight calls over all groups; None means no global cap.
+    concurrency: PositiveInt | None = None
+    # Per-group limit overrides by group id; None makes a group unlimited.
+    group_limits: dict[str, PositiveInt | None] = Field(default_factory=dict)
+    # A holder renews its lease every third of this; a lease not renewed in time is reclaimed.
+    lease_ttl_seconds: float = Field(default=60.0, gt=0)
+    # Beyond this many waiters in one group, acquire fails at once with QueueFull.
+    max_pending_per_group: PositiveInt = 10_000
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RAYGATE_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    # Model ids users ask for -> the backend serving them (see actors.groups.ModelEntry).
+    models: dict[str, ModelEntry] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read, validate and freeze the settings; raise ConfigError naming each bad field."""
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = os.environ[CONFIG_ENV]
+    source = str(path) if path is not None else "the environment"
+    data = _read_yaml(Path(path)) if path is not None else {}
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(source, _describe(exc)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), (f"cannot read the file: {exc.strerror}",)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(str(path), (f"malformed YAML{where}: {problem}",)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            str(path), (f"the top level must be a mapping, got {type(data).__name__}",)
+        )
+    return data
+
+
+def _describe(exc: ValidationError) -> tuple[str, ...]:
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        # Echo numbers and flags back; never echo strings, which may be secrets.
+        got = error.get("input")
+        shown = f" (got {got!r})" if isinstance(got, int | float | bool) else ""
+        problems.append(f"{field}: {error['msg']}{shown}")
+    return tuple(problems)

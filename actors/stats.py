@@ -1,0 +1,74 @@
+"""Snapshots the manager hands out: group info, queue stats, a request's position.
+
+Frozen pydantic models. ``model_dump(by_alias=True)`` gives the seed's camelCase
+shape (``activeByGroup``, ``pendingByGroup``, ``totalActive``, ``totalPending``).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+from actors.groups import ResourceKind
+
+
+class _Snapshot(BaseModel):
+    model_config = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+
+class GroupInfo(_Snapshot):
+    """What a caller needs to know about a group before asking for slots."""
+
+    id: str
+    kind: ResourceKind
+    limit: int | None
+    global_limit: int | None
+    epoch: int
+    lease_ttl: float
+
+    @property
+    def gated(self) -> bool:
+        """False when no call of this group can ever wait: no limit and no global cap."""
+        return self.limit is not None or self.global_limit is not None
+
+
+class GroupStats(_Snapshot):
+    kind: ResourceKind
+    limit: int | None
+    active: int
+    pending: int
+    avg_hold_seconds: float | None
+    granted: int
+    released: int
+    expired: int
+    cancelled: int
+    timed_out: int
+    rejected: int
+
+
+class QueueStats(_Snapshot):
+    epoch: int
+    global_limit: int | None
+    active_by_group: dict[str, int]
+    pending_by_group: dict[str, int]
+    total_active: int
+    total_pending: int
+    groups: dict[str, GroupStats]
+    # Releases ignored because they came from before a manager restart.
+    stale_epoch_releases: int
+    # Releases of leases the manager does not hold: reclaimed already, or never seen.
+    unknown_releases: int
+    # Acquires refused because their lease id had been released or cancelled first.
+    late_acquires: int
+    renewed: int
+
+
+class QueuePosition(_Snapshot):
+    request_id: str
+    group: str
+    priority: int
+    # Waiters that will be granted before this one.
+    ahead: int
+    waited_seconds: float
+    # None until the group has released a slot (no hold time measured yet).
+    estimated_wait_seconds: float | None

@@ -1,0 +1,80 @@
+"""Grant order: the one place that says who goes next.
+
+Higher priority first; within a priority, first come first served by arrival
+at the manager. Arrival is a number the engine draws from one counter for all
+groups, so under a global cap the same key also orders waiters across groups.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from actors.errors import InvalidPriority
+
+MIN_PRIORITY = 1
+MAX_PRIORITY = 10
+DEFAULT_PRIORITY = 5
+
+GrantKey = tuple[int, int]
+
+
+def check_priority(priority: object) -> None:
+    if (
+        not isinstance(priority, int)
+        or isinstance(priority, bool)
+        or not MIN_PRIORITY <= priority <= MAX_PRIORITY
+    ):
+        raise InvalidPriority(priority, MIN_PRIORITY, MAX_PRIORITY)
+
+
+def grant_key(priority: int, arrival: int) -> GrantKey:
+    """Smaller keys are granted first."""
+    return (-priority, arrival)
+
+
+class WaitQueue:
+    """The waiters of one group, in grant order.
+
+    A heap of ``(key, lease_id)``; arrival numbers are unique, so lease ids are
+    never compared. Removal (cancel, timeout) only forgets the waiter in
+    ``_live``; its heap entry is dropped when it reaches the top, so removal
+    stays O(1) and grants O(log n).
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[GrantKey, str]] = []
+        self._live: dict[str, GrantKey] = {}
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, lease_id: object) -> bool:
+        return lease_id in self._live
+
+    def push(self, lease_id: str, key: GrantKey) -> None:
+        self._live[lease_id] = key
+        heapq.heappush(self._heap, (key, lease_id))
+
+    def peek(self) -> tuple[GrantKey, str] | None:
+        while self._heap:
+            key, lease_id = self._heap[0]
+            if self._live.get(lease_id) == key:
+                return key, lease_id
+            heapq.heappop(self._heap)
+        return None
+
+    def pop(self) -> str:
+        top = self.peek()
+        if top is None:
+            raise IndexError("pop from an empty WaitQueue")
+        heapq.heappop(self._heap)
+        del self._live[top[1]]
+        return top[1]
+
+    def remove(self, lease_id: str) -> bool:
+        return self._live.pop(lease_id, None) is not None
+
+    def ahead_of(self, lease_id: str) -> int:
+        """How many waiters will be granted before this one (O(n); for status queries)."""
+        key = self._live[lease_id]
+        return sum(1 for other in self._live.values() if other < key)

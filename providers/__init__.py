@@ -1,0 +1,1 @@
+"""Provider actors: one module per LLM backend, each call gated through the manager."""

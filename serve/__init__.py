@@ -1,0 +1,1 @@
+"""The Ray Serve HTTP application in front of the provider actors."""

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from actors.engine import Lease, SlotEngine
+from actors.groups import GroupSpec, classify
+
+EPOCH = 7
+
+LOCAL_OLLAMA = classify("ollama", "http://localhost:11434")
+REMOTE_OLLAMA = classify("ollama", "http://server.com:11434")
+ANTHROPIC = classify("anthropic")
+OPENAI = classify("openai")
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Harness:
+    """An engine on a fake clock, with unique lease ids and readable helpers."""
+
+    def __init__(self, **engine_kwargs: object) -> None:
+        self.clock = FakeClock()
+        self.engine = SlotEngine(epoch=EPOCH, clock=self.clock, **engine_kwargs)  # type: ignore[arg-type]
+        self._ids = itertools.count(1)
+        self.leases: dict[str, Lease] = {}
+        for spec in (LOCAL_OLLAMA, REMOTE_OLLAMA, ANTHROPIC, OPENAI):
+            self.engine.register(spec)
+
+    def lease_id(self) -> str:
+        return f"lease-{next(self._ids)}"
+
+    def ask(self, spec: GroupSpec, request: str, priority: int = 5) -> str:
+        """Acquire for ``request``; return its lease id (granted or queued)."""
+        lease_id = self.lease_id()
+        lease = self.engine.acquire(spec.id, request, lease_id=lease_id, priority=priority)
+        if lease is not None:
+            self.leases[request] = lease
+        return lease_id
+
+    def granted_now(self, request: str) -> bool:
+        return request in self.leases
+
+    def done(self, request: str) -> list[str]:
+        """Release ``request``'s lease; return the requests granted as a result, in order."""
+        lease = self.leases.pop(request)
+        return self._record(self.engine.release(lease.id, lease.epoch))
+
+    def _record(self, granted: list[Lease]) -> list[str]:
+        for lease in granted:
+            self.leases[lease.request_id] = lease
+        return [lease.request_id for lease in granted]
+
+    def cancel(self, lease_id: str, *, timed_out: bool = False) -> list[str]:
+        return self._record(self.engine.cancel(lease_id, timed_out=timed_out))
+
+    def reclaim(self) -> list[str]:
+        return self._record(self.engine.reclaim_expired())
+
+
+@pytest.fixture
+def harness() -> Iterator[Harness]:
+    yield Harness()
