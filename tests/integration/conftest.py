@@ -1,0 +1,68 @@
+"""One real local Ray instance for the whole session; a fresh, named manager per test."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import ray
+
+from actors.client import ManagerClient
+from actors.groups import GroupSpec, classify
+from actors.manager import NAMESPACE, get_or_create_manager
+from actors.settings import QueueSettings, Settings
+
+LOCAL_SERVER = classify("ollama", "http://localhost:11434")
+REMOTE_API = classify("anthropic")
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    ray.init(num_cpus=2, namespace=NAMESPACE, include_dashboard=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+ManagerFactory = Callable[..., ManagerClient]
+
+
+@pytest.fixture
+def make_manager(ray_session: None) -> Iterator[ManagerFactory]:
+    """Start a manager under a unique name (the real name is a singleton); kill it after."""
+    handles: list[Any] = []
+
+    def make(*groups: GroupSpec, **queue: Any) -> ManagerClient:
+        settings = Settings(queue=QueueSettings(**queue))
+        handle = get_or_create_manager(settings, name=f"manager-{uuid.uuid4().hex[:8]}")
+        handles.append(handle)
+        for spec in groups:
+            ray.get(handle.register.remote(spec))
+        return ManagerClient(handle)
+
+    yield make
+    for handle in handles:
+        ray.kill(handle)
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 60.0
+) -> None:
+    """Wait for a state the test cannot be told about (e.g. N acquires arrived)."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def pending_is(client: ManagerClient, group: str, count: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return (await client.stats()).pending_by_group.get(group) == count
+
+    return check

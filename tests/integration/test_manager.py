@@ -1,0 +1,238 @@
+"""The ConcurrencyManager actor on a real local Ray, with real HTTP on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+import ray
+
+from actors.client import ManagerClient
+from actors.errors import AcquireTimeout, InvalidPriority, QueueFull, UnknownGroup, UnknownModel
+from actors.groups import ModelEntry
+from actors.manager import NAMESPACE, get_or_create_manager
+from actors.settings import QueueSettings, Settings
+from tests.integration.conftest import (
+    LOCAL_SERVER,
+    REMOTE_API,
+    ManagerFactory,
+    pending_is,
+    wait_until,
+)
+from tests.support.probe_server import ProbeServer
+
+pytestmark = pytest.mark.ray
+
+
+@ray.remote(num_cpus=0)
+class Caller:
+    """A caller on its own worker process, as a provider actor will be."""
+
+    def __init__(self, manager: Any) -> None:
+        self.client = ManagerClient(manager)
+
+    async def post_in_slot(self, group: str, priority: int, url: str) -> int:
+        async with self.client.slot(group, priority=priority), httpx.AsyncClient() as http:
+            response = await http.post(url, json={"priority": priority})
+            response.raise_for_status()
+        return priority
+
+    async def hold_forever(self, group: str) -> None:
+        async with self.client.slot(group):
+            await asyncio.Event().wait()
+
+
+async def test_cap_one_server_sees_one_call_at_a_time_in_priority_order(
+    make_manager: ManagerFactory,
+) -> None:
+    client = make_manager(LOCAL_SERVER)
+    callers = [Caller.remote(client.handle) for _ in range(4)]
+    priorities = [1 + (i * 7) % 10 for i in range(200)]
+
+    with ProbeServer(hold=0.002) as server:
+        async with client.slot(LOCAL_SERVER.id):
+            calls = [
+                callers[i % 4].post_in_slot.remote(LOCAL_SERVER.id, p, server.url)
+                for i, p in enumerate(priorities)
+            ]
+            # Every caller must be queued before the slot frees, or an early
+            # low-priority arrival would rightly run before a later high one.
+            await wait_until(pending_is(client, LOCAL_SERVER.id, 200), "200 queued callers")
+        assert sorted(await asyncio.gather(*calls)) == sorted(priorities)
+
+    assert server.max_in_flight == 1
+    assert [body["priority"] for body in server.bodies] == sorted(priorities, reverse=True)
+    stats = await client.stats()
+    assert (stats.total_active, stats.total_pending) == (0, 0)
+    assert stats.groups[LOCAL_SERVER.id].granted == 201
+
+
+async def test_release_and_stats_answer_while_5000_acquires_wait(
+    make_manager: ManagerFactory,
+) -> None:
+    client = make_manager(LOCAL_SERVER)
+    handle = client.handle
+    holder = await handle.acquire.remote(LOCAL_SERVER.id, "holder", lease_id="holder")
+    waiting = [
+        handle.acquire.remote(LOCAL_SERVER.id, f"w{i}", lease_id=f"w{i}") for i in range(5000)
+    ]
+    # All 5,000 are in the manager's own queue: Ray's 1,000-call default did not hold any back.
+    await wait_until(pending_is(client, LOCAL_SERVER.id, 5000), "5,000 queued acquires")
+
+    # These would hang if control calls shared the default group with the waiters.
+    stats = await asyncio.wait_for(client.stats(), timeout=30)
+    assert stats.total_pending == 5000
+    await asyncio.wait_for(handle.release.remote(holder.id, holder.epoch), timeout=30)
+
+    ready, _ = await asyncio.to_thread(ray.wait, waiting, num_returns=1, timeout=30)
+    assert len(ready) == 1
+    stats = await asyncio.wait_for(client.stats(), timeout=30)
+    assert (stats.total_active, stats.total_pending) == (1, 4999)
+    for ref in waiting:
+        ray.cancel(ref)
+
+
+async def test_slot_of_a_killed_holder_comes_back_after_the_ttl(
+    make_manager: ManagerFactory,
+) -> None:
+    client = make_manager(LOCAL_SERVER, lease_ttl_seconds=1.0)
+    holder = Caller.remote(client.handle)
+    holder.hold_forever.remote(LOCAL_SERVER.id)
+
+    async def renewed_past_ttl() -> bool:
+        # Three renewals at ttl/3 each: the lease has outlived its first deadline.
+        return (await client.stats()).renewed >= 3
+
+    await wait_until(renewed_past_ttl, "the holder to renew its lease past one ttl")
+    stats = await client.stats()
+    assert (stats.active_by_group[LOCAL_SERVER.id], stats.groups[LOCAL_SERVER.id].expired) == (1, 0)
+
+    ray.kill(holder)
+    async with client.slot(LOCAL_SERVER.id, timeout=30) as lease:
+        assert lease.group == LOCAL_SERVER.id
+
+    stats = await client.stats()
+    assert stats.groups[LOCAL_SERVER.id].expired == 1
+    assert stats.total_active == 0
+
+
+async def test_cancelled_waiter_leaves_the_managers_queue(make_manager: ManagerFactory) -> None:
+    client = make_manager(LOCAL_SERVER)
+
+    async def wait_for_slot() -> None:
+        async with client.slot(LOCAL_SERVER.id):
+            pass
+
+    async with client.slot(LOCAL_SERVER.id):
+        waiter = asyncio.create_task(wait_for_slot())
+        await wait_until(pending_is(client, LOCAL_SERVER.id, 1), "the waiter to queue")
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await client.drain()
+        stats = await client.stats()
+        assert (stats.total_pending, stats.groups[LOCAL_SERVER.id].cancelled) == (0, 1)
+
+    assert (await client.stats()).total_active == 0
+
+
+async def test_unlimited_group_calls_are_counted_without_waiting(
+    make_manager: ManagerFactory,
+) -> None:
+    client = make_manager(REMOTE_API)
+
+    async with client.slot(REMOTE_API.id), client.slot(REMOTE_API.id):
+        await client.drain()
+        assert (await client.stats()).active_by_group[REMOTE_API.id] == 2
+    await client.drain()
+
+    group = (await client.stats()).groups[REMOTE_API.id]
+    assert (group.active, group.granted, group.released) == (0, 2, 2)
+
+
+async def test_global_cap_makes_an_unlimited_group_wait(make_manager: ManagerFactory) -> None:
+    client = make_manager(REMOTE_API, concurrency=1)
+
+    async with client.slot(REMOTE_API.id):
+        with pytest.raises(AcquireTimeout) as caught:
+            async with client.slot(REMOTE_API.id, request_id="second", timeout=0.2):
+                pass
+
+    assert caught.value.request_id == "second"
+    assert (await client.stats()).groups[REMOTE_API.id].timed_out == 1
+
+
+async def test_full_queue_refuses_through_the_actor(make_manager: ManagerFactory) -> None:
+    client = make_manager(LOCAL_SERVER, max_pending_per_group=1)
+    handle = client.handle
+
+    async with client.slot(LOCAL_SERVER.id):
+        handle.acquire.remote(LOCAL_SERVER.id, "queued", lease_id="queued")
+        await wait_until(pending_is(client, LOCAL_SERVER.id, 1), "one queued acquire")
+        with pytest.raises(QueueFull) as caught:
+            async with client.slot(LOCAL_SERVER.id):
+                pass
+        await handle.cancel.remote("queued")
+
+    assert (caught.value.pending, caught.value.max_pending) == (1, 1)
+
+
+async def test_bad_requests_get_typed_errors_through_the_actor(
+    make_manager: ManagerFactory,
+) -> None:
+    client = make_manager(LOCAL_SERVER)
+
+    with pytest.raises(UnknownGroup, match="unknown concurrency group 'no-such-group'"):
+        async with client.slot("no-such-group"):
+            pass
+    with pytest.raises(InvalidPriority):
+        async with client.slot(LOCAL_SERVER.id, priority=11):
+            pass
+    with pytest.raises(UnknownModel, match="unknown model 'gpt-5'"):
+        await client.can_run_immediately("gpt-5")
+
+
+async def test_can_run_immediately_answers_for_a_model_id(ray_session: None) -> None:
+    settings = Settings(models={"gpt-oss:20b": ModelEntry(provider="ollama")})
+    handle = get_or_create_manager(settings, name=f"manager-{uuid.uuid4().hex[:8]}")
+    client = ManagerClient(handle)
+    try:
+        assert await client.can_run_immediately("gpt-oss:20b")
+        async with client.slot(LOCAL_SERVER.id):
+            assert not await client.can_run_immediately("gpt-oss:20b")
+    finally:
+        ray.kill(handle)
+
+
+DRIVER = """
+import sys, ray
+from actors.manager import get_or_create_manager
+from actors.settings import Settings
+ray.init(address=sys.argv[1], namespace=sys.argv[2])
+handle = get_or_create_manager(Settings(), name=sys.argv[3])
+print(ray.get(handle.stats.remote()).epoch)
+"""
+
+
+def test_get_if_exists_from_two_drivers_gives_the_same_manager(ray_session: None) -> None:
+    name = f"manager-{uuid.uuid4().hex[:8]}"
+    address = ray.get_runtime_context().gcs_address
+    handle = get_or_create_manager(Settings(queue=QueueSettings()), name=name)
+    try:
+        epoch = ray.get(handle.stats.remote()).epoch
+        for _ in range(2):
+            out = subprocess.run(
+                [sys.executable, "-c", DRIVER, address, NAMESPACE, name],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+            )
+            assert int(out.stdout.split()[-1]) == epoch
+    finally:
+        ray.kill(handle)

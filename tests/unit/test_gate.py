@@ -1,0 +1,145 @@
+"""The gate on a real event loop: waiters are futures woken by releases, never by polling."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from actors.engine import Lease, SlotEngine
+from actors.errors import AcquireTimeout
+from actors.gate import SlotGate
+from tests.unit.conftest import EPOCH, LOCAL_OLLAMA
+
+GROUP = LOCAL_OLLAMA.id
+_ids = itertools.count(1)
+
+
+def make_gate(**engine_kwargs: float) -> SlotGate:
+    engine = SlotEngine(epoch=EPOCH, **engine_kwargs)  # type: ignore[arg-type]
+    engine.register(LOCAL_OLLAMA)
+    return SlotGate(engine)
+
+
+def acquire(gate: SlotGate, request: str, priority: int = 5, **kw: float) -> asyncio.Task[Lease]:
+    return asyncio.create_task(
+        gate.acquire(GROUP, request, lease_id=f"lease-{next(_ids)}", priority=priority, **kw)
+    )
+
+
+async def queued(gate: SlotGate, count: int) -> None:
+    """Let freshly created acquire tasks run until ``count`` of them wait in the engine."""
+    for _ in range(1000):
+        if gate.engine.stats().total_pending >= count:
+            return
+        await asyncio.sleep(0)  # a bare yield to the loop, not a timed wait
+    raise AssertionError(f"{count} acquires never queued")
+
+
+async def test_waiter_is_woken_by_the_release_that_frees_its_slot() -> None:
+    gate = make_gate()
+    holder = await gate.acquire(GROUP, "holder", lease_id="h")
+    waiter = acquire(gate, "waiter")
+    await queued(gate, 1)
+    assert not waiter.done()
+
+    gate.release(holder.id, holder.epoch)
+
+    lease = await asyncio.wait_for(waiter, timeout=5)
+    assert lease.request_id == "waiter"
+    assert gate.engine.stats().active_by_group[GROUP] == 1
+
+
+async def test_timeout_raises_typed_error_and_leaves_the_queue() -> None:
+    gate = make_gate()
+    await gate.acquire(GROUP, "holder", lease_id="h")
+
+    with pytest.raises(AcquireTimeout) as caught:
+        await gate.acquire(GROUP, "late", lease_id="l", timeout=0.01)
+
+    assert str(caught.value) == (
+        f"request 'late' got no slot in group '{GROUP}' within 0.01s; it left the queue"
+    )
+    stats = gate.engine.stats()
+    assert (stats.total_pending, stats.groups[GROUP].timed_out) == (0, 1)
+
+
+async def test_cancelled_waiter_task_leaves_the_queue() -> None:
+    gate = make_gate()
+    holder = await gate.acquire(GROUP, "holder", lease_id="h")
+    waiter = acquire(gate, "waiter")
+    await queued(gate, 1)
+
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+
+    stats = gate.engine.stats()
+    assert (stats.total_pending, stats.groups[GROUP].cancelled) == (0, 1)
+    gate.release(holder.id, holder.epoch)
+    assert gate.engine.stats().total_active == 0
+
+
+async def test_explicit_cancel_ends_the_waiting_acquire_at_once() -> None:
+    gate = make_gate()
+    await gate.acquire(GROUP, "holder", lease_id="h")
+    waiter = asyncio.create_task(gate.acquire(GROUP, "w", lease_id="w"))
+    await queued(gate, 1)
+
+    gate.cancel("w")
+
+    # The engine forgot the waiter in the cancel call itself, before the task ran.
+    assert gate.engine.stats().total_pending == 0
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert gate.engine.stats().groups[GROUP].cancelled == 1
+
+
+async def test_waiter_cancelled_in_the_instant_of_its_grant_passes_the_slot_on() -> None:
+    gate = make_gate()
+    holder = await gate.acquire(GROUP, "holder", lease_id="h")
+    racer = acquire(gate, "racer", priority=9)
+    nxt = acquire(gate, "next", priority=1)
+    await queued(gate, 2)
+
+    # The release resolves racer's future; racer is cancelled before it can run.
+    gate.release(holder.id, holder.epoch)
+    racer.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await racer
+    lease = await asyncio.wait_for(nxt, timeout=5)
+    assert lease.request_id == "next"
+    stats = gate.engine.stats()
+    assert (stats.total_active, stats.total_pending) == (1, 0)
+
+
+async def test_unreleased_lease_is_reclaimed_by_the_expiry_timer() -> None:
+    gate = make_gate(lease_ttl=0.05)
+    await gate.acquire(GROUP, "crashed", lease_id="c")
+
+    lease = await asyncio.wait_for(gate.acquire(GROUP, "next", lease_id="n"), timeout=5)
+
+    assert lease.request_id == "next"
+    assert gate.engine.stats().groups[GROUP].expired == 1
+
+
+async def test_priorities_decide_the_order_of_wake_ups() -> None:
+    gate = make_gate()
+    holder = await gate.acquire(GROUP, "holder", lease_id="h")
+    priorities = [3, 9, 5, 9, 1, 7]
+    waiters = [acquire(gate, f"p{p}-{i}", priority=p) for i, p in enumerate(priorities)]
+    await queued(gate, len(priorities))
+
+    served = []
+    lease = holder
+    for _ in priorities:
+        gate.release(lease.id, lease.epoch)
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        (finished,) = done
+        waiters.remove(finished)
+        lease = finished.result()
+        served.append(lease.priority)
+
+    assert served == [9, 9, 7, 5, 3, 1]

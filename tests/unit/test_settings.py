@@ -1,0 +1,152 @@
+"""Settings: YAML + environment, validated once, errors that name the field."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from actors.errors import ConfigError
+from actors.settings import load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAYGATE_CONFIG", raising=False)
+    monkeypatch.delenv("RAYGATE_QUEUE__CONCURRENCY", raising=False)
+    monkeypatch.delenv("RAYGATE_QUEUE__ENABLED", raising=False)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "raygate.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_gate_through_the_manager_with_no_global_cap() -> None:
+    settings = load_settings()
+
+    assert settings.queue.enabled is True
+    assert settings.queue.concurrency is None
+    assert settings.queue.lease_ttl_seconds == 60.0
+    assert settings.queue.max_pending_per_group == 10_000
+    assert settings.models == {}
+
+
+def test_yaml_file_sets_limits_and_models(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+queue:
+  concurrency: 8
+  group_limits:
+    "local-ollama-http://localhost:11434@gpu-a": 2
+    remote-api-openai: 50
+models:
+  gpt-oss:20b: {provider: ollama, host: gpu-a}
+""",
+    )
+
+    settings = load_settings(path)
+
+    assert settings.queue.concurrency == 8
+    assert settings.queue.group_limits == {
+        "local-ollama-http://localhost:11434@gpu-a": 2,
+        "remote-api-openai": 50,
+    }
+    assert settings.models["gpt-oss:20b"].spec().id == "local-ollama-http://localhost:11434@gpu-a"
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "queue:\n  concurrency: 8\n  enabled: true\n")
+    monkeypatch.setenv("RAYGATE_QUEUE__CONCURRENCY", "3")
+    monkeypatch.setenv("RAYGATE_QUEUE__ENABLED", "false")
+
+    settings = load_settings(path)
+
+    assert (settings.queue.concurrency, settings.queue.enabled) == (3, False)
+
+
+def test_config_path_can_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAYGATE_CONFIG", str(write(tmp_path, "queue: {concurrency: 5}\n")))
+
+    assert load_settings().queue.concurrency == 5
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "problem"),
+    [
+        (
+            "queue: {group_limits: {remote-api-openai: -1}}",
+            "queue.group_limits.remote-api-openai: Input should be greater than 0 (got -1)",
+        ),
+        ("queue: {concurrency: 0}", "queue.concurrency: Input should be greater than 0 (got 0)"),
+        (
+            "queue: {lease_ttl_seconds: -5}",
+            "queue.lease_ttl_seconds: Input should be greater than 0 (got -5)",
+        ),
+        ("queue: {concurency: 4}", "queue.concurency: Extra inputs are not permitted (got 4)"),
+        (
+            "models: {m: {provider: ollama, base_url: 'localhost:11434'}}",
+            "models.m: Value error, invalid base URL 'localhost:11434': "
+            "it must start with http:// or https://",
+        ),
+        (
+            "models: {m: {provider: cohere}}",
+            "models.m.provider: Input should be 'anthropic', 'openai', 'ollama', 'lmstudio' "
+            "or 'openai-compatible'",
+        ),
+    ],
+)
+def test_invalid_value_fails_at_load_naming_the_field(
+    tmp_path: Path, yaml_text: str, problem: str
+) -> None:
+    path = write(tmp_path, yaml_text)
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+
+    assert caught.value.problems == (problem,)
+    assert str(caught.value) == f"invalid raygate settings from {path}: {problem}"
+
+
+def test_malformed_yaml_reports_where(tmp_path: Path) -> None:
+    path = write(tmp_path, "queue:\n  concurrency: [1, 2\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+
+    (problem,) = caught.value.problems
+    assert problem.startswith("malformed YAML at line 3, column 1:")
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="the top level must be a mapping, got list"):
+        load_settings(write(tmp_path, "- queue\n"))
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the file: No such file or directory"):
+        load_settings(tmp_path / "absent.yaml")
+
+
+def test_bad_environment_value_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAYGATE_QUEUE__CONCURRENCY", "lots")
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+
+    assert caught.value.problems == (
+        "queue.concurrency: Input should be a valid integer, unable to parse string as an integer",
+    )
+
+
+def test_settings_are_frozen_and_picklable(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "models: {m: {provider: openai}}\n"))
+
+    assert pickle.loads(pickle.dumps(settings)) == settings
+    with pytest.raises(ValueError, match="frozen"):
+        settings.queue = settings.queue  # type: ignore[misc]
