@@ -1,29 +1,41 @@
-"""The engine on an event loop: a waiter is a future that a freed slot resolves.
+"""The engine for asyncio callers on any thread: a waiter is a future that a freed slot resolves.
 
 No polling anywhere. A queued acquire awaits its own future; whichever call
-frees a slot (release, cancel, a reclaimed lease) gets the engine's new leases
-back and resolves their futures on the spot. Expiry is one timer, set for the
-earliest lease deadline and moved as deadlines change.
+frees a slot (release, cancel, a reclaimed lease) gets the engine's new
+leases back and resolves their futures.
 
-All methods must run on the one loop the gate lives on; the Ray actor hands
-calls from its other threads to that loop (see :mod:`actors.manager`).
+Threads: the Ray actor runs acquires on one thread and event loop and
+release/renew/stats on another (one per Ray concurrency group). The engine is
+plain, fast Python, so one lock guards it and every call runs it right where
+it arrives: a grant that finds room, or a release, costs no hop to another
+thread. A future is only ever resolved on its own loop
+(``call_soon_threadsafe``); a ``set_result`` from another loop's thread would
+never wake its waiter. Expiry is a reaper thread that sleeps until the
+earliest lease deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from actors.engine import Lease, SlotEngine
 from actors.errors import AcquireTimeout
 from actors.waitqueue import DEFAULT_PRIORITY
 
+T = TypeVar("T")
+
 
 class SlotGate:
     def __init__(self, engine: SlotEngine) -> None:
         self.engine = engine
+        self._lock = threading.Lock()
         # Futures of queued acquires. Whoever pops an entry owns the clean-up.
         self._waiters: dict[str, asyncio.Future[Lease]] = {}
-        self._expiry: asyncio.TimerHandle | None = None
+        self._reaper = _Reaper(self)
+        self._reaper.start()
 
     async def acquire(
         self,
@@ -34,12 +46,14 @@ class SlotGate:
         priority: int = DEFAULT_PRIORITY,
         timeout: float | None = None,
     ) -> Lease:
-        lease = self.engine.acquire(group, request_id, lease_id=lease_id, priority=priority)
-        if lease is not None:
-            self._arm_expiry()
-            return lease
-        waiter: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        self._waiters[lease_id] = waiter
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            lease = self.engine.acquire(group, request_id, lease_id=lease_id, priority=priority)
+            if lease is not None:
+                self._reaper.wake_if_idle()
+                return lease
+            waiter: asyncio.Future[Lease] = loop.create_future()
+            self._waiters[lease_id] = waiter
         try:
             async with asyncio.timeout(timeout):
                 return await waiter
@@ -50,49 +64,92 @@ class SlotGate:
             self._abandon(lease_id)
             raise
         finally:
-            self._waiters.pop(lease_id, None)
+            with self._lock:
+                self._waiters.pop(lease_id, None)
 
     def release(self, lease_id: str, epoch: int) -> None:
-        self._hand_on(self.engine.release(lease_id, epoch))
+        with self._lock:
+            self._hand_on(self.engine.release(lease_id, epoch))
 
     def cancel(self, lease_id: str) -> None:
         """A caller gave up on ``lease_id``: whether it waits, holds, or has not arrived yet."""
-        waiter = self._waiters.get(lease_id)
-        if waiter is None:
+        with self._lock:
+            waiter = self._waiters.pop(lease_id, None)
             self._hand_on(self.engine.cancel(lease_id))
-            return
-        self._abandon(lease_id)
-        waiter.cancel()
+        if waiter is not None:
+            waiter.get_loop().call_soon_threadsafe(waiter.cancel)
 
     def renew(self, lease_id: str, epoch: int) -> bool:
-        # The expiry timer may now fire early; it finds nothing due and re-arms.
-        return self.engine.renew(lease_id, epoch)
+        with self._lock:
+            return self.engine.renew(lease_id, epoch)
 
     def reclaim_expired(self) -> None:
-        self._hand_on(self.engine.reclaim_expired())
+        with self._lock:
+            self._hand_on(self.engine.reclaim_expired())
+
+    def inspect(self, query: Callable[..., T], *args: object) -> T:
+        """Run an engine method that only reads or registers, under the gate's lock."""
+        with self._lock:
+            return query(*args)
+
+    def close(self) -> None:
+        """Stop the reaper thread (the actor never needs this; tests and embedders do)."""
+        self._reaper.stop()
 
     def _abandon(self, lease_id: str, *, timed_out: bool = False) -> None:
-        if self._waiters.pop(lease_id, None) is not None:
-            self._hand_on(self.engine.cancel(lease_id, timed_out=timed_out))
+        with self._lock:
+            if self._waiters.pop(lease_id, None) is not None:
+                self._hand_on(self.engine.cancel(lease_id, timed_out=timed_out))
 
     def _hand_on(self, granted: list[Lease]) -> None:
+        """Wake the waiters the engine just granted. Call with the lock held."""
         for lease in granted:
             waiter = self._waiters.get(lease.id)
-            # A cancelled waiter whose coroutine has not run yet: its _abandon
-            # will find the lease held and pass it on.
-            if waiter is not None and not waiter.done():
-                waiter.set_result(lease)
-        self._arm_expiry()
+            if waiter is not None:
+                waiter.get_loop().call_soon_threadsafe(_deliver, waiter, lease)
+        if granted:
+            self._reaper.wake_if_idle()
 
-    def _arm_expiry(self) -> None:
-        if self._expiry is not None:
-            return
-        deadline = self.engine.next_expiry()
-        if deadline is None:
-            return
-        delay = max(0.0, deadline - self.engine.clock())
-        self._expiry = asyncio.get_running_loop().call_later(delay, self._on_expiry)
 
-    def _on_expiry(self) -> None:
-        self._expiry = None
-        self.reclaim_expired()
+def _deliver(waiter: asyncio.Future[Lease], lease: Lease) -> None:
+    # A waiter cancelled before this ran: its coroutine's _abandon finds the
+    # lease held in the engine and passes it on.
+    if not waiter.done():
+        waiter.set_result(lease)
+
+
+class _Reaper(threading.Thread):
+    """Sleeps until the earliest lease deadline, reclaims what expired, repeats.
+
+    Leases share one ttl, so a new lease never expires before those already
+    held: the reaper is woken only when it sleeps with no deadline at all.
+    """
+
+    def __init__(self, gate: SlotGate) -> None:
+        super().__init__(name="raygate-lease-reaper", daemon=True)
+        self._gate = gate
+        self._wake = threading.Event()
+        self._idle = False
+        self._stopped = False
+
+    def run(self) -> None:
+        engine = self._gate.engine
+        while not self._stopped:
+            # Decided under the lock grants take, so a grant is never missed between.
+            with self._gate._lock:
+                deadline = engine.next_expiry()
+                self._idle = deadline is None
+            self._wake.wait(None if deadline is None else max(0.0, deadline - engine.clock()))
+            self._wake.clear()
+            self._gate.reclaim_expired()
+
+    def wake_if_idle(self) -> None:
+        """Call with the gate's lock held."""
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        self.join()

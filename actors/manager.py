@@ -1,11 +1,9 @@
 """The ConcurrencyManager Ray actor: one per cluster, a thin shell over SlotGate.
 
-Why the engine gets a thread and event loop of its own: Ray runs each
-concurrency group of an async actor on its own thread and loop. Acquires wait
-in the default group while release, renew and stats run in ``control`` so that
-no number of waiting acquires can delay them. A future created on one loop and
-resolved from another never wakes its waiter, so every call, from either
-group, hands its work to the engine's loop and awaits the answer there.
+Why two Ray concurrency groups: acquires wait in the default group, while
+release, cancel, renew and the queries run in ``control``, on a thread and
+event loop of their own, so no number of waiting acquires can delay them. The
+gate is safe to call from both (see :mod:`actors.gate`).
 
 Why ``max_concurrency`` is so high: Ray lets an async actor run 1,000 calls at
 once by default and holds the rest in an overflow queue of its own, which is
@@ -15,16 +13,15 @@ and arrival decide; ``queue.max_pending_per_group`` is the bound users set.
 Crash safety: the actor is detached and restarted by Ray (``max_restarts=-1``).
 A restart starts a new epoch with an empty engine; acquires that were waiting
 are retried by Ray against the new actor (``max_task_retries=-1``), and the
-old epoch's releases and renewals are ignored and counted.
+old epoch's releases and renewals are ignored and counted. Holders of the old
+epoch keep running, so right after a restart a group can briefly hold more
+calls than its limit; their leases are unknown to the new epoch.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import ray
 
@@ -41,8 +38,6 @@ CONTROL = "control"
 MAX_CONCURRENT_CALLS = 200_000
 # Pins the singleton to the head node, the one node a cluster cannot lose.
 HEAD_NODE_RESOURCE = {"node:__internal_head__": 0.001}
-
-T = TypeVar("T")
 
 
 @ray.remote(
@@ -66,19 +61,7 @@ class ConcurrencyManager:
         for entry in settings.models.values():
             engine.register(entry.spec())
         self._gate = SlotGate(engine)
-        self._loop = asyncio.new_event_loop()
-        threading.Thread(
-            target=self._loop.run_forever, name="raygate-slot-engine", daemon=True
-        ).start()
-
-    async def _run(self, work: Coroutine[Any, Any, T]) -> T:
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self._loop))
-
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        async def call() -> T:
-            return fn(*args)
-
-        return await self._run(call())
+        self._engine = engine
 
     async def acquire(
         self,
@@ -89,49 +72,47 @@ class ConcurrencyManager:
         priority: int = DEFAULT_PRIORITY,
         timeout: float | None = None,
     ) -> Lease:
-        return await self._run(
-            self._gate.acquire(
-                group, request_id, lease_id=lease_id, priority=priority, timeout=timeout
-            )
+        return await self._gate.acquire(
+            group, request_id, lease_id=lease_id, priority=priority, timeout=timeout
         )
 
     @ray.method(concurrency_group=CONTROL)
     async def release(self, lease_id: str, epoch: int) -> None:
-        await self._call(self._gate.release, lease_id, epoch)
+        self._gate.release(lease_id, epoch)
 
     @ray.method(concurrency_group=CONTROL)
     async def cancel(self, lease_id: str) -> None:
-        await self._call(self._gate.cancel, lease_id)
+        self._gate.cancel(lease_id)
 
     @ray.method(concurrency_group=CONTROL)
     async def renew(self, lease_id: str, epoch: int) -> bool:
-        return await self._call(self._gate.renew, lease_id, epoch)
+        return self._gate.renew(lease_id, epoch)
 
     @ray.method(concurrency_group=CONTROL)
     async def register(self, spec: GroupSpec) -> GroupInfo:
-        return await self._call(self._gate.engine.register, spec)
+        return self._gate.inspect(self._engine.register, spec)
 
     @ray.method(concurrency_group=CONTROL)
     async def group_info(self, group_id: str) -> GroupInfo:
-        return await self._call(self._gate.engine.group_info, group_id)
+        return self._gate.inspect(self._engine.group_info, group_id)
 
     @ray.method(concurrency_group=CONTROL)
     async def model_group(self, model_id: str) -> GroupInfo:
         spec = resolve_model(self._settings.models, model_id)
-        return await self._call(self._gate.engine.register, spec)
+        return self._gate.inspect(self._engine.register, spec)
 
     @ray.method(concurrency_group=CONTROL)
     async def can_run_immediately(self, model_id: str) -> bool:
         info = await self.model_group(model_id)
-        return await self._call(self._gate.engine.can_run_immediately, info.id)
+        return self._gate.inspect(self._engine.can_run_immediately, info.id)
 
     @ray.method(concurrency_group=CONTROL)
     async def stats(self) -> QueueStats:
-        return await self._call(self._gate.engine.stats)
+        return self._gate.inspect(self._engine.stats)
 
     @ray.method(concurrency_group=CONTROL)
     async def position(self, request_id: str) -> QueuePosition | None:
-        return await self._call(self._gate.engine.position, request_id)
+        return self._gate.inspect(self._engine.position, request_id)
 
     @ray.method(concurrency_group=CONTROL)
     async def settings(self) -> Settings:

@@ -4,22 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from actors.engine import Lease, SlotEngine
 from actors.errors import AcquireTimeout
 from actors.gate import SlotGate
+from actors.stats import QueueStats
 from tests.unit.conftest import EPOCH, LOCAL_OLLAMA
 
 GROUP = LOCAL_OLLAMA.id
 _ids = itertools.count(1)
 
 
-def make_gate(**engine_kwargs: float) -> SlotGate:
-    engine = SlotEngine(epoch=EPOCH, **engine_kwargs)  # type: ignore[arg-type]
-    engine.register(LOCAL_OLLAMA)
-    return SlotGate(engine)
+GateFactory = Callable[..., SlotGate]
+
+
+@pytest.fixture
+def make_gate() -> Iterator[GateFactory]:
+    gates: list[SlotGate] = []
+
+    def make(**engine_kwargs: float) -> SlotGate:
+        engine = SlotEngine(epoch=EPOCH, **engine_kwargs)  # type: ignore[arg-type]
+        engine.register(LOCAL_OLLAMA)
+        gates.append(SlotGate(engine))
+        return gates[-1]
+
+    yield make
+    for gate in gates:
+        gate.close()
+
+
+def snapshot(gate: SlotGate) -> QueueStats:
+    return gate.inspect(gate.engine.stats)
 
 
 def acquire(gate: SlotGate, request: str, priority: int = 5, **kw: float) -> asyncio.Task[Lease]:
@@ -31,13 +50,15 @@ def acquire(gate: SlotGate, request: str, priority: int = 5, **kw: float) -> asy
 async def queued(gate: SlotGate, count: int) -> None:
     """Let freshly created acquire tasks run until ``count`` of them wait in the engine."""
     for _ in range(1000):
-        if gate.engine.stats().total_pending >= count:
+        if snapshot(gate).total_pending >= count:
             return
         await asyncio.sleep(0)  # a bare yield to the loop, not a timed wait
     raise AssertionError(f"{count} acquires never queued")
 
 
-async def test_waiter_is_woken_by_the_release_that_frees_its_slot() -> None:
+async def test_waiter_is_woken_by_the_release_that_frees_its_slot(
+    make_gate: GateFactory,
+) -> None:
     gate = make_gate()
     holder = await gate.acquire(GROUP, "holder", lease_id="h")
     waiter = acquire(gate, "waiter")
@@ -48,10 +69,12 @@ async def test_waiter_is_woken_by_the_release_that_frees_its_slot() -> None:
 
     lease = await asyncio.wait_for(waiter, timeout=5)
     assert lease.request_id == "waiter"
-    assert gate.engine.stats().active_by_group[GROUP] == 1
+    assert snapshot(gate).active_by_group[GROUP] == 1
 
 
-async def test_timeout_raises_typed_error_and_leaves_the_queue() -> None:
+async def test_timeout_raises_typed_error_and_leaves_the_queue(
+    make_gate: GateFactory,
+) -> None:
     gate = make_gate()
     await gate.acquire(GROUP, "holder", lease_id="h")
 
@@ -61,11 +84,11 @@ async def test_timeout_raises_typed_error_and_leaves_the_queue() -> None:
     assert str(caught.value) == (
         f"request 'late' got no slot in group '{GROUP}' within 0.01s; it left the queue"
     )
-    stats = gate.engine.stats()
+    stats = snapshot(gate)
     assert (stats.total_pending, stats.groups[GROUP].timed_out) == (0, 1)
 
 
-async def test_cancelled_waiter_task_leaves_the_queue() -> None:
+async def test_cancelled_waiter_task_leaves_the_queue(make_gate: GateFactory) -> None:
     gate = make_gate()
     holder = await gate.acquire(GROUP, "holder", lease_id="h")
     waiter = acquire(gate, "waiter")
@@ -75,13 +98,15 @@ async def test_cancelled_waiter_task_leaves_the_queue() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
 
-    stats = gate.engine.stats()
+    stats = snapshot(gate)
     assert (stats.total_pending, stats.groups[GROUP].cancelled) == (0, 1)
     gate.release(holder.id, holder.epoch)
-    assert gate.engine.stats().total_active == 0
+    assert snapshot(gate).total_active == 0
 
 
-async def test_explicit_cancel_ends_the_waiting_acquire_at_once() -> None:
+async def test_explicit_cancel_ends_the_waiting_acquire_at_once(
+    make_gate: GateFactory,
+) -> None:
     gate = make_gate()
     await gate.acquire(GROUP, "holder", lease_id="h")
     waiter = asyncio.create_task(gate.acquire(GROUP, "w", lease_id="w"))
@@ -90,13 +115,15 @@ async def test_explicit_cancel_ends_the_waiting_acquire_at_once() -> None:
     gate.cancel("w")
 
     # The engine forgot the waiter in the cancel call itself, before the task ran.
-    assert gate.engine.stats().total_pending == 0
+    assert snapshot(gate).total_pending == 0
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    assert gate.engine.stats().groups[GROUP].cancelled == 1
+    assert snapshot(gate).groups[GROUP].cancelled == 1
 
 
-async def test_waiter_cancelled_in_the_instant_of_its_grant_passes_the_slot_on() -> None:
+async def test_waiter_cancelled_in_the_instant_of_its_grant_passes_the_slot_on(
+    make_gate: GateFactory,
+) -> None:
     gate = make_gate()
     holder = await gate.acquire(GROUP, "holder", lease_id="h")
     racer = acquire(gate, "racer", priority=9)
@@ -111,21 +138,23 @@ async def test_waiter_cancelled_in_the_instant_of_its_grant_passes_the_slot_on()
         await racer
     lease = await asyncio.wait_for(nxt, timeout=5)
     assert lease.request_id == "next"
-    stats = gate.engine.stats()
+    stats = snapshot(gate)
     assert (stats.total_active, stats.total_pending) == (1, 0)
 
 
-async def test_unreleased_lease_is_reclaimed_by_the_expiry_timer() -> None:
+async def test_unreleased_lease_is_reclaimed_by_the_expiry_timer(
+    make_gate: GateFactory,
+) -> None:
     gate = make_gate(lease_ttl=0.05)
     await gate.acquire(GROUP, "crashed", lease_id="c")
 
     lease = await asyncio.wait_for(gate.acquire(GROUP, "next", lease_id="n"), timeout=5)
 
     assert lease.request_id == "next"
-    assert gate.engine.stats().groups[GROUP].expired == 1
+    assert snapshot(gate).groups[GROUP].expired == 1
 
 
-async def test_priorities_decide_the_order_of_wake_ups() -> None:
+async def test_priorities_decide_the_order_of_wake_ups(make_gate: GateFactory) -> None:
     gate = make_gate()
     holder = await gate.acquire(GROUP, "holder", lease_id="h")
     priorities = [3, 9, 5, 9, 1, 7]
@@ -143,3 +172,29 @@ async def test_priorities_decide_the_order_of_wake_ups() -> None:
         served.append(lease.priority)
 
     assert served == [9, 9, 7, 5, 3, 1]
+
+
+@pytest.mark.timeout(20)
+async def test_release_from_another_threads_loop_wakes_the_waiter(
+    make_gate: GateFactory,
+) -> None:
+    # The actor releases on its control group's thread and loop while the
+    # waiter sits on the default group's loop, asleep with no timer: only a
+    # wake-up sent across threads ends its wait (a plain set_result would
+    # hang it until the pytest timeout).
+    gate = make_gate()
+    holder = await gate.acquire(GROUP, "holder", lease_id="h")
+    waiter = acquire(gate, "waiter")
+    await queued(gate, 1)
+
+    async def release() -> None:
+        gate.release(holder.id, holder.epoch)
+
+    go = threading.Event()
+    other = threading.Thread(target=lambda: (go.wait(), asyncio.run(release())))
+    other.start()
+    go.set()
+    lease = await waiter
+    other.join()
+
+    assert lease.request_id == "waiter"

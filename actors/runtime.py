@@ -1,0 +1,30 @@
+"""Starting or joining Ray the same way from every raygate command line."""
+
+from __future__ import annotations
+
+import os
+
+# Ray's single-machine mode: an embedded instance listens on loopback only,
+# instead of on the machine's network address. Ray reads it at import time.
+LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
+    """Join the cluster at ``address``, or start an embedded local Ray on loopback.
+
+    For the embedded case, call this before anything in the process imports
+    ray, so that Ray sees the loopback switch.
+    """
+    if address is None:
+        os.environ.setdefault(LOOPBACK_ONLY_ENV, "0")
+    import ray  # after the switch above
+
+    from actors.manager import NAMESPACE
+
+    ray.init(
+        address=address,
+        namespace=NAMESPACE,
+        include_dashboard=False,
+        log_to_driver=False,
+        num_cpus=None if address else num_cpus,
+    )
