@@ -10,9 +10,11 @@ ttl; the release runs in ``finally`` whatever happens; a caller cancelled
 while waiting tells the manager, which drops the waiter or, if the grant was
 already on its way back, passes the slot on.
 
-A group with no limit under no global cap can never make anyone wait, so its
-acquire and release are sent without waiting for the answer: the call starts
-at once and is still counted in the manager's stats.
+A group with no limit under no global cap can never make anyone wait, so the
+caller does not wait for its acquire: the call starts at once, the manager
+still counts it, and the renewals and the release follow the grant when its
+answer is back (so a release can never overtake its own acquire, and uses
+the epoch of the manager that granted it).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import ray
 from ray.exceptions import RayTaskError
 
 from actors.engine import Lease
-from actors.errors import LeaseRetired, RaygateError
+from actors.errors import RaygateError
 from actors.groups import GroupSpec
 from actors.manager import MANAGER_NAME, get_or_create_manager
 from actors.settings import Settings, load_settings
@@ -111,11 +113,19 @@ class ManagerClient:
         info = await self.group_info(group)
         request_id = request_id or uuid.uuid4().hex
         lease_id = uuid.uuid4().hex
+        grant: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         if info.gated:
             lease = await self._acquire(group, request_id, lease_id, priority, timeout)
+            grant.set_result(lease)
         else:
-            self._note(
-                self.handle.acquire.remote(group, request_id, lease_id=lease_id, priority=priority)
+            # Nobody waits for this answer but the renewals and the release,
+            # which then act on the lease the manager really granted.
+            grant = asyncio.ensure_future(
+                unwrap(
+                    self.handle.acquire.remote(
+                        group, request_id, lease_id=lease_id, priority=priority
+                    )
+                )
             )
             lease = Lease(
                 id=lease_id,
@@ -126,17 +136,16 @@ class ManagerClient:
                 granted_at=time.monotonic(),
                 ttl=info.lease_ttl,
             )
-        keeper = asyncio.create_task(self._keep_alive(lease))
+        keeper = asyncio.create_task(self._keep_alive(grant))
         try:
             yield lease
         finally:
             keeper.cancel()
-            release = self.handle.release.remote(lease.id, lease.epoch)
             if info.gated:
                 # Shielded: a caller cancelled right here still gives its slot back.
-                await asyncio.shield(unwrap(release))
+                await asyncio.shield(unwrap(self.handle.release.remote(lease.id, lease.epoch)))
             else:
-                self._note(release)
+                self._note(self._release_when_granted(grant))
 
     async def _acquire(
         self, group: str, request_id: str, lease_id: str, priority: int, timeout: float | None
@@ -153,17 +162,32 @@ class ManagerClient:
             raise
         return lease
 
-    async def _keep_alive(self, lease: Lease) -> None:
-        while True:
-            await asyncio.sleep(lease.ttl / 3)
-            if not await unwrap(self.handle.renew.remote(lease.id, lease.epoch)):
-                log.warning(
-                    "lease %s of group %r is no longer held (reclaimed, or the manager "
-                    "restarted); the call goes on without a slot",
-                    lease.id,
-                    lease.group,
-                )
-                return
+    async def _keep_alive(self, grant: asyncio.Future[Lease]) -> None:
+        try:
+            # Shielded: cancelling the keeper at the end of the slot must not
+            # cancel the grant that the release is still waiting for.
+            lease = await asyncio.shield(grant)
+        except Exception:
+            return  # nothing is held; _release_when_granted reports the failure
+        try:
+            while True:
+                await asyncio.sleep(lease.ttl / 3)
+                if not await unwrap(self.handle.renew.remote(lease.id, lease.epoch)):
+                    log.warning(
+                        "lease %s of group %r is no longer held (reclaimed, or the manager "
+                        "restarted); the call goes on without a slot",
+                        lease.id,
+                        lease.group,
+                    )
+                    return
+        except Exception:
+            log.warning(
+                "renewing lease %s failed; it expires after its ttl", lease.id, exc_info=True
+            )
+
+    async def _release_when_granted(self, grant: asyncio.Future[Lease]) -> None:
+        lease = await grant
+        await unwrap(self.handle.release.remote(lease.id, lease.epoch))
 
     def _note(self, call: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(self._settle(call))
@@ -174,8 +198,6 @@ class ManagerClient:
     async def _settle(call: Awaitable[Any]) -> None:
         try:
             await unwrap(call)
-        except LeaseRetired:
-            pass  # the release overtook its own acquire: nothing was held
         except Exception:
             log.warning("a fire-and-forget manager call failed", exc_info=True)
 

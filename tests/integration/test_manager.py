@@ -155,6 +155,24 @@ async def test_unlimited_group_calls_are_counted_without_waiting(
     assert (group.active, group.granted, group.released) == (0, 2, 2)
 
 
+async def test_unlimited_slots_left_before_their_grant_arrives_are_still_released(
+    make_manager: ManagerFactory,
+) -> None:
+    client = make_manager(REMOTE_API)
+
+    for _ in range(20):
+        async with client.slot(REMOTE_API.id):
+            # One turn of the loop: the renewal task starts waiting for the
+            # grant, and the body ends before the manager has answered.
+            await asyncio.sleep(0)
+    await client.drain()
+
+    stats = await client.stats()
+    group = stats.groups[REMOTE_API.id]
+    assert (group.active, group.granted, group.released) == (0, 20, 20)
+    assert (stats.unknown_releases, stats.late_acquires) == (0, 0)
+
+
 async def test_global_cap_makes_an_unlimited_group_wait(make_manager: ManagerFactory) -> None:
     client = make_manager(REMOTE_API, concurrency=1)
 
