@@ -57,8 +57,9 @@ class ManagerClient:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
         self._groups: dict[str, GroupInfo] = {}
-        # Fire-and-forget calls of the fast path, kept so errors are logged and drain() works.
-        self._notes: set[asyncio.Task[None]] = set()
+        # Calls no caller waits for (fast-path grants, releases, cancels): kept so
+        # that their errors are logged and drain() can wait for them.
+        self._in_flight: set[asyncio.Future[Any]] = set()
 
     @classmethod
     def connect(
@@ -120,7 +121,7 @@ class ManagerClient:
         else:
             # Nobody waits for this answer but the renewals and the release,
             # which then act on the lease the manager really granted.
-            grant = asyncio.ensure_future(
+            grant = self._track(
                 unwrap(
                     self.handle.acquire.remote(
                         group, request_id, lease_id=lease_id, priority=priority
@@ -189,10 +190,14 @@ class ManagerClient:
         lease = await grant
         await unwrap(self.handle.release.remote(lease.id, lease.epoch))
 
+    def _track(self, call: Awaitable[T]) -> asyncio.Future[T]:
+        future = asyncio.ensure_future(call)
+        self._in_flight.add(future)
+        future.add_done_callback(self._in_flight.discard)
+        return future
+
     def _note(self, call: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(self._settle(call))
-        self._notes.add(task)
-        task.add_done_callback(self._notes.discard)
+        self._track(self._settle(call))
 
     @staticmethod
     async def _settle(call: Awaitable[Any]) -> None:
@@ -202,9 +207,9 @@ class ManagerClient:
             log.warning("a fire-and-forget manager call failed", exc_info=True)
 
     async def drain(self) -> None:
-        """Wait until every fire-and-forget call this client sent has reached the manager."""
-        while self._notes:
-            await asyncio.gather(*self._notes)
+        """Wait until every call this client sent without waiting has been answered."""
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     # -- queries -------------------------------------------------------------------
 
