@@ -221,3 +221,6 @@ class ManagerClient:
 
     async def can_run_immediately(self, model_id: str) -> bool:
         return await unwrap(self.handle.can_run_immediately.remote(model_id))
+
+    async def can_group_run_immediately(self, group_id: str) -> bool:
+        return await unwrap(self.handle.can_group_run_immediately.remote(group_id))

@@ -107,6 +107,10 @@ class ConcurrencyManager:
         return self._gate.inspect(self._engine.can_run_immediately, info.id)
 
     @ray.method(concurrency_group=CONTROL)
+    async def can_group_run_immediately(self, group_id: str) -> bool:
+        return self._gate.inspect(self._engine.can_run_immediately, group_id)
+
+    @ray.method(concurrency_group=CONTROL)
     async def stats(self) -> QueueStats:
         return self._gate.inspect(self._engine.stats)
 

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from actors.errors import ConfigError
-from actors.groups import ModelEntry
+from actors.groups import ModelEntry, Provider
 
 CONFIG_ENV = "RAYGATE_CONFIG"
 
@@ -39,6 +39,17 @@ class QueueSettings(BaseModel):
     max_pending_per_group: PositiveInt = 10_000
 
 
+class ProviderSettings(BaseModel):
+    """How provider actors call their backends."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timeout_seconds: float = Field(default=120.0, gt=0)
+    retry_attempts: PositiveInt = 4
+    retry_deadline_seconds: float = Field(default=300.0, gt=0)
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAYGATE_",
@@ -50,6 +61,9 @@ class Settings(BaseSettings):
     queue: QueueSettings = Field(default_factory=QueueSettings)
     # Model ids users ask for -> the backend serving them (see actors.groups.ModelEntry).
     models: dict[str, ModelEntry] = Field(default_factory=dict)
+    providers: ProviderSettings = Field(default_factory=ProviderSettings)
+    # Keys of remote APIs; else each provider's usual variable (OPENAI_API_KEY, ...).
+    api_keys: dict[Provider, SecretStr] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(

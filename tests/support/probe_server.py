@@ -5,32 +5,62 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
 
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b'{"ok": true}'
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
+    # A streamed reply: written piece by piece, without a Content-Length.
+    chunks: list[bytes] | None = None
+    # Seconds to wait before answering (on top of the server's ``hold``).
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
 class ProbeServer:
-    """Answers every POST after ``hold`` seconds; remembers bodies in arrival order.
+    """Answers every POST after ``hold`` seconds; remembers requests in arrival order.
 
     ``max_in_flight`` is measured by the server itself, so it is what a real
-    backend would have seen, whoever the callers were.
+    backend would have seen, whoever the callers were. Subclasses decide the
+    reply in :meth:`respond`.
     """
 
     def __init__(self, hold: float = 0.0) -> None:
         self.hold = hold
         self.in_flight = 0
         self.max_in_flight = 0
-        self.bodies: list[dict[str, Any]] = []
+        self.received: list[Received] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # serve_forever checks for shutdown() every poll_interval (default 0.5 s).
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    @property
+    def bodies(self) -> list[Any]:
+        return [request.body for request in self.received]
+
+    def respond(self, request: Received) -> Reply:
+        return Reply()
 
     def __enter__(self) -> ProbeServer:
         self._thread.start()
@@ -46,25 +76,46 @@ class ProbeServer:
         self._server.server_close()
         self._thread.join()
 
+    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+        raw = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        request = Received(
+            path=handler.path,
+            headers={k.lower(): v for k, v in handler.headers.items()},
+            body=json.loads(raw) if raw else None,
+        )
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.received.append(request)
+        try:
+            reply = self.respond(request)
+            time.sleep(self.hold + reply.delay)
+            handler.send_response(reply.status)
+            for name, value in reply.headers.items():
+                handler.send_header(name, value)
+            if reply.chunks is None:
+                handler.send_header("Content-Length", str(len(reply.body)))
+                handler.end_headers()
+                handler.wfile.write(reply.body)
+            else:
+                handler.send_header("Connection", "close")
+                handler.end_headers()
+                for chunk in reply.chunks:
+                    handler.wfile.write(chunk)
+                    handler.wfile.flush()
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         probe = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with probe._lock:
-                    probe.in_flight += 1
-                    probe.max_in_flight = max(probe.max_in_flight, probe.in_flight)
-                    probe.bodies.append(body)
-                time.sleep(probe.hold)
-                with probe._lock:
-                    probe.in_flight -= 1
-                payload = json.dumps({"ok": True}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                probe._serve(self)
+
+            def do_GET(self) -> None:
+                probe._serve(self)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep test output clean

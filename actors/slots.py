@@ -1,0 +1,93 @@
+"""Where callers get slots from: the cluster's manager, an in-process gate, or nowhere.
+
+Provider code asks a :class:`SlotSource` and does not care which one it has:
+:class:`actors.client.ManagerClient` in a cluster, :class:`LocalSlots` for a
+single process (and tests without Ray), :class:`NoSlots` when
+``queue.enabled`` is false and every call goes straight to its backend.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
+
+from actors.engine import Lease
+from actors.gate import SlotGate
+from actors.groups import GroupSpec
+from actors.stats import GroupInfo
+from actors.waitqueue import DEFAULT_PRIORITY, check_priority
+
+
+class SlotSource(Protocol):
+    async def register(self, spec: GroupSpec) -> GroupInfo: ...
+
+    def slot(
+        self,
+        group: str,
+        *,
+        priority: int = DEFAULT_PRIORITY,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> AbstractAsyncContextManager[Lease]: ...
+
+
+class LocalSlots:
+    """Slots from a gate in this process: the manager's rules without Ray."""
+
+    def __init__(self, gate: SlotGate) -> None:
+        self.gate = gate
+
+    async def register(self, spec: GroupSpec) -> GroupInfo:
+        return self.gate.inspect(self.gate.engine.register, spec)
+
+    @asynccontextmanager
+    async def slot(
+        self,
+        group: str,
+        *,
+        priority: int = DEFAULT_PRIORITY,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Lease]:
+        lease = await self.gate.acquire(
+            group,
+            request_id or uuid.uuid4().hex,
+            lease_id=uuid.uuid4().hex,
+            priority=priority,
+            timeout=timeout,
+        )
+        try:
+            yield lease
+        finally:
+            self.gate.release(lease.id, lease.epoch)
+
+
+class NoSlots:
+    """No gating at all (``queue.enabled = false``): every call runs at once."""
+
+    async def register(self, spec: GroupSpec) -> GroupInfo:
+        return GroupInfo(
+            id=spec.id, kind=spec.kind, limit=None, global_limit=None, epoch=0, lease_ttl=0.0
+        )
+
+    @asynccontextmanager
+    async def slot(
+        self,
+        group: str,
+        *,
+        priority: int = DEFAULT_PRIORITY,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Lease]:
+        check_priority(priority)
+        yield Lease(
+            id=uuid.uuid4().hex,
+            group=group,
+            request_id=request_id or "",
+            priority=priority,
+            epoch=0,
+            granted_at=0.0,
+            ttl=0.0,
+        )

@@ -1,0 +1,89 @@
+"""Errors of the provider layer.
+
+Every error is picklable (``args`` holds exactly the constructor's arguments)
+since they cross actor boundaries, and none carries a request body, header or
+key. ``retryable`` says whether the retry loop may try again.
+
+    RaygateError
+    └── ProviderError               a backend call failed
+        ├── MissingAPIKey           a remote API without a key
+        ├── RateLimited             429 (retryable, honours Retry-After)
+        ├── ProviderTimeout         no answer in time (retryable)
+        ├── ProviderUnavailable     5xx, 529, connection refused (retryable)
+        ├── BadRequest              400, 404, 422: the request itself is wrong
+        ├── AuthenticationFailed    401, 403
+        ├── BadResponse             the answer is not what the wire format promises,
+        │                           or not JSON when a schema was asked
+        └── CircuitOpen             the group failed too often; failing fast
+"""
+
+from __future__ import annotations
+
+from actors.errors import RaygateError
+
+
+class ProviderError(RaygateError):
+    retryable = False
+
+    def __init__(self, provider: str, detail: str, status: int | None = None) -> None:
+        super().__init__(provider, detail, status)
+        self.provider = provider
+        self.detail = detail
+        self.status = status
+
+    def __str__(self) -> str:
+        status = f" (HTTP {self.status})" if self.status is not None else ""
+        return f"{self.provider}: {self.detail}{status}"
+
+
+class MissingAPIKey(ProviderError):
+    def __init__(self, provider: str, env_vars: tuple[str, ...]) -> None:
+        super().__init__(
+            provider,
+            f"no API key; set {' or '.join(env_vars)}, or api_keys.{provider} in the settings",
+        )
+        self.args = (provider, env_vars)  # what pickling passes back to __init__
+        self.env_vars = env_vars
+
+
+class RateLimited(ProviderError):
+    retryable = True
+
+    def __init__(
+        self, provider: str, detail: str, status: int | None = 429, retry_after: float | None = None
+    ) -> None:
+        super().__init__(provider, detail, status)
+        self.args = (provider, detail, status, retry_after)
+        self.retry_after = retry_after
+
+
+class ProviderTimeout(ProviderError):
+    retryable = True
+
+
+class ProviderUnavailable(ProviderError):
+    retryable = True
+
+
+class BadRequest(ProviderError):
+    pass
+
+
+class AuthenticationFailed(ProviderError):
+    pass
+
+
+class BadResponse(ProviderError):
+    pass
+
+
+class CircuitOpen(ProviderError):
+    def __init__(self, provider: str, group: str, retry_in: float) -> None:
+        super().__init__(
+            provider,
+            f"circuit for group {group!r} is open after repeated failures; calls fail fast "
+            f"for another {retry_in:.1f}s, then one probe is let through",
+        )
+        self.args = (provider, group, retry_in)
+        self.group = group
+        self.retry_in = retry_in

@@ -1,0 +1,91 @@
+"""A backend behind the manager: every call holds a slot of its group while it runs.
+
+    breaker check -> slot (priority, request id) -> HTTP call -> release
+                     ^ on a retryable error: release, back off, start again
+
+Plain Python over a :class:`~actors.slots.SlotSource`, so the same code runs
+in the ProviderActor (manager slots), in one process (local slots) and in
+parity mode (no slots).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from actors.groups import GroupSpec
+from actors.slots import SlotSource
+from actors.waitqueue import DEFAULT_PRIORITY
+from providers.breaker import CircuitBreaker
+from providers.http import Backend
+from providers.models import ChatRequest, ChatResponse, StreamDelta
+from providers.retry import RetryPolicy, with_retries
+
+
+class GatedProvider:
+    def __init__(
+        self,
+        backend: Backend,
+        spec: GroupSpec,
+        slots: SlotSource,
+        *,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.backend = backend
+        self.spec = spec
+        self.slots = slots
+        self.retry = retry or RetryPolicy()
+        self.breaker = breaker or CircuitBreaker(backend.provider, spec.id, clock=clock)
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+
+    async def start(self) -> None:
+        await self.slots.register(self.spec)
+
+    async def chat(
+        self,
+        request: ChatRequest,
+        *,
+        priority: int = DEFAULT_PRIORITY,
+        request_id: str | None = None,
+        queue_timeout: float | None = None,
+    ) -> ChatResponse:
+        async def attempt() -> ChatResponse:
+            with self.breaker.guard():
+                async with self.slots.slot(
+                    self.spec.id, priority=priority, request_id=request_id, timeout=queue_timeout
+                ):
+                    return await self.backend.chat(request)
+
+        return await with_retries(
+            attempt, self.retry, clock=self._clock, sleep=self._sleep, rng=self._rng
+        )
+
+    async def stream(
+        self,
+        request: ChatRequest,
+        *,
+        priority: int = DEFAULT_PRIORITY,
+        request_id: str | None = None,
+        queue_timeout: float | None = None,
+    ) -> AsyncIterator[StreamDelta]:
+        """Stream one answer, holding the slot until its last piece.
+
+        Not retried: a caller may already have used the pieces it got.
+        """
+        with self.breaker.guard():
+            async with self.slots.slot(
+                self.spec.id, priority=priority, request_id=request_id, timeout=queue_timeout
+            ):
+                async for delta in self.backend.stream(request):
+                    yield delta
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()

@@ -1,0 +1,251 @@
+"""What every backend shares: the httpx client, error mapping, SSE, Retry-After.
+
+A backend subclass only knows its wire format: the path, headers and body of
+a request, and how to read an answer, a stream and an error body. Failures of
+the transport and HTTP statuses become typed errors in exactly one place,
+:meth:`Backend._mapped`, and never carry the request or its headers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from providers.errors import (
+    AuthenticationFailed,
+    BadRequest,
+    BadResponse,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+)
+from providers.models import ChatRequest, ChatResponse, FinishReason, StreamDelta, Usage
+
+# How much of a provider's own error message is kept in ours.
+ERROR_EXCERPT = 300
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A whole answer as read off the wire, before timing and JSON checks."""
+
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    data: Any = None
+
+
+class Backend(ABC):
+    provider: str
+    path: str
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        group: str,
+        api_key: SecretStr | None = None,
+        timeout: float = 120.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.group = group
+        self.timeout = timeout
+        self._api_key = api_key
+        self._clock = clock
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)), transport=transport
+        )
+
+    def __repr__(self) -> str:
+        # Never the key: only what identifies the backend.
+        return f"{type(self).__name__}(base_url={self.base_url!r}, group={self.group!r})"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- what a wire format defines ----------------------------------------------
+
+    @abstractmethod
+    def headers(self) -> dict[str, str]: ...
+
+    @abstractmethod
+    def body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def read_answer(self, payload: Any, request: ChatRequest) -> Answer: ...
+
+    @abstractmethod
+    def read_stream(self, lines: AsyncIterator[str]) -> AsyncIterator[StreamDelta]: ...
+
+    @abstractmethod
+    def error_message(self, payload: Any) -> str | None:
+        """The provider's own explanation in an error body, if it gave one."""
+
+    # -- calls ------------------------------------------------------------------------
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        started = self._clock()
+        with self._mapped():
+            response = await self._http.post(
+                self.base_url + self.path,
+                headers=self.headers(),
+                json=self.body(request, stream=False),
+            )
+            self._check_status(response)
+        payload = self._json(response.content)
+        try:
+            answer = self.read_answer(payload, request)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise BadResponse(
+                self.provider, f"answer is not in the {self.provider} format ({exc!r})"
+            ) from None
+        data = answer.data
+        if request.response_format is not None and data is None:
+            data = self._parse_json_answer(answer.text, request)
+        return ChatResponse(
+            text=answer.text,
+            finish_reason=answer.finish_reason,
+            usage=answer.usage,
+            latency_seconds=self._clock() - started,
+            provider=self.provider,
+            group=self.group,
+            model=request.model,
+            data=data,
+        )
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
+        with self._mapped():
+            async with self._http.stream(
+                "POST",
+                self.base_url + self.path,
+                headers=self.headers(),
+                json=self.body(request, stream=True),
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    self._check_status(response)
+                try:
+                    async for delta in self.read_stream(response.aiter_lines()):
+                        yield delta
+                except (KeyError, IndexError, TypeError, ValueError) as exc:
+                    raise BadResponse(
+                        self.provider, f"stream is not in the {self.provider} format ({exc!r})"
+                    ) from None
+
+    # -- one place for failures ----------------------------------------------------
+
+    @contextmanager
+    def _mapped(self) -> Iterator[None]:
+        try:
+            yield
+        except httpx.TimeoutException:
+            raise ProviderTimeout(self.provider, f"no answer within {self.timeout:g}s") from None
+        except httpx.TransportError as exc:
+            raise ProviderUnavailable(
+                self.provider, f"cannot reach {self.base_url} ({type(exc).__name__})"
+            ) from None
+
+    def _check_status(self, response: httpx.Response) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        detail = self._error_detail(response.content)
+        if status == 429:
+            raise RateLimited(
+                self.provider,
+                detail,
+                status,
+                parse_retry_after(response.headers.get("retry-after")),
+            )
+        kind: type[ProviderError]
+        if status in (401, 403):
+            kind = AuthenticationFailed
+        elif status == 408:
+            kind = ProviderTimeout
+        elif status >= 500:
+            kind = ProviderUnavailable  # includes Anthropic's 529 "overloaded"
+        else:
+            kind = BadRequest
+        raise kind(self.provider, detail, status)
+
+    def _error_detail(self, content: bytes) -> str:
+        try:
+            message = self.error_message(json.loads(content))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            message = None
+        if not message:
+            return "request failed"
+        return message[:ERROR_EXCERPT]
+
+    def _json(self, content: bytes) -> Any:
+        try:
+            return json.loads(content)
+        except ValueError:
+            raise BadResponse(
+                self.provider, f"answer is not JSON: {_excerpt(content.decode(errors='replace'))}"
+            ) from None
+
+    def _parse_json_answer(self, text: str, request: ChatRequest) -> Any:
+        assert request.response_format is not None
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise BadResponse(
+                self.provider,
+                f"asked for JSON matching schema {request.response_format.name!r}, "
+                f"got text that is not JSON: {_excerpt(text)}",
+            ) from None
+
+
+def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now())
+
+
+async def read_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
+    """Server-sent events as ``(event, data)``; ``event`` is "message" when unnamed."""
+    event, data = "message", list[str]()
+    async for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue  # a comment, e.g. a keep-alive
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "event":
+                event = value
+            elif name == "data":
+                data.append(value)
+    if data:
+        yield event, "\n".join(data)
+
+
+def _excerpt(text: str, most: int = 80) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= most else text[:most] + "...")

@@ -1,0 +1,94 @@
+"""One request and one response shape for every backend.
+
+Each backend module translates these to and from its provider's wire format;
+callers never see a provider's own JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length", "content_filter", "other"]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Role
+    content: str
+
+
+class JsonSchemaFormat(BaseModel):
+    """Ask for structured output: the answer must be JSON valid against ``json_schema``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(default="answer", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    json_schema: dict[str, Any]
+    strict: bool = True
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(min_length=1)
+    messages: tuple[ChatMessage, ...] = Field(min_length=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int = Field(default=1024, gt=0)
+    stop: tuple[str, ...] = ()
+    response_format: JsonSchemaFormat | None = None
+    stream: bool = False
+
+    @field_validator("messages")
+    @classmethod
+    def _one_system_prompt_first(cls, messages: tuple[ChatMessage, ...]) -> tuple[ChatMessage, ...]:
+        systems = [i for i, m in enumerate(messages) if m.role == "system"]
+        if systems and systems != [0]:
+            raise ValueError("at most one system message, and it must come first")
+        if all(m.role == "system" for m in messages):
+            raise ValueError("needs at least one user or assistant message")
+        return messages
+
+    @property
+    def system(self) -> str | None:
+        first = self.messages[0]
+        return first.content if first.role == "system" else None
+
+    @property
+    def turns(self) -> tuple[ChatMessage, ...]:
+        """The messages without the system prompt."""
+        return self.messages[1:] if self.system is not None else self.messages
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class ChatResponse(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    latency_seconds: float
+    provider: str
+    group: str
+    model: str
+    # The parsed JSON when the request asked for a schema.
+    data: Any = None
+
+
+class StreamDelta(BaseModel):
+    """One piece of a streamed answer; the last one carries the finish reason and usage."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str = ""
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None

@@ -1,0 +1,132 @@
+"""OpenAI Chat Completions (``POST {base}/chat/completions``), and servers that speak it.
+
+OpenAI itself wants a bearer key and takes ``max_completion_tokens``; LM Studio,
+vLLM and llama.cpp's server speak the same format at their own base URL, with
+no key by default and the older ``max_tokens``. Structured output is
+``response_format: {type: json_schema, ...}``; llama-cpp-python's server wants
+``{type: json_object, schema: ...}`` instead (``schema_style="json_object"``).
+Streaming is server-sent events of ``chat.completion.chunk`` ending in
+``data: [DONE]``; with ``stream_options.include_usage`` the last chunk carries
+the token counts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from providers.http import Answer, Backend, read_sse
+from providers.models import ChatRequest, FinishReason, StreamDelta, Usage
+
+SchemaStyle = Literal["json_schema", "json_object"]
+
+FINISH_REASONS: dict[str | None, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "content_filter": "content_filter",
+}
+
+
+class OpenAIBackend(Backend):
+    provider = "openai"
+    path = "/chat/completions"
+    # OpenAI's own API renamed max_tokens; compatible servers know the old name.
+    max_tokens_field = "max_completion_tokens"
+    schema_style: SchemaStyle = "json_schema"
+
+    def headers(self) -> dict[str, str]:
+        if self._api_key is None:
+            return {}
+        return {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
+
+    def body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": [m.model_dump() for m in request.messages],
+            self.max_tokens_field: request.max_tokens,
+        }
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.response_format is not None:
+            fmt = request.response_format
+            if self.schema_style == "json_schema":
+                body["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": fmt.name,
+                        "schema": fmt.json_schema,
+                        "strict": fmt.strict,
+                    },
+                }
+            else:
+                body["response_format"] = {"type": "json_object", "schema": fmt.json_schema}
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def read_answer(self, payload: Any, request: ChatRequest) -> Answer:
+        choice = payload["choices"][0]
+        usage = payload.get("usage") or {}
+        return Answer(
+            text=choice["message"]["content"] or "",
+            finish_reason=FINISH_REASONS.get(choice.get("finish_reason"), "other"),
+            usage=Usage(
+                input_tokens=usage.get("prompt_tokens", 0),
+                output_tokens=usage.get("completion_tokens", 0),
+            ),
+        )
+
+    async def read_stream(self, lines: AsyncIterator[str]) -> AsyncIterator[StreamDelta]:
+        finish: FinishReason | None = None
+        async for _, data in read_sse(lines):
+            if data == "[DONE]":
+                break
+            chunk = json.loads(data)
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+                yield StreamDelta(
+                    finish_reason=finish or "stop",
+                    usage=Usage(
+                        input_tokens=usage.get("prompt_tokens", 0),
+                        output_tokens=usage.get("completion_tokens", 0),
+                    ),
+                )
+                finish = None
+                continue
+            for choice in chunk.get("choices", []):
+                text = (choice.get("delta") or {}).get("content") or ""
+                if text:
+                    yield StreamDelta(text=text)
+                if choice.get("finish_reason"):
+                    finish = FINISH_REASONS.get(choice["finish_reason"], "other")
+        if finish is not None:  # a server that sends no usage chunk
+            yield StreamDelta(finish_reason=finish)
+
+    def error_message(self, payload: Any) -> str | None:
+        error = payload.get("error")
+        if isinstance(error, dict):
+            return str(error.get("message") or "")
+        return str(error) if error else None
+
+
+class OpenAICompatibleBackend(OpenAIBackend):
+    """vLLM, llama.cpp's server and others that speak Chat Completions."""
+
+    provider = "openai-compatible"
+    max_tokens_field = "max_tokens"
+
+    def __init__(
+        self, *args: Any, schema_style: SchemaStyle = "json_schema", **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.schema_style = schema_style
+
+
+class LMStudioBackend(OpenAICompatibleBackend):
+    """LM Studio's OpenAI-compatible server (``http://localhost:1234/v1`` by default)."""
+
+    provider = "lmstudio"

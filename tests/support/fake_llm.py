@@ -1,0 +1,348 @@
+"""Fake LLM backends: real HTTP servers on loopback that speak each provider's wire format.
+
+A test scripts abstract replies (``Say("hi")``, ``RateLimit(7)``, ...); the
+dialect renders each in its provider's real response shape, and first checks
+the request the way the real API would (path, auth headers, required fields),
+answering a wrong one with that API's own error status and body.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.support.probe_server import ProbeServer, Received, Reply
+
+# -- what a test can script -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Say:
+    text: str = "ok"
+    input_tokens: int = 11
+    output_tokens: int = 7
+
+
+@dataclass(frozen=True)
+class SayJson:
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stream:
+    pieces: tuple[str, ...] = ("Hel", "lo ", "world")
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    retry_after: str = "7"
+
+
+@dataclass(frozen=True)
+class Fail:
+    status: int = 500
+    message: str = "internal error"
+
+
+@dataclass(frozen=True)
+class Slow:
+    seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class Garbage:
+    """A 200 whose body is not JSON at all."""
+
+
+Script = Say | SayJson | Stream | RateLimit | Fail | Slow | Garbage
+
+
+class Reject(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(
+        status=status,
+        body=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+
+
+# -- dialects -----------------------------------------------------------------------
+
+
+class Dialect:
+    path: str
+
+    def __init__(self, api_key: str | None = None) -> None:
+        self.api_key = api_key
+
+    def check(self, request: Received) -> None:
+        if request.path != self.path:
+            raise Reject(404, f"no route {request.path}")
+        body = request.body
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise Reject(400, "model is required")
+        messages = body.get("messages")
+        if not messages or not all({"role", "content"} <= set(m) for m in messages):
+            raise Reject(400, "messages must be a non-empty list of {role, content}")
+
+    def streaming(self, body: dict[str, Any]) -> bool:
+        return bool(body.get("stream"))
+
+    def answer(self, text: str, body: dict[str, Any], usage: tuple[int, int]) -> Reply:
+        raise NotImplementedError
+
+    def answer_json(self, data: dict[str, Any], body: dict[str, Any]) -> Reply:
+        return self.answer(json.dumps(data), body, (11, 7))
+
+    def stream(self, pieces: tuple[str, ...]) -> Reply:
+        raise NotImplementedError
+
+    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
+        raise NotImplementedError
+
+
+class OpenAIDialect(Dialect):
+    path = "/v1/chat/completions"
+
+    def check(self, request: Received) -> None:
+        super().check(request)
+        if self.api_key is not None and request.headers.get("authorization") != (
+            f"Bearer {self.api_key}"
+        ):
+            raise Reject(401, "Incorrect API key provided.")
+        fmt = request.body.get("response_format")
+        if (
+            fmt is not None
+            and fmt.get("type") == "json_schema"
+            and ("schema" not in fmt.get("json_schema", {}))
+        ):
+            raise Reject(400, "response_format.json_schema.schema is required")
+
+    def answer(self, text: str, body: dict[str, Any], usage: tuple[int, int]) -> Reply:
+        return _json(
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": usage[0],
+                    "completion_tokens": usage[1],
+                    "total_tokens": sum(usage),
+                },
+            }
+        )
+
+    def stream(self, pieces: tuple[str, ...]) -> Reply:
+        def event(payload: Any) -> bytes:
+            return f"data: {json.dumps(payload)}\n\n".encode()
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {
+                "id": "chatcmpl-1",
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+
+        chunks = [event(chunk({"role": "assistant", "content": ""}))]
+        chunks += [event(chunk({"content": piece})) for piece in pieces]
+        chunks.append(event(chunk({}, "stop")))
+        chunks.append(
+            event(
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion.chunk",
+                    "choices": [],
+                    "usage": {"prompt_tokens": 11, "completion_tokens": len(pieces)},
+                }
+            )
+        )
+        chunks.append(b"data: [DONE]\n\n")
+        return Reply(headers={"Content-Type": "text/event-stream"}, chunks=chunks)
+
+    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
+        return _json(
+            {"error": {"message": message, "type": "api_error", "code": None}}, status, headers
+        )
+
+
+class AnthropicDialect(Dialect):
+    path = "/v1/messages"
+
+    def check(self, request: Received) -> None:
+        super().check(request)
+        headers, body = request.headers, request.body
+        if self.api_key is not None and headers.get("x-api-key") != self.api_key:
+            raise Reject(401, "invalid x-api-key")
+        if "anthropic-version" not in headers:
+            raise Reject(400, "anthropic-version: header is required")
+        if not isinstance(body.get("max_tokens"), int):
+            raise Reject(400, "max_tokens: Field required")
+        if any(m["role"] not in ("user", "assistant") for m in body["messages"]):
+            raise Reject(400, "messages: roles must be user or assistant; use the system field")
+
+    def answer(self, text: str, body: dict[str, Any], usage: tuple[int, int]) -> Reply:
+        return self._message([{"type": "text", "text": text}], "end_turn", body, usage)
+
+    def answer_json(self, data: dict[str, Any], body: dict[str, Any]) -> Reply:
+        tool = body["tool_choice"]["name"]
+        block = {"type": "tool_use", "id": "toolu_1", "name": tool, "input": data}
+        return self._message([block], "tool_use", body, (11, 7))
+
+    def _message(
+        self, content: list[dict[str, Any]], stop: str, body: dict[str, Any], usage: tuple[int, int]
+    ) -> Reply:
+        return _json(
+            {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "model": body["model"],
+                "content": content,
+                "stop_reason": stop,
+                "stop_sequence": None,
+                "usage": {"input_tokens": usage[0], "output_tokens": usage[1]},
+            }
+        )
+
+    def stream(self, pieces: tuple[str, ...]) -> Reply:
+        def event(name: str, payload: dict[str, Any]) -> bytes:
+            return f"event: {name}\ndata: {json.dumps({'type': name, **payload})}\n\n".encode()
+
+        chunks = [
+            event(
+                "message_start",
+                {"message": {"id": "msg_1", "type": "message", "usage": {"input_tokens": 11}}},
+            ),
+            event(
+                "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
+            ),
+            b'event: ping\ndata: {"type": "ping"}\n\n',
+        ]
+        chunks += [
+            event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": p}})
+            for p in pieces
+        ]
+        chunks += [
+            event("content_block_stop", {"index": 0}),
+            event(
+                "message_delta",
+                {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": len(pieces)}},
+            ),
+            event("message_stop", {}),
+        ]
+        return Reply(headers={"Content-Type": "text/event-stream"}, chunks=chunks)
+
+    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
+        kind = {401: "authentication_error", 429: "rate_limit_error"}.get(status, "api_error")
+        return _json(
+            {"type": "error", "error": {"type": kind, "message": message}}, status, headers
+        )
+
+
+class OllamaDialect(Dialect):
+    path = "/api/chat"
+
+    def streaming(self, body: dict[str, Any]) -> bool:
+        return body.get("stream", True) is not False  # Ollama streams unless told not to
+
+    def answer(self, text: str, body: dict[str, Any], usage: tuple[int, int]) -> Reply:
+        return _json(
+            {
+                "model": body["model"],
+                "created_at": "2026-11-23T00:00:00Z",
+                "message": {"role": "assistant", "content": text},
+                "done": True,
+                "done_reason": "stop",
+                "prompt_eval_count": usage[0],
+                "eval_count": usage[1],
+            }
+        )
+
+    def stream(self, pieces: tuple[str, ...]) -> Reply:
+        lines = [
+            {"model": "m", "message": {"role": "assistant", "content": p}, "done": False}
+            for p in pieces
+        ]
+        lines.append(
+            {
+                "model": "m",
+                "message": {"role": "assistant", "content": ""},
+                "done": True,
+                "done_reason": "stop",
+                "prompt_eval_count": 11,
+                "eval_count": len(pieces),
+            }
+        )
+        return Reply(
+            headers={"Content-Type": "application/x-ndjson"},
+            chunks=[(json.dumps(line) + "\n").encode() for line in lines],
+        )
+
+    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
+        return _json({"error": message}, status, headers)
+
+
+# -- the server ------------------------------------------------------------------------
+
+
+class FakeLLMServer(ProbeServer):
+    """Replies with the scripted items in order, then with ``Say()`` forever."""
+
+    def __init__(self, dialect: Dialect, hold: float = 0.0) -> None:
+        super().__init__(hold=hold)
+        self.dialect = dialect
+        self._script: deque[Script] = deque()
+        self._script_lock = threading.Lock()
+
+    def script(self, *replies: Script) -> None:
+        with self._script_lock:
+            self._script.extend(replies)
+
+    def respond(self, request: Received) -> Reply:
+        dialect = self.dialect
+        try:
+            dialect.check(request)
+        except Reject as rejected:
+            return dialect.error(rejected.status, rejected.message)
+        with self._script_lock:
+            step = self._script.popleft() if self._script else Say()
+        body = request.body
+        match step:
+            case Say(text, i, o):
+                if dialect.streaming(body):
+                    return dialect.stream((text,))
+                return dialect.answer(text, body, (i, o))
+            case SayJson(data):
+                return dialect.answer_json(data, body)
+            case Stream(pieces):
+                return dialect.stream(pieces)
+            case RateLimit(retry_after):
+                return dialect.error(429, "rate limited", {"Retry-After": retry_after})
+            case Fail(status, message):
+                return dialect.error(status, message)
+            case Slow(seconds):
+                reply = dialect.answer("late", body, (1, 1))
+                reply.delay = seconds
+                return reply
+            case Garbage():
+                return Reply(
+                    body=b"<html>502 Bad Gateway</html>", headers={"Content-Type": "text/html"}
+                )
+        raise AssertionError(f"unscripted step {step!r}")
