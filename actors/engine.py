@@ -72,6 +72,7 @@ class _Group:
     limit: int | None
     queue: WaitQueue
     active: int = 0
+    peak_active: int = 0
     avg_hold: float | None = None
     granted: int = 0
     released: int = 0
@@ -277,6 +278,7 @@ class SlotEngine:
                 kind=g.spec.kind,
                 limit=g.limit,
                 active=g.active,
+                peak_active=g.peak_active,
                 pending=len(g.queue),
                 avg_hold_seconds=g.avg_hold,
                 granted=g.granted,
@@ -322,6 +324,7 @@ class SlotEngine:
         self._expires_at[lease_id] = now + self.lease_ttl
         heapq.heappush(self._deadlines, (now + self.lease_ttl, lease_id))
         group.active += 1
+        group.peak_active = max(group.peak_active, group.active)
         group.granted += 1
         self._total_active += 1
         return lease

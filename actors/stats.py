@@ -36,6 +36,8 @@ class GroupStats(_Snapshot):
     kind: ResourceKind
     limit: int | None
     active: int
+    # The most calls of this group that ever held a slot at once.
+    peak_active: int
     pending: int
     avg_hold_seconds: float | None
     granted: int

@@ -9,13 +9,15 @@ A thin shell over :class:`providers.gated.GatedProvider`. Where it runs:
   creates it, the machine where that loopback address was meant.
 
 Actors are named ``provider:<group id>`` in the ``raygate`` namespace and got
-with get-if-exists, so every driver and job shares one per backend.
+with get-if-exists, so every driver and job shares one per backend. The
+embedded default model (:class:`EmbeddedModelActor`) runs its own llama.cpp
+server and is named ``provider:embedded-gemma-3-270m@<host>``.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
@@ -23,7 +25,7 @@ from pydantic import SecretStr
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.client import ManagerClient
-from actors.groups import GroupSpec, ResourceKind
+from actors.groups import GroupSpec, Provider, ResourceKind, classify
 from actors.manager import NAMESPACE
 from actors.settings import Settings
 from actors.slots import NoSlots, SlotSource
@@ -31,8 +33,9 @@ from actors.waitqueue import DEFAULT_PRIORITY
 from providers.breaker import CircuitBreaker
 from providers.factory import api_key_for, build_backend
 from providers.gated import GatedProvider
+from providers.llamacpp import EMBEDDED_MODEL_ID, LlamaCppServer, embedded_model_path
 from providers.models import ChatRequest, ChatResponse, StreamDelta
-from providers.openai import SchemaStyle
+from providers.openai import LLAMA_CPP_GEMMA, Quirks
 from providers.retry import RetryPolicy
 
 GPU_HOST_RESOURCE = "gpu_host:{host}"
@@ -44,44 +47,48 @@ class ProviderOptions:
 
     api_key: SecretStr | None = None
     timeout: float = 120.0
-    schema_style: SchemaStyle = "json_schema"
+    # How an OpenAI-compatible server differs from OpenAI (ignored by other providers).
+    quirks: Quirks = field(default_factory=Quirks)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker_cooldown: float = 30.0
 
 
 def options_for(
-    spec: GroupSpec, settings: Settings, *, schema_style: SchemaStyle = "json_schema"
+    spec: GroupSpec, settings: Settings, *, quirks: Quirks | None = None
 ) -> ProviderOptions:
     """Options from the settings; raises MissingAPIKey for a remote API without a key."""
     tuning = settings.providers
     return ProviderOptions(
         api_key=api_key_for(spec.provider, settings),
         timeout=tuning.timeout_seconds,
-        schema_style=schema_style,
+        quirks=quirks or Quirks(),
         retry=RetryPolicy(attempts=tuning.retry_attempts, deadline=tuning.retry_deadline_seconds),
         breaker_cooldown=tuning.breaker_cooldown_seconds,
     )
 
 
-@ray.remote(num_cpus=0, max_restarts=-1)
-class ProviderActor:
-    def __init__(self, spec: GroupSpec, options: ProviderOptions, manager: Any | None) -> None:
-        slots: SlotSource = ManagerClient(manager) if manager is not None else NoSlots()
+class _ProviderShell:
+    """What both provider actors answer; the remote classes only differ in their start."""
+
+    _provider: GatedProvider
+    _slots: SlotSource
+    _started: bool = False
+
+    def _make(self, spec: GroupSpec, options: ProviderOptions, manager: Any | None) -> None:
+        self._slots = ManagerClient(manager) if manager is not None else NoSlots()
         backend = build_backend(
             spec,
             api_key=options.api_key,
             timeout=options.timeout,
-            schema_style=options.schema_style,
+            quirks=options.quirks,
         )
         self._provider = GatedProvider(
             backend,
             spec,
-            slots,
+            self._slots,
             retry=options.retry,
             breaker=CircuitBreaker(backend.provider, spec.id, cooldown=options.breaker_cooldown),
         )
-        self._slots = slots
-        self._started = False
 
     async def _start(self) -> None:
         if not self._started:
@@ -121,16 +128,53 @@ class ProviderActor:
             return await self._slots.can_group_run_immediately(self._provider.spec.id)
         return True
 
+    def group(self) -> GroupSpec:
+        return self._provider.spec
+
     def node_id(self) -> str:
         return str(ray.get_runtime_context().get_node_id())
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class ProviderActor(_ProviderShell):
+    def __init__(self, spec: GroupSpec, options: ProviderOptions, manager: Any | None) -> None:
+        self._make(spec, options, manager)
+
+
+@ray.remote(num_cpus=0)
+class EmbeddedModelActor(_ProviderShell):
+    """The embedded default: a llama.cpp server this actor starts, owns and stops.
+
+    Served as an openai-compatible local-server group (limit 1) at the
+    server's loopback port, on the GPU host the actor is pinned to.
+    """
+
+    def __init__(self, options: ProviderOptions, manager: Any | None, host: str | None) -> None:
+        self._server = LlamaCppServer(embedded_model_path())
+        base_url = self._server.start()
+        spec = classify(Provider.OPENAI_COMPATIBLE, base_url, host=host)
+        self._make(spec, replace(options, quirks=LLAMA_CPP_GEMMA), manager)
+
+    def server_pid(self) -> int | None:
+        return self._server.pid
+
+    async def shutdown(self) -> None:
+        """Stop the server, then this actor."""
+        self._server.stop()
+        await self._provider.aclose()
+        ray.actor.exit_actor()
 
 
 def placement(spec: GroupSpec) -> dict[str, Any]:
     """Ray scheduling options that keep a local server's actor on its GPU host."""
     if spec.kind is not ResourceKind.LOCAL_SERVER:
         return {}
-    if spec.host:
-        return {"resources": {GPU_HOST_RESOURCE.format(host=spec.host): 0.001}}
+    return local_placement(spec.host)
+
+
+def local_placement(host: str | None) -> dict[str, Any]:
+    if host:
+        return {"resources": {GPU_HOST_RESOURCE.format(host=host): 0.001}}
     here = ray.get_runtime_context().get_node_id()
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)}
 
@@ -144,3 +188,16 @@ def get_or_create_provider(spec: GroupSpec, options: ProviderOptions, manager: A
         lifetime="detached",
         **placement(spec),
     ).remote(spec, options, manager)
+
+
+def get_or_create_embedded_model(
+    options: ProviderOptions, manager: Any | None, host: str | None = None
+) -> Any:
+    """The cluster's embedded model server on ``host`` (the caller's node when None)."""
+    return EmbeddedModelActor.options(  # type: ignore[attr-defined]
+        name=f"provider:embedded-{EMBEDDED_MODEL_ID}@{host or 'local'}",
+        namespace=NAMESPACE,
+        get_if_exists=True,
+        lifetime="detached",
+        **local_placement(host),
+    ).remote(options, manager, host)

@@ -14,12 +14,7 @@ from providers.anthropic import AnthropicBackend
 from providers.errors import MissingAPIKey
 from providers.http import Backend
 from providers.ollama import OllamaBackend
-from providers.openai import (
-    LMStudioBackend,
-    OpenAIBackend,
-    OpenAICompatibleBackend,
-    SchemaStyle,
-)
+from providers.openai import LMStudioBackend, OpenAIBackend, OpenAICompatibleBackend, Quirks
 
 BACKENDS: Mapping[Provider, type[Backend]] = {
     Provider.OPENAI: OpenAIBackend,
@@ -56,7 +51,7 @@ def build_backend(
     *,
     api_key: SecretStr | None,
     timeout: float,
-    schema_style: SchemaStyle = "json_schema",
+    quirks: Quirks | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Backend:
     kind = BACKENDS[spec.provider]
@@ -67,6 +62,6 @@ def build_backend(
             api_key=api_key,
             timeout=timeout,
             transport=transport,
-            schema_style=schema_style,
+            quirks=quirks or Quirks(),
         )
     return kind(spec.base_url, group=spec.id, api_key=api_key, timeout=timeout, transport=transport)

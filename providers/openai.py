@@ -4,7 +4,7 @@ OpenAI itself wants a bearer key and takes ``max_completion_tokens``; LM Studio,
 vLLM and llama.cpp's server speak the same format at their own base URL, with
 no key by default and the older ``max_tokens``. Structured output is
 ``response_format: {type: json_schema, ...}``; llama-cpp-python's server wants
-``{type: json_object, schema: ...}`` instead (``schema_style="json_object"``).
+``{type: json_object, schema: ...}`` instead (see :class:`Quirks`).
 Streaming is server-sent events of ``chat.completion.chunk`` ending in
 ``data: [DONE]``; with ``stream_options.include_usage`` the last chunk carries
 the token counts.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from providers.http import Answer, Backend, read_sse
@@ -113,17 +114,39 @@ class OpenAIBackend(Backend):
         return str(error) if error else None
 
 
+@dataclass(frozen=True)
+class Quirks:
+    """What an OpenAI-compatible server does differently from OpenAI's own API."""
+
+    schema_style: SchemaStyle = "json_schema"
+    # Put the system prompt at the head of the first user turn, for chat
+    # formats that drop system messages (Gemma's).
+    fold_system_prompt: bool = False
+
+
+# llama-cpp-python's server running a Gemma model.
+LLAMA_CPP_GEMMA = Quirks(schema_style="json_object", fold_system_prompt=True)
+
+
 class OpenAICompatibleBackend(OpenAIBackend):
     """vLLM, llama.cpp's server and others that speak Chat Completions."""
 
     provider = "openai-compatible"
     max_tokens_field = "max_tokens"
 
-    def __init__(
-        self, *args: Any, schema_style: SchemaStyle = "json_schema", **kwargs: Any
-    ) -> None:
+    def __init__(self, *args: Any, quirks: Quirks = Quirks(), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.schema_style = schema_style
+        self.schema_style = quirks.schema_style
+        self.quirks = quirks
+
+    def body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        body = super().body(request, stream=stream)
+        if self.quirks.fold_system_prompt and request.system is not None:
+            turns = [m.model_dump() for m in request.turns]
+            if turns and turns[0]["role"] == "user":
+                turns[0]["content"] = f"{request.system}\n\n{turns[0]['content']}"
+            body["messages"] = turns
+        return body
 
 
 class LMStudioBackend(OpenAICompatibleBackend):

@@ -6,10 +6,12 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import ray
+from ray.cluster_utils import Cluster
 
 from actors.client import ManagerClient
 from actors.groups import GroupSpec, classify
@@ -20,13 +22,32 @@ LOCAL_SERVER = classify("ollama", "http://localhost:11434")
 REMOTE_API = classify("anthropic")
 
 
+GPU_HOST = "a"
+
+
+@dataclass(frozen=True)
+class Nodes:
+    head: str
+    gpu: str
+
+
 @pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    ray.init(num_cpus=2, namespace=NAMESPACE, include_dashboard=False)
+def cluster() -> Iterator[Nodes]:
+    """A real two-node local cluster: a head, and a node that is GPU host "a"."""
+    local = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    gpu = local.add_node(num_cpus=1, resources={f"gpu_host:{GPU_HOST}": 1})
     try:
-        yield
+        ray.init(address=local.address, namespace=NAMESPACE)
+        local.wait_for_nodes()
+        yield Nodes(head=local.head_node.node_id, gpu=gpu.node_id)
     finally:
         ray.shutdown()
+        local.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_session(cluster: Nodes) -> None:
+    """Any test that needs Ray; they all share the one cluster."""
 
 
 ManagerFactory = Callable[..., ManagerClient]

@@ -359,6 +359,7 @@ def test_stats_follow_every_step_in_the_seed_shape(harness: Harness) -> None:
 
     local = harness.engine.stats().groups[LOCAL_OLLAMA.id]
     assert (local.kind, local.limit, local.granted, local.released) == ("local-server", 1, 2, 2)
+    assert (local.peak_active, harness.engine.stats().groups[ANTHROPIC.id].peak_active) == (1, 2)
 
 
 def test_can_run_immediately_follows_group_and_global_room() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -29,7 +29,7 @@ from providers.errors import (
 from providers.factory import build_backend
 from providers.gated import GatedProvider
 from providers.models import ChatMessage, ChatRequest, JsonSchemaFormat
-from providers.openai import SchemaStyle
+from providers.openai import LLAMA_CPP_GEMMA, Quirks
 from providers.retry import RetryPolicy
 from tests.support.fake_llm import (
     AnthropicDialect,
@@ -62,7 +62,7 @@ class Case:
     path: str  # appended to the server's URL to make the base URL
     key: str | None
     schema_sent: Callable[[dict[str, Any]], Any]
-    schema_style: SchemaStyle = "json_schema"
+    quirks: Quirks = field(default_factory=Quirks)
 
 
 CASES = [
@@ -94,7 +94,7 @@ CASES = [
         "/v1",
         None,
         lambda body: body["response_format"]["schema"],
-        schema_style="json_object",
+        quirks=Quirks(schema_style="json_object"),
     ),
 ]
 
@@ -141,7 +141,7 @@ def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
             spec,
             api_key=SecretStr(case.key) if case.key else None,
             timeout=0.5,
-            schema_style=case.schema_style,
+            quirks=case.quirks,
         )
         provider = GatedProvider(
             backend,
@@ -276,3 +276,28 @@ async def test_unauthorized_is_not_retried_and_never_shows_the_key(started: Rig)
     for secret in (OPENAI_KEY, ANTHROPIC_KEY):
         assert secret not in str(caught.value)
         assert secret not in repr(started.provider.backend)
+
+
+async def test_llama_cpp_quirks_fold_the_system_prompt_and_ask_json_object() -> None:
+    with FakeLLMServer(OpenAIDialect()) as server:
+        spec = classify("openai-compatible", server.url + "/v1")
+        backend = build_backend(spec, api_key=None, timeout=5, quirks=LLAMA_CPP_GEMMA)
+        server.script(SayJson({"city": "Paris"}))
+        request = ChatRequest(
+            model="gemma",
+            messages=(
+                ChatMessage(role="system", content="Answer in JSON."),
+                ChatMessage(role="user", content="Capital of France?"),
+            ),
+            response_format=JsonSchemaFormat(json_schema=CITY_SCHEMA),
+        )
+
+        response = await backend.chat(request)
+        await backend.aclose()
+
+    (body,) = server.bodies
+    assert body["messages"] == [
+        {"role": "user", "content": "Answer in JSON.\n\nCapital of France?"}
+    ]
+    assert body["response_format"] == {"type": "json_object", "schema": CITY_SCHEMA}
+    assert response.data == {"city": "Paris"}

@@ -1,0 +1,140 @@
+"""Provider actors on a real two-node cluster, gated by the manager, against loopback fakes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import ray
+from pydantic import SecretStr
+
+from actors.client import ManagerClient
+from actors.groups import GroupSpec, classify
+from providers.actor import ProviderOptions, get_or_create_provider
+from providers.errors import AuthenticationFailed
+from providers.models import ChatMessage, ChatRequest
+from tests.integration.conftest import GPU_HOST, ManagerFactory, Nodes
+from tests.support.fake_llm import AnthropicDialect, Fail, FakeLLMServer, OllamaDialect
+
+pytestmark = pytest.mark.ray
+
+KEY = "sk-ant-integration-0123"
+REQUEST = ChatRequest(model="m", messages=(ChatMessage(role="user", content="hi"),))
+
+ProviderFactory = Callable[[GroupSpec, ProviderOptions, ManagerClient], Any]
+
+
+@pytest.fixture
+def make_provider(ray_session: None) -> Iterator[ProviderFactory]:
+    actors: list[Any] = []
+
+    def make(spec: GroupSpec, options: ProviderOptions, client: ManagerClient) -> Any:
+        actors.append(get_or_create_provider(spec, options, client.handle))
+        return actors[-1]
+
+    yield make
+    for actor in actors:
+        ray.kill(actor)
+
+
+@pytest.fixture
+def local_ollama() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer(OllamaDialect(), hold=0.02) as server:
+        yield server
+
+
+@pytest.fixture
+def anthropic() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer(AnthropicDialect(api_key=KEY), hold=0.3) as server:
+        yield server
+
+
+async def test_local_server_actor_runs_on_its_gpu_host_and_one_call_at_a_time(
+    cluster: Nodes,
+    make_manager: ManagerFactory,
+    make_provider: ProviderFactory,
+    local_ollama: FakeLLMServer,
+) -> None:
+    spec = classify("ollama", local_ollama.url, host=GPU_HOST)
+    client = make_manager()
+    actor = make_provider(spec, ProviderOptions(timeout=30), client)
+
+    assert await actor.node_id.remote() == cluster.gpu
+    responses = await asyncio.gather(*(actor.chat.remote(REQUEST) for _ in range(20)))
+
+    assert [r.text for r in responses] == ["ok"] * 20
+    assert local_ollama.max_in_flight == 1
+    group = (await client.stats()).groups[spec.id]
+    assert (group.kind, group.limit, group.granted, group.active) == ("local-server", 1, 20, 0)
+
+
+async def test_remote_api_calls_overlap_while_the_local_group_stays_at_one(
+    make_manager: ManagerFactory,
+    make_provider: ProviderFactory,
+    local_ollama: FakeLLMServer,
+    anthropic: FakeLLMServer,
+) -> None:
+    client = make_manager()
+    local_spec = classify("ollama", local_ollama.url, host=GPU_HOST)
+    remote_spec = classify("anthropic", anthropic.url)
+    local = make_provider(local_spec, ProviderOptions(timeout=30), client)
+    remote = make_provider(remote_spec, ProviderOptions(api_key=SecretStr(KEY), timeout=30), client)
+
+    await asyncio.gather(
+        *(remote.chat.remote(REQUEST) for _ in range(20)),
+        *(local.chat.remote(REQUEST) for _ in range(20)),
+    )
+
+    # 20 calls that each take 0.3 s at the server: they ran side by side.
+    assert anthropic.max_in_flight > 1
+    assert local_ollama.max_in_flight == 1
+    await client.drain()
+    stats = await client.stats()
+    assert stats.groups[remote_spec.id].limit is None
+    assert {remote_spec.id, local_spec.id} <= set(stats.groups)
+    assert (stats.groups[remote_spec.id].granted, stats.groups[local_spec.id].granted) == (20, 20)
+
+
+async def test_stream_through_the_actor_holds_the_slot_until_the_end(
+    make_manager: ManagerFactory, make_provider: ProviderFactory, local_ollama: FakeLLMServer
+) -> None:
+    client = make_manager()
+    spec = classify("ollama", local_ollama.url, host=GPU_HOST)
+    actor = make_provider(spec, ProviderOptions(timeout=30), client)
+    request = REQUEST.model_copy(update={"stream": True})
+
+    pieces = []
+    async for ref in actor.stream.options(num_returns="streaming").remote(request):
+        pieces.append(await ref)
+
+    assert "".join(p.text for p in pieces) == "ok"
+    assert pieces[-1].finish_reason == "stop"
+    group = (await client.stats()).groups[spec.id]
+    assert (group.granted, group.released, group.active) == (1, 1, 0)
+
+
+async def test_can_run_immediately_follows_the_groups_slot(
+    make_manager: ManagerFactory, make_provider: ProviderFactory, local_ollama: FakeLLMServer
+) -> None:
+    client = make_manager()
+    spec = classify("ollama", local_ollama.url, host=GPU_HOST)
+    actor = make_provider(spec, ProviderOptions(timeout=30), client)
+
+    assert await actor.can_run_immediately.remote()
+    async with client.slot(spec.id):
+        assert not await actor.can_run_immediately.remote()
+
+
+async def test_typed_provider_error_crosses_the_actor_boundary(
+    make_manager: ManagerFactory, make_provider: ProviderFactory, anthropic: FakeLLMServer
+) -> None:
+    client = make_manager()
+    spec = classify("anthropic", anthropic.url)
+    actor = make_provider(spec, ProviderOptions(api_key=SecretStr("sk-wrong"), timeout=30), client)
+    anthropic.script(Fail(401, "invalid x-api-key"))
+
+    with pytest.raises(AuthenticationFailed, match=r"anthropic: invalid x-api-key \(HTTP 401\)"):
+        await actor.chat.remote(REQUEST)
+    assert (await client.stats()).total_active == 0
