@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from actors.client import ManagerClient
 from actors.groups import GroupSpec, classify
+from actors.timeline import peak_overlap
 
 LOCAL = classify("ollama", "http://localhost:11434")
 REMOTE_OLLAMA = classify("ollama", "http://server.com:11434")
@@ -74,20 +75,12 @@ async def run_scenario(client: ManagerClient, hold: float = 0.5) -> list[Run]:
     return sorted(runs, key=lambda run: (run.started, run.request))
 
 
-def peak_overlap(runs: list[Run]) -> dict[str, int]:
+def peak_overlap_by_group(runs: list[Run]) -> dict[str, int]:
     """Most calls of each group that were running at the same moment."""
-    peaks: dict[str, int] = {}
-    for group in {run.group for run in runs}:
-        edges = sorted(
-            [(run.started, 1) for run in runs if run.group == group]
-            + [(run.ended, -1) for run in runs if run.group == group]
-        )
-        running = peak = 0
-        for _, step in edges:
-            running += step
-            peak = max(peak, running)
-        peaks[group] = peak
-    return peaks
+    return {
+        group: peak_overlap((run.started, run.ended) for run in runs if run.group == group)
+        for group in {run.group for run in runs}
+    }
 
 
 def report(runs: list[Run]) -> str:
@@ -102,6 +95,6 @@ def report(runs: list[Run]) -> str:
         )
     lines.append("")
     lines.append("most calls at once, per group:")
-    for group, peak in sorted(peak_overlap(runs).items()):
+    for group, peak in sorted(peak_overlap_by_group(runs).items()):
         lines.append(f"  {group:<{width}} {peak}")
     return "\n".join(lines)

@@ -10,12 +10,13 @@ LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
-    """Join the cluster at ``address``, or start an embedded local Ray on loopback.
+    """Join the cluster at ``address`` (or ``$RAY_ADDRESS``), else start a local Ray on loopback.
 
     For the embedded case, call this before anything in the process imports
     ray, so that Ray sees the loopback switch.
     """
-    if address is None:
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        # Not inside a submitted job (which sets RAY_ADDRESS): start one here.
         os.environ.setdefault(LOOPBACK_ONLY_ENV, "0")
     import ray  # after the switch above
 

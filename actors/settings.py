@@ -50,6 +50,22 @@ class ProviderSettings(BaseModel):
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
 
 
+class PipelineSettings(BaseModel):
+    """The plateau job (``python -m pipelines run``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # A model id of `models`; None runs the embedded model (no keys, no services).
+    model: str | None = None
+    # The GPU host of the embedded model; None: the node of the driver.
+    embedded_host: str | None = None
+    plateaus: PositiveInt = 3
+    mapping_types: tuple[str, ...] = ("data", "applications", "technologies")
+    # How often a stage may ask again after an answer that failed validation.
+    output_attempts: PositiveInt = 3
+    max_tokens: PositiveInt = 200
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAYGATE_",
@@ -62,6 +78,7 @@ class Settings(BaseSettings):
     # Model ids users ask for -> the backend serving them (see actors.groups.ModelEntry).
     models: dict[str, ModelEntry] = Field(default_factory=dict)
     providers: ProviderSettings = Field(default_factory=ProviderSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     # Keys of remote APIs; else each provider's usual variable (OPENAI_API_KEY, ...).
     api_keys: dict[Provider, SecretStr] = Field(default_factory=dict)
 

@@ -54,12 +54,12 @@ class ProviderOptions:
 
 
 def options_for(
-    spec: GroupSpec, settings: Settings, *, quirks: Quirks | None = None
+    provider: Provider, settings: Settings, *, quirks: Quirks | None = None
 ) -> ProviderOptions:
     """Options from the settings; raises MissingAPIKey for a remote API without a key."""
     tuning = settings.providers
     return ProviderOptions(
-        api_key=api_key_for(spec.provider, settings),
+        api_key=api_key_for(provider, settings),
         timeout=tuning.timeout_seconds,
         quirks=quirks or Quirks(),
         retry=RetryPolicy(attempts=tuning.retry_attempts, deadline=tuning.retry_deadline_seconds),
@@ -181,8 +181,10 @@ def local_placement(host: str | None) -> dict[str, Any]:
 
 def get_or_create_provider(spec: GroupSpec, options: ProviderOptions, manager: Any | None) -> Any:
     """The cluster's provider actor for this group; ``manager=None`` calls without gating."""
+    # Gated and direct (parity mode) actors of one group are different actors.
+    name = f"provider:{spec.id}" if manager is not None else f"provider:{spec.id}:direct"
     return ProviderActor.options(  # type: ignore[attr-defined]
-        name=f"provider:{spec.id}",
+        name=name,
         namespace=NAMESPACE,
         get_if_exists=True,
         lifetime="detached",
@@ -195,7 +197,8 @@ def get_or_create_embedded_model(
 ) -> Any:
     """The cluster's embedded model server on ``host`` (the caller's node when None)."""
     return EmbeddedModelActor.options(  # type: ignore[attr-defined]
-        name=f"provider:embedded-{EMBEDDED_MODEL_ID}@{host or 'local'}",
+        name=f"provider:embedded-{EMBEDDED_MODEL_ID}@{host or 'local'}"
+        + ("" if manager is not None else ":direct"),
         namespace=NAMESPACE,
         get_if_exists=True,
         lifetime="detached",

@@ -57,16 +57,24 @@ class GatedProvider:
         request_id: str | None = None,
         queue_timeout: float | None = None,
     ) -> ChatResponse:
+        waited = 0.0
+        started_at = 0.0
+
         async def attempt() -> ChatResponse:
+            nonlocal waited, started_at
             with self.breaker.guard():
+                asked = self._clock()
                 async with self.slots.slot(
                     self.spec.id, priority=priority, request_id=request_id, timeout=queue_timeout
                 ):
+                    waited += self._clock() - asked
+                    started_at = time.time()
                     return await self.backend.chat(request)
 
-        return await with_retries(
+        response = await with_retries(
             attempt, self.retry, clock=self._clock, sleep=self._sleep, rng=self._rng
         )
+        return response.model_copy(update={"queue_wait_seconds": waited, "started_at": started_at})
 
     async def stream(
         self,

@@ -200,7 +200,9 @@ class Backend(ABC):
     def _parse_json_answer(self, text: str, request: ChatRequest) -> Any:
         assert request.response_format is not None
         try:
-            return json.loads(text)
+            # strict=False: a raw newline inside a string is a common model slip
+            # (grammars allow it); the caller validates the content anyway.
+            return json.loads(text, strict=False)
         except ValueError:
             raise BadResponse(
                 self.provider,

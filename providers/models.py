@@ -77,6 +77,11 @@ class ChatResponse(BaseModel):
     finish_reason: FinishReason
     usage: Usage
     latency_seconds: float
+    # Time spent waiting for a slot of the group before the call (0 when ungated).
+    queue_wait_seconds: float = 0.0
+    # Wall-clock time the backend call started, holding its slot; it held it
+    # for latency_seconds. Wall clock, so calls seen on different nodes compare.
+    started_at: float = 0.0
     provider: str
     group: str
     model: str

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.demo import CLAUDE, LOCAL, peak_overlap, report, run_scenario
+from actors.demo import CLAUDE, LOCAL, peak_overlap_by_group, report, run_scenario
 from tests.integration.conftest import ManagerFactory
 
 pytestmark = pytest.mark.ray
@@ -22,7 +22,7 @@ async def test_demo_runs_remote_calls_at_once_and_local_ones_by_priority(
     assert [run.request for run in local] == ["A", "E", "C"]
     first_local_end = local[0].ended
     assert all(run.started < first_local_end for run in runs if run.group != LOCAL.id)
-    peaks = peak_overlap(runs)
+    peaks = peak_overlap_by_group(runs)
     assert (peaks[LOCAL.id], peaks[CLAUDE.id]) == (1, 2)
     assert report(runs).splitlines()[1].startswith("A ")
     stats = await client.stats()

@@ -301,3 +301,21 @@ async def test_llama_cpp_quirks_fold_the_system_prompt_and_ask_json_object() -> 
     ]
     assert body["response_format"] == {"type": "json_object", "schema": CITY_SCHEMA}
     assert response.data == {"city": "Paris"}
+
+
+async def test_raw_newline_inside_a_json_string_is_accepted() -> None:
+    with FakeLLMServer(OpenAIDialect()) as server:
+        backend = build_backend(
+            classify("openai-compatible", server.url + "/v1"), api_key=None, timeout=5
+        )
+        server.script(Say('{"city": "Par\nis"}'))
+        request = ChatRequest(
+            model="m",
+            messages=(ChatMessage(role="user", content="Capital of France?"),),
+            response_format=JsonSchemaFormat(json_schema=CITY_SCHEMA),
+        )
+
+        response = await backend.chat(request)
+        await backend.aclose()
+
+    assert response.data == {"city": "Par\nis"}

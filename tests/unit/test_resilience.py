@@ -10,7 +10,7 @@ from email.utils import format_datetime
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from actors.groups import Provider, classify
+from actors.groups import Provider
 from actors.settings import Settings
 from providers.actor import ProviderOptions, options_for
 from providers.breaker import CircuitBreaker, State
@@ -213,7 +213,7 @@ def test_remote_api_without_a_key_is_a_clear_error(monkeypatch: pytest.MonkeyPat
         monkeypatch.delenv(name, raising=False)
 
     with pytest.raises(MissingAPIKey) as caught:
-        options_for(classify("openai"), Settings())
+        options_for(Provider.OPENAI, Settings())
 
     assert str(caught.value) == (
         "openai: no API key; set RAYGATE_API_KEYS__OPENAI or OPENAI_API_KEY, "
@@ -225,7 +225,7 @@ def test_key_comes_from_the_providers_usual_variable(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("RAYGATE_API_KEYS__ANTHROPIC", raising=False)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-from-env")
 
-    options = options_for(classify("anthropic"), Settings())
+    options = options_for(Provider.ANTHROPIC, Settings())
 
     assert options.api_key is not None
     assert options.api_key.get_secret_value() == "sk-ant-from-env"
@@ -233,7 +233,7 @@ def test_key_comes_from_the_providers_usual_variable(monkeypatch: pytest.MonkeyP
 
 
 def test_local_server_needs_no_key() -> None:
-    assert options_for(classify("ollama"), Settings()).api_key is None
+    assert options_for(Provider.OLLAMA, Settings()).api_key is None
 
 
 def test_settings_never_print_keys() -> None:

@@ -1,0 +1,160 @@
+"""Running the plateau job from a driver: backend, pipeline actor, output file, summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import ray
+
+from actors.groups import Provider, resolve_model
+from actors.manager import NAMESPACE
+from actors.settings import Settings
+from actors.timeline import peak_overlap, percentile
+from pipelines.actor import CallDone, CallRecord, PipelineActor, ServiceDone
+from pipelines.chain import Span
+from pipelines.plateau import JobSettings, Service, ServiceRecord
+from pipelines.results import ResultsFile
+from providers.actor import get_or_create_embedded_model, get_or_create_provider, options_for
+from providers.llamacpp import EMBEDDED_MODEL_ID
+
+
+def provider_for(settings: Settings, manager: Any | None) -> tuple[Any, str]:
+    """The provider actor of the configured model, and the model name it is asked for."""
+    model_id = settings.pipeline.model
+    if model_id is None:
+        options = options_for(Provider.OPENAI_COMPATIBLE, settings)
+        actor = get_or_create_embedded_model(options, manager, settings.pipeline.embedded_host)
+        return actor, EMBEDDED_MODEL_ID
+    spec = resolve_model(settings.models, model_id)
+    actor = get_or_create_provider(spec, options_for(spec.provider, settings), manager)
+    return actor, settings.models[model_id].name or model_id
+
+
+@dataclass
+class Outcome:
+    records: list[ServiceRecord]
+    calls: list[CallRecord]
+    spans: list[tuple[str, Span]]  # (service id, when a stage call ran)
+    elapsed: float
+
+    @property
+    def failed(self) -> int:
+        return sum(r.status == "failed" for r in self.records)
+
+
+class Progress:
+    """One line of per-stage counters; redrawn in place on a terminal, else a line per service."""
+
+    def __init__(self, totals: dict[str, int], out: TextIO) -> None:
+        self.totals = totals
+        self.done: Counter[str] = Counter()
+        self.out = out
+        self.live = out.isatty()
+
+    def call(self, stage: str) -> None:
+        self.done[stage] += 1
+        if self.live:
+            self.out.write("\r" + self.line())
+            self.out.flush()
+
+    def service(self, record: ServiceRecord) -> None:
+        self.done["services"] += 1
+        status = "" if record.status == "ok" else f" (failed: {record.error})"
+        lead = "\r" if self.live else ""
+        self.out.write(f"{lead}{self.line()}  <- {record.service_id}{status}\n")
+        self.out.flush()
+
+    def line(self) -> str:
+        return " | ".join(
+            f"{stage} {min(self.done[stage], total)}/{total}"
+            for stage, total in self.totals.items()
+        )
+
+
+async def run_pipeline(
+    services: Sequence[Service],
+    results: ResultsFile,
+    settings: Settings,
+    *,
+    manager: Any | None,
+    priority: int,
+    progress_out: TextIO = sys.stderr,
+) -> Outcome:
+    """Run the job for ``services`` through ``manager`` (None: parity mode, no gating)."""
+    provider, model = provider_for(settings, manager)
+    job = settings.pipeline
+    run_id = uuid.uuid4().hex[:8]
+    actor = PipelineActor.options(  # type: ignore[attr-defined]
+        name=f"pipeline:{run_id}", namespace=NAMESPACE
+    ).remote(
+        provider,
+        JobSettings(
+            model=model,
+            plateaus=job.plateaus,
+            mapping_types=job.mapping_types,
+            output_attempts=job.output_attempts,
+            max_tokens=job.max_tokens,
+        ),
+        run_id=run_id,
+        priority=priority,
+        sequential=not settings.queue.enabled,
+    )
+    count = len(services)
+    progress = Progress(
+        {
+            "ambitions": count,
+            "features": count * job.plateaus,
+            "mappings": count * job.plateaus * len(job.mapping_types),
+            "services": count,
+        },
+        progress_out,
+    )
+    records: list[ServiceRecord] = []
+    started = time.monotonic()
+    try:
+        async for ref in actor.run.options(num_returns="streaming").remote(list(services)):
+            event = await ref
+            if isinstance(event, CallDone):
+                progress.call(event.stage)
+            elif isinstance(event, ServiceDone):
+                results.append(event.record)
+                records.append(event.record)
+                progress.service(event.record)
+        calls: list[CallRecord] = await actor.calls.remote()
+        spans: list[tuple[str, Span]] = await actor.spans.remote()
+    finally:
+        ray.kill(actor)
+    return Outcome(records, calls, spans, time.monotonic() - started)
+
+
+def summary(outcome: Outcome, *, skipped: int, bad_lines: int) -> str:
+    ok = len(outcome.records) - outcome.failed
+    lines = [
+        f"{len(outcome.records)} services in {outcome.elapsed:.1f}s: {ok} ok, "
+        f"{outcome.failed} failed; {skipped} already done; {bad_lines} bad input lines",
+    ]
+    groups = sorted({call.group for call in outcome.calls})
+    if groups:
+        width = max(len(g) for g in groups)
+        lines.append(f"{'group':<{width}}  calls  failed  max in flight  queue wait p50    p95")
+        for group in groups:
+            calls = [c for c in outcome.calls if c.group == group]
+            waits = [c.queue_wait for c in calls if c.ok]
+            lines.append(
+                f"{group:<{width}}  {len(calls):>5}  {sum(not c.ok for c in calls):>6}  "
+                f"{peak_overlap(c.held for c in calls):>13}  "
+                f"{percentile(waits, 0.5):>13.2f}s {percentile(waits, 0.95):>5.2f}s"
+            )
+    sequential = sum(c.latency for c in outcome.calls if c.ok)
+    if outcome.elapsed > 0 and sequential > 0:
+        lines.append(
+            f"sequential estimate (the calls one after another): {sequential:.1f}s; "
+            f"this run: {outcome.elapsed:.1f}s ({sequential / outcome.elapsed:.2f}x)"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,281 @@
+"""The plateau job (seed "LLM Queue Migration Plan"): a service's evolution over plateaus.
+
+For each service: one **ambitions** call; then for plateau N = 1..K the
+**features** at N (given the service and the features of N-1), and the
+**mappings** of those features onto each mapping type, one call per type in
+parallel. Every answer is JSON asked for with a schema and validated by the
+pydantic models below; an invalid answer is asked for again, a bounded
+number of times, telling the model what was wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from actors.errors import RaygateError
+from pipelines.chain import Span, Stage, StageChain, Upstream
+from providers.errors import BadResponse
+from providers.models import ChatMessage, ChatRequest, ChatResponse, JsonSchemaFormat
+
+T = TypeVar("T")
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Service(_Strict):
+    id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    description: str = ""
+
+
+# The bounds are also in the JSON schema the model gets, which keeps answers
+# short enough to finish within the token budget (llama.cpp's grammar and
+# OpenAI's structured output both enforce them).
+Name = Annotated[str, Field(min_length=1, max_length=40)]
+Sentence = Annotated[str, Field(max_length=100)]
+
+
+class Feature(_Strict):
+    name: Name
+    description: Sentence
+
+
+class FeatureSet(_Strict):
+    features: list[Feature] = Field(min_length=1, max_length=3)
+
+
+class MappingSet(_Strict):
+    """What a plateau's features rely on, of one mapping type (e.g. the data)."""
+
+    items: list[Name] = Field(min_length=1, max_length=5)
+
+
+class Ambitions(_Strict):
+    ambitions: list[Sentence] = Field(min_length=1, max_length=3)
+
+
+class PlateauResult(_Strict):
+    plateau: int
+    features: list[Feature]
+    mappings: dict[str, list[str]]
+
+
+class ServiceRecord(_Strict):
+    """One line of the output file. Deterministic: no timings, so parity runs compare equal."""
+
+    service_id: str
+    status: Literal["ok", "failed"]
+    ambitions: list[str] = []
+    plateaus: list[PlateauResult] = []
+    error: str | None = None
+
+
+class InvalidOutput(RaygateError):
+    def __init__(self, stage: str, service_id: str, attempts: int, reason: str) -> None:
+        super().__init__(stage, service_id, attempts, reason)
+        self.stage, self.service_id, self.attempts, self.reason = (
+            stage,
+            service_id,
+            attempts,
+            reason,
+        )
+
+    def __str__(self) -> str:
+        return (
+            f"{self.stage} of service {self.service_id!r}: no valid answer in "
+            f"{self.attempts} attempts; last: {self.reason}"
+        )
+
+
+# ask(request, stage=..., service_id=...) -> the response; the caller gates and records it.
+Ask = Callable[..., Awaitable[ChatResponse]]
+
+
+def json_schema_of(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with references inlined and titles dropped (for every backend)."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items() if key != "title"}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    result: dict[str, Any] = inline(schema)
+    return result
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    model: str
+    plateaus: int = 3
+    mapping_types: tuple[str, ...] = ("data", "applications", "technologies")
+    output_attempts: int = 3
+    max_tokens: int = 200
+
+
+class PlateauJob:
+    def __init__(self, ask: Ask, settings: JobSettings, *, sequential: bool = False) -> None:
+        self.ask = ask
+        self.settings = settings
+        self.sequential = sequential
+        self.spans: list[tuple[str, Span]] = []  # (service id, span), for tests and reports
+
+    async def run(self, service: Service) -> ServiceRecord:
+        """The service's record: its results, or the error that stopped it (never raised)."""
+        chain: StageChain[int] = StageChain(
+            Stage("features", lambda n, up: self._features(service, n, up), chained=True),
+            Stage("mappings", lambda n, up: self._mappings(service, n, up)),
+        )
+        plateaus = range(1, self.settings.plateaus + 1)
+        try:
+            ambitions, rows = await self._together(
+                self._ambitions(service), chain.run(plateaus, sequential=self.sequential)
+            )
+        except (RaygateError, BaseExceptionGroup) as raised:
+            cause = _root_cause(raised)
+            if not isinstance(cause, RaygateError):
+                raise
+            return ServiceRecord(service_id=service.id, status="failed", error=str(cause))
+        finally:
+            self.spans.extend((service.id, span) for span in chain.spans)
+        return ServiceRecord(
+            service_id=service.id,
+            status="ok",
+            ambitions=ambitions.ambitions,
+            plateaus=[
+                PlateauResult(
+                    plateau=n, features=row["features"].features, mappings=row["mappings"]
+                )
+                for n, row in zip(plateaus, rows, strict=True)
+            ],
+        )
+
+    async def _together(self, *calls: Coroutine[Any, Any, Any]) -> list[Any]:
+        """Run calls at once, or one after another in parity mode (same results either way)."""
+        if self.sequential:
+            return [await call for call in calls]
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(call) for call in calls]
+        return [task.result() for task in tasks]
+
+    # -- stages ---------------------------------------------------------------------
+
+    async def _ambitions(self, service: Service) -> Ambitions:
+        prompt = (
+            f"Service: {service.name}\n{service.description}\n\n"
+            "List up to 3 short ambitions for how this service should evolve."
+        )
+        return await self._structured("ambitions", service, prompt, Ambitions)
+
+    async def _features(self, service: Service, plateau: int, upstream: Upstream) -> FeatureSet:
+        before = upstream.previous.features if upstream.previous is not None else []
+        known = ", ".join(f.name for f in before) or "none yet"
+        prompt = (
+            f"Service: {service.name}\n{service.description}\n\n"
+            f"Plateau {plateau} of {self.settings.plateaus} (a higher plateau is more mature). "
+            f"Features at the previous plateau: {known}.\n"
+            f"List up to 3 features the service has at plateau {plateau}, each with a short "
+            "name and one short sentence."
+        )
+        return await self._structured(f"features[{plateau}]", service, prompt, FeatureSet)
+
+    async def _mappings(
+        self, service: Service, plateau: int, upstream: Upstream
+    ) -> dict[str, list[str]]:
+        features: FeatureSet = upstream.inputs
+        listing = "\n".join(f"- {f.name}: {f.description}" for f in features.features)
+
+        async def one(kind: str) -> MappingSet:
+            prompt = (
+                f"Service: {service.name}, plateau {plateau}. Its features:\n{listing}\n\n"
+                f"Name up to 5 {kind} these features rely on, as short nouns."
+            )
+            return await self._structured(
+                f"mappings[{plateau}].{kind}", service, prompt, MappingSet
+            )
+
+        kinds = self.settings.mapping_types
+        results = await self._together(*(one(kind) for kind in kinds))
+        return {kind: result.items for kind, result in zip(kinds, results, strict=True)}
+
+    # -- structured answers -----------------------------------------------------------
+
+    async def _structured(
+        self, stage: str, service: Service, prompt: str, model: type[Model]
+    ) -> Model:
+        messages = [
+            ChatMessage(role="system", content="Answer with JSON only, matching the schema."),
+            ChatMessage(role="user", content=prompt),
+        ]
+        fmt = JsonSchemaFormat(
+            name=model.__name__.lower(), json_schema=json_schema_of(model), strict=False
+        )
+        reason = ""
+        for _ in range(self.settings.output_attempts):
+            request = ChatRequest(
+                model=self.settings.model,
+                messages=tuple(messages),
+                max_tokens=self.settings.max_tokens,
+                temperature=0.0,
+                response_format=fmt,
+            )
+            try:
+                response = await self.ask(request, stage=stage, service_id=service.id)
+                return model.model_validate(response.data)
+            except ValidationError as invalid:
+                reason = _first_error(invalid)
+                messages += [
+                    ChatMessage(role="assistant", content=json.dumps(response.data)),
+                    ChatMessage(role="user", content=f"That is not valid: {reason}. Try again."),
+                ]
+            except BadResponse as bad:
+                reason = bad.detail
+        raise InvalidOutput(stage, service.id, self.settings.output_attempts, reason)
+
+
+def _root_cause(raised: BaseException) -> BaseException:
+    """The first error inside (nested) task-group exception groups."""
+    while isinstance(raised, BaseExceptionGroup):
+        raised = raised.exceptions[0]
+    return raised
+
+
+def _first_error(invalid: ValidationError) -> str:
+    error = invalid.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "the answer"
+    return f"{where}: {error['msg']}"
+
+
+def read_services(lines: Sequence[str]) -> tuple[list[Service], list[str]]:
+    """Services from JSONL lines, and one message per bad line (1-based line numbers)."""
+    services: list[Service] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            service = Service.model_validate_json(line)
+        except ValidationError as invalid:
+            problems.append(f"line {number}: {_first_error(invalid)}")
+            continue
+        if service.id in seen:
+            problems.append(f"line {number}: service id {service.id!r} appears twice")
+            continue
+        seen.add(service.id)
+        services.append(service)
+    return services, problems
