@@ -106,17 +106,22 @@ class ManagerClient:
         group: str,
         *,
         priority: int = DEFAULT_PRIORITY,
+        critical: bool = False,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[Lease]:
-        """Hold one slot of ``group`` for the body of the ``async with``."""
+        """Hold one slot of ``group`` for the body of the ``async with``.
+
+        ``critical`` puts the call before non-critical calls of the same
+        priority (see :mod:`actors.waitqueue`).
+        """
         check_priority(priority)
         info = await self.group_info(group)
         request_id = request_id or uuid.uuid4().hex
         lease_id = uuid.uuid4().hex
         grant: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         if info.gated:
-            lease = await self._acquire(group, request_id, lease_id, priority, timeout)
+            lease = await self._acquire(group, request_id, lease_id, priority, critical, timeout)
             grant.set_result(lease)
         else:
             # Nobody waits for this answer but the renewals and the release,
@@ -149,10 +154,18 @@ class ManagerClient:
                 self._note(self._release_when_granted(grant))
 
     async def _acquire(
-        self, group: str, request_id: str, lease_id: str, priority: int, timeout: float | None
+        self,
+        group: str,
+        request_id: str,
+        lease_id: str,
+        priority: int,
+        critical: bool,
+        timeout: float | None,
     ) -> Lease:
+        # Every argument of an actor call costs serialization: send the flag only when set.
+        flags = {"critical": True} if critical else {}
         call = self.handle.acquire.remote(
-            group, request_id, lease_id=lease_id, priority=priority, timeout=timeout
+            group, request_id, lease_id=lease_id, priority=priority, timeout=timeout, **flags
         )
         try:
             lease: Lease = await unwrap(call)

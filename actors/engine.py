@@ -154,6 +154,7 @@ class SlotEngine:
         *,
         lease_id: str,
         priority: int = DEFAULT_PRIORITY,
+        critical: bool = False,
     ) -> Lease | None:
         """Grant a slot now and return its lease, or queue the request and return None.
 
@@ -178,7 +179,7 @@ class SlotEngine:
                 self.max_pending_per_group,
                 self._estimate(group, len(group.queue)),
             )
-        key = grant_key(priority, next(self._arrivals))
+        key = grant_key(priority, next(self._arrivals), critical=critical)
         self._waiters[lease_id] = _Waiter(
             lease_id, group_id, request_id, priority, key, self.clock()
         )

@@ -70,10 +70,16 @@ class ConcurrencyManager:
         *,
         lease_id: str,
         priority: int = DEFAULT_PRIORITY,
+        critical: bool = False,
         timeout: float | None = None,
     ) -> Lease:
         return await self._gate.acquire(
-            group, request_id, lease_id=lease_id, priority=priority, timeout=timeout
+            group,
+            request_id,
+            lease_id=lease_id,
+            priority=priority,
+            critical=critical,
+            timeout=timeout,
         )
 
     @ray.method(concurrency_group=CONTROL)

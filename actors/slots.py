@@ -28,6 +28,7 @@ class SlotSource(Protocol):
         group: str,
         *,
         priority: int = DEFAULT_PRIORITY,
+        critical: bool = False,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> AbstractAsyncContextManager[Lease]: ...
@@ -48,6 +49,7 @@ class LocalSlots:
         group: str,
         *,
         priority: int = DEFAULT_PRIORITY,
+        critical: bool = False,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[Lease]:
@@ -56,6 +58,7 @@ class LocalSlots:
             request_id or uuid.uuid4().hex,
             lease_id=uuid.uuid4().hex,
             priority=priority,
+            critical=critical,
             timeout=timeout,
         )
         try:
@@ -78,6 +81,7 @@ class NoSlots:
         group: str,
         *,
         priority: int = DEFAULT_PRIORITY,
+        critical: bool = False,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[Lease]:

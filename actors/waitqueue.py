@@ -1,8 +1,11 @@
 """Grant order: the one place that says who goes next.
 
-Higher priority first; within a priority, first come first served by arrival
-at the manager. Arrival is a number the engine draws from one counter for all
-groups, so under a global cap the same key also orders waiters across groups.
+Higher priority first; within a priority, calls marked *critical* (on their
+job's critical path, e.g. the next plateau's features) before the others;
+then first come first served by arrival at the manager. Arrival is a number
+the engine draws from one counter for all groups, so under a global cap the
+same key also orders waiters across groups. A caller that never marks calls
+critical gets plain priority-then-FIFO order.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ MIN_PRIORITY = 1
 MAX_PRIORITY = 10
 DEFAULT_PRIORITY = 5
 
-GrantKey = tuple[int, int]
+GrantKey = tuple[int, int, int]
 
 
 def check_priority(priority: object) -> None:
@@ -27,9 +30,9 @@ def check_priority(priority: object) -> None:
         raise InvalidPriority(priority, MIN_PRIORITY, MAX_PRIORITY)
 
 
-def grant_key(priority: int, arrival: int) -> GrantKey:
+def grant_key(priority: int, arrival: int, *, critical: bool = False) -> GrantKey:
     """Smaller keys are granted first."""
-    return (-priority, arrival)
+    return (-priority, 0 if critical else 1, arrival)
 
 
 class WaitQueue:

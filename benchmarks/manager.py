@@ -1,6 +1,6 @@
 """What a gated call costs, measured side by side in one run on an embedded Ray.
 
-    python benchmarks/manager.py [--pairs 2000] [--pending 10000]
+    python -m benchmarks.manager [--pairs 2000] [--pending 10000]
 
 Rows, each the mean over many calls from this driver:
   raw no-op x2          two calls without arguments to an empty async actor method

@@ -96,13 +96,17 @@ class PipelineActor:
             yield event
         await runner
 
-    async def _ask(self, request: ChatRequest, *, stage: str, service_id: str) -> ChatResponse:
+    async def _ask(
+        self, request: ChatRequest, *, stage: str, service_id: str, critical: bool = False
+    ) -> ChatResponse:
         stage = stage.split("[", 1)[0]
         call = CallRecord(group=self._group or "", stage=stage, service_id=service_id, ok=False)
+        # Every argument of an actor call costs serialization: send the flag only when set.
+        flags = {"critical": True} if critical else {}
         try:
             response: ChatResponse = await unwrap(
                 self._provider.chat.remote(
-                    request, self._priority, f"{self._run_id}:{service_id}:{stage}"
+                    request, self._priority, f"{self._run_id}:{service_id}:{stage}", **flags
                 )
             )
         except BaseException:

@@ -49,19 +49,25 @@ class Outcome:
 
 
 class Progress:
-    """One line of per-stage counters; redrawn in place on a terminal, else a line per service."""
+    """One line of per-stage counters: redrawn in place on a terminal; in a log, a line per
+    finished service and at most one every ``every`` seconds in between."""
 
-    def __init__(self, totals: dict[str, int], out: TextIO) -> None:
+    def __init__(self, totals: dict[str, int], out: TextIO, every: float = 5.0) -> None:
         self.totals = totals
         self.done: Counter[str] = Counter()
         self.out = out
         self.live = out.isatty()
+        self.every = every
+        self._last = time.monotonic()
 
     def call(self, stage: str) -> None:
         self.done[stage] += 1
         if self.live:
             self.out.write("\r" + self.line())
-            self.out.flush()
+        elif time.monotonic() - self._last >= self.every:
+            self._last = time.monotonic()
+            self.out.write(self.line() + "\n")
+        self.out.flush()
 
     def service(self, record: ServiceRecord) -> None:
         self.done["services"] += 1

@@ -96,7 +96,8 @@ class InvalidOutput(RaygateError):
         )
 
 
-# ask(request, stage=..., service_id=...) -> the response; the caller gates and records it.
+# ask(request, stage=..., service_id=..., critical=...) -> the response; the caller gates
+# and records it. ``critical`` marks calls on the job's critical path.
 Ask = Callable[..., Awaitable[ChatResponse]]
 
 
@@ -191,7 +192,11 @@ class PlateauJob:
             f"List up to 3 features the service has at plateau {plateau}, each with a short "
             "name and one short sentence."
         )
-        return await self._structured(f"features[{plateau}]", service, prompt, FeatureSet)
+        # The chain of features is the job's critical path: among calls of equal
+        # priority, the manager grants these first (mappings can wait a round).
+        return await self._structured(
+            f"features[{plateau}]", service, prompt, FeatureSet, critical=True
+        )
 
     async def _mappings(
         self, service: Service, plateau: int, upstream: Upstream
@@ -215,7 +220,13 @@ class PlateauJob:
     # -- structured answers -----------------------------------------------------------
 
     async def _structured(
-        self, stage: str, service: Service, prompt: str, model: type[Model]
+        self,
+        stage: str,
+        service: Service,
+        prompt: str,
+        model: type[Model],
+        *,
+        critical: bool = False,
     ) -> Model:
         messages = [
             ChatMessage(role="system", content="Answer with JSON only, matching the schema."),
@@ -234,7 +245,9 @@ class PlateauJob:
                 response_format=fmt,
             )
             try:
-                response = await self.ask(request, stage=stage, service_id=service.id)
+                response = await self.ask(
+                    request, stage=stage, service_id=service.id, critical=critical
+                )
                 return model.model_validate(response.data)
             except ValidationError as invalid:
                 reason = _first_error(invalid)

@@ -101,10 +101,15 @@ class _ProviderShell:
         priority: int = DEFAULT_PRIORITY,
         request_id: str | None = None,
         queue_timeout: float | None = None,
+        critical: bool = False,
     ) -> ChatResponse:
         await self._start()
         return await self._provider.chat(
-            request, priority=priority, request_id=request_id, queue_timeout=queue_timeout
+            request,
+            priority=priority,
+            request_id=request_id,
+            queue_timeout=queue_timeout,
+            critical=critical,
         )
 
     async def stream(

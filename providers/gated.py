@@ -56,6 +56,7 @@ class GatedProvider:
         priority: int = DEFAULT_PRIORITY,
         request_id: str | None = None,
         queue_timeout: float | None = None,
+        critical: bool = False,
     ) -> ChatResponse:
         waited = 0.0
         started_at = 0.0
@@ -65,7 +66,11 @@ class GatedProvider:
             with self.breaker.guard():
                 asked = self._clock()
                 async with self.slots.slot(
-                    self.spec.id, priority=priority, request_id=request_id, timeout=queue_timeout
+                    self.spec.id,
+                    priority=priority,
+                    critical=critical,
+                    request_id=request_id,
+                    timeout=queue_timeout,
                 ):
                     waited += self._clock() - asked
                     started_at = time.time()

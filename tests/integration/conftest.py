@@ -87,3 +87,20 @@ def pending_is(client: ManagerClient, group: str, count: int) -> Callable[[], Aw
         return (await client.stats()).pending_by_group.get(group) == count
 
     return check
+
+
+@pytest.fixture(autouse=True)
+def no_named_actors_left(ray_session: None) -> Iterator[None]:
+    """Kill the detached actors a test created (managers, providers of a CLI run)."""
+
+    def named() -> set[str]:
+        return {
+            actor["name"]
+            for actor in ray.util.list_named_actors(all_namespaces=True)
+            if actor["namespace"] == NAMESPACE
+        }
+
+    before = named()
+    yield
+    for name in named() - before:
+        ray.kill(ray.get_actor(name, namespace=NAMESPACE))

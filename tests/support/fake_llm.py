@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -303,11 +304,17 @@ class OllamaDialect(Dialect):
 
 
 class FakeLLMServer(ProbeServer):
-    """Replies with the scripted items in order, then with ``Say()`` forever."""
+    """Replies with the scripted items in order, then as ``responder`` says (``Say()``)."""
 
-    def __init__(self, dialect: Dialect, hold: float = 0.0) -> None:
+    def __init__(
+        self,
+        dialect: Dialect,
+        hold: float = 0.0,
+        responder: Callable[[Received], Script] | None = None,
+    ) -> None:
         super().__init__(hold=hold)
         self.dialect = dialect
+        self.responder = responder
         self._script: deque[Script] = deque()
         self._script_lock = threading.Lock()
 
@@ -322,7 +329,8 @@ class FakeLLMServer(ProbeServer):
         except Reject as rejected:
             return dialect.error(rejected.status, rejected.message)
         with self._script_lock:
-            step = self._script.popleft() if self._script else Say()
+            scripted = self._script.popleft() if self._script else None
+        step = scripted or (self.responder(request) if self.responder else Say())
         body = request.body
         match step:
             case Say(text, i, o):

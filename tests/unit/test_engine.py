@@ -100,6 +100,31 @@ def test_release_hands_slot_to_oldest_of_highest_priority(harness: Harness) -> N
     assert harness.done("mid") == ["low-old"]
 
 
+def test_critical_calls_go_before_others_of_the_same_priority_only(harness: Harness) -> None:
+    harness.ask(LOCAL_OLLAMA, "holder")
+    for request, priority, critical in [
+        ("mapping-early", 5, False),
+        ("features", 5, True),
+        ("urgent-mapping", 6, False),
+        ("mapping-late", 5, False),
+    ]:
+        harness.engine.acquire(
+            LOCAL_OLLAMA.id,
+            request,
+            lease_id=harness.lease_id(),
+            priority=priority,
+            critical=critical,
+        )
+
+    order, current = [], "holder"
+    while granted := harness.done(current):
+        order += granted
+        current = granted[0]
+    # A higher priority still wins; within priority 5 the critical call jumps
+    # the queue; the rest keep their arrival order.
+    assert order == ["urgent-mapping", "features", "mapping-early", "mapping-late"]
+
+
 def test_global_cap_gives_freed_slot_to_best_waiter_of_any_group_with_room() -> None:
     h = Harness(global_limit=2)
     h.ask(LOCAL_OLLAMA, "local-1")

@@ -1,0 +1,252 @@
+"""The plateau pipeline on the cluster: overlap, shared limits, priority, parity, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import yaml
+
+from actors.groups import ModelEntry, classify
+from actors.settings import PipelineSettings, ProviderSettings, QueueSettings, Settings
+from actors.timeline import peak_overlap
+from pipelines.job import Outcome, run_pipeline
+from pipelines.plateau import Service
+from pipelines.results import ResultsFile
+from tests.integration.conftest import ManagerFactory, pending_is, wait_until
+from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
+from tests.support.plateau_backend import plateau_answer
+
+pytestmark = pytest.mark.ray
+
+PAYMENTS = Service(id="svc-pay", name="Payments", description="Takes card payments.")
+
+
+@pytest.fixture
+def backend() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer(OpenAIDialect(), hold=0.1, responder=plateau_answer) as server:
+        yield server
+
+
+def group_of(server: FakeLLMServer) -> str:
+    return classify("openai-compatible", server.url + "/v1").id
+
+
+def settings_for(server: FakeLLMServer, **pipeline: Any) -> Settings:
+    return Settings(
+        models={"fake": ModelEntry(provider="openai-compatible", base_url=server.url + "/v1")},
+        pipeline=PipelineSettings(model="fake", **pipeline),
+        providers=ProviderSettings(retry_attempts=2, retry_deadline_seconds=10),
+    )
+
+
+async def run(
+    services: list[Service], settings: Settings, out: Path, manager: Any | None, priority: int = 5
+) -> Outcome:
+    return await run_pipeline(
+        services,
+        ResultsFile(out),
+        settings,
+        manager=manager,
+        priority=priority,
+        progress_out=io.StringIO(),
+    )
+
+
+async def test_features_of_the_next_plateau_start_while_mappings_still_run(
+    make_manager: ManagerFactory, backend: FakeLLMServer, tmp_path: Path
+) -> None:
+    client = make_manager(group_limits={group_of(backend): 8})
+
+    outcome = await run([PAYMENTS], settings_for(backend), tmp_path / "out.jsonl", client.handle)
+
+    span = {(s.stage, s.item): s for _, s in outcome.spans}
+    # features(2) waited for features(1), but not for mappings(1):
+    assert span["features", 1].started >= span["features", 0].ended
+    assert span["mappings", 0].ended > span["features", 1].started
+    assert outcome.records[0].status == "ok"
+
+
+async def test_with_the_queue_off_every_call_runs_alone_in_order(
+    backend: FakeLLMServer, tmp_path: Path, ray_session: None
+) -> None:
+    settings = settings_for(backend).model_copy(update={"queue": QueueSettings(enabled=False)})
+
+    outcome = await run([PAYMENTS], settings, tmp_path / "out.jsonl", manager=None)
+
+    spans = sorted((s for _, s in outcome.spans), key=lambda s: s.started)
+    assert all(a.ended <= b.started for a, b in itertools.pairwise(spans))
+    assert [(s.stage, s.item) for s in spans] == [
+        ("features", 0), ("mappings", 0), ("features", 1), ("mappings", 1),
+        ("features", 2), ("mappings", 2),
+    ]  # fmt: skip
+    assert peak_overlap(c.held for c in outcome.calls) == 1
+    assert backend.max_in_flight == 1
+
+
+async def test_three_runs_share_a_cap_of_two_and_the_urgent_one_finishes_first(
+    make_manager: ManagerFactory, backend: FakeLLMServer, tmp_path: Path
+) -> None:
+    group = group_of(backend)
+    client = make_manager(group_limits={group: 2})
+    settings = settings_for(backend, plateaus=2, mapping_types=("data", "applications"))
+
+    def services(run: str) -> list[Service]:
+        return [Service(id=f"{run}-{i}", name=f"{run} service {i}") for i in range(2)]
+
+    low = [
+        asyncio.create_task(run(services(name), settings, tmp_path / name, client.handle, 1))
+        for name in ("low-a", "low-b")
+    ]
+    # The urgent run starts only once the low runs already wait for slots.
+    await wait_until(pending_is(client, group, 2), "the low-priority runs to queue")
+    urgent = await run(services("urgent"), settings, tmp_path / "urgent", client.handle, 9)
+    lows = await asyncio.gather(*low)
+
+    assert backend.max_in_flight == 2
+    urgent_end = max(c.held[1] for c in urgent.calls)
+    assert all(urgent_end < max(c.held[1] for c in o.calls) for o in lows)
+    assert all(r.status == "ok" for o in (urgent, *lows) for r in o.records)
+
+
+# -- the command line ------------------------------------------------------------------
+
+
+def write_config(path: Path, server: FakeLLMServer, **queue: Any) -> Path:
+    config = {
+        "models": {"fake": {"provider": "openai-compatible", "base_url": server.url + "/v1"}},
+        "pipeline": {"model": "fake", "plateaus": 2, "mapping_types": ["data", "applications"]},
+        "providers": {"retry_attempts": 2, "retry_deadline_seconds": 10},
+        "queue": {"group_limits": {group_of(server): 4}, **queue},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipelines", "run", *args]
+
+
+def run_cli(
+    input_file: Path, out: Path, config: Path, **env: str
+) -> subprocess.CompletedProcess[str]:
+    address = ray.get_runtime_context().gcs_address
+    return subprocess.run(
+        cli(str(input_file), "--out", str(out), "--config", str(config), "--address", address),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+
+
+def write_services(path: Path, services: list[Service]) -> Path:
+    path.write_text("".join(s.model_dump_json() + "\n" for s in services))
+    return path
+
+
+def records(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+SERVICES = [
+    Service(id=f"svc-{i}", name=f"Service {i}", description=f"Does thing {i}.") for i in range(3)
+]
+
+
+def test_queue_on_and_off_write_identical_files(backend: FakeLLMServer, tmp_path: Path) -> None:
+    services = write_services(tmp_path / "in.jsonl", SERVICES)
+    config = write_config(tmp_path / "raygate.yaml", backend)
+
+    on = run_cli(services, tmp_path / "on.jsonl", config)
+    off = run_cli(services, tmp_path / "off.jsonl", config, RAYGATE_QUEUE__ENABLED="false")
+
+    assert (on.returncode, off.returncode) == (0, 0), on.stderr + off.stderr
+    assert (tmp_path / "on.jsonl").read_bytes() == (tmp_path / "off.jsonl").read_bytes()
+    assert [r["service_id"] for r in records(tmp_path / "on.jsonl")] == ["svc-0", "svc-1", "svc-2"]
+    assert "sequential estimate" in on.stdout
+
+
+def test_killed_run_resumes_and_every_service_appears_once(
+    backend: FakeLLMServer, tmp_path: Path
+) -> None:
+    backend.hold = 0.3
+    many = [Service(id=f"svc-{i}", name=f"Service {i}") for i in range(6)]
+    services = write_services(tmp_path / "in.jsonl", many)
+    config = write_config(tmp_path / "raygate.yaml", backend)
+    out = tmp_path / "out.jsonl"
+    address = ray.get_runtime_context().gcs_address
+    first = subprocess.Popen(
+        cli(str(services), "--out", str(out), "--config", str(config), "--address", address),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not (out.exists() and out.read_text().count("\n") >= 1):
+        assert time.monotonic() < deadline and first.poll() is None, "no service completed"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    written_before = len(records(out))
+    assert 1 <= written_before < len(many)
+
+    second = run_cli(services, out, config)
+
+    assert second.returncode == 0, second.stderr
+    assert f"{written_before} already done" in second.stdout
+    ids = [r["service_id"] for r in records(out)]
+    assert ids == [s.id for s in many]
+    assert all(r["status"] == "ok" for r in records(out))
+
+
+def test_bad_lines_are_reported_and_a_failing_service_is_recorded(
+    backend: FakeLLMServer, tmp_path: Path
+) -> None:
+    good = Service(id="svc-good", name="Good")
+    broken = Service(id="svc-broken", name="Broken")
+    lines = [good.model_dump_json(), "{not json", '{"name": "no id"}', broken.model_dump_json()]
+    services = tmp_path / "in.jsonl"
+    services.write_text("\n".join(lines) + "\n")
+    config = write_config(tmp_path / "raygate.yaml", backend)
+
+    result = run_cli(services, tmp_path / "out.jsonl", config)
+
+    assert result.returncode == 1
+    assert f"skipping {services} line 2: " in result.stderr
+    assert f"skipping {services} line 3: id: Field required" in result.stderr
+    by_id = {r["service_id"]: r for r in records(tmp_path / "out.jsonl")}
+    assert by_id["svc-good"]["status"] == "ok"
+    assert by_id["svc-broken"]["status"] == "failed"
+    assert "backend exploded (HTTP 500)" in by_id["svc-broken"]["error"]
+
+
+def test_the_custom_chain_example_runs_its_own_stages(
+    backend: FakeLLMServer, tmp_path: Path
+) -> None:
+    backend.responder = None  # plain text answers: "ok"
+    config = write_config(tmp_path / "raygate.yaml", backend)
+    example = Path(__file__).parents[2] / "examples" / "custom_chain.py"
+
+    result = subprocess.run(
+        [sys.executable, str(example), "--chapters", "2", "--config", str(config),
+         "--address", ray.get_runtime_context().gcs_address],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("outline: ok") == 2
+    assert result.stdout.count("draft:   ok") == 2
+    prompts = [json.dumps(body["messages"]) for body in backend.bodies]
+    assert any("Outline chapter 2" in p and "Before it: ok" in p for p in prompts)
