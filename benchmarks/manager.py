@@ -156,7 +156,7 @@ async def main(pairs: int, pending: int) -> None:
         )
     )
     client = await fresh_manager(settings)
-    noop = Noop.remote()
+    noop = Noop.remote()  # type: ignore[attr-defined]
     semaphore = asyncio.Semaphore(1_000)
 
     async def raw_pair() -> None:

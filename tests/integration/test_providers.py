@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -45,6 +46,23 @@ def local_ollama() -> Iterator[FakeLLMServer]:
         yield server
 
 
+@dataclass
+class LocalRig:
+    client: ManagerClient
+    spec: GroupSpec
+    actor: Any
+
+
+@pytest.fixture
+def local(
+    make_manager: ManagerFactory, make_provider: ProviderFactory, local_ollama: FakeLLMServer
+) -> LocalRig:
+    """A fresh manager, and the provider actor of the local Ollama on GPU host "a"."""
+    client = make_manager()
+    spec = classify("ollama", local_ollama.url, host=GPU_HOST)
+    return LocalRig(client, spec, make_provider(spec, ProviderOptions(timeout=30), client))
+
+
 @pytest.fixture
 def anthropic() -> Iterator[FakeLLMServer]:
     with FakeLLMServer(AnthropicDialect(api_key=KEY), hold=0.3) as server:
@@ -52,21 +70,14 @@ def anthropic() -> Iterator[FakeLLMServer]:
 
 
 async def test_local_server_actor_runs_on_its_gpu_host_and_one_call_at_a_time(
-    cluster: Nodes,
-    make_manager: ManagerFactory,
-    make_provider: ProviderFactory,
-    local_ollama: FakeLLMServer,
+    cluster: Nodes, local: LocalRig, local_ollama: FakeLLMServer
 ) -> None:
-    spec = classify("ollama", local_ollama.url, host=GPU_HOST)
-    client = make_manager()
-    actor = make_provider(spec, ProviderOptions(timeout=30), client)
-
-    assert await actor.node_id.remote() == cluster.gpu
-    responses = await asyncio.gather(*(actor.chat.remote(REQUEST) for _ in range(20)))
+    assert await local.actor.node_id.remote() == cluster.gpu
+    responses = await asyncio.gather(*(local.actor.chat.remote(REQUEST) for _ in range(20)))
 
     assert [r.text for r in responses] == ["ok"] * 20
     assert local_ollama.max_in_flight == 1
-    group = (await client.stats()).groups[spec.id]
+    group = (await local.client.stats()).groups[local.spec.id]
     assert (group.kind, group.limit, group.granted, group.active) == ("local-server", 1, 20, 0)
 
 
@@ -97,34 +108,23 @@ async def test_remote_api_calls_overlap_while_the_local_group_stays_at_one(
     assert (stats.groups[remote_spec.id].granted, stats.groups[local_spec.id].granted) == (20, 20)
 
 
-async def test_stream_through_the_actor_holds_the_slot_until_the_end(
-    make_manager: ManagerFactory, make_provider: ProviderFactory, local_ollama: FakeLLMServer
-) -> None:
-    client = make_manager()
-    spec = classify("ollama", local_ollama.url, host=GPU_HOST)
-    actor = make_provider(spec, ProviderOptions(timeout=30), client)
+async def test_stream_through_the_actor_holds_the_slot_until_the_end(local: LocalRig) -> None:
     request = REQUEST.model_copy(update={"stream": True})
 
     pieces = []
-    async for ref in actor.stream.options(num_returns="streaming").remote(request):
+    async for ref in local.actor.stream.options(num_returns="streaming").remote(request):
         pieces.append(await ref)
 
     assert "".join(p.text for p in pieces) == "ok"
     assert pieces[-1].finish_reason == "stop"
-    group = (await client.stats()).groups[spec.id]
+    group = (await local.client.stats()).groups[local.spec.id]
     assert (group.granted, group.released, group.active) == (1, 1, 0)
 
 
-async def test_can_run_immediately_follows_the_groups_slot(
-    make_manager: ManagerFactory, make_provider: ProviderFactory, local_ollama: FakeLLMServer
-) -> None:
-    client = make_manager()
-    spec = classify("ollama", local_ollama.url, host=GPU_HOST)
-    actor = make_provider(spec, ProviderOptions(timeout=30), client)
-
-    assert await actor.can_run_immediately.remote()
-    async with client.slot(spec.id):
-        assert not await actor.can_run_immediately.remote()
+async def test_can_run_immediately_follows_the_groups_slot(local: LocalRig) -> None:
+    assert await local.actor.can_run_immediately.remote()
+    async with local.client.slot(local.spec.id):
+        assert not await local.actor.can_run_immediately.remote()
 
 
 async def test_typed_provider_error_crosses_the_actor_boundary(

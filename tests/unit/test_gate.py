@@ -47,6 +47,14 @@ def acquire(gate: SlotGate, request: str, priority: int = 5, **kw: float) -> asy
     )
 
 
+async def held_with_one_waiter(gate: SlotGate) -> tuple[Lease, asyncio.Task[Lease]]:
+    """The group's only slot held, and one request queued behind it."""
+    holder = await gate.acquire(GROUP, "holder", lease_id="h")
+    waiter = acquire(gate, "waiter")
+    await queued(gate, 1)
+    return holder, waiter
+
+
 async def queued(gate: SlotGate, count: int) -> None:
     """Let freshly created acquire tasks run until ``count`` of them wait in the engine."""
     for _ in range(1000):
@@ -60,9 +68,7 @@ async def test_waiter_is_woken_by_the_release_that_frees_its_slot(
     make_gate: GateFactory,
 ) -> None:
     gate = make_gate()
-    holder = await gate.acquire(GROUP, "holder", lease_id="h")
-    waiter = acquire(gate, "waiter")
-    await queued(gate, 1)
+    holder, waiter = await held_with_one_waiter(gate)
     assert not waiter.done()
 
     gate.release(holder.id, holder.epoch)
@@ -90,9 +96,7 @@ async def test_timeout_raises_typed_error_and_leaves_the_queue(
 
 async def test_cancelled_waiter_task_leaves_the_queue(make_gate: GateFactory) -> None:
     gate = make_gate()
-    holder = await gate.acquire(GROUP, "holder", lease_id="h")
-    waiter = acquire(gate, "waiter")
-    await queued(gate, 1)
+    holder, waiter = await held_with_one_waiter(gate)
 
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -183,9 +187,7 @@ async def test_release_from_another_threads_loop_wakes_the_waiter(
     # wake-up sent across threads ends its wait (a plain set_result would
     # hang it until the pytest timeout).
     gate = make_gate()
-    holder = await gate.acquire(GROUP, "holder", lease_id="h")
-    waiter = acquire(gate, "waiter")
-    await queued(gate, 1)
+    holder, waiter = await held_with_one_waiter(gate)
 
     async def release() -> None:
         gate.release(holder.id, holder.epoch)
