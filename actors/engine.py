@@ -23,9 +23,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from actors.errors import (
     DuplicateLease,
@@ -35,12 +35,15 @@ from actors.errors import (
 )
 from actors.groups import GroupSpec
 from actors.stats import GroupInfo, GroupStats, QueuePosition, QueueStats
+from actors.timeline import percentile
 from actors.waitqueue import DEFAULT_PRIORITY, GrantKey, WaitQueue, check_priority, grant_key
 
 # Weight of the newest hold time in a group's moving average (for wait estimates).
 HOLD_SMOOTHING = 0.2
 # How many lease ids released or cancelled before their acquire arrived are remembered.
 RETIRED_MEMORY = 65_536
+# How many recent waits per group the wait percentiles are taken over.
+WAIT_WINDOW = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,7 @@ class _Group:
     spec: GroupSpec
     limit: int | None
     queue: WaitQueue
+    waits: deque[float] = field(default_factory=lambda: deque(maxlen=WAIT_WINDOW))
     active: int = 0
     peak_active: int = 0
     avg_hold: float | None = None
@@ -170,6 +174,7 @@ class SlotEngine:
         if lease_id in self._waiters or lease_id in self._leases:
             raise DuplicateLease(lease_id)
         if group.has_room() and self._global_room():
+            group.waits.append(0.0)
             return self._grant(group, lease_id, request_id, priority)
         if len(group.queue) >= self.max_pending_per_group:
             group.rejected += 1
@@ -282,6 +287,8 @@ class SlotEngine:
                 peak_active=g.peak_active,
                 pending=len(g.queue),
                 avg_hold_seconds=g.avg_hold,
+                wait_p50_seconds=percentile(g.waits, 0.5),
+                wait_p95_seconds=percentile(g.waits, 0.95),
                 granted=g.granted,
                 released=g.released,
                 expired=g.expired,
@@ -360,6 +367,7 @@ class SlotEngine:
             _, lease_id, group = best
             group.queue.pop()
             waiter = self._waiters.pop(lease_id)
+            group.waits.append(self.clock() - waiter.queued_at)
             granted.append(self._grant(group, lease_id, waiter.request_id, waiter.priority))
         return granted
 

@@ -40,6 +40,9 @@ class GroupStats(_Snapshot):
     peak_active: int
     pending: int
     avg_hold_seconds: float | None
+    # Over the group's last 1,000 grants; an immediate grant waited 0.
+    wait_p50_seconds: float
+    wait_p95_seconds: float
     granted: int
     released: int
     expired: int

@@ -254,3 +254,22 @@ def test_get_if_exists_from_two_drivers_gives_the_same_manager(ray_session: None
             assert int(out.stdout.split()[-1]) == epoch
     finally:
         ray.kill(handle)
+
+
+async def test_stats_command_prints_the_running_clusters_queue(ray_session: None) -> None:
+    handle = get_or_create_manager(Settings())  # the real singleton name
+    client = ManagerClient(handle)
+    await client.register(LOCAL_SERVER)
+
+    async with client.slot(LOCAL_SERVER.id):
+        out = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "actors", "stats", "--address",
+             ray.get_runtime_context().gcs_address],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+
+    header, row, total = out.stdout.strip().splitlines()
+    assert header.split()[:3] == ["group", "kind", "limit"]
+    assert row.split() == [LOCAL_SERVER.id, "local-server", "1", "1", "1", "0", "0.00s", "0.00s"]
+    assert total == "total active 1, pending 0; global cap none"

@@ -355,6 +355,20 @@ def test_position_reports_waiters_ahead_and_estimated_wait() -> None:
     assert h.engine.position("holder") is None
 
 
+def test_wait_percentiles_count_immediate_grants_as_no_wait() -> None:
+    h = Harness()
+    h.ask(LOCAL_OLLAMA, "first")
+    for request in ("second", "third", "fourth"):
+        h.ask(LOCAL_OLLAMA, request)
+    for waited, holder in ((1.0, "first"), (2.0, "second"), (4.0, "third")):
+        h.clock.advance(waited)
+        h.done(holder)
+
+    group = h.engine.stats().groups[LOCAL_OLLAMA.id]
+    # Waits: first 0, second 1, third 3, fourth 7 (all queued at the start).
+    assert (group.wait_p50_seconds, group.wait_p95_seconds) == (1.0, 7.0)
+
+
 def test_estimated_wait_is_unknown_before_any_slot_was_released(harness: Harness) -> None:
     harness.ask(LOCAL_OLLAMA, "holder")
     harness.ask(LOCAL_OLLAMA, "w")

@@ -1,0 +1,36 @@
+"""The queue as a table: what ``python -m actors stats`` prints."""
+
+from __future__ import annotations
+
+from actors.stats import QueueStats
+
+COLUMNS = ("group", "kind", "limit", "active", "peak", "pending", "wait p50", "wait p95")
+
+
+def render(stats: QueueStats) -> str:
+    rows = [
+        (
+            group,
+            g.kind.value,
+            "-" if g.limit is None else str(g.limit),
+            str(g.active),
+            str(g.peak_active),
+            str(g.pending),
+            f"{g.wait_p50_seconds:.2f}s",
+            f"{g.wait_p95_seconds:.2f}s",
+        )
+        for group, g in sorted(stats.groups.items())
+    ]
+    widths = [max(len(cell) for cell in column) for column in zip(COLUMNS, *rows, strict=False)]
+    lines = [
+        "  ".join(
+            cell.ljust(width) if i < 2 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in (COLUMNS, *rows)
+    ]
+    cap = "none" if stats.global_limit is None else str(stats.global_limit)
+    lines.append(
+        f"total active {stats.total_active}, pending {stats.total_pending}; global cap {cap}"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,40 @@
+"""cluster.yaml passes Ray's own cluster-config validation and pins the GPU host."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+from providers.actor import GPU_HOST_RESOURCE
+
+CLUSTER_YAML = Path(__file__).parents[2] / "cluster.yaml"
+
+
+def load() -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(CLUSTER_YAML.read_text())
+    return config
+
+
+def test_cluster_yaml_passes_rays_validator() -> None:
+    validate_config(prepare_config(load()))
+
+
+def test_gpu_host_node_type_carries_the_resource_local_servers_are_pinned_by() -> None:
+    gpu = load()["available_node_types"]["gpu_a"]
+
+    assert gpu["resources"][GPU_HOST_RESOURCE.format(host="a")] == 1
+    assert gpu["min_workers"] == gpu["max_workers"] == 1
+
+
+def test_the_validator_refuses_a_broken_copy() -> None:
+    broken = copy.deepcopy(load())
+    broken["available_node_types"]["gpu_a"]["resorces"] = {"gpu_host:a": 1}
+
+    with pytest.raises(jsonschema.ValidationError, match="resorces"):
+        validate_config(prepare_config(broken))
