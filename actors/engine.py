@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from actors.errors import (
     DuplicateLease,
@@ -44,6 +45,18 @@ HOLD_SMOOTHING = 0.2
 RETIRED_MEMORY = 65_536
 # How many recent waits per group the wait percentiles are taken over.
 WAIT_WINDOW = 1_000
+
+
+class Observer(Protocol):
+    """Told of every change the engine makes (the manager turns these into metrics)."""
+
+    def submitted(self, group: str, kind: str) -> None: ...
+
+    def granted(self, group: str, kind: str, waited: float) -> None: ...
+
+    def finished(self, group: str, kind: str, outcome: str) -> None: ...
+
+    def levels(self, group: str, kind: str, active: int, pending: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +112,10 @@ class SlotEngine:
         max_pending_per_group: int = 10_000,
         group_limits: Mapping[str, int | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        observer: Observer | None = None,
     ) -> None:
         self.epoch = epoch
+        self._observer = observer
         self.lease_ttl = lease_ttl
         self.global_limit = global_limit
         self.max_pending_per_group = max_pending_per_group
@@ -173,11 +188,12 @@ class SlotEngine:
             raise LeaseRetired(lease_id)
         if lease_id in self._waiters or lease_id in self._leases:
             raise DuplicateLease(lease_id)
+        if self._observer is not None:
+            self._observer.submitted(group_id, group.spec.kind)
         if group.has_room() and self._global_room():
-            group.waits.append(0.0)
-            return self._grant(group, lease_id, request_id, priority)
+            return self._grant(group, lease_id, request_id, priority, waited=0.0)
         if len(group.queue) >= self.max_pending_per_group:
-            group.rejected += 1
+            self._finish(group, "rejected")
             raise QueueFull(
                 group_id,
                 len(group.queue),
@@ -189,6 +205,7 @@ class SlotEngine:
             lease_id, group_id, request_id, priority, key, self.clock()
         )
         group.queue.push(lease_id, key)
+        self._levels(group)
         return None
 
     def release(self, lease_id: str, epoch: int) -> list[Lease]:
@@ -205,7 +222,7 @@ class SlotEngine:
             self.unknown_releases += 1
             self._retire(lease_id)
             return []
-        self._free(lease_id).released += 1
+        self._finish(self._free(lease_id), "released")
         return self._dispatch()
 
     def cancel(self, lease_id: str, *, timed_out: bool = False) -> list[Lease]:
@@ -222,10 +239,7 @@ class SlotEngine:
         else:
             self._retire(lease_id)
             return []
-        if timed_out:
-            group.timed_out += 1
-        else:
-            group.cancelled += 1
+        self._finish(group, "timed_out" if timed_out else "cancelled")
         return handed_on
 
     def renew(self, lease_id: str, epoch: int) -> bool:
@@ -244,7 +258,7 @@ class SlotEngine:
         expired = False
         while (deadline := self.next_expiry()) is not None and deadline <= now:
             _, lease_id = heapq.heappop(self._deadlines)
-            self._free(lease_id).expired += 1
+            self._finish(self._free(lease_id), "expired")
             expired = True
         return self._dispatch() if expired else []
 
@@ -317,8 +331,11 @@ class SlotEngine:
     def _global_room(self) -> bool:
         return self.global_limit is None or self._total_active < self.global_limit
 
-    def _grant(self, group: _Group, lease_id: str, request_id: str, priority: int) -> Lease:
+    def _grant(
+        self, group: _Group, lease_id: str, request_id: str, priority: int, *, waited: float
+    ) -> Lease:
         now = self.clock()
+        group.waits.append(waited)
         lease = Lease(
             id=lease_id,
             group=group.spec.id,
@@ -335,6 +352,9 @@ class SlotEngine:
         group.peak_active = max(group.peak_active, group.active)
         group.granted += 1
         self._total_active += 1
+        if self._observer is not None:
+            self._observer.granted(group.spec.id, group.spec.kind, waited)
+            self._levels(group)
         return lease
 
     def _free(self, lease_id: str) -> _Group:
@@ -367,9 +387,22 @@ class SlotEngine:
             _, lease_id, group = best
             group.queue.pop()
             waiter = self._waiters.pop(lease_id)
-            group.waits.append(self.clock() - waiter.queued_at)
-            granted.append(self._grant(group, lease_id, waiter.request_id, waiter.priority))
+            waited = self.clock() - waiter.queued_at
+            granted.append(
+                self._grant(group, lease_id, waiter.request_id, waiter.priority, waited=waited)
+            )
         return granted
+
+    def _finish(self, group: _Group, outcome: str) -> None:
+        """Count how a request ended: released, expired, cancelled, timed_out or rejected."""
+        setattr(group, outcome, getattr(group, outcome) + 1)
+        if self._observer is not None:
+            self._observer.finished(group.spec.id, group.spec.kind, outcome)
+            self._levels(group)
+
+    def _levels(self, group: _Group) -> None:
+        if self._observer is not None:
+            self._observer.levels(group.spec.id, group.spec.kind, group.active, len(group.queue))
 
     def _retire(self, lease_id: str) -> None:
         self._retired[lease_id] = None

@@ -28,6 +28,7 @@ import ray
 from actors.engine import Lease, SlotEngine
 from actors.gate import SlotGate
 from actors.groups import GroupSpec, resolve_model
+from actors.metrics import QueueMetrics
 from actors.settings import Settings
 from actors.stats import GroupInfo, QueuePosition, QueueStats
 from actors.waitqueue import DEFAULT_PRIORITY
@@ -57,6 +58,7 @@ class ConcurrencyManager:
             global_limit=queue.concurrency,
             max_pending_per_group=queue.max_pending_per_group,
             group_limits=queue.group_limits,
+            observer=QueueMetrics(),
         )
         for entry in settings.models.values():
             engine.register(entry.spec())

@@ -106,7 +106,12 @@ class PipelineActor:
         try:
             response: ChatResponse = await unwrap(
                 self._provider.chat.remote(
-                    request, self._priority, f"{self._run_id}:{service_id}:{stage}", **flags
+                    request,
+                    self._priority,
+                    f"{self._run_id}:{service_id}:{stage}",
+                    stage=stage,
+                    service_id=service_id,
+                    **flags,
                 )
             )
         except BaseException:

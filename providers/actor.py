@@ -27,6 +27,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from actors.client import ManagerClient
 from actors.groups import GroupSpec, Provider, ResourceKind, classify
 from actors.manager import NAMESPACE
+from actors.metrics import CallMetrics
 from actors.settings import Settings
 from actors.slots import NoSlots, SlotSource
 from actors.waitqueue import DEFAULT_PRIORITY
@@ -72,9 +73,11 @@ class _ProviderShell:
 
     _provider: GatedProvider
     _slots: SlotSource
+    _metrics: CallMetrics
     _started: bool = False
 
     def _make(self, spec: GroupSpec, options: ProviderOptions, manager: Any | None) -> None:
+        self._metrics = CallMetrics()
         self._slots = ManagerClient(manager) if manager is not None else NoSlots()
         backend = build_backend(
             spec,
@@ -102,15 +105,34 @@ class _ProviderShell:
         request_id: str | None = None,
         queue_timeout: float | None = None,
         critical: bool = False,
+        stage: str = "",
+        service_id: str = "",
     ) -> ChatResponse:
+        """One gated call. ``stage`` and ``service_id`` only label its metrics."""
         await self._start()
-        return await self._provider.chat(
-            request,
-            priority=priority,
-            request_id=request_id,
-            queue_timeout=queue_timeout,
-            critical=critical,
-        )
+        outcome = "ok"
+        try:
+            response = await self._provider.chat(
+                request,
+                priority=priority,
+                request_id=request_id,
+                queue_timeout=queue_timeout,
+                critical=critical,
+            )
+        except Exception as error:
+            outcome = type(error).__name__
+            raise
+        finally:
+            seconds = response.latency_seconds if outcome == "ok" else 0.0
+            self._metrics.observe(
+                seconds,
+                group=self._provider.spec.id,
+                model_name=request.model,
+                stage=stage,
+                service_id=service_id,
+                outcome=outcome,
+            )
+        return response
 
     async def stream(
         self,

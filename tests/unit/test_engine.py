@@ -458,3 +458,39 @@ def test_reused_lease_id_is_refused(harness: Harness) -> None:
     for lease_id in ("same", "waiting"):
         with pytest.raises(DuplicateLease, match=f"lease id '{lease_id}' is already"):
             harness.engine.acquire(LOCAL_OLLAMA.id, "c", lease_id=lease_id)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[object, ...]] = []
+
+    def submitted(self, group: str, kind: str) -> None:
+        self.events.append(("submitted", kind))
+
+    def granted(self, group: str, kind: str, waited: float) -> None:
+        self.events.append(("granted", waited))
+
+    def finished(self, group: str, kind: str, outcome: str) -> None:
+        self.events.append(("finished", outcome))
+
+    def levels(self, group: str, kind: str, active: int, pending: int) -> None:
+        self.events.append(("levels", active, pending))
+
+
+def test_observer_sees_every_change_in_order() -> None:
+    recorder = Recorder()
+    h = Harness(observer=recorder, max_pending_per_group=1)
+    h.ask(LOCAL_OLLAMA, "a")
+    h.ask(LOCAL_OLLAMA, "b")
+    with pytest.raises(QueueFull):
+        h.ask(LOCAL_OLLAMA, "c")
+    h.clock.advance(2.0)
+    h.done("a")
+
+    assert recorder.events == [
+        ("submitted", "local-server"), ("granted", 0.0), ("levels", 1, 0),
+        ("submitted", "local-server"), ("levels", 1, 1),
+        ("submitted", "local-server"), ("finished", "rejected"), ("levels", 1, 1),
+        ("finished", "released"), ("levels", 0, 1),
+        ("granted", 2.0), ("levels", 1, 0),
+    ]  # fmt: skip

@@ -1,0 +1,61 @@
+"""The DESIGN's metrics on the Prometheus endpoint of the node the manager runs on."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import ray
+from prometheus_client.parser import text_string_to_metric_families
+
+from actors.groups import classify
+from tests.integration.conftest import ManagerFactory, Nodes, wait_until
+
+pytestmark = pytest.mark.ray
+
+
+def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def value(
+    samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
+) -> float:
+    return sum(v for found, v in samples.get(name, []) if labels.items() <= found.items())
+
+
+async def test_queue_metrics_reach_the_head_nodes_prometheus_endpoint(
+    cluster: Nodes, make_manager: ManagerFactory
+) -> None:
+    # A group no other test uses: other managers of the session export series too.
+    spec = classify("ollama", "http://localhost:31417")
+    client = make_manager(spec)
+    for _ in range(3):
+        async with client.slot(spec.id):
+            pass
+    holder = client.slot(spec.id)
+    await holder.__aenter__()  # one slot held while the metrics are read
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["NodeID"] == cluster.head)
+    group = {"group": spec.id, "kind": "local-server"}
+
+    async def exported() -> bool:
+        samples = await asyncio.to_thread(scrape, port)
+        return value(samples, "ray_llm_queue_submitted_total", **group) >= 4 and (
+            value(samples, "ray_llm_queue_inflight", **group) == 1
+        )
+
+    try:
+        await wait_until(exported, "the queue metrics on the head node", timeout=90)
+        samples = await asyncio.to_thread(scrape, port)
+        completed = value(samples, "ray_llm_queue_completed_total", outcome="released", **group)
+        assert completed >= 3
+        assert value(samples, "ray_llm_queue_pending", **group) == 0
+        assert value(samples, "ray_llm_queue_wait_seconds_count", **group) >= 4
+    finally:
+        await holder.__aexit__(None, None, None)
