@@ -1,0 +1,142 @@
+"""The pipeline as a Ray job on a cluster started with `ray start`, pinned to its GPU host.
+
+A second, separate cluster, started with `ray start --block` and stopped by
+its PID afterwards (`ray stop` would stop every Ray on the machine, the test
+session's too). It is one node that is also GPU host "a": Ray refuses a
+multi-node `ray start` cluster in its loopback-only mode, and without that
+mode it listens on the machine's network address, where these tests send
+nothing. Pinning across two nodes is tested on the session's cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from actors.groups import classify
+from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
+from tests.support.plateau_backend import plateau_answer
+
+pytestmark = pytest.mark.ray
+
+REPO = Path(__file__).parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        try:
+            if check():
+                return
+        except Exception as error:  # the cluster may still be coming up
+            last = error
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}; last error: {last!r}")
+        time.sleep(0.5)
+
+
+def token_headers() -> dict[str, str]:
+    # Clusters started with `ray start` here require Ray's token; this process
+    # decided its own auth mode when it joined the test session's cluster.
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    return {"authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def jobs(tmp_path: Path) -> Iterator[JobSubmissionClient]:
+    """A job client of a fresh `ray start` cluster whose node is GPU host "a"."""
+    gcs, dash = free_port(), free_port()
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # loopback only
+        # Job drivers run `python`: this interpreter, as on a node with raygate installed.
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    ray = str(Path(sys.executable).parent / "ray")
+
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--block", "--num-cpus=2", f"--port={gcs}",
+         f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={free_port()}",
+         f"--metrics-export-port={free_port()}", '--resources={"gpu_host:a": 1}'],
+        env=env, stdout=(tmp_path / "head.log").open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        address, headers = f"http://127.0.0.1:{dash}", token_headers()
+        wait_for("the job server", lambda: JobSubmissionClient(address, headers=headers))
+        yield JobSubmissionClient(address, headers=headers)
+    finally:
+        head.send_signal(signal.SIGTERM)
+        head.wait(timeout=60)
+
+
+def run_job(jobs: JobSubmissionClient, entrypoint: str, **runtime_env: object) -> str:
+    """Submit, wait until it ends, assert it succeeded; its logs."""
+    job = jobs.submit_job(entrypoint=entrypoint, runtime_env=runtime_env or None)
+    ended = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    wait_for("the job to end", lambda: jobs.get_job_status(job) in ended, timeout=300)
+    logs = jobs.get_job_logs(job)
+    assert jobs.get_job_status(job) == JobStatus.SUCCEEDED, logs
+    return logs
+
+
+WHERE = """
+import ray, sys
+ray.init()
+actor = ray.get_actor(sys.argv[1], namespace="raygate")
+print("actor-node", ray.get(actor.node_id.remote()))
+for node in ray.nodes():
+    if node["Alive"] and "gpu_host:a" in node["Resources"]:
+        print("gpu-node", node["NodeID"])
+"""
+
+
+def test_submitted_pipeline_job_succeeds_with_its_local_server_on_the_gpu_host(
+    jobs: JobSubmissionClient, tmp_path: Path
+) -> None:
+    with FakeLLMServer(OpenAIDialect(), responder=plateau_answer) as backend:
+        base_url = backend.url + "/v1"
+        config = tmp_path / "raygate.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "models": {
+                        "fake": {"provider": "openai-compatible", "base_url": base_url, "host": "a"}
+                    },
+                    "pipeline": {"model": "fake", "plateaus": 1, "mapping_types": ["data"]},
+                }
+            )
+        )
+        out = tmp_path / "out.jsonl"
+        logs = run_job(
+            jobs,
+            f"python -m pipelines run examples/services.jsonl --out {out} --config {config}",
+            working_dir=str(REPO),
+            excludes=[".venv", ".git", "*.egg-info", ".*_cache", "__pycache__"],
+        )
+
+    assert [json.loads(line)["status"] for line in out.read_text().splitlines()] == ["ok"] * 5
+    assert "5 services in" in logs
+    group = classify("openai-compatible", base_url, host="a").id
+    (script := tmp_path / "where.py").write_text(WHERE)
+    where = run_job(jobs, f"python {script} 'provider:{group}'")
+    found = dict(line.split() for line in where.splitlines() if line.startswith(("actor", "gpu")))
+    assert found["actor-node"] == found["gpu-node"]
