@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr, ValidationError
@@ -66,6 +66,15 @@ class PipelineSettings(BaseModel):
     max_tokens: PositiveInt = 200
 
 
+class TelemetrySettings(BaseModel):
+    """Where OpenTelemetry spans go (see actors.telemetry); metrics always go to Ray."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    exporter: Literal["none", "console", "otlp"] = "none"
+    otlp_endpoint: str | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAYGATE_",
@@ -79,6 +88,7 @@ class Settings(BaseSettings):
     models: dict[str, ModelEntry] = Field(default_factory=dict)
     providers: ProviderSettings = Field(default_factory=ProviderSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     # Keys of remote APIs; else each provider's usual variable (OPENAI_API_KEY, ...).
     api_keys: dict[Provider, SecretStr] = Field(default_factory=dict)
 

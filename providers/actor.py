@@ -28,8 +28,9 @@ from actors.client import ManagerClient
 from actors.groups import GroupSpec, Provider, ResourceKind, classify
 from actors.manager import NAMESPACE
 from actors.metrics import CallMetrics
-from actors.settings import Settings
+from actors.settings import Settings, TelemetrySettings
 from actors.slots import NoSlots, SlotSource
+from actors.telemetry import configure_tracing
 from actors.waitqueue import DEFAULT_PRIORITY
 from providers.breaker import CircuitBreaker
 from providers.factory import api_key_for, build_backend
@@ -52,6 +53,7 @@ class ProviderOptions:
     quirks: Quirks = field(default_factory=Quirks)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker_cooldown: float = 30.0
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
 
 def options_for(
@@ -65,6 +67,7 @@ def options_for(
         quirks=quirks or Quirks(),
         retry=RetryPolicy(attempts=tuning.retry_attempts, deadline=tuning.retry_deadline_seconds),
         breaker_cooldown=tuning.breaker_cooldown_seconds,
+        telemetry=settings.telemetry,
     )
 
 
@@ -77,6 +80,7 @@ class _ProviderShell:
     _started: bool = False
 
     def _make(self, spec: GroupSpec, options: ProviderOptions, manager: Any | None) -> None:
+        configure_tracing(options.telemetry)
         self._metrics = CallMetrics()
         self._slots = ManagerClient(manager) if manager is not None else NoSlots()
         backend = build_backend(
@@ -118,6 +122,8 @@ class _ProviderShell:
                 request_id=request_id,
                 queue_timeout=queue_timeout,
                 critical=critical,
+                stage=stage,
+                service_id=service_id,
             )
         except Exception as error:
             outcome = type(error).__name__

@@ -14,9 +14,14 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from opentelemetry.trace import StatusCode
 
 from actors.groups import GroupSpec
 from actors.slots import SlotSource
+from actors.telemetry import tracer
 from actors.waitqueue import DEFAULT_PRIORITY
 from providers.breaker import CircuitBreaker
 from providers.http import Backend
@@ -57,29 +62,58 @@ class GatedProvider:
         request_id: str | None = None,
         queue_timeout: float | None = None,
         critical: bool = False,
+        stage: str = "",
+        service_id: str = "",
     ) -> ChatResponse:
+        attributes: dict[str, str | int] = {
+            "raygate.group": self.spec.id,
+            "gen_ai.request.model": request.model,
+            "raygate.stage": stage,
+            "raygate.service_id": service_id,
+            "raygate.priority": priority,
+        }
         waited = 0.0
         started_at = 0.0
 
         async def attempt() -> ChatResponse:
             nonlocal waited, started_at
             with self.breaker.guard():
-                asked = self._clock()
-                async with self.slots.slot(
-                    self.spec.id,
+                async with self._acquired(
+                    attributes,
                     priority=priority,
                     critical=critical,
                     request_id=request_id,
                     timeout=queue_timeout,
-                ):
-                    waited += self._clock() - asked
+                ) as wait:
+                    waited += wait
                     started_at = time.time()
-                    return await self.backend.chat(request)
+                    with tracer().start_as_current_span("raygate.call", attributes=attributes):
+                        return await self.backend.chat(request)
 
         response = await with_retries(
             attempt, self.retry, clock=self._clock, sleep=self._sleep, rng=self._rng
         )
         return response.model_copy(update={"queue_wait_seconds": waited, "started_at": started_at})
+
+    @asynccontextmanager
+    async def _acquired(
+        self, attributes: dict[str, str | int], **slot: Any
+    ) -> AsyncIterator[float]:
+        """Hold a slot of the group; the wait for it is a span of its own, and yielded."""
+        span = tracer().start_span("raygate.acquire", attributes=attributes)
+        asked = self._clock()
+        try:
+            async with self.slots.slot(self.spec.id, **slot):
+                wait = self._clock() - asked
+                span.set_attribute("raygate.wait_seconds", wait)
+                span.end()
+                yield wait
+        except BaseException as error:
+            if span.is_recording():  # failed while waiting, not in the call
+                span.record_exception(error)
+                span.set_status(StatusCode.ERROR)
+                span.end()
+            raise
 
     async def stream(
         self,

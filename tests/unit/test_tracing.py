@@ -1,0 +1,82 @@
+"""Spans for each slot acquisition and each backend call, read with the SDK's in-memory exporter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from actors.engine import SlotEngine
+from actors.errors import AcquireTimeout
+from actors.gate import SlotGate
+from actors.groups import classify
+from actors.slots import LocalSlots
+from providers.factory import build_backend
+from providers.gated import GatedProvider
+from providers.models import ChatMessage, ChatRequest
+from tests.support.fake_llm import FakeLLMServer, OllamaDialect
+
+EXPORTER = InMemorySpanExporter()
+REQUEST = ChatRequest(model="llama3", messages=(ChatMessage(role="user", content="hi"),))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tracing() -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+    trace.set_tracer_provider(provider)  # once per process; only this module sets one
+
+
+@pytest.fixture
+def provider() -> Iterator[tuple[GatedProvider, SlotGate]]:
+    EXPORTER.clear()
+    with FakeLLMServer(OllamaDialect()) as server:
+        spec = classify("ollama", server.url)
+        engine = SlotEngine(epoch=1)
+        engine.register(spec)
+        gate = SlotGate(engine)
+        backend = build_backend(spec, api_key=None, timeout=5)
+        yield GatedProvider(backend, spec, LocalSlots(gate)), gate
+        gate.close()
+
+
+async def test_acquire_and_call_spans_carry_group_model_stage_service_priority(
+    provider: tuple[GatedProvider, SlotGate],
+) -> None:
+    gated, _ = provider
+
+    await gated.chat(REQUEST, priority=7, stage="features", service_id="svc-1")
+    await gated.backend.aclose()
+
+    acquire, call = sorted(EXPORTER.get_finished_spans(), key=lambda s: s.start_time or 0)
+    assert (acquire.name, call.name) == ("raygate.acquire", "raygate.call")
+    for span in (acquire, call):
+        assert span.attributes is not None
+        assert {k: span.attributes[k] for k in span.attributes if k != "raygate.wait_seconds"} == {
+            "raygate.group": gated.spec.id,
+            "gen_ai.request.model": "llama3",
+            "raygate.stage": "features",
+            "raygate.service_id": "svc-1",
+            "raygate.priority": 7,
+        }
+    assert acquire.attributes is not None and acquire.attributes["raygate.wait_seconds"] >= 0
+
+
+async def test_an_acquire_that_times_out_is_an_error_span(
+    provider: tuple[GatedProvider, SlotGate],
+) -> None:
+    gated, gate = provider
+    await gate.acquire(gated.spec.id, "holder", lease_id="holder")  # the only slot
+
+    with pytest.raises(AcquireTimeout):
+        await gated.chat(REQUEST, queue_timeout=0.01)
+    await gated.backend.aclose()
+
+    (acquire,) = EXPORTER.get_finished_spans()
+    assert acquire.name == "raygate.acquire"
+    assert acquire.status.status_code is StatusCode.ERROR
