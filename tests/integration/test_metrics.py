@@ -10,7 +10,12 @@ import ray
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.groups import classify
-from tests.integration.conftest import ManagerFactory, Nodes, wait_until
+from providers.actor import ProviderOptions, get_or_create_provider
+from providers.models import ChatMessage, ChatRequest
+from tests.integration.conftest import GPU_HOST, ManagerFactory, Nodes, wait_until
+from tests.support.fake_llm import FakeLLMServer, OllamaDialect
+
+REQUEST = ChatRequest(model="m", messages=(ChatMessage(role="user", content="hi"),))
 
 pytestmark = pytest.mark.ray
 
@@ -59,3 +64,35 @@ async def test_queue_metrics_reach_the_head_nodes_prometheus_endpoint(
         assert value(samples, "ray_llm_queue_wait_seconds_count", **group) >= 4
     finally:
         await holder.__aexit__(None, None, None)
+
+
+async def test_call_seconds_reach_the_prometheus_endpoint_of_the_providers_node(
+    make_manager: ManagerFactory,
+) -> None:
+    client = make_manager()
+    with FakeLLMServer(OllamaDialect(), hold=0.05) as backend:
+        spec = classify("ollama", backend.url, host=GPU_HOST)
+        actor = get_or_create_provider(spec, ProviderOptions(timeout=30), client.handle)
+        try:
+            for _ in range(3):
+                await actor.chat.remote(REQUEST, stage="features", service_id="svc-metrics")
+            node = await actor.node_id.remote()
+        finally:
+            ray.kill(actor)
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["NodeID"] == node)
+    labels = {
+        "group": spec.id,
+        "model_name": "m",
+        "stage": "features",
+        "service_id": "svc-metrics",
+        "outcome": "ok",
+    }
+
+    async def exported() -> bool:
+        samples = await asyncio.to_thread(scrape, port)
+        return value(samples, "ray_llm_call_seconds_count", **labels) == 3
+
+    await wait_until(exported, "llm_call_seconds on the provider's node", timeout=90)
+    samples = await asyncio.to_thread(scrape, port)
+    # Three calls of at least 0.05 s each at the server.
+    assert value(samples, "ray_llm_call_seconds_sum", **labels) >= 0.15
