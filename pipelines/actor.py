@@ -16,7 +16,7 @@ import ray
 
 from actors.client import unwrap
 from actors.waitqueue import DEFAULT_PRIORITY
-from pipelines.chain import Span
+from pipelines.chain import Span, together
 from pipelines.plateau import JobSettings, PlateauJob, Service, ServiceRecord
 from providers.models import ChatRequest, ChatResponse
 
@@ -79,16 +79,9 @@ class PipelineActor:
         async def one(service: Service) -> None:
             events.put_nowait(ServiceDone(await self._job.run(service)))
 
-        async def all_services() -> None:
-            if self._sequential:
-                for service in services:
-                    await one(service)
-            else:
-                async with asyncio.TaskGroup() as group:
-                    for service in services:
-                        group.create_task(one(service))
-
-        runner = asyncio.create_task(all_services())
+        runner = asyncio.create_task(
+            together(*(one(service) for service in services), sequential=self._sequential)
+        )
         done = 0
         while done < len(services):
             event = await events.get()

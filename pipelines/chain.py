@@ -19,11 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 Item = TypeVar("Item")
+
+
+async def together(*calls: Coroutine[Any, Any, Any], sequential: bool = False) -> list[Any]:
+    """Run calls at once, or one after another (parity mode); same results either way."""
+    if sequential:
+        return [await call for call in calls]
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(call) for call in calls]
+    return [task.result() for task in tasks]
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,15 @@ number of times, telling the model what was wrong.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from actors.errors import RaygateError
-from pipelines.chain import Span, Stage, StageChain, Upstream
+from pipelines.chain import Span, Stage, StageChain, Upstream, together
 from providers.errors import BadResponse
 from providers.models import ChatMessage, ChatRequest, ChatResponse, JsonSchemaFormat
 
@@ -143,8 +142,10 @@ class PlateauJob:
         )
         plateaus = range(1, self.settings.plateaus + 1)
         try:
-            ambitions, rows = await self._together(
-                self._ambitions(service), chain.run(plateaus, sequential=self.sequential)
+            ambitions, rows = await together(
+                self._ambitions(service),
+                chain.run(plateaus, sequential=self.sequential),
+                sequential=self.sequential,
             )
         except (RaygateError, BaseExceptionGroup) as raised:
             cause = _root_cause(raised)
@@ -164,14 +165,6 @@ class PlateauJob:
                 for n, row in zip(plateaus, rows, strict=True)
             ],
         )
-
-    async def _together(self, *calls: Coroutine[Any, Any, Any]) -> list[Any]:
-        """Run calls at once, or one after another in parity mode (same results either way)."""
-        if self.sequential:
-            return [await call for call in calls]
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(call) for call in calls]
-        return [task.result() for task in tasks]
 
     # -- stages ---------------------------------------------------------------------
 
@@ -214,7 +207,7 @@ class PlateauJob:
             )
 
         kinds = self.settings.mapping_types
-        results = await self._together(*(one(kind) for kind in kinds))
+        results = await together(*(one(kind) for kind in kinds), sequential=self.sequential)
         return {kind: result.items for kind, result in zip(kinds, results, strict=True)}
 
     # -- structured answers -----------------------------------------------------------

@@ -65,13 +65,7 @@ class GatedProvider:
         stage: str = "",
         service_id: str = "",
     ) -> ChatResponse:
-        attributes: dict[str, str | int] = {
-            "raygate.group": self.spec.id,
-            "gen_ai.request.model": request.model,
-            "raygate.stage": stage,
-            "raygate.service_id": service_id,
-            "raygate.priority": priority,
-        }
+        attributes = self._attributes(request, priority, stage, service_id)
         waited = 0.0
         started_at = 0.0
 
@@ -94,6 +88,18 @@ class GatedProvider:
             attempt, self.retry, clock=self._clock, sleep=self._sleep, rng=self._rng
         )
         return response.model_copy(update={"queue_wait_seconds": waited, "started_at": started_at})
+
+    def _attributes(
+        self, request: ChatRequest, priority: int, stage: str, service_id: str
+    ) -> dict[str, str | int]:
+        """What every span of a call carries."""
+        return {
+            "raygate.group": self.spec.id,
+            "gen_ai.request.model": request.model,
+            "raygate.stage": stage,
+            "raygate.service_id": service_id,
+            "raygate.priority": priority,
+        }
 
     @asynccontextmanager
     async def _acquired(
@@ -127,12 +133,14 @@ class GatedProvider:
 
         Not retried: a caller may already have used the pieces it got.
         """
+        attributes = self._attributes(request, priority, "", "")
         with self.breaker.guard():
-            async with self.slots.slot(
-                self.spec.id, priority=priority, request_id=request_id, timeout=queue_timeout
+            async with self._acquired(
+                attributes, priority=priority, request_id=request_id, timeout=queue_timeout
             ):
-                async for delta in self.backend.stream(request):
-                    yield delta
+                with tracer().start_as_current_span("raygate.call", attributes=attributes):
+                    async for delta in self.backend.stream(request):
+                        yield delta
 
     async def aclose(self) -> None:
         await self.backend.aclose()

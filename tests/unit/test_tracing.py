@@ -80,3 +80,17 @@ async def test_an_acquire_that_times_out_is_an_error_span(
     (acquire,) = EXPORTER.get_finished_spans()
     assert acquire.name == "raygate.acquire"
     assert acquire.status.status_code is StatusCode.ERROR
+
+
+async def test_a_stream_gets_the_same_acquire_and_call_spans(
+    provider: tuple[GatedProvider, SlotGate],
+) -> None:
+    gated, _ = provider
+
+    pieces = [d async for d in gated.stream(REQUEST.model_copy(update={"stream": True}))]
+    await gated.backend.aclose()
+
+    assert "".join(p.text for p in pieces) == "ok"
+    spans = sorted(EXPORTER.get_finished_spans(), key=lambda s: s.start_time or 0)
+    assert [s.name for s in spans] == ["raygate.acquire", "raygate.call"]
+    assert all(s.attributes and s.attributes["raygate.group"] == gated.spec.id for s in spans)
