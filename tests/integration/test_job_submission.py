@@ -1,11 +1,11 @@
-"""The pipeline as a Ray job on a cluster started with `ray start`, pinned to its GPU host.
+"""The pipeline as a Ray job on a two-node cluster started with `ray start`.
 
-A second, separate cluster, started with `ray start --block` and stopped by
-its PID afterwards (`ray stop` would stop every Ray on the machine, the test
-session's too). It is one node that is also GPU host "a": Ray refuses a
-multi-node `ray start` cluster in its loopback-only mode, and without that
-mode it listens on the machine's network address, where these tests send
-nothing. Pinning across two nodes is tested on the session's cluster.
+A second, separate cluster: a head and a GPU-host node "a", each a
+`ray start --block` process stopped by its PID afterwards (`ray stop` would
+stop every Ray on the machine, the test session's too). The nodes take the
+loopback addresses 127.0.0.2 and 127.0.0.3: Ray turns 127.0.0.1 into the
+machine's network address for multi-node clusters, but not the rest of
+127.0.0.0/8, so the whole cluster talks over loopback.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
@@ -60,32 +61,54 @@ def token_headers() -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
-@pytest.fixture
-def jobs(tmp_path: Path) -> Iterator[JobSubmissionClient]:
-    """A job client of a fresh `ray start` cluster whose node is GPU host "a"."""
-    gcs, dash = free_port(), free_port()
+def alive_nodes(dashboard: str, headers: dict[str, str]) -> int:
+    answer = httpx.get(f"{dashboard}/api/v0/nodes", headers=headers).raise_for_status()
+    return sum(node["state"] == "ALIVE" for node in answer.json()["data"]["result"]["result"])
+
+
+def ray_start(*flags: str, log: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # loopback only
         # Job drivers run `python`: this interpreter, as on a node with raygate installed.
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # its loopback-only mode is one node
+    ports = [f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"]
     ray = str(Path(sys.executable).parent / "ray")
+    command = [ray, "start", "--block", "--num-cpus=1", "--object-store-memory=200000000"]
+    return subprocess.Popen(
+        [*command, *ports, *flags], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
 
-    head = subprocess.Popen(
-        [ray, "start", "--head", "--block", "--num-cpus=2", f"--port={gcs}",
-         f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={free_port()}",
-         f"--metrics-export-port={free_port()}", '--resources={"gpu_host:a": 1}'],
-        env=env, stdout=(tmp_path / "head.log").open("w"), stderr=subprocess.STDOUT,
+
+def stop(node: subprocess.Popen[bytes]) -> None:
+    node.send_signal(signal.SIGTERM)
+    node.wait(timeout=60)
+
+
+@pytest.fixture
+def jobs(tmp_path: Path) -> Iterator[JobSubmissionClient]:
+    """A job client of a fresh `ray start` cluster: a head and GPU host "a"."""
+    gcs, dash = free_port(), free_port()
+    head = ray_start(
+        "--head", "--node-ip-address=127.0.0.2", f"--port={gcs}", f"--dashboard-port={dash}",
+        log=tmp_path / "head.log",
     )  # fmt: skip
+    gpu_node: subprocess.Popen[bytes] | None = None
     try:
         address, headers = f"http://127.0.0.1:{dash}", token_headers()
         wait_for("the job server", lambda: JobSubmissionClient(address, headers=headers))
+        gpu_node = ray_start(
+            f"--address=127.0.0.2:{gcs}", "--node-ip-address=127.0.0.3",
+            '--resources={"gpu_host:a": 1}', log=tmp_path / "gpu.log",
+        )  # fmt: skip
+        wait_for("the GPU host to join", lambda: alive_nodes(address, headers) == 2)
         yield JobSubmissionClient(address, headers=headers)
     finally:
-        head.send_signal(signal.SIGTERM)
-        head.wait(timeout=60)
+        if gpu_node is not None:
+            stop(gpu_node)
+        stop(head)
 
 
 def run_job(jobs: JobSubmissionClient, entrypoint: str, **runtime_env: object) -> str:
