@@ -31,6 +31,7 @@ from actors.groups import GroupSpec, resolve_model
 from actors.metrics import QueueMetrics
 from actors.settings import Settings
 from actors.stats import GroupInfo, QueuePosition, QueueStats
+from actors.telemetry import configure_telemetry
 from actors.waitqueue import DEFAULT_PRIORITY
 
 MANAGER_NAME = "concurrency-manager"
@@ -51,6 +52,7 @@ HEAD_NODE_RESOURCE = {"node:__internal_head__": 0.001}
 class ConcurrencyManager:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        configure_telemetry(settings.telemetry)
         queue = settings.queue
         engine = SlotEngine(
             epoch=time.time_ns(),

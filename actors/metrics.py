@@ -1,79 +1,123 @@
-"""The manager's and the providers' numbers as Ray metrics.
+"""The manager's and the providers' numbers, recorded once, exported two ways.
 
-Exported through ``ray.util.metrics``: each node's Prometheus endpoint
-(``ray start --metrics-export-port``) serves them as ``ray_<name>``, and the
-Ray dashboard's Grafana panels can chart them. Names and labels follow the
-seed "LLM Queue Migration Plan".
+Each is a Ray metric (``ray.util.metrics``): each node's Prometheus endpoint
+(``ray start --metrics-export-port``) serves it as ``ray_<name>`` and the Ray
+dashboard's Grafana panels can chart it. Each is also an OpenTelemetry
+instrument of the same name and labels (meter ``raygate``), exported where
+``telemetry.metrics`` says (see actors.telemetry). Names and labels follow
+the seed "LLM Queue Migration Plan".
 """
 
 from __future__ import annotations
 
-from ray.util.metrics import Counter, Gauge, Histogram
+from collections.abc import Sequence
+
+from ray.util import metrics as ray_metrics
+
+from actors.telemetry import meter
 
 GROUP = ("group", "kind")
+CALL = ("group", "model_name", "stage")
 WAIT_BUCKETS = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0]
 CALL_BUCKETS = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
+Labels = dict[str, str]
+
+
+class Counter:
+    def __init__(self, name: str, description: str, labels: Sequence[str]) -> None:
+        self._ray = ray_metrics.Counter(name, description, tag_keys=tuple(labels))
+        self._otel = meter().create_counter(name, description=description)
+
+    def inc(self, labels: Labels) -> None:
+        self._ray.inc(tags=labels)
+        self._otel.add(1, attributes=labels)
+
+
+class Gauge:
+    def __init__(self, name: str, description: str, labels: Sequence[str]) -> None:
+        self._ray = ray_metrics.Gauge(name, description, tag_keys=tuple(labels))
+        self._otel = meter().create_gauge(name, description=description)
+
+    def set(self, value: float, labels: Labels) -> None:
+        self._ray.set(value, tags=labels)
+        self._otel.set(value, attributes=labels)
+
+
+class Histogram:
+    """Seconds, in the given buckets."""
+
+    def __init__(
+        self, name: str, description: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> None:
+        self._ray = ray_metrics.Histogram(
+            name, description, boundaries=list(buckets), tag_keys=tuple(labels)
+        )
+        self._otel = meter().create_histogram(
+            name, unit="s", description=description, explicit_bucket_boundaries_advisory=buckets
+        )
+
+    def observe(self, seconds: float, labels: Labels) -> None:
+        self._ray.observe(seconds, tags=labels)
+        self._otel.record(seconds, attributes=labels)
 
 
 class QueueMetrics:
-    """An engine observer (see actors.engine.Observer) that records Ray metrics."""
+    """An engine observer (see actors.engine.Observer) recording the queue's metrics."""
 
     def __init__(self) -> None:
         self._submitted = Counter(
-            "llm_queue_submitted", "Slot requests that reached the manager.", tag_keys=GROUP
+            "llm_queue_submitted", "Slot requests that reached the manager.", GROUP
         )
         self._completed = Counter(
             "llm_queue_completed",
             "Slot requests that ended, by outcome (released, expired, cancelled, "
             "timed_out, rejected).",
-            tag_keys=(*GROUP, "outcome"),
+            (*GROUP, "outcome"),
         )
-        self._inflight = Gauge("llm_queue_inflight", "Slots held now.", tag_keys=GROUP)
-        self._pending = Gauge("llm_queue_pending", "Requests waiting for a slot.", tag_keys=GROUP)
+        self._inflight = Gauge("llm_queue_inflight", "Slots held now.", GROUP)
+        self._pending = Gauge("llm_queue_pending", "Requests waiting for a slot.", GROUP)
         self._wait = Histogram(
             "llm_queue_wait_seconds",
             "Time from a request's arrival to its grant.",
-            boundaries=WAIT_BUCKETS,
-            tag_keys=GROUP,
+            GROUP,
+            WAIT_BUCKETS,
         )
 
     def submitted(self, group: str, kind: str) -> None:
-        self._submitted.inc(tags={"group": group, "kind": kind})
+        self._submitted.inc({"group": group, "kind": kind})
 
     def granted(self, group: str, kind: str, waited: float) -> None:
-        self._wait.observe(waited, tags={"group": group, "kind": kind})
+        self._wait.observe(waited, {"group": group, "kind": kind})
 
     def finished(self, group: str, kind: str, outcome: str) -> None:
-        self._completed.inc(tags={"group": group, "kind": kind, "outcome": outcome})
+        self._completed.inc({"group": group, "kind": kind, "outcome": outcome})
 
     def levels(self, group: str, kind: str, active: int, pending: int) -> None:
-        tags = {"group": group, "kind": kind}
-        self._inflight.set(active, tags=tags)
-        self._pending.set(pending, tags=tags)
+        labels = {"group": group, "kind": kind}
+        self._inflight.set(active, labels)
+        self._pending.set(pending, labels)
 
 
 class CallMetrics:
-    """Latency of each backend call, in the provider actor."""
+    """Each backend call, in the provider actor: a count per stage and outcome, and the
+    latency of those that answered."""
 
     def __init__(self) -> None:
+        self._calls = Counter(
+            "llm_calls", "Backend calls, by stage and outcome (ok or the error's type).",
+            (*CALL, "outcome"),
+        )  # fmt: skip
         self._seconds = Histogram(
             "llm_call_seconds",
-            "Duration of backend calls (slot held), by stage and outcome.",
-            boundaries=CALL_BUCKETS,
-            tag_keys=("group", "model_name", "stage", "service_id", "outcome"),
+            "Duration of backend calls that answered (slot held), by stage and service.",
+            (*CALL, "service_id"),
+            CALL_BUCKETS,
         )
 
-    def observe(
-        self, seconds: float, *, group: str, model_name: str, stage: str, service_id: str,
-        outcome: str,
-    ) -> None:  # fmt: skip
-        self._seconds.observe(
-            seconds,
-            tags={
-                "group": group,
-                "model_name": model_name,
-                "stage": stage,
-                "service_id": service_id,
-                "outcome": outcome,
-            },
-        )
+    def answered(self, seconds: float, call: Labels, service_id: str) -> None:
+        """``call``: group, model_name and stage."""
+        self._calls.inc({**call, "outcome": "ok"})
+        self._seconds.observe(seconds, {**call, "service_id": service_id})
+
+    def failed(self, error: BaseException, call: Labels) -> None:
+        self._calls.inc({**call, "outcome": type(error).__name__})

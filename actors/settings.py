@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from actors.errors import ConfigError
@@ -67,12 +75,20 @@ class PipelineSettings(BaseModel):
 
 
 class TelemetrySettings(BaseModel):
-    """Where OpenTelemetry spans go (see actors.telemetry); metrics always go to Ray."""
+    """Where OpenTelemetry spans and metrics go (see actors.telemetry).
+
+    Ray's own metrics (the dashboard, each node's Prometheus endpoint) are
+    recorded whatever these say.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    exporter: Literal["none", "console", "otlp"] = "none"
+    traces: Literal["none", "console", "otlp"] = "none"
+    metrics: Literal["none", "console", "otlp", "prometheus"] = "none"
     otlp_endpoint: str | None = None
+    export_interval_seconds: PositiveFloat = 10.0
+    prometheus_host: str = "127.0.0.1"
+    prometheus_port: int = Field(default=9464, ge=1024, le=65535)
 
 
 class Settings(BaseSettings):

@@ -30,7 +30,7 @@ from actors.manager import NAMESPACE
 from actors.metrics import CallMetrics
 from actors.settings import Settings, TelemetrySettings
 from actors.slots import NoSlots, SlotSource
-from actors.telemetry import configure_tracing
+from actors.telemetry import configure_telemetry
 from actors.waitqueue import DEFAULT_PRIORITY
 from providers.breaker import CircuitBreaker
 from providers.factory import api_key_for, build_backend
@@ -80,7 +80,7 @@ class _ProviderShell:
     _started: bool = False
 
     def _make(self, spec: GroupSpec, options: ProviderOptions, manager: Any | None) -> None:
-        configure_tracing(options.telemetry)
+        configure_telemetry(options.telemetry)
         self._metrics = CallMetrics()
         self._slots = ManagerClient(manager) if manager is not None else NoSlots()
         backend = build_backend(
@@ -114,7 +114,7 @@ class _ProviderShell:
     ) -> ChatResponse:
         """One gated call. ``stage`` and ``service_id`` only label its metrics."""
         await self._start()
-        outcome = "ok"
+        call = {"group": self._provider.spec.id, "model_name": request.model, "stage": stage}
         try:
             response = await self._provider.chat(
                 request,
@@ -126,18 +126,9 @@ class _ProviderShell:
                 service_id=service_id,
             )
         except Exception as error:
-            outcome = type(error).__name__
+            self._metrics.failed(error, call)
             raise
-        finally:
-            seconds = response.latency_seconds if outcome == "ok" else 0.0
-            self._metrics.observe(
-                seconds,
-                group=self._provider.spec.id,
-                model_name=request.model,
-                stage=stage,
-                service_id=service_id,
-                outcome=outcome,
-            )
+        self._metrics.answered(response.latency_seconds, call, service_id)
         return response
 
     async def stream(

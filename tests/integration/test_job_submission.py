@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,17 +26,12 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 from actors.groups import classify
 from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
+from tests.support.net import free_port
 from tests.support.plateau_backend import plateau_answer
 
 pytestmark = pytest.mark.ray
 
 REPO = Path(__file__).parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for(what: str, check: Callable[[], object], timeout: float = 120.0) -> None:

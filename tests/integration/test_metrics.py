@@ -1,4 +1,4 @@
-"""The DESIGN's metrics on the Prometheus endpoint of the node the manager runs on."""
+"""The DESIGN's metrics on the nodes' Prometheus endpoints, and OpenTelemetry's in Prometheus."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import ray
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.groups import classify
+from actors.settings import TelemetrySettings
 from providers.actor import ProviderOptions, get_or_create_provider
 from providers.models import ChatMessage, ChatRequest
 from tests.integration.conftest import GPU_HOST, ManagerFactory, Nodes, wait_until
 from tests.support.fake_llm import FakeLLMServer, OllamaDialect
+from tests.support.net import free_port
 
 REQUEST = ChatRequest(model="m", messages=(ChatMessage(role="user", content="hi"),))
 
@@ -80,13 +82,8 @@ async def test_call_seconds_reach_the_prometheus_endpoint_of_the_providers_node(
         finally:
             ray.kill(actor)
     port = next(n["MetricsExportPort"] for n in ray.nodes() if n["NodeID"] == node)
-    labels = {
-        "group": spec.id,
-        "model_name": "m",
-        "stage": "features",
-        "service_id": "svc-metrics",
-        "outcome": "ok",
-    }
+    call = {"group": spec.id, "model_name": "m", "stage": "features"}
+    labels = {**call, "service_id": "svc-metrics"}
 
     async def exported() -> bool:
         samples = await asyncio.to_thread(scrape, port)
@@ -96,3 +93,28 @@ async def test_call_seconds_reach_the_prometheus_endpoint_of_the_providers_node(
     samples = await asyncio.to_thread(scrape, port)
     # Three calls of at least 0.05 s each at the server.
     assert value(samples, "ray_llm_call_seconds_sum", **labels) >= 0.15
+    assert value(samples, "ray_llm_calls_total", **call, outcome="ok") == 3
+
+
+async def test_a_provider_serves_its_opentelemetry_metrics_to_prometheus_when_told(
+    make_manager: ManagerFactory,
+) -> None:
+    client = make_manager()
+    port = free_port()
+    telemetry = TelemetrySettings(metrics="prometheus", prometheus_port=port)
+    with FakeLLMServer(OllamaDialect(), hold=0.05) as backend:
+        spec = classify("ollama", backend.url)
+        options = ProviderOptions(timeout=30, telemetry=telemetry)
+        actor = get_or_create_provider(spec, options, client.handle)
+        try:
+            for _ in range(2):
+                await actor.chat.remote(REQUEST, stage="mappings", service_id="svc-otel")
+            # Read while the actor lives: its process serves the endpoint.
+            samples = await asyncio.to_thread(scrape, port)
+        finally:
+            ray.kill(actor)
+
+    call = {"group": spec.id, "model_name": "m", "stage": "mappings"}
+    assert value(samples, "llm_calls_total", **call, outcome="ok") == 2
+    assert value(samples, "llm_call_seconds_count", **call, service_id="svc-otel") == 2
+    assert value(samples, "llm_call_seconds_sum", **call, service_id="svc-otel") >= 0.1
