@@ -29,6 +29,12 @@ class Received:
     body: Any
 
 
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 drops connections when many callers start at
+    # once, and a dropped SYN is retried only after a second.
+    request_queue_size = 128
+
+
 class ProbeServer:
     """Answers every POST after ``hold`` seconds; remembers requests in arrival order.
 
@@ -43,7 +49,7 @@ class ProbeServer:
         self.max_in_flight = 0
         self.received: list[Received] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         # serve_forever checks for shutdown() every poll_interval (default 0.5 s).
         self._thread = threading.Thread(
@@ -111,6 +117,10 @@ class ProbeServer:
         probe = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as real API servers: a client reuses its connections.
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as separate writes
+
             def do_POST(self) -> None:
                 probe._serve(self)
 
