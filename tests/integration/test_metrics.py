@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -118,3 +121,53 @@ async def test_a_provider_serves_its_opentelemetry_metrics_to_prometheus_when_to
     assert value(samples, "llm_calls_total", **call, outcome="ok") == 2
     assert value(samples, "llm_call_seconds_count", **call, service_id="svc-otel") == 2
     assert value(samples, "llm_call_seconds_sum", **call, service_id="svc-otel") >= 0.1
+
+
+DASHBOARD = Path(__file__).parents[2] / "docs" / "grafana" / "raygate.json"
+
+
+def series_in(expr: str) -> dict[str, set[str]]:
+    """The ray_llm_* series a PromQL expression reads, with the labels it names for each."""
+    grouped = set(re.findall(r"by \(([^)]*)\)", expr))
+    by = {label.strip() for group in grouped for label in group.split(",")}
+    return {
+        name: by | set(re.findall(r"(\w+)=~?\"", matchers or ""))
+        for name, matchers in re.findall(r"(ray_llm_\w+)(?:\{([^}]*)\})?", expr)
+    }
+
+
+async def test_the_grafana_dashboard_reads_series_and_labels_the_nodes_export(
+    cluster: Nodes, make_manager: ManagerFactory
+) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    wanted: dict[str, set[str]] = {}
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for name, labels in series_in(target["expr"]).items():
+                wanted.setdefault(name, set()).update(labels)
+    assert len(wanted) == 6  # every metric of actors/metrics.py has a panel
+    client = make_manager()
+    with FakeLLMServer(OllamaDialect()) as backend:
+        spec = classify("ollama", backend.url, host=GPU_HOST)
+        actor = get_or_create_provider(spec, ProviderOptions(timeout=30), client.handle)
+        try:
+            await actor.chat.remote(REQUEST, stage="features", service_id="svc-dashboard")
+        finally:
+            ray.kill(actor)
+    ports = [node["MetricsExportPort"] for node in ray.nodes() if node["Alive"]]
+
+    async def found() -> dict[str, set[str]]:
+        labels: dict[str, set[str]] = {}
+        for port in ports:
+            for name, samples in (await asyncio.to_thread(scrape, port)).items():
+                for sample_labels, _ in samples:
+                    labels.setdefault(name, set()).update(sample_labels)
+        return labels
+
+    async def all_exported() -> bool:
+        return wanted.keys() <= (await found()).keys()
+
+    await wait_until(all_exported, "every series of the dashboard", timeout=90)
+    exported = await found()
+    for name, labels in wanted.items():
+        assert labels <= exported[name], (name, labels - exported[name])
