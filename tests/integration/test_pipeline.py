@@ -99,20 +99,28 @@ async def test_with_the_queue_off_every_call_runs_alone_in_order(
 async def test_three_runs_share_a_cap_of_two_and_the_urgent_one_finishes_first(
     make_manager: ManagerFactory, backend: FakeLLMServer, tmp_path: Path
 ) -> None:
-    group = group_of(backend)
-    client = make_manager(group_limits={group: 2})
+    spec = classify("openai-compatible", backend.url + "/v1")
+    group = spec.id
+    client = make_manager(spec, group_limits={group: 2})
     settings = settings_for(backend, plateaus=2, mapping_types=("data", "applications"))
 
     def services(run: str) -> list[Service]:
         return [Service(id=f"{run}-{i}", name=f"{run} service {i}") for i in range(2)]
 
-    low = [
-        asyncio.create_task(run(services(name), settings, tmp_path / name, client.handle, 1))
-        for name in ("low-a", "low-b")
-    ]
-    # The urgent run starts only once the low runs already wait for slots.
-    await wait_until(pending_is(client, group, 2), "the low-priority runs to queue")
-    urgent = await run(services("urgent"), settings, tmp_path / "urgent", client.handle, 9)
+    # Both slots are held while all three runs queue their first calls (each
+    # run's 2 services ask for ambitions and features(1) at once), so every
+    # run contends from the same instant, however long its actor took to start.
+    async with client.slot(group), client.slot(group):
+        low = [
+            asyncio.create_task(run(services(name), settings, tmp_path / name, client.handle, 1))
+            for name in ("low-a", "low-b")
+        ]
+        await wait_until(pending_is(client, group, 8), "the low-priority runs to queue")
+        urgent_run = asyncio.create_task(
+            run(services("urgent"), settings, tmp_path / "urgent", client.handle, 9)
+        )
+        await wait_until(pending_is(client, group, 12), "the urgent run to queue")
+    urgent = await urgent_run
     lows = await asyncio.gather(*low)
 
     assert backend.max_in_flight == 2
