@@ -7,12 +7,13 @@ instruments too (meter ``raygate``), beside their Ray twins.
 
 Where they go are settings: ``telemetry.traces`` is ``none`` (the default),
 ``console`` or ``otlp``; ``telemetry.metrics`` is ``none``, ``console``,
-``otlp`` or ``prometheus``. OTLP (over HTTP) needs the ``opentelemetry-exporter-otlp``
-package; ``telemetry.otlp_endpoint`` is the collector's base URL (``/v1/traces``
-and ``/v1/metrics`` are added), else the standard OTEL_EXPORTER_OTLP_* variables
-apply. With ``prometheus`` each raygate process
-(manager, provider actors) serves ``/metrics`` on the first free port from
-``telemetry.prometheus_port``. Each process sets up its own exporters, once.
+``otlp`` or ``prometheus``. OTLP (over HTTP) needs the
+``opentelemetry-exporter-otlp`` package; ``telemetry.otlp_endpoint`` is the
+collector's base URL (``/v1/traces`` and ``/v1/metrics`` are added), else the
+standard OTEL_EXPORTER_OTLP_* variables apply. With ``prometheus`` each
+raygate process (manager, provider actors) serves ``/metrics`` on the first
+free port from ``telemetry.prometheus_port``. Each process sets up its own
+exporters, once.
 """
 
 from __future__ import annotations
