@@ -117,12 +117,15 @@ def run_job(jobs: JobSubmissionClient, entrypoint: str, **runtime_env: object) -
 
 WHERE = """
 import ray, sys
+from ray.util.state import list_actors
 ray.init()
 actor = ray.get_actor(sys.argv[1], namespace="raygate")
 print("actor-node", ray.get(actor.node_id.remote()))
 for node in ray.nodes():
     if node["Alive"] and "gpu_host:a" in node["Resources"]:
         print("gpu-node", node["NodeID"])
+for listed in list_actors(filters=[("ray_namespace", "=", "raygate")]):
+    print("listed", listed.name, listed.state)
 """
 
 
@@ -157,3 +160,8 @@ def test_submitted_pipeline_job_succeeds_with_its_local_server_on_the_gpu_host(
     where = run_job(jobs, f"python {script} 'provider:{group}'")
     found = dict(line.split() for line in where.splitlines() if line.startswith(("actor", "gpu")))
     assert found["actor-node"] == found["gpu-node"]
+    # What `ray list actors` shows: the manager and the provider running, the run's
+    # pipeline actor ended with its run.
+    listed = {tuple(line.split()[1:]) for line in where.splitlines() if line.startswith("listed")}
+    assert {("concurrency-manager", "ALIVE"), (f"provider:{group}", "ALIVE")} <= listed
+    assert any(name.startswith("pipeline:") and state == "DEAD" for name, state in listed)
