@@ -87,7 +87,8 @@ async def row(count: int, plateaus: int, latency: float, cap: int) -> str:
         off = await makespan(services, ungated, None)
 
     calls = len(on.calls)
-    assert calls == count * (1 + plateaus + plateaus * len(MAPPING_TYPES)) and on.failed == 0
+    if on.failed or off.failed or calls != count * (1 + plateaus + plateaus * len(MAPPING_TYPES)):
+        raise RuntimeError(f"a run did not complete: {on.failed} and {off.failed} services failed")
     bound = latency * max(math.ceil(calls / cap), plateaus + 1)
     held = statistics.median(c.latency for c in on.calls)
     span = calls_span(on)
