@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,15 @@ def test_settings_are_frozen_and_picklable(tmp_path: Path) -> None:
     assert pickle.loads(pickle.dumps(settings)) == settings
     with pytest.raises(ValueError, match="frozen"):
         settings.queue = settings.queue  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "document", ["README.md", "docs/operations.md"], ids=["readme", "operations"]
+)
+def test_the_settings_examples_in_the_docs_load(document: str, tmp_path: Path) -> None:
+    text = (Path(__file__).parents[2] / document).read_text(encoding="utf-8")
+    examples = re.findall(r"```yaml\n(.*?)```", text, re.DOTALL)
+    assert examples
+
+    for example in examples:
+        load_settings(write(tmp_path, example))
