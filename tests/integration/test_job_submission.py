@@ -25,8 +25,8 @@ import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from actors.groups import classify
+from providers.llamacpp import free_loopback_port
 from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
-from tests.support.net import free_port
 from tests.support.plateau_backend import plateau_answer
 
 pytestmark = pytest.mark.ray
@@ -68,7 +68,10 @@ def ray_start(*flags: str, log: Path) -> subprocess.Popen[bytes]:
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # its loopback-only mode is one node
-    ports = [f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"]
+    ports = [
+        f"--dashboard-agent-listen-port={free_loopback_port()}",
+        f"--metrics-export-port={free_loopback_port()}",
+    ]
     ray = str(Path(sys.executable).parent / "ray")
     command = [ray, "start", "--block", "--num-cpus=1", "--object-store-memory=200000000"]
     return subprocess.Popen(
@@ -84,7 +87,7 @@ def stop(node: subprocess.Popen[bytes]) -> None:
 @pytest.fixture
 def jobs(tmp_path: Path) -> Iterator[JobSubmissionClient]:
     """A job client of a fresh `ray start` cluster: a head and GPU host "a"."""
-    gcs, dash = free_port(), free_port()
+    gcs, dash = free_loopback_port(), free_loopback_port()
     head = ray_start(
         "--head", "--node-ip-address=127.0.0.2", f"--port={gcs}", f"--dashboard-port={dash}",
         log=tmp_path / "head.log",

@@ -15,10 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from actors.groups import classify
 from actors.settings import TelemetrySettings
 from providers.actor import ProviderOptions, get_or_create_provider
+from providers.llamacpp import free_loopback_port
 from providers.models import ChatMessage, ChatRequest
 from tests.integration.conftest import GPU_HOST, ManagerFactory, Nodes, wait_until
 from tests.support.fake_llm import FakeLLMServer, OllamaDialect
-from tests.support.net import free_port
 
 REQUEST = ChatRequest(model="m", messages=(ChatMessage(role="user", content="hi"),))
 
@@ -103,7 +103,7 @@ async def test_a_provider_serves_its_opentelemetry_metrics_to_prometheus_when_to
     make_manager: ManagerFactory,
 ) -> None:
     client = make_manager()
-    port = free_port()
+    port = free_loopback_port()
     telemetry = TelemetrySettings(metrics="prometheus", prometheus_port=port)
     with FakeLLMServer(OllamaDialect(), hold=0.05) as backend:
         spec = classify("ollama", backend.url)

@@ -155,11 +155,17 @@ def test_breaker_opens_on_failure_rate_over_the_window() -> None:
     assert b.state is State.OPEN  # 5 of 10
 
 
-def test_half_open_lets_one_probe_through_and_its_success_closes() -> None:
+def cooled_down() -> CircuitBreaker:
+    """Opened by one failure, its cooldown over: the next call is the probe."""
     clock = FakeClock()
     b = breaker(clock, consecutive=1, cooldown=10.0)
     b.record(ok=False)
     clock.advance(10.0)
+    return b
+
+
+def test_half_open_lets_one_probe_through_and_its_success_closes() -> None:
+    b = cooled_down()
 
     b.before_call()  # the probe
     with pytest.raises(CircuitOpen):
@@ -171,10 +177,7 @@ def test_half_open_lets_one_probe_through_and_its_success_closes() -> None:
 
 
 def test_failed_probe_opens_the_circuit_again() -> None:
-    clock = FakeClock()
-    b = breaker(clock, consecutive=1, cooldown=10.0)
-    b.record(ok=False)
-    clock.advance(10.0)
+    b = cooled_down()
     b.before_call()
     b.record(ok=False)
 
@@ -183,10 +186,7 @@ def test_failed_probe_opens_the_circuit_again() -> None:
 
 
 def test_probe_that_never_reached_the_backend_frees_the_probe_slot() -> None:
-    clock = FakeClock()
-    b = breaker(clock, consecutive=1, cooldown=10.0)
-    b.record(ok=False)
-    clock.advance(10.0)
+    b = cooled_down()
 
     with pytest.raises(TimeoutError), b.guard():
         raise TimeoutError("no slot in time")  # e.g. the manager queue timed out
