@@ -71,14 +71,10 @@ class OpenAIBackend(Backend):
 
     def read_answer(self, payload: Any, request: ChatRequest) -> Answer:
         choice = payload["choices"][0]
-        usage = payload.get("usage") or {}
         return Answer(
             text=choice["message"]["content"] or "",
             finish_reason=FINISH_REASONS.get(choice.get("finish_reason"), "other"),
-            usage=Usage(
-                input_tokens=usage.get("prompt_tokens", 0),
-                output_tokens=usage.get("completion_tokens", 0),
-            ),
+            usage=_usage(payload.get("usage") or {}),
         )
 
     async def read_stream(self, lines: AsyncIterator[str]) -> AsyncIterator[StreamDelta]:
@@ -88,14 +84,7 @@ class OpenAIBackend(Backend):
                 break
             chunk = json.loads(data)
             if chunk.get("usage"):
-                usage = chunk["usage"]
-                yield StreamDelta(
-                    finish_reason=finish or "stop",
-                    usage=Usage(
-                        input_tokens=usage.get("prompt_tokens", 0),
-                        output_tokens=usage.get("completion_tokens", 0),
-                    ),
-                )
+                yield StreamDelta(finish_reason=finish or "stop", usage=_usage(chunk["usage"]))
                 finish = None
                 continue
             for choice in chunk.get("choices", []):
@@ -112,6 +101,13 @@ class OpenAIBackend(Backend):
         if isinstance(error, dict):
             return str(error.get("message") or "")
         return str(error) if error else None
+
+
+def _usage(usage: dict[str, Any]) -> Usage:
+    return Usage(
+        input_tokens=usage.get("prompt_tokens", 0),
+        output_tokens=usage.get("completion_tokens", 0),
+    )
 
 
 @dataclass(frozen=True)
