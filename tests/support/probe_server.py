@@ -109,6 +109,8 @@ class ProbeServer:
                 for chunk in reply.chunks:
                     handler.wfile.write(chunk)
                     handler.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            handler.close_connection = True  # the caller gave up waiting (its timeout)
         finally:
             with self._lock:
                 self.in_flight -= 1
