@@ -10,6 +10,7 @@ number of times, telling the model what was wrong.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -81,12 +82,10 @@ class ServiceRecord(_Strict):
 class InvalidOutput(RaygateError):
     def __init__(self, stage: str, service_id: str, attempts: int, reason: str) -> None:
         super().__init__(stage, service_id, attempts, reason)
-        self.stage, self.service_id, self.attempts, self.reason = (
-            stage,
-            service_id,
-            attempts,
-            reason,
-        )
+        self.stage = stage
+        self.service_id = service_id
+        self.attempts = attempts
+        self.reason = reason
 
     def __str__(self) -> str:
         return (
@@ -116,6 +115,14 @@ def json_schema_of(model: type[BaseModel]) -> dict[str, Any]:
 
     result: dict[str, Any] = inline(schema)
     return result
+
+
+@functools.cache
+def answer_format(model: type[BaseModel]) -> JsonSchemaFormat:
+    """How answers of ``model`` are asked for; built once per model, not per call."""
+    return JsonSchemaFormat(
+        name=model.__name__.lower(), json_schema=json_schema_of(model), strict=False
+    )
 
 
 @dataclass(frozen=True)
@@ -225,9 +232,7 @@ class PlateauJob:
             ChatMessage(role="system", content="Answer with JSON only, matching the schema."),
             ChatMessage(role="user", content=prompt),
         ]
-        fmt = JsonSchemaFormat(
-            name=model.__name__.lower(), json_schema=json_schema_of(model), strict=False
-        )
+        fmt = answer_format(model)
         reason = ""
         for _ in range(self.settings.output_attempts):
             request = ChatRequest(
