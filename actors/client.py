@@ -107,13 +107,15 @@ class ManagerClient:
         *,
         priority: int = DEFAULT_PRIORITY,
         critical: bool = False,
+        unit: str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[Lease]:
         """Hold one slot of ``group`` for the body of the ``async with``.
 
-        ``critical`` puts the call before non-critical calls of the same
-        priority (see :mod:`actors.waitqueue`).
+        Calls naming one ``unit`` keep the place of its first call; ``critical``
+        puts a call before the non-critical calls of its unit (see
+        :mod:`actors.waitqueue`).
         """
         check_priority(priority)
         info = await self.group_info(group)
@@ -121,7 +123,9 @@ class ManagerClient:
         lease_id = uuid.uuid4().hex
         grant: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         if info.gated:
-            lease = await self._acquire(group, request_id, lease_id, priority, critical, timeout)
+            lease = await self._acquire(
+                group, request_id, lease_id, priority, critical, unit, timeout
+            )
             grant.set_result(lease)
         else:
             # Nobody waits for this answer but the renewals and the release,
@@ -160,10 +164,13 @@ class ManagerClient:
         lease_id: str,
         priority: int,
         critical: bool,
+        unit: str | None,
         timeout: float | None,
     ) -> Lease:
-        # Every argument of an actor call costs serialization: send the flag only when set.
-        flags = {"critical": True} if critical else {}
+        # Every argument of an actor call costs serialization: send these only when set.
+        flags: dict[str, Any] = {"critical": True} if critical else {}
+        if unit is not None:
+            flags["unit"] = unit
         call = self.handle.acquire.remote(
             group, request_id, lease_id=lease_id, priority=priority, timeout=timeout, **flags
         )

@@ -43,6 +43,8 @@ from actors.waitqueue import DEFAULT_PRIORITY, GrantKey, WaitQueue, check_priori
 HOLD_SMOOTHING = 0.2
 # How many lease ids released or cancelled before their acquire arrived are remembered.
 RETIRED_MEMORY = 65_536
+# How many units of work (see actors.waitqueue) keep their number after their last call.
+UNIT_MEMORY = 65_536
 # How many recent waits per group the wait percentiles are taken over.
 WAIT_WINDOW = 1_000
 
@@ -129,6 +131,10 @@ class SlotEngine:
         self._deadlines: list[tuple[float, str]] = []
         self._arrivals = itertools.count()
         self._retired: OrderedDict[str, None] = OrderedDict()
+        # unit -> its number, least recently used first. Kept past the unit's last
+        # waiter: a unit often has a gap between one call and its next.
+        self._units: OrderedDict[str, int] = OrderedDict()
+        self._unit_numbers = itertools.count()
         self._total_active = 0
         self.stale_epoch_releases = 0
         self.unknown_releases = 0
@@ -174,6 +180,7 @@ class SlotEngine:
         lease_id: str,
         priority: int = DEFAULT_PRIORITY,
         critical: bool = False,
+        unit: str | None = None,
     ) -> Lease | None:
         """Grant a slot now and return its lease, or queue the request and return None.
 
@@ -190,6 +197,7 @@ class SlotEngine:
             raise DuplicateLease(lease_id)
         if self._observer is not None:
             self._observer.submitted(group_id, group.spec.kind)
+        number = self._unit_number(unit)
         if group.has_room() and self._global_room():
             return self._grant(group, lease_id, request_id, priority, waited=0.0)
         if len(group.queue) >= self.max_pending_per_group:
@@ -200,7 +208,13 @@ class SlotEngine:
                 self.max_pending_per_group,
                 self._estimate(group, len(group.queue)),
             )
-        key = grant_key(priority, next(self._arrivals), critical=critical)
+        key = grant_key(
+            priority,
+            next(self._arrivals),
+            unit=number,
+            critical=critical,
+            width=self._width(group),
+        )
         self._waiters[lease_id] = _Waiter(
             lease_id, group_id, request_id, priority, key, self.clock()
         )
@@ -403,6 +417,20 @@ class SlotEngine:
     def _levels(self, group: _Group) -> None:
         if self._observer is not None:
             self._observer.levels(group.spec.id, group.spec.kind, group.active, len(group.queue))
+
+    def _width(self, group: _Group) -> int:
+        """How many calls of the group can run at once."""
+        return min((w for w in (group.limit, self.global_limit) if w is not None), default=1)
+
+    def _unit_number(self, unit: str | None) -> int:
+        if unit is None:
+            return next(self._unit_numbers)
+        if unit not in self._units:
+            self._units[unit] = next(self._unit_numbers)
+            if len(self._units) > UNIT_MEMORY:
+                self._units.popitem(last=False)
+        self._units.move_to_end(unit)
+        return self._units[unit]
 
     def _retire(self, lease_id: str) -> None:
         self._retired[lease_id] = None

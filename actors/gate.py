@@ -45,12 +45,18 @@ class SlotGate:
         lease_id: str,
         priority: int = DEFAULT_PRIORITY,
         critical: bool = False,
+        unit: str | None = None,
         timeout: float | None = None,
     ) -> Lease:
         loop = asyncio.get_running_loop()
         with self._lock:
             lease = self.engine.acquire(
-                group, request_id, lease_id=lease_id, priority=priority, critical=critical
+                group,
+                request_id,
+                lease_id=lease_id,
+                priority=priority,
+                critical=critical,
+                unit=unit,
             )
             if lease is not None:
                 self._reaper.wake_if_idle()

@@ -75,6 +75,7 @@ class ConcurrencyManager:
         lease_id: str,
         priority: int = DEFAULT_PRIORITY,
         critical: bool = False,
+        unit: str | None = None,
         timeout: float | None = None,
     ) -> Lease:
         return await self._gate.acquire(
@@ -83,6 +84,7 @@ class ConcurrencyManager:
             lease_id=lease_id,
             priority=priority,
             critical=critical,
+            unit=unit,
             timeout=timeout,
         )
 

@@ -29,6 +29,7 @@ class SlotSource(Protocol):
         *,
         priority: int = DEFAULT_PRIORITY,
         critical: bool = False,
+        unit: str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> AbstractAsyncContextManager[Lease]: ...
@@ -50,6 +51,7 @@ class LocalSlots:
         *,
         priority: int = DEFAULT_PRIORITY,
         critical: bool = False,
+        unit: str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[Lease]:
@@ -59,6 +61,7 @@ class LocalSlots:
             lease_id=uuid.uuid4().hex,
             priority=priority,
             critical=critical,
+            unit=unit,
             timeout=timeout,
         )
         try:
@@ -82,6 +85,7 @@ class NoSlots:
         *,
         priority: int = DEFAULT_PRIORITY,
         critical: bool = False,
+        unit: str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[Lease]:

@@ -1,11 +1,25 @@
 """Grant order: the one place that says who goes next.
 
-Higher priority first; within a priority, calls marked *critical* (on their
-job's critical path, e.g. the next plateau's features) before the others;
-then first come first served by arrival at the manager. Arrival is a number
-the engine draws from one counter for all groups, so under a global cap the
-same key also orders waiters across groups. A caller that never marks calls
-critical gets plain priority-then-FIFO order.
+Higher priority first. Within a priority, first come first served by *unit*
+of work: calls that name the same unit (one service of a pipeline run) share
+the unit's number, drawn when its first call arrived, so work that has
+started finishes before later work starts, while later units still fill any
+slot the started ones leave free. A call that names no unit is a unit of
+its own, so a caller that uses neither units nor ``critical`` gets plain
+priority-then-FIFO order.
+
+A call marked *critical* (on its unit's critical path, e.g. the next
+plateau's features, which the rest of the unit waits for) goes before the
+other calls of its unit, and before the non-critical calls of the
+``width - 1`` units numbered just before its own, where ``width`` is how
+many calls the group runs at once. Those units could all run beside it, so
+it need not wait for their side work: with one slot, units finish strictly
+one by one; with 8 slots, 8 units' chains of critical calls keep moving
+instead of waiting for the side work of the units ahead, which would leave
+the last units' chains to run alone at the end.
+
+Then arrival, a number the engine draws from one counter for all groups, so
+under a global cap the same key also orders waiters across groups.
 """
 
 from __future__ import annotations
@@ -18,7 +32,7 @@ MIN_PRIORITY = 1
 MAX_PRIORITY = 10
 DEFAULT_PRIORITY = 5
 
-GrantKey = tuple[int, int, int]
+GrantKey = tuple[int, int, int, int]
 
 
 def check_priority(priority: object) -> None:
@@ -30,9 +44,12 @@ def check_priority(priority: object) -> None:
         raise InvalidPriority(priority, MIN_PRIORITY, MAX_PRIORITY)
 
 
-def grant_key(priority: int, arrival: int, *, critical: bool = False) -> GrantKey:
-    """Smaller keys are granted first."""
-    return (-priority, 0 if critical else 1, arrival)
+def grant_key(
+    priority: int, arrival: int, *, unit: int, critical: bool = False, width: int = 1
+) -> GrantKey:
+    """Smaller keys are granted first. ``unit``: the unit's number, in order of first arrival."""
+    place = unit - (width - 1) if critical else unit
+    return (-priority, place, 0 if critical else 1, arrival)
 
 
 class WaitQueue:

@@ -96,12 +96,15 @@ class PipelineActor:
         call = CallRecord(group=self._group or "", stage=stage, service_id=service_id, ok=False)
         # Every argument of an actor call costs serialization: send the flag only when set.
         flags = {"critical": True} if critical else {}
+        # One unit per service: the manager finishes started services before it
+        # starts new ones, so records are written along the way, not all at the end.
         try:
             response: ChatResponse = await unwrap(
                 self._provider.chat.remote(
                     request,
                     self._priority,
                     f"{self._run_id}:{service_id}:{stage}",
+                    unit=f"{self._run_id}:{service_id}",
                     stage=stage,
                     service_id=service_id,
                     **flags,

@@ -109,6 +109,7 @@ class _ProviderShell:
         request_id: str | None = None,
         queue_timeout: float | None = None,
         critical: bool = False,
+        unit: str | None = None,
         stage: str = "",
         service_id: str = "",
     ) -> ChatResponse:
@@ -122,6 +123,7 @@ class _ProviderShell:
                 request_id=request_id,
                 queue_timeout=queue_timeout,
                 critical=critical,
+                unit=unit,
                 stage=stage,
                 service_id=service_id,
             )

@@ -62,6 +62,7 @@ class GatedProvider:
         request_id: str | None = None,
         queue_timeout: float | None = None,
         critical: bool = False,
+        unit: str | None = None,
         stage: str = "",
         service_id: str = "",
     ) -> ChatResponse:
@@ -76,6 +77,7 @@ class GatedProvider:
                     attributes,
                     priority=priority,
                     critical=critical,
+                    unit=unit,
                     request_id=request_id,
                     timeout=queue_timeout,
                 ) as wait:

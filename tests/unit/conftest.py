@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -41,10 +42,12 @@ class Harness:
     def lease_id(self) -> str:
         return f"lease-{next(self._ids)}"
 
-    def ask(self, spec: GroupSpec, request: str, priority: int = 5) -> str:
-        """Acquire for ``request``; return its lease id (granted or queued)."""
+    def ask(self, spec: GroupSpec, request: str, priority: int = 5, **options: Any) -> str:
+        """Acquire for ``request`` (``options``: critical, unit); return its lease id."""
         lease_id = self.lease_id()
-        lease = self.engine.acquire(spec.id, request, lease_id=lease_id, priority=priority)
+        lease = self.engine.acquire(
+            spec.id, request, lease_id=lease_id, priority=priority, **options
+        )
         if lease is not None:
             self.leases[request] = lease
         return lease_id
@@ -56,6 +59,15 @@ class Harness:
         """Release ``request``'s lease; return the requests granted as a result, in order."""
         lease = self.leases.pop(request)
         return self._record(self.engine.release(lease.id, lease.epoch))
+
+    def grant_order(self, first: str) -> list[str]:
+        """Release ``first``, then each request it hands the slot to, until none is left."""
+        order: list[str] = []
+        current = first
+        while granted := self.done(current):
+            order += granted
+            current = granted[0]
+        return order
 
     def _record(self, granted: list[Lease]) -> list[str]:
         for lease in granted:

@@ -79,12 +79,7 @@ def test_equal_priorities_are_served_in_arrival_order(harness: Harness) -> None:
     for request in ["r1", "r2", "r3", "r4"]:
         harness.ask(LOCAL_OLLAMA, request, priority=4)
 
-    order = []
-    current = "holder"
-    while granted := harness.done(current):
-        order.extend(granted)
-        current = granted[0]
-    assert order == ["r1", "r2", "r3", "r4"]
+    assert harness.grant_order("holder") == ["r1", "r2", "r3", "r4"]
 
 
 def test_release_hands_slot_to_oldest_of_highest_priority(harness: Harness) -> None:
@@ -100,29 +95,57 @@ def test_release_hands_slot_to_oldest_of_highest_priority(harness: Harness) -> N
     assert harness.done("mid") == ["low-old"]
 
 
-def test_critical_calls_go_before_others_of_the_same_priority_only(harness: Harness) -> None:
+def test_critical_calls_go_first_within_their_unit_only(harness: Harness) -> None:
     harness.ask(LOCAL_OLLAMA, "holder")
-    for request, priority, critical in [
-        ("mapping-early", 5, False),
-        ("features", 5, True),
-        ("urgent-mapping", 6, False),
-        ("mapping-late", 5, False),
-    ]:
-        harness.engine.acquire(
-            LOCAL_OLLAMA.id,
-            request,
-            lease_id=harness.lease_id(),
-            priority=priority,
-            critical=critical,
-        )
+    harness.ask(LOCAL_OLLAMA, "a-mapping", unit="a")
+    harness.ask(LOCAL_OLLAMA, "b-features", unit="b", critical=True)
+    harness.ask(LOCAL_OLLAMA, "a-features", unit="a", critical=True)
+    harness.ask(LOCAL_OLLAMA, "urgent", priority=6)
 
-    order, current = [], "holder"
-    while granted := harness.done(current):
-        order += granted
-        current = granted[0]
-    # A higher priority still wins; within priority 5 the critical call jumps
-    # the queue; the rest keep their arrival order.
-    assert order == ["urgent-mapping", "features", "mapping-early", "mapping-late"]
+    # A higher priority still wins; unit a arrived before unit b, so all of a
+    # goes first, its critical call before its earlier mapping.
+    assert harness.grant_order("holder") == ["urgent", "a-features", "a-mapping", "b-features"]
+
+
+def test_a_critical_call_overtakes_side_work_of_as_many_earlier_units_as_run_beside_it() -> None:
+    h = Harness(group_limits={LOCAL_OLLAMA.id: 2})
+    h.ask(LOCAL_OLLAMA, "holder-1")
+    h.ask(LOCAL_OLLAMA, "holder-2")
+    h.ask(LOCAL_OLLAMA, "side-0", unit="u0")
+    h.ask(LOCAL_OLLAMA, "side-1", unit="u1")
+    h.ask(LOCAL_OLLAMA, "critical-2", unit="u2", critical=True)
+    h.ask(LOCAL_OLLAMA, "critical-3", unit="u3", critical=True)
+
+    # Two slots: a critical call may pass the side work of the one unit just
+    # before its own (critical-2 passes side-1), not of two (side-0 stays ahead).
+    assert h.done("holder-1") == ["side-0"]
+    assert h.done("holder-2") == ["critical-2"]
+    assert h.done("side-0") == ["side-1"]
+    assert h.done("critical-2") == ["critical-3"]
+
+
+def test_a_started_unit_keeps_its_place_after_a_gap_with_no_calls(harness: Harness) -> None:
+    harness.ask(LOCAL_OLLAMA, "a-1", unit="a")
+    harness.ask(LOCAL_OLLAMA, "b-1", unit="b")
+    harness.ask(LOCAL_OLLAMA, "plain")
+    # Unit a has nothing waiting or held once a-1 is done and b-1 runs ...
+    assert harness.done("a-1") == ["b-1"]
+    # ... yet its next call goes before the later unit b and the plain call.
+    harness.ask(LOCAL_OLLAMA, "b-2", unit="b")
+    harness.ask(LOCAL_OLLAMA, "a-2", unit="a")
+
+    assert harness.grant_order("b-1") == ["a-2", "b-2", "plain"]
+
+
+def test_calls_without_a_unit_are_served_in_arrival_order_even_if_critical(
+    harness: Harness,
+) -> None:
+    harness.ask(LOCAL_OLLAMA, "holder")
+    harness.ask(LOCAL_OLLAMA, "first")
+    harness.ask(LOCAL_OLLAMA, "second", critical=True)
+
+    # Each call is a unit of its own: critical orders nothing across units.
+    assert harness.grant_order("holder") == ["first", "second"]
 
 
 def test_global_cap_gives_freed_slot_to_best_waiter_of_any_group_with_room() -> None:
