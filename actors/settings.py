@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     SecretStr,
@@ -56,6 +57,10 @@ class ProviderSettings(BaseModel):
     retry_attempts: PositiveInt = 4
     retry_deadline_seconds: float = Field(default=300.0, gt=0)
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+    # A model server raygate runs itself (the embedded model) is restarted when it
+    # dies, at most this many times within the window; then its calls fail.
+    model_server_restarts: NonNegativeInt = 3
+    model_server_restart_window_seconds: float = Field(default=300.0, gt=0)
 
 
 class PipelineSettings(BaseModel):

@@ -17,7 +17,7 @@ server and is named ``provider:embedded-gemma-3-270m@<host>``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -35,10 +35,12 @@ from actors.waitqueue import DEFAULT_PRIORITY
 from providers.breaker import CircuitBreaker
 from providers.factory import api_key_for, build_backend
 from providers.gated import GatedProvider
+from providers.http import Backend
 from providers.llamacpp import EMBEDDED_MODEL_ID, LlamaCppServer, embedded_model_path
 from providers.models import ChatRequest, ChatResponse, StreamDelta
 from providers.openai import LLAMA_CPP_GEMMA, Quirks
 from providers.retry import RetryPolicy
+from providers.supervisor import RestartPolicy, ServerSupervisor, SupervisedBackend
 
 GPU_HOST_RESOURCE = "gpu_host:{host}"
 
@@ -54,6 +56,8 @@ class ProviderOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker_cooldown: float = 30.0
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    # For a model server raygate runs itself (the embedded model).
+    restarts: RestartPolicy = field(default_factory=RestartPolicy)
 
 
 def options_for(
@@ -68,6 +72,9 @@ def options_for(
         retry=RetryPolicy(attempts=tuning.retry_attempts, deadline=tuning.retry_deadline_seconds),
         breaker_cooldown=tuning.breaker_cooldown_seconds,
         telemetry=settings.telemetry,
+        restarts=RestartPolicy(
+            tuning.model_server_restarts, tuning.model_server_restart_window_seconds
+        ),
     )
 
 
@@ -79,11 +86,17 @@ class _ProviderShell:
     _metrics: CallMetrics
     _started: bool = False
 
-    def _make(self, spec: GroupSpec, options: ProviderOptions, manager: Any | None) -> None:
+    def _make(
+        self,
+        spec: GroupSpec,
+        options: ProviderOptions,
+        manager: Any | None,
+        backend: Backend | None = None,
+    ) -> None:
         configure_telemetry(options.telemetry)
         self._metrics = CallMetrics()
         self._slots = ManagerClient(manager) if manager is not None else NoSlots()
-        backend = build_backend(
+        backend = backend or build_backend(
             spec,
             api_key=options.api_key,
             timeout=options.timeout,
@@ -147,6 +160,14 @@ class _ProviderShell:
         ):
             yield delta
 
+    async def ready(self) -> None:
+        """Return once calls can be served (raises what stops them, e.g. a server that fails)."""
+        await self._start()
+
+    def server_restarts(self) -> list[str]:
+        """How each restart of a server this actor runs came about (none for other backends)."""
+        return []
+
     async def can_run_immediately(self) -> bool:
         """Would a call start now, without waiting for a slot?"""
         await self._start()
@@ -176,17 +197,32 @@ class EmbeddedModelActor(_ProviderShell):
     """
 
     def __init__(self, options: ProviderOptions, manager: Any | None, host: str | None) -> None:
-        self._server = LlamaCppServer(embedded_model_path())
-        base_url = self._server.start()
-        spec = classify(Provider.OPENAI_COMPATIBLE, base_url, host=host)
-        self._make(spec, replace(options, quirks=LLAMA_CPP_GEMMA), manager)
+        server = LlamaCppServer(embedded_model_path())
+        # Started by the first call (or ready()), on this actor's event loop, which
+        # lives as long as the actor: the server dies with the thread that started it.
+        self._supervisor = ServerSupervisor(server, options.restarts)
+        spec = classify(Provider.OPENAI_COMPATIBLE, server.base_url, host=host)
+        backend = SupervisedBackend(
+            self._supervisor, group=spec.id, timeout=options.timeout, quirks=LLAMA_CPP_GEMMA
+        )
+        self._make(spec, options, manager, backend)
 
-    def server_pid(self) -> int | None:
-        return self._server.pid
+    async def ready(self) -> None:
+        await super().ready()
+        await self._supervisor.ready()
+
+    async def server_pid(self) -> int | None:
+        """The running server's process id, once it is ready."""
+        await self._supervisor.ready()
+        return self._supervisor.pid
+
+    def server_restarts(self) -> list[str]:
+        exits = self._supervisor.exits[: self._supervisor.restarts]
+        return [f"{e.how} (pid {e.pid})" for e in exits]
 
     async def shutdown(self) -> None:
         """Stop the server, then this actor."""
-        self._server.stop()
+        await self._supervisor.stop()
         await self._provider.aclose()
         ray.actor.exit_actor()
 

@@ -7,7 +7,7 @@ fail at once with :class:`CircuitOpen` for ``cooldown`` seconds, instead of
 queueing for a slot of a backend that is down. Then one probe is let
 through (half-open): its success closes the circuit, its failure opens it
 again. Only failures of the backend count (timeouts, 5xx, 429); a 400 or a
-401 means the backend is up.
+401 means the backend is up. An open circuit names the failure that opened it.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class CircuitBreaker:
         self._in_a_row = 0
         self._opened_at = 0.0
         self._probing = False
+        self._last_failure = ""
         self.state = State.CLOSED
 
     @contextmanager
@@ -60,28 +61,35 @@ class CircuitBreaker:
         try:
             yield
         except ProviderError as error:
-            self.record(ok=not error.retryable)
+            if error.breaker_counts:
+                self.record(error if error.retryable else None)
+            else:
+                self._probing = False
             raise
         except BaseException:
             # Ended by something that says nothing of the backend (a queue
             # timeout, a cancellation): free the probe slot, count nothing.
             self._probing = False
             raise
-        self.record(ok=True)
+        self.record(None)
 
     def before_call(self) -> None:
         """Raise CircuitOpen unless a call may go ahead now."""
         if self.state is State.OPEN:
             remaining = self._opened_at + self.cooldown - self._clock()
             if remaining > 0:
-                raise CircuitOpen(self.provider, self.group, remaining)
+                raise CircuitOpen(self.provider, self.group, remaining, self._last_failure)
             self.state = State.HALF_OPEN
         if self.state is State.HALF_OPEN:
             if self._probing:
-                raise CircuitOpen(self.provider, self.group, 0.0)
+                raise CircuitOpen(self.provider, self.group, 0.0, self._last_failure)
             self._probing = True
 
-    def record(self, *, ok: bool) -> None:
+    def record(self, failure: ProviderError | None) -> None:
+        """Count one call: ``failure`` is the backend's error, None for a success."""
+        ok = failure is None
+        if failure is not None:
+            self._last_failure = str(failure)
         if self.state is State.HALF_OPEN:
             self._probing = False
             if ok:

@@ -14,7 +14,11 @@ key. ``retryable`` says whether the retry loop may try again.
         ├── AuthenticationFailed    401, 403
         ├── BadResponse             the answer is not what the wire format promises,
         │                           or not JSON when a schema was asked
-        └── CircuitOpen             the group failed too often; failing fast
+        ├── CircuitOpen             the group failed too often; failing fast
+        └── ModelServerError        raygate's own model server (the embedded llama.cpp)
+            ├── ModelNotInstalled   the local extra is missing
+            ├── ModelServerFailedToStart   it exited, or could not answer, before it was ready
+            └── ModelServerCrashed  it died while serving (retryable while it is restarted)
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from actors.errors import RaygateError
 
 class ProviderError(RaygateError):
     retryable = False
+    # Whether the circuit breaker counts this error as the backend's (see providers.breaker).
+    breaker_counts = True
 
     def __init__(self, provider: str, detail: str, status: int | None = None) -> None:
         super().__init__(provider, detail, status)
@@ -78,12 +84,46 @@ class BadResponse(ProviderError):
 
 
 class CircuitOpen(ProviderError):
-    def __init__(self, provider: str, group: str, retry_in: float) -> None:
+    def __init__(self, provider: str, group: str, retry_in: float, last_failure: str) -> None:
         super().__init__(
             provider,
-            f"circuit for group {group!r} is open after repeated failures; calls fail fast "
-            f"for another {retry_in:.1f}s, then one probe is let through",
+            f"circuit for group {group!r} is open after repeated failures (the last: "
+            f"{last_failure}); calls fail fast for another {retry_in:.1f}s, then one probe "
+            "is let through",
         )
-        self.args = (provider, group, retry_in)
+        self.args = (provider, group, retry_in, last_failure)
         self.group = group
         self.retry_in = retry_in
+        self.last_failure = last_failure
+
+
+class ModelServerError(ProviderError):
+    """A model server that raygate runs itself failed; ``server`` names it."""
+
+    def __init__(self, provider: str, server: str, detail: str) -> None:
+        super().__init__(provider, f"{server}: {detail}")
+        self.args = (provider, server, detail)
+        self.server = server
+
+
+class ModelNotInstalled(ModelServerError):
+    pass
+
+
+class ModelServerFailedToStart(ModelServerError):
+    pass
+
+
+class ModelServerCrashed(ModelServerError):
+    """The server died while serving. Retryable while its supervisor restarts it.
+
+    The breaker does not count it: the supervisor bounds the restarts itself,
+    and an open circuit would hide the crash behind "circuit open".
+    """
+
+    breaker_counts = False
+
+    def __init__(self, provider: str, server: str, detail: str, restarting: bool) -> None:
+        super().__init__(provider, server, detail)
+        self.args = (provider, server, detail, restarting)
+        self.retryable = restarting

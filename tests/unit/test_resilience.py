@@ -18,6 +18,7 @@ from providers.errors import (
     BadRequest,
     CircuitOpen,
     MissingAPIKey,
+    ModelServerCrashed,
     ProviderError,
     ProviderUnavailable,
     RateLimited,
@@ -125,6 +126,9 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
 # -- circuit breaker -------------------------------------------------------------------
 
 
+DOWN = ProviderUnavailable("ollama", "cannot reach http://localhost:11434 (ConnectError)")
+
+
 def breaker(clock: FakeClock, **kwargs: float) -> CircuitBreaker:
     return CircuitBreaker("ollama", GROUP, clock=clock, **kwargs)  # type: ignore[arg-type]
 
@@ -134,12 +138,13 @@ def test_breaker_opens_after_consecutive_failures_and_fails_fast() -> None:
     b = breaker(clock, consecutive=3, cooldown=30.0)
     for _ in range(3):
         b.before_call()
-        b.record(ok=False)
+        b.record(DOWN)
 
     with pytest.raises(CircuitOpen) as caught:
         b.before_call()
     assert str(caught.value) == (
-        f"ollama: circuit for group '{GROUP}' is open after repeated failures; calls fail fast "
+        f"ollama: circuit for group '{GROUP}' is open after repeated failures (the last: "
+        "ollama: cannot reach http://localhost:11434 (ConnectError)); calls fail fast "
         "for another 30.0s, then one probe is let through"
     )
 
@@ -148,9 +153,9 @@ def test_breaker_opens_on_failure_rate_over_the_window() -> None:
     clock = FakeClock()
     b = breaker(clock, consecutive=100, failure_rate=0.5, window=10, min_calls=10)
     for ok in [True, False] * 4 + [True]:
-        b.record(ok=ok)
+        b.record(None if ok else DOWN)
     assert b.state is State.CLOSED  # 4 of 9: too few calls, and under half
-    b.record(ok=False)
+    b.record(DOWN)
 
     assert b.state is State.OPEN  # 5 of 10
 
@@ -159,7 +164,7 @@ def cooled_down() -> CircuitBreaker:
     """Opened by one failure, its cooldown over: the next call is the probe."""
     clock = FakeClock()
     b = breaker(clock, consecutive=1, cooldown=10.0)
-    b.record(ok=False)
+    b.record(DOWN)
     clock.advance(10.0)
     return b
 
@@ -170,7 +175,7 @@ def test_half_open_lets_one_probe_through_and_its_success_closes() -> None:
     b.before_call()  # the probe
     with pytest.raises(CircuitOpen):
         b.before_call()  # a second caller while the probe runs
-    b.record(ok=True)
+    b.record(None)
 
     assert b.state is State.CLOSED
     b.before_call()
@@ -179,7 +184,7 @@ def test_half_open_lets_one_probe_through_and_its_success_closes() -> None:
 def test_failed_probe_opens_the_circuit_again() -> None:
     b = cooled_down()
     b.before_call()
-    b.record(ok=False)
+    b.record(DOWN)
 
     with pytest.raises(CircuitOpen):
         b.before_call()
@@ -278,7 +283,8 @@ def test_bad_chat_request_is_refused_with_the_reason(
     [
         RateLimited("openai", "slow down", 429, retry_after=3.0),
         MissingAPIKey("openai", ("OPENAI_API_KEY",)),
-        CircuitOpen("ollama", GROUP, 12.5),
+        CircuitOpen("ollama", GROUP, 12.5, "ollama: down (HTTP 503)"),
+        ModelServerCrashed("openai-compatible", "llama.cpp at 127.0.0.1:1", "killed", True),
         ProviderUnavailable("ollama", "down", 503),
     ],
 )
