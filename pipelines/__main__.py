@@ -44,12 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     from actors.errors import RaygateError
     from actors.settings import load_settings
     from pipelines.plateau import read_services
-    from pipelines.results import ResultsFile
+    from pipelines.results import ResultsFile, check_input
 
     try:
+        check_input(args.input)
+        results = ResultsFile(args.out)
+        results.check_writable()
         settings = load_settings(args.config)
         lines = args.input.read_text(encoding="utf-8").splitlines()
-        results = ResultsFile(args.out)
         if args.retry_failed:
             results.drop_failed()
         done = results.load()

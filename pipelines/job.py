@@ -6,12 +6,13 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import ray
 
+from actors.client import unwrap
 from actors.groups import Provider, resolve_model
 from actors.manager import NAMESPACE
 from actors.settings import Settings
@@ -42,6 +43,7 @@ class Outcome:
     calls: list[CallRecord]
     spans: list[tuple[str, Span]]  # (service id, when a stage call ran)
     elapsed: float
+    server_restarts: list[str] = field(default_factory=list)  # how each restart came about
 
     @property
     def failed(self) -> int:
@@ -49,23 +51,35 @@ class Outcome:
 
 
 class Progress:
-    """One line of per-stage counters: redrawn in place on a terminal; in a log, a line per
-    finished service and at most one every ``every`` seconds in between."""
+    """One line of per-stage counters and the time left: redrawn in place on a terminal; in
+    a log, a line per finished service and at most one every ``every`` seconds in between.
 
-    def __init__(self, totals: dict[str, int], out: TextIO, every: float = 5.0) -> None:
+    The time left is the calls left at the pace the run has kept so far (calls
+    done per second since it started), which takes in call times, queueing
+    behind other work and the slots the run gets, as they were observed.
+    """
+
+    def __init__(
+        self,
+        totals: dict[str, int],
+        out: TextIO,
+        every: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.totals = totals
         self.done: Counter[str] = Counter()
         self.out = out
         self.live = out.isatty()
         self.every = every
-        self._last = time.monotonic()
+        self._clock = clock
+        self._started = self._last = clock()
 
     def call(self, stage: str) -> None:
         self.done[stage] += 1
         if self.live:
             self.out.write("\r" + self.line())
-        elif time.monotonic() - self._last >= self.every:
-            self._last = time.monotonic()
+        elif self._clock() - self._last >= self.every:
+            self._last = self._clock()
             self.out.write(self.line() + "\n")
         self.out.flush()
 
@@ -77,10 +91,30 @@ class Progress:
         self.out.flush()
 
     def line(self) -> str:
-        return " | ".join(
+        counts = " | ".join(
             f"{stage} {min(self.done[stage], total)}/{total}"
             for stage, total in self.totals.items()
         )
+        return f"{counts} | {self.time_left()}"
+
+    def time_left(self) -> str:
+        calls = [stage for stage in self.totals if stage != "services"]
+        done = sum(min(self.done[s], self.totals[s]) for s in calls)
+        left = sum(self.totals[s] for s in calls) - done
+        if left == 0:
+            return "done"
+        if done == 0:
+            return "time left: unknown yet"
+        seconds = left * (self._clock() - self._started) / done
+        return f"time left: ~{_duration(seconds)}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 async def run_pipeline(
@@ -94,6 +128,8 @@ async def run_pipeline(
 ) -> Outcome:
     """Run the job for ``services`` through ``manager`` (None: parity mode, no gating)."""
     provider, model = provider_for(settings, manager)
+    # A backend that cannot serve (a model server that fails to start) ends the run here.
+    await unwrap(provider.ready.remote())
     job = settings.pipeline
     run_id = uuid.uuid4().hex[:8]
     actor = PipelineActor.options(  # type: ignore[attr-defined]
@@ -134,9 +170,10 @@ async def run_pipeline(
                 progress.service(event.record)
         calls: list[CallRecord] = await actor.calls.remote()
         spans: list[tuple[str, Span]] = await actor.spans.remote()
+        restarts: list[str] = await provider.server_restarts.remote()
     finally:
         ray.kill(actor)
-    return Outcome(records, calls, spans, time.monotonic() - started)
+    return Outcome(records, calls, spans, time.monotonic() - started, restarts)
 
 
 def summary(outcome: Outcome, *, skipped: int, bad_lines: int) -> str:
@@ -157,6 +194,12 @@ def summary(outcome: Outcome, *, skipped: int, bad_lines: int) -> str:
                 f"{peak_overlap(c.held for c in calls):>13}  "
                 f"{percentile(waits, 0.5):>13.2f}s {percentile(waits, 0.95):>5.2f}s"
             )
+    if outcome.server_restarts:
+        lines.append(
+            f"model server restarted {len(outcome.server_restarts)} "
+            f"time{'s' if len(outcome.server_restarts) != 1 else ''}, after it was: "
+            + "; ".join(outcome.server_restarts)
+        )
     sequential = sum(c.latency for c in outcome.calls if c.ok)
     if outcome.elapsed > 0 and sequential > 0:
         lines.append(

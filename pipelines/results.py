@@ -34,9 +34,43 @@ class ResultsFileError(RaygateError):
         )
 
 
+class UnusablePath(RaygateError):
+    """An input or output path the job cannot use, found before any work starts."""
+
+    def __init__(self, role: str, path: str, reason: str) -> None:
+        super().__init__(role, path, reason)
+        self.role, self.path, self.reason = role, path, reason
+
+    def __str__(self) -> str:
+        return f"{self.role} {self.path}: {self.reason}"
+
+
+def check_input(path: Path) -> None:
+    """Raise UnusablePath unless ``path`` is a readable file."""
+    if not path.exists():
+        raise UnusablePath("input", str(path), "no such file")
+    if not path.is_file():
+        raise UnusablePath("input", str(path), "not a file")
+    if not os.access(path, os.R_OK):
+        raise UnusablePath("input", str(path), "not readable")
+
+
 class ResultsFile:
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    def check_writable(self) -> None:
+        """Raise UnusablePath unless records can be appended to the file (or it can be made)."""
+        folder = self.path.parent
+        if self.path.is_dir():
+            raise UnusablePath("--out", str(self.path), "is a folder; name a file")
+        if not folder.is_dir():
+            raise UnusablePath("--out", str(self.path), f"the folder {folder} does not exist")
+        # Rewriting in order makes a temporary file beside it, so the folder must be writable.
+        if not os.access(folder, os.W_OK) or (
+            self.path.exists() and not os.access(self.path, os.W_OK)
+        ):
+            raise UnusablePath("--out", str(self.path), "not writable")
 
     def load(self) -> dict[str, ServiceRecord]:
         """The records already written, after cutting off a torn last line."""

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +22,9 @@ from actors.client import ManagerClient
 from actors.groups import GroupSpec, classify
 from actors.manager import NAMESPACE, get_or_create_manager
 from actors.settings import QueueSettings, Settings
+from pipelines.job import Outcome, run_pipeline
+from pipelines.plateau import Service
+from pipelines.results import ResultsFile
 
 LOCAL_SERVER = classify("ollama", "http://localhost:11434")
 REMOTE_API = classify("anthropic")
@@ -81,6 +88,38 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {timeout:g}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def run(
+    services: list[Service],
+    settings: Settings,
+    out: Path | ResultsFile,
+    manager: Any | None,
+    priority: int = 5,
+) -> Outcome:
+    """The plateau job in this process, as the CLI runs it, writing to ``out``."""
+    return await run_pipeline(
+        services,
+        out if isinstance(out, ResultsFile) else ResultsFile(out),
+        settings,
+        manager=manager,
+        priority=priority,
+        progress_out=io.StringIO(),
+    )
+
+
+def cli(*args: str) -> list[str]:
+    """The job's command line (``--address`` joins this session's cluster)."""
+    return [sys.executable, "-m", "pipelines", "run", *args]
+
+
+def write_services(path: Path, services: list[Service]) -> Path:
+    path.write_text("".join(s.model_dump_json() + "\n" for s in services))
+    return path
+
+
+def records(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.read_text().splitlines()]
 
 
 def pending_is(client: ManagerClient, group: str, count: int) -> Callable[[], Awaitable[bool]]:

@@ -6,16 +6,34 @@ import asyncio
 import importlib.util
 import json
 import os
+import signal
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import ray
+import yaml
 
 from actors.client import ManagerClient
+from actors.manager import MANAGER_NAME, NAMESPACE
+from actors.settings import PipelineSettings, ProviderSettings, Settings
+from pipelines.job import summary
+from pipelines.plateau import Service
 from providers.actor import ProviderOptions, get_or_create_embedded_model
+from providers.llamacpp import EMBEDDED_MODEL_ID
 from providers.models import ChatMessage, ChatRequest, JsonSchemaFormat
-from tests.integration.conftest import GPU_HOST, ManagerFactory, Nodes, wait_until
+from tests.integration.conftest import (
+    GPU_HOST,
+    ManagerFactory,
+    Nodes,
+    cli,
+    records,
+    run,
+    wait_until,
+    write_services,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -106,3 +124,108 @@ async def test_server_process_is_gone_after_shutdown_and_after_a_kill(
         return process_gone(pid)
 
     await wait_until(gone, "the orphaned llama.cpp server to exit", timeout=30)
+
+
+# -- the model server dies mid-job --------------------------------------------------------
+
+TWO_SERVICES = [
+    Service(id="svc-pay", name="Payments", description="Takes card payments."),
+    Service(id="svc-find", name="Search", description="Finds products in a catalogue."),
+]
+
+
+def small_job(**providers: Any) -> Settings:
+    """2 services, 1 plateau, 1 mapping type: 6 calls on the embedded model of GPU host a."""
+    return Settings(
+        pipeline=PipelineSettings(embedded_host=GPU_HOST, plateaus=1, mapping_types=("data",)),
+        providers=ProviderSettings(**providers),
+    )
+
+
+def embedded_actor() -> Any:
+    return ray.get_actor(f"provider:embedded-{EMBEDDED_MODEL_ID}@{GPU_HOST}", namespace=NAMESPACE)
+
+
+async def kill_the_server_after(client: ManagerClient, calls: int, how: signal.Signals) -> str:
+    """Once ``calls`` calls hold or held the slot, kill the server mid-call; say how it ended."""
+
+    async def granted() -> bool:
+        return sum(g.granted for g in (await client.stats()).groups.values()) >= calls
+
+    await wait_until(granted, f"{calls} calls granted", timeout=120)
+    pid = await embedded_actor().server_pid.remote()
+    os.kill(pid, how)
+    return f"killed by {how.name} (pid {pid})"
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSEGV], ids=["SIGKILL", "SIGSEGV"])
+async def test_a_server_killed_mid_job_is_restarted_and_every_service_finishes(
+    make_manager: ManagerFactory, tmp_path: Path, how: signal.Signals
+) -> None:
+    client = make_manager()
+    job = asyncio.create_task(run(TWO_SERVICES, small_job(), tmp_path / "out.jsonl", client.handle))
+
+    ended = await kill_the_server_after(client, 2, how)
+    outcome = await job
+
+    assert [r.status for r in outcome.records] == ["ok", "ok"]
+    assert outcome.server_restarts == [ended]
+    assert f"model server restarted 1 time, after it was: {ended}" in summary(
+        outcome, skipped=0, bad_lines=0
+    )
+    # The restarted server dies with its actor too.
+    actor = embedded_actor()
+    restarted = await actor.server_pid.remote()
+    ray.kill(actor)
+
+    async def gone() -> bool:
+        return process_gone(restarted)
+
+    await wait_until(gone, "the restarted server to exit with its actor", timeout=30)
+
+
+async def test_past_the_restart_bound_the_job_exits_1_and_each_service_names_the_crash(
+    tmp_path: Path,
+) -> None:
+    services = write_services(tmp_path / "in.jsonl", TWO_SERVICES)
+    config = tmp_path / "raygate.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "pipeline": {"embedded_host": GPU_HOST, "plateaus": 1, "mapping_types": ["data"]},
+                "providers": {"model_server_restarts": 0},
+            }
+        )
+    )
+    out = tmp_path / "out.jsonl"
+    address = ray.get_runtime_context().gcs_address
+    command = cli(str(services), "--out", str(out), "--config", str(config), "--address", address)
+    job = await asyncio.create_subprocess_exec(
+        *command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+
+        async def manager_up() -> bool:
+            return MANAGER_NAME in {a["name"] for a in ray.util.list_named_actors(True)}
+
+        await wait_until(manager_up, "the job to start the cluster's manager", timeout=120)
+        client = ManagerClient(ray.get_actor(MANAGER_NAME, namespace=NAMESPACE))
+        ended = await kill_the_server_after(client, 1, signal.SIGKILL)
+        async with asyncio.timeout(300):
+            output, errors = await job.communicate()
+    finally:
+        if job.returncode is None:
+            job.kill()
+            await job.wait()
+    stdout, stderr = output.decode(), errors.decode()
+
+    assert job.returncode == 1, stderr
+    assert "2 services in" in stdout and "0 ok, 2 failed" in stdout
+    for record in records(out):
+        assert record["status"] == "failed"
+        assert (
+            f"{ended}; not restarted again: 1 crash within 300s, at most 0 restarts"
+            in (record["error"])
+        )
+    stats = await client.stats()
+    assert (stats.total_active, stats.total_pending) == (0, 0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
 import json
 import os
@@ -22,10 +21,17 @@ import yaml
 from actors.groups import ModelEntry, classify
 from actors.settings import PipelineSettings, ProviderSettings, QueueSettings, Settings
 from actors.timeline import peak_overlap
-from pipelines.job import Outcome, run_pipeline
-from pipelines.plateau import Service
+from pipelines.plateau import Service, ServiceRecord
 from pipelines.results import ResultsFile
-from tests.integration.conftest import ManagerFactory, pending_is, wait_until
+from tests.integration.conftest import (
+    ManagerFactory,
+    cli,
+    pending_is,
+    records,
+    run,
+    wait_until,
+    write_services,
+)
 from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
 from tests.support.plateau_backend import plateau_answer
 
@@ -52,19 +58,6 @@ def settings_for(server: FakeLLMServer, **pipeline: Any) -> Settings:
     )
 
 
-async def run(
-    services: list[Service], settings: Settings, out: Path, manager: Any | None, priority: int = 5
-) -> Outcome:
-    return await run_pipeline(
-        services,
-        ResultsFile(out),
-        settings,
-        manager=manager,
-        priority=priority,
-        progress_out=io.StringIO(),
-    )
-
-
 async def test_features_of_the_next_plateau_start_while_mappings_still_run(
     make_manager: ManagerFactory, backend: FakeLLMServer, tmp_path: Path
 ) -> None:
@@ -77,6 +70,35 @@ async def test_features_of_the_next_plateau_start_while_mappings_still_run(
     assert span["features", 1].started >= span["features", 0].ended
     assert span["mappings", 0].ended > span["features", 1].started
     assert outcome.records[0].status == "ok"
+
+
+class TimedResults(ResultsFile):
+    """Notes the wall-clock time each record is written."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.written: list[tuple[str, float]] = []
+
+    def append(self, record: ServiceRecord) -> None:
+        super().append(record)
+        self.written.append((record.service_id, time.time()))
+
+
+async def test_with_one_slot_started_services_finish_before_new_ones_start(
+    make_manager: ManagerFactory, backend: FakeLLMServer, tmp_path: Path
+) -> None:
+    client = make_manager(group_limits={group_of(backend): 1})
+    services = [Service(id=f"svc-{i}", name=f"Service {i}") for i in range(5)]
+    results = TimedResults(tmp_path / "out.jsonl")
+
+    outcome = await run(services, settings_for(backend), results, client.handle)
+
+    assert [r.status for r in outcome.records] == ["ok"] * 5
+    first_written = results.written[0][1]
+    second_last_mappings = min(
+        c.started_at for c in outcome.calls if c.service_id == "svc-3" and c.stage == "mappings"
+    )
+    assert first_written < second_last_mappings
 
 
 async def test_with_the_queue_off_every_call_runs_alone_in_order(
@@ -143,10 +165,6 @@ def write_config(path: Path, server: FakeLLMServer, **queue: Any) -> Path:
     return path
 
 
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pipelines", "run", *args]
-
-
 def run_cli(
     input_file: Path, out: Path, config: Path, **env: str
 ) -> subprocess.CompletedProcess[str]:
@@ -158,15 +176,6 @@ def run_cli(
         timeout=300,
         env={**os.environ, **env},
     )
-
-
-def write_services(path: Path, services: list[Service]) -> Path:
-    path.write_text("".join(s.model_dump_json() + "\n" for s in services))
-    return path
-
-
-def records(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in out.read_text().splitlines()]
 
 
 SERVICES = [

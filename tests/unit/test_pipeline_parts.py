@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pipelines.__main__ import main as cli_main
 from pipelines.chain import Stage, StageChain, Upstream
+from pipelines.job import Progress
 from pipelines.plateau import ServiceRecord, read_services
 from pipelines.results import ResultsFile, ResultsFileError
+from tests.unit.conftest import FakeClock
 
 
 def recorder(log: list[str], name: str, delay: float = 0.0) -> Any:
@@ -114,3 +118,62 @@ def test_bad_input_lines_are_reported_by_number_and_the_rest_kept() -> None:
     assert [s.id for s in services] == ["a", "c"]
     assert problems[0].startswith("line 3: ")
     assert problems[1:] == ["line 4: name: Field required", "line 5: service id 'a' appears twice"]
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (
+            lambda tmp: [str(tmp / "missing.jsonl"), "--out", str(tmp / "out.jsonl")],
+            "raygate: input {tmp}/missing.jsonl: no such file\n",
+        ),
+        (
+            lambda tmp: [str(tmp / "in.jsonl"), "--out", str(tmp / "nowhere" / "out.jsonl")],
+            "raygate: --out {tmp}/nowhere/out.jsonl: the folder {tmp}/nowhere does not exist\n",
+        ),
+        (
+            lambda tmp: [str(tmp / "in.jsonl"), "--out", str(tmp)],
+            "raygate: --out {tmp}: is a folder; name a file\n",
+        ),
+    ],
+    ids=["missing-input", "out-folder-missing", "out-is-a-folder"],
+)
+def test_unusable_paths_are_one_line_errors_with_exit_2_before_ray_starts(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    make_args: Any,
+    message: str,
+) -> None:
+    (tmp_path / "in.jsonl").write_text('{"id": "a", "name": "A"}\n')
+    ray_started: list[str | None] = []
+    monkeypatch.setattr("pipelines.__main__.init_ray", ray_started.append)
+
+    status = cli_main(["run", *make_args(tmp_path)])
+
+    assert status == 2
+    assert capsys.readouterr().err == message.format(tmp=tmp_path)
+    assert ray_started == []
+
+
+def test_progress_shows_the_time_left_at_the_pace_kept_so_far() -> None:
+    clock = FakeClock()
+    out = io.StringIO()
+    progress = Progress(
+        {"ambitions": 2, "features": 4, "mappings": 4, "services": 2}, out, clock=clock
+    )
+    assert progress.line().endswith("| time left: unknown yet")
+
+    clock.advance(20.0)
+    for stage in ["ambitions", "ambitions", "features", "features", "mappings"]:
+        progress.call(stage)
+
+    # 5 calls in 20 s: 4 s a call, and 5 calls left.
+    assert progress.line() == (
+        "ambitions 2/2 | features 2/4 | mappings 1/4 | services 0/2 | time left: ~20s"
+    )
+    clock.advance(300.0)
+    assert progress.time_left() == "time left: ~5m20s"
+    for stage in ["features", "features", "mappings", "mappings", "mappings"]:
+        progress.call(stage)
+    assert progress.time_left() == "done"
