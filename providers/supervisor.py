@@ -34,7 +34,8 @@ from providers.errors import (
     ModelServerCrashed,
     ModelServerError,
     ModelServerFailedToStart,
-    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
 )
 from providers.models import ChatRequest, ChatResponse, StreamDelta
 from providers.openai import OpenAICompatibleBackend
@@ -135,17 +136,21 @@ class ServerSupervisor:
 
     @asynccontextmanager
     async def serving(self) -> AsyncIterator[None]:
-        """Around one call to the server: a failure that its death explains becomes the crash."""
+        """Around one call to the server: a lost connection that its death explains
+        becomes the crash. Only transport failures are checked, so an answer the
+        caller rejects (a 400, invalid JSON) costs no wait."""
         await self.ready()
         exited = self._exited
         assert exited is not None
         try:
             yield
-        except ProviderError as error:
+        except (ProviderUnavailable, ProviderTimeout) as error:
             try:
                 ended = await asyncio.wait_for(asyncio.shield(exited), EXIT_GRACE_SECONDS)
             except TimeoutError:
-                raise error from None  # the server lives: the failure was something else
+                ended = None  # the server lives: the failure was something else
+            if ended is None:
+                raise
             raise ModelServerCrashed(
                 self.server.provider,
                 self.server.name,

@@ -15,7 +15,7 @@ from actors.gate import SlotGate
 from actors.groups import classify
 from actors.slots import LocalSlots
 from providers.breaker import State
-from providers.errors import ModelServerCrashed, ModelServerFailedToStart
+from providers.errors import ModelServerCrashed, ModelServerFailedToStart, ProviderTimeout
 from providers.gated import GatedProvider
 from providers.models import ChatMessage, ChatRequest
 from providers.retry import RetryPolicy
@@ -137,6 +137,21 @@ async def test_a_call_that_loses_its_server_names_the_crash(
         "this call; its last output: listening on"
     )
     assert crashed.value.retryable  # the supervisor restarts it
+    await backend.aclose()
+
+
+async def test_a_call_that_times_out_on_a_living_server_keeps_its_own_error(
+    supervised: Callable[..., ServerSupervisor],
+) -> None:
+    supervisor = supervised(hold=5.0)
+    spec = classify("openai-compatible", supervisor.server.base_url)
+    backend = SupervisedBackend(supervisor, group=spec.id, timeout=0.5)
+    await supervisor.ready()
+
+    with pytest.raises(ProviderTimeout):
+        await backend.chat(HI)
+
+    assert supervisor.exits == []
     await backend.aclose()
 
 
