@@ -34,9 +34,9 @@ from actors.engine import Lease
 from actors.errors import RaygateError
 from actors.groups import GroupSpec
 from actors.manager import MANAGER_NAME, get_or_create_manager
+from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import Settings, load_settings
 from actors.stats import GroupInfo, QueuePosition, QueueStats
-from actors.waitqueue import DEFAULT_PRIORITY, check_priority
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,20 @@ async def unwrap(call: Awaitable[T]) -> T:
     except RayTaskError as exc:
         if isinstance(exc.cause, RaygateError):
             raise exc.cause from None
+        raise
+
+
+async def cancellable(ref: Any) -> Any:
+    """Await an actor call; if the awaiting task is cancelled, cancel the call too.
+
+    Ray goes on running a call whose caller stopped waiting; only
+    ``ray.cancel`` reaches it (as a CancelledError inside an async actor's
+    coroutine, where ``finally`` blocks give back what the call held).
+    """
+    try:
+        return await unwrap(ref)
+    except asyncio.CancelledError:
+        ray.cancel(ref)
         raise
 
 
@@ -102,78 +116,24 @@ class ManagerClient:
 
     @asynccontextmanager
     async def slot(
-        self,
-        group: str,
-        *,
-        priority: int = DEFAULT_PRIORITY,
-        critical: bool = False,
-        unit: str | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
+        self, group: str, options: CallOptions = DEFAULT_OPTIONS
     ) -> AsyncIterator[Lease]:
         """Hold one slot of ``group`` for the body of the ``async with``.
 
-        Calls naming one ``unit`` keep the place of its first call; ``critical``
-        puts a call before the non-critical calls of its unit (see
-        :mod:`actors.waitqueue`).
+        ``options`` say how the call waits (priority, unit, critical, request
+        id, queue timeout; see :mod:`actors.options`).
         """
-        check_priority(priority)
         info = await self.group_info(group)
-        request_id = request_id or uuid.uuid4().hex
-        lease_id = uuid.uuid4().hex
-        grant: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        if info.gated:
-            lease = await self._acquire(
-                group, request_id, lease_id, priority, critical, unit, timeout
-            )
-            grant.set_result(lease)
-        else:
-            # Nobody waits for this answer but the renewals and the release,
-            # which then act on the lease the manager really granted.
-            grant = self._track(
-                unwrap(
-                    self.handle.acquire.remote(
-                        group, request_id, lease_id=lease_id, priority=priority
-                    )
-                )
-            )
-            lease = Lease(
-                id=lease_id,
-                group=group,
-                request_id=request_id,
-                priority=priority,
-                epoch=info.epoch,
-                granted_at=time.monotonic(),
-                ttl=info.lease_ttl,
-            )
-        keeper = asyncio.create_task(self._keep_alive(grant))
-        try:
+        held = self._held if info.gated else self._sent
+        async with held(group, uuid.uuid4().hex, options.identified(), info) as lease:
             yield lease
-        finally:
-            keeper.cancel()
-            if info.gated:
-                # Shielded: a caller cancelled right here still gives its slot back.
-                await asyncio.shield(unwrap(self.handle.release.remote(lease.id, lease.epoch)))
-            else:
-                self._note(self._release_when_granted(grant))
 
-    async def _acquire(
-        self,
-        group: str,
-        request_id: str,
-        lease_id: str,
-        priority: int,
-        critical: bool,
-        unit: str | None,
-        timeout: float | None,
-    ) -> Lease:
-        # Every argument of an actor call costs serialization: send these only when set.
-        flags: dict[str, Any] = {"critical": True} if critical else {}
-        if unit is not None:
-            flags["unit"] = unit
-        call = self.handle.acquire.remote(
-            group, request_id, lease_id=lease_id, priority=priority, timeout=timeout, **flags
-        )
+    @asynccontextmanager
+    async def _held(
+        self, group: str, lease_id: str, options: CallOptions, info: GroupInfo
+    ) -> AsyncIterator[Lease]:
+        """A gated group: wait for the grant, keep it alive, give it back."""
+        call = self.handle.acquire.remote(group, lease_id, options)
         try:
             lease: Lease = await unwrap(call)
         except asyncio.CancelledError:
@@ -181,7 +141,41 @@ class ManagerClient:
             # cancel drops the waiter, or releases the slot granted meanwhile.
             self._note(self.handle.cancel.remote(lease_id))
             raise
-        return lease
+        grant: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        grant.set_result(lease)
+        keeper = asyncio.create_task(self._keep_alive(grant))
+        try:
+            yield lease
+        finally:
+            keeper.cancel()
+            # Shielded: a caller cancelled right here still gives its slot back.
+            await asyncio.shield(unwrap(self.handle.release.remote(lease.id, lease.epoch)))
+
+    @asynccontextmanager
+    async def _sent(
+        self, group: str, lease_id: str, options: CallOptions, info: GroupInfo
+    ) -> AsyncIterator[Lease]:
+        """A group where nobody waits: the call starts at once, the manager still counts it.
+
+        Nobody waits for the acquire's answer but the renewals and the release,
+        which then act on the lease the manager really granted. The caller gets
+        the lease as it will be, stamped on this client's clock until then.
+        """
+        grant = self._track(unwrap(self.handle.acquire.remote(group, lease_id, options)))
+        keeper = asyncio.create_task(self._keep_alive(grant))
+        try:
+            yield Lease(
+                id=lease_id,
+                group=group,
+                request_id=options.request_id or lease_id,
+                priority=options.priority,
+                epoch=info.epoch,
+                granted_at=time.monotonic(),
+                ttl=info.lease_ttl,
+            )
+        finally:
+            keeper.cancel()
+            self._note(self._release_when_granted(grant))
 
     async def _keep_alive(self, grant: asyncio.Future[Lease]) -> None:
         try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from actors.client import ManagerClient
 from actors.groups import GroupSpec, classify
+from actors.options import CallOptions
 from actors.timeline import peak_overlap
 
 LOCAL = classify("ollama", "http://localhost:11434")
@@ -52,7 +53,7 @@ async def run_scenario(client: ManagerClient, hold: float = 0.5) -> list[Run]:
 
     async def call(request: str, spec: GroupSpec, priority: int) -> Run:
         asked = time.monotonic() - t0
-        async with client.slot(spec.id, priority=priority, request_id=request):
+        async with client.slot(spec.id, CallOptions(priority=priority, request_id=request)):
             started = time.monotonic() - t0
             running[request].set()
             # No call ends before every request has asked, so the order in

@@ -35,9 +35,10 @@ from actors.errors import (
     UnknownGroup,
 )
 from actors.groups import GroupSpec
+from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.stats import GroupInfo, GroupStats, QueuePosition, QueueStats
 from actors.timeline import percentile
-from actors.waitqueue import DEFAULT_PRIORITY, GrantKey, WaitQueue, check_priority, grant_key
+from actors.waitqueue import GrantKey, WaitQueue, grant_key
 
 # Weight of the newest hold time in a group's moving average (for wait estimates).
 HOLD_SMOOTHING = 0.2
@@ -173,22 +174,17 @@ class SlotEngine:
     # -- acquire / release ----------------------------------------------------
 
     def acquire(
-        self,
-        group_id: str,
-        request_id: str,
-        *,
-        lease_id: str,
-        priority: int = DEFAULT_PRIORITY,
-        critical: bool = False,
-        unit: str | None = None,
+        self, group_id: str, lease_id: str, options: CallOptions = DEFAULT_OPTIONS
     ) -> Lease | None:
         """Grant a slot now and return its lease, or queue the request and return None.
 
         A queued request is granted later by whichever call frees a slot
-        (release, cancel, reclaim_expired); that call returns its lease.
+        (release, cancel, reclaim_expired); that call returns its lease. A call
+        without a request id is known by its lease id.
         """
-        check_priority(priority)
         group = self._group(group_id)
+        request_id = options.request_id or lease_id
+        priority = options.priority
         if lease_id in self._retired:
             del self._retired[lease_id]
             self.late_acquires += 1
@@ -197,7 +193,7 @@ class SlotEngine:
             raise DuplicateLease(lease_id)
         if self._observer is not None:
             self._observer.submitted(group_id, group.spec.kind)
-        number = self._unit_number(unit)
+        number = self._unit_number(options.unit)
         if group.has_room() and self._global_room():
             return self._grant(group, lease_id, request_id, priority, waited=0.0)
         if len(group.queue) >= self.max_pending_per_group:
@@ -212,7 +208,7 @@ class SlotEngine:
             priority,
             next(self._arrivals),
             unit=number,
-            critical=critical,
+            critical=options.critical,
             width=self._width(group),
         )
         self._waiters[lease_id] = _Waiter(

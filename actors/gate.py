@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from actors.engine import Lease, SlotEngine
 from actors.errors import AcquireTimeout
-from actors.waitqueue import DEFAULT_PRIORITY
+from actors.options import DEFAULT_OPTIONS, CallOptions
 
 T = TypeVar("T")
 
@@ -38,37 +38,24 @@ class SlotGate:
         self._reaper.start()
 
     async def acquire(
-        self,
-        group: str,
-        request_id: str,
-        *,
-        lease_id: str,
-        priority: int = DEFAULT_PRIORITY,
-        critical: bool = False,
-        unit: str | None = None,
-        timeout: float | None = None,
+        self, group: str, lease_id: str, options: CallOptions = DEFAULT_OPTIONS
     ) -> Lease:
+        """A slot of ``group``, waiting at most ``options.queue_timeout`` for it."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            lease = self.engine.acquire(
-                group,
-                request_id,
-                lease_id=lease_id,
-                priority=priority,
-                critical=critical,
-                unit=unit,
-            )
+            lease = self.engine.acquire(group, lease_id, options)
             if lease is not None:
                 self._reaper.wake_if_idle()
                 return lease
             waiter: asyncio.Future[Lease] = loop.create_future()
             self._waiters[lease_id] = waiter
+        timeout = options.queue_timeout
         try:
             async with asyncio.timeout(timeout):
                 return await waiter
         except TimeoutError:
             self._abandon(lease_id, timed_out=True)
-            raise AcquireTimeout(group, request_id, timeout or 0.0) from None
+            raise AcquireTimeout(group, options.request_id or lease_id, timeout or 0.0) from None
         except asyncio.CancelledError:
             self._abandon(lease_id)
             raise

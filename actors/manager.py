@@ -29,10 +29,10 @@ from actors.engine import Lease, SlotEngine
 from actors.gate import SlotGate
 from actors.groups import GroupSpec, resolve_model
 from actors.metrics import QueueMetrics
+from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import Settings
 from actors.stats import GroupInfo, QueuePosition, QueueStats
 from actors.telemetry import configure_telemetry
-from actors.waitqueue import DEFAULT_PRIORITY
 
 MANAGER_NAME = "concurrency-manager"
 NAMESPACE = "raygate"
@@ -68,25 +68,9 @@ class ConcurrencyManager:
         self._engine = engine
 
     async def acquire(
-        self,
-        group: str,
-        request_id: str,
-        *,
-        lease_id: str,
-        priority: int = DEFAULT_PRIORITY,
-        critical: bool = False,
-        unit: str | None = None,
-        timeout: float | None = None,
+        self, group: str, lease_id: str, options: CallOptions = DEFAULT_OPTIONS
     ) -> Lease:
-        return await self._gate.acquire(
-            group,
-            request_id,
-            lease_id=lease_id,
-            priority=priority,
-            critical=critical,
-            unit=unit,
-            timeout=timeout,
-        )
+        return await self._gate.acquire(group, lease_id, options)
 
     @ray.method(concurrency_group=CONTROL)
     async def release(self, lease_id: str, epoch: int) -> None:

@@ -16,23 +16,20 @@ from typing import Protocol
 from actors.engine import Lease
 from actors.gate import SlotGate
 from actors.groups import GroupSpec
+from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.stats import GroupInfo
-from actors.waitqueue import DEFAULT_PRIORITY, check_priority
 
 
 class SlotSource(Protocol):
     async def register(self, spec: GroupSpec) -> GroupInfo: ...
 
     def slot(
-        self,
-        group: str,
-        *,
-        priority: int = DEFAULT_PRIORITY,
-        critical: bool = False,
-        unit: str | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
+        self, group: str, options: CallOptions = DEFAULT_OPTIONS
     ) -> AbstractAsyncContextManager[Lease]: ...
+
+    async def can_group_run_immediately(self, group: str) -> bool:
+        """Would a call of ``group`` get its slot now, without waiting?"""
+        ...
 
 
 class LocalSlots:
@@ -44,26 +41,14 @@ class LocalSlots:
     async def register(self, spec: GroupSpec) -> GroupInfo:
         return self.gate.inspect(self.gate.engine.register, spec)
 
+    async def can_group_run_immediately(self, group: str) -> bool:
+        return self.gate.inspect(self.gate.engine.can_run_immediately, group)
+
     @asynccontextmanager
     async def slot(
-        self,
-        group: str,
-        *,
-        priority: int = DEFAULT_PRIORITY,
-        critical: bool = False,
-        unit: str | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
+        self, group: str, options: CallOptions = DEFAULT_OPTIONS
     ) -> AsyncIterator[Lease]:
-        lease = await self.gate.acquire(
-            group,
-            request_id or uuid.uuid4().hex,
-            lease_id=uuid.uuid4().hex,
-            priority=priority,
-            critical=critical,
-            unit=unit,
-            timeout=timeout,
-        )
+        lease = await self.gate.acquire(group, uuid.uuid4().hex, options.identified())
         try:
             yield lease
         finally:
@@ -78,23 +63,18 @@ class NoSlots:
             id=spec.id, kind=spec.kind, limit=None, global_limit=None, epoch=0, lease_ttl=0.0
         )
 
+    async def can_group_run_immediately(self, group: str) -> bool:
+        return True
+
     @asynccontextmanager
     async def slot(
-        self,
-        group: str,
-        *,
-        priority: int = DEFAULT_PRIORITY,
-        critical: bool = False,
-        unit: str | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
+        self, group: str, options: CallOptions = DEFAULT_OPTIONS
     ) -> AsyncIterator[Lease]:
-        check_priority(priority)
         yield Lease(
             id=uuid.uuid4().hex,
             group=group,
-            request_id=request_id or "",
-            priority=priority,
+            request_id=options.request_id or "",
+            priority=options.priority,
             epoch=0,
             granted_at=0.0,
             ttl=0.0,

@@ -52,7 +52,7 @@ MAPPING_TYPES = ("data", "applications", "technologies")
 async def makespan(services: list[Service], settings: Settings, manager: object | None) -> Outcome:
     # The provider actor is a cluster service, running before any run starts.
     provider, _ = provider_for(settings, manager)
-    await provider.can_run_immediately.remote()
+    await provider.ready()
     with tempfile.TemporaryDirectory() as directory:
         return await run_pipeline(
             services,

@@ -32,8 +32,8 @@ async def write_book(chapters: int, config: str | None) -> list[dict[str, str]]:
         request = ChatRequest(
             model=model, messages=(ChatMessage(role="user", content=prompt),), max_tokens=60
         )
-        response = await provider.chat.remote(request)
-        return str(response.text).strip()
+        response = await provider.chat(request)
+        return response.text.strip()
 
     async def outline(chapter: int, upstream: Upstream) -> str:
         before = upstream.previous or "nothing yet"

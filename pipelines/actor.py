@@ -3,11 +3,13 @@
 The actor streams events back to whoever started it (the CLI, a Serve
 request): a ``CallDone`` per LLM call, for progress, and a ``ServiceDone``
 with the record the moment a service completes, so it can be written at once.
+Callers use :class:`PipelineRun`, not the handle.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -15,10 +17,17 @@ from typing import Any
 import ray
 
 from actors.client import unwrap
+from actors.manager import NAMESPACE
+from actors.options import CallOptions
+from actors.settings import PipelineSettings
 from actors.waitqueue import DEFAULT_PRIORITY
 from pipelines.chain import Span, together
-from pipelines.plateau import JobSettings, PlateauJob, Service, ServiceRecord
+from pipelines.plateau import PlateauJob, Service, ServiceRecord
+from providers.client import ProviderClient
 from providers.models import ChatRequest, ChatResponse
+
+# How long a cancelled run may take to cancel its provider calls before it is ended.
+CANCEL_GRACE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -54,8 +63,9 @@ class ServiceDone:
 class PipelineActor:
     def __init__(
         self,
-        provider: Any,
-        settings: JobSettings,
+        provider: ProviderClient,
+        settings: PipelineSettings,
+        model: str,
         *,
         run_id: str,
         priority: int = DEFAULT_PRIORITY,
@@ -68,11 +78,11 @@ class PipelineActor:
         self._group: str | None = None
         self._calls: list[CallRecord] = []
         self._events: asyncio.Queue[CallDone | ServiceDone] | None = None
-        self._job = PlateauJob(self._ask, settings, sequential=sequential)
+        self._job = PlateauJob(self._ask, settings, model, sequential=sequential)
 
     async def run(self, services: Sequence[Service]) -> AsyncIterator[CallDone | ServiceDone]:
         """Call as ``actor.run.options(num_returns="streaming").remote(services)``."""
-        self._group = (await self._provider.group.remote()).id
+        self._group = (await self._provider.group()).id
         events: asyncio.Queue[CallDone | ServiceDone] = asyncio.Queue()
         self._events = events
 
@@ -82,34 +92,37 @@ class PipelineActor:
         runner = asyncio.create_task(
             together(*(one(service) for service in services), sequential=self._sequential)
         )
-        done = 0
-        while done < len(services):
-            event = await events.get()
-            done += isinstance(event, ServiceDone)
-            yield event
-        await runner
+        try:
+            done = 0
+            while done < len(services):
+                event = await events.get()
+                done += isinstance(event, ServiceDone)
+                yield event
+            await runner
+        finally:
+            # Cancelled (the caller stopped reading): cancel the services' calls, which
+            # cancels them in the provider actors too, before this run ends.
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
 
-    async def _ask(
-        self, request: ChatRequest, *, stage: str, service_id: str, critical: bool = False
-    ) -> ChatResponse:
-        stage = stage.split("[", 1)[0]
-        call = CallRecord(group=self._group or "", stage=stage, service_id=service_id, ok=False)
-        # Every argument of an actor call costs serialization: send the flag only when set.
-        flags = {"critical": True} if critical else {}
+    async def _ask(self, request: ChatRequest, options: CallOptions) -> ChatResponse:
+        labels = options.labels
+        service_id = labels.service_id
+        call = CallRecord(
+            group=self._group or "", stage=labels.stage, service_id=service_id, ok=False
+        )
         # One unit per service: the manager finishes started services before it
         # starts new ones, so records are written along the way, not all at the end.
+        options = replace(
+            options,
+            priority=self._priority,
+            unit=f"{self._run_id}:{service_id}",
+            request_id=f"{self._run_id}:{service_id}:{labels.call_id()}",
+        )
         try:
-            response: ChatResponse = await unwrap(
-                self._provider.chat.remote(
-                    request,
-                    self._priority,
-                    f"{self._run_id}:{service_id}:{stage}",
-                    unit=f"{self._run_id}:{service_id}",
-                    stage=stage,
-                    service_id=service_id,
-                    **flags,
-                )
-            )
+            # Cancelled (a sibling call of the service failed, the run was cancelled):
+            # the provider's call is cancelled too, and leaves the queue or its slot.
+            response = await self._provider.chat(request, options)
         except BaseException:
             self._calls.append(call)
             raise
@@ -123,7 +136,7 @@ class PipelineActor:
             )
         )
         if self._events is not None:
-            self._events.put_nowait(CallDone(stage, service_id))
+            self._events.put_nowait(CallDone(labels.stage, service_id))
         return response
 
     def calls(self) -> list[CallRecord]:
@@ -131,3 +144,57 @@ class PipelineActor:
 
     def spans(self) -> list[tuple[str, Span]]:
         return list(self._job.spans)
+
+
+class PipelineRun:
+    """One run on the cluster: its PipelineActor behind typed calls.
+
+    Leaving ``events`` early (an error, a cancelled caller) cancels the run
+    inside the actor, which cancels its provider calls; ``end`` ends the actor.
+    """
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    @classmethod
+    def start(
+        cls,
+        provider: ProviderClient,
+        settings: PipelineSettings,
+        model: str,
+        *,
+        run_id: str,
+        priority: int = DEFAULT_PRIORITY,
+        sequential: bool = False,
+    ) -> PipelineRun:
+        handle = PipelineActor.options(  # type: ignore[attr-defined]
+            name=f"pipeline:{run_id}", namespace=NAMESPACE
+        ).remote(provider, settings, model, run_id=run_id, priority=priority, sequential=sequential)
+        return cls(handle)
+
+    async def events(self, services: Sequence[Service]) -> AsyncIterator[CallDone | ServiceDone]:
+        stream = self.handle.run.options(num_returns="streaming").remote(list(services))
+        try:
+            async for ref in stream:
+                event: CallDone | ServiceDone = await unwrap(ref)
+                yield event
+        except BaseException:
+            ray.cancel(stream)
+            # Let the actor cancel its provider calls before anyone ends it: calls
+            # whose caller was killed would run on for nobody.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CANCEL_GRACE_SECONDS):
+                    async for _ in stream:
+                        pass
+            raise
+
+    async def calls(self) -> list[CallRecord]:
+        calls: list[CallRecord] = await unwrap(self.handle.calls.remote())
+        return calls
+
+    async def spans(self) -> list[tuple[str, Span]]:
+        spans: list[tuple[str, Span]] = await unwrap(self.handle.spans.remote())
+        return spans
+
+    def end(self) -> None:
+        ray.kill(self.handle)

@@ -10,31 +10,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import ray
-
-from actors.client import unwrap
 from actors.groups import Provider, resolve_model
-from actors.manager import NAMESPACE
 from actors.settings import Settings
 from actors.timeline import peak_overlap, percentile
-from pipelines.actor import CallDone, CallRecord, PipelineActor, ServiceDone
+from pipelines.actor import CallDone, CallRecord, PipelineRun, ServiceDone
 from pipelines.chain import Span
-from pipelines.plateau import JobSettings, Service, ServiceRecord
+from pipelines.plateau import Service, ServiceRecord
 from pipelines.results import ResultsFile
 from providers.actor import get_or_create_embedded_model, get_or_create_provider, options_for
+from providers.client import ProviderClient
 from providers.llamacpp import EMBEDDED_MODEL_ID
 
 
-def provider_for(settings: Settings, manager: Any | None) -> tuple[Any, str]:
-    """The provider actor of the configured model, and the model name it is asked for."""
+def provider_for(settings: Settings, manager: Any | None) -> tuple[ProviderClient, str]:
+    """The provider of the configured model, and the model name it is asked for."""
     model_id = settings.pipeline.model
     if model_id is None:
         options = options_for(Provider.OPENAI_COMPATIBLE, settings)
-        actor = get_or_create_embedded_model(options, manager, settings.pipeline.embedded_host)
-        return actor, EMBEDDED_MODEL_ID
+        host = settings.pipeline.embedded_host
+        return get_or_create_embedded_model(options, manager, host), EMBEDDED_MODEL_ID
     spec = resolve_model(settings.models, model_id)
-    actor = get_or_create_provider(spec, options_for(spec.provider, settings), manager)
-    return actor, settings.models[model_id].name or model_id
+    provider = get_or_create_provider(spec, options_for(spec.provider, settings), manager)
+    return provider, settings.models[model_id].name or model_id
 
 
 @dataclass
@@ -129,20 +126,13 @@ async def run_pipeline(
     """Run the job for ``services`` through ``manager`` (None: parity mode, no gating)."""
     provider, model = provider_for(settings, manager)
     # A backend that cannot serve (a model server that fails to start) ends the run here.
-    await unwrap(provider.ready.remote())
+    await provider.ready()
     job = settings.pipeline
     run_id = uuid.uuid4().hex[:8]
-    actor = PipelineActor.options(  # type: ignore[attr-defined]
-        name=f"pipeline:{run_id}", namespace=NAMESPACE
-    ).remote(
+    run = PipelineRun.start(
         provider,
-        JobSettings(
-            model=model,
-            plateaus=job.plateaus,
-            mapping_types=job.mapping_types,
-            output_attempts=job.output_attempts,
-            max_tokens=job.max_tokens,
-        ),
+        job,
+        model,
         run_id=run_id,
         priority=priority,
         sequential=not settings.queue.enabled,
@@ -160,19 +150,18 @@ async def run_pipeline(
     records: list[ServiceRecord] = []
     started = time.monotonic()
     try:
-        async for ref in actor.run.options(num_returns="streaming").remote(list(services)):
-            event = await ref
+        async for event in run.events(services):
             if isinstance(event, CallDone):
                 progress.call(event.stage)
             elif isinstance(event, ServiceDone):
                 results.append(event.record)
                 records.append(event.record)
                 progress.service(event.record)
-        calls: list[CallRecord] = await actor.calls.remote()
-        spans: list[tuple[str, Span]] = await actor.spans.remote()
-        restarts: list[str] = await provider.server_restarts.remote()
+        calls = await run.calls()
+        spans = await run.spans()
+        restarts = await provider.server_restarts()
     finally:
-        ray.kill(actor)
+        run.end()
     return Outcome(records, calls, spans, time.monotonic() - started, restarts)
 
 

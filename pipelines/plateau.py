@@ -13,13 +13,16 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from actors.errors import RaygateError
+from actors.options import CallLabels, CallOptions
+from actors.settings import PipelineSettings
 from pipelines.chain import Span, Stage, StageChain, Upstream, together
+from pipelines.errors import InvalidOutput
 from providers.errors import BadResponse
 from providers.models import ChatMessage, ChatRequest, ChatResponse, JsonSchemaFormat
 
@@ -79,24 +82,9 @@ class ServiceRecord(_Strict):
     error: str | None = None
 
 
-class InvalidOutput(RaygateError):
-    def __init__(self, stage: str, service_id: str, attempts: int, reason: str) -> None:
-        super().__init__(stage, service_id, attempts, reason)
-        self.stage = stage
-        self.service_id = service_id
-        self.attempts = attempts
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return (
-            f"{self.stage} of service {self.service_id!r}: no valid answer in "
-            f"{self.attempts} attempts; last: {self.reason}"
-        )
-
-
-# ask(request, stage=..., service_id=..., critical=...) -> the response; the caller gates
-# and records it. ``critical`` marks calls on the job's critical path.
-Ask = Callable[..., Awaitable[ChatResponse]]
+# ask(request, options) -> the response; the caller gates and records it. The job sets
+# the options' labels and ``critical`` (calls on the service's critical path).
+Ask = Callable[[ChatRequest, CallOptions], Awaitable[ChatResponse]]
 
 
 def json_schema_of(model: type[BaseModel]) -> dict[str, Any]:
@@ -125,19 +113,14 @@ def answer_format(model: type[BaseModel]) -> JsonSchemaFormat:
     )
 
 
-@dataclass(frozen=True)
-class JobSettings:
-    model: str
-    plateaus: int = 3
-    mapping_types: tuple[str, ...] = ("data", "applications", "technologies")
-    output_attempts: int = 3
-    max_tokens: int = 200
-
-
 class PlateauJob:
-    def __init__(self, ask: Ask, settings: JobSettings, *, sequential: bool = False) -> None:
+    def __init__(
+        self, ask: Ask, settings: PipelineSettings, model: str, *, sequential: bool = False
+    ) -> None:
+        """``model``: the name the backend is asked for (the settings name a registry entry)."""
         self.ask = ask
         self.settings = settings
+        self.model = model
         self.sequential = sequential
         self.spans: list[tuple[str, Span]] = []  # (service id, span), for tests and reports
 
@@ -180,7 +163,7 @@ class PlateauJob:
             f"Service: {service.name}\n{service.description}\n\n"
             "List up to 3 short ambitions for how this service should evolve."
         )
-        return await self._structured("ambitions", service, prompt, Ambitions)
+        return await self._structured(CallLabels("ambitions", service.id), prompt, Ambitions)
 
     async def _features(self, service: Service, plateau: int, upstream: Upstream) -> FeatureSet:
         before = upstream.previous.features if upstream.previous is not None else []
@@ -194,9 +177,8 @@ class PlateauJob:
         )
         # The chain of features is the job's critical path: among calls of equal
         # priority, the manager grants these first (mappings can wait a round).
-        return await self._structured(
-            f"features[{plateau}]", service, prompt, FeatureSet, critical=True
-        )
+        labels = CallLabels("features", service.id, plateau=plateau)
+        return await self._structured(labels, prompt, FeatureSet, critical=True)
 
     async def _mappings(
         self, service: Service, plateau: int, upstream: Upstream
@@ -209,9 +191,8 @@ class PlateauJob:
                 f"Service: {service.name}, plateau {plateau}. Its features:\n{listing}\n\n"
                 f"Name up to 5 {kind} these features rely on, as short nouns."
             )
-            return await self._structured(
-                f"mappings[{plateau}].{kind}", service, prompt, MappingSet
-            )
+            labels = CallLabels("mappings", service.id, plateau=plateau, mapping_type=kind)
+            return await self._structured(labels, prompt, MappingSet)
 
         kinds = self.settings.mapping_types
         results = await together(*(one(kind) for kind in kinds), sequential=self.sequential)
@@ -220,13 +201,7 @@ class PlateauJob:
     # -- structured answers -----------------------------------------------------------
 
     async def _structured(
-        self,
-        stage: str,
-        service: Service,
-        prompt: str,
-        model: type[Model],
-        *,
-        critical: bool = False,
+        self, labels: CallLabels, prompt: str, model: type[Model], *, critical: bool = False
     ) -> Model:
         messages = [
             ChatMessage(role="system", content="Answer with JSON only, matching the schema."),
@@ -234,18 +209,17 @@ class PlateauJob:
         ]
         fmt = answer_format(model)
         reason = ""
-        for _ in range(self.settings.output_attempts):
+        for attempt in range(1, self.settings.output_attempts + 1):
             request = ChatRequest(
-                model=self.settings.model,
+                model=self.model,
                 messages=tuple(messages),
                 max_tokens=self.settings.max_tokens,
                 temperature=0.0,
                 response_format=fmt,
             )
             try:
-                response = await self.ask(
-                    request, stage=stage, service_id=service.id, critical=critical
-                )
+                options = CallOptions(critical=critical, labels=replace(labels, attempt=attempt))
+                response = await self.ask(request, options)
                 return model.model_validate(response.data)
             except ValidationError as invalid:
                 reason = _first_error(invalid)
@@ -255,7 +229,9 @@ class PlateauJob:
                 ]
             except BadResponse as bad:
                 reason = bad.detail
-        raise InvalidOutput(stage, service.id, self.settings.output_attempts, reason)
+        raise InvalidOutput(
+            labels.describe(), labels.service_id, self.settings.output_attempts, reason
+        )
 
 
 def _root_cause(raised: BaseException) -> BaseException:

@@ -18,31 +18,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from actors.errors import RaygateError
+from pipelines.errors import ResultsFileError, UnusablePath
 from pipelines.plateau import ServiceRecord
-
-
-class ResultsFileError(RaygateError):
-    def __init__(self, path: str, line: int, reason: str) -> None:
-        super().__init__(path, line, reason)
-        self.path, self.line, self.reason = path, line, reason
-
-    def __str__(self) -> str:
-        return (
-            f"{self.path}, line {self.line}: not a raygate result ({self.reason}); "
-            "use another --out file, or fix or remove that line"
-        )
-
-
-class UnusablePath(RaygateError):
-    """An input or output path the job cannot use, found before any work starts."""
-
-    def __init__(self, role: str, path: str, reason: str) -> None:
-        super().__init__(role, path, reason)
-        self.role, self.path, self.reason = role, path, reason
-
-    def __str__(self) -> str:
-        return f"{self.role} {self.path}: {self.reason}"
 
 
 def check_input(path: Path) -> None:

@@ -28,11 +28,12 @@ from actors.client import ManagerClient
 from actors.groups import GroupSpec, Provider, ResourceKind, classify
 from actors.manager import NAMESPACE
 from actors.metrics import CallMetrics
+from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import Settings, TelemetrySettings
 from actors.slots import NoSlots, SlotSource
 from actors.telemetry import configure_telemetry
-from actors.waitqueue import DEFAULT_PRIORITY
 from providers.breaker import CircuitBreaker
+from providers.client import EmbeddedModelClient, ProviderClient
 from providers.factory import api_key_for, build_backend
 from providers.gated import GatedProvider
 from providers.http import Backend
@@ -83,7 +84,6 @@ class _ProviderShell:
 
     _provider: GatedProvider
     _slots: SlotSource
-    _metrics: CallMetrics
     _started: bool = False
 
     def _make(
@@ -94,7 +94,6 @@ class _ProviderShell:
         backend: Backend | None = None,
     ) -> None:
         configure_telemetry(options.telemetry)
-        self._metrics = CallMetrics()
         self._slots = ManagerClient(manager) if manager is not None else NoSlots()
         backend = backend or build_backend(
             spec,
@@ -108,6 +107,7 @@ class _ProviderShell:
             self._slots,
             retry=options.retry,
             breaker=CircuitBreaker(backend.provider, spec.id, cooldown=options.breaker_cooldown),
+            observer=CallMetrics(),
         )
 
     async def _start(self) -> None:
@@ -116,48 +116,18 @@ class _ProviderShell:
             self._started = True
 
     async def chat(
-        self,
-        request: ChatRequest,
-        priority: int = DEFAULT_PRIORITY,
-        request_id: str | None = None,
-        queue_timeout: float | None = None,
-        critical: bool = False,
-        unit: str | None = None,
-        stage: str = "",
-        service_id: str = "",
+        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
     ) -> ChatResponse:
-        """One gated call. ``stage`` and ``service_id`` only label its metrics."""
+        """One gated call."""
         await self._start()
-        call = {"group": self._provider.spec.id, "model_name": request.model, "stage": stage}
-        try:
-            response = await self._provider.chat(
-                request,
-                priority=priority,
-                request_id=request_id,
-                queue_timeout=queue_timeout,
-                critical=critical,
-                unit=unit,
-                stage=stage,
-                service_id=service_id,
-            )
-        except Exception as error:
-            self._metrics.failed(error, call)
-            raise
-        self._metrics.answered(response.latency_seconds, call, service_id)
-        return response
+        return await self._provider.chat(request, options)
 
     async def stream(
-        self,
-        request: ChatRequest,
-        priority: int = DEFAULT_PRIORITY,
-        request_id: str | None = None,
-        queue_timeout: float | None = None,
+        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
     ) -> AsyncIterator[StreamDelta]:
         """Call as ``actor.stream.options(num_returns="streaming").remote(...)``."""
         await self._start()
-        async for delta in self._provider.stream(
-            request, priority=priority, request_id=request_id, queue_timeout=queue_timeout
-        ):
+        async for delta in self._provider.stream(request, options):
             yield delta
 
     async def ready(self) -> None:
@@ -171,9 +141,7 @@ class _ProviderShell:
     async def can_run_immediately(self) -> bool:
         """Would a call start now, without waiting for a slot?"""
         await self._start()
-        if isinstance(self._slots, ManagerClient):
-            return await self._slots.can_group_run_immediately(self._provider.spec.id)
-        return True
+        return await self._slots.can_group_run_immediately(self._provider.spec.id)
 
     def group(self) -> GroupSpec:
         return self._provider.spec
@@ -241,24 +209,27 @@ def local_placement(host: str | None) -> dict[str, Any]:
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)}
 
 
-def get_or_create_provider(spec: GroupSpec, options: ProviderOptions, manager: Any | None) -> Any:
+def get_or_create_provider(
+    spec: GroupSpec, options: ProviderOptions, manager: Any | None
+) -> ProviderClient:
     """The cluster's provider actor for this group; ``manager=None`` calls without gating."""
     # Gated and direct (parity mode) actors of one group are different actors.
     name = f"provider:{spec.id}" if manager is not None else f"provider:{spec.id}:direct"
-    return ProviderActor.options(  # type: ignore[attr-defined]
+    handle = ProviderActor.options(  # type: ignore[attr-defined]
         name=name,
         namespace=NAMESPACE,
         get_if_exists=True,
         lifetime="detached",
         **placement(spec),
     ).remote(spec, options, manager)
+    return ProviderClient(handle)
 
 
 def get_or_create_embedded_model(
     options: ProviderOptions, manager: Any | None, host: str | None = None
-) -> Any:
+) -> EmbeddedModelClient:
     """The cluster's embedded model server on ``host`` (the caller's node when None)."""
-    return EmbeddedModelActor.options(  # type: ignore[attr-defined]
+    handle = EmbeddedModelActor.options(  # type: ignore[attr-defined]
         name=f"provider:embedded-{EMBEDDED_MODEL_ID}@{host or 'local'}"
         + ("" if manager is not None else ":direct"),
         namespace=NAMESPACE,
@@ -266,3 +237,4 @@ def get_or_create_embedded_model(
         lifetime="detached",
         **local_placement(host),
     ).remote(options, manager, host)
+    return EmbeddedModelClient(handle)

@@ -13,20 +13,28 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Protocol
 
 from opentelemetry.trace import StatusCode
 
 from actors.groups import GroupSpec
+from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.slots import SlotSource
 from actors.telemetry import tracer
-from actors.waitqueue import DEFAULT_PRIORITY
 from providers.breaker import CircuitBreaker
 from providers.http import Backend
 from providers.models import ChatRequest, ChatResponse, StreamDelta
 from providers.retry import RetryPolicy, with_retries
+
+
+class CallObserver(Protocol):
+    """Told how each call ended (the provider actor turns this into metrics)."""
+
+    def answered(self, seconds: float, call: dict[str, str], service_id: str) -> None: ...
+
+    def failed(self, error: BaseException, call: dict[str, str]) -> None: ...
 
 
 class GatedProvider:
@@ -41,8 +49,10 @@ class GatedProvider:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        observer: CallObserver | None = None,
     ) -> None:
         self.backend = backend
+        self.observer = observer
         self.spec = spec
         self.slots = slots
         self.retry = retry or RetryPolicy()
@@ -55,32 +65,22 @@ class GatedProvider:
         await self.slots.register(self.spec)
 
     async def chat(
-        self,
-        request: ChatRequest,
-        *,
-        priority: int = DEFAULT_PRIORITY,
-        request_id: str | None = None,
-        queue_timeout: float | None = None,
-        critical: bool = False,
-        unit: str | None = None,
-        stage: str = "",
-        service_id: str = "",
+        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
     ) -> ChatResponse:
-        attributes = self._attributes(request, priority, stage, service_id)
+        with self._observed(request, options) as answered:
+            response = await self._chat(request, options)
+            answered(response.latency_seconds)
+        return response
+
+    async def _chat(self, request: ChatRequest, options: CallOptions) -> ChatResponse:
+        attributes = self._attributes(request, options)
         waited = 0.0
         started_at = 0.0
 
         async def attempt() -> ChatResponse:
             nonlocal waited, started_at
             with self.breaker.guard():
-                async with self._acquired(
-                    attributes,
-                    priority=priority,
-                    critical=critical,
-                    unit=unit,
-                    request_id=request_id,
-                    timeout=queue_timeout,
-                ) as wait:
+                async with self._acquired(attributes, options) as wait:
                     waited += wait
                     started_at = time.time()
                     with tracer().start_as_current_span("raygate.call", attributes=attributes):
@@ -91,27 +91,31 @@ class GatedProvider:
         )
         return response.model_copy(update={"queue_wait_seconds": waited, "started_at": started_at})
 
-    def _attributes(
-        self, request: ChatRequest, priority: int, stage: str, service_id: str
-    ) -> dict[str, str | int]:
+    def _attributes(self, request: ChatRequest, options: CallOptions) -> dict[str, str | int]:
         """What every span of a call carries."""
-        return {
+        labels = options.labels
+        attributes: dict[str, str | int] = {
             "raygate.group": self.spec.id,
             "gen_ai.request.model": request.model,
-            "raygate.stage": stage,
-            "raygate.service_id": service_id,
-            "raygate.priority": priority,
+            "raygate.stage": labels.stage,
+            "raygate.service_id": labels.service_id,
+            "raygate.priority": options.priority,
         }
+        if labels.plateau is not None:
+            attributes["raygate.plateau"] = labels.plateau
+        if options.request_id is not None:
+            attributes["raygate.request_id"] = options.request_id
+        return attributes
 
     @asynccontextmanager
     async def _acquired(
-        self, attributes: dict[str, str | int], **slot: Any
+        self, attributes: dict[str, str | int], options: CallOptions
     ) -> AsyncIterator[float]:
         """Hold a slot of the group; the wait for it is a span of its own, and yielded."""
         span = tracer().start_span("raygate.acquire", attributes=attributes)
         asked = self._clock()
         try:
-            async with self.slots.slot(self.spec.id, **slot):
+            async with self.slots.slot(self.spec.id, options):
                 wait = self._clock() - asked
                 span.set_attribute("raygate.wait_seconds", wait)
                 span.end()
@@ -124,25 +128,39 @@ class GatedProvider:
             raise
 
     async def stream(
-        self,
-        request: ChatRequest,
-        *,
-        priority: int = DEFAULT_PRIORITY,
-        request_id: str | None = None,
-        queue_timeout: float | None = None,
+        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
     ) -> AsyncIterator[StreamDelta]:
         """Stream one answer, holding the slot until its last piece.
 
         Not retried: a caller may already have used the pieces it got.
         """
-        attributes = self._attributes(request, priority, "", "")
-        with self.breaker.guard():
-            async with self._acquired(
-                attributes, priority=priority, request_id=request_id, timeout=queue_timeout
-            ):
+        attributes = self._attributes(request, options)
+        with self._observed(request, options) as answered, self.breaker.guard():
+            async with self._acquired(attributes, options):
+                started = self._clock()
                 with tracer().start_as_current_span("raygate.call", attributes=attributes):
                     async for delta in self.backend.stream(request):
                         yield delta
+                answered(self._clock() - started)
+
+    @contextmanager
+    def _observed(
+        self, request: ChatRequest, options: CallOptions
+    ) -> Iterator[Callable[[float], None]]:
+        """Tell the observer how a call ended: its seconds holding the slot, or its error."""
+        call = {"group": self.spec.id, "model_name": request.model, "stage": options.labels.stage}
+        service_id = options.labels.service_id
+
+        def answered(seconds: float) -> None:
+            if self.observer is not None:
+                self.observer.answered(seconds, call, service_id)
+
+        try:
+            yield answered
+        except Exception as error:
+            if self.observer is not None:
+                self.observer.failed(error, call)
+            raise
 
     async def aclose(self) -> None:
         await self.backend.aclose()

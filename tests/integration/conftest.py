@@ -123,8 +123,18 @@ def records(out: Path) -> list[dict[str, Any]]:
 
 
 def pending_is(client: ManagerClient, group: str, count: int) -> Callable[[], Awaitable[bool]]:
+    return _level_is(client, "pending_by_group", group, count)
+
+
+def active_is(client: ManagerClient, group: str, count: int) -> Callable[[], Awaitable[bool]]:
+    return _level_is(client, "active_by_group", group, count)
+
+
+def _level_is(
+    client: ManagerClient, level: str, group: str, count: int
+) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
-        return (await client.stats()).pending_by_group.get(group) == count
+        return bool(getattr(await client.stats(), level).get(group) == count)
 
     return check
 

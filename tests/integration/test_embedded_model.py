@@ -22,6 +22,7 @@ from actors.settings import PipelineSettings, ProviderSettings, Settings
 from pipelines.job import summary
 from pipelines.plateau import Service
 from providers.actor import ProviderOptions, get_or_create_embedded_model
+from providers.client import EmbeddedModelClient
 from providers.llamacpp import EMBEDDED_MODEL_ID
 from providers.models import ChatMessage, ChatRequest, JsonSchemaFormat
 from tests.integration.conftest import (
@@ -71,21 +72,23 @@ def process_gone(pid: int) -> bool:
 
 
 @pytest.fixture
-async def embedded(make_manager: ManagerFactory) -> AsyncIterator[tuple[Any, ManagerClient]]:
+async def embedded(
+    make_manager: ManagerFactory,
+) -> AsyncIterator[tuple[EmbeddedModelClient, ManagerClient]]:
     client = make_manager()
     actor = get_or_create_embedded_model(ProviderOptions(timeout=120), client.handle, GPU_HOST)
     yield actor, client
-    ray.kill(actor)
+    ray.kill(actor.handle)
 
 
 async def test_json_schema_chat_returns_valid_json_from_the_gpu_host(
-    cluster: Nodes, embedded: tuple[Any, ManagerClient]
+    cluster: Nodes, embedded: tuple[EmbeddedModelClient, ManagerClient]
 ) -> None:
     actor, _ = embedded
 
-    response = await actor.chat.remote(ask("Name a large city in France and its country."))
+    response = await actor.chat(ask("Name a large city in France and its country."))
 
-    assert await actor.node_id.remote() == cluster.gpu
+    assert await actor.node_id() == cluster.gpu
     assert json.loads(response.text) == response.data
     assert set(response.data) >= {"city", "country"}
     assert response.group.startswith("local-openai-compatible-http://127.0.0.1:")
@@ -93,12 +96,12 @@ async def test_json_schema_chat_returns_valid_json_from_the_gpu_host(
 
 
 async def test_concurrent_requests_are_served_one_at_a_time(
-    embedded: tuple[Any, ManagerClient],
+    embedded: tuple[EmbeddedModelClient, ManagerClient],
 ) -> None:
     actor, client = embedded
     questions = [f"Name city number {i} of Europe and its country." for i in range(5)]
 
-    responses = await asyncio.gather(*(actor.chat.remote(ask(q)) for q in questions))
+    responses = await asyncio.gather(*(actor.chat(ask(q)) for q in questions))
 
     assert all(isinstance(r.data, dict) for r in responses)
     group = (await client.stats()).groups[responses[0].group]
@@ -110,15 +113,14 @@ async def test_server_process_is_gone_after_shutdown_and_after_a_kill(
 ) -> None:
     client = make_manager()
     first = get_or_create_embedded_model(ProviderOptions(), client.handle, GPU_HOST)
-    pid = await first.server_pid.remote()
+    pid = await first.server_pid()
     assert not process_gone(pid)
-    with pytest.raises(ray.exceptions.RayActorError):
-        await first.shutdown.remote()
+    await first.shutdown()
     assert process_gone(pid)
 
     second = get_or_create_embedded_model(ProviderOptions(), client.handle, GPU_HOST)
-    pid = await second.server_pid.remote()
-    ray.kill(second)  # SIGKILL: no clean-up code runs in the actor
+    pid = await second.server_pid()
+    ray.kill(second.handle)  # SIGKILL: no clean-up code runs in the actor
 
     async def gone() -> bool:
         return process_gone(pid)
@@ -142,8 +144,9 @@ def small_job(**providers: Any) -> Settings:
     )
 
 
-def embedded_actor() -> Any:
-    return ray.get_actor(f"provider:embedded-{EMBEDDED_MODEL_ID}@{GPU_HOST}", namespace=NAMESPACE)
+def embedded_actor() -> EmbeddedModelClient:
+    name = f"provider:embedded-{EMBEDDED_MODEL_ID}@{GPU_HOST}"
+    return EmbeddedModelClient(ray.get_actor(name, namespace=NAMESPACE))
 
 
 async def kill_the_server_after(client: ManagerClient, calls: int, how: signal.Signals) -> str:
@@ -153,7 +156,7 @@ async def kill_the_server_after(client: ManagerClient, calls: int, how: signal.S
         return sum(g.granted for g in (await client.stats()).groups.values()) >= calls
 
     await wait_until(granted, f"{calls} calls granted", timeout=120)
-    pid = await embedded_actor().server_pid.remote()
+    pid = await embedded_actor().server_pid()
     os.kill(pid, how)
     return f"killed by {how.name} (pid {pid})"
 
@@ -175,8 +178,8 @@ async def test_a_server_killed_mid_job_is_restarted_and_every_service_finishes(
     )
     # The restarted server dies with its actor too.
     actor = embedded_actor()
-    restarted = await actor.server_pid.remote()
-    ray.kill(actor)
+    restarted = await actor.server_pid()
+    ray.kill(actor.handle)
 
     async def gone() -> bool:
         return process_gone(restarted)

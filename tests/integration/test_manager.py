@@ -16,6 +16,7 @@ from actors.client import ManagerClient
 from actors.errors import AcquireTimeout, InvalidPriority, QueueFull, UnknownGroup, UnknownModel
 from actors.groups import ModelEntry
 from actors.manager import NAMESPACE, get_or_create_manager
+from actors.options import CallOptions
 from actors.settings import QueueSettings, Settings
 from tests.integration.conftest import (
     LOCAL_SERVER,
@@ -37,7 +38,10 @@ class Caller:
         self.client = ManagerClient(manager)
 
     async def post_in_slot(self, group: str, priority: int, url: str) -> int:
-        async with self.client.slot(group, priority=priority), httpx.AsyncClient() as http:
+        async with (
+            self.client.slot(group, CallOptions(priority=priority)),
+            httpx.AsyncClient() as http,
+        ):
             response = await http.post(url, json={"priority": priority})
             response.raise_for_status()
         return priority
@@ -77,9 +81,12 @@ async def test_release_and_stats_answer_while_5000_acquires_wait(
 ) -> None:
     client = make_manager(LOCAL_SERVER)
     handle = client.handle
-    holder = await handle.acquire.remote(LOCAL_SERVER.id, "holder", lease_id="holder")
+    holder = await handle.acquire.remote(
+        LOCAL_SERVER.id, "holder", CallOptions(request_id="holder")
+    )
     waiting = [
-        handle.acquire.remote(LOCAL_SERVER.id, f"w{i}", lease_id=f"w{i}") for i in range(5000)
+        handle.acquire.remote(LOCAL_SERVER.id, f"w{i}", CallOptions(request_id=f"w{i}"))
+        for i in range(5000)
     ]
     # All 5,000 are in the manager's own queue: Ray's 1,000-call default did not hold any back.
     await wait_until(pending_is(client, LOCAL_SERVER.id, 5000), "5,000 queued acquires")
@@ -113,7 +120,7 @@ async def test_slot_of_a_killed_holder_comes_back_after_the_ttl(
     assert (stats.active_by_group[LOCAL_SERVER.id], stats.groups[LOCAL_SERVER.id].expired) == (1, 0)
 
     ray.kill(holder)
-    async with client.slot(LOCAL_SERVER.id, timeout=30) as lease:
+    async with client.slot(LOCAL_SERVER.id, CallOptions(queue_timeout=30)) as lease:
         assert lease.group == LOCAL_SERVER.id
 
     stats = await client.stats()
@@ -178,7 +185,9 @@ async def test_global_cap_makes_an_unlimited_group_wait(make_manager: ManagerFac
 
     async with client.slot(REMOTE_API.id):
         with pytest.raises(AcquireTimeout) as caught:
-            async with client.slot(REMOTE_API.id, request_id="second", timeout=0.2):
+            async with client.slot(
+                REMOTE_API.id, CallOptions(request_id="second", queue_timeout=0.2)
+            ):
                 pass
 
     assert caught.value.request_id == "second"
@@ -190,7 +199,7 @@ async def test_full_queue_refuses_through_the_actor(make_manager: ManagerFactory
     handle = client.handle
 
     async with client.slot(LOCAL_SERVER.id):
-        handle.acquire.remote(LOCAL_SERVER.id, "queued", lease_id="queued")
+        handle.acquire.remote(LOCAL_SERVER.id, "queued", CallOptions(request_id="queued"))
         await wait_until(pending_is(client, LOCAL_SERVER.id, 1), "one queued acquire")
         with pytest.raises(QueueFull) as caught:
             async with client.slot(LOCAL_SERVER.id):
@@ -209,7 +218,7 @@ async def test_bad_requests_get_typed_errors_through_the_actor(
         async with client.slot("no-such-group"):
             pass
     with pytest.raises(InvalidPriority):
-        async with client.slot(LOCAL_SERVER.id, priority=11):
+        async with client.slot(LOCAL_SERVER.id, CallOptions(priority=11)):
             pass
     with pytest.raises(UnknownModel, match="unknown model 'gpt-5'"):
         await client.can_run_immediately("gpt-5")

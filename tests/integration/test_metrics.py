@@ -13,6 +13,7 @@ import ray
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.groups import classify
+from actors.options import CallLabels, CallOptions
 from actors.settings import TelemetrySettings
 from providers.actor import ProviderOptions, get_or_create_provider
 from providers.llamacpp import free_loopback_port
@@ -23,6 +24,10 @@ from tests.support.fake_llm import FakeLLMServer, OllamaDialect
 REQUEST = ChatRequest(model="m", messages=(ChatMessage(role="user", content="hi"),))
 
 pytestmark = pytest.mark.ray
+
+
+def labelled(stage: str, service_id: str) -> CallOptions:
+    return CallOptions(labels=CallLabels(stage=stage, service_id=service_id))
 
 
 def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -80,10 +85,10 @@ async def test_call_seconds_reach_the_prometheus_endpoint_of_the_providers_node(
         actor = get_or_create_provider(spec, ProviderOptions(timeout=30), client.handle)
         try:
             for _ in range(3):
-                await actor.chat.remote(REQUEST, stage="features", service_id="svc-metrics")
-            node = await actor.node_id.remote()
+                await actor.chat(REQUEST, labelled("features", "svc-metrics"))
+            node = await actor.node_id()
         finally:
-            ray.kill(actor)
+            ray.kill(actor.handle)
     port = next(n["MetricsExportPort"] for n in ray.nodes() if n["NodeID"] == node)
     call = {"group": spec.id, "model_name": "m", "stage": "features"}
     labels = {**call, "service_id": "svc-metrics"}
@@ -111,11 +116,11 @@ async def test_a_provider_serves_its_opentelemetry_metrics_to_prometheus_when_to
         actor = get_or_create_provider(spec, options, client.handle)
         try:
             for _ in range(2):
-                await actor.chat.remote(REQUEST, stage="mappings", service_id="svc-otel")
+                await actor.chat(REQUEST, labelled("mappings", "svc-otel"))
             # Read while the actor lives: its process serves the endpoint.
             samples = await asyncio.to_thread(scrape, port)
         finally:
-            ray.kill(actor)
+            ray.kill(actor.handle)
 
     call = {"group": spec.id, "model_name": "m", "stage": "mappings"}
     assert value(samples, "llm_calls_total", **call, outcome="ok") == 2
@@ -151,9 +156,9 @@ async def test_the_grafana_dashboard_reads_series_and_labels_the_nodes_export(
         spec = classify("ollama", backend.url, host=GPU_HOST)
         actor = get_or_create_provider(spec, ProviderOptions(timeout=30), client.handle)
         try:
-            await actor.chat.remote(REQUEST, stage="features", service_id="svc-dashboard")
+            await actor.chat(REQUEST, labelled("features", "svc-dashboard"))
         finally:
-            ray.kill(actor)
+            ray.kill(actor.handle)
     ports = [node["MetricsExportPort"] for node in ray.nodes() if node["Alive"]]
 
     async def found() -> dict[str, set[str]]:

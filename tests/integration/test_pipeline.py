@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from pipelines.plateau import Service, ServiceRecord
 from pipelines.results import ResultsFile
 from tests.integration.conftest import (
     ManagerFactory,
+    active_is,
     cli,
     pending_is,
     records,
@@ -32,8 +34,9 @@ from tests.integration.conftest import (
     wait_until,
     write_services,
 )
-from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
+from tests.support.fake_llm import Fail, FakeLLMServer, OpenAIDialect, SayJson, Script
 from tests.support.plateau_backend import plateau_answer
+from tests.support.probe_server import Received
 
 pytestmark = pytest.mark.ray
 
@@ -99,6 +102,63 @@ async def test_with_one_slot_started_services_finish_before_new_ones_start(
         c.started_at for c in outcome.calls if c.service_id == "svc-3" and c.stage == "mappings"
     )
     assert first_written < second_last_mappings
+
+
+async def test_a_failing_call_cancels_its_waiting_and_running_siblings_in_the_manager(
+    make_manager: ManagerFactory, tmp_path: Path
+) -> None:
+    mappings = itertools.count()
+
+    def first_mapping_fails(request: Received) -> Script:
+        answer = plateau_answer(request)
+        if request.body["response_format"]["json_schema"]["name"] != "mappingset":
+            return answer
+        if next(mappings) == 0:
+            return Fail(400, "mapping refused", delay=0.3)
+        assert isinstance(answer, SayJson)
+        return replace(answer, delay=10.0)  # would hold its slot 10 s if not cancelled
+
+    with FakeLLMServer(OpenAIDialect(), responder=first_mapping_fails) as backend:
+        group = group_of(backend)
+        client = make_manager(group_limits={group: 2})
+        settings = settings_for(backend, plateaus=1)
+
+        # 3 mapping calls on 2 slots: the first fails while another runs and one waits.
+        outcome = await run([PAYMENTS], settings, tmp_path / "out.jsonl", client.handle)
+
+        (record,) = outcome.records
+        assert record.status == "failed"
+        assert record.error == "openai-compatible: mapping refused (HTTP 400)"
+        # The backend holds each sibling 10 s; the manager is empty long before: their
+        # calls were cancelled (left the queue, or gave their slot back mid-call).
+        await wait_until(pending_is(client, group, 0), "the waiting sibling to leave", 2.0)
+        await wait_until(active_is(client, group, 0), "the running siblings to give back", 2.0)
+        assert backend.max_in_flight == 2
+
+
+async def test_a_cancelled_run_leaves_the_queue_and_gives_its_slots_back(
+    make_manager: ManagerFactory, tmp_path: Path
+) -> None:
+    def slow(request: Received) -> Script:
+        answer = plateau_answer(request)
+        assert isinstance(answer, SayJson)
+        return replace(answer, delay=10.0)  # would hold its slot 10 s if not cancelled
+
+    with FakeLLMServer(OpenAIDialect(), responder=slow) as backend:
+        group = group_of(backend)
+        client = make_manager(group_limits={group: 1})
+        services = [Service(id=f"svc-{i}", name=f"Service {i}") for i in range(3)]
+        out = tmp_path / "out.jsonl"
+        job = asyncio.create_task(run(services, settings_for(backend), out, client.handle))
+
+        # One call runs, the other services' first calls wait: then the caller gives up.
+        await wait_until(pending_is(client, group, 5), "the run's first calls to queue")
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+
+        await wait_until(pending_is(client, group, 0), "the waiting calls to leave", 2.0)
+        await wait_until(active_is(client, group, 0), "the running call to give back", 2.0)
 
 
 async def test_with_the_queue_off_every_call_runs_alone_in_order(

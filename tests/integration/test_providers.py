@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import ray
@@ -14,6 +13,7 @@ from pydantic import SecretStr
 from actors.client import ManagerClient
 from actors.groups import GroupSpec, classify
 from providers.actor import ProviderOptions, get_or_create_provider
+from providers.client import ProviderClient
 from providers.errors import AuthenticationFailed
 from providers.models import ChatMessage, ChatRequest
 from tests.integration.conftest import GPU_HOST, ManagerFactory, Nodes
@@ -24,20 +24,20 @@ pytestmark = pytest.mark.ray
 KEY = "sk-ant-integration-0123"
 REQUEST = ChatRequest(model="m", messages=(ChatMessage(role="user", content="hi"),))
 
-ProviderFactory = Callable[[GroupSpec, ProviderOptions, ManagerClient], Any]
+ProviderFactory = Callable[[GroupSpec, ProviderOptions, ManagerClient], ProviderClient]
 
 
 @pytest.fixture
 def make_provider(ray_session: None) -> Iterator[ProviderFactory]:
-    actors: list[Any] = []
+    providers: list[ProviderClient] = []
 
-    def make(spec: GroupSpec, options: ProviderOptions, client: ManagerClient) -> Any:
-        actors.append(get_or_create_provider(spec, options, client.handle))
-        return actors[-1]
+    def make(spec: GroupSpec, options: ProviderOptions, client: ManagerClient) -> ProviderClient:
+        providers.append(get_or_create_provider(spec, options, client.handle))
+        return providers[-1]
 
     yield make
-    for actor in actors:
-        ray.kill(actor)
+    for provider in providers:
+        ray.kill(provider.handle)
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def local_ollama() -> Iterator[FakeLLMServer]:
 class LocalRig:
     client: ManagerClient
     spec: GroupSpec
-    actor: Any
+    actor: ProviderClient
 
 
 @pytest.fixture
@@ -72,8 +72,8 @@ def anthropic() -> Iterator[FakeLLMServer]:
 async def test_local_server_actor_runs_on_its_gpu_host_and_one_call_at_a_time(
     cluster: Nodes, local: LocalRig, local_ollama: FakeLLMServer
 ) -> None:
-    assert await local.actor.node_id.remote() == cluster.gpu
-    responses = await asyncio.gather(*(local.actor.chat.remote(REQUEST) for _ in range(20)))
+    assert await local.actor.node_id() == cluster.gpu
+    responses = await asyncio.gather(*(local.actor.chat(REQUEST) for _ in range(20)))
 
     assert [r.text for r in responses] == ["ok"] * 20
     assert local_ollama.max_in_flight == 1
@@ -94,8 +94,8 @@ async def test_remote_api_calls_overlap_while_the_local_group_stays_at_one(
     remote = make_provider(remote_spec, ProviderOptions(api_key=SecretStr(KEY), timeout=30), client)
 
     await asyncio.gather(
-        *(remote.chat.remote(REQUEST) for _ in range(20)),
-        *(local.chat.remote(REQUEST) for _ in range(20)),
+        *(remote.chat(REQUEST) for _ in range(20)),
+        *(local.chat(REQUEST) for _ in range(20)),
     )
 
     # 20 calls that each take 0.3 s at the server: they ran side by side.
@@ -111,9 +111,7 @@ async def test_remote_api_calls_overlap_while_the_local_group_stays_at_one(
 async def test_stream_through_the_actor_holds_the_slot_until_the_end(local: LocalRig) -> None:
     request = REQUEST.model_copy(update={"stream": True})
 
-    pieces = []
-    async for ref in local.actor.stream.options(num_returns="streaming").remote(request):
-        pieces.append(await ref)
+    pieces = [piece async for piece in local.actor.stream(request)]
 
     assert "".join(p.text for p in pieces) == "ok"
     assert pieces[-1].finish_reason == "stop"
@@ -122,9 +120,9 @@ async def test_stream_through_the_actor_holds_the_slot_until_the_end(local: Loca
 
 
 async def test_can_run_immediately_follows_the_groups_slot(local: LocalRig) -> None:
-    assert await local.actor.can_run_immediately.remote()
+    assert await local.actor.can_run_immediately()
     async with local.client.slot(local.spec.id):
-        assert not await local.actor.can_run_immediately.remote()
+        assert not await local.actor.can_run_immediately()
 
 
 async def test_typed_provider_error_crosses_the_actor_boundary(
@@ -136,5 +134,5 @@ async def test_typed_provider_error_crosses_the_actor_boundary(
     anthropic.script(Fail(401, "invalid x-api-key"))
 
     with pytest.raises(AuthenticationFailed, match=r"anthropic: invalid x-api-key \(HTTP 401\)"):
-        await actor.chat.remote(REQUEST)
+        await actor.chat(REQUEST)
     assert (await client.stats()).total_active == 0

@@ -30,6 +30,7 @@ class Say:
 @dataclass(frozen=True)
 class SayJson:
     data: dict[str, Any] = field(default_factory=dict)
+    delay: float = 0.0  # seconds before the answer
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class RateLimit:
 class Fail:
     status: int = 500
     message: str = "internal error"
+    delay: float = 0.0  # seconds before the answer
 
 
 @dataclass(frozen=True)
@@ -337,14 +339,18 @@ class FakeLLMServer(ProbeServer):
                 if dialect.streaming(body):
                     return dialect.stream((text,))
                 return dialect.answer(text, body, (i, o))
-            case SayJson(data):
-                return dialect.answer_json(data, body)
+            case SayJson(data, delay):
+                reply = dialect.answer_json(data, body)
+                reply.delay = delay
+                return reply
             case Stream(pieces):
                 return dialect.stream(pieces)
             case RateLimit(retry_after):
                 return dialect.error(429, "rate limited", {"Retry-After": retry_after})
-            case Fail(status, message):
-                return dialect.error(status, message)
+            case Fail(status, message, delay):
+                reply = dialect.error(status, message)
+                reply.delay = delay
+                return reply
             case Slow(seconds):
                 reply = dialect.answer("late", body, (1, 1))
                 reply.delay = seconds

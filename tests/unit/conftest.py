@@ -8,6 +8,7 @@ import pytest
 
 from actors.engine import Lease, SlotEngine
 from actors.groups import GroupSpec, classify
+from actors.options import CallOptions
 
 EPOCH = 7
 
@@ -46,7 +47,7 @@ class Harness:
         """Acquire for ``request`` (``options``: critical, unit); return its lease id."""
         lease_id = self.lease_id()
         lease = self.engine.acquire(
-            spec.id, request, lease_id=lease_id, priority=priority, **options
+            spec.id, lease_id, CallOptions(priority=priority, request_id=request, **options)
         )
         if lease is not None:
             self.leases[request] = lease

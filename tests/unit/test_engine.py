@@ -14,6 +14,7 @@ from actors.errors import (
     QueueFull,
     UnknownGroup,
 )
+from actors.options import CallOptions
 from tests.unit.conftest import (
     ANTHROPIC,
     EPOCH,
@@ -233,7 +234,7 @@ def test_cancel_arriving_before_its_acquire_makes_the_acquire_fail(harness: Harn
     assert harness.engine.cancel(lease_id) == []
 
     with pytest.raises(LeaseRetired, match=f"lease id '{lease_id}' was cancelled or released"):
-        harness.engine.acquire(LOCAL_OLLAMA.id, "r", lease_id=lease_id)
+        harness.engine.acquire(LOCAL_OLLAMA.id, lease_id, CallOptions(request_id="r"))
     stats = harness.engine.stats()
     assert (stats.total_active, stats.total_pending, stats.late_acquires) == (0, 0, 1)
 
@@ -243,7 +244,7 @@ def test_release_arriving_before_its_acquire_makes_the_acquire_fail(harness: Har
     assert harness.engine.release(lease_id, EPOCH) == []
 
     with pytest.raises(LeaseRetired):
-        harness.engine.acquire(ANTHROPIC.id, "r", lease_id=lease_id)
+        harness.engine.acquire(ANTHROPIC.id, lease_id, CallOptions(request_id="r"))
     assert harness.engine.stats().total_active == 0
 
 
@@ -445,19 +446,13 @@ def test_stats_snapshot_survives_pickling(harness: Harness) -> None:
 
 
 @pytest.mark.parametrize("priority", [0, 11, -1, "5", 5.0, True])
-def test_priority_outside_1_to_10_is_refused(harness: Harness, priority: object) -> None:
+def test_priority_outside_1_to_10_is_refused(priority: object) -> None:
     with pytest.raises(InvalidPriority) as caught:
-        harness.engine.acquire(
-            LOCAL_OLLAMA.id,
-            "r",
-            lease_id=harness.lease_id(),
-            priority=priority,  # type: ignore[arg-type]
-        )
+        CallOptions(priority=priority)  # type: ignore[arg-type]
 
     assert str(caught.value) == (
         f"priority must be an integer from 1 to 10 (higher runs first), got {priority!r}"
     )
-    assert harness.engine.stats().total_active == 0
 
 
 def test_unknown_group_is_refused_and_the_known_groups_named() -> None:
@@ -465,7 +460,7 @@ def test_unknown_group_is_refused_and_the_known_groups_named() -> None:
     engine.register(LOCAL_OLLAMA)
 
     with pytest.raises(UnknownGroup) as caught:
-        engine.acquire("local-ollama-http://elsewhere:1", "r", lease_id="x")
+        engine.acquire("local-ollama-http://elsewhere:1", "x", CallOptions(request_id="r"))
 
     assert str(caught.value) == (
         "unknown concurrency group 'local-ollama-http://elsewhere:1'; registered groups: "
@@ -475,12 +470,12 @@ def test_unknown_group_is_refused_and_the_known_groups_named() -> None:
 
 
 def test_reused_lease_id_is_refused(harness: Harness) -> None:
-    harness.engine.acquire(LOCAL_OLLAMA.id, "a", lease_id="same")
-    harness.engine.acquire(LOCAL_OLLAMA.id, "b", lease_id="waiting")
+    harness.engine.acquire(LOCAL_OLLAMA.id, "same", CallOptions(request_id="a"))
+    harness.engine.acquire(LOCAL_OLLAMA.id, "waiting", CallOptions(request_id="b"))
 
     for lease_id in ("same", "waiting"):
         with pytest.raises(DuplicateLease, match=f"lease id '{lease_id}' is already"):
-            harness.engine.acquire(LOCAL_OLLAMA.id, "c", lease_id=lease_id)
+            harness.engine.acquire(LOCAL_OLLAMA.id, lease_id, CallOptions(request_id="c"))
 
 
 class Recorder:

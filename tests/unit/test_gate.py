@@ -12,6 +12,7 @@ import pytest
 from actors.engine import Lease, SlotEngine
 from actors.errors import AcquireTimeout
 from actors.gate import SlotGate
+from actors.options import CallOptions
 from actors.stats import QueueStats
 from tests.unit.conftest import EPOCH, LOCAL_OLLAMA
 
@@ -41,15 +42,14 @@ def snapshot(gate: SlotGate) -> QueueStats:
     return gate.inspect(gate.engine.stats)
 
 
-def acquire(gate: SlotGate, request: str, priority: int = 5, **kw: float) -> asyncio.Task[Lease]:
-    return asyncio.create_task(
-        gate.acquire(GROUP, request, lease_id=f"lease-{next(_ids)}", priority=priority, **kw)
-    )
+def acquire(gate: SlotGate, request: str, priority: int = 5) -> asyncio.Task[Lease]:
+    options = CallOptions(priority=priority, request_id=request)
+    return asyncio.create_task(gate.acquire(GROUP, f"lease-{next(_ids)}", options))
 
 
 async def held_with_one_waiter(gate: SlotGate) -> tuple[Lease, asyncio.Task[Lease]]:
     """The group's only slot held, and one request queued behind it."""
-    holder = await gate.acquire(GROUP, "holder", lease_id="h")
+    holder = await gate.acquire(GROUP, "h", CallOptions(request_id="holder"))
     waiter = acquire(gate, "waiter")
     await queued(gate, 1)
     return holder, waiter
@@ -82,10 +82,10 @@ async def test_timeout_raises_typed_error_and_leaves_the_queue(
     make_gate: GateFactory,
 ) -> None:
     gate = make_gate()
-    await gate.acquire(GROUP, "holder", lease_id="h")
+    await gate.acquire(GROUP, "h", CallOptions(request_id="holder"))
 
     with pytest.raises(AcquireTimeout) as caught:
-        await gate.acquire(GROUP, "late", lease_id="l", timeout=0.01)
+        await gate.acquire(GROUP, "l", CallOptions(request_id="late", queue_timeout=0.01))
 
     assert str(caught.value) == (
         f"request 'late' got no slot in group '{GROUP}' within 0.01s; it left the queue"
@@ -112,8 +112,8 @@ async def test_explicit_cancel_ends_the_waiting_acquire_at_once(
     make_gate: GateFactory,
 ) -> None:
     gate = make_gate()
-    await gate.acquire(GROUP, "holder", lease_id="h")
-    waiter = asyncio.create_task(gate.acquire(GROUP, "w", lease_id="w"))
+    await gate.acquire(GROUP, "h", CallOptions(request_id="holder"))
+    waiter = asyncio.create_task(gate.acquire(GROUP, "w", CallOptions(request_id="w")))
     await queued(gate, 1)
 
     gate.cancel("w")
@@ -129,7 +129,7 @@ async def test_waiter_cancelled_in_the_instant_of_its_grant_passes_the_slot_on(
     make_gate: GateFactory,
 ) -> None:
     gate = make_gate()
-    holder = await gate.acquire(GROUP, "holder", lease_id="h")
+    holder = await gate.acquire(GROUP, "h", CallOptions(request_id="holder"))
     racer = acquire(gate, "racer", priority=9)
     nxt = acquire(gate, "next", priority=1)
     await queued(gate, 2)
@@ -150,9 +150,11 @@ async def test_unreleased_lease_is_reclaimed_by_the_expiry_timer(
     make_gate: GateFactory,
 ) -> None:
     gate = make_gate(lease_ttl=0.05)
-    await gate.acquire(GROUP, "crashed", lease_id="c")
+    await gate.acquire(GROUP, "c", CallOptions(request_id="crashed"))
 
-    lease = await asyncio.wait_for(gate.acquire(GROUP, "next", lease_id="n"), timeout=5)
+    lease = await asyncio.wait_for(
+        gate.acquire(GROUP, "n", CallOptions(request_id="next")), timeout=5
+    )
 
     assert lease.request_id == "next"
     assert snapshot(gate).groups[GROUP].expired == 1
@@ -160,7 +162,7 @@ async def test_unreleased_lease_is_reclaimed_by_the_expiry_timer(
 
 async def test_priorities_decide_the_order_of_wake_ups(make_gate: GateFactory) -> None:
     gate = make_gate()
-    holder = await gate.acquire(GROUP, "holder", lease_id="h")
+    holder = await gate.acquire(GROUP, "h", CallOptions(request_id="holder"))
     priorities = [3, 9, 5, 9, 1, 7]
     waiters = [acquire(gate, f"p{p}-{i}", priority=p) for i, p in enumerate(priorities)]
     await queued(gate, len(priorities))

@@ -17,6 +17,7 @@ from actors.engine import SlotEngine
 from actors.errors import ConfigError
 from actors.groups import classify
 from actors.metrics import CALL_BUCKETS, CallMetrics, QueueMetrics
+from actors.options import CallOptions
 from actors.settings import TelemetrySettings
 from actors.telemetry import configure_telemetry
 from providers.errors import RateLimited
@@ -72,8 +73,8 @@ def test_queue_submissions_grants_outcomes_and_levels() -> None:
     now = [0.0]
     engine = SlotEngine(epoch=1, clock=lambda: now[0], observer=QueueMetrics())
     engine.register(SPEC)
-    first = engine.acquire(SPEC.id, "r1", lease_id="l1")
-    assert first is not None and engine.acquire(SPEC.id, "r2", lease_id="l2") is None
+    first = engine.acquire(SPEC.id, "l1", CallOptions(request_id="r1"))
+    assert first is not None and engine.acquire(SPEC.id, "l2", CallOptions(request_id="r2")) is None
 
     assert point("llm_queue_inflight", **QUEUE).value == 1
     assert point("llm_queue_pending", **QUEUE).value == 1

@@ -9,11 +9,15 @@ from typing import Any
 
 import pytest
 
+from actors.options import CallOptions
+from actors.settings import PipelineSettings
 from pipelines.__main__ import main as cli_main
 from pipelines.chain import Stage, StageChain, Upstream
+from pipelines.errors import ResultsFileError
 from pipelines.job import Progress
-from pipelines.plateau import ServiceRecord, read_services
-from pipelines.results import ResultsFile, ResultsFileError
+from pipelines.plateau import PlateauJob, Service, ServiceRecord, read_services
+from pipelines.results import ResultsFile
+from providers.models import ChatRequest, ChatResponse, Usage
 from tests.unit.conftest import FakeClock
 
 
@@ -177,3 +181,48 @@ def test_progress_shows_the_time_left_at_the_pace_kept_so_far() -> None:
     for stage in ["features", "features", "mappings", "mappings", "mappings"]:
         progress.call(stage)
     assert progress.time_left() == "done"
+
+
+async def test_every_call_of_a_service_carries_its_stage_plateau_and_mapping_type_as_fields() -> (
+    None
+):
+    asked: list[CallOptions] = []
+    answers = {
+        "ambitions": {"ambitions": ["grow"]},
+        "featureset": {"features": [{"name": "f", "description": "d"}]},
+        "mappingset": {"items": ["x"]},
+    }
+
+    async def ask(request: ChatRequest, options: CallOptions) -> ChatResponse:
+        asked.append(options)
+        assert request.response_format is not None
+        return ChatResponse(
+            text="{}",
+            finish_reason="stop",
+            usage=Usage(input_tokens=1, output_tokens=1),
+            latency_seconds=0.0,
+            provider="fake",
+            group="g",
+            model="m",
+            data=answers[request.response_format.name],
+        )
+
+    settings = PipelineSettings(plateaus=2, mapping_types=("data", "apps"))
+    record = await PlateauJob(ask, settings, "m").run(Service(id="svc", name="S"))
+
+    assert record.status == "ok"
+    labels = sorted(
+        (o.labels.stage, o.labels.plateau or 0, o.labels.mapping_type or "", o.critical)
+        for o in asked
+    )
+    assert labels == [
+        ("ambitions", 0, "", False),
+        ("features", 1, "", True),
+        ("features", 2, "", True),
+        ("mappings", 1, "apps", False),
+        ("mappings", 1, "data", False),
+        ("mappings", 2, "apps", False),
+        ("mappings", 2, "data", False),
+    ]
+    assert all(o.labels.service_id == "svc" for o in asked)
+    assert len({o.labels.call_id() for o in asked}) == len(asked)  # one id a call

@@ -13,6 +13,7 @@ import pytest
 from actors.engine import SlotEngine
 from actors.gate import SlotGate
 from actors.groups import classify
+from actors.options import CallOptions
 from actors.slots import LocalSlots
 from providers.breaker import State
 from providers.errors import ModelServerCrashed, ModelServerFailedToStart, ProviderTimeout
@@ -107,7 +108,10 @@ async def test_calls_in_flight_and_waiting_go_on_after_the_server_is_killed_and_
     await provider.start()
     await supervisor.ready()
 
-    calls = [asyncio.create_task(provider.chat(HI, request_id=f"call-{i}")) for i in range(3)]
+    calls = [
+        asyncio.create_task(provider.chat(HI, CallOptions(request_id=f"call-{i}")))
+        for i in range(3)
+    ]
     await in_flight(supervisor, calls=1)  # the first holds the slot; two wait for it
     first_pid = await kill(supervisor, signal.SIGKILL)
     answers = await asyncio.gather(*calls)

@@ -15,6 +15,7 @@ from actors.engine import SlotEngine
 from actors.errors import AcquireTimeout
 from actors.gate import SlotGate
 from actors.groups import classify
+from actors.options import CallLabels, CallOptions
 from actors.slots import LocalSlots
 from providers.factory import build_backend
 from providers.gated import GatedProvider
@@ -45,12 +46,14 @@ def provider() -> Iterator[tuple[GatedProvider, SlotGate]]:
         gate.close()
 
 
-async def test_acquire_and_call_spans_carry_group_model_stage_service_priority(
+async def test_acquire_and_call_spans_carry_group_model_stage_plateau_service_request_priority(
     provider: tuple[GatedProvider, SlotGate],
 ) -> None:
     gated, _ = provider
 
-    await gated.chat(REQUEST, priority=7, stage="features", service_id="svc-1")
+    labels = CallLabels(stage="features", service_id="svc-1", plateau=2)
+    options = CallOptions(priority=7, request_id="run:svc-1:features:2:1", labels=labels)
+    await gated.chat(REQUEST, options)
     await gated.backend.aclose()
 
     acquire, call = sorted(EXPORTER.get_finished_spans(), key=lambda s: s.start_time or 0)
@@ -62,6 +65,8 @@ async def test_acquire_and_call_spans_carry_group_model_stage_service_priority(
             "gen_ai.request.model": "llama3",
             "raygate.stage": "features",
             "raygate.service_id": "svc-1",
+            "raygate.plateau": 2,
+            "raygate.request_id": "run:svc-1:features:2:1",
             "raygate.priority": 7,
         }
     assert acquire.attributes is not None and acquire.attributes["raygate.wait_seconds"] >= 0
@@ -71,10 +76,10 @@ async def test_an_acquire_that_times_out_is_an_error_span(
     provider: tuple[GatedProvider, SlotGate],
 ) -> None:
     gated, gate = provider
-    await gate.acquire(gated.spec.id, "holder", lease_id="holder")  # the only slot
+    await gate.acquire(gated.spec.id, "holder", CallOptions(request_id="holder"))  # the only slot
 
     with pytest.raises(AcquireTimeout):
-        await gated.chat(REQUEST, queue_timeout=0.01)
+        await gated.chat(REQUEST, CallOptions(queue_timeout=0.01))
     await gated.backend.aclose()
 
     (acquire,) = EXPORTER.get_finished_spans()
@@ -94,3 +99,40 @@ async def test_a_stream_gets_the_same_acquire_and_call_spans(
     spans = sorted(EXPORTER.get_finished_spans(), key=lambda s: s.start_time or 0)
     assert [s.name for s in spans] == ["raygate.acquire", "raygate.call"]
     assert all(s.attributes and s.attributes["raygate.group"] == gated.spec.id for s in spans)
+
+
+class Recorder:
+    """A CallObserver that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, dict[str, str], str]] = []
+
+    def answered(self, seconds: float, call: dict[str, str], service_id: str) -> None:
+        assert seconds >= 0
+        self.told.append(("answered", call, service_id))
+
+    def failed(self, error: BaseException, call: dict[str, str]) -> None:
+        self.told.append((type(error).__name__, call, ""))
+
+
+async def test_streamed_and_whole_answers_are_reported_alike_with_their_labels(
+    provider: tuple[GatedProvider, SlotGate],
+) -> None:
+    plain, gate = provider
+    recorder = Recorder()
+    gated = GatedProvider(plain.backend, plain.spec, LocalSlots(gate), observer=recorder)
+    options = CallOptions(labels=CallLabels(stage="mappings", service_id="svc-2"))
+
+    await gated.chat(REQUEST, options)
+    _ = [d async for d in gated.stream(REQUEST.model_copy(update={"stream": True}), options)]
+    await gate.acquire(gated.spec.id, "holder", CallOptions())  # the only slot
+    with pytest.raises(AcquireTimeout):
+        await gated.chat(REQUEST, CallOptions(queue_timeout=0.01, labels=options.labels))
+    await gated.backend.aclose()
+
+    call = {"group": gated.spec.id, "model_name": "llama3", "stage": "mappings"}
+    assert recorder.told == [
+        ("answered", call, "svc-2"),
+        ("answered", call, "svc-2"),
+        ("AcquireTimeout", call, ""),
+    ]

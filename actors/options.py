@@ -1,0 +1,69 @@
+"""What one call asks of the queue and what it is: one frozen value through every layer.
+
+    PlateauJob -> PipelineActor -> ProviderClient -> ProviderActor -> GatedProvider
+        -> SlotSource.slot -> ManagerClient -> ConcurrencyManager -> SlotGate -> SlotEngine
+
+Each layer passes the :class:`CallOptions` it got on whole; none copies its
+fields into a parameter list of its own. The engine reads the ordering
+fields (see :mod:`actors.waitqueue`), the gate the queue timeout, the
+provider the labels for its metrics and spans.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+
+from actors.waitqueue import DEFAULT_PRIORITY, check_priority
+
+
+@dataclass(frozen=True, slots=True)
+class CallLabels:
+    """What a call is, for metrics, spans and the queue page; never for ordering."""
+
+    stage: str = ""
+    service_id: str = ""
+    plateau: int | None = None
+    mapping_type: str | None = None
+    # Which try of the same question this is (a job asks again after an invalid answer).
+    attempt: int = 1
+
+    def describe(self) -> str:
+        """E.g. "mappings (data) of plateau 2"."""
+        kind = f" ({self.mapping_type})" if self.mapping_type else ""
+        where = f" of plateau {self.plateau}" if self.plateau is not None else ""
+        return f"{self.stage}{kind}{where}"
+
+    def call_id(self) -> str:
+        """Unique among the calls of one service: stage, plateau, mapping type, attempt."""
+        parts = [self.stage, self.plateau, self.mapping_type, self.attempt]
+        return ":".join(str(part) for part in parts if part is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    """How one call waits for its slot.
+
+    ``priority`` 1..10, higher first. ``unit``: calls naming the same unit of
+    work keep the place of its first call; ``critical`` puts a call before the
+    others of its unit. ``request_id`` identifies the call to ``position()``
+    (one is drawn when None). ``queue_timeout``: seconds to wait for a slot,
+    None for as long as it takes.
+    """
+
+    priority: int = DEFAULT_PRIORITY
+    critical: bool = False
+    unit: str | None = None
+    request_id: str | None = None
+    queue_timeout: float | None = None
+    labels: CallLabels = field(default_factory=CallLabels)
+
+    def __post_init__(self) -> None:
+        check_priority(self.priority)
+
+    def identified(self) -> CallOptions:
+        """These options with a request id, drawn now if the caller gave none."""
+        return self if self.request_id is not None else replace(self, request_id=uuid.uuid4().hex)
+
+
+DEFAULT_OPTIONS = CallOptions()

@@ -1,0 +1,81 @@
+"""Typed access to a provider actor: no handle and no ``.remote`` outside this module.
+
+    provider = get_or_create_provider(spec, options_for(spec.provider, settings), manager)
+    response = await provider.chat(request, CallOptions(priority=8))
+
+Cancelling the task that awaits ``chat`` (or stops reading ``stream``)
+cancels the call in the provider actor, which then leaves the manager's
+queue or gives its slot back: a call nobody waits for does not go on
+holding a slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from actors.client import cancellable, unwrap
+from actors.groups import GroupSpec
+from actors.options import DEFAULT_OPTIONS, CallOptions
+from providers.models import ChatRequest, ChatResponse, StreamDelta
+
+
+class ProviderClient:
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def chat(
+        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
+    ) -> ChatResponse:
+        response: ChatResponse = await cancellable(self.handle.chat.remote(request, options))
+        return response
+
+    async def stream(
+        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
+    ) -> AsyncIterator[StreamDelta]:
+        pieces = self.handle.stream.options(num_returns="streaming").remote(request, options)
+        try:
+            async for piece in pieces:
+                delta: StreamDelta = await unwrap(piece)
+                yield delta
+        except BaseException:
+            ray.cancel(pieces)  # the reader stopped: so does the stream, and its slot
+            raise
+
+    async def ready(self) -> None:
+        """Return once the provider can serve calls; raise what keeps it from serving."""
+        await cancellable(self.handle.ready.remote())
+
+    async def group(self) -> GroupSpec:
+        spec: GroupSpec = await unwrap(self.handle.group.remote())
+        return spec
+
+    async def can_run_immediately(self) -> bool:
+        answer: bool = await unwrap(self.handle.can_run_immediately.remote())
+        return answer
+
+    async def server_restarts(self) -> list[str]:
+        restarts: list[str] = await unwrap(self.handle.server_restarts.remote())
+        return restarts
+
+    async def node_id(self) -> str:
+        node: str = await unwrap(self.handle.node_id.remote())
+        return node
+
+
+class EmbeddedModelClient(ProviderClient):
+    """The embedded model's provider, which also runs its model server."""
+
+    async def server_pid(self) -> int | None:
+        """The running server's process id, once it is ready."""
+        pid: int | None = await unwrap(self.handle.server_pid.remote())
+        return pid
+
+    async def shutdown(self) -> None:
+        """Stop the server, then the actor."""
+        with contextlib.suppress(RayActorError):  # the actor exits instead of answering
+            await self.handle.shutdown.remote()
