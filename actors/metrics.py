@@ -1,4 +1,4 @@
-"""The manager's and the providers' numbers, recorded once, exported two ways.
+"""raygate's numbers, recorded once, exported two ways; the manager's queue metrics.
 
 Each is a Ray metric (``ray.util.metrics``): each node's Prometheus endpoint
 (``ray start --metrics-export-port``) serves it as ``ray_<name>`` and the Ray
@@ -17,9 +17,7 @@ from ray.util import metrics as ray_metrics
 from actors.telemetry import meter
 
 GROUP = ("group", "kind")
-CALL = ("group", "model_name", "stage")
 WAIT_BUCKETS = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0]
-CALL_BUCKETS = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
 Labels = dict[str, str]
 
 
@@ -96,28 +94,3 @@ class QueueMetrics:
         labels = {"group": group, "kind": kind}
         self._inflight.set(active, labels)
         self._pending.set(pending, labels)
-
-
-class CallMetrics:
-    """Each backend call, in the provider actor: a count per stage and outcome, and the
-    latency of those that answered."""
-
-    def __init__(self) -> None:
-        self._calls = Counter(
-            "llm_calls", "Backend calls, by stage and outcome (ok or the error's type).",
-            (*CALL, "outcome"),
-        )  # fmt: skip
-        self._seconds = Histogram(
-            "llm_call_seconds",
-            "Duration of backend calls that answered (slot held), by stage and service.",
-            (*CALL, "service_id"),
-            CALL_BUCKETS,
-        )
-
-    def answered(self, seconds: float, call: Labels, service_id: str) -> None:
-        """``call``: group, model_name and stage."""
-        self._calls.inc({**call, "outcome": "ok"})
-        self._seconds.observe(seconds, {**call, "service_id": service_id})
-
-    def failed(self, error: BaseException, call: Labels) -> None:
-        self._calls.inc({**call, "outcome": type(error).__name__})

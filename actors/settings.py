@@ -63,6 +63,11 @@ class ProviderSettings(BaseModel):
     model_server_restart_window_seconds: float = Field(default=300.0, gt=0)
 
 
+# The one place of each provider default: the cores that run without settings
+# (retry policy, breaker, backends, restart policy) read theirs from here.
+PROVIDER_DEFAULTS = ProviderSettings()
+
+
 class PipelineSettings(BaseModel):
     """The plateau job (``python -m pipelines run``)."""
 

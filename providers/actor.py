@@ -27,9 +27,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from actors.client import ManagerClient
 from actors.groups import GroupSpec, Provider, ResourceKind, classify
 from actors.manager import NAMESPACE
-from actors.metrics import CallMetrics
 from actors.options import DEFAULT_OPTIONS, CallOptions
-from actors.settings import Settings, TelemetrySettings
+from actors.settings import PROVIDER_DEFAULTS, Settings, TelemetrySettings
 from actors.slots import NoSlots, SlotSource
 from actors.telemetry import configure_telemetry
 from providers.breaker import CircuitBreaker
@@ -38,6 +37,7 @@ from providers.factory import api_key_for, build_backend
 from providers.gated import GatedProvider
 from providers.http import Backend
 from providers.llamacpp import EMBEDDED_MODEL_ID, LlamaCppServer, embedded_model_path
+from providers.metrics import CallMetrics
 from providers.models import ChatRequest, ChatResponse, StreamDelta
 from providers.openai import LLAMA_CPP_GEMMA, Quirks
 from providers.retry import RetryPolicy
@@ -51,11 +51,11 @@ class ProviderOptions:
     """Everything a provider actor needs besides its group. The key prints as '**********'."""
 
     api_key: SecretStr | None = None
-    timeout: float = 120.0
+    timeout: float = PROVIDER_DEFAULTS.timeout_seconds
     # How an OpenAI-compatible server differs from OpenAI (ignored by other providers).
     quirks: Quirks = field(default_factory=Quirks)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    breaker_cooldown: float = 30.0
+    breaker_cooldown: float = PROVIDER_DEFAULTS.breaker_cooldown_seconds
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     # For a model server raygate runs itself (the embedded model).
     restarts: RestartPolicy = field(default_factory=RestartPolicy)

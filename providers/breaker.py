@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 
+from actors.settings import PROVIDER_DEFAULTS
 from providers.errors import CircuitOpen, ProviderError
 
 
@@ -37,7 +38,7 @@ class CircuitBreaker:
         failure_rate: float = 0.5,
         window: int = 20,
         min_calls: int = 10,
-        cooldown: float = 30.0,
+        cooldown: float = PROVIDER_DEFAULTS.breaker_cooldown_seconds,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.provider = provider

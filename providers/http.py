@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from actors.settings import PROVIDER_DEFAULTS
 from providers.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -55,7 +56,7 @@ class Backend(ABC):
         *,
         group: str,
         api_key: SecretStr | None = None,
-        timeout: float = 120.0,
+        timeout: float = PROVIDER_DEFAULTS.timeout_seconds,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from actors.settings import PROVIDER_DEFAULTS
 from providers.errors import ProviderError, RateLimited
 
 T = TypeVar("T")
@@ -24,10 +25,10 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 4
+    attempts: int = PROVIDER_DEFAULTS.retry_attempts
     base_delay: float = 0.5
     max_delay: float = 30.0
-    deadline: float = 300.0
+    deadline: float = PROVIDER_DEFAULTS.retry_deadline_seconds
 
     def delay(self, attempt: int, error: ProviderError, rng: random.Random) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""

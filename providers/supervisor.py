@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from actors.settings import PROVIDER_DEFAULTS
 from providers.errors import (
     ModelServerCrashed,
     ModelServerError,
@@ -53,8 +54,8 @@ PROBE_INTERVAL_SECONDS = 0.2
 class RestartPolicy:
     """At most ``restarts`` restarts within any ``window`` seconds; 0 never restarts."""
 
-    restarts: int = 3
-    window: float = 300.0
+    restarts: int = PROVIDER_DEFAULTS.model_server_restarts
+    window: float = PROVIDER_DEFAULTS.model_server_restart_window_seconds
 
 
 @dataclass(frozen=True)

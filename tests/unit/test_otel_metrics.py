@@ -16,11 +16,12 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from actors.engine import SlotEngine
 from actors.errors import ConfigError
 from actors.groups import classify
-from actors.metrics import CALL_BUCKETS, CallMetrics, QueueMetrics
+from actors.metrics import QueueMetrics
 from actors.options import CallOptions
 from actors.settings import TelemetrySettings
 from actors.telemetry import configure_telemetry
 from providers.errors import RateLimited
+from providers.metrics import CALL_BUCKETS, CallMetrics
 
 READER = InMemoryMetricReader()
 SPEC = classify("ollama", "http://localhost:11434")
@@ -91,7 +92,7 @@ def test_queue_submissions_grants_outcomes_and_levels() -> None:
 
 
 CONSOLE = """
-from actors.metrics import CallMetrics
+from providers.metrics import CallMetrics
 from actors.settings import TelemetrySettings
 from actors.telemetry import configure_telemetry
 
