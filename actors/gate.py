@@ -23,7 +23,9 @@ from typing import TypeVar
 
 from actors.engine import Lease, SlotEngine
 from actors.errors import AcquireTimeout
+from actors.groups import GroupSpec
 from actors.options import DEFAULT_OPTIONS, CallOptions
+from actors.stats import GroupInfo, QueuePosition, QueueStats
 
 T = TypeVar("T")
 
@@ -83,8 +85,23 @@ class SlotGate:
         with self._lock:
             self._hand_on(self.engine.reclaim_expired())
 
+    def register(self, spec: GroupSpec) -> GroupInfo:
+        return self.inspect(self.engine.register, spec)
+
+    def group_info(self, group_id: str) -> GroupInfo:
+        return self.inspect(self.engine.group_info, group_id)
+
+    def can_run_immediately(self, group_id: str) -> bool:
+        return self.inspect(self.engine.can_run_immediately, group_id)
+
+    def stats(self) -> QueueStats:
+        return self.inspect(self.engine.stats)
+
+    def position(self, request_id: str) -> QueuePosition | None:
+        return self.inspect(self.engine.position, request_id)
+
     def inspect(self, query: Callable[..., T], *args: object) -> T:
-        """Run an engine method that only reads or registers, under the gate's lock."""
+        """Run something that only reads or registers, under the gate's lock."""
         with self._lock:
             return query(*args)
 
@@ -129,15 +146,19 @@ class _Reaper(threading.Thread):
         self._stopped = False
 
     def run(self) -> None:
-        engine = self._gate.engine
+        clock = self._gate.engine.clock
         while not self._stopped:
             # Decided under the lock grants take, so a grant is never missed between.
-            with self._gate._lock:
-                deadline = engine.next_expiry()
-                self._idle = deadline is None
-            self._wake.wait(None if deadline is None else max(0.0, deadline - engine.clock()))
+            deadline = self._gate.inspect(self._plan)
+            self._wake.wait(None if deadline is None else max(0.0, deadline - clock()))
             self._wake.clear()
             self._gate.reclaim_expired()
+
+    def _plan(self) -> float | None:
+        """The next deadline; with none, a grant must wake this thread."""
+        deadline = self._gate.engine.next_expiry()
+        self._idle = deadline is None
+        return deadline
 
     def wake_if_idle(self) -> None:
         """Call with the gate's lock held."""

@@ -65,7 +65,6 @@ class ConcurrencyManager:
         for entry in settings.models.values():
             engine.register(entry.spec())
         self._gate = SlotGate(engine)
-        self._engine = engine
 
     async def acquire(
         self, group: str, lease_id: str, options: CallOptions = DEFAULT_OPTIONS
@@ -86,33 +85,33 @@ class ConcurrencyManager:
 
     @ray.method(concurrency_group=CONTROL)
     async def register(self, spec: GroupSpec) -> GroupInfo:
-        return self._gate.inspect(self._engine.register, spec)
+        return self._gate.register(spec)
 
     @ray.method(concurrency_group=CONTROL)
     async def group_info(self, group_id: str) -> GroupInfo:
-        return self._gate.inspect(self._engine.group_info, group_id)
+        return self._gate.group_info(group_id)
 
     @ray.method(concurrency_group=CONTROL)
     async def model_group(self, model_id: str) -> GroupInfo:
         spec = resolve_model(self._settings.models, model_id)
-        return self._gate.inspect(self._engine.register, spec)
+        return self._gate.register(spec)
 
     @ray.method(concurrency_group=CONTROL)
     async def can_run_immediately(self, model_id: str) -> bool:
         info = await self.model_group(model_id)
-        return self._gate.inspect(self._engine.can_run_immediately, info.id)
+        return self._gate.can_run_immediately(info.id)
 
     @ray.method(concurrency_group=CONTROL)
     async def can_group_run_immediately(self, group_id: str) -> bool:
-        return self._gate.inspect(self._engine.can_run_immediately, group_id)
+        return self._gate.can_run_immediately(group_id)
 
     @ray.method(concurrency_group=CONTROL)
     async def stats(self) -> QueueStats:
-        return self._gate.inspect(self._engine.stats)
+        return self._gate.stats()
 
     @ray.method(concurrency_group=CONTROL)
     async def position(self, request_id: str) -> QueuePosition | None:
-        return self._gate.inspect(self._engine.position, request_id)
+        return self._gate.position(request_id)
 
     @ray.method(concurrency_group=CONTROL)
     async def settings(self) -> Settings:

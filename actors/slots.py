@@ -39,10 +39,10 @@ class LocalSlots:
         self.gate = gate
 
     async def register(self, spec: GroupSpec) -> GroupInfo:
-        return self.gate.inspect(self.gate.engine.register, spec)
+        return self.gate.register(spec)
 
     async def can_group_run_immediately(self, group: str) -> bool:
-        return self.gate.inspect(self.gate.engine.can_run_immediately, group)
+        return self.gate.can_run_immediately(group)
 
     @asynccontextmanager
     async def slot(
