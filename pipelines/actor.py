@@ -59,26 +59,30 @@ class ServiceDone:
     record: ServiceRecord
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one run needs besides its services. ``model``: the name the backend
+    is asked for; ``sequential``: one call at a time, in order (parity mode)."""
+
+    provider: ProviderClient
+    settings: PipelineSettings
+    model: str
+    run_id: str
+    priority: int = DEFAULT_PRIORITY
+    sequential: bool = False
+
+
 @ray.remote(num_cpus=0)
 class PipelineActor:
-    def __init__(
-        self,
-        provider: ProviderClient,
-        settings: PipelineSettings,
-        model: str,
-        *,
-        run_id: str,
-        priority: int = DEFAULT_PRIORITY,
-        sequential: bool = False,
-    ) -> None:
-        self._provider = provider
-        self._run_id = run_id
-        self._priority = priority
-        self._sequential = sequential
+    def __init__(self, spec: RunSpec) -> None:
+        self._provider = spec.provider
+        self._run_id = spec.run_id
+        self._priority = spec.priority
+        self._sequential = spec.sequential
         self._group: str | None = None
         self._calls: list[CallRecord] = []
         self._events: asyncio.Queue[CallDone | ServiceDone] | None = None
-        self._job = PlateauJob(self._ask, settings, model, sequential=sequential)
+        self._job = PlateauJob(self._ask, spec.settings, spec.model, sequential=spec.sequential)
 
     async def run(self, services: Sequence[Service]) -> AsyncIterator[CallDone | ServiceDone]:
         """Call as ``actor.run.options(num_returns="streaming").remote(services)``."""
@@ -157,19 +161,10 @@ class PipelineRun:
         self.handle = handle
 
     @classmethod
-    def start(
-        cls,
-        provider: ProviderClient,
-        settings: PipelineSettings,
-        model: str,
-        *,
-        run_id: str,
-        priority: int = DEFAULT_PRIORITY,
-        sequential: bool = False,
-    ) -> PipelineRun:
+    def start(cls, spec: RunSpec) -> PipelineRun:
         handle = PipelineActor.options(  # type: ignore[attr-defined]
-            name=f"pipeline:{run_id}", namespace=NAMESPACE
-        ).remote(provider, settings, model, run_id=run_id, priority=priority, sequential=sequential)
+            name=f"pipeline:{spec.run_id}", namespace=NAMESPACE
+        ).remote(spec)
         return cls(handle)
 
     async def events(self, services: Sequence[Service]) -> AsyncIterator[CallDone | ServiceDone]:

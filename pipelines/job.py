@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from actors.groups import Provider, resolve_model
 from actors.settings import Settings
 from actors.timeline import peak_overlap, percentile
-from pipelines.actor import CallDone, CallRecord, PipelineRun, ServiceDone
+from pipelines.actor import CallDone, CallRecord, PipelineRun, RunSpec, ServiceDone
 from pipelines.chain import Span
 from pipelines.plateau import Service, ServiceRecord
 from pipelines.results import ResultsFile
@@ -128,14 +128,15 @@ async def run_pipeline(
     # A backend that cannot serve (a model server that fails to start) ends the run here.
     await provider.ready()
     job = settings.pipeline
-    run_id = uuid.uuid4().hex[:8]
     run = PipelineRun.start(
-        provider,
-        job,
-        model,
-        run_id=run_id,
-        priority=priority,
-        sequential=not settings.queue.enabled,
+        RunSpec(
+            provider,
+            job,
+            model,
+            run_id=uuid.uuid4().hex[:8],
+            priority=priority,
+            sequential=not settings.queue.enabled,
+        )
     )
     count = len(services)
     progress = Progress(
