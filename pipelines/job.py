@@ -127,6 +127,8 @@ async def run_pipeline(
     provider, model = provider_for(settings, manager)
     # A backend that cannot serve (a model server that fails to start) ends the run here.
     await provider.ready()
+    # The provider may serve other runs too: this run reports the restarts during it.
+    restarts_before = len(await provider.server_restarts())
     job = settings.pipeline
     run = PipelineRun.start(
         RunSpec(
@@ -160,7 +162,7 @@ async def run_pipeline(
                 progress.service(event.record)
         calls = await run.calls()
         spans = await run.spans()
-        restarts = await provider.server_restarts()
+        restarts = (await provider.server_restarts())[restarts_before:]
     finally:
         run.end()
     return Outcome(records, calls, spans, time.monotonic() - started, restarts)
