@@ -58,7 +58,7 @@ def show_stats(address: str, every: float | None) -> int:
     init_ray(address)
     import ray
 
-    from actors.manager import MANAGER_NAME, NAMESPACE
+    from actors.names import MANAGER_NAME, NAMESPACE
     from actors.view import render
 
     try:

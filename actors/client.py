@@ -33,7 +33,8 @@ from ray.exceptions import RayTaskError
 from actors.engine import Lease
 from actors.errors import RaygateError
 from actors.groups import GroupSpec
-from actors.manager import MANAGER_NAME, get_or_create_manager
+from actors.manager import get_or_create_manager
+from actors.names import MANAGER_NAME
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import Settings, load_settings
 from actors.stats import GroupInfo, QueuePosition, QueueStats

@@ -29,13 +29,12 @@ from actors.engine import Lease, SlotEngine
 from actors.gate import SlotGate
 from actors.groups import GroupSpec, resolve_model
 from actors.metrics import QueueMetrics
+from actors.names import MANAGER_NAME, NAMESPACE
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import Settings
 from actors.stats import GroupInfo, QueuePosition, QueueStats
 from actors.telemetry import configure_telemetry
 
-MANAGER_NAME = "concurrency-manager"
-NAMESPACE = "raygate"
 CONTROL = "control"
 MAX_CONCURRENT_CALLS = 200_000
 # Pins the singleton to the head node, the one node a cluster cannot lose.

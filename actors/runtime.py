@@ -20,7 +20,7 @@ def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
         os.environ.setdefault(LOOPBACK_ONLY_ENV, "0")
     import ray  # after the switch above
 
-    from actors.manager import NAMESPACE
+    from actors.names import NAMESPACE
 
     ray.init(
         address=address,

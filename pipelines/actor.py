@@ -17,7 +17,7 @@ from typing import Any
 import ray
 
 from actors.client import unwrap
-from actors.manager import NAMESPACE
+from actors.names import NAMESPACE
 from actors.options import CallOptions
 from actors.settings import PipelineSettings
 from actors.waitqueue import DEFAULT_PRIORITY

@@ -26,7 +26,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.client import ManagerClient
 from actors.groups import GroupSpec, Provider, ResourceKind, classify
-from actors.manager import NAMESPACE
+from actors.names import NAMESPACE
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import PROVIDER_DEFAULTS, Settings, TelemetrySettings
 from actors.slots import NoSlots, SlotSource

@@ -20,7 +20,8 @@ from ray.cluster_utils import Cluster
 
 from actors.client import ManagerClient
 from actors.groups import GroupSpec, classify
-from actors.manager import NAMESPACE, get_or_create_manager
+from actors.manager import get_or_create_manager
+from actors.names import NAMESPACE
 from actors.settings import QueueSettings, Settings
 from pipelines.job import Outcome, run_pipeline
 from pipelines.plateau import Service

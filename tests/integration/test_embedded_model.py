@@ -17,7 +17,7 @@ import ray
 import yaml
 
 from actors.client import ManagerClient
-from actors.manager import MANAGER_NAME, NAMESPACE
+from actors.names import MANAGER_NAME, NAMESPACE
 from actors.settings import PipelineSettings, ProviderSettings, Settings
 from pipelines.job import summary
 from pipelines.plateau import Service

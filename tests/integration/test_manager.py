@@ -15,7 +15,8 @@ import ray
 from actors.client import ManagerClient
 from actors.errors import AcquireTimeout, InvalidPriority, QueueFull, UnknownGroup, UnknownModel
 from actors.groups import ModelEntry
-from actors.manager import NAMESPACE, get_or_create_manager
+from actors.manager import get_or_create_manager
+from actors.names import NAMESPACE
 from actors.options import CallOptions
 from actors.settings import QueueSettings, Settings
 from tests.integration.conftest import (
