@@ -1,8 +1,8 @@
 """Typed access to the ConcurrencyManager for callers anywhere in the cluster.
 
-    client = ManagerClient.connect(settings)          # a driver script
-    async with client.slot(group, priority=8) as lease:
-        ...                                            # the gated call
+    client = ManagerClient.connect(settings)                 # a driver script
+    async with client.slot(group, CallOptions(priority=8)) as lease:
+        ...                                                   # the gated call
 
 ``slot`` makes exactly two manager calls: acquire and release. While the
 caller holds the slot, a background task renews the lease every third of its
