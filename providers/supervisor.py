@@ -18,10 +18,13 @@ fails then, with its own words, instead of on the job's first real call.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 EXIT_GRACE_SECONDS = 2.0
 # Between readiness probes of a starting server (its HTTP API is its only signal).
 PROBE_INTERVAL_SECONDS = 0.2
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,76 @@ class ServerProcess(Protocol):
     def hint(self, exit: Exit) -> str:
         """What a user can do about this exit, or ""."""
         ...
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Linux: the kernel sends SIGTERM to the server when the thread that started
+    # it exits, however it ends (even SIGKILL of its process).
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class LoopbackServer:
+    """A ServerProcess on a fixed loopback port, its output kept for the errors that name
+    its end. Subclasses give its ``command``, ``kind`` and ``model``.
+
+    The port is chosen once, so a restarted server keeps the address, and with
+    it the concurrency group, of the first. The server is told to die with the
+    thread that started it, so a killed owner leaves none behind.
+    """
+
+    provider = "openai-compatible"
+    kind: str  # e.g. "llama.cpp server"
+    model: str
+
+    def __init__(self) -> None:
+        self.port = free_loopback_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        # The current process's output, for the errors that name its end.
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind} at 127.0.0.1:{self.port} ({self.model})"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        self._log.seek(0)
+        self._log.truncate()
+        self.process = subprocess.Popen(
+            self.command(), stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
+        return self.process
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def output_tail(self, most: int = 600) -> str:
+        self._log.seek(0)
+        text = self._log.read().decode(errors="replace").strip()
+        return text[-most:] or "(no output)"
+
+    def hint(self, exit: Exit) -> str:
+        return ""
 
 
 class ServerSupervisor:

@@ -25,7 +25,7 @@ import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from actors.groups import classify
-from providers.llamacpp import free_loopback_port
+from providers.supervisor import free_loopback_port
 from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
 from tests.support.plateau_backend import plateau_answer
 

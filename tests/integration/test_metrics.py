@@ -16,8 +16,8 @@ from actors.groups import classify
 from actors.options import CallLabels, CallOptions
 from actors.settings import TelemetrySettings
 from providers.actor import ProviderOptions, get_or_create_provider
-from providers.llamacpp import free_loopback_port
 from providers.models import ChatMessage, ChatRequest
+from providers.supervisor import free_loopback_port
 from tests.integration.conftest import GPU_HOST, ManagerFactory, Nodes, wait_until
 from tests.support.fake_llm import FakeLLMServer, OllamaDialect
 

@@ -16,15 +16,12 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
-from providers.llamacpp import free_loopback_port
-from providers.supervisor import Exit
+from providers.supervisor import Exit, LoopbackServer
 
 
 def answer(text: str) -> dict[str, Any]:
@@ -69,45 +66,23 @@ def serve(port: int, hold: float, die_on_generation: str | None) -> None:
     HTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 
-class StandInServer:
+class StandInServer(LoopbackServer):
     """A ServerProcess running this module, for the supervisor's tests."""
 
-    provider = "openai-compatible"
+    kind = "stand-in server"
     model = "stand-in"
 
     def __init__(self, *, hold: float = 0.0, die_on_generation: str | None = None) -> None:
-        self.port = free_loopback_port()
+        super().__init__()
         self.hold = hold
         self.die_on_generation = die_on_generation
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115
 
-    @property
-    def name(self) -> str:
-        return f"stand-in server at 127.0.0.1:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def spawn(self) -> subprocess.Popen[bytes]:
+    def command(self) -> list[str]:
         command = [sys.executable, "-m", "tests.support.model_server", str(self.port)]
         command += ["--hold", str(self.hold)]
         if self.die_on_generation:
             command += ["--die-on-generation", self.die_on_generation]
-        self._log.seek(0)
-        self._log.truncate()
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
-        return self.process
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def output_tail(self) -> str:
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace").strip()[-300:] or "(no output)"
+        return command
 
     def hint(self, exit: Exit) -> str:
         return "the stand-in's hint" if exit.returncode == -signal.SIGSEGV else ""
