@@ -42,7 +42,7 @@ def embedded_model_path() -> Path:
 
 
 class LlamaCppServer(LoopbackServer):
-    """llama.cpp's OpenAI-compatible server with the packaged model (a ServerProcess)."""
+    """llama.cpp's OpenAI-compatible server with the packaged model (a LoopbackServer)."""
 
     kind = "llama.cpp server"
     model = EMBEDDED_MODEL_ID

@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
@@ -81,33 +81,6 @@ class Exit:
         return f"exited with code {self.returncode}"
 
 
-class ServerProcess(Protocol):
-    """One server that the supervisor can start again on the same address."""
-
-    provider: str
-    model: str
-
-    @property
-    def name(self) -> str:
-        """E.g. "llama.cpp server at 127.0.0.1:8080 (gemma-3-270m)"."""
-        ...
-
-    @property
-    def base_url(self) -> str:
-        """Its OpenAI-compatible API, ".../v1"."""
-        ...
-
-    def spawn(self) -> subprocess.Popen[bytes]: ...
-
-    def stop(self) -> None: ...
-
-    def output_tail(self) -> str: ...
-
-    def hint(self, exit: Exit) -> str:
-        """What a user can do about this exit, or ""."""
-        ...
-
-
 def free_loopback_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -121,8 +94,9 @@ def _die_with_parent() -> None:
 
 
 class LoopbackServer:
-    """A ServerProcess on a fixed loopback port, its output kept for the errors that name
-    its end. Subclasses give its ``command``, ``kind`` and ``model``.
+    """A server the supervisor can start again on the same address: a process on a fixed
+    loopback port, its output kept for the errors that name its end. Subclasses give its
+    ``command``, ``kind`` and ``model``, and may give a ``hint`` for an exit.
 
     The port is chosen once, so a restarted server keeps the address, and with
     it the concurrency group, of the first. The server is told to die with the
@@ -175,13 +149,14 @@ class LoopbackServer:
         return text[-most:] or "(no output)"
 
     def hint(self, exit: Exit) -> str:
+        """What a user can do about this exit, or ""."""
         return ""
 
 
 class ServerSupervisor:
     def __init__(
         self,
-        server: ServerProcess,
+        server: LoopbackServer,
         policy: RestartPolicy | None = None,
         *,
         startup_timeout: float = 120.0,

@@ -67,7 +67,7 @@ def serve(port: int, hold: float, die_on_generation: str | None) -> None:
 
 
 class StandInServer(LoopbackServer):
-    """A ServerProcess running this module, for the supervisor's tests."""
+    """A LoopbackServer running this module, for the supervisor's tests."""
 
     kind = "stand-in server"
     model = "stand-in"
