@@ -20,6 +20,7 @@ the epoch of the manager that granted it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -40,6 +41,9 @@ from actors.settings import Settings, load_settings
 from actors.stats import GroupInfo, QueuePosition, QueueStats
 
 log = logging.getLogger(__name__)
+
+# How long a cancelled streaming call may take to clean up before its reader goes on.
+CANCEL_GRACE_SECONDS = 10.0
 
 T = TypeVar("T")
 
@@ -65,6 +69,22 @@ async def cancellable(ref: Any) -> Any:
         return await unwrap(ref)
     except asyncio.CancelledError:
         ray.cancel(ref)
+        raise
+
+
+async def cancellable_stream(refs: Any) -> AsyncIterator[Any]:
+    """Read a streaming actor call; if the reader stops early (an error, a cancelled
+    task), cancel the call and give it up to ``CANCEL_GRACE_SECONDS`` to run its
+    clean-up (give back its slot, cancel its own calls) before the reader goes on."""
+    try:
+        async for ref in refs:
+            yield await unwrap(ref)
+    except BaseException:
+        ray.cancel(refs)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CANCEL_GRACE_SECONDS):
+                async for _ in refs:
+                    pass
         raise
 
 

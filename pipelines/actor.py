@@ -9,14 +9,13 @@ Callers use :class:`PipelineRun`, not the handle.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
 
-from actors.client import unwrap
+from actors.client import cancellable_stream, unwrap
 from actors.names import NAMESPACE
 from actors.options import CallOptions
 from actors.settings import PipelineSettings
@@ -25,9 +24,6 @@ from pipelines.chain import Span, together
 from pipelines.plateau import PlateauJob, Service, ServiceRecord
 from providers.client import ProviderClient
 from providers.models import ChatRequest, ChatResponse
-
-# How long a cancelled run may take to cancel its provider calls before it is ended.
-CANCEL_GRACE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -169,19 +165,10 @@ class PipelineRun:
 
     async def events(self, services: Sequence[Service]) -> AsyncIterator[CallDone | ServiceDone]:
         stream = self.handle.run.options(num_returns="streaming").remote(list(services))
-        try:
-            async for ref in stream:
-                event: CallDone | ServiceDone = await unwrap(ref)
-                yield event
-        except BaseException:
-            ray.cancel(stream)
-            # Let the actor cancel its provider calls before anyone ends it: calls
-            # whose caller was killed would run on for nobody.
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(CANCEL_GRACE_SECONDS):
-                    async for _ in stream:
-                        pass
-            raise
+        # Left early, the run cancels its provider calls before anyone ends its actor:
+        # calls whose caller was killed would run on for nobody.
+        async for event in cancellable_stream(stream):
+            yield event
 
     async def calls(self) -> list[CallRecord]:
         calls: list[CallRecord] = await unwrap(self.handle.calls.remote())

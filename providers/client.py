@@ -15,10 +15,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import ray
 from ray.exceptions import RayActorError
 
-from actors.client import cancellable, unwrap
+from actors.client import cancellable, cancellable_stream, unwrap
 from actors.groups import GroupSpec
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from providers.models import ChatRequest, ChatResponse, StreamDelta
@@ -38,13 +37,8 @@ class ProviderClient:
         self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
     ) -> AsyncIterator[StreamDelta]:
         pieces = self.handle.stream.options(num_returns="streaming").remote(request, options)
-        try:
-            async for piece in pieces:
-                delta: StreamDelta = await unwrap(piece)
-                yield delta
-        except BaseException:
-            ray.cancel(pieces)  # the reader stopped: so does the stream, and its slot
-            raise
+        async for delta in cancellable_stream(pieces):
+            yield delta
 
     async def ready(self) -> None:
         """Return once the provider can serve calls; raise what keeps it from serving."""
