@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -180,7 +179,7 @@ class ManagerClient:
 
         Nobody waits for the acquire's answer but the renewals and the release,
         which then act on the lease the manager really granted. The caller gets
-        the lease as it will be, stamped on this client's clock until then.
+        the lease as asked for, its epoch the group's as last seen by this client.
         """
         grant = self._track(unwrap(self.handle.acquire.remote(group, lease_id, options)))
         keeper = asyncio.create_task(self._keep_alive(grant))
@@ -191,7 +190,6 @@ class ManagerClient:
                 request_id=options.request_id or lease_id,
                 priority=options.priority,
                 epoch=info.epoch,
-                granted_at=time.monotonic(),
                 ttl=info.lease_ttl,
             )
         finally:

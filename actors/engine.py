@@ -36,8 +36,7 @@ from actors.errors import (
 )
 from actors.groups import GroupSpec
 from actors.options import DEFAULT_OPTIONS, CallOptions
-from actors.stats import GroupInfo, GroupStats, QueuePosition, QueueStats
-from actors.timeline import percentile
+from actors.stats import GroupInfo, GroupStats, QueuePosition, QueueStats, percentile
 from actors.waitqueue import GrantKey, WaitQueue, grant_key
 
 # Weight of the newest hold time in a group's moving average (for wait estimates).
@@ -64,14 +63,13 @@ class Observer(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """A granted slot. ``granted_at`` is on the manager's clock; renew every ``ttl / 3``."""
+    """A granted slot: renew it every ``ttl / 3`` under ``epoch``, release it by ``id``."""
 
     id: str
     group: str
     request_id: str
     priority: int
     epoch: int
-    granted_at: float
     ttl: float
 
 
@@ -128,6 +126,7 @@ class SlotEngine:
         self._waiters: dict[str, _Waiter] = {}
         self._leases: dict[str, Lease] = {}
         self._expires_at: dict[str, float] = {}
+        self._granted_at: dict[str, float] = {}
         # (deadline, lease id); renewals push a new entry and stale ones are skipped.
         self._deadlines: list[tuple[float, str]] = []
         self._arrivals = itertools.count()
@@ -352,10 +351,10 @@ class SlotEngine:
             request_id=request_id,
             priority=priority,
             epoch=self.epoch,
-            granted_at=now,
             ttl=self.lease_ttl,
         )
         self._leases[lease_id] = lease
+        self._granted_at[lease_id] = now
         self._expires_at[lease_id] = now + self.lease_ttl
         heapq.heappush(self._deadlines, (now + self.lease_ttl, lease_id))
         group.active += 1
@@ -373,7 +372,7 @@ class SlotEngine:
         group = self._groups[lease.group]
         group.active -= 1
         self._total_active -= 1
-        held = self.clock() - lease.granted_at
+        held = self.clock() - self._granted_at.pop(lease_id)
         group.avg_hold = (
             held
             if group.avg_hold is None

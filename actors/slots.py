@@ -76,6 +76,5 @@ class NoSlots:
             request_id=options.request_id or "",
             priority=options.priority,
             epoch=0,
-            granted_at=0.0,
             ttl=0.0,
         )

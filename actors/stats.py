@@ -6,6 +6,9 @@ shape (``activeByGroup``, ``pendingByGroup``, ``totalActive``, ``totalPending``)
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
@@ -77,3 +80,11 @@ class QueuePosition(_Snapshot):
     waited_seconds: float
     # None until the group has released a slot (no hold time measured yet).
     estimated_wait_seconds: float | None
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile (``fraction`` 0.5 is the median); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]

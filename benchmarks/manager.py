@@ -33,8 +33,8 @@ import ray
 from actors.client import ManagerClient
 from actors.groups import classify
 from actors.manager import get_or_create_manager
-from actors.runtime import init_ray
 from actors.settings import QueueSettings, Settings
+from pipelines.runtime import init_ray
 
 CAPPED = classify("openai-compatible", "http://gpu-box:8000")  # remote server: limit from config
 UNLIMITED = classify("anthropic")

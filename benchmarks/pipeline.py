@@ -37,12 +37,12 @@ import ray
 
 from actors.groups import ModelEntry, classify
 from actors.manager import get_or_create_manager
-from actors.runtime import init_ray
 from actors.settings import PipelineSettings, QueueSettings, Settings
-from actors.timeline import peak_overlap
 from pipelines.job import Outcome, provider_for, run_pipeline
 from pipelines.plateau import Service
 from pipelines.results import ResultsFile
+from pipelines.runtime import init_ray
+from pipelines.timeline import peak_overlap
 from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
 from tests.support.plateau_backend import plateau_answer
 

@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import sys
 
-from actors.runtime import init_ray
+from pipelines.runtime import init_ray
 
 
 async def write_book(chapters: int, config: str | None) -> list[dict[str, str]]:

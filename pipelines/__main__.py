@@ -1,8 +1,12 @@
-"""``python -m pipelines run INPUT.jsonl --out OUT.jsonl``: the plateau job.
+"""raygate's command line.
 
-Exit status: 0 when every service has an ok record, 1 when a service failed
-or an input line was bad (the rest still ran), 2 for unusable arguments,
-settings or output file.
+python -m pipelines run INPUT.jsonl --out OUT.jsonl   the plateau job
+python -m pipelines stats [--watch [SECONDS]]          the queue of a running cluster
+python -m pipelines demo                              the seed's scenario through a manager
+
+Exit status of ``run``: 0 when every service has an ok record, 1 when a
+service failed or an input line was bad (the rest still ran), 2 for unusable
+arguments, settings or output file.
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from pathlib import Path
 
-from actors.runtime import init_ray
 from actors.waitqueue import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
+from pipelines.runtime import init_ray
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -35,12 +40,37 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument(
         "--retry-failed", action="store_true", help="run services with a failed record again"
     )
+    stats = commands.add_parser("stats", help="print the queue of a running cluster's manager")
+    stats.add_argument("--address", default="auto", help="Ray cluster (default: auto)")
+    stats.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=2.0,
+        metavar="SECONDS",
+        help="redraw every SECONDS (default 2) until Ctrl-C",
+    )
+    demo = commands.add_parser(
+        "demo", help="run the seed's mixed-resource scenario through the manager"
+    )
+    demo.add_argument(
+        "--address", help="Ray cluster to join (default: start an embedded local Ray)"
+    )
+    demo.add_argument("--config", help="raygate settings YAML (default: $RAYGATE_CONFIG)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    # Everything that imports ray comes after init_ray (see actors.runtime).
+    if args.command == "stats":
+        return show_stats(args.address, args.watch)
+    if args.command == "demo":
+        return run_demo(args.address, args.config)
+    return run_job(args)
+
+
+def run_job(args: argparse.Namespace) -> int:
+    # Everything that imports ray comes after init_ray (see pipelines.runtime).
     from actors.errors import RaygateError
     from actors.settings import load_settings
     from pipelines.plateau import read_services
@@ -88,6 +118,52 @@ def main(argv: list[str] | None = None) -> int:
     results.rewrite_in_order([s.id for s in services])
     print(summary(outcome, skipped=skipped, bad_lines=len(problems)))
     return 1 if outcome.failed or problems else 0
+
+
+def show_stats(address: str, every: float | None) -> int:
+    init_ray(address)
+    import ray
+
+    from actors.names import MANAGER_NAME, NAMESPACE
+    from pipelines.view import render
+
+    try:
+        try:
+            manager = ray.get_actor(MANAGER_NAME, namespace=NAMESPACE)
+        except ValueError:
+            print(
+                f"no {MANAGER_NAME!r} actor in namespace {NAMESPACE!r} at {address}: "
+                "nothing has run through raygate on this cluster yet",
+                file=sys.stderr,
+            )
+            return 2
+        live = sys.stdout.isatty()
+        while True:
+            table = render(ray.get(manager.stats.remote()))
+            print(("\x1b[H\x1b[2J" if live and every else "") + table, flush=True)
+            if every is None:
+                return 0
+            time.sleep(every)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        ray.shutdown()
+
+
+def run_demo(address: str | None, config: str | None) -> int:
+    init_ray(address)
+    import ray
+
+    from actors.client import ManagerClient
+    from actors.settings import load_settings
+    from pipelines.demo import report, run_scenario
+
+    try:
+        client = ManagerClient.connect(load_settings(config))
+        print(report(asyncio.run(run_scenario(client))))
+    finally:
+        ray.shutdown()
+    return 0
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ from typing import Any, TextIO
 
 from actors.groups import Provider, resolve_model
 from actors.settings import Settings
-from actors.timeline import peak_overlap, percentile
+from actors.stats import percentile
 from pipelines.actor import CallDone, CallRecord, PipelineRun, RunSpec, ServiceDone
 from pipelines.chain import Span
 from pipelines.plateau import Service, ServiceRecord
 from pipelines.results import ResultsFile
+from pipelines.timeline import peak_overlap
 from providers.actor import get_or_create_embedded_model, get_or_create_provider, options_for
 from providers.client import ProviderClient
 from providers.llamacpp import EMBEDDED_MODEL_ID

@@ -151,12 +151,12 @@ class Backend(ABC):
     def _mapped(self) -> Iterator[None]:
         try:
             yield
-        except httpx.TimeoutException:
-            raise ProviderTimeout(self.provider, f"no answer within {self.timeout:g}s") from None
+        except httpx.TimeoutException as exc:
+            raise ProviderTimeout(self.provider, f"no answer within {self.timeout:g}s") from exc
         except httpx.TransportError as exc:
             raise ProviderUnavailable(
                 self.provider, f"cannot reach {self.base_url} ({type(exc).__name__})"
-            ) from None
+            ) from exc
 
     def _check_status(self, response: httpx.Response) -> None:
         status = response.status_code

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.demo import CLAUDE, LOCAL, peak_overlap_by_group, report, run_scenario
+from pipelines.demo import CLAUDE, LOCAL, peak_overlap_by_group, report, run_scenario
 from tests.integration.conftest import ManagerFactory
 
 pytestmark = pytest.mark.ray

@@ -21,9 +21,9 @@ import yaml
 
 from actors.groups import ModelEntry, classify
 from actors.settings import PipelineSettings, ProviderSettings, QueueSettings, Settings
-from actors.timeline import peak_overlap
 from pipelines.plateau import Service, ServiceRecord
 from pipelines.results import ResultsFile
+from pipelines.timeline import peak_overlap
 from tests.integration.conftest import (
     ManagerFactory,
     active_is,

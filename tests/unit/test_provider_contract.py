@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -241,8 +242,10 @@ async def test_retries_stop_after_the_last_attempt(started: Rig) -> None:
 async def test_no_answer_in_time_is_a_timeout(started: Rig) -> None:
     started.server.script(Slow(2.0))
 
-    with pytest.raises(ProviderTimeout, match=r"no answer within 0\.5s"):
+    with pytest.raises(ProviderTimeout, match=r"no answer within 0\.5s") as caught:
         await started.provider.backend.chat(started.request())
+
+    assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
 
 
 async def test_body_that_is_not_json_is_a_bad_response(started: Rig) -> None:

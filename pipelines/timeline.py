@@ -1,9 +1,8 @@
-"""Reading recorded call intervals: how many ran at once, and percentiles of waits."""
+"""Reading recorded call intervals: how many ran at once."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 
 def peak_overlap(intervals: Iterable[tuple[float, float]]) -> int:
@@ -18,11 +17,3 @@ def peak_overlap(intervals: Iterable[tuple[float, float]]) -> int:
         running += step
         peak = max(peak, running)
     return peak
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile (``fraction`` 0.5 is the median); 0.0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]

@@ -1,4 +1,4 @@
-"""The queue as a table: what ``python -m actors stats`` prints."""
+"""The queue as a table: what ``python -m pipelines stats`` prints."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``python -m actors demo``: the seed's mixed-resource scenario through a real manager.
+"""``python -m pipelines demo``: the seed's mixed-resource scenario through a real manager.
 
 Seven requests for four backends arrive one after another. Remote APIs and
 the remote Ollama run at once; the local Ollama takes one at a time, and the
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from actors.client import ManagerClient
 from actors.groups import GroupSpec, classify
 from actors.options import CallOptions
-from actors.timeline import peak_overlap
+from pipelines.timeline import peak_overlap
 
 LOCAL = classify("ollama", "http://localhost:11434")
 REMOTE_OLLAMA = classify("ollama", "http://server.com:11434")
