@@ -35,6 +35,7 @@ from actors.errors import (
     UnknownGroup,
 )
 from actors.groups import GroupSpec
+from actors.journal import GroupRecord
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.stats import GroupInfo, GroupStats, QueuePosition, QueueStats, percentile
 from actors.waitqueue import GrantKey, WaitQueue, grant_key
@@ -88,6 +89,9 @@ class _Group:
     spec: GroupSpec
     limit: int | None
     queue: WaitQueue
+    # Whether a restarted manager must know its held leases (see actors.journal).
+    journaled: bool
+    leases: set[str] = field(default_factory=set)
     waits: deque[float] = field(default_factory=lambda: deque(maxlen=WAIT_WINDOW))
     active: int = 0
     peak_active: int = 0
@@ -127,6 +131,10 @@ class SlotEngine:
         self._leases: dict[str, Lease] = {}
         self._expires_at: dict[str, float] = {}
         self._granted_at: dict[str, float] = {}
+        # Leases held again after a restart whose holder has not asked for them yet.
+        self._restored: set[str] = set()
+        # Groups whose record (spec, held leases) changed since take_changed().
+        self._changed: set[str] = set()
         # (deadline, lease id); renewals push a new entry and stale ones are skipped.
         self._deadlines: list[tuple[float, str]] = []
         self._arrivals = itertools.count()
@@ -148,8 +156,39 @@ class SlotEngine:
         group = self._groups.get(spec.id)
         if group is None:
             limit = self._overrides.get(spec.id, spec.default_limit)
-            group = self._groups[spec.id] = _Group(spec=spec, limit=limit, queue=WaitQueue())
+            journaled = limit is not None or self.global_limit is not None
+            group = _Group(spec=spec, limit=limit, queue=WaitQueue(), journaled=journaled)
+            self._groups[spec.id] = group
+            self._changed.add(spec.id)
         return self._info(group)
+
+    def restore(self, record: GroupRecord) -> None:
+        """After a restart: know the group again and hold its leases, each for one more ttl.
+
+        A holder that lives renews and releases its lease as usual (by id and
+        its own epoch); one that died lets it expire. Until then the slot is
+        not granted again.
+        """
+        group = self._groups[self.register(record.spec).id]
+        for lease_id, epoch in record.held.items():
+            if lease_id not in self._leases:
+                self._hold(group, lease_id, lease_id, DEFAULT_OPTIONS.priority, epoch)
+                self._restored.add(lease_id)
+        self._levels(group)
+
+    def take_changed(self) -> set[str]:
+        """The groups whose record changed since the last call (for the journal)."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def record(self, group_id: str) -> GroupRecord:
+        group = self._groups[group_id]
+        return GroupRecord(
+            spec=group.spec, held={i: self._leases[i].epoch for i in sorted(group.leases)}
+        )
+
+    def journaled(self, group_id: str) -> bool:
+        return self._group(group_id).journaled
 
     def group_info(self, group_id: str) -> GroupInfo:
         return self._info(self._group(group_id))
@@ -184,6 +223,10 @@ class SlotEngine:
         group = self._group(group_id)
         request_id = options.request_id or lease_id
         priority = options.priority
+        if lease_id in self._restored:
+            # Granted before a restart, its answer lost: Ray retried the acquire.
+            self._restored.discard(lease_id)
+            return self._leases[lease_id]
         if lease_id in self._retired:
             del self._retired[lease_id]
             self.late_acquires += 1
@@ -224,15 +267,16 @@ class SlotEngine:
         reclaimed, or one never seen is ignored and counted; an id never seen is
         remembered, so an acquire that arrives after its own release is refused.
         """
+        lease = self._leases.get(lease_id)
+        if lease is not None and lease.epoch == epoch:
+            self._finish(self._free(lease_id), "released")
+            return self._dispatch()
         if epoch != self.epoch:
             self.stale_epoch_releases += 1
             return []
-        if lease_id not in self._leases:
-            self.unknown_releases += 1
-            self._retire(lease_id)
-            return []
-        self._finish(self._free(lease_id), "released")
-        return self._dispatch()
+        self.unknown_releases += 1
+        self._retire(lease_id)
+        return []
 
     def cancel(self, lease_id: str, *, timed_out: bool = False) -> list[Lease]:
         """The caller gave up: leave the queue, or give back a slot granted meanwhile."""
@@ -253,7 +297,8 @@ class SlotEngine:
 
     def renew(self, lease_id: str, epoch: int) -> bool:
         """Push a held lease's deadline one ttl ahead; False if it is no longer held."""
-        if epoch != self.epoch or lease_id not in self._leases:
+        lease = self._leases.get(lease_id)
+        if lease is None or lease.epoch != epoch:
             return False
         deadline = self.clock() + self.lease_ttl
         self._expires_at[lease_id] = deadline
@@ -343,33 +388,39 @@ class SlotEngine:
     def _grant(
         self, group: _Group, lease_id: str, request_id: str, priority: int, *, waited: float
     ) -> Lease:
-        now = self.clock()
         group.waits.append(waited)
-        lease = Lease(
-            id=lease_id,
-            group=group.spec.id,
-            request_id=request_id,
-            priority=priority,
-            epoch=self.epoch,
-            ttl=self.lease_ttl,
-        )
-        self._leases[lease_id] = lease
-        self._granted_at[lease_id] = now
-        self._expires_at[lease_id] = now + self.lease_ttl
-        heapq.heappush(self._deadlines, (now + self.lease_ttl, lease_id))
-        group.active += 1
-        group.peak_active = max(group.peak_active, group.active)
+        lease = self._hold(group, lease_id, request_id, priority, self.epoch)
         group.granted += 1
-        self._total_active += 1
         if self._observer is not None:
             self._observer.granted(group.spec.id, group.spec.kind, waited)
             self._levels(group)
         return lease
 
+    def _hold(
+        self, group: _Group, lease_id: str, request_id: str, priority: int, epoch: int
+    ) -> Lease:
+        now = self.clock()
+        lease = Lease(lease_id, group.spec.id, request_id, priority, epoch, self.lease_ttl)
+        self._leases[lease_id] = lease
+        self._granted_at[lease_id] = now
+        self._expires_at[lease_id] = now + self.lease_ttl
+        heapq.heappush(self._deadlines, (now + self.lease_ttl, lease_id))
+        group.leases.add(lease_id)
+        group.active += 1
+        group.peak_active = max(group.peak_active, group.active)
+        self._total_active += 1
+        if group.journaled:
+            self._changed.add(group.spec.id)
+        return lease
+
     def _free(self, lease_id: str) -> _Group:
         lease = self._leases.pop(lease_id)
         del self._expires_at[lease_id]
+        self._restored.discard(lease_id)
         group = self._groups[lease.group]
+        group.leases.discard(lease_id)
+        if group.journaled:
+            self._changed.add(group.spec.id)
         group.active -= 1
         self._total_active -= 1
         held = self.clock() - self._granted_at.pop(lease_id)

@@ -12,6 +12,10 @@ thread. A future is only ever resolved on its own loop
 (``call_soon_threadsafe``); a ``set_result`` from another loop's thread would
 never wake its waiter. Expiry is a reaper thread that sleeps until the
 earliest lease deadline.
+
+With a store, every change of a group's record goes to the journal (see
+:mod:`actors.journal`), and a lease of a capped group is returned only once
+the journal has written it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import TypeVar
 from actors.engine import Lease, SlotEngine
 from actors.errors import AcquireTimeout
 from actors.groups import GroupSpec
+from actors.journal import GroupRecord, Journal, Store
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.stats import GroupInfo, QueuePosition, QueueStats
 
@@ -31,11 +36,13 @@ T = TypeVar("T")
 
 
 class SlotGate:
-    def __init__(self, engine: SlotEngine) -> None:
+    def __init__(self, engine: SlotEngine, store: Store | None = None) -> None:
         self.engine = engine
         self._lock = threading.Lock()
         # Futures of queued acquires. Whoever pops an entry owns the clean-up.
         self._waiters: dict[str, asyncio.Future[Lease]] = {}
+        self._journal = None if store is None else Journal(store, self._record)
+        self._journal_changes()
         self._reaper = _Reaper(self)
         self._reaper.start()
 
@@ -43,10 +50,21 @@ class SlotGate:
         self, group: str, lease_id: str, options: CallOptions = DEFAULT_OPTIONS
     ) -> Lease:
         """A slot of ``group``, waiting at most ``options.queue_timeout`` for it."""
+        lease = await self._granted(group, lease_id, options)
+        if self._journal is not None and self.inspect(self.engine.journaled, group):
+            try:
+                await self._journal.flushed()
+            except asyncio.CancelledError:
+                self.cancel(lease_id)
+                raise
+        return lease
+
+    async def _granted(self, group: str, lease_id: str, options: CallOptions) -> Lease:
         loop = asyncio.get_running_loop()
         with self._lock:
             lease = self.engine.acquire(group, lease_id, options)
             if lease is not None:
+                self._journal_changes()
                 self._reaper.wake_if_idle()
                 return lease
             waiter: asyncio.Future[Lease] = loop.create_future()
@@ -86,7 +104,17 @@ class SlotGate:
             self._hand_on(self.engine.reclaim_expired())
 
     def register(self, spec: GroupSpec) -> GroupInfo:
-        return self.inspect(self.engine.register, spec)
+        with self._lock:
+            info = self.engine.register(spec)
+            self._journal_changes()
+            return info
+
+    async def registered(self, spec: GroupSpec) -> GroupInfo:
+        """Register, and return once a restarted manager would know the group too."""
+        info = self.register(spec)
+        if self._journal is not None:
+            await self._journal.flushed()
+        return info
 
     def group_info(self, group_id: str) -> GroupInfo:
         return self.inspect(self.engine.group_info, group_id)
@@ -106,16 +134,28 @@ class SlotGate:
             return query(*args)
 
     def close(self) -> None:
-        """Stop the reaper thread (the actor never needs this; tests and embedders do)."""
+        """Stop the reaper and journal threads (the actor never needs this; tests do)."""
         self._reaper.stop()
+        if self._journal is not None:
+            self._journal.stop()
 
     def _abandon(self, lease_id: str, *, timed_out: bool = False) -> None:
         with self._lock:
             if self._waiters.pop(lease_id, None) is not None:
                 self._hand_on(self.engine.cancel(lease_id, timed_out=timed_out))
 
+    def _record(self, group: str) -> GroupRecord:
+        return self.inspect(self.engine.record, group)
+
+    def _journal_changes(self) -> None:
+        """Call with the lock held, after anything that may change a group's record."""
+        changed = self.engine.take_changed()
+        if self._journal is not None and changed:
+            self._journal.mark(changed)
+
     def _hand_on(self, granted: list[Lease]) -> None:
         """Wake the waiters the engine just granted. Call with the lock held."""
+        self._journal_changes()
         for lease in granted:
             waiter = self._waiters.get(lease.id)
             if waiter is not None:

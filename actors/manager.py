@@ -11,23 +11,30 @@ not FIFO. Every waiting acquire must reach the engine's queue, where priority
 and arrival decide; ``queue.max_pending_per_group`` is the bound users set.
 
 Crash safety: the actor is detached and restarted by Ray (``max_restarts=-1``).
-A restart starts a new epoch with an empty engine; acquires that were waiting
-are retried by Ray against the new actor (``max_task_retries=-1``), and the
-old epoch's releases and renewals are ignored and counted. Holders of the old
-epoch keep running, so right after a restart a group can briefly hold more
-calls than its limit; their leases are unknown to the new epoch.
+Every group's spec and the leases a capped group holds are journaled in Ray's
+GCS key-value store, a lease before it is handed out (see
+:mod:`actors.journal`). A restarted manager starts a new epoch, restores the
+groups and holds their leases again for one ttl; their holders renew and
+release them as before. Ray retries the calls that were in flight against the
+new actor (``max_task_retries=-1``): waiting acquires queue again under their
+own lease and request ids and priorities, and an acquire whose grant was
+journaled but never answered gets that lease. A manager created anew (not
+restarted by Ray) clears its name's journal.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import ray
+from ray.experimental import internal_kv
 
 from actors.engine import Lease, SlotEngine
 from actors.gate import SlotGate
 from actors.groups import GroupSpec, resolve_model
+from actors.journal import decode
 from actors.metrics import QueueMetrics
 from actors.names import MANAGER_NAME, NAMESPACE
 from actors.options import DEFAULT_OPTIONS, CallOptions
@@ -61,9 +68,20 @@ class ConcurrencyManager:
             group_limits=queue.group_limits,
             observer=QueueMetrics(),
         )
+        context = ray.get_runtime_context()
+        store = GcsStore(context.get_actor_name() or MANAGER_NAME)
+        with warnings.catch_warnings():
+            # Ray's own property reads its deprecated actor_id; the answer is sound.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            restarted = context.was_current_actor_reconstructed
+        if restarted:
+            for data in store.load().values():
+                engine.restore(decode(data))
+        else:
+            store.clear()
         for entry in settings.models.values():
             engine.register(entry.spec())
-        self._gate = SlotGate(engine)
+        self._gate = SlotGate(engine, store)
 
     async def acquire(
         self, group: str, lease_id: str, options: CallOptions = DEFAULT_OPTIONS
@@ -84,7 +102,7 @@ class ConcurrencyManager:
 
     @ray.method(concurrency_group=CONTROL)
     async def register(self, spec: GroupSpec) -> GroupInfo:
-        return self._gate.register(spec)
+        return await self._gate.registered(spec)
 
     @ray.method(concurrency_group=CONTROL)
     async def group_info(self, group_id: str) -> GroupInfo:
@@ -93,7 +111,7 @@ class ConcurrencyManager:
     @ray.method(concurrency_group=CONTROL)
     async def model_group(self, model_id: str) -> GroupInfo:
         spec = resolve_model(self._settings.models, model_id)
-        return self._gate.register(spec)
+        return await self._gate.registered(spec)
 
     @ray.method(concurrency_group=CONTROL)
     async def can_run_immediately(self, model_id: str) -> bool:
@@ -115,6 +133,32 @@ class ConcurrencyManager:
     @ray.method(concurrency_group=CONTROL)
     async def settings(self) -> Settings:
         return self._settings
+
+
+class GcsStore:
+    """The journal's store: Ray's GCS key-value store, a key per group under the manager's name."""
+
+    def __init__(self, manager_name: str) -> None:
+        self._prefix = f"{manager_name}/groups/"
+
+    def put(self, key: str, value: bytes) -> None:
+        internal_kv._internal_kv_put(self._prefix + key, value, namespace=NAMESPACE)
+
+    def load(self) -> dict[str, bytes]:
+        records = {}
+        for key in self._keys():
+            value = internal_kv._internal_kv_get(key, namespace=NAMESPACE)
+            if value is not None:
+                records[key.decode().removeprefix(self._prefix)] = value
+        return records
+
+    def clear(self) -> None:
+        for key in self._keys():
+            internal_kv._internal_kv_del(key, namespace=NAMESPACE)
+
+    def _keys(self) -> list[bytes]:
+        keys: list[bytes] = internal_kv._internal_kv_list(self._prefix, namespace=NAMESPACE)
+        return keys
 
 
 def get_or_create_manager(settings: Settings, *, name: str = MANAGER_NAME) -> Any:

@@ -129,6 +129,41 @@ async def test_slot_of_a_killed_holder_comes_back_after_the_ttl(
     assert stats.total_active == 0
 
 
+async def test_a_killed_manager_restarts_without_losing_a_call_or_breaking_the_limit(
+    make_manager: ManagerFactory,
+) -> None:
+    # The group is registered at run time, not in the manager's settings.
+    client = make_manager(LOCAL_SERVER)
+    callers = [Caller.remote(client.handle) for _ in range(4)]
+    epoch = (await client.stats()).epoch
+
+    with ProbeServer(hold=0.05) as server:
+        async with client.slot(LOCAL_SERVER.id):
+            calls = [
+                callers[i % 4].post_in_slot.remote(LOCAL_SERVER.id, 1 + i % 10, server.url)
+                for i in range(20)
+            ]
+            await wait_until(pending_is(client, LOCAL_SERVER.id, 20), "20 queued callers")
+            ray.kill(client.handle, no_restart=False)
+
+            async def back_and_fenced() -> bool:
+                stats = await client.stats()
+                return stats.epoch != epoch and stats.total_pending == 20
+
+            await wait_until(back_and_fenced, "the restarted manager to queue all 20 again")
+            # This slot, granted by the old manager, still holds the new one's only slot.
+            assert (await client.stats()).active_by_group[LOCAL_SERVER.id] == 1
+            assert server.received == []
+        done = await asyncio.gather(*calls)
+
+    assert sorted(done) == sorted(1 + i % 10 for i in range(20))
+    assert len(server.received) == 20
+    assert server.max_in_flight == 1
+    stats = await client.stats()
+    assert stats.epoch != epoch
+    assert (stats.total_active, stats.total_pending) == (0, 0)
+
+
 async def test_cancelled_waiter_leaves_the_managers_queue(make_manager: ManagerFactory) -> None:
     client = make_manager(LOCAL_SERVER)
 
@@ -274,7 +309,7 @@ async def test_stats_command_prints_the_running_clusters_queue(ray_session: None
     async with client.slot(LOCAL_SERVER.id):
         out = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "actors", "stats", "--address",
+            [sys.executable, "-m", "pipelines", "stats", "--address",
              ray.get_runtime_context().gcs_address],
             capture_output=True, text=True, timeout=120, check=True,
         )  # fmt: skip
