@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -48,11 +49,10 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 120.0) -> 
         time.sleep(0.5)
 
 
-def token_headers() -> dict[str, str]:
-    # Clusters started with `ray start` here require Ray's token; this process
-    # decided its own auth mode when it joined the test session's cluster.
-    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
-    return {"authorization": f"Bearer {token}"}
+# Clusters started with `ray start` here require a token; each test cluster gets
+# its own, given to its nodes in the environment (nothing read from ~/.ray).
+TOKEN = secrets.token_hex(32)
+HEADERS = {"authorization": f"Bearer {TOKEN}"}
 
 
 def alive_nodes(dashboard: str, headers: dict[str, str]) -> int:
@@ -64,6 +64,7 @@ def ray_start(*flags: str, log: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": TOKEN,
         # Job drivers run `python`: this interpreter, as on a node with raygate installed.
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
@@ -94,7 +95,7 @@ def jobs(tmp_path: Path) -> Iterator[JobSubmissionClient]:
     )  # fmt: skip
     gpu_node: subprocess.Popen[bytes] | None = None
     try:
-        address, headers = f"http://127.0.0.1:{dash}", token_headers()
+        address, headers = f"http://127.0.0.1:{dash}", HEADERS
         wait_for("the job server", lambda: JobSubmissionClient(address, headers=headers))
         gpu_node = ray_start(
             f"--address=127.0.0.2:{gcs}", "--node-ip-address=127.0.0.3",
