@@ -38,6 +38,7 @@ from actors.names import MANAGER_NAME
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import Settings, load_settings
 from actors.stats import GroupInfo, QueuePosition, QueueStats
+from actors.watch import current_caller
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class ManagerClient:
         self, group: str, lease_id: str, options: CallOptions, info: GroupInfo
     ) -> AsyncIterator[Lease]:
         """A gated group: wait for the grant, keep it alive, give it back."""
-        call = self.handle.acquire.remote(group, lease_id, options)
+        call = self.handle.acquire.remote(group, lease_id, options, current_caller())
         try:
             lease: Lease = await unwrap(call)
         except asyncio.CancelledError:
@@ -181,7 +182,9 @@ class ManagerClient:
         which then act on the lease the manager really granted. The caller gets
         the lease as asked for, its epoch the group's as last seen by this client.
         """
-        grant = self._track(unwrap(self.handle.acquire.remote(group, lease_id, options)))
+        grant = self._track(
+            unwrap(self.handle.acquire.remote(group, lease_id, options, current_caller()))
+        )
         keeper = asyncio.create_task(self._keep_alive(grant))
         try:
             yield Lease(

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from actors.callers import Caller
 from actors.errors import (
     DuplicateLease,
     LeaseRetired,
@@ -35,7 +36,7 @@ from actors.errors import (
     UnknownGroup,
 )
 from actors.groups import GroupSpec
-from actors.journal import GroupRecord
+from actors.journal import GroupRecord, HeldLease
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.stats import GroupInfo, GroupStats, QueuePosition, QueueStats, percentile
 from actors.waitqueue import GrantKey, WaitQueue, grant_key
@@ -102,6 +103,7 @@ class _Group:
     cancelled: int = 0
     timed_out: int = 0
     rejected: int = 0
+    abandoned: int = 0
 
     def has_room(self) -> bool:
         return self.limit is None or self.active < self.limit
@@ -135,6 +137,9 @@ class SlotEngine:
         self._restored: set[str] = set()
         # Groups whose record (spec, held leases) changed since take_changed().
         self._changed: set[str] = set()
+        # Who asked for each lease waiting or held, and the leases of each caller process.
+        self._callers: dict[str, Caller] = {}
+        self._by_worker: dict[str, set[str]] = {}
         # (deadline, lease id); renewals push a new entry and stale ones are skipped.
         self._deadlines: list[tuple[float, str]] = []
         self._arrivals = itertools.count()
@@ -170,10 +175,11 @@ class SlotEngine:
         not granted again.
         """
         group = self._groups[self.register(record.spec).id]
-        for lease_id, epoch in record.held.items():
+        for lease_id, held in record.held.items():
             if lease_id not in self._leases:
-                self._hold(group, lease_id, lease_id, DEFAULT_OPTIONS.priority, epoch)
+                self._hold(group, lease_id, lease_id, DEFAULT_OPTIONS.priority, held.epoch)
                 self._restored.add(lease_id)
+                self._note_caller(lease_id, held.caller)
         self._levels(group)
 
     def take_changed(self) -> set[str]:
@@ -183,9 +189,10 @@ class SlotEngine:
 
     def record(self, group_id: str) -> GroupRecord:
         group = self._groups[group_id]
-        return GroupRecord(
-            spec=group.spec, held={i: self._leases[i].epoch for i in sorted(group.leases)}
-        )
+        held = {
+            i: HeldLease(self._leases[i].epoch, self._callers.get(i)) for i in sorted(group.leases)
+        }
+        return GroupRecord(spec=group.spec, held=held)
 
     def journaled(self, group_id: str) -> bool:
         return self._group(group_id).journaled
@@ -212,13 +219,18 @@ class SlotEngine:
     # -- acquire / release ----------------------------------------------------
 
     def acquire(
-        self, group_id: str, lease_id: str, options: CallOptions = DEFAULT_OPTIONS
+        self,
+        group_id: str,
+        lease_id: str,
+        options: CallOptions = DEFAULT_OPTIONS,
+        caller: Caller | None = None,
     ) -> Lease | None:
         """Grant a slot now and return its lease, or queue the request and return None.
 
         A queued request is granted later by whichever call frees a slot
         (release, cancel, reclaim_expired); that call returns its lease. A call
-        without a request id is known by its lease id.
+        without a request id is known by its lease id. ``caller``: the process
+        that asked, whose waiters and leases ``drop_caller`` ends.
         """
         group = self._group(group_id)
         request_id = options.request_id or lease_id
@@ -237,6 +249,7 @@ class SlotEngine:
             self._observer.submitted(group_id, group.spec.kind)
         number = self._unit_number(options.unit)
         if group.has_room() and self._global_room():
+            self._note_caller(lease_id, caller)
             return self._grant(group, lease_id, request_id, priority, waited=0.0)
         if len(group.queue) >= self.max_pending_per_group:
             self._finish(group, "rejected")
@@ -257,6 +270,7 @@ class SlotEngine:
             lease_id, group_id, request_id, priority, key, self.clock()
         )
         group.queue.push(lease_id, key)
+        self._note_caller(lease_id, caller)
         self._levels(group)
         return None
 
@@ -284,6 +298,7 @@ class SlotEngine:
         if waiter is not None:
             group = self._groups[waiter.group]
             group.queue.remove(lease_id)
+            self._forget_caller(lease_id)
             handed_on: list[Lease] = []  # a waiter holds no slot: nothing to pass on
         elif lease_id in self._leases:
             # Granted in the same instant the caller gave up: pass the slot on.
@@ -294,6 +309,30 @@ class SlotEngine:
             return []
         self._finish(group, "timed_out" if timed_out else "cancelled")
         return handed_on
+
+    def drop_caller(self, worker_id: str) -> tuple[list[str], list[Lease]]:
+        """The process ``worker_id`` died: drop its waiters and free its leases.
+
+        Returns the lease ids of the dropped waiters and the leases handed on.
+        """
+        dropped: list[str] = []
+        freed = False
+        for lease_id in sorted(self._by_worker.get(worker_id, ())):
+            waiter = self._waiters.pop(lease_id, None)
+            if waiter is not None:
+                group = self._groups[waiter.group]
+                group.queue.remove(lease_id)
+                self._forget_caller(lease_id)
+                dropped.append(lease_id)
+            else:
+                group = self._free(lease_id)
+                freed = True
+            self._finish(group, "abandoned")
+        return dropped, self._dispatch() if freed else []
+
+    def callers(self) -> list[Caller]:
+        """Every caller with a lease waiting or held."""
+        return list({caller.worker_id: caller for caller in self._callers.values()}.values())
 
     def renew(self, lease_id: str, epoch: int) -> bool:
         """Push a held lease's deadline one ttl ahead; False if it is no longer held."""
@@ -363,6 +402,7 @@ class SlotEngine:
                 cancelled=g.cancelled,
                 timed_out=g.timed_out,
                 rejected=g.rejected,
+                abandoned=g.abandoned,
             )
             for gid, g in self._groups.items()
         }
@@ -417,6 +457,7 @@ class SlotEngine:
         lease = self._leases.pop(lease_id)
         del self._expires_at[lease_id]
         self._restored.discard(lease_id)
+        self._forget_caller(lease_id)
         group = self._groups[lease.group]
         group.leases.discard(lease_id)
         if group.journaled:
@@ -453,8 +494,22 @@ class SlotEngine:
             )
         return granted
 
+    def _note_caller(self, lease_id: str, caller: Caller | None) -> None:
+        if caller is not None:
+            self._callers[lease_id] = caller
+            self._by_worker.setdefault(caller.worker_id, set()).add(lease_id)
+
+    def _forget_caller(self, lease_id: str) -> None:
+        caller = self._callers.pop(lease_id, None)
+        if caller is not None:
+            leases = self._by_worker[caller.worker_id]
+            leases.discard(lease_id)
+            if not leases:
+                del self._by_worker[caller.worker_id]
+
     def _finish(self, group: _Group, outcome: str) -> None:
-        """Count how a request ended: released, expired, cancelled, timed_out or rejected."""
+        """Count how a request ended: released, expired, cancelled, timed_out, rejected,
+        or abandoned (its caller died)."""
         setattr(group, outcome, getattr(group, outcome) + 1)
         if self._observer is not None:
             self._observer.finished(group.spec.id, group.spec.kind, outcome)

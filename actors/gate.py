@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from actors.callers import Caller
 from actors.engine import Lease, SlotEngine
 from actors.errors import AcquireTimeout
 from actors.groups import GroupSpec
@@ -47,10 +48,14 @@ class SlotGate:
         self._reaper.start()
 
     async def acquire(
-        self, group: str, lease_id: str, options: CallOptions = DEFAULT_OPTIONS
+        self,
+        group: str,
+        lease_id: str,
+        options: CallOptions = DEFAULT_OPTIONS,
+        caller: Caller | None = None,
     ) -> Lease:
         """A slot of ``group``, waiting at most ``options.queue_timeout`` for it."""
-        lease = await self._granted(group, lease_id, options)
+        lease = await self._granted(group, lease_id, options, caller)
         if self._journal is not None and self.inspect(self.engine.journaled, group):
             try:
                 await self._journal.flushed()
@@ -59,10 +64,12 @@ class SlotGate:
                 raise
         return lease
 
-    async def _granted(self, group: str, lease_id: str, options: CallOptions) -> Lease:
+    async def _granted(
+        self, group: str, lease_id: str, options: CallOptions, caller: Caller | None
+    ) -> Lease:
         loop = asyncio.get_running_loop()
         with self._lock:
-            lease = self.engine.acquire(group, lease_id, options)
+            lease = self.engine.acquire(group, lease_id, options, caller)
             if lease is not None:
                 self._journal_changes()
                 self._reaper.wake_if_idle()
@@ -93,6 +100,15 @@ class SlotGate:
             waiter = self._waiters.pop(lease_id, None)
             self._hand_on(self.engine.cancel(lease_id))
         if waiter is not None:
+            waiter.get_loop().call_soon_threadsafe(waiter.cancel)
+
+    def drop_caller(self, worker_id: str) -> None:
+        """The process ``worker_id`` died: its waiters leave, its slots pass on."""
+        with self._lock:
+            dropped, granted = self.engine.drop_caller(worker_id)
+            waiters = [self._waiters.pop(i) for i in dropped if i in self._waiters]
+            self._hand_on(granted)
+        for waiter in waiters:
             waiter.get_loop().call_soon_threadsafe(waiter.cancel)
 
     def renew(self, lease_id: str, epoch: int) -> bool:

@@ -37,6 +37,7 @@ from typing import Protocol
 
 from pydantic import TypeAdapter
 
+from actors.callers import Caller
 from actors.groups import GroupSpec
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,16 @@ RETRY_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
+class HeldLease:
+    # The epoch of the manager that granted it, and who holds it (watched again).
+    epoch: int
+    caller: Caller | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GroupRecord:
     spec: GroupSpec
-    # Lease id -> the epoch of the manager that granted it.
-    held: dict[str, int]
+    held: dict[str, HeldLease]
 
 
 _RECORD = TypeAdapter(GroupRecord)

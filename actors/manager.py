@@ -20,6 +20,11 @@ new actor (``max_task_retries=-1``): waiting acquires queue again under their
 own lease and request ids and priorities, and an acquire whose grant was
 journaled but never answered gets that lease. A manager created anew (not
 restarted by Ray) clears its name's journal.
+
+Dead callers: an acquire names its caller process; the manager watches each
+named caller actor (see :mod:`actors.watch`) and, when Ray reports it dead,
+drops its waiters and frees its leases at once. The ttl is the backstop for
+callers it cannot watch.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 import ray
 from ray.experimental import internal_kv
 
+from actors.callers import Caller
 from actors.engine import Lease, SlotEngine
 from actors.gate import SlotGate
 from actors.groups import GroupSpec, resolve_model
@@ -41,6 +47,7 @@ from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import Settings
 from actors.stats import GroupInfo, QueuePosition, QueueStats
 from actors.telemetry import configure_telemetry
+from actors.watch import CallerWatch
 
 CONTROL = "control"
 MAX_CONCURRENT_CALLS = 200_000
@@ -82,11 +89,20 @@ class ConcurrencyManager:
         for entry in settings.models.values():
             engine.register(entry.spec())
         self._gate = SlotGate(engine, store)
+        self._watch = CallerWatch(lambda caller: self._gate.drop_caller(caller.worker_id))
+        # Holders of restored leases, watched again from the first call on.
+        self._unwatched = engine.callers()
 
     async def acquire(
-        self, group: str, lease_id: str, options: CallOptions = DEFAULT_OPTIONS
+        self,
+        group: str,
+        lease_id: str,
+        options: CallOptions = DEFAULT_OPTIONS,
+        caller: Caller | None = None,
     ) -> Lease:
-        return await self._gate.acquire(group, lease_id, options)
+        self._watch_restored()
+        self._watch.watch(caller)
+        return await self._gate.acquire(group, lease_id, options, caller)
 
     @ray.method(concurrency_group=CONTROL)
     async def release(self, lease_id: str, epoch: int) -> None:
@@ -98,7 +114,13 @@ class ConcurrencyManager:
 
     @ray.method(concurrency_group=CONTROL)
     async def renew(self, lease_id: str, epoch: int) -> bool:
+        self._watch_restored()
         return self._gate.renew(lease_id, epoch)
+
+    def _watch_restored(self) -> None:
+        callers, self._unwatched = self._unwatched, []
+        for caller in callers:
+            self._watch.watch(caller)
 
     @ray.method(concurrency_group=CONTROL)
     async def register(self, spec: GroupSpec) -> GroupInfo:

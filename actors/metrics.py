@@ -69,7 +69,7 @@ class QueueMetrics:
         self._completed = Counter(
             "llm_queue_completed",
             "Slot requests that ended, by outcome (released, expired, cancelled, "
-            "timed_out, rejected).",
+            "timed_out, rejected, abandoned).",
             (*GROUP, "outcome"),
         )
         self._inflight = Gauge("llm_queue_inflight", "Slots held now.", GROUP)

@@ -52,6 +52,8 @@ class GroupStats(_Snapshot):
     cancelled: int
     timed_out: int
     rejected: int
+    # Waiters dropped and leases freed because the process that asked died.
+    abandoned: int
 
 
 class QueueStats(_Snapshot):

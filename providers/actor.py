@@ -24,6 +24,7 @@ import ray
 from pydantic import SecretStr
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from actors.callers import Caller
 from actors.client import ManagerClient
 from actors.groups import GroupSpec, Provider, ResourceKind, classify
 from actors.names import NAMESPACE
@@ -31,6 +32,7 @@ from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import PROVIDER_DEFAULTS, Settings, TelemetrySettings
 from actors.slots import NoSlots, SlotSource
 from actors.telemetry import configure_telemetry
+from actors.watch import CallerCalls, Watched
 from providers.breaker import CircuitBreaker
 from providers.client import EmbeddedModelClient, ProviderClient
 from providers.factory import api_key_for, build_backend
@@ -79,11 +81,17 @@ def options_for(
     )
 
 
-class _ProviderShell:
-    """What both provider actors answer; the remote classes only differ in their start."""
+class _ProviderShell(Watched):
+    """What both provider actors answer; the remote classes only differ in their start.
+
+    Each call names its caller; when Ray reports that caller dead (a pipeline
+    whose driver was killed), its calls here are cancelled, which gives back
+    their slots and waits (see :mod:`actors.watch`).
+    """
 
     _provider: GatedProvider
     _slots: SlotSource
+    _calls: CallerCalls
     _started: bool = False
 
     def _make(
@@ -94,6 +102,7 @@ class _ProviderShell:
         backend: Backend | None = None,
     ) -> None:
         configure_telemetry(options.telemetry)
+        self._calls = CallerCalls()
         self._slots = ManagerClient(manager) if manager is not None else NoSlots()
         backend = backend or build_backend(
             spec,
@@ -116,19 +125,27 @@ class _ProviderShell:
             self._started = True
 
     async def chat(
-        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
+        self,
+        request: ChatRequest,
+        options: CallOptions = DEFAULT_OPTIONS,
+        caller: Caller | None = None,
     ) -> ChatResponse:
         """One gated call."""
-        await self._start()
-        return await self._provider.chat(request, options)
+        with self._calls.running(caller):
+            await self._start()
+            return await self._provider.chat(request, options)
 
     async def stream(
-        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
+        self,
+        request: ChatRequest,
+        options: CallOptions = DEFAULT_OPTIONS,
+        caller: Caller | None = None,
     ) -> AsyncIterator[StreamDelta]:
         """Call as ``actor.stream.options(num_returns="streaming").remote(...)``."""
-        await self._start()
-        async for delta in self._provider.stream(request, options):
-            yield delta
+        with self._calls.running(caller):
+            await self._start()
+            async for delta in self._provider.stream(request, options):
+                yield delta
 
     async def ready(self) -> None:
         """Return once calls can be served (raises what stops them, e.g. a server that fails)."""

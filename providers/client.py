@@ -20,6 +20,7 @@ from ray.exceptions import RayActorError
 from actors.client import cancellable, cancellable_stream, unwrap
 from actors.groups import GroupSpec
 from actors.options import DEFAULT_OPTIONS, CallOptions
+from actors.watch import current_caller
 from providers.models import ChatRequest, ChatResponse, StreamDelta
 
 
@@ -30,13 +31,16 @@ class ProviderClient:
     async def chat(
         self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
     ) -> ChatResponse:
-        response: ChatResponse = await cancellable(self.handle.chat.remote(request, options))
+        call = self.handle.chat.remote(request, options, current_caller())
+        response: ChatResponse = await cancellable(call)
         return response
 
     async def stream(
         self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
     ) -> AsyncIterator[StreamDelta]:
-        pieces = self.handle.stream.options(num_returns="streaming").remote(request, options)
+        pieces = self.handle.stream.options(num_returns="streaming").remote(
+            request, options, current_caller()
+        )
         async for delta in cancellable_stream(pieces):
             yield delta
 

@@ -19,10 +19,12 @@ from actors.manager import get_or_create_manager
 from actors.names import NAMESPACE
 from actors.options import CallOptions
 from actors.settings import QueueSettings, Settings
+from actors.watch import Watched
 from tests.integration.conftest import (
     LOCAL_SERVER,
     REMOTE_API,
     ManagerFactory,
+    active_is,
     pending_is,
     wait_until,
 )
@@ -31,8 +33,7 @@ from tests.support.probe_server import ProbeServer
 pytestmark = pytest.mark.ray
 
 
-@ray.remote(num_cpus=0)
-class Caller:
+class Calls:
     """A caller on its own worker process, as a provider actor will be."""
 
     def __init__(self, manager: Any) -> None:
@@ -50,6 +51,19 @@ class Caller:
     async def hold_forever(self, group: str) -> None:
         async with self.client.slot(group):
             await asyncio.Event().wait()
+
+
+class WatchedCalls(Calls, Watched):
+    """A named, watchable caller, as provider and pipeline actors are."""
+
+
+Caller = ray.remote(num_cpus=0)(Calls)
+NamedCaller = ray.remote(num_cpus=0)(WatchedCalls)
+
+
+def named_caller(manager: Any) -> Any:
+    name = f"caller-{uuid.uuid4().hex[:8]}"
+    return NamedCaller.options(name=name, namespace=NAMESPACE).remote(manager)
 
 
 async def test_cap_one_server_sees_one_call_at_a_time_in_priority_order(
@@ -162,6 +176,34 @@ async def test_a_killed_manager_restarts_without_losing_a_call_or_breaking_the_l
     stats = await client.stats()
     assert stats.epoch != epoch
     assert (stats.total_active, stats.total_pending) == (0, 0)
+
+
+async def test_a_killed_callers_slot_and_waits_end_at_once_not_after_the_ttl(
+    make_manager: ManagerFactory,
+) -> None:
+    client = make_manager(LOCAL_SERVER)  # lease ttl 60 s
+    holder, waiter = named_caller(client.handle), named_caller(client.handle)
+    holder.hold_forever.remote(LOCAL_SERVER.id)
+    await wait_until(active_is(client, LOCAL_SERVER.id, 1), "the holder's grant")
+    for _ in range(3):
+        waiter.hold_forever.remote(LOCAL_SERVER.id)
+    await wait_until(pending_is(client, LOCAL_SERVER.id, 3), "the waiter's three acquires")
+
+    async with asyncio.timeout(20):  # a third of the ttl: only the caller's death can free it
+        mine = asyncio.create_task(wait_for_grant(client))
+        await wait_until(pending_is(client, LOCAL_SERVER.id, 4), "this test's acquire")
+        ray.kill(waiter)
+        await wait_until(pending_is(client, LOCAL_SERVER.id, 1), "the dead waiter's acquires")
+        ray.kill(holder)
+        await mine
+
+    stats = (await client.stats()).groups[LOCAL_SERVER.id]
+    assert (stats.abandoned, stats.expired, stats.active, stats.pending) == (4, 0, 0, 0)
+
+
+async def wait_for_grant(client: ManagerClient) -> None:
+    async with client.slot(LOCAL_SERVER.id):
+        pass
 
 
 async def test_cancelled_waiter_leaves_the_managers_queue(make_manager: ManagerFactory) -> None:

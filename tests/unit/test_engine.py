@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 
+from actors.callers import Caller
 from actors.engine import SlotEngine
 from actors.errors import (
     DuplicateLease,
@@ -512,3 +513,25 @@ def test_observer_sees_every_change_in_order() -> None:
         ("finished", "released"), ("levels", 0, 1),
         ("granted", 2.0), ("levels", 1, 0),
     ]  # fmt: skip
+
+
+# -- callers that die -------------------------------------------------------------
+
+
+def test_a_dead_callers_waiters_leave_and_its_slots_pass_on(harness: Harness) -> None:
+    dead, alive = Caller("worker-dead", "pipeline:a", "raygate"), Caller("worker-alive")
+    engine = harness.engine
+    held = engine.acquire(LOCAL_OLLAMA.id, "held", CallOptions(request_id="h"), dead)
+    engine.acquire(LOCAL_OLLAMA.id, "waits", CallOptions(request_id="w", priority=9), dead)
+    engine.acquire(LOCAL_OLLAMA.id, "other", CallOptions(request_id="o"), alive)
+    assert held is not None
+
+    dropped, handed_on = engine.drop_caller("worker-dead")
+
+    assert dropped == ["waits"]
+    assert [lease.id for lease in handed_on] == ["other"]
+    stats = engine.stats()
+    assert stats.groups[LOCAL_OLLAMA.id].abandoned == 2
+    assert (stats.total_active, stats.total_pending) == (1, 0)
+    assert engine.callers() == [alive]
+    assert engine.drop_caller("worker-dead") == ([], [])

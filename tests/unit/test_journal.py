@@ -8,9 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from actors.callers import Caller
 from actors.engine import SlotEngine
 from actors.gate import SlotGate
-from actors.journal import GroupRecord, decode, encode
+from actors.journal import GroupRecord, HeldLease, decode, encode
 from actors.options import CallOptions
 from tests.unit.conftest import ANTHROPIC, EPOCH, LOCAL_OLLAMA, Harness
 
@@ -74,7 +75,7 @@ async def test_a_capped_lease_is_handed_out_only_once_written(
     store.open.set()
     lease = await asyncio.wait_for(granted, 5)
 
-    assert record(store, GROUP).held == {lease.id: EPOCH}
+    assert record(store, GROUP).held == {lease.id: HeldLease(EPOCH)}
 
 
 async def test_an_unlimited_groups_lease_does_not_wait_for_the_store(
@@ -169,3 +170,18 @@ def test_a_group_registered_at_run_time_is_known_after_a_restart(store: MemorySt
         after.restore(decode(data))
 
     assert after.group_info(GROUP).limit == 1
+
+
+async def test_a_restored_lease_keeps_its_caller_whose_death_frees_it(
+    gate: SlotGate, store: MemoryStore
+) -> None:
+    holder = Caller("worker-1", "provider:x", "raygate")
+    held = await gate.acquire(GROUP, "held", CallOptions(request_id="r"), holder)
+    assert record(store, GROUP).held == {held.id: HeldLease(EPOCH, holder)}
+
+    after = restarted(store)
+    waiter = after.ask(LOCAL_OLLAMA, "new")
+    assert after.engine.callers() == [holder]
+    _, handed_on = after.engine.drop_caller("worker-1")
+
+    assert [lease.id for lease in handed_on] == [waiter]
