@@ -30,10 +30,13 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import ray
 
+from actors.callers import Caller
 from actors.client import ManagerClient
 from actors.groups import classify
 from actors.manager import get_or_create_manager
+from actors.options import CallOptions
 from actors.settings import QueueSettings, Settings
+from actors.watch import current_caller
 from pipelines.runtime import init_ray
 
 CAPPED = classify("openai-compatible", "http://gpu-box:8000")  # remote server: limit from config
@@ -52,7 +55,7 @@ class Noop:
         return None
 
     async def noop_acquire(
-        self, group: str, request_id: str, *, lease_id: str, priority: int, timeout: None
+        self, group: str, lease_id: str, options: CallOptions, caller: Caller
     ) -> None:
         return None
 
@@ -116,15 +119,15 @@ async def bare_hand_off_gaps(noop: Any, rounds: int) -> list[float]:
 async def grant_latency(client: ManagerClient, pending: int, rounds: int) -> float:
     """Median release -> grant time for a priority-10 request with ``pending`` others queued."""
     handle = client.handle
-    holder = await handle.acquire.remote(CAP_ONE.id, "holder", lease_id=uuid.uuid4().hex)
+    holder = await handle.acquire.remote(CAP_ONE.id, uuid.uuid4().hex)
     background = [
-        handle.acquire.remote(CAP_ONE.id, f"bg{i}", lease_id=uuid.uuid4().hex, priority=1)
-        for i in range(pending)
+        handle.acquire.remote(CAP_ONE.id, uuid.uuid4().hex, CallOptions(priority=1))
+        for _ in range(pending)
     ]
     await wait_pending(client, pending)
     samples = []
     for _ in range(rounds):
-        probe = handle.acquire.remote(CAP_ONE.id, "probe", lease_id=uuid.uuid4().hex, priority=10)
+        probe = handle.acquire.remote(CAP_ONE.id, uuid.uuid4().hex, CallOptions(priority=10))
         await wait_pending(client, pending + 1)
         start = time.perf_counter()
         await handle.release.remote(holder.id, holder.epoch)
@@ -165,9 +168,8 @@ async def main(pairs: int, pending: int) -> None:
 
     async def raw_pair_with_args() -> None:
         lease_id = uuid.uuid4().hex
-        await noop.noop_acquire.remote(
-            CAPPED.id, uuid.uuid4().hex, lease_id=lease_id, priority=5, timeout=None
-        )
+        options = CallOptions(request_id=uuid.uuid4().hex)
+        await noop.noop_acquire.remote(CAPPED.id, lease_id, options, current_caller())
         await noop.noop_release.remote(lease_id, 1)
 
     async def gated(group: str) -> None:

@@ -1,29 +1,43 @@
-"""How long a manager restart interrupts a cap-1 group, and whether it breaks anything.
+"""What a crash costs: a manager restart, and a pipeline run whose driver is killed.
 
-    python -m benchmarks.recovery [--calls 60] [--hold 0.2] [--kills 3]
+    python -m benchmarks.recovery [--calls 60] [--hold 0.2] [--kills 3] [--drivers 3]
 
-On an embedded Ray: ``--calls`` callers in this driver share one cap-1 group
+On an embedded Ray, two parts.
+
+Manager kills: ``--calls`` callers in this driver share one cap-1 group
 registered at run time, each holding its slot ``--hold`` seconds. While they
 run, the manager is killed ``--kills`` times (``ray.kill(no_restart=False)``),
-each time right after a slot was granted. Per kill it prints the time until
-the restarted manager answers, until every waiting caller is queued again,
-and until the next call starts (the slot's holder at the kill keeps it until
-its own release, under the new manager). At the end: calls done, lost, and
-the most callers ever inside the slot at once (must be 1).
+each time right after a slot was granted. Per kill: the time until the
+restarted manager answers, until every waiting caller is queued again, and
+until the next call starts (the holder at the kill keeps its slot until its
+own release, under the new manager). Then: calls done, failed, lost, and the
+most callers ever inside the slot at once (must be 1).
+
+Driver kills: ``python -m pipelines run`` on four services, as a subprocess
+joined to this Ray, against a loopback OpenAI-format server on a cap-1 group
+that holds each call 10 s; once three calls wait, the command gets
+``kill -9``. Per kill: the time until the run's last waiter has left the
+manager's queue and its running call has given back its slot, and how many
+calls reached the server after the kill (must be 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from pipelines.runtime import init_ray
 
 
-async def run(calls: int, hold: float, kills: int) -> None:
+async def manager_kills(calls: int, hold: float, kills: int) -> None:
     import ray
 
     from actors.client import ManagerClient
@@ -93,17 +107,70 @@ async def run(calls: int, hold: float, kills: int) -> None:
     ray.kill(client.handle)
 
 
+async def driver_kills(kills: int) -> None:
+    import ray
+    import yaml
+
+    from actors.client import ManagerClient
+    from actors.groups import classify
+    from actors.names import MANAGER_NAME, NAMESPACE
+    from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
+    from tests.support.plateau_backend import plateau_answer
+
+    print(f"\npipeline run of 4 services, 10 s per call, cap 1; its driver killed {kills} times")
+    print(f"{'kill':>4} {'queue empty':>12} {'calls after kill':>17}")
+    address = ray.get_runtime_context().gcs_address
+    with tempfile.TemporaryDirectory() as folder:
+        services = Path(folder) / "in.jsonl"
+        services.write_text("".join(f'{{"id": "svc-{i}", "name": "S{i}"}}\n' for i in range(4)))
+        for kill in range(1, kills + 1):
+            with FakeLLMServer(OpenAIDialect(), hold=10.0, responder=plateau_answer) as server:
+                group = classify("openai-compatible", server.url + "/v1").id
+                config = Path(folder) / "raygate.yaml"
+                models = {"fake": {"provider": "openai-compatible", "base_url": server.url + "/v1"}}
+                config.write_text(yaml.safe_dump({"models": models, "pipeline": {"model": "fake"}}))
+                out = Path(folder) / f"out-{kill}.jsonl"
+                command = [sys.executable, "-m", "pipelines", "run", str(services)]
+                driver = await asyncio.create_subprocess_exec(
+                    *command, "--out", str(out), "--config", str(config), "--address", address,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                # The job's own process creates the manager (if need be), registers the
+                # group and queues its calls; nothing here can be told of that.
+                while True:
+                    try:
+                        client = ManagerClient(ray.get_actor(MANAGER_NAME, namespace=NAMESPACE))
+                        if (await client.stats()).pending_by_group.get(group, 0) >= 3:
+                            break
+                    except ValueError:
+                        pass
+                    await asyncio.sleep(0.05)
+                calls_at_kill = len(server.received)
+                killed = time.monotonic()
+                driver.send_signal(signal.SIGKILL)
+                await driver.wait()
+                while True:
+                    stats = await client.stats()
+                    if (stats.pending_by_group[group], stats.active_by_group[group]) == (0, 0):
+                        break
+                    await asyncio.sleep(0.01)
+                empty = time.monotonic() - killed
+                print(f"{kill:>4} {empty:>11.2f}s {len(server.received) - calls_at_kill:>17}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.recovery")
     parser.add_argument("--calls", type=int, default=60)
     parser.add_argument("--hold", type=float, default=0.2)
     parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--drivers", type=int, default=3)
     args = parser.parse_args()
     init_ray(None, num_cpus=2)
     import ray
 
     try:
-        asyncio.run(run(args.calls, args.hold, args.kills))
+        asyncio.run(manager_kills(args.calls, args.hold, args.kills))
+        asyncio.run(driver_kills(args.drivers))
     finally:
         ray.shutdown()
 
