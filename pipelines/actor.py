@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.client import cancellable_stream, unwrap
 from actors.names import NAMESPACE
@@ -161,8 +162,13 @@ class PipelineRun:
 
     @classmethod
     def start(cls, spec: RunSpec) -> PipelineRun:
+        # On its driver's node: it dies with the driver anyway, so losing another
+        # node (a GPU host) fails the calls made there, not the whole run.
+        here = ray.get_runtime_context().get_node_id()
         handle = PipelineActor.options(  # type: ignore[attr-defined]
-            name=f"pipeline:{spec.run_id}", namespace=NAMESPACE
+            name=f"pipeline:{spec.run_id}",
+            namespace=NAMESPACE,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
         ).remote(spec)
         return cls(handle)
 

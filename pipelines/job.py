@@ -20,6 +20,7 @@ from pipelines.results import ResultsFile
 from pipelines.timeline import peak_overlap
 from providers.actor import get_or_create_embedded_model, get_or_create_provider, options_for
 from providers.client import ProviderClient
+from providers.errors import ProviderActorLost
 from providers.llamacpp import EMBEDDED_MODEL_ID
 
 
@@ -163,7 +164,10 @@ async def run_pipeline(
                 progress.service(event.record)
         calls = await run.calls()
         spans = await run.spans()
-        restarts = (await provider.server_restarts())[restarts_before:]
+        try:
+            restarts = (await provider.server_restarts())[restarts_before:]
+        except ProviderActorLost:
+            restarts = []  # its server's restarts died with it; the records name the loss
     finally:
         run.end()
     return Outcome(records, calls, spans, time.monotonic() - started, restarts)

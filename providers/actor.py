@@ -167,7 +167,7 @@ class _ProviderShell(Watched):
         return str(ray.get_runtime_context().get_node_id())
 
 
-@ray.remote(num_cpus=0, max_restarts=-1)
+@ray.remote(num_cpus=0)
 class ProviderActor(_ProviderShell):
     def __init__(self, spec: GroupSpec, options: ProviderOptions, manager: Any | None) -> None:
         self._make(spec, options, manager)
@@ -213,10 +213,18 @@ class EmbeddedModelActor(_ProviderShell):
 
 
 def placement(spec: GroupSpec) -> dict[str, Any]:
-    """Ray scheduling options that keep a local server's actor on its GPU host."""
+    """Ray options that keep a local server's actor on its GPU host.
+
+    Only an actor that may run anywhere is restarted by Ray. A local server's
+    actor could only restart on its own node: when that node is lost, Ray
+    would keep it restarting until the node is back, and a call pending on
+    it may then neither answer nor fail. Not restarted, it is dead at once,
+    every call to it fails with ProviderActorLost, and the next run gets a new
+    one, pending on the GPU host until that node is back.
+    """
     if spec.kind is not ResourceKind.LOCAL_SERVER:
-        return {}
-    return local_placement(spec.host)
+        return {"max_restarts": -1}
+    return {"max_restarts": 0, **local_placement(spec.host)}
 
 
 def local_placement(host: str | None) -> dict[str, Any]:
@@ -239,19 +247,21 @@ def get_or_create_provider(
         lifetime="detached",
         **placement(spec),
     ).remote(spec, options, manager)
-    return ProviderClient(handle)
+    return ProviderClient(handle, name)
 
 
 def get_or_create_embedded_model(
     options: ProviderOptions, manager: Any | None, host: str | None = None
 ) -> EmbeddedModelClient:
     """The cluster's embedded model server on ``host`` (the caller's node when None)."""
+    name = f"provider:embedded-{EMBEDDED_MODEL_ID}@{host or 'local'}" + (
+        "" if manager is not None else ":direct"
+    )
     handle = EmbeddedModelActor.options(  # type: ignore[attr-defined]
-        name=f"provider:embedded-{EMBEDDED_MODEL_ID}@{host or 'local'}"
-        + ("" if manager is not None else ":direct"),
+        name=name,
         namespace=NAMESPACE,
         get_if_exists=True,
         lifetime="detached",
         **local_placement(host),
     ).remote(options, manager, host)
-    return EmbeddedModelClient(handle)
+    return EmbeddedModelClient(handle, name)

@@ -12,7 +12,7 @@ holding a slot.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from ray.exceptions import RayActorError
@@ -21,47 +21,64 @@ from actors.client import cancellable, cancellable_stream, unwrap
 from actors.groups import GroupSpec
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.watch import current_caller
+from providers.errors import ProviderActorLost
 from providers.models import ChatRequest, ChatResponse, StreamDelta
 
 
 class ProviderClient:
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, name: str) -> None:
         self.handle = handle
+        self.name = name
 
     async def chat(
         self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
     ) -> ChatResponse:
-        call = self.handle.chat.remote(request, options, current_caller())
-        response: ChatResponse = await cancellable(call)
+        with self._actor_lost():
+            call = self.handle.chat.remote(request, options, current_caller())
+            response: ChatResponse = await cancellable(call)
         return response
 
     async def stream(
         self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
     ) -> AsyncIterator[StreamDelta]:
-        pieces = self.handle.stream.options(num_returns="streaming").remote(
-            request, options, current_caller()
-        )
-        async for delta in cancellable_stream(pieces):
-            yield delta
+        with self._actor_lost():
+            pieces = self.handle.stream.options(num_returns="streaming").remote(
+                request, options, current_caller()
+            )
+            async for delta in cancellable_stream(pieces):
+                yield delta
 
     async def ready(self) -> None:
         """Return once the provider can serve calls; raise what keeps it from serving."""
-        await cancellable(self.handle.ready.remote())
+        with self._actor_lost():
+            await cancellable(self.handle.ready.remote())
+
+    @contextlib.contextmanager
+    def _actor_lost(self) -> Iterator[None]:
+        """Ray's error for a dead or restarting actor, as raygate's, naming the actor."""
+        try:
+            yield
+        except RayActorError as exc:
+            raise ProviderActorLost(self.name, type(exc).__name__) from exc
 
     async def group(self) -> GroupSpec:
-        spec: GroupSpec = await unwrap(self.handle.group.remote())
+        with self._actor_lost():
+            spec: GroupSpec = await unwrap(self.handle.group.remote())
         return spec
 
     async def can_run_immediately(self) -> bool:
-        answer: bool = await unwrap(self.handle.can_run_immediately.remote())
+        with self._actor_lost():
+            answer: bool = await unwrap(self.handle.can_run_immediately.remote())
         return answer
 
     async def server_restarts(self) -> list[str]:
-        restarts: list[str] = await unwrap(self.handle.server_restarts.remote())
+        with self._actor_lost():
+            restarts: list[str] = await unwrap(self.handle.server_restarts.remote())
         return restarts
 
     async def node_id(self) -> str:
-        node: str = await unwrap(self.handle.node_id.remote())
+        with self._actor_lost():
+            node: str = await unwrap(self.handle.node_id.remote())
         return node
 
 

@@ -15,6 +15,8 @@ key. ``retryable`` says whether the retry loop may try again.
         ├── BadResponse             the answer is not what the wire format promises,
         │                           or not JSON when a schema was asked
         ├── CircuitOpen             the group failed too often; failing fast
+        ├── ProviderActorLost       the provider actor died or is restarting (e.g. its
+        │                           GPU host's node was lost)
         └── ModelServerError        raygate's own model server (the embedded llama.cpp)
             ├── ModelNotInstalled   the local extra is missing
             ├── ModelServerFailedToStart   it exited, or could not answer, before it was ready
@@ -95,6 +97,19 @@ class CircuitOpen(ProviderError):
         self.group = group
         self.retry_in = retry_in
         self.last_failure = last_failure
+
+
+class ProviderActorLost(ProviderError):
+    """The provider actor itself is gone: the call never got an answer from it."""
+
+    def __init__(self, actor: str, reason: str) -> None:
+        super().__init__(
+            actor,
+            f"the provider actor is unavailable ({reason}); it died or is restarting, and "
+            "a local server's actor restarts only on its GPU host, once that node is back",
+        )
+        self.args = (actor, reason)
+        self.reason = reason
 
 
 class ModelServerError(ProviderError):

@@ -38,6 +38,8 @@ GPU_HOST = "a"
 class Nodes:
     head: str
     gpu: str
+    # For tests that add and remove nodes of their own.
+    cluster: Cluster
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +50,7 @@ def cluster() -> Iterator[Nodes]:
     try:
         ray.init(address=local.address, namespace=NAMESPACE)
         local.wait_for_nodes()
-        yield Nodes(head=local.head_node.node_id, gpu=gpu.node_id)
+        yield Nodes(head=local.head_node.node_id, gpu=gpu.node_id, cluster=local)
     finally:
         ray.shutdown()
         local.shutdown()

@@ -146,7 +146,7 @@ def small_job(**providers: Any) -> Settings:
 
 def embedded_actor() -> EmbeddedModelClient:
     name = f"provider:embedded-{EMBEDDED_MODEL_ID}@{GPU_HOST}"
-    return EmbeddedModelClient(ray.get_actor(name, namespace=NAMESPACE))
+    return EmbeddedModelClient(ray.get_actor(name, namespace=NAMESPACE), name)
 
 
 async def kill_the_server_after(client: ManagerClient, calls: int, how: signal.Signals) -> str:

@@ -1,0 +1,72 @@
+"""Losing a GPU host's node mid-run: its calls fail with an error that says so, nothing hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import pytest
+import ray
+
+from actors.groups import ModelEntry, classify
+from actors.names import NAMESPACE
+from actors.settings import PipelineSettings, ProviderSettings, Settings
+from pipelines.plateau import Service
+from tests.integration.conftest import (
+    ManagerFactory,
+    Nodes,
+    active_is,
+    pending_is,
+    run,
+    wait_until,
+)
+from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
+from tests.support.plateau_backend import plateau_answer
+
+pytestmark = pytest.mark.ray
+
+LOST_HOST = "b"
+
+
+async def test_a_lost_gpu_host_fails_its_calls_clearly_and_the_run_still_ends(
+    cluster: Nodes, make_manager: ManagerFactory, tmp_path: Path
+) -> None:
+    node = cluster.cluster.add_node(num_cpus=1, resources={f"gpu_host:{LOST_HOST}": 1})
+    cluster.cluster.wait_for_nodes()
+    with FakeLLMServer(OpenAIDialect(), hold=2.0, responder=plateau_answer) as server:
+        url = server.url + "/v1"
+        group = classify("openai-compatible", url, host=LOST_HOST).id
+        settings = Settings(
+            models={"fake": ModelEntry(provider="openai-compatible", base_url=url, host="b")},
+            pipeline=PipelineSettings(model="fake", plateaus=1, mapping_types=("data",)),
+            providers=ProviderSettings(retry_attempts=2, retry_deadline_seconds=10),
+        )
+        client = make_manager()
+        services = [Service(id=f"svc-{i}", name=f"Service {i}") for i in range(3)]
+        job = asyncio.create_task(run(services, settings, tmp_path / "out.jsonl", client.handle))
+
+        async def one_runs_and_others_wait() -> bool:
+            stats = await client.stats()
+            return stats.active_by_group.get(group) == 1 and stats.total_pending >= 1
+
+        await wait_until(one_runs_and_others_wait, "the run's calls on host b")
+        cluster.cluster.remove_node(node)
+        async with asyncio.timeout(60):  # nothing hangs: every service ends
+            outcome = await job
+
+    try:
+        assert [r.service_id for r in sorted(outcome.records, key=lambda r: r.service_id)] == [
+            s.id for s in services
+        ]
+        for record in outcome.records:
+            assert record.status == "failed"
+            assert record.error is not None
+            assert f"provider:{group}: the provider actor is unavailable" in record.error
+        # The manager learns of the provider actor's death from Ray, well before any ttl.
+        await wait_until(active_is(client, group, 0), "the lost actor's slot to be freed", 10)
+        await wait_until(pending_is(client, group, 0), "its waiters to be dropped", 10)
+        assert (await client.stats()).groups[group].expired == 0
+    finally:
+        with contextlib.suppress(ValueError):  # dead with its node, as it should be
+            ray.kill(ray.get_actor(f"provider:{group}", namespace=NAMESPACE))
