@@ -313,8 +313,10 @@ class FakeLLMServer(ProbeServer):
         dialect: Dialect,
         hold: float = 0.0,
         responder: Callable[[Received], Script] | None = None,
+        *,
+        stop_on_disconnect: bool = False,
     ) -> None:
-        super().__init__(hold=hold)
+        super().__init__(hold=hold, stop_on_disconnect=stop_on_disconnect)
         self.dialect = dialect
         self.responder = responder
         self._script: deque[Script] = deque()

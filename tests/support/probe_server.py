@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import select
+import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +37,11 @@ class _Server(ThreadingHTTPServer):
     # once, and a dropped SYN is retried only after a second.
     request_queue_size = 128
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that went away (a killed caller) is no error of the server's.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 class ProbeServer:
     """Answers every POST after ``hold`` seconds; remembers requests in arrival order.
@@ -43,8 +51,11 @@ class ProbeServer:
     reply in :meth:`respond`.
     """
 
-    def __init__(self, hold: float = 0.0) -> None:
+    def __init__(self, hold: float = 0.0, *, stop_on_disconnect: bool = False) -> None:
         self.hold = hold
+        # Stop working on a request whose client hung up, as llama.cpp's server does.
+        self.stop_on_disconnect = stop_on_disconnect
+        self.abandoned = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self.received: list[Received] = []
@@ -95,7 +106,9 @@ class ProbeServer:
             self.received.append(request)
         try:
             reply = self.respond(request)
-            time.sleep(self.hold + reply.delay)
+            if not self._work(handler, self.hold + reply.delay):
+                handler.close_connection = True
+                return
             handler.send_response(reply.status)
             for name, value in reply.headers.items():
                 handler.send_header(name, value)
@@ -114,6 +127,19 @@ class ProbeServer:
         finally:
             with self._lock:
                 self.in_flight -= 1
+
+    def _work(self, handler: BaseHTTPRequestHandler, seconds: float) -> bool:
+        """Take ``seconds``; False if the client hung up meanwhile and that stops the work."""
+        if not self.stop_on_disconnect:
+            time.sleep(seconds)
+            return True
+        # The client sends nothing more before its answer: readable means closed.
+        readable, _, _ = select.select([handler.connection], [], [], seconds)
+        if readable and not handler.connection.recv(1, socket.MSG_PEEK):
+            with self._lock:
+                self.abandoned += 1
+            return False
+        return True
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         probe = self
