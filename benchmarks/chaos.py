@@ -5,8 +5,8 @@
 On an embedded Ray, three loopback servers speaking OpenAI's wire format,
 one per group: cap 1, cap 4, and no limit. Each answers in 0.2 s, but 8% of
 its answers are a 503 and 4% come after 3 s (the providers time out after
-1 s and retry, up to 3 attempts). Like llama.cpp's server, they stop working
-on a request whose client hung up. ``--calls`` calls, a third per group, are
+1 s and retry, up to 3 attempts). Like llama.cpp's ``llama-server``, they stop
+working on a request whose client hung up. ``--calls`` calls, a third per group, are
 sent at once through four named caller actors; then, one every ``--every``
 seconds, the run cancels 10 waiting calls, kills a caller actor, kills the
 manager, kills the cap-4 group's provider actor, kills the manager again and

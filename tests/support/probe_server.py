@@ -53,7 +53,7 @@ class ProbeServer:
 
     def __init__(self, hold: float = 0.0, *, stop_on_disconnect: bool = False) -> None:
         self.hold = hold
-        # Stop working on a request whose client hung up, as llama.cpp's server does.
+        # Stop working on a request whose client hung up, as llama.cpp's llama-server does.
         self.stop_on_disconnect = stop_on_disconnect
         self.abandoned = 0
         self.in_flight = 0
