@@ -33,7 +33,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.runtime import init_ray
+from benchmarks import on_embedded_ray
 
 SERVER_HOLD = 0.2
 
@@ -45,7 +45,12 @@ class Recovery:
     next_call: float | None = None
 
 
-async def run(calls: int, seed: int, every: float, stack: contextlib.ExitStack) -> None:
+async def run(calls: int, seed: int, every: float) -> None:
+    with contextlib.ExitStack() as stack:
+        await chaos(calls, seed, every, stack)
+
+
+async def chaos(calls: int, seed: int, every: float, stack: contextlib.ExitStack) -> None:
     import ray
 
     from actors.client import ManagerClient, cancellable
@@ -215,14 +220,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--every", type=float, default=1.0)
     args = parser.parse_args()
-    init_ray(None, num_cpus=2)
-    import ray
-
-    try:
-        with contextlib.ExitStack() as stack:
-            asyncio.run(run(args.calls, args.seed, args.every, stack))
-    finally:
-        ray.shutdown()
+    on_embedded_ray(run(args.calls, args.seed, args.every))
 
 
 if __name__ == "__main__":

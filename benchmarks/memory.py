@@ -25,7 +25,7 @@ import time
 import uuid
 from typing import Any
 
-from pipelines.runtime import init_ray
+from benchmarks import on_embedded_ray
 
 
 def rss_mib(pid: int) -> float:
@@ -155,13 +155,7 @@ def main() -> None:
     parser.add_argument("--max-pending", type=int, default=10_000)
     parser.add_argument("--bursts", type=int, default=3)
     args = parser.parse_args()
-    init_ray(None, num_cpus=2)
-    import ray
-
-    try:
-        asyncio.run(run(args.submissions, args.max_pending, args.bursts))
-    finally:
-        ray.shutdown()
+    on_embedded_ray(run(args.submissions, args.max_pending, args.bursts))
 
 
 if __name__ == "__main__":

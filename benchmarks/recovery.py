@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from pipelines.runtime import init_ray
+from benchmarks import on_embedded_ray
 
 
 async def manager_kills(calls: int, hold: float, kills: int) -> None:
@@ -165,14 +165,12 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--drivers", type=int, default=3)
     args = parser.parse_args()
-    init_ray(None, num_cpus=2)
-    import ray
 
-    try:
-        asyncio.run(manager_kills(args.calls, args.hold, args.kills))
-        asyncio.run(driver_kills(args.drivers))
-    finally:
-        ray.shutdown()
+    async def both() -> None:
+        await manager_kills(args.calls, args.hold, args.kills)
+        await driver_kills(args.drivers)
+
+    on_embedded_ray(both())
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
     For the embedded case, call this before anything in the process imports
     ray, so that Ray sees the loopback switch.
     """
-    if address is None and not os.environ.get("RAY_ADDRESS"):
+    embedded = address is None and not os.environ.get("RAY_ADDRESS")
+    if embedded:
         # Not inside a submitted job (which sets RAY_ADDRESS): start one here.
         os.environ.setdefault(LOOPBACK_ONLY_ENV, "0")
     import ray  # after the switch above
@@ -23,9 +24,10 @@ def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
     from actors.names import NAMESPACE
 
     ray.init(
-        address=address,
+        # "local": a new instance, even where a `ray start` cluster runs (None would join it).
+        address="local" if embedded else address,
         namespace=NAMESPACE,
         include_dashboard=False,
         log_to_driver=False,
-        num_cpus=None if address else num_cpus,
+        num_cpus=num_cpus if embedded else None,
     )

@@ -169,3 +169,28 @@ def test_submitted_pipeline_job_succeeds_with_its_local_server_on_the_gpu_host(
     listed = {tuple(line.split()[1:]) for line in where.splitlines() if line.startswith("listed")}
     assert {("concurrency-manager", "ALIVE"), (f"provider:{group}", "ALIVE")} <= listed
     assert any(name.startswith("pipeline:") and state == "DEAD" for name, state in listed)
+
+
+def test_an_embedded_ray_does_not_join_a_cluster_that_ray_start_left_running(
+    tmp_path: Path,
+) -> None:
+    gcs = free_loopback_port()
+    head = ray_start(
+        "--head", "--node-ip-address=127.0.0.2", f"--port={gcs}",
+        "--include-dashboard=false", log=tmp_path / "head.log",
+    )  # fmt: skip
+    try:
+        probe = (
+            "from pipelines.runtime import init_ray; init_ray(None, num_cpus=1); import ray; "
+            "print(ray.get_runtime_context().gcs_address)"
+        )
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        current = Path("/tmp/ray/ray_current_cluster")  # where ray.init() looks for one
+        wait_for("the ray start cluster", lambda: f"127.0.0.2:{gcs}" in current.read_text())
+        embedded = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env,
+            cwd=REPO, check=True,
+        )  # fmt: skip
+    finally:
+        stop(head)
+    assert embedded.stdout.strip().splitlines()[-1] != f"127.0.0.2:{gcs}"

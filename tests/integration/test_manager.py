@@ -173,6 +173,8 @@ async def test_a_killed_manager_restarts_without_losing_a_call_or_breaking_the_l
     assert sorted(done) == sorted(1 + i % 10 for i in range(20))
     assert len(server.received) == 20
     assert server.max_in_flight == 1
+    # Queued again after the restart, every waiter kept its priority.
+    assert [body["priority"] for body in server.bodies] == sorted(done, reverse=True)
     stats = await client.stats()
     assert stats.epoch != epoch
     assert (stats.total_active, stats.total_pending) == (0, 0)
