@@ -294,11 +294,7 @@ class SlotEngine:
 
     def cancel(self, lease_id: str, *, timed_out: bool = False) -> list[Lease]:
         """The caller gave up: leave the queue, or give back a slot granted meanwhile."""
-        waiter = self._waiters.pop(lease_id, None)
-        if waiter is not None:
-            group = self._groups[waiter.group]
-            group.queue.remove(lease_id)
-            self._forget_caller(lease_id)
+        if (group := self._unqueue(lease_id)) is not None:
             handed_on: list[Lease] = []  # a waiter holds no slot: nothing to pass on
         elif lease_id in self._leases:
             # Granted in the same instant the caller gave up: pass the slot on.
@@ -318,11 +314,7 @@ class SlotEngine:
         dropped: list[str] = []
         freed = False
         for lease_id in sorted(self._by_worker.get(worker_id, ())):
-            waiter = self._waiters.pop(lease_id, None)
-            if waiter is not None:
-                group = self._groups[waiter.group]
-                group.queue.remove(lease_id)
-                self._forget_caller(lease_id)
+            if (group := self._unqueue(lease_id)) is not None:
                 dropped.append(lease_id)
             else:
                 group = self._free(lease_id)
@@ -452,6 +444,16 @@ class SlotEngine:
         if group.journaled:
             self._changed.add(group.spec.id)
         return lease
+
+    def _unqueue(self, lease_id: str) -> _Group | None:
+        """Take a waiter out of its group's queue; the group, or None if it was not waiting."""
+        waiter = self._waiters.pop(lease_id, None)
+        if waiter is None:
+            return None
+        group = self._groups[waiter.group]
+        group.queue.remove(lease_id)
+        self._forget_caller(lease_id)
+        return group
 
     def _free(self, lease_id: str) -> _Group:
         lease = self._leases.pop(lease_id)
