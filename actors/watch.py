@@ -75,6 +75,8 @@ class CallerWatch:
             self._watching[caller.worker_id] = task
 
     async def _watch(self, caller: Caller) -> None:
+        # Returning means that process is gone too (the actor was restarted since).
+        died = True
         try:
             handle = await asyncio.to_thread(
                 ray.get_actor, caller.actor_name, namespace=caller.namespace
@@ -85,12 +87,12 @@ class CallerWatch:
         except Exception:
             # Not a sign of death (e.g. an actor that is not Watched): stop watching.
             log.warning("cannot watch %s; its leases end by their ttl", caller, exc_info=True)
+            died = False
+        finally:
             with self._lock:
                 del self._watching[caller.worker_id]
-            return
-        with self._lock:
-            del self._watching[caller.worker_id]
-        self._on_death(caller)
+        if died:
+            self._on_death(caller)
 
 
 class CallerCalls:
