@@ -37,7 +37,7 @@ from actors.manager import get_or_create_manager
 from actors.options import CallOptions
 from actors.settings import QueueSettings, Settings
 from actors.watch import current_caller
-from pipelines.runtime import init_ray
+from benchmarks import on_embedded_ray
 
 CAPPED = classify("openai-compatible", "http://gpu-box:8000")  # remote server: limit from config
 UNLIMITED = classify("anthropic")
@@ -227,8 +227,4 @@ if __name__ == "__main__":
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--pending", type=int, default=10_000)
     args = parser.parse_args()
-    init_ray(None, num_cpus=2)
-    try:
-        asyncio.run(main(args.pairs, args.pending))
-    finally:
-        ray.shutdown()
+    on_embedded_ray(main(args.pairs, args.pending))

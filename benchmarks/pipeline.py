@@ -21,7 +21,6 @@ the HTTP client add to ``latency``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import math
 import os
@@ -38,10 +37,10 @@ import ray
 from actors.groups import ModelEntry, classify
 from actors.manager import get_or_create_manager
 from actors.settings import PipelineSettings, QueueSettings, Settings
+from benchmarks import on_embedded_ray
 from pipelines.job import Outcome, provider_for, run_pipeline
 from pipelines.plateau import Service
 from pipelines.results import ResultsFile
-from pipelines.runtime import init_ray
 from pipelines.timeline import peak_overlap
 from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
 from tests.support.plateau_backend import plateau_answer
@@ -119,8 +118,4 @@ if __name__ == "__main__":
     parser.add_argument("--latencies", type=float, nargs="+", default=[0.2, 0.5, 1.0])
     parser.add_argument("--cap", type=int, default=8)
     args = parser.parse_args()
-    init_ray(None, num_cpus=2)
-    try:
-        asyncio.run(main(args.services, args.plateaus, args.latencies, args.cap))
-    finally:
-        ray.shutdown()
+    on_embedded_ray(main(args.services, args.plateaus, args.latencies, args.cap))

@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import sys
 
-from pipelines.runtime import init_ray
+from pipelines.runtime import ray_running
 
 
 async def write_book(chapters: int, config: str | None) -> list[dict[str, str]]:
@@ -54,13 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config")
     parser.add_argument("--address")
     args = parser.parse_args(argv)
-    init_ray(args.address)
-    import ray
-
-    try:
+    with ray_running(args.address):
         book = asyncio.run(write_book(args.chapters, args.config))
-    finally:
-        ray.shutdown()
     for number, chapter in enumerate(book, start=1):
         print(f"chapter {number}\n  outline: {chapter['outline']}\n  draft:   {chapter['draft']}")
     return 0

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from actors.waitqueue import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
-from pipelines.runtime import init_ray
+from pipelines.runtime import ray_running
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_job(args: argparse.Namespace) -> int:
-    # Everything that imports ray comes after init_ray (see pipelines.runtime).
+    # Everything that imports ray comes after Ray starts (see pipelines.runtime).
     from actors.errors import RaygateError
     from actors.settings import load_settings
     from pipelines.plateau import read_services
@@ -99,35 +99,30 @@ def run_job(args: argparse.Namespace) -> int:
         print(f"nothing to do: {skipped} services already done in {args.out}")
         return 1 if problems else 0
 
-    init_ray(args.address)
-    import ray
+    with ray_running(args.address):
+        from actors.client import ManagerClient
+        from pipelines.job import run_pipeline, summary
 
-    from actors.client import ManagerClient
-    from pipelines.job import run_pipeline, summary
-
-    try:
-        manager = ManagerClient.connect(settings).handle if settings.queue.enabled else None
-        outcome = asyncio.run(
-            run_pipeline(pending, results, settings, manager=manager, priority=args.priority)
-        )
-    except RaygateError as error:
-        print(f"raygate: {error}", file=sys.stderr)
-        return 2
-    finally:
-        ray.shutdown()
+        try:
+            manager = ManagerClient.connect(settings).handle if settings.queue.enabled else None
+            outcome = asyncio.run(
+                run_pipeline(pending, results, settings, manager=manager, priority=args.priority)
+            )
+        except RaygateError as error:
+            print(f"raygate: {error}", file=sys.stderr)
+            return 2
     results.rewrite_in_order([s.id for s in services])
     print(summary(outcome, skipped=skipped, bad_lines=len(problems)))
     return 1 if outcome.failed or problems else 0
 
 
 def show_stats(address: str, every: float | None) -> int:
-    init_ray(address)
-    import ray
+    with ray_running(address):
+        import ray
 
-    from actors.names import MANAGER_NAME, NAMESPACE
-    from pipelines.view import render
+        from actors.names import MANAGER_NAME, NAMESPACE
+        from pipelines.view import render
 
-    try:
         try:
             manager = ray.get_actor(MANAGER_NAME, namespace=NAMESPACE)
         except ValueError:
@@ -138,31 +133,25 @@ def show_stats(address: str, every: float | None) -> int:
             )
             return 2
         live = sys.stdout.isatty()
-        while True:
-            table = render(ray.get(manager.stats.remote()))
-            print(("\x1b[H\x1b[2J" if live and every else "") + table, flush=True)
-            if every is None:
-                return 0
-            time.sleep(every)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        ray.shutdown()
+        try:
+            while True:
+                table = render(ray.get(manager.stats.remote()))
+                print(("\x1b[H\x1b[2J" if live and every else "") + table, flush=True)
+                if every is None:
+                    return 0
+                time.sleep(every)
+        except KeyboardInterrupt:
+            return 0
 
 
 def run_demo(address: str | None, config: str | None) -> int:
-    init_ray(address)
-    import ray
+    with ray_running(address):
+        from actors.client import ManagerClient
+        from actors.settings import load_settings
+        from pipelines.demo import report, run_scenario
 
-    from actors.client import ManagerClient
-    from actors.settings import load_settings
-    from pipelines.demo import report, run_scenario
-
-    try:
         client = ManagerClient.connect(load_settings(config))
         print(report(asyncio.run(run_scenario(client))))
-    finally:
-        ray.shutdown()
     return 0
 
 

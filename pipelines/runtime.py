@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 # Ray's single-machine mode: an embedded instance listens on loopback only,
 # instead of on the machine's network address. Ray reads it at import time.
@@ -31,3 +33,15 @@ def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
         log_to_driver=False,
         num_cpus=num_cpus if embedded else None,
     )
+
+
+@contextlib.contextmanager
+def ray_running(address: str | None, *, num_cpus: int | None = None) -> Iterator[None]:
+    """Ray started or joined as :func:`init_ray` does, for the body; shut down after it."""
+    init_ray(address, num_cpus=num_cpus)
+    import ray
+
+    try:
+        yield
+    finally:
+        ray.shutdown()

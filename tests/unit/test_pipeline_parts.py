@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,12 @@ def test_unusable_paths_are_one_line_errors_with_exit_2_before_ray_starts(
 ) -> None:
     (tmp_path / "in.jsonl").write_text('{"id": "a", "name": "A"}\n')
     ray_started: list[str | None] = []
-    monkeypatch.setattr("pipelines.__main__.init_ray", ray_started.append)
+
+    def ray_running(address: str | None) -> contextlib.AbstractContextManager[None]:
+        ray_started.append(address)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr("pipelines.__main__.ray_running", ray_running)
 
     status = cli_main(["run", *make_args(tmp_path)])
 
