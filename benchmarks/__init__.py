@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.runtime import ray_running
+
+if TYPE_CHECKING:
+    from actors.client import ManagerClient
 
 
 def on_embedded_ray(main: Coroutine[Any, Any, None]) -> None:
@@ -18,3 +22,17 @@ def on_embedded_ray(main: Coroutine[Any, Any, None]) -> None:
     """
     with ray_running(None, num_cpus=2):
         asyncio.run(main)
+
+
+async def kill_manager(client: ManagerClient) -> tuple[float, float]:
+    """Kill the manager for Ray to restart it; return when it was killed and how long
+    until the restarted one answered."""
+    import ray
+
+    epoch = (await client.stats()).epoch
+    killed = time.monotonic()
+    ray.kill(client.handle, no_restart=False)
+    # The manager is another process: nothing to wait on but its answers.
+    while (await client.stats()).epoch == epoch:  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+    return killed, time.monotonic() - killed

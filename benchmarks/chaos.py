@@ -33,7 +33,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks import on_embedded_ray
+from benchmarks import kill_manager, on_embedded_ray
 
 SERVER_HOLD = 0.2
 
@@ -41,7 +41,7 @@ SERVER_HOLD = 0.2
 @dataclass
 class Recovery:
     killed: float
-    answers: float | None = None
+    answers: float
     next_call: float | None = None
 
 
@@ -147,15 +147,9 @@ async def chaos(calls: int, seed: int, every: float, stack: contextlib.ExitStack
     async def at(second: float) -> None:
         await asyncio.sleep(max(0.0, started + second * every - time.monotonic()))
 
-    async def kill_manager() -> None:
-        epoch = (await client.stats()).epoch
-        recovery = Recovery(killed=time.monotonic())
-        ray.kill(manager, no_restart=False)
-        # The manager is another process: nothing to wait on but its answers.
-        while (await client.stats()).epoch == epoch:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-        recovery.answers = time.monotonic() - recovery.killed
-        recoveries.append(recovery)
+    async def restart_manager() -> None:
+        killed, answers = await kill_manager(client)
+        recoveries.append(Recovery(killed, answers))
 
     await at(1)
     waiting = [t for t in tasks if not t.done()]
@@ -164,11 +158,11 @@ async def chaos(calls: int, seed: int, every: float, stack: contextlib.ExitStack
     await at(2)
     ray.kill(callers[0])
     await at(3)
-    await kill_manager()
+    await restart_manager()
     await at(4)
     ray.kill(ray.get_actor(f"provider:{specs[1].id}", namespace=NAMESPACE))
     await at(5)
-    await kill_manager()
+    await restart_manager()
     await at(6)
     ray.kill(callers[1])
 

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import on_embedded_ray
+from benchmarks import kill_manager, on_embedded_ray
 
 
 async def manager_kills(calls: int, hold: float, kills: int) -> None:
@@ -76,17 +76,13 @@ async def manager_kills(calls: int, hold: float, kills: int) -> None:
     for kill in range(1, kills + 1):
         async with a_call_started:
             await a_call_started.wait_for(started_at_least(kill * every))
-        epoch = (await client.stats()).epoch
         waiting = calls - len(started)
-        killed = time.monotonic()
-        ray.kill(client.handle, no_restart=False)
+        killed, answers = await kill_manager(client)
         # The manager is another process: nothing to wait on but its answers.
-        while (stats := await client.stats()).epoch == epoch:  # noqa: ASYNC110
+        while (await client.stats()).total_pending + sum(  # noqa: ASYNC110
+            t > killed for t in started
+        ) < waiting:
             await asyncio.sleep(0.005)
-        answers = time.monotonic() - killed
-        while stats.total_pending + sum(t > killed for t in started) < waiting:
-            await asyncio.sleep(0.005)
-            stats = await client.stats()
         requeued = time.monotonic() - killed
         async with a_call_started:
             await a_call_started.wait_for(started_after(killed))
