@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -10,14 +11,14 @@ class Caller:
     """A process that calls an actor.
 
     ``worker_id`` is Ray's id of the process (a restarted actor is a new
-    process). ``actor_name`` is set when the process is a named actor, which
-    is what lets a callee watch it (see :mod:`actors.watch`); a driver or an
-    unnamed actor is known but not watched, and its leases end by their ttl.
+    process). ``lifeline`` is an object ref this process owns that never
+    resolves while it lives; the callee awaits it to learn of its death (see
+    :mod:`actors.watch`). ``actor_name`` only makes logs readable.
     """
 
     worker_id: str
+    lifeline: Any = None
     actor_name: str | None = None
-    namespace: str | None = None
 
     def __str__(self) -> str:
         who = f"actor {self.actor_name!r}" if self.actor_name else "process"

@@ -38,7 +38,7 @@ from actors.names import MANAGER_NAME
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import Settings, load_settings
 from actors.stats import GroupInfo, QueuePosition, QueueStats
-from actors.watch import current_caller
+from actors.watch import caller_of
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class ManagerClient:
         self, group: str, lease_id: str, options: CallOptions, info: GroupInfo
     ) -> AsyncIterator[Lease]:
         """A gated group: wait for the grant, keep it alive, give it back."""
-        call = self.handle.acquire.remote(group, lease_id, options, current_caller())
+        call = self.handle.acquire.remote(group, lease_id, options, caller_of(self.handle))
         try:
             lease: Lease = await unwrap(call)
         except asyncio.CancelledError:
@@ -183,7 +183,7 @@ class ManagerClient:
         the lease as asked for, its epoch the group's as last seen by this client.
         """
         grant = self._track(
-            unwrap(self.handle.acquire.remote(group, lease_id, options, current_caller()))
+            unwrap(self.handle.acquire.remote(group, lease_id, options, caller_of(self.handle)))
         )
         keeper = asyncio.create_task(self._keep_alive(grant))
         try:
@@ -209,7 +209,8 @@ class ManagerClient:
         try:
             while True:
                 await asyncio.sleep(lease.ttl / 3)
-                if not await unwrap(self.handle.renew.remote(lease.id, lease.epoch)):
+                renewal = self.handle.renew.remote(lease.id, lease.epoch, caller_of(self.handle))
+                if not await unwrap(renewal):
                     log.warning(
                         "lease %s of group %r is no longer held (reclaimed, or the manager "
                         "restarted); the call goes on without a slot",

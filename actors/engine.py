@@ -28,8 +28,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from actors.callers import Caller
 from actors.errors import (
+    CallerGone,
     DuplicateLease,
     LeaseRetired,
     QueueFull,
@@ -43,7 +43,8 @@ from actors.waitqueue import GrantKey, WaitQueue, grant_key
 
 # Weight of the newest hold time in a group's moving average (for wait estimates).
 HOLD_SMOOTHING = 0.2
-# How many lease ids released or cancelled before their acquire arrived are remembered.
+# How many lease ids released or cancelled before their acquire arrived, and how
+# many dead caller processes, are remembered.
 RETIRED_MEMORY = 65_536
 # How many units of work (see actors.waitqueue) keep their number after their last call.
 UNIT_MEMORY = 65_536
@@ -120,8 +121,11 @@ class SlotEngine:
         group_limits: Mapping[str, int | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         observer: Observer | None = None,
+        restarted_at: float | None = None,
     ) -> None:
         self.epoch = epoch
+        # Wall-clock time of a restart this engine took over from (see _arrival).
+        self.restarted_at = restarted_at
         self._observer = observer
         self.lease_ttl = lease_ttl
         self.global_limit = global_limit
@@ -137,9 +141,11 @@ class SlotEngine:
         self._restored: set[str] = set()
         # Groups whose record (spec, held leases) changed since take_changed().
         self._changed: set[str] = set()
-        # Who asked for each lease waiting or held, and the leases of each caller process.
-        self._callers: dict[str, Caller] = {}
+        # The process that asked for each lease waiting or held, the leases of each
+        # process, and the processes that died (an acquire of theirs may still arrive).
+        self._workers: dict[str, str] = {}
         self._by_worker: dict[str, set[str]] = {}
+        self._gone: OrderedDict[str, None] = OrderedDict()
         # (deadline, lease id); renewals push a new entry and stale ones are skipped.
         self._deadlines: list[tuple[float, str]] = []
         self._arrivals = itertools.count()
@@ -179,7 +185,7 @@ class SlotEngine:
             if lease_id not in self._leases:
                 self._hold(group, lease_id, lease_id, DEFAULT_OPTIONS.priority, held.epoch)
                 self._restored.add(lease_id)
-                self._note_caller(lease_id, held.caller)
+                self._note_worker(lease_id, held.worker)
         self._levels(group)
 
     def take_changed(self) -> set[str]:
@@ -190,7 +196,7 @@ class SlotEngine:
     def record(self, group_id: str) -> GroupRecord:
         group = self._groups[group_id]
         held = {
-            i: HeldLease(self._leases[i].epoch, self._callers.get(i)) for i in sorted(group.leases)
+            i: HeldLease(self._leases[i].epoch, self._workers.get(i)) for i in sorted(group.leases)
         }
         return GroupRecord(spec=group.spec, held=held)
 
@@ -223,16 +229,18 @@ class SlotEngine:
         group_id: str,
         lease_id: str,
         options: CallOptions = DEFAULT_OPTIONS,
-        caller: Caller | None = None,
+        worker: str | None = None,
     ) -> Lease | None:
         """Grant a slot now and return its lease, or queue the request and return None.
 
         A queued request is granted later by whichever call frees a slot
         (release, cancel, reclaim_expired); that call returns its lease. A call
-        without a request id is known by its lease id. ``caller``: the process
+        without a request id is known by its lease id. ``worker``: the process
         that asked, whose waiters and leases ``drop_caller`` ends.
         """
         group = self._group(group_id)
+        if worker is not None and worker in self._gone:
+            raise CallerGone(f"process (worker {worker[:12]})")
         request_id = options.request_id or lease_id
         priority = options.priority
         if lease_id in self._restored:
@@ -247,9 +255,10 @@ class SlotEngine:
             raise DuplicateLease(lease_id)
         if self._observer is not None:
             self._observer.submitted(group_id, group.spec.kind)
-        number = self._unit_number(options.unit)
+        arrival = self._arrival(options.asked_at)
+        number = self._unit_number(options.unit, arrival)
         if group.has_room() and self._global_room():
-            self._note_caller(lease_id, caller)
+            self._note_worker(lease_id, worker)
             return self._grant(group, lease_id, request_id, priority, waited=0.0)
         if len(group.queue) >= self.max_pending_per_group:
             self._finish(group, "rejected")
@@ -261,7 +270,7 @@ class SlotEngine:
             )
         key = grant_key(
             priority,
-            next(self._arrivals),
+            arrival,
             unit=number,
             critical=options.critical,
             width=self._width(group),
@@ -270,7 +279,7 @@ class SlotEngine:
             lease_id, group_id, request_id, priority, key, self.clock()
         )
         group.queue.push(lease_id, key)
-        self._note_caller(lease_id, caller)
+        self._note_worker(lease_id, worker)
         self._levels(group)
         return None
 
@@ -310,7 +319,11 @@ class SlotEngine:
         """The process ``worker_id`` died: drop its waiters and free its leases.
 
         Returns the lease ids of the dropped waiters and the leases handed on.
+        An acquire of that process that arrives later is refused.
         """
+        self._gone[worker_id] = None
+        if len(self._gone) > RETIRED_MEMORY:
+            self._gone.popitem(last=False)
         dropped: list[str] = []
         freed = False
         for lease_id in sorted(self._by_worker.get(worker_id, ())):
@@ -321,10 +334,6 @@ class SlotEngine:
                 freed = True
             self._finish(group, "abandoned")
         return dropped, self._dispatch() if freed else []
-
-    def callers(self) -> list[Caller]:
-        """Every caller with a lease waiting or held."""
-        return list({caller.worker_id: caller for caller in self._callers.values()}.values())
 
     def renew(self, lease_id: str, epoch: int) -> bool:
         """Push a held lease's deadline one ttl ahead; False if it is no longer held."""
@@ -452,14 +461,14 @@ class SlotEngine:
             return None
         group = self._groups[waiter.group]
         group.queue.remove(lease_id)
-        self._forget_caller(lease_id)
+        self._forget_worker(lease_id)
         return group
 
     def _free(self, lease_id: str) -> _Group:
         lease = self._leases.pop(lease_id)
         del self._expires_at[lease_id]
         self._restored.discard(lease_id)
-        self._forget_caller(lease_id)
+        self._forget_worker(lease_id)
         group = self._groups[lease.group]
         group.leases.discard(lease_id)
         if group.journaled:
@@ -496,18 +505,18 @@ class SlotEngine:
             )
         return granted
 
-    def _note_caller(self, lease_id: str, caller: Caller | None) -> None:
-        if caller is not None:
-            self._callers[lease_id] = caller
-            self._by_worker.setdefault(caller.worker_id, set()).add(lease_id)
+    def _note_worker(self, lease_id: str, worker: str | None) -> None:
+        if worker is not None:
+            self._workers[lease_id] = worker
+            self._by_worker.setdefault(worker, set()).add(lease_id)
 
-    def _forget_caller(self, lease_id: str) -> None:
-        caller = self._callers.pop(lease_id, None)
-        if caller is not None:
-            leases = self._by_worker[caller.worker_id]
+    def _forget_worker(self, lease_id: str) -> None:
+        worker = self._workers.pop(lease_id, None)
+        if worker is not None:
+            leases = self._by_worker[worker]
             leases.discard(lease_id)
             if not leases:
-                del self._by_worker[caller.worker_id]
+                del self._by_worker[worker]
 
     def _finish(self, group: _Group, outcome: str) -> None:
         """Count how a request ended: released, expired, cancelled, timed_out, rejected,
@@ -525,11 +534,25 @@ class SlotEngine:
         """How many calls of the group can run at once."""
         return min((w for w in (group.limit, self.global_limit) if w is not None), default=1)
 
-    def _unit_number(self, unit: str | None) -> int:
+    def _arrival(self, asked_at: float | None) -> int:
+        """The order of arrival: this engine's count, except for a call asked before a
+        restart (an acquire Ray retried), which gets the (negative) microseconds
+        between its ask and the restart, so that the waiters a restart interrupted
+        go first, in the order they asked."""
+        if asked_at is not None and self.restarted_at is not None:
+            before = round((asked_at - self.restarted_at) * 1e6)
+            if before < 0:
+                return before
+        return next(self._arrivals)
+
+    def _unit_number(self, unit: str | None, arrival: int) -> int:
+        """A unit's number: drawn at its first call; for a call asked before a
+        restart, its arrival."""
+        drawn = arrival if arrival < 0 else None
         if unit is None:
-            return next(self._unit_numbers)
+            return drawn if drawn is not None else next(self._unit_numbers)
         if unit not in self._units:
-            self._units[unit] = next(self._unit_numbers)
+            self._units[unit] = drawn if drawn is not None else next(self._unit_numbers)
             if len(self._units) > UNIT_MEMORY:
                 self._units.popitem(last=False)
         self._units.move_to_end(unit)

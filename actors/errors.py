@@ -7,6 +7,7 @@ say what was wrong and what to do.
 
     RaygateError                    base of every raygate error
     ├── ConfigError                 settings could not be read or failed validation
+    ├── CallerGone                  the call's caller died before it started
     ├── ClassificationError         provider / base URL / model cannot be mapped to a group
     │   ├── UnknownProvider
     │   ├── InvalidBaseURL
@@ -40,6 +41,17 @@ class ConfigError(RaygateError):
     def __str__(self) -> str:
         listed = "; ".join(self.problems)
         return f"invalid raygate settings from {self.source}: {listed}"
+
+
+class CallerGone(RaygateError):
+    """A call arrived after the process that made it was known to be dead: not run."""
+
+    def __init__(self, caller: str) -> None:
+        super().__init__(caller)
+        self.caller = caller
+
+    def __str__(self) -> str:
+        return f"the caller of this call, {self.caller}, died before it started; it was not run"
 
 
 class ClassificationError(RaygateError):

@@ -25,7 +25,6 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from actors.callers import Caller
 from actors.engine import Lease, SlotEngine
 from actors.errors import AcquireTimeout
 from actors.groups import GroupSpec
@@ -52,10 +51,10 @@ class SlotGate:
         group: str,
         lease_id: str,
         options: CallOptions = DEFAULT_OPTIONS,
-        caller: Caller | None = None,
+        worker: str | None = None,
     ) -> Lease:
         """A slot of ``group``, waiting at most ``options.queue_timeout`` for it."""
-        lease = await self._granted(group, lease_id, options, caller)
+        lease = await self._granted(group, lease_id, options, worker)
         if self._journal is not None and self.inspect(self.engine.journaled, group):
             try:
                 await self._journal.flushed()
@@ -65,11 +64,11 @@ class SlotGate:
         return lease
 
     async def _granted(
-        self, group: str, lease_id: str, options: CallOptions, caller: Caller | None
+        self, group: str, lease_id: str, options: CallOptions, worker: str | None
     ) -> Lease:
         loop = asyncio.get_running_loop()
         with self._lock:
-            lease = self.engine.acquire(group, lease_id, options, caller)
+            lease = self.engine.acquire(group, lease_id, options, worker)
             if lease is not None:
                 self._journal_changes()
                 self._reaper.wake_if_idle()

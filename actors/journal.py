@@ -37,7 +37,6 @@ from typing import Protocol
 
 from pydantic import TypeAdapter
 
-from actors.callers import Caller
 from actors.groups import GroupSpec
 
 log = logging.getLogger(__name__)
@@ -48,9 +47,9 @@ RETRY_SECONDS = 0.5
 
 @dataclass(frozen=True, slots=True)
 class HeldLease:
-    # The epoch of the manager that granted it, and who holds it (watched again).
+    # The epoch of the manager that granted it, and the process that holds it.
     epoch: int
-    caller: Caller | None = None
+    worker: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

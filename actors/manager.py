@@ -17,14 +17,16 @@ GCS key-value store, a lease before it is handed out (see
 groups and holds their leases again for one ttl; their holders renew and
 release them as before. Ray retries the calls that were in flight against the
 new actor (``max_task_retries=-1``): waiting acquires queue again under their
-own lease and request ids and priorities, and an acquire whose grant was
+own lease and request ids and priorities, before any new arrival and in the
+order they first asked (``CallOptions.asked_at``), and an acquire whose grant was
 journaled but never answered gets that lease. A manager created anew (not
 restarted by Ray) clears its name's journal.
 
-Dead callers: an acquire names its caller process; the manager watches each
-named caller actor (see :mod:`actors.watch`) and, when Ray reports it dead,
-drops its waiters and frees its leases at once. The ttl is the backstop for
-callers it cannot watch.
+Dead callers: an acquire or renewal names its caller process, which the
+manager watches through the lifeline it hosts for it (see :mod:`actors.watch`):
+when Ray reports that process dead, the manager drops its waiters and frees
+its leases at once. The ttl is the backstop for what Ray cannot report (a
+holder of a restored lease that dies before its next renewal).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import Settings
 from actors.stats import GroupInfo, QueuePosition, QueueStats
 from actors.telemetry import configure_telemetry
-from actors.watch import CallerWatch
+from actors.watch import CallerWatch, LifelineHost
 
 CONTROL = "control"
 MAX_CONCURRENT_CALLS = 200_000
@@ -62,11 +64,16 @@ HEAD_NODE_RESOURCE = {"node:__internal_head__": 0.001}
     max_task_retries=-1,
     num_cpus=0,
 )
-class ConcurrencyManager:
+class ConcurrencyManager(LifelineHost):
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         configure_telemetry(settings.telemetry)
         queue = settings.queue
+        context = ray.get_runtime_context()
+        with warnings.catch_warnings():
+            # Ray's own property reads its deprecated actor_id; the answer is sound.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            restarted = context.was_current_actor_reconstructed
         engine = SlotEngine(
             epoch=time.time_ns(),
             lease_ttl=queue.lease_ttl_seconds,
@@ -74,13 +81,9 @@ class ConcurrencyManager:
             max_pending_per_group=queue.max_pending_per_group,
             group_limits=queue.group_limits,
             observer=QueueMetrics(),
+            restarted_at=time.time() if restarted else None,
         )
-        context = ray.get_runtime_context()
         store = GcsStore(context.get_actor_name() or MANAGER_NAME)
-        with warnings.catch_warnings():
-            # Ray's own property reads its deprecated actor_id; the answer is sound.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            restarted = context.was_current_actor_reconstructed
         if restarted:
             for data in store.load().values():
                 engine.restore(decode(data))
@@ -90,8 +93,6 @@ class ConcurrencyManager:
             engine.register(entry.spec())
         self._gate = SlotGate(engine, store)
         self._watch = CallerWatch(lambda caller: self._gate.drop_caller(caller.worker_id))
-        # Holders of restored leases, watched again from the first call on.
-        self._unwatched = engine.callers()
 
     async def acquire(
         self,
@@ -100,9 +101,9 @@ class ConcurrencyManager:
         options: CallOptions = DEFAULT_OPTIONS,
         caller: Caller | None = None,
     ) -> Lease:
-        self._watch_restored()
         self._watch.watch(caller)
-        return await self._gate.acquire(group, lease_id, options, caller)
+        worker = caller.worker_id if caller is not None else None
+        return await self._gate.acquire(group, lease_id, options, worker)
 
     @ray.method(concurrency_group=CONTROL)
     async def release(self, lease_id: str, epoch: int) -> None:
@@ -113,14 +114,10 @@ class ConcurrencyManager:
         self._gate.cancel(lease_id)
 
     @ray.method(concurrency_group=CONTROL)
-    async def renew(self, lease_id: str, epoch: int) -> bool:
-        self._watch_restored()
+    async def renew(self, lease_id: str, epoch: int, caller: Caller | None = None) -> bool:
+        # Watched again here after a restart, as the holder of a restored lease.
+        self._watch.watch(caller)
         return self._gate.renew(lease_id, epoch)
-
-    def _watch_restored(self) -> None:
-        callers, self._unwatched = self._unwatched, []
-        for caller in callers:
-            self._watch.watch(caller)
 
     @ray.method(concurrency_group=CONTROL)
     async def register(self, spec: GroupSpec) -> GroupInfo:

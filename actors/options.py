@@ -11,6 +11,7 @@ provider the labels for its metrics and spans.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field, replace
 
@@ -48,7 +49,9 @@ class CallOptions:
     work keep the place of its first call; ``critical`` puts a call before the
     others of its unit. ``request_id`` identifies the call to ``position()``
     (one is drawn when None). ``queue_timeout``: seconds to wait for a slot,
-    None for as long as it takes.
+    None for as long as it takes. ``asked_at``: when the call first asked
+    (wall clock, stamped when None); Ray retries an acquire with it, so a
+    restarted manager queues the waiters it lost in the order they asked.
     """
 
     priority: int = DEFAULT_PRIORITY
@@ -56,14 +59,21 @@ class CallOptions:
     unit: str | None = None
     request_id: str | None = None
     queue_timeout: float | None = None
+    asked_at: float | None = None
     labels: CallLabels = field(default_factory=CallLabels)
 
     def __post_init__(self) -> None:
         check_priority(self.priority)
 
     def identified(self) -> CallOptions:
-        """These options with a request id, drawn now if the caller gave none."""
-        return self if self.request_id is not None else replace(self, request_id=uuid.uuid4().hex)
+        """These options with a request id and an ask time, drawn now where none was given."""
+        if self.request_id is not None and self.asked_at is not None:
+            return self
+        return replace(
+            self,
+            request_id=self.request_id or uuid.uuid4().hex,
+            asked_at=self.asked_at if self.asked_at is not None else time.time(),
+        )
 
 
 DEFAULT_OPTIONS = CallOptions()

@@ -2,55 +2,89 @@
 
 Ray does not cancel an actor call whose caller died: a provider actor would
 go on waiting for slots and calling its backend for a pipeline whose driver
-was killed, and the manager would keep that pipeline's waiters queued. So a
-callee records who asked (:class:`actors.callers.Caller`) and watches each
-caller with one actor call kept pending on it, :meth:`Watched.watched`. That
-call never returns while the caller lives; Ray fails it the moment the
-caller's process dies (``ActorDiedError``), and that failure is the news.
+was killed, and the manager would keep that pipeline's waiters queued. So
+every call to a raygate actor names its caller (:class:`Caller`), and the
+callee watches each caller process through a *lifeline*:
 
-Only named actors can be watched (a watcher finds them by name); drivers and
-unnamed actors are recorded but not watched, and their leases end by their
-ttl. Every raygate actor that calls another is named and :class:`Watched`.
+- the caller, once per process and callee, calls the callee's ``lifeline``
+  method, which does not return while the caller lives, and keeps the object
+  ref of that call (:func:`caller_of`); the ref travels inside every
+  ``Caller`` it sends;
+- the callee awaits that ref. Ray owns an object by the process that made
+  the call, so when that process dies (a driver killed with ``kill -9``, an
+  actor killed or lost with its node) Ray fails the ref with
+  ``OwnerDiedError``, about two seconds later: that failure is the news;
+- the callee then ends the lifeline call, which nobody waits for any more.
+
+Drivers, tasks, Serve replicas and actors, named or not, are watched alike.
+Only a detached actor may host lifelines: a pending call keeps a
+non-detached actor alive after its last handle is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import OwnerDiedError
 
 from actors.callers import Caller
+from actors.errors import CallerGone
 
 log = logging.getLogger(__name__)
 
-
-def current_caller() -> Caller:
-    """This process as a caller (Ray must be initialized)."""
-    context = ray.get_runtime_context()
-    name = context.get_actor_name() if context.get_actor_id() else None
-    return Caller(
-        worker_id=context.get_worker_id(),
-        actor_name=name or None,
-        namespace=context.namespace if name else None,
-    )
+# How many dead callers a callee remembers (a call of theirs may still arrive).
+DEAD_MEMORY = 65_536
 
 
-class Watched:
-    """Mixed into a named actor so that those it calls can watch it."""
+class _Lifelines:
+    """This process's lifelines, one per callee actor."""
 
-    async def watched(self, worker_id: str) -> None:
-        """Never returns while this actor's process is ``worker_id``.
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._worker: str | None = None
+        self._callers: dict[Any, tuple[Caller, concurrent.futures.Future[Any]]] = {}
 
-        Returns at once if it is not (the actor was restarted since: that
-        caller is gone); otherwise the call fails when the process dies.
-        """
-        if worker_id == ray.get_runtime_context().get_worker_id():
-            await asyncio.Event().wait()
+    def caller_of(self, callee: Any) -> Caller:
+        context = ray.get_runtime_context()
+        worker = context.get_worker_id()
+        with self._lock:
+            if worker != self._worker:  # a new Ray session in this process
+                self._callers.clear()
+                self._worker = worker
+            known = self._callers.get(callee._actor_id)
+            # A lifeline that ended belongs to a callee that restarted without it.
+            if known is None or known[1].done():
+                lifeline = callee.lifeline.remote(worker)
+                name = context.get_actor_name() if context.get_actor_id() else None
+                known = (Caller(worker, lifeline, name or None), lifeline.future())
+                self._callers[callee._actor_id] = known
+            return known[0]
+
+
+_LIFELINES = _Lifelines()
+
+
+def caller_of(callee: Any) -> Caller:
+    """This process as a caller of the actor ``callee`` (its lifeline is made on first use)."""
+    return _LIFELINES.caller_of(callee)
+
+
+class LifelineHost:
+    """Mixed into a detached actor that watches its callers through a :class:`CallerWatch`."""
+
+    _watch: CallerWatch
+
+    async def lifeline(self, worker_id: str) -> None:
+        """Called by each caller process once; returns after that process died."""
+        await self._watch.lifeline(worker_id)
 
 
 class CallerWatch:
@@ -64,9 +98,11 @@ class CallerWatch:
         self._on_death = on_death
         self._lock = threading.Lock()
         self._watching: dict[str, asyncio.Task[None]] = {}
+        self._lifelines: dict[str, concurrent.futures.Future[None]] = {}
+        self._dead: OrderedDict[str, None] = OrderedDict()
 
     def watch(self, caller: Caller | None) -> None:
-        if caller is None or caller.actor_name is None:
+        if caller is None or caller.lifeline is None:
             return
         with self._lock:
             if caller.worker_id in self._watching:
@@ -74,25 +110,43 @@ class CallerWatch:
             task = asyncio.get_running_loop().create_task(self._watch(caller))
             self._watching[caller.worker_id] = task
 
+    def gone(self, worker_id: str) -> bool:
+        """Whether the process ``worker_id`` is known to have died."""
+        with self._lock:
+            return worker_id in self._dead
+
+    async def lifeline(self, worker_id: str) -> None:
+        with self._lock:
+            if worker_id in self._dead:
+                return
+            end = self._lifelines.setdefault(worker_id, concurrent.futures.Future())
+        await asyncio.wrap_future(end)
+
     async def _watch(self, caller: Caller) -> None:
-        # Returning means that process is gone too (the actor was restarted since).
-        died = True
+        died = False
         try:
-            handle = await asyncio.to_thread(
-                ray.get_actor, caller.actor_name, namespace=caller.namespace
-            )
-            await handle.watched.remote(caller.worker_id)
-        except (RayActorError, ValueError):
-            pass  # died, or no actor of that name is left
+            await caller.lifeline
+        except OwnerDiedError:
+            died = True
         except Exception:
-            # Not a sign of death (e.g. an actor that is not Watched): stop watching.
-            log.warning("cannot watch %s; its leases end by their ttl", caller, exc_info=True)
-            died = False
+            # The lifeline was hosted by this actor before it restarted; the
+            # caller makes a new one with its next call.
+            log.info("lost the lifeline of %s until its next call", caller, exc_info=True)
         finally:
             with self._lock:
                 del self._watching[caller.worker_id]
         if died:
-            self._on_death(caller)
+            self._died(caller)
+
+    def _died(self, caller: Caller) -> None:
+        with self._lock:
+            self._dead[caller.worker_id] = None
+            if len(self._dead) > DEAD_MEMORY:
+                self._dead.popitem(last=False)
+            end = self._lifelines.pop(caller.worker_id, None)
+        self._on_death(caller)
+        if end is not None:
+            end.set_result(None)
 
 
 class CallerCalls:
@@ -100,18 +154,23 @@ class CallerCalls:
 
     def __init__(self) -> None:
         self._running: dict[str, set[asyncio.Task[object]]] = {}
-        self._watch = CallerWatch(self._died)
+        self.watch = CallerWatch(self._died)
 
     @contextlib.contextmanager
     def running(self, caller: Caller | None) -> Iterator[None]:
-        """Around the body of one call made by ``caller``."""
+        """Around the body of one call made by ``caller``.
+
+        Raises CallerGone for a call that arrives after its caller died.
+        """
         task = asyncio.current_task()
         if caller is None or task is None:
             yield
             return
+        if self.watch.gone(caller.worker_id):
+            raise CallerGone(str(caller))
         tasks = self._running.setdefault(caller.worker_id, set())
         tasks.add(task)
-        self._watch.watch(caller)
+        self.watch.watch(caller)
         try:
             yield
         finally:

@@ -7,7 +7,7 @@ one per group: cap 1, cap 4, and no limit. Each answers in 0.2 s, but 8% of
 its answers are a 503 and 4% come after 3 s (the providers time out after
 1 s and retry, up to 3 attempts). Like llama.cpp's ``llama-server``, they stop
 working on a request whose client hung up. ``--calls`` calls, a third per group, are
-sent at once through four named caller actors; then, one every ``--every``
+sent at once through four caller actors; then, one every ``--every``
 seconds, the run cancels 10 waiting calls, kills a caller actor, kills the
 manager, kills the cap-4 group's provider actor, kills the manager again and
 kills another caller actor (the cap-1 group's calls take about 25 s, so
@@ -58,7 +58,6 @@ async def chaos(calls: int, seed: int, every: float, stack: contextlib.ExitStack
     from actors.manager import get_or_create_manager
     from actors.names import NAMESPACE
     from actors.settings import ProviderSettings, QueueSettings, Settings
-    from actors.watch import Watched
     from providers.actor import get_or_create_provider, options_for
     from providers.errors import ProviderActorLost
     from providers.models import ChatMessage, ChatRequest
@@ -76,8 +75,8 @@ async def chaos(calls: int, seed: int, every: float, stack: contextlib.ExitStack
         return Say("ok")
 
     @ray.remote(num_cpus=0)
-    class ChaosCaller(Watched):
-        """Calls providers on the driver's behalf; named, so providers watch it."""
+    class ChaosCaller:
+        """Calls providers on the driver's behalf; providers watch it (actors.watch)."""
 
         def __init__(self) -> None:
             self._providers: dict[str, Any] = {}
@@ -113,8 +112,8 @@ async def chaos(calls: int, seed: int, every: float, stack: contextlib.ExitStack
     client = ManagerClient(manager)
     options = options_for(Provider.OPENAI_COMPATIBLE, settings)
     callers = [
-        ChaosCaller.options(name=f"chaos-caller-{i}", namespace=NAMESPACE).remote()  # type: ignore[attr-defined]
-        for i in range(4)
+        ChaosCaller.remote()  # type: ignore[attr-defined]
+        for _ in range(4)
     ]
     request = ChatRequest(model="m", messages=(ChatMessage(role="user", content="hi"),))
 

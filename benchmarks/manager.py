@@ -36,7 +36,7 @@ from actors.groups import classify
 from actors.manager import get_or_create_manager
 from actors.options import CallOptions
 from actors.settings import QueueSettings, Settings
-from actors.watch import current_caller
+from actors.watch import caller_of
 from benchmarks import on_embedded_ray
 
 CAPPED = classify("openai-compatible", "http://gpu-box:8000")  # remote server: limit from config
@@ -169,7 +169,8 @@ async def main(pairs: int, pending: int) -> None:
     async def raw_pair_with_args() -> None:
         lease_id = uuid.uuid4().hex
         options = CallOptions(request_id=uuid.uuid4().hex)
-        await noop.noop_acquire.remote(CAPPED.id, lease_id, options, current_caller())
+        # The caller the manager gets, lifeline ref and all.
+        await noop.noop_acquire.remote(CAPPED.id, lease_id, options, caller_of(client.handle))
         await noop.noop_release.remote(lease_id, 1)
 
     async def gated(group: str) -> None:

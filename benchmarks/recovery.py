@@ -10,8 +10,10 @@ run, the manager is killed ``--kills`` times (``ray.kill(no_restart=False)``),
 each time right after a slot was granted. Per kill: the time until the
 restarted manager answers, until every waiting caller is queued again, and
 until the next call starts (the holder at the kill keeps its slot until its
-own release, under the new manager). Then: calls done, failed, lost, and the
-most callers ever inside the slot at once (must be 1).
+own release, under the new manager). Then: calls done, failed, lost, the
+most callers ever inside the slot at once (must be 1), and how many calls
+started before one that asked earlier (all have one priority, and each is
+queued before the next asks, so only a restart can reorder them).
 
 Driver kills: ``python -m pipelines run`` on four services, as a subprocess
 joined to this Ray, against a loopback OpenAI-format server on a cap-1 group
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import signal
 import subprocess
 import sys
@@ -50,12 +53,15 @@ async def manager_kills(calls: int, hold: float, kills: int) -> None:
     await client.register(group)
     inside = peak = 0
     started: list[float] = []
+    # Which call (numbered in the order they asked) started at each grant.
+    order: list[int] = []
     a_call_started = asyncio.Condition()
 
-    async def call() -> None:
+    async def call(number: int) -> None:
         nonlocal inside, peak
         async with client.slot(group.id):
             started.append(time.monotonic())
+            order.append(number)
             async with a_call_started:
                 a_call_started.notify_all()
             inside += 1
@@ -69,7 +75,12 @@ async def manager_kills(calls: int, hold: float, kills: int) -> None:
     def started_after(moment: float) -> Callable[[], bool]:
         return lambda: any(t > moment for t in started)
 
-    tasks = [asyncio.create_task(call()) for _ in range(calls)]
+    tasks = []
+    for i in range(calls):
+        # One at a time, so that they arrive at the manager in the order they asked.
+        tasks.append(asyncio.create_task(call(i)))
+        while (g := (await client.stats()).groups[group.id]).granted + g.pending <= i:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
     every = calls // (kills + 1)
     print(f"{calls} calls on a cap-1 group, {hold:g} s each; manager killed {kills} times")
     print(f"{'kill':>4} {'answers':>9} {'requeued':>9} {'next call':>10}")
@@ -91,9 +102,10 @@ async def manager_kills(calls: int, hold: float, kills: int) -> None:
     finished, lost = await asyncio.wait(tasks, timeout=calls * hold * 2 + 120)
     failed = [t.exception() for t in finished if t.exception() is not None]
     stats = await client.stats()
+    overtaken = sum(later < earlier for earlier, later in itertools.pairwise(order))
     print(
         f"done {len(finished) - len(failed)}, failed {len(failed)}, lost {len(lost)}; "
-        f"most inside the slot at once: {peak}; "
+        f"most inside the slot at once: {peak}; started out of the order asked: {overtaken}; "
         f"left active {stats.total_active}, pending {stats.total_pending}"
     )
     for error in failed[:3]:

@@ -21,7 +21,6 @@ from actors.names import NAMESPACE
 from actors.options import CallOptions
 from actors.settings import PipelineSettings
 from actors.waitqueue import DEFAULT_PRIORITY
-from actors.watch import Watched
 from pipelines.chain import Span, together
 from pipelines.plateau import PlateauJob, Service, ServiceRecord
 from providers.client import ProviderClient
@@ -71,7 +70,7 @@ class RunSpec:
 
 
 @ray.remote(num_cpus=0)
-class PipelineActor(Watched):
+class PipelineActor:
     """One run; its provider actors watch it, so its calls end if it dies with its driver."""
 
     def __init__(self, spec: RunSpec) -> None:

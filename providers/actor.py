@@ -32,7 +32,7 @@ from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import PROVIDER_DEFAULTS, Settings, TelemetrySettings
 from actors.slots import NoSlots, SlotSource
 from actors.telemetry import configure_telemetry
-from actors.watch import CallerCalls, Watched
+from actors.watch import CallerCalls, LifelineHost
 from providers.breaker import CircuitBreaker
 from providers.client import EmbeddedModelClient, ProviderClient
 from providers.factory import api_key_for, build_backend
@@ -81,12 +81,13 @@ def options_for(
     )
 
 
-class _ProviderShell(Watched):
+class _ProviderShell(LifelineHost):
     """What both provider actors answer; the remote classes only differ in their start.
 
     Each call names its caller; when Ray reports that caller dead (a pipeline
     whose driver was killed), its calls here are cancelled, which gives back
-    their slots and waits (see :mod:`actors.watch`).
+    their slots and waits (see :mod:`actors.watch`). Detached, as a host of
+    its callers' lifelines must be.
     """
 
     _provider: GatedProvider
@@ -103,6 +104,7 @@ class _ProviderShell(Watched):
     ) -> None:
         configure_telemetry(options.telemetry)
         self._calls = CallerCalls()
+        self._watch = self._calls.watch
         self._slots = ManagerClient(manager) if manager is not None else NoSlots()
         backend = backend or build_backend(
             spec,

@@ -20,7 +20,7 @@ from ray.exceptions import RayActorError
 from actors.client import cancellable, cancellable_stream, unwrap
 from actors.groups import GroupSpec
 from actors.options import DEFAULT_OPTIONS, CallOptions
-from actors.watch import current_caller
+from actors.watch import caller_of
 from providers.errors import ProviderActorLost
 from providers.models import ChatRequest, ChatResponse, StreamDelta
 
@@ -34,7 +34,7 @@ class ProviderClient:
         self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
     ) -> ChatResponse:
         with self._actor_lost():
-            call = self.handle.chat.remote(request, options, current_caller())
+            call = self.handle.chat.remote(request, options, caller_of(self.handle))
             response: ChatResponse = await cancellable(call)
         return response
 
@@ -43,7 +43,7 @@ class ProviderClient:
     ) -> AsyncIterator[StreamDelta]:
         with self._actor_lost():
             pieces = self.handle.stream.options(num_returns="streaming").remote(
-                request, options, current_caller()
+                request, options, caller_of(self.handle)
             )
             async for delta in cancellable_stream(pieces):
                 yield delta

@@ -1,4 +1,5 @@
-"""The pipeline as a Ray job on a two-node cluster started with `ray start`.
+"""The pipeline on a two-node cluster started with `ray start`: as a Ray job, and as a
+command-line driver killed mid-run.
 
 A second, separate cluster: a head and a GPU-host node "a", each a
 `ray start --block` process stopped by its PID afterwards (`ray stop` would
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -26,7 +28,9 @@ import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from actors.groups import classify
+from pipelines.plateau import Service
 from providers.supervisor import free_loopback_port
+from tests.integration.conftest import cli, write_services
 from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
 from tests.support.plateau_backend import plateau_answer
 
@@ -60,7 +64,8 @@ def alive_nodes(dashboard: str, headers: dict[str, str]) -> int:
     return sum(node["state"] == "ALIVE" for node in answer.json()["data"]["result"]["result"])
 
 
-def ray_start(*flags: str, log: Path) -> subprocess.Popen[bytes]:
+def cluster_env() -> dict[str, str]:
+    """The environment of a node, or of a driver joining from outside, of these clusters."""
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
@@ -69,6 +74,12 @@ def ray_start(*flags: str, log: Path) -> subprocess.Popen[bytes]:
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # its loopback-only mode is one node
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def ray_start(*flags: str, log: Path) -> subprocess.Popen[bytes]:
+    env = cluster_env()
     ports = [
         f"--dashboard-agent-listen-port={free_loopback_port()}",
         f"--metrics-export-port={free_loopback_port()}",
@@ -85,13 +96,20 @@ def stop(node: subprocess.Popen[bytes]) -> None:
     node.wait(timeout=60)
 
 
-@pytest.fixture
-def jobs(tmp_path: Path) -> Iterator[JobSubmissionClient]:
-    """A job client of a fresh `ray start` cluster: a head and GPU host "a"."""
+@dataclass(frozen=True)
+class RayStartCluster:
+    gcs: str
+    jobs: JobSubmissionClient
+
+
+@pytest.fixture(scope="module")
+def started_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayStartCluster]:
+    """A fresh `ray start` cluster: a head and GPU host "a"."""
+    logs = tmp_path_factory.mktemp("ray-start")
     gcs, dash = free_loopback_port(), free_loopback_port()
     head = ray_start(
         "--head", "--node-ip-address=127.0.0.2", f"--port={gcs}", f"--dashboard-port={dash}",
-        log=tmp_path / "head.log",
+        log=logs / "head.log",
     )  # fmt: skip
     gpu_node: subprocess.Popen[bytes] | None = None
     try:
@@ -99,10 +117,10 @@ def jobs(tmp_path: Path) -> Iterator[JobSubmissionClient]:
         wait_for("the job server", lambda: JobSubmissionClient(address, headers=headers))
         gpu_node = ray_start(
             f"--address=127.0.0.2:{gcs}", "--node-ip-address=127.0.0.3",
-            '--resources={"gpu_host:a": 1}', log=tmp_path / "gpu.log",
+            '--resources={"gpu_host:a": 1}', log=logs / "gpu.log",
         )  # fmt: skip
         wait_for("the GPU host to join", lambda: alive_nodes(address, headers) == 2)
-        yield JobSubmissionClient(address, headers=headers)
+        yield RayStartCluster(f"127.0.0.2:{gcs}", JobSubmissionClient(address, headers=headers))
     finally:
         if gpu_node is not None:
             stop(gpu_node)
@@ -133,9 +151,35 @@ for listed in list_actors(filters=[("ray_namespace", "=", "raygate")]):
 """
 
 
-def test_submitted_pipeline_job_succeeds_with_its_local_server_on_the_gpu_host(
-    jobs: JobSubmissionClient, tmp_path: Path
+def test_an_embedded_ray_does_not_join_a_cluster_that_ray_start_left_running(
+    tmp_path: Path,
 ) -> None:
+    gcs = free_loopback_port()
+    head = ray_start(
+        "--head", "--node-ip-address=127.0.0.2", f"--port={gcs}",
+        "--include-dashboard=false", log=tmp_path / "head.log",
+    )  # fmt: skip
+    try:
+        probe = (
+            "from pipelines.runtime import init_ray; init_ray(None, num_cpus=1); import ray; "
+            "print(ray.get_runtime_context().gcs_address)"
+        )
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        current = Path("/tmp/ray/ray_current_cluster")  # where ray.init() looks for one
+        wait_for("the ray start cluster", lambda: f"127.0.0.2:{gcs}" in current.read_text())
+        embedded = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env,
+            cwd=REPO, check=True,
+        )  # fmt: skip
+    finally:
+        stop(head)
+    assert embedded.stdout.strip().splitlines()[-1] != f"127.0.0.2:{gcs}"
+
+
+def test_submitted_pipeline_job_succeeds_with_its_local_server_on_the_gpu_host(
+    started_cluster: RayStartCluster, tmp_path: Path
+) -> None:
+    jobs = started_cluster.jobs
     with FakeLLMServer(OpenAIDialect(), responder=plateau_answer) as backend:
         base_url = backend.url + "/v1"
         config = tmp_path / "raygate.yaml"
@@ -171,26 +215,90 @@ def test_submitted_pipeline_job_succeeds_with_its_local_server_on_the_gpu_host(
     assert any(name.startswith("pipeline:") and state == "DEAD" for name, state in listed)
 
 
-def test_an_embedded_ray_does_not_join_a_cluster_that_ray_start_left_running(
-    tmp_path: Path,
-) -> None:
-    gcs = free_loopback_port()
-    head = ray_start(
-        "--head", "--node-ip-address=127.0.0.2", f"--port={gcs}",
-        "--include-dashboard=false", log=tmp_path / "head.log",
-    )  # fmt: skip
+# Joins the cluster at argv[1] ("joined") and follows group argv[2] in its manager's
+# stats: prints "queued" once a call runs and 3 or more wait, then "empty <time> <stats>"
+# once nothing runs or waits any more.
+OBSERVE = """
+import sys, time, ray
+from actors.names import MANAGER_NAME, NAMESPACE
+ray.init(address=sys.argv[1], log_to_driver=False)
+print("joined", flush=True)
+group = sys.argv[2]
+while True:
     try:
-        probe = (
-            "from pipelines.runtime import init_ray; init_ray(None, num_cpus=1); import ray; "
-            "print(ray.get_runtime_context().gcs_address)"
+        manager = ray.get_actor(MANAGER_NAME, namespace=NAMESPACE)
+        break
+    except ValueError:
+        time.sleep(0.05)
+queued = False
+while True:
+    stats = ray.get(manager.stats.remote())
+    level = (stats.active_by_group.get(group, 0), stats.pending_by_group.get(group, 0))
+    if not queued and level[0] == 1 and level[1] >= 3:
+        print("queued", flush=True)
+        queued = True
+    if queued and level == (0, 0):
+        g = stats.groups[group]
+        print("empty", time.time(), g.cancelled, g.expired, flush=True)
+        break
+    time.sleep(0.02)
+"""
+
+
+def test_a_killed_drivers_calls_leave_the_queue_and_no_new_call_starts(
+    started_cluster: RayStartCluster, tmp_path: Path
+) -> None:
+    """`kill -9` of a command-line run: its pipeline actor dies with it, so its provider
+    actor cancels its calls, which leave the manager's queue within seconds; the
+    backend sees no call start after the kill."""
+    # Each call takes 10 s; the server stops working on one whose client hung up.
+    with FakeLLMServer(
+        OpenAIDialect(), hold=10.0, responder=plateau_answer, stop_on_disconnect=True
+    ) as server:
+        base_url = server.url + "/v1"
+        group = classify("openai-compatible", base_url).id  # a local server: one at a time
+        config = tmp_path / "raygate.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "models": {"fake": {"provider": "openai-compatible", "base_url": base_url}},
+                    "pipeline": {"model": "fake", "plateaus": 1, "mapping_types": ["data"]},
+                }
+            )
         )
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        current = Path("/tmp/ray/ray_current_cluster")  # where ray.init() looks for one
-        wait_for("the ray start cluster", lambda: f"127.0.0.2:{gcs}" in current.read_text())
-        embedded = subprocess.run(
-            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env,
-            cwd=REPO, check=True,
+        four = [Service(id=f"svc-{i}", name=f"Service {i}") for i in range(4)]
+        services = write_services(tmp_path / "in.jsonl", four)
+        env = cluster_env()
+        observer = subprocess.Popen(
+            [sys.executable, "-c", OBSERVE, started_cluster.gcs, group],
+            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
-    finally:
-        stop(head)
-    assert embedded.stdout.strip().splitlines()[-1] != f"127.0.0.2:{gcs}"
+        assert observer.stdout is not None
+        assert observer.stdout.readline() == "joined\n"  # before the run starts
+        command = cli(str(services), "--out", str(tmp_path / "out.jsonl"), "--config", str(config))
+        driver = subprocess.Popen(
+            [*command, "--address", started_cluster.gcs],
+            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            # The services' first calls: one runs, the others wait.
+            assert observer.stdout.readline() == "queued\n"
+            wait_for("the running call at the backend", lambda: len(server.received) == 1, 30)
+            killed = time.time()
+            driver.send_signal(signal.SIGKILL)
+            driver.wait()
+            out, _ = observer.communicate(timeout=60)
+        finally:
+            for process in (driver, observer):
+                process.kill()
+                process.wait()
+        _, emptied, cancelled, expired = out.split()
+        wait_for("the running call to be dropped at the backend", lambda: server.abandoned, 30)
+
+    # Gone well before the running call's 10 s were up, when a waiter would have
+    # got its slot; the waiters were cancelled (the running call gave its slot
+    # back), none waited for a ttl.
+    print(f"the dead run's calls left the manager {float(emptied) - killed:.2f}s after the kill")
+    assert float(emptied) - killed < 10
+    assert int(cancelled) >= 3 and int(expired) == 0
+    assert len(server.received) == 1

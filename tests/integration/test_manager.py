@@ -19,7 +19,6 @@ from actors.manager import get_or_create_manager
 from actors.names import NAMESPACE
 from actors.options import CallOptions
 from actors.settings import QueueSettings, Settings
-from actors.watch import Watched
 from tests.integration.conftest import (
     LOCAL_SERVER,
     REMOTE_API,
@@ -39,12 +38,12 @@ class Calls:
     def __init__(self, manager: Any) -> None:
         self.client = ManagerClient(manager)
 
-    async def post_in_slot(self, group: str, priority: int, url: str) -> int:
+    async def post_in_slot(self, group: str, priority: int, url: str, tag: int = 0) -> int:
         async with (
             self.client.slot(group, CallOptions(priority=priority)),
             httpx.AsyncClient() as http,
         ):
-            response = await http.post(url, json={"priority": priority})
+            response = await http.post(url, json={"priority": priority, "tag": tag})
             response.raise_for_status()
         return priority
 
@@ -53,17 +52,7 @@ class Calls:
             await asyncio.Event().wait()
 
 
-class WatchedCalls(Calls, Watched):
-    """A named, watchable caller, as provider and pipeline actors are."""
-
-
 Caller = ray.remote(num_cpus=0)(Calls)
-NamedCaller = ray.remote(num_cpus=0)(WatchedCalls)
-
-
-def named_caller(manager: Any) -> Any:
-    name = f"caller-{uuid.uuid4().hex[:8]}"
-    return NamedCaller.options(name=name, namespace=NAMESPACE).remote(manager)
 
 
 async def test_cap_one_server_sees_one_call_at_a_time_in_priority_order(
@@ -151,13 +140,15 @@ async def test_a_killed_manager_restarts_without_losing_a_call_or_breaking_the_l
     callers = [Caller.remote(client.handle) for _ in range(4)]
     epoch = (await client.stats()).epoch
 
+    priorities = [3 if i % 2 else 7 for i in range(20)]
     with ProbeServer(hold=0.05) as server:
         async with client.slot(LOCAL_SERVER.id):
-            calls = [
-                callers[i % 4].post_in_slot.remote(LOCAL_SERVER.id, 1 + i % 10, server.url)
-                for i in range(20)
-            ]
-            await wait_until(pending_is(client, LOCAL_SERVER.id, 20), "20 queued callers")
+            calls = []
+            for i, priority in enumerate(priorities):  # asked in this order
+                calls.append(
+                    callers[i % 4].post_in_slot.remote(LOCAL_SERVER.id, priority, server.url, i)
+                )
+                await wait_until(pending_is(client, LOCAL_SERVER.id, i + 1), f"caller {i} queued")
             ray.kill(client.handle, no_restart=False)
 
             async def back_and_fenced() -> bool:
@@ -170,11 +161,13 @@ async def test_a_killed_manager_restarts_without_losing_a_call_or_breaking_the_l
             assert server.received == []
         done = await asyncio.gather(*calls)
 
-    assert sorted(done) == sorted(1 + i % 10 for i in range(20))
+    assert done == priorities
     assert len(server.received) == 20
     assert server.max_in_flight == 1
-    # Queued again after the restart, every waiter kept its priority.
-    assert [body["priority"] for body in server.bodies] == sorted(done, reverse=True)
+    # Queued again after the restart, in Ray's order of retries, every waiter kept
+    # its priority and, within it, the order in which it asked.
+    served = [(body["priority"], body["tag"]) for body in server.bodies]
+    assert served == sorted(zip(priorities, range(20), strict=True), key=lambda p: (-p[0], p[1]))
     stats = await client.stats()
     assert stats.epoch != epoch
     assert (stats.total_active, stats.total_pending) == (0, 0)
@@ -184,7 +177,7 @@ async def test_a_killed_callers_slot_and_waits_end_at_once_not_after_the_ttl(
     make_manager: ManagerFactory,
 ) -> None:
     client = make_manager(LOCAL_SERVER)  # lease ttl 60 s
-    holder, waiter = named_caller(client.handle), named_caller(client.handle)
+    holder, waiter = Caller.remote(client.handle), Caller.remote(client.handle)
     holder.hold_forever.remote(LOCAL_SERVER.id)
     await wait_until(active_is(client, LOCAL_SERVER.id, 1), "the holder's grant")
     for _ in range(3):
@@ -201,6 +194,53 @@ async def test_a_killed_callers_slot_and_waits_end_at_once_not_after_the_ttl(
 
     stats = (await client.stats()).groups[LOCAL_SERVER.id]
     assert (stats.abandoned, stats.expired, stats.active, stats.pending) == (4, 0, 0, 0)
+
+
+# A driver script of its own (argv: cluster, manager name, group): asks for three slots
+# of the group and holds whatever it gets until killed.
+HOLDER = """
+import asyncio, sys, ray
+from actors.client import ManagerClient
+from actors.names import NAMESPACE
+ray.init(address=sys.argv[1], log_to_driver=False)
+client = ManagerClient(ray.get_actor(sys.argv[2], namespace=NAMESPACE))
+
+async def hold() -> None:
+    async with client.slot(sys.argv[3]):
+        await asyncio.Event().wait()
+
+async def main() -> None:
+    await asyncio.gather(*(hold() for _ in range(3)))
+
+asyncio.run(main())
+"""
+
+
+async def test_a_killed_drivers_slot_and_waits_end_within_seconds(ray_session: None) -> None:
+    name = f"manager-{uuid.uuid4().hex[:8]}"
+    handle = get_or_create_manager(Settings(), name=name)  # lease ttl 60 s
+    client = ManagerClient(handle)
+    await client.register(LOCAL_SERVER)
+    address = ray.get_runtime_context().gcs_address
+    driver = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLDER, address, name, LOCAL_SERVER.id,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await wait_until(active_is(client, LOCAL_SERVER.id, 1), "the driver's grant")
+        await wait_until(pending_is(client, LOCAL_SERVER.id, 2), "the driver's two waits")
+        driver.kill()
+        await driver.wait()
+        # A third of the ttl: only the driver's death can free them.
+        await wait_until(pending_is(client, LOCAL_SERVER.id, 0), "the dead driver's waits", 20)
+        await wait_until(active_is(client, LOCAL_SERVER.id, 0), "the dead driver's slot", 20)
+        stats = (await client.stats()).groups[LOCAL_SERVER.id]
+        assert (stats.abandoned, stats.expired) == (3, 0)
+    finally:
+        if driver.returncode is None:
+            driver.kill()
+            await driver.wait()
+        ray.kill(handle)
 
 
 async def wait_for_grant(client: ManagerClient) -> None:

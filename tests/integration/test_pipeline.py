@@ -19,9 +19,7 @@ import pytest
 import ray
 import yaml
 
-from actors.client import ManagerClient
 from actors.groups import ModelEntry, classify
-from actors.names import MANAGER_NAME, NAMESPACE
 from actors.settings import PipelineSettings, ProviderSettings, QueueSettings, Settings
 from pipelines.plateau import Service, ServiceRecord
 from pipelines.results import ResultsFile
@@ -288,55 +286,6 @@ def test_killed_run_resumes_and_every_service_appears_once(
     ids = [r["service_id"] for r in records(out)]
     assert ids == [s.id for s in many]
     assert all(r["status"] == "ok" for r in records(out))
-
-
-async def test_a_killed_drivers_calls_leave_the_queue_and_no_new_call_starts(
-    tmp_path: Path,
-) -> None:
-    with FakeLLMServer(OpenAIDialect(), hold=10.0, responder=plateau_answer) as server:
-        group = group_of(server)
-        four = [Service(id=f"svc-{i}", name=f"Service {i}") for i in range(4)]
-        services = write_services(tmp_path / "in.jsonl", four)
-        config = write_config(tmp_path / "raygate.yaml", server, group_limits={group: 1})
-        address = ray.get_runtime_context().gcs_address
-        command = cli(str(services), "--out", str(tmp_path / "out.jsonl"), "--config", str(config))
-        driver = await asyncio.create_subprocess_exec(
-            *command, "--address", address, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            client = await the_clusters_manager()
-
-            # One call runs (10 s each), the other services' first calls wait.
-            async def queued() -> bool:
-                return (await client.stats()).pending_by_group.get(group, 0) >= 3
-
-            await wait_until(queued, "the run's calls to queue")
-            calls_at_kill = len(server.received)
-            driver.send_signal(signal.SIGKILL)
-            await driver.wait()
-            # Well before the running call would end and hand its slot to a waiter.
-            await wait_until(pending_is(client, group, 0), "the dead run's waiters to leave", 8)
-            await wait_until(active_is(client, group, 0), "its running call to end", 8)
-        finally:
-            if driver.returncode is None:
-                driver.kill()
-                await driver.wait()
-        assert len(server.received) == calls_at_kill
-        assert (await client.stats()).groups[group].expired == 0
-
-
-async def the_clusters_manager() -> ManagerClient:
-    """The manager the job's command line created (it runs under the real name)."""
-
-    async def exists() -> bool:
-        try:
-            ray.get_actor(MANAGER_NAME, namespace=NAMESPACE)
-        except ValueError:
-            return False
-        return True
-
-    await wait_until(exists, "the job to create the cluster's manager")
-    return ManagerClient(ray.get_actor(MANAGER_NAME, namespace=NAMESPACE))
 
 
 def test_bad_lines_are_reported_and_a_failing_service_is_recorded(

@@ -6,9 +6,9 @@ import pickle
 
 import pytest
 
-from actors.callers import Caller
 from actors.engine import SlotEngine
 from actors.errors import (
+    CallerGone,
     DuplicateLease,
     InvalidPriority,
     LeaseRetired,
@@ -82,6 +82,22 @@ def test_equal_priorities_are_served_in_arrival_order(harness: Harness) -> None:
         harness.ask(LOCAL_OLLAMA, request, priority=4)
 
     assert harness.grant_order("holder") == ["r1", "r2", "r3", "r4"]
+
+
+def test_waiters_a_restart_interrupted_go_first_in_the_order_they_asked() -> None:
+    h = Harness(restarted_at=1000.0)
+    h.ask(LOCAL_OLLAMA, "holder", asked_at=1001.0)
+    # Ray retries the interrupted acquires in an order of its own, among new ones.
+    h.ask(LOCAL_OLLAMA, "asked-3rd", asked_at=999.3)
+    h.ask(LOCAL_OLLAMA, "new", asked_at=1002.0)
+    h.ask(LOCAL_OLLAMA, "asked-1st", asked_at=999.1, unit="svc-a")
+    h.ask(LOCAL_OLLAMA, "urgent", priority=9, asked_at=999.9)
+    h.ask(LOCAL_OLLAMA, "asked-2nd", asked_at=999.2)
+    h.ask(LOCAL_OLLAMA, "svc-a again", asked_at=1003.0, unit="svc-a")  # keeps its unit's place
+
+    assert h.grant_order("holder") == [
+        "urgent", "asked-1st", "svc-a again", "asked-2nd", "asked-3rd", "new",
+    ]  # fmt: skip
 
 
 def test_release_hands_slot_to_oldest_of_highest_priority(harness: Harness) -> None:
@@ -519,11 +535,10 @@ def test_observer_sees_every_change_in_order() -> None:
 
 
 def test_a_dead_callers_waiters_leave_and_its_slots_pass_on(harness: Harness) -> None:
-    dead, alive = Caller("worker-dead", "pipeline:a", "raygate"), Caller("worker-alive")
     engine = harness.engine
-    held = engine.acquire(LOCAL_OLLAMA.id, "held", CallOptions(request_id="h"), dead)
-    engine.acquire(LOCAL_OLLAMA.id, "waits", CallOptions(request_id="w", priority=9), dead)
-    engine.acquire(LOCAL_OLLAMA.id, "other", CallOptions(request_id="o"), alive)
+    held = engine.acquire(LOCAL_OLLAMA.id, "held", CallOptions(request_id="h"), "worker-dead")
+    engine.acquire(LOCAL_OLLAMA.id, "waits", CallOptions(request_id="w", priority=9), "worker-dead")
+    engine.acquire(LOCAL_OLLAMA.id, "other", CallOptions(request_id="o"), "worker-alive")
     assert held is not None
 
     dropped, handed_on = engine.drop_caller("worker-dead")
@@ -533,5 +548,16 @@ def test_a_dead_callers_waiters_leave_and_its_slots_pass_on(harness: Harness) ->
     stats = engine.stats()
     assert stats.groups[LOCAL_OLLAMA.id].abandoned == 2
     assert (stats.total_active, stats.total_pending) == (1, 0)
-    assert engine.callers() == [alive]
     assert engine.drop_caller("worker-dead") == ([], [])
+    # Only the dead process's work went: the living one's lease is still its own.
+    assert engine.drop_caller("worker-alive") == ([], [])
+    assert engine.stats().total_active == 0
+
+
+def test_an_acquire_that_arrives_after_its_callers_death_is_refused(harness: Harness) -> None:
+    engine = harness.engine
+    engine.drop_caller("worker-dead")
+
+    with pytest.raises(CallerGone, match="died before it started"):
+        engine.acquire(LOCAL_OLLAMA.id, "late", CallOptions(request_id="l"), "worker-dead")
+    assert engine.stats().groups[LOCAL_OLLAMA.id].granted == 0

@@ -1,0 +1,85 @@
+"""Watching callers through their lifelines, with plain futures standing in for Ray's refs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from ray.exceptions import ActorDiedError, OwnerDiedError
+
+from actors.callers import Caller
+from actors.errors import CallerGone
+from actors.watch import CallerCalls, CallerWatch
+
+
+def lifeline() -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
+
+
+def owner_died() -> OwnerDiedError:
+    return OwnerDiedError("ref", None, "")
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_caller_whose_lifeline_fails_as_owner_died_is_reported_once() -> None:
+    dead: list[str] = []
+    watch = CallerWatch(lambda caller: dead.append(caller.worker_id))
+    line = lifeline()
+    caller = Caller("worker-1", line)
+    hosted = asyncio.create_task(watch.lifeline("worker-1"))
+    watch.watch(caller)
+    watch.watch(caller)  # watched once, however many calls name it
+    await settle()
+    assert dead == [] and not hosted.done()
+
+    line.set_exception(owner_died())
+    await asyncio.wait_for(hosted, timeout=5)  # the hosted lifeline call ends with it
+
+    assert dead == ["worker-1"]
+    assert watch.gone("worker-1")
+    # A lifeline call that arrives late returns at once instead of waiting forever.
+    await asyncio.wait_for(watch.lifeline("worker-1"), timeout=5)
+
+
+async def test_a_lifeline_lost_with_its_host_is_not_a_death_and_is_watched_anew() -> None:
+    dead: list[str] = []
+    watch = CallerWatch(lambda caller: dead.append(caller.worker_id))
+    stale = lifeline()
+    watch.watch(Caller("worker-1", stale))
+    stale.set_exception(ActorDiedError())  # hosted by this actor before its restart
+    await settle()
+    assert dead == [] and not watch.gone("worker-1")
+
+    fresh = lifeline()
+    watch.watch(Caller("worker-1", fresh))
+    fresh.set_exception(owner_died())
+    await settle()
+    assert dead == ["worker-1"]
+
+
+async def test_a_dead_callers_running_calls_are_cancelled_and_new_ones_refused() -> None:
+    calls = CallerCalls()
+    line = lifeline()
+    caller, other = Caller("worker-1", line), Caller("worker-2", lifeline())
+    started = asyncio.Event()
+
+    async def call(by: Caller) -> None:
+        with calls.running(by):
+            started.set()
+            await asyncio.Event().wait()
+
+    mine, theirs = asyncio.create_task(call(caller)), asyncio.create_task(call(other))
+    await started.wait()
+    line.set_exception(owner_died())
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(mine, timeout=5)
+    assert not theirs.done()
+
+    with pytest.raises(CallerGone, match="died before it started"):
+        await call(caller)
+    theirs.cancel()
+    await asyncio.gather(theirs, return_exceptions=True)
