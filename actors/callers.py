@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """A process that calls an actor.
+    """A process that calls an actor, which watches it (see :mod:`actors.watch`).
 
     ``worker_id`` is Ray's id of the process (a restarted actor is a new
-    process). ``lifeline`` is an object ref this process owns that never
-    resolves while it lives; the callee awaits it to learn of its death (see
-    :mod:`actors.watch`). ``actor_name`` only makes logs readable.
+    process); ``actor_name`` only makes logs readable.
     """
 
     worker_id: str
-    lifeline: Any = None
     actor_name: str | None = None
 
     def __str__(self) -> str:

@@ -209,8 +209,7 @@ class ManagerClient:
         try:
             while True:
                 await asyncio.sleep(lease.ttl / 3)
-                renewal = self.handle.renew.remote(lease.id, lease.epoch, caller_of(self.handle))
-                if not await unwrap(renewal):
+                if not await unwrap(self.handle.renew.remote(lease.id, lease.epoch)):
                     log.warning(
                         "lease %s of group %r is no longer held (reclaimed, or the manager "
                         "restarted); the call goes on without a slot",

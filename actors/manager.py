@@ -22,15 +22,19 @@ order they first asked (``CallOptions.asked_at``), and an acquire whose grant wa
 journaled but never answered gets that lease. A manager created anew (not
 restarted by Ray) clears its name's journal.
 
-Dead callers: an acquire or renewal names its caller process, which the
-manager watches through the lifeline it hosts for it (see :mod:`actors.watch`):
-when Ray reports that process dead, the manager drops its waiters and frees
-its leases at once. The ttl is the backstop for what Ray cannot report (a
-holder of a restored lease that dies before its next renewal).
+Dead callers: an acquire names its caller process, which the manager watches
+through the lifeline it hosts for it (see :mod:`actors.watch`): when Ray
+reports that process dead, the manager drops its waiters and frees its
+leases at once. Each lifeline's ref is kept in the GCS store too: Ray
+retries the lifeline and watch calls of a live caller after a restart, but
+nothing for a caller that died meanwhile, so a restarted manager follows
+the stored ones itself, and the leases it restored for a dead holder end
+within seconds, not at their ttl.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import warnings
 from typing import Any
@@ -83,16 +87,28 @@ class ConcurrencyManager(LifelineHost):
             observer=QueueMetrics(),
             restarted_at=time.time() if restarted else None,
         )
-        store = GcsStore(context.get_actor_name() or MANAGER_NAME)
+        name = context.get_actor_name() or MANAGER_NAME
+        groups, self._lifelines = GcsStore(f"{name}/groups/"), GcsStore(f"{name}/callers/")
+        lifelines = {}
         if restarted:
-            for data in store.load().values():
+            for data in groups.load().values():
                 engine.restore(decode(data))
+            lifelines = self._lifelines.load()
         else:
-            store.clear()
+            groups.clear()
+            self._lifelines.clear()
         for entry in settings.models.values():
             engine.register(entry.spec())
-        self._gate = SlotGate(engine, store)
+        self._gate = SlotGate(engine, groups)
         self._watch = CallerWatch(lambda caller: self._gate.drop_caller(caller.worker_id))
+        # Callers of the manager before the restart, some of which died meanwhile
+        # (Ray retries no call for a dead caller). __init__ runs on the actor's loop.
+        self._following = {
+            asyncio.get_running_loop().create_task(
+                self._follow(Caller(worker), ray.cloudpickle.loads(data))
+            )
+            for worker, data in lifelines.items()
+        }
 
     async def acquire(
         self,
@@ -101,9 +117,20 @@ class ConcurrencyManager(LifelineHost):
         options: CallOptions = DEFAULT_OPTIONS,
         caller: Caller | None = None,
     ) -> Lease:
-        self._watch.watch(caller)
         worker = caller.worker_id if caller is not None else None
         return await self._gate.acquire(group, lease_id, options, worker)
+
+    async def watch(self, caller: Caller, lifeline: list[Any]) -> None:
+        # The lifeline is kept outside the actor too, for the manager's next life.
+        data = ray.cloudpickle.dumps(lifeline[0])
+        await asyncio.to_thread(self._lifelines.put, caller.worker_id, data)
+        await self._follow(caller, lifeline[0])
+
+    async def _follow(self, caller: Caller, lifeline: Any) -> None:
+        try:
+            await self._watch.follow(caller, lifeline)
+        finally:
+            await asyncio.to_thread(self._lifelines.delete, caller.worker_id)
 
     @ray.method(concurrency_group=CONTROL)
     async def release(self, lease_id: str, epoch: int) -> None:
@@ -114,9 +141,7 @@ class ConcurrencyManager(LifelineHost):
         self._gate.cancel(lease_id)
 
     @ray.method(concurrency_group=CONTROL)
-    async def renew(self, lease_id: str, epoch: int, caller: Caller | None = None) -> bool:
-        # Watched again here after a restart, as the holder of a restored lease.
-        self._watch.watch(caller)
+    async def renew(self, lease_id: str, epoch: int) -> bool:
         return self._gate.renew(lease_id, epoch)
 
     @ray.method(concurrency_group=CONTROL)
@@ -155,10 +180,11 @@ class ConcurrencyManager(LifelineHost):
 
 
 class GcsStore:
-    """The journal's store: Ray's GCS key-value store, a key per group under the manager's name."""
+    """Bytes by key in Ray's GCS key-value store, under ``prefix``: the journal's groups,
+    the callers' lifelines."""
 
-    def __init__(self, manager_name: str) -> None:
-        self._prefix = f"{manager_name}/groups/"
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
 
     def put(self, key: str, value: bytes) -> None:
         internal_kv._internal_kv_put(self._prefix + key, value, namespace=NAMESPACE)
@@ -170,6 +196,9 @@ class GcsStore:
             if value is not None:
                 records[key.decode().removeprefix(self._prefix)] = value
         return records
+
+    def delete(self, key: str) -> None:
+        internal_kv._internal_kv_del(self._prefix + key, namespace=NAMESPACE)
 
     def clear(self) -> None:
         for key in self._keys():

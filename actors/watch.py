@@ -3,22 +3,27 @@
 Ray does not cancel an actor call whose caller died: a provider actor would
 go on waiting for slots and calling its backend for a pipeline whose driver
 was killed, and the manager would keep that pipeline's waiters queued. So
-every call to a raygate actor names its caller (:class:`Caller`), and the
-callee watches each caller process through a *lifeline*:
+every call to a raygate actor names its caller process (:class:`Caller`),
+and the callee watches each caller process through a *lifeline*. Once per
+process and callee, before its first call there (:func:`caller_of`), the
+caller makes two calls that stay pending on the callee:
 
-- the caller, once per process and callee, calls the callee's ``lifeline``
-  method, which does not return while the caller lives, and keeps the object
-  ref of that call (:func:`caller_of`); the ref travels inside every
-  ``Caller`` it sends;
-- the callee awaits that ref. Ray owns an object by the process that made
-  the call, so when that process dies (a driver killed with ``kill -9``, an
-  actor killed or lost with its node) Ray fails the ref with
-  ``OwnerDiedError``, about two seconds later: that failure is the news;
-- the callee then ends the lifeline call, which nobody waits for any more.
+- ``lifeline()``, which the callee does not answer while the caller lives.
+  Its object ref is owned by the caller, so when the caller's process dies
+  (a driver killed with ``kill -9``, an actor killed or lost with its node)
+  Ray fails that ref with ``OwnerDiedError``, about two seconds later;
+- ``watch(caller, [ref])``, in which the callee awaits that ref: its failure
+  is the news. The callee then ends the lifeline call, which nobody waits
+  for any more, and the watch call returns.
 
-Drivers, tasks, Serve replicas and actors, named or not, are watched alike.
-Only a detached actor may host lifelines: a pending call keeps a
-non-detached actor alive after its last handle is gone.
+Drivers, tasks, Serve replicas and actors, named or not, are watched alike,
+and the calls themselves carry only the caller's id (an object ref in every
+call would cost each one a borrower record in Ray). A callee that Ray
+restarts with its calls retried (the manager) gets both calls again; one
+restarted without them (a provider actor) fails them, and the caller makes
+them anew before its next call there. Only a detached actor may host
+lifelines: a pending call keeps a non-detached actor alive after its last
+handle is gone.
 """
 
 from __future__ import annotations
@@ -45,35 +50,36 @@ DEAD_MEMORY = 65_536
 
 
 class _Lifelines:
-    """This process's lifelines, one per callee actor."""
+    """This process as a caller, and its watch calls, one per callee actor."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._worker: str | None = None
-        self._callers: dict[Any, tuple[Caller, concurrent.futures.Future[Any]]] = {}
+        self._watches: dict[Any, concurrent.futures.Future[Any]] = {}
 
     def caller_of(self, callee: Any) -> Caller:
         context = ray.get_runtime_context()
         worker = context.get_worker_id()
+        name = context.get_actor_name() if context.get_actor_id() else None
+        caller = Caller(worker, name or None)
         with self._lock:
             if worker != self._worker:  # a new Ray session in this process
-                self._callers.clear()
+                self._watches.clear()
                 self._worker = worker
-            known = self._callers.get(callee._actor_id)
-            # A lifeline that ended belongs to a callee that restarted without it.
-            if known is None or known[1].done():
+            watch = self._watches.get(callee._actor_id)
+            # A watch call that ended: the callee restarted without it.
+            if watch is None or watch.done():
                 lifeline = callee.lifeline.remote(worker)
-                name = context.get_actor_name() if context.get_actor_id() else None
-                known = (Caller(worker, lifeline, name or None), lifeline.future())
-                self._callers[callee._actor_id] = known
-            return known[0]
+                watch = callee.watch.remote(caller, [lifeline]).future()
+                self._watches[callee._actor_id] = watch
+        return caller
 
 
 _LIFELINES = _Lifelines()
 
 
 def caller_of(callee: Any) -> Caller:
-    """This process as a caller of the actor ``callee`` (its lifeline is made on first use)."""
+    """This process as a caller of the actor ``callee``, watched there from now on."""
     return _LIFELINES.caller_of(callee)
 
 
@@ -83,32 +89,26 @@ class LifelineHost:
     _watch: CallerWatch
 
     async def lifeline(self, worker_id: str) -> None:
-        """Called by each caller process once; returns after that process died."""
+        """Called once by each caller process; returns after that process died."""
         await self._watch.lifeline(worker_id)
+
+    async def watch(self, caller: Caller, lifeline: list[Any]) -> None:
+        """Called once by each caller process, with its lifeline's ref; returns after
+        that process died, or when the ref belongs to this actor's previous life."""
+        await self._watch.follow(caller, lifeline[0])
 
 
 class CallerWatch:
-    """Calls ``on_death(caller)`` once for each watched caller that dies.
+    """Calls ``on_death(caller)`` once for each caller whose lifeline fails.
 
-    ``watch`` may be called from any thread that runs an event loop; the
-    watch runs on that loop.
+    Safe to use from any thread that runs an event loop.
     """
 
     def __init__(self, on_death: Callable[[Caller], None]) -> None:
         self._on_death = on_death
         self._lock = threading.Lock()
-        self._watching: dict[str, asyncio.Task[None]] = {}
         self._lifelines: dict[str, concurrent.futures.Future[None]] = {}
         self._dead: OrderedDict[str, None] = OrderedDict()
-
-    def watch(self, caller: Caller | None) -> None:
-        if caller is None or caller.lifeline is None:
-            return
-        with self._lock:
-            if caller.worker_id in self._watching:
-                return
-            task = asyncio.get_running_loop().create_task(self._watch(caller))
-            self._watching[caller.worker_id] = task
 
     def gone(self, worker_id: str) -> bool:
         """Whether the process ``worker_id`` is known to have died."""
@@ -122,21 +122,16 @@ class CallerWatch:
             end = self._lifelines.setdefault(worker_id, concurrent.futures.Future())
         await asyncio.wrap_future(end)
 
-    async def _watch(self, caller: Caller) -> None:
-        died = False
+    async def follow(self, caller: Caller, lifeline: Any) -> None:
+        """Await ``lifeline``; if Ray fails it because its owner died, ``caller`` died."""
         try:
-            await caller.lifeline
+            await lifeline
         except OwnerDiedError:
-            died = True
+            self._died(caller)
         except Exception:
             # The lifeline was hosted by this actor before it restarted; the
-            # caller makes a new one with its next call.
+            # caller makes a new one before its next call.
             log.info("lost the lifeline of %s until its next call", caller, exc_info=True)
-        finally:
-            with self._lock:
-                del self._watching[caller.worker_id]
-        if died:
-            self._died(caller)
 
     def _died(self, caller: Caller) -> None:
         with self._lock:
@@ -170,7 +165,6 @@ class CallerCalls:
             raise CallerGone(str(caller))
         tasks = self._running.setdefault(caller.worker_id, set())
         tasks.add(task)
-        self.watch.watch(caller)
         try:
             yield
         finally:

@@ -196,6 +196,28 @@ async def test_a_killed_callers_slot_and_waits_end_at_once_not_after_the_ttl(
     assert (stats.abandoned, stats.expired, stats.active, stats.pending) == (4, 0, 0, 0)
 
 
+async def test_a_holder_that_dies_with_the_manager_frees_its_restored_slot_within_seconds(
+    make_manager: ManagerFactory,
+) -> None:
+    client = make_manager(LOCAL_SERVER)  # lease ttl 60 s
+    holder = Caller.remote(client.handle)
+    holder.hold_forever.remote(LOCAL_SERVER.id)
+    await wait_until(active_is(client, LOCAL_SERVER.id, 1), "the holder's grant")
+    epoch = (await client.stats()).epoch
+
+    # The manager dies before Ray reports the holder's death to it; Ray retries
+    # no call of the dead holder's, so nothing tells the new manager but itself.
+    ray.kill(holder)
+    ray.kill(client.handle, no_restart=False)
+
+    async with asyncio.timeout(20):  # a third of the ttl
+        await wait_for_grant(client)
+    stats = await client.stats()
+    assert stats.epoch != epoch
+    group = stats.groups[LOCAL_SERVER.id]
+    assert (group.abandoned, group.expired, group.active) == (1, 0, 0)
+
+
 # A driver script of its own (argv: cluster, manager name, group): asks for three slots
 # of the group and holds whatever it gets until killed.
 HOLDER = """

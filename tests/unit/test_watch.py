@@ -20,24 +20,18 @@ def owner_died() -> OwnerDiedError:
     return OwnerDiedError("ref", None, "")
 
 
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
-
-
 async def test_a_caller_whose_lifeline_fails_as_owner_died_is_reported_once() -> None:
     dead: list[str] = []
     watch = CallerWatch(lambda caller: dead.append(caller.worker_id))
     line = lifeline()
-    caller = Caller("worker-1", line)
     hosted = asyncio.create_task(watch.lifeline("worker-1"))
-    watch.watch(caller)
-    watch.watch(caller)  # watched once, however many calls name it
-    await settle()
-    assert dead == [] and not hosted.done()
+    following = asyncio.create_task(watch.follow(Caller("worker-1"), line))
+    await asyncio.sleep(0)
+    assert dead == [] and not hosted.done() and not following.done()
 
     line.set_exception(owner_died())
-    await asyncio.wait_for(hosted, timeout=5)  # the hosted lifeline call ends with it
+    # The watch call returns, and the hosted lifeline call ends with it.
+    await asyncio.wait_for(asyncio.gather(following, hosted), timeout=5)
 
     assert dead == ["worker-1"]
     assert watch.gone("worker-1")
@@ -45,26 +39,22 @@ async def test_a_caller_whose_lifeline_fails_as_owner_died_is_reported_once() ->
     await asyncio.wait_for(watch.lifeline("worker-1"), timeout=5)
 
 
-async def test_a_lifeline_lost_with_its_host_is_not_a_death_and_is_watched_anew() -> None:
+async def test_a_lifeline_lost_with_its_host_is_not_a_death() -> None:
     dead: list[str] = []
     watch = CallerWatch(lambda caller: dead.append(caller.worker_id))
     stale = lifeline()
-    watch.watch(Caller("worker-1", stale))
     stale.set_exception(ActorDiedError())  # hosted by this actor before its restart
-    await settle()
-    assert dead == [] and not watch.gone("worker-1")
 
-    fresh = lifeline()
-    watch.watch(Caller("worker-1", fresh))
-    fresh.set_exception(owner_died())
-    await settle()
-    assert dead == ["worker-1"]
+    await asyncio.wait_for(watch.follow(Caller("worker-1"), stale), timeout=5)
+
+    assert dead == [] and not watch.gone("worker-1")
 
 
 async def test_a_dead_callers_running_calls_are_cancelled_and_new_ones_refused() -> None:
     calls = CallerCalls()
     line = lifeline()
-    caller, other = Caller("worker-1", line), Caller("worker-2", lifeline())
+    caller, other = Caller("worker-1"), Caller("worker-2")
+    following = asyncio.create_task(calls.watch.follow(caller, line))
     started = asyncio.Event()
 
     async def call(by: Caller) -> None:
@@ -77,6 +67,7 @@ async def test_a_dead_callers_running_calls_are_cancelled_and_new_ones_refused()
     line.set_exception(owner_died())
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(mine, timeout=5)
+    await following
     assert not theirs.done()
 
     with pytest.raises(CallerGone, match="died before it started"):
