@@ -85,14 +85,11 @@ class UnknownModel(ClassificationError):
         self.known = known
 
     def __str__(self) -> str:
-        if not self.known:
-            return (
-                f"unknown model {self.model_id!r}: the model registry is empty; "
-                "add it under `models:` in the settings"
-            )
+        known = f"known models: {_listing(self.known)}" if self.known else "the registry is empty"
         return (
-            f"unknown model {self.model_id!r}; known models: {_listing(self.known)}. "
-            "Add it under `models:` in the settings"
+            f"unknown model {self.model_id!r}; {known}. Name a model as provider/model "
+            "(openai/gpt-4o-mini, anthropic/claude-sonnet-4-5, ollama/llama3.2, "
+            "lmstudio/qwen2.5-7b-instruct), or add it under `models:` in the settings"
         )
 
 

@@ -158,9 +158,16 @@ class ModelEntry(BaseModel):
         return classify(self.provider, self.base_url, self.host)
 
 
+def model_entry(models: Mapping[str, ModelEntry], model_id: str) -> ModelEntry:
+    """The registry's entry for ``model_id``, else one for a ``provider/model`` id
+    (``openai/gpt-4o-mini``, ``ollama/llama3.2``) on the provider's usual address."""
+    if model_id in models:
+        return models[model_id]
+    provider, slash, name = model_id.partition("/")
+    if slash and name and provider in DEFAULT_BASE_URLS:
+        return ModelEntry(provider=Provider(provider), name=name)
+    raise UnknownModel(model_id, tuple(models))
+
+
 def resolve_model(models: Mapping[str, ModelEntry], model_id: str) -> GroupSpec:
-    try:
-        entry = models[model_id]
-    except KeyError:
-        raise UnknownModel(model_id, tuple(models)) from None
-    return entry.spec()
+    return model_entry(models, model_id).spec()

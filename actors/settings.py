@@ -101,6 +101,24 @@ class TelemetrySettings(BaseModel):
     prometheus_port: int = Field(default=9464, ge=1024, le=65535)
 
 
+class ServeSettings(BaseModel):
+    """The HTTP endpoint (``serve run serve.app:build``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Bearer keys clients present (``Authorization: Bearer <key>``).
+    api_keys: tuple[SecretStr, ...] = ()
+    # False serves without keys, with a warning at start; otherwise keys are required.
+    auth: bool = True
+    # Request bodies over this many bytes get 413.
+    max_body_bytes: PositiveInt = 4 * 1024 * 1024
+    # Requests each replica takes at once. Every waiting request must reach the
+    # manager, where priority decides: a lower bound would queue them in Serve,
+    # first come first served.
+    max_ongoing_requests: PositiveInt = 20_000
+    replicas: PositiveInt = 1
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAYGATE_",
@@ -115,6 +133,7 @@ class Settings(BaseSettings):
     providers: ProviderSettings = Field(default_factory=ProviderSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
     # Keys of remote APIs; else each provider's usual variable (OPENAI_API_KEY, ...).
     api_keys: dict[Provider, SecretStr] = Field(default_factory=dict)
 

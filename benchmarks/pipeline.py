@@ -38,10 +38,11 @@ from actors.groups import ModelEntry, classify
 from actors.manager import get_or_create_manager
 from actors.settings import PipelineSettings, QueueSettings, Settings
 from benchmarks import on_embedded_ray
-from pipelines.job import Outcome, provider_for, run_pipeline
+from pipelines.job import Outcome, run_pipeline
 from pipelines.plateau import Service
 from pipelines.results import ResultsFile
 from pipelines.timeline import peak_overlap
+from providers.actor import provider_for_model
 from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
 from tests.support.plateau_backend import plateau_answer
 
@@ -50,7 +51,7 @@ MAPPING_TYPES = ("data", "applications", "technologies")
 
 async def makespan(services: list[Service], settings: Settings, manager: object | None) -> Outcome:
     # The provider actor is a cluster service, running before any run starts.
-    provider, _ = provider_for(settings, manager)
+    provider, _ = provider_for_model(settings, settings.pipeline.model, manager)
     await provider.ready()
     with tempfile.TemporaryDirectory() as directory:
         return await run_pipeline(

@@ -21,12 +21,12 @@ async def write_book(chapters: int, config: str | None) -> list[dict[str, str]]:
     from actors.client import ManagerClient
     from actors.settings import load_settings
     from pipelines.chain import Stage, StageChain, Upstream
-    from pipelines.job import provider_for
+    from providers.actor import provider_for_model
     from providers.models import ChatMessage, ChatRequest
 
     settings = load_settings(config)
     manager = ManagerClient.connect(settings).handle if settings.queue.enabled else None
-    provider, model = provider_for(settings, manager)
+    provider, model = provider_for_model(settings, settings.pipeline.model, manager)
 
     async def ask(prompt: str) -> str:
         request = ChatRequest(

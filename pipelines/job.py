@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from actors.groups import Provider, resolve_model
 from actors.settings import Settings
 from actors.stats import percentile
 from pipelines.actor import CallDone, CallRecord, PipelineRun, RunSpec, ServiceDone
@@ -18,22 +17,8 @@ from pipelines.chain import Span
 from pipelines.plateau import Service, ServiceRecord
 from pipelines.results import ResultsFile
 from pipelines.timeline import peak_overlap
-from providers.actor import get_or_create_embedded_model, get_or_create_provider, options_for
-from providers.client import ProviderClient
+from providers.actor import provider_for_model
 from providers.errors import ProviderActorLost
-from providers.llamacpp import EMBEDDED_MODEL_ID
-
-
-def provider_for(settings: Settings, manager: Any | None) -> tuple[ProviderClient, str]:
-    """The provider of the configured model, and the model name it is asked for."""
-    model_id = settings.pipeline.model
-    if model_id is None:
-        options = options_for(Provider.OPENAI_COMPATIBLE, settings)
-        host = settings.pipeline.embedded_host
-        return get_or_create_embedded_model(options, manager, host), EMBEDDED_MODEL_ID
-    spec = resolve_model(settings.models, model_id)
-    provider = get_or_create_provider(spec, options_for(spec.provider, settings), manager)
-    return provider, settings.models[model_id].name or model_id
 
 
 @dataclass
@@ -126,7 +111,7 @@ async def run_pipeline(
     progress_out: TextIO = sys.stderr,
 ) -> Outcome:
     """Run the job for ``services`` through ``manager`` (None: parity mode, no gating)."""
-    provider, model = provider_for(settings, manager)
+    provider, model = provider_for_model(settings, settings.pipeline.model, manager)
     # A backend that cannot serve (a model server that fails to start) ends the run here.
     await provider.ready()
     # The provider may serve other runs too: this run reports the restarts during it.

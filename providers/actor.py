@@ -26,7 +26,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.callers import Caller
 from actors.client import ManagerClient
-from actors.groups import GroupSpec, Provider, ResourceKind, classify
+from actors.groups import GroupSpec, Provider, ResourceKind, classify, model_entry
 from actors.names import NAMESPACE
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import PROVIDER_DEFAULTS, Settings, TelemetrySettings
@@ -267,3 +267,23 @@ def get_or_create_embedded_model(
         **local_placement(host),
     ).remote(options, manager, host)
     return EmbeddedModelClient(handle, name)
+
+
+def provider_for_model(
+    settings: Settings, model_id: str | None, manager: Any | None
+) -> tuple[ProviderClient, str]:
+    """The provider actor that serves ``model_id``, and the name its backend knows it by.
+
+    ``model_id``: None or the embedded model's id (the embedded model, on
+    ``pipeline.embedded_host``), a model of the registry, or ``provider/model``
+    (see :func:`actors.groups.model_entry`). Raises UnknownModel, or
+    MissingAPIKey for a remote API without a key.
+    """
+    if model_id is None or model_id == EMBEDDED_MODEL_ID:
+        options = options_for(Provider.OPENAI_COMPATIBLE, settings)
+        host = settings.pipeline.embedded_host
+        return get_or_create_embedded_model(options, manager, host), EMBEDDED_MODEL_ID
+    entry = model_entry(settings.models, model_id)
+    spec = entry.spec()
+    provider = get_or_create_provider(spec, options_for(spec.provider, settings), manager)
+    return provider, entry.name or model_id

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actors.errors import InvalidBaseURL, UnknownModel, UnknownProvider
-from actors.groups import ModelEntry, ResourceKind, classify, resolve_model
+from actors.groups import ModelEntry, ResourceKind, classify, model_entry, resolve_model
 
 LOCAL, REMOTE_SERVER, REMOTE_API = (
     ResourceKind.LOCAL_SERVER,
@@ -125,7 +125,22 @@ def test_unknown_model_names_the_known_ones() -> None:
     with pytest.raises(UnknownModel) as caught:
         resolve_model(models, "gpt-5")
 
-    assert str(caught.value) == (
-        "unknown model 'gpt-5'; known models: 'a-model', 'b-model'. "
-        "Add it under `models:` in the settings"
+    assert str(caught.value).startswith(
+        "unknown model 'gpt-5'; known models: 'a-model', 'b-model'. Name a model as provider/model"
     )
+
+
+def test_a_provider_slash_model_id_resolves_without_configuration() -> None:
+    models = {"meta/llama": ModelEntry(provider="ollama", host="gpu-a")}
+
+    assert model_entry(models, "openai/gpt-4o-mini") == ModelEntry(
+        provider="openai", name="gpt-4o-mini"
+    )
+    assert resolve_model(models, "ollama/llama3.2").id == "local-ollama-http://localhost:11434"
+    assert resolve_model(models, "lmstudio/qwen").id == "local-lmstudio-http://localhost:1234"
+    # The registry comes first, also for ids with a slash.
+    assert resolve_model(models, "meta/llama").id == "local-ollama-http://localhost:11434@gpu-a"
+    # A provider without a usual address, or none at all, needs the registry.
+    for model_id in ("openai-compatible/qwen", "vllm/qwen", "gpt-4o-mini/"):
+        with pytest.raises(UnknownModel):
+            resolve_model(models, model_id)

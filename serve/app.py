@@ -1,0 +1,273 @@
+"""The Ray Serve HTTP endpoint: OpenAI's chat completions API in front of raygate.
+
+    serve run serve.app:build [config=raygate.yaml]
+
+Each request goes to the provider actor of its model, which takes a slot from
+the cluster's manager like every other caller: the endpoint limits nothing
+itself. Its replicas take every request at once (``serve.max_ongoing_requests``)
+so that each waits in the manager's queue, where priority decides, not in
+Serve's own, first come first served. A client that hangs up cancels its
+call: Serve cancels the handler, which cancels the provider's call, which
+leaves the queue or gives its slot back.
+
+Routes: ``POST /v1/chat/completions`` (JSON or SSE stream), ``GET /v1/models``,
+``GET /v1/queue``, ``GET /v1/queue/{request_id}``, ``GET /healthz``,
+``GET /readyz``. Every route but the two health checks needs
+``Authorization: Bearer <key>`` with a key of ``serve.api_keys``.
+
+No ``from __future__ import annotations`` here: FastAPI reads the handlers'
+annotations, which Serve's class ingress leaves unresolved when they are strings.
+For the same reason, whatever the handlers use is defined before the class.
+"""
+
+import asyncio
+import hmac
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from ray import serve
+from ray.serve import Application
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from actors.client import ManagerClient
+from actors.errors import ConfigError, RaygateError
+from actors.manager import get_or_create_manager
+from actors.options import CallOptions
+from actors.settings import Settings, load_settings
+from providers.actor import provider_for_model
+from providers.client import ProviderClient
+from providers.errors import ProviderActorLost
+from providers.llamacpp import EMBEDDED_MODEL_ID
+from providers.models import StreamDelta
+from serve.errors import HTTPAnswer, answer_for, invalid
+from serve.wire import ChatCompletionBody, chunk, completion, error, usage_chunk
+
+log = logging.getLogger(__name__)
+
+# Routes anyone may call: a load balancer's health checks.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+READY_TIMEOUT_SECONDS = 5.0
+
+
+def check_keys(settings: Settings) -> None:
+    """Refuse to serve with auth on and no key to check it against."""
+    if settings.serve.auth and not settings.serve.api_keys:
+        raise ConfigError(
+            "serve settings",
+            (
+                "serve.api_keys is empty: set RAYGATE_SERVE__API_KEYS='[\"<key>\"]', or "
+                "serve.auth: false to serve without keys",
+            ),
+        )
+
+
+class Guard:
+    """ASGI middleware: the bearer key and the body size, before anything is read.
+
+    A pure ASGI middleware, not Starlette's BaseHTTPMiddleware, so that a
+    client's disconnect still reaches the handler and cancels its call.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            settings: Settings = scope["app"].state.settings
+            denied = self._check(scope, settings)
+            if denied is not None:
+                response = JSONResponse(denied.body, denied.status, denied.headers)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _check(scope: Scope, settings: Settings) -> HTTPAnswer | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if settings.serve.auth and scope["path"] not in OPEN_PATHS:
+            scheme, _, key = headers.get("authorization", "").partition(" ")
+            known = (k.get_secret_value() for k in settings.serve.api_keys)
+            if scheme.lower() != "bearer" or not any(
+                hmac.compare_digest(key.encode(), k.encode()) for k in known
+            ):
+                message = "missing or invalid API key: send Authorization: Bearer <key>"
+                body = error(message, "invalid_request_error", code="invalid_api_key")
+                return HTTPAnswer(401, body, {"WWW-Authenticate": "Bearer"})
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > settings.serve.max_body_bytes:
+            message = f"request body of {length} bytes is over the {settings.serve.max_body_bytes}"
+            return HTTPAnswer(413, error(message + " allowed", "invalid_request_error"))
+        return None
+
+
+api = FastAPI(title="raygate", summary="OpenAI-compatible chat completions, gated by raygate")
+api.add_middleware(Guard)
+
+
+def _json(answer: HTTPAnswer) -> JSONResponse:
+    return JSONResponse(answer.body, answer.status, answer.headers)
+
+
+def invalid_header() -> HTTPAnswer:
+    message = "X-Priority must be an integer 1..10 and X-Queue-Timeout a number of seconds"
+    return HTTPAnswer(422, error(message, "invalid_request_error", param="headers"))
+
+
+def no_queue() -> HTTPAnswer:
+    message = "queue.enabled is false: there is no queue"
+    return HTTPAnswer(404, error(message, "invalid_request_error"))
+
+
+def retry_after_one() -> dict[str, str]:
+    return {"Retry-After": "1"}
+
+
+async def _sse(
+    first: StreamDelta,
+    rest: AsyncIterator[StreamDelta],
+    model: str,
+    completion_id: str,
+    *,
+    usage: bool,
+) -> AsyncIterator[str]:
+    """The stream as server-sent events; an error after the first piece ends it with an
+    ``error`` event, as OpenAI's streams do."""
+
+    def event(data: object) -> str:
+        return f"data: {json.dumps(data)}\n\n"
+
+    last = first
+    yield event(chunk(first, model, completion_id, first=True))
+    try:
+        async for delta in rest:
+            last = delta
+            yield event(chunk(delta, model, completion_id))
+    except Exception as exc:
+        yield event(answer_for(exc).body)
+        return
+    if usage:
+        yield event(usage_chunk(last, model, completion_id))
+    yield "data: [DONE]\n\n"
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        check_keys(settings)
+        if not settings.serve.auth:
+            log.warning("serve.auth is false: every route answers without an API key")
+        api.state.settings = settings
+        self._settings = settings
+        handle = get_or_create_manager(settings) if settings.queue.enabled else None
+        self._manager = ManagerClient(handle) if handle is not None else None
+        # model id -> its provider and the name its backend knows the model by.
+        self._providers: dict[str, tuple[ProviderClient, str]] = {}
+
+    def _provider(self, model: str) -> tuple[ProviderClient, str]:
+        if model not in self._providers:
+            handle = self._manager.handle if self._manager is not None else None
+            self._providers[model] = provider_for_model(self._settings, model, handle)
+        return self._providers[model]
+
+    @api.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(self, request: Request) -> JSONResponse | StreamingResponse:
+        try:
+            body = ChatCompletionBody.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return _json(invalid(exc))
+        try:
+            options = self._options(request, body)
+        except RaygateError as exc:
+            return _json(answer_for(exc))
+        except ValueError:
+            return _json(invalid_header())
+        headers = {"X-Request-Id": options.request_id or ""}
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        try:
+            provider, backend_model = self._provider(body.model)
+            chat = body.chat_request(backend_model)
+            if not body.stream:
+                done = completion(await provider.chat(chat, options), body.model, completion_id)
+                return JSONResponse(done, headers=headers)
+            pieces = provider.stream(chat, options)
+            # Errors before the first piece (a full queue, an unknown model) are HTTP errors.
+            first = await anext(pieces)
+        except ValidationError as exc:
+            return _json(invalid(exc, ("messages",)))
+        except Exception as exc:
+            if isinstance(exc, ProviderActorLost):
+                self._providers.pop(body.model, None)  # the next request gets a new actor
+            answer = answer_for(exc)
+            return JSONResponse(answer.body, answer.status, {**answer.headers, **headers})
+        usage = body.stream_options is not None and body.stream_options.include_usage
+        events = _sse(first, pieces, body.model, completion_id, usage=usage)
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+    def _options(self, request: Request, body: ChatCompletionBody) -> CallOptions:
+        """Priority from the body or ``X-Priority``; ``X-Queue-Timeout``, ``X-Request-Id``."""
+        header = request.headers.get("x-priority")
+        priority = body.priority if body.priority is not None else int(header or 5)
+        timeout = request.headers.get("x-queue-timeout")
+        return CallOptions(
+            priority=priority,
+            request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
+            queue_timeout=float(timeout) if timeout else None,
+        )
+
+    @api.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        ids = [*self._settings.models, EMBEDDED_MODEL_ID]
+        listed = [{"id": i, "object": "model", "created": 0, "owned_by": "raygate"} for i in ids]
+        return {"object": "list", "data": listed}
+
+    @api.get("/v1/queue", response_model=None)
+    async def queue(self) -> dict[str, Any] | JSONResponse:
+        if self._manager is None:
+            return _json(no_queue())
+        stats = await self._manager.stats()
+        return stats.model_dump(mode="json", by_alias=True)
+
+    @api.get("/v1/queue/{request_id}", response_model=None)
+    async def position(self, request_id: str) -> dict[str, Any] | JSONResponse:
+        if self._manager is None:
+            return _json(no_queue())
+        position = await self._manager.position(request_id)
+        if position is None:
+            message = f"request {request_id!r} is not waiting (granted, finished or unknown)"
+            return JSONResponse(error(message, "invalid_request_error", code="not_waiting"), 404)
+        return position.model_dump(mode="json", by_alias=True)
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz", response_model=None)
+    async def readyz(self) -> dict[str, str] | JSONResponse:
+        if self._manager is not None:
+            try:
+                await asyncio.wait_for(self._manager.stats(), READY_TIMEOUT_SECONDS)
+            except Exception as exc:
+                message = f"the manager does not answer: {type(exc).__name__}"
+                return JSONResponse(error(message, "api_error"), 503, retry_after_one())
+        return {"status": "ready"}
+
+
+def build(args: dict[str, str]) -> Application:
+    """``serve run serve.app:build [config=PATH]``: the settings from PATH, else from
+    ``$RAYGATE_CONFIG`` and the environment."""
+    return application(load_settings(args.get("config")))
+
+
+def application(settings: Settings) -> Application:
+    check_keys(settings)
+    return Gateway.options(  # type: ignore[attr-defined]
+        num_replicas=settings.serve.replicas,
+        max_ongoing_requests=settings.serve.max_ongoing_requests,
+    ).bind(settings)

@@ -1,0 +1,93 @@
+"""raygate's errors as HTTP answers in OpenAI's error shape.
+
+Every raygate error says what was wrong without a request body, header or key
+(see :mod:`actors.errors`, :mod:`providers.errors`), so its message is safe to
+send. Anything else is logged and answered with a 500 that says nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from actors.errors import (
+    AcquireTimeout,
+    ClassificationError,
+    InvalidPriority,
+    QueueFull,
+    RaygateError,
+)
+from providers.errors import (
+    AuthenticationFailed,
+    BadRequest,
+    BadResponse,
+    MissingAPIKey,
+    ProviderTimeout,
+    RateLimited,
+)
+from serve.wire import error
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HTTPAnswer:
+    status: int
+    body: dict[str, object]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+KINDS = {400: "invalid_request_error", 404: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def retry_after(seconds: float | None) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds or 1)))}
+
+
+def invalid(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> HTTPAnswer:
+    """422 naming the first bad field, e.g. ``messages.0.role``."""
+    first = exc.errors()[0]
+    param = ".".join(str(part) for part in (*prefix, *first["loc"])) or None
+    message = "; ".join(
+        f"{'.'.join(str(p) for p in (*prefix, *e['loc'])) or 'body'}: {e['msg']}"
+        for e in exc.errors()
+    )
+    return HTTPAnswer(422, error(message, "invalid_request_error", param=param))
+
+
+def answer_for(exc: Exception) -> HTTPAnswer:
+    """The HTTP answer for an error a call ended with."""
+    message = str(exc)
+
+    def answer(status: int, code: str, headers: dict[str, str] | None = None) -> HTTPAnswer:
+        kind = KINDS.get(status, "api_error")
+        return HTTPAnswer(status, error(message, kind, code=code), headers or {})
+
+    match exc:
+        case InvalidPriority():
+            return HTTPAnswer(422, error(message, "invalid_request_error", param="priority"))
+        case ClassificationError():
+            body = error(message, "invalid_request_error", param="model", code="model_not_found")
+            return HTTPAnswer(404, body)
+        case QueueFull():
+            return answer(429, "queue_full", retry_after(exc.estimated_wait))
+        case AcquireTimeout():
+            return answer(429, "queue_timeout", retry_after(exc.timeout))
+        case RateLimited():
+            return answer(429, "upstream_rate_limited", retry_after(exc.retry_after))
+        case BadRequest():
+            return answer(400, "upstream_rejected")
+        case ProviderTimeout():
+            return answer(504, "upstream_timeout")
+        case AuthenticationFailed() | BadResponse():
+            return answer(502, "upstream_error")
+        case MissingAPIKey():
+            return answer(503, "upstream_not_configured")
+        case RaygateError():
+            # Unavailable, circuit open, provider actor lost, model server down: retry later.
+            return answer(503, "upstream_unavailable", retry_after(None))
+    log.error("request failed", exc_info=exc)
+    return HTTPAnswer(500, error("internal error; see the server's log", "api_error"))

@@ -1,0 +1,281 @@
+"""The Ray Serve endpoint on the session's cluster, called with the official `openai` client
+and with raw HTTP, in front of loopback servers that speak OpenAI's wire format."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import ray
+from pydantic import SecretStr
+from ray import serve
+
+from actors.groups import ModelEntry, classify
+from actors.names import MANAGER_NAME, NAMESPACE
+from actors.settings import QueueSettings, ServeSettings, Settings
+from providers.supervisor import free_loopback_port
+from serve.app import application
+from tests.integration.conftest import wait_until
+from tests.support.fake_llm import (
+    FakeLLMServer,
+    OpenAIDialect,
+    Say,
+    SayJson,
+    Script,
+    Slow,
+    Stream,
+)
+from tests.support.probe_server import Received
+
+pytestmark = pytest.mark.ray
+
+KEY = "sk-test-raygate"
+MAX_PENDING = 25
+
+
+def respond(request: Received) -> Script:
+    """What the backend answers, by the last message: "slow:S", "json", "pieces", else an echo."""
+    text = request.body["messages"][-1]["content"]
+    if text.startswith("slow:"):
+        return Slow(float(text.removeprefix("slow:")))
+    if text == "json":
+        return SayJson({"answer": 42})
+    if text == "pieces":
+        return Stream(("Hel", "lo ", "world"))
+    return Say(f"echo: {text}")
+
+
+@dataclass(frozen=True)
+class Gateway:
+    url: str
+    local: FakeLLMServer  # cap 1
+    group: str
+
+    def client(self, key: str = KEY, **kwargs: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, **kwargs)
+
+    def http(self, key: str | None = KEY) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=60)
+
+    async def queue(self) -> dict[str, Any]:
+        async with self.http() as http:
+            answer: dict[str, Any] = (await http.get("/v1/queue")).raise_for_status().json()
+        return answer
+
+    async def pending(self) -> int:
+        return int((await self.queue())["pendingByGroup"].get(self.group, 0))
+
+    async def active(self) -> int:
+        return int((await self.queue())["activeByGroup"].get(self.group, 0))
+
+
+def kill_the_clusters_manager() -> None:
+    with contextlib.suppress(ValueError):
+        ray.kill(ray.get_actor(MANAGER_NAME, namespace=NAMESPACE))
+
+
+@pytest.fixture(scope="module")
+def gateway(ray_session: None) -> Iterator[Gateway]:
+    with FakeLLMServer(OpenAIDialect(), responder=respond, stop_on_disconnect=True) as local:
+        base_url = local.url + "/v1"
+        settings = Settings(
+            models={"local": ModelEntry(provider="openai-compatible", base_url=base_url)},
+            queue=QueueSettings(max_pending_per_group=MAX_PENDING),
+            serve=ServeSettings(api_keys=(SecretStr(KEY),), max_body_bytes=64 * 1024),
+        )
+        # The endpoint creates the cluster's manager with these settings.
+        kill_the_clusters_manager()
+        port = free_loopback_port()
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        try:
+            serve.run(application(settings), name="raygate", route_prefix="/")
+            url = f"http://127.0.0.1:{port}"
+            # Starts the provider actor before the tests, which end what they start.
+            httpx.post(
+                f"{url}/v1/chat/completions",
+                json={"model": "local", "messages": ask("warm-up")},
+                headers={"Authorization": f"Bearer {KEY}"},
+                timeout=60,
+            ).raise_for_status()
+            yield Gateway(url, local, classify("openai-compatible", base_url).id)
+        finally:
+            serve.shutdown()
+            kill_the_clusters_manager()
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+async def test_a_completion_through_the_openai_client(gateway: Gateway) -> None:
+    async with gateway.client() as client:
+        response = await client.chat.completions.create(model="local", messages=ask("hi"))
+
+    assert response.choices[0].message.content == "echo: hi"
+    assert response.choices[0].finish_reason == "stop"
+    assert response.model == "local"
+    assert response.usage is not None and response.usage.total_tokens == 18
+
+
+async def test_a_stream_through_the_openai_client_ends_with_its_usage(gateway: Gateway) -> None:
+    async with gateway.client() as client:
+        stream = await client.chat.completions.create(
+            model="local",
+            messages=ask("pieces"),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello world"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+
+
+async def test_json_schema_output_through_the_openai_client(gateway: Gateway) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}}
+    async with gateway.client() as client:
+        response = await client.chat.completions.create(
+            model="local",
+            messages=ask("json"),
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": schema, "strict": True},
+            },
+        )
+
+    assert json.loads(response.choices[0].message.content or "") == {"answer": 42}
+    sent = gateway.local.bodies[-1]["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["schema"] == schema
+
+
+async def test_bad_requests_get_openai_shaped_errors_and_the_app_keeps_serving(
+    gateway: Gateway,
+) -> None:
+    async with gateway.client() as client:
+        with pytest.raises(openai.NotFoundError) as unknown:
+            await client.chat.completions.create(model="gpt-9", messages=ask("hi"))
+        with pytest.raises(openai.UnprocessableEntityError) as bad_field:
+            await client.chat.completions.create(model="local", messages=ask("hi"), temperature=5)
+        with pytest.raises(openai.UnprocessableEntityError) as bad_priority:
+            await client.chat.completions.create(
+                model="local", messages=ask("hi"), extra_body={"priority": 11}
+            )
+        with pytest.raises(openai.AuthenticationError):
+            async with gateway.client(key="sk-wrong") as stranger:
+                await stranger.chat.completions.create(model="local", messages=ask("hi"))
+        assert "provider/model" in unknown.value.message
+        assert unknown.value.body["param"] == "model"  # type: ignore[index]
+        assert bad_field.value.body["param"] == "temperature"  # type: ignore[index]
+        assert bad_priority.value.body["param"] == "priority"  # type: ignore[index]
+
+        async with gateway.http() as http:
+            malformed = await http.post("/v1/chat/completions", content=b"{not json")
+            too_big = await http.post(
+                "/v1/chat/completions",
+                json={"model": "local", "messages": ask("x" * 70_000)},
+            )
+        async with gateway.http(key=None) as anonymous:
+            health = await anonymous.get("/healthz")
+            ready = await anonymous.get("/readyz")
+            queue = await anonymous.get("/v1/queue")
+        assert malformed.status_code == 422 and "error" in malformed.json()
+        assert too_big.status_code == 413 and "error" in too_big.json()
+        assert (health.status_code, ready.status_code, queue.status_code) == (200, 200, 401)
+
+        response = await client.chat.completions.create(model="local", messages=ask("still"))
+    assert response.choices[0].message.content == "echo: still"
+
+
+async def test_priority_over_http_with_one_slot(gateway: Gateway) -> None:
+    """A cap-1 group held busy; 20 requests of mixed priority, by header or body field,
+    each queued before the next is sent: served by priority, first come first served
+    within one; the backend never sees two at once."""
+    received = len(gateway.local.received)
+    priorities = [1 + (i * 7) % 10 for i in range(20)]
+    async with gateway.client() as client:
+
+        async def one(i: int, priority: int) -> None:
+            by_header = i % 2 == 0
+            await client.chat.completions.create(
+                model="local",
+                messages=ask(f"p{priority}-{i}"),
+                extra_headers={"X-Priority": str(priority)} if by_header else None,
+                extra_body=None if by_header else {"priority": priority},
+            )
+
+        holder = asyncio.create_task(
+            client.chat.completions.create(model="local", messages=ask("slow:2"))
+        )
+        await wait_until(lambda: _is(gateway.active, 1), "the slow call to hold the slot")
+        calls = []
+        for i, priority in enumerate(priorities):
+            calls.append(asyncio.create_task(one(i, priority)))
+            await wait_until(lambda n=i + 1: _is(gateway.pending, n), f"request {i} queued")
+        await asyncio.gather(holder, *calls)
+
+    served = [b["messages"][-1]["content"] for b in gateway.local.bodies[received + 1 :]]
+    expected = sorted(range(20), key=lambda i: (-priorities[i], i))
+    assert served == [f"p{priorities[i]}-{i}" for i in expected]
+    assert gateway.local.max_in_flight == 1
+
+
+async def test_a_full_queue_answers_429_with_retry_after(gateway: Gateway) -> None:
+    async with gateway.client() as client:
+        holder = asyncio.create_task(
+            client.chat.completions.create(model="local", messages=ask("slow:1"))
+        )
+        await wait_until(lambda: _is(gateway.active, 1), "the slow call to hold the slot")
+        waiting = [
+            asyncio.create_task(client.chat.completions.create(model="local", messages=ask("w")))
+            for _ in range(MAX_PENDING)
+        ]
+        await wait_until(lambda: _is(gateway.pending, MAX_PENDING), "a full queue")
+        async with gateway.http() as http:
+            refused = await http.post(
+                "/v1/chat/completions", json={"model": "local", "messages": ask("one more")}
+            )
+        await asyncio.gather(holder, *waiting)
+
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "queue_full"
+    assert int(refused.headers["Retry-After"]) >= 1
+
+
+async def test_clients_that_hang_up_while_waiting_leave_the_queue(gateway: Gateway) -> None:
+    received = len(gateway.local.received)
+    async with gateway.client() as client:
+        holder = asyncio.create_task(
+            client.chat.completions.create(model="local", messages=ask("slow:3"))
+        )
+        await wait_until(lambda: _is(gateway.active, 1), "the slow call to hold the slot")
+        async with gateway.client(timeout=httpx.Timeout(60)) as impatient:
+            gone = [
+                asyncio.create_task(
+                    impatient.chat.completions.create(model="local", messages=ask(f"gone-{i}"))
+                )
+                for i in range(20)
+            ]
+            await wait_until(lambda: _is(gateway.pending, 20), "20 queued requests")
+            for task in gone:
+                task.cancel()  # closes each request's connection
+            await asyncio.gather(*gone, return_exceptions=True)
+        await wait_until(lambda: _is(gateway.pending, 0), "the hung-up requests to leave")
+        await holder
+
+    await wait_until(lambda: _is(gateway.active, 0), "the slot to be free")
+    served = [b["messages"][-1]["content"] for b in gateway.local.bodies[received:]]
+    assert served == ["slow:3"]  # none of the hung-up requests reached the backend
+
+
+async def _is(level: Any, count: int) -> bool:
+    return bool(await level() == count)
