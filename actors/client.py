@@ -63,12 +63,15 @@ async def cancellable(ref: Any) -> Any:
 
     Ray goes on running a call whose caller stopped waiting; only
     ``ray.cancel`` reaches it (as a CancelledError inside an async actor's
-    coroutine, where ``finally`` blocks give back what the call held).
+    coroutine, where ``finally`` blocks give back what the call held). Not
+    recursive: Ray would also cancel the calls that clean-up makes (the
+    manager call that takes a waiter out of the queue), and the waiter would
+    stay, to be served for nobody.
     """
     try:
         return await unwrap(ref)
     except asyncio.CancelledError:
-        ray.cancel(ref)
+        ray.cancel(ref, recursive=False)
         raise
 
 
@@ -80,7 +83,7 @@ async def cancellable_stream(refs: Any) -> AsyncIterator[Any]:
         async for ref in refs:
             yield await unwrap(ref)
     except BaseException:
-        ray.cancel(refs)
+        ray.cancel(refs, recursive=False)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(CANCEL_GRACE_SECONDS):
                 async for _ in refs:

@@ -37,11 +37,12 @@ from tests.support.probe_server import Received
 pytestmark = pytest.mark.ray
 
 KEY = "sk-test-raygate"
-MAX_PENDING = 25
+MAX_PENDING = 100
 
 
 def respond(request: Received) -> Script:
-    """What the backend answers, by the last message: "slow:S", "json", "pieces", else an echo."""
+    """What the backend answers, by the last message: "slow:S", "json", "pieces",
+    "long-stream", else an echo."""
     text = request.body["messages"][-1]["content"]
     if text.startswith("slow:"):
         return Slow(float(text.removeprefix("slow:")))
@@ -49,6 +50,8 @@ def respond(request: Received) -> Script:
         return SayJson({"answer": 42})
     if text == "pieces":
         return Stream(("Hel", "lo ", "world"))
+    if text == "long-stream":
+        return Stream(("word ",) * 40, gap=0.5)  # 20 s
     return Say(f"echo: {text}")
 
 
@@ -251,31 +254,43 @@ async def test_a_full_queue_answers_429_with_retry_after(gateway: Gateway) -> No
     assert int(refused.headers["Retry-After"]) >= 1
 
 
-async def test_clients_that_hang_up_while_waiting_leave_the_queue(gateway: Gateway) -> None:
+async def test_100_clients_that_hang_up_mid_stream_or_mid_wait_leave_nothing_behind(
+    gateway: Gateway,
+) -> None:
     received = len(gateway.local.received)
     async with gateway.client() as client:
-        holder = asyncio.create_task(
-            client.chat.completions.create(model="local", messages=ask("slow:3"))
+        stream = await client.chat.completions.create(
+            model="local", messages=ask("long-stream"), stream=True
         )
-        await wait_until(lambda: _is(gateway.active, 1), "the slow call to hold the slot")
-        async with gateway.client(timeout=httpx.Timeout(60)) as impatient:
-            gone = [
-                asyncio.create_task(
-                    impatient.chat.completions.create(model="local", messages=ask(f"gone-{i}"))
-                )
-                for i in range(20)
-            ]
-            await wait_until(lambda: _is(gateway.pending, 20), "20 queued requests")
-            for task in gone:
-                task.cancel()  # closes each request's connection
-            await asyncio.gather(*gone, return_exceptions=True)
-        await wait_until(lambda: _is(gateway.pending, 0), "the hung-up requests to leave")
-        await holder
+        await anext(aiter(stream))  # streaming: it holds the group's one slot for 20 s
+        waiting = [
+            asyncio.create_task(
+                client.chat.completions.create(model="local", messages=ask(f"gone-{i}"))
+            )
+            for i in range(99)
+        ]
+        await wait_until(lambda: _is(gateway.pending, 99), "99 queued requests")
+        for task in waiting:
+            task.cancel()  # closes each request's connection
+        await asyncio.gather(*waiting, return_exceptions=True)
+        # While the stream holds the slot, so that none of them could have started.
+        await wait_until(lambda: _is(gateway.pending, 0), "the waiting requests to leave")
+        await stream.close()  # hangs up mid-stream
+        hung_up = asyncio.get_running_loop().time()
 
-    await wait_until(lambda: _is(gateway.active, 0), "the slot to be free")
+    # Well before the stream's 20 s: the hang-up cancelled it and freed its slot.
+    await wait_until(lambda: _is(gateway.active, 0), "the streaming call's slot", timeout=10)
+    assert asyncio.get_running_loop().time() - hung_up < 10
     served = [b["messages"][-1]["content"] for b in gateway.local.bodies[received:]]
-    assert served == ["slow:3"]  # none of the hung-up requests reached the backend
+    assert served == ["long-stream"]  # none of the waiting requests reached the backend
+    await wait_until(
+        lambda: _true(gateway.local.abandoned >= 1), "the backend to see the stream dropped"
+    )
 
 
 async def _is(level: Any, count: int) -> bool:
     return bool(await level() == count)
+
+
+async def _true(value: bool) -> bool:
+    return value

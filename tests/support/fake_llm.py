@@ -36,6 +36,7 @@ class SayJson:
 @dataclass(frozen=True)
 class Stream:
     pieces: tuple[str, ...] = ("Hel", "lo ", "world")
+    gap: float = 0.0  # seconds between pieces
 
 
 @dataclass(frozen=True)
@@ -345,8 +346,10 @@ class FakeLLMServer(ProbeServer):
                 reply = dialect.answer_json(data, body)
                 reply.delay = delay
                 return reply
-            case Stream(pieces):
-                return dialect.stream(pieces)
+            case Stream(pieces, gap):
+                reply = dialect.stream(pieces)
+                reply.gap = gap
+                return reply
             case RateLimit(retry_after):
                 return dialect.error(429, "rate limited", {"Retry-After": retry_after})
             case Fail(status, message, delay):

@@ -23,6 +23,8 @@ class Reply:
     chunks: list[bytes] | None = None
     # Seconds to wait before answering (on top of the server's ``hold``).
     delay: float = 0.0
+    # Seconds between the pieces of a streamed reply.
+    gap: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class ProbeServer:
         self.hold = hold
         # Stop working on a request whose client hung up, as llama.cpp's llama-server does.
         self.stop_on_disconnect = stop_on_disconnect
+        # Requests whose client hung up before the whole answer was written.
         self.abandoned = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -119,11 +122,15 @@ class ProbeServer:
             else:
                 handler.send_header("Connection", "close")
                 handler.end_headers()
-                for chunk in reply.chunks:
+                for i, chunk in enumerate(reply.chunks):
+                    if i and reply.gap:
+                        time.sleep(reply.gap)
                     handler.wfile.write(chunk)
                     handler.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
-            handler.close_connection = True  # the caller gave up waiting (its timeout)
+            handler.close_connection = True  # the caller gave up (its timeout, a hang-up)
+            with self._lock:
+                self.abandoned += 1
         finally:
             with self._lock:
                 self.in_flight -= 1
