@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
@@ -110,6 +111,12 @@ api = FastAPI(title="raygate", summary="OpenAI-compatible chat completions, gate
 api.add_middleware(Guard)
 
 
+@api.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """Malformed JSON or a bad field: 422 in OpenAI's shape, naming the field."""
+    return _json(invalid(exc.errors()))
+
+
 def _json(answer: HTTPAnswer) -> JSONResponse:
     return JSONResponse(answer.body, answer.status, answer.headers)
 
@@ -177,11 +184,9 @@ class Gateway:
         return self._providers[model]
 
     @api.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(self, request: Request) -> JSONResponse | StreamingResponse:
-        try:
-            body = ChatCompletionBody.model_validate_json(await request.body())
-        except ValidationError as exc:
-            return _json(invalid(exc))
+    async def chat_completions(
+        self, body: ChatCompletionBody, request: Request
+    ) -> JSONResponse | StreamingResponse:
         try:
             options = self._options(request, body)
         except RaygateError as exc:
@@ -200,7 +205,7 @@ class Gateway:
             # Errors before the first piece (a full queue, an unknown model) are HTTP errors.
             first = await anext(pieces)
         except ValidationError as exc:
-            return _json(invalid(exc, ("messages",)))
+            return _json(invalid(exc.errors(), ("messages",)))
         except Exception as exc:
             if isinstance(exc, ProviderActorLost):
                 self._providers.pop(body.model, None)  # the next request gets a new actor

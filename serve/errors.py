@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-from pydantic import ValidationError
+from typing import Any
 
 from actors.errors import (
     AcquireTimeout,
@@ -47,14 +47,16 @@ def retry_after(seconds: float | None) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds or 1)))}
 
 
-def invalid(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> HTTPAnswer:
-    """422 naming the first bad field, e.g. ``messages.0.role``."""
-    first = exc.errors()[0]
-    param = ".".join(str(part) for part in (*prefix, *first["loc"])) or None
-    message = "; ".join(
-        f"{'.'.join(str(p) for p in (*prefix, *e['loc'])) or 'body'}: {e['msg']}"
-        for e in exc.errors()
-    )
+def invalid(errors: Sequence[Any], prefix: tuple[str | int, ...] = ()) -> HTTPAnswer:
+    """422 naming the first bad field, e.g. ``messages.0.role``, from pydantic's errors
+    (FastAPI's start their location with ``body``, which is left out)."""
+
+    def where(error: Any) -> str:
+        loc = [p for p in (*prefix, *error["loc"]) if p != "body"]
+        return ".".join(str(part) for part in loc)
+
+    message = "; ".join(f"{where(e) or 'body'}: {e['msg']}" for e in errors)
+    param = where(errors[0]) or None if errors else None
     return HTTPAnswer(422, error(message, "invalid_request_error", param=param))
 
 

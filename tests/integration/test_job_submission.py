@@ -99,6 +99,7 @@ def stop(node: subprocess.Popen[bytes]) -> None:
 @dataclass(frozen=True)
 class RayStartCluster:
     gcs: str
+    dashboard: str
     jobs: JobSubmissionClient
 
 
@@ -120,7 +121,8 @@ def started_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RaySta
             '--resources={"gpu_host:a": 1}', log=logs / "gpu.log",
         )  # fmt: skip
         wait_for("the GPU host to join", lambda: alive_nodes(address, headers) == 2)
-        yield RayStartCluster(f"127.0.0.2:{gcs}", JobSubmissionClient(address, headers=headers))
+        jobs = JobSubmissionClient(address, headers=headers)
+        yield RayStartCluster(f"127.0.0.2:{gcs}", address, jobs)
     finally:
         if gpu_node is not None:
             stop(gpu_node)
@@ -302,3 +304,34 @@ def test_a_killed_drivers_calls_leave_the_queue_and_no_new_call_starts(
     assert float(emptied) - killed < 10
     assert int(cancelled) >= 3 and int(expired) == 0
     assert len(server.received) == 1
+
+
+def test_the_serve_config_deploys_the_endpoint_on_the_cluster(
+    started_cluster: RayStartCluster, tmp_path: Path
+) -> None:
+    """`serve deploy serve/deploy.yaml`, with its port and settings path set for this cluster."""
+    settings = tmp_path / "raygate.yaml"
+    settings.write_text(yaml.safe_dump({"serve": {"api_keys": ["sk-deployed"]}}))
+    config = yaml.safe_load((REPO / "serve" / "deploy.yaml").read_text())
+    port = free_loopback_port()
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    config["applications"][0]["args"]["config"] = str(settings)
+    (deploy := tmp_path / "deploy.yaml").write_text(yaml.safe_dump(config))
+    serve_cli = str(Path(sys.executable).parent / "serve")
+    env = cluster_env()
+    subprocess.run(
+        [serve_cli, "deploy", str(deploy), "--address", started_cluster.dashboard],
+        env=env, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for("the endpoint", lambda: httpx.get(f"{url}/readyz").status_code == 200)
+        models = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer sk-deployed"})
+        anonymous = httpx.get(f"{url}/v1/models")
+    finally:
+        subprocess.run(
+            [serve_cli, "shutdown", "--address", started_cluster.dashboard, "--yes"],
+            env=env, check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+    assert [m["id"] for m in models.raise_for_status().json()["data"]] == ["gemma-3-270m"]
+    assert anonymous.status_code == 401

@@ -46,7 +46,7 @@ def test_a_bad_field_is_named() -> None:
             {"model": "m", "messages": [{"role": "robot", "content": "x"}]}
         )
 
-    answer = invalid(caught.value)
+    answer = invalid(caught.value.errors())
 
     assert answer.status == 422
     assert answer.body["error"]["param"] == "messages.0.role"  # type: ignore[index]
