@@ -212,10 +212,11 @@ async def test_priority_over_http_with_one_slot(gateway: Gateway) -> None:
 
         async def one(i: int, priority: int) -> None:
             by_header = i % 2 == 0
+            headers = {"X-Request-Id": f"req-{i}"}
             await client.chat.completions.create(
                 model="local",
                 messages=ask(f"p{priority}-{i}"),
-                extra_headers={"X-Priority": str(priority)} if by_header else None,
+                extra_headers={**headers, "X-Priority": str(priority)} if by_header else headers,
                 extra_body=None if by_header else {"priority": priority},
             )
 
@@ -227,7 +228,14 @@ async def test_priority_over_http_with_one_slot(gateway: Gateway) -> None:
         for i, priority in enumerate(priorities):
             calls.append(asyncio.create_task(one(i, priority)))
             await wait_until(lambda n=i + 1: _is(gateway.pending, n), f"request {i} queued")
+        async with gateway.http() as http:
+            last = (await http.get("/v1/queue/req-10")).raise_for_status().json()
+            unknown = await http.get("/v1/queue/req-none")
         await asyncio.gather(holder, *calls)
+
+    # The second of the two priority-1 requests: all the others go first.
+    assert (last["requestId"], last["priority"], last["ahead"]) == ("req-10", 1, 19)
+    assert unknown.status_code == 404
 
     served = [b["messages"][-1]["content"] for b in gateway.local.bodies[received + 1 :]]
     expected = sorted(range(20), key=lambda i: (-priorities[i], i))
