@@ -204,8 +204,8 @@ class Gateway:
             pieces = provider.stream(chat, options)
             # Errors before the first piece (a full queue, an unknown model) are HTTP errors.
             first = await anext(pieces)
-        except ValidationError as exc:
-            return _json(invalid(exc.errors(), ("messages",)))
+        except ValidationError as exc:  # e.g. a system message that does not come first
+            return _json(invalid(exc.errors()))
         except Exception as exc:
             if isinstance(exc, ProviderActorLost):
                 self._providers.pop(body.model, None)  # the next request gets a new actor

@@ -47,13 +47,12 @@ def retry_after(seconds: float | None) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds or 1)))}
 
 
-def invalid(errors: Sequence[Any], prefix: tuple[str | int, ...] = ()) -> HTTPAnswer:
+def invalid(errors: Sequence[Any]) -> HTTPAnswer:
     """422 naming the first bad field, e.g. ``messages.0.role``, from pydantic's errors
     (FastAPI's start their location with ``body``, which is left out)."""
 
     def where(error: Any) -> str:
-        loc = [p for p in (*prefix, *error["loc"]) if p != "body"]
-        return ".".join(str(part) for part in loc)
+        return ".".join(str(part) for part in error["loc"] if part != "body")
 
     message = "; ".join(f"{where(e) or 'body'}: {e['msg']}" for e in errors)
     param = where(errors[0]) or None if errors else None

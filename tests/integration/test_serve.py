@@ -176,6 +176,11 @@ async def test_bad_requests_get_openai_shaped_errors_and_the_app_keeps_serving(
             await client.chat.completions.create(
                 model="local", messages=ask("hi"), extra_body={"priority": 11}
             )
+        with pytest.raises(openai.UnprocessableEntityError) as system_last:
+            await client.chat.completions.create(
+                model="local",
+                messages=[*ask("hi"), {"role": "system", "content": "be brief"}],
+            )
         with pytest.raises(openai.AuthenticationError):
             async with gateway.client(key="sk-wrong") as stranger:
                 await stranger.chat.completions.create(model="local", messages=ask("hi"))
@@ -183,6 +188,7 @@ async def test_bad_requests_get_openai_shaped_errors_and_the_app_keeps_serving(
         assert unknown.value.body["param"] == "model"  # type: ignore[index]
         assert bad_field.value.body["param"] == "temperature"  # type: ignore[index]
         assert bad_priority.value.body["param"] == "priority"  # type: ignore[index]
+        assert system_last.value.body["param"] == "messages"  # type: ignore[index]
 
         async with gateway.http() as http:
             malformed = await http.post("/v1/chat/completions", content=b"{not json")
