@@ -9,6 +9,7 @@ validated at load and frozen; a bad value fails with the field's dotted name.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,6 +118,12 @@ class ServeSettings(BaseModel):
     # first come first served.
     max_ongoing_requests: PositiveInt = 20_000
     replicas: PositiveInt = 1
+    # Pipeline jobs over HTTP: input files named by a job are read under data_dir
+    # (none: inline services only); each job's records go to results_dir/<id>.jsonl
+    # on the node that runs it; a finished job is kept this long for its status.
+    data_dir: Path | None = None
+    results_dir: Path = Path(tempfile.gettempdir()) / "raygate-results"
+    job_retention_seconds: float = Field(default=3600.0, gt=0)
 
 
 class Settings(BaseSettings):

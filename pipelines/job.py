@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from actors.settings import Settings
+from actors.settings import PipelineSettings, Settings
 from actors.stats import percentile
 from pipelines.actor import CallDone, CallRecord, PipelineRun, RunSpec, ServiceDone
 from pipelines.chain import Span
@@ -82,15 +82,36 @@ class Progress:
         return f"{counts} | {self.time_left()}"
 
     def time_left(self) -> str:
+        seconds = self.seconds_left()
+        if seconds == 0:
+            return "done"
+        if seconds is None:
+            return "time left: unknown yet"
+        return f"time left: ~{_duration(seconds)}"
+
+    def seconds_left(self) -> float | None:
+        """At the pace kept so far; None before the first call ended."""
         calls = [stage for stage in self.totals if stage != "services"]
         done = sum(min(self.done[s], self.totals[s]) for s in calls)
         left = sum(self.totals[s] for s in calls) - done
         if left == 0:
-            return "done"
+            return 0.0
         if done == 0:
-            return "time left: unknown yet"
-        seconds = left * (self._clock() - self._started) / done
-        return f"time left: ~{_duration(seconds)}"
+            return None
+        return left * (self._clock() - self._started) / done
+
+
+def progress_for(services: int, job: PipelineSettings, out: TextIO) -> Progress:
+    """The counters of a run of the plateau job over ``services`` services."""
+    return Progress(
+        {
+            "ambitions": services,
+            "features": services * job.plateaus,
+            "mappings": services * job.plateaus * len(job.mapping_types),
+            "services": services,
+        },
+        out,
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -109,8 +130,13 @@ async def run_pipeline(
     manager: Any | None,
     priority: int,
     progress_out: TextIO = sys.stderr,
+    progress: Progress | None = None,
 ) -> Outcome:
-    """Run the job for ``services`` through ``manager`` (None: parity mode, no gating)."""
+    """Run the job for ``services`` through ``manager`` (None: parity mode, no gating).
+
+    Progress goes to ``progress_out``, or to ``progress`` when given (made by
+    :func:`progress_for`, so that its counters can be read while the run goes on).
+    """
     provider, model = provider_for_model(settings, settings.pipeline.model, manager)
     # A backend that cannot serve (a model server that fails to start) ends the run here.
     await provider.ready()
@@ -127,16 +153,7 @@ async def run_pipeline(
             sequential=not settings.queue.enabled,
         )
     )
-    count = len(services)
-    progress = Progress(
-        {
-            "ambitions": count,
-            "features": count * job.plateaus,
-            "mappings": count * job.plateaus * len(job.mapping_types),
-            "services": count,
-        },
-        progress_out,
-    )
+    progress = progress or progress_for(len(services), job, progress_out)
     records: list[ServiceRecord] = []
     started = time.monotonic()
     try:

@@ -12,8 +12,11 @@ leaves the queue or gives its slot back.
 
 Routes: ``POST /v1/chat/completions`` (JSON or SSE stream), ``GET /v1/models``,
 ``GET /v1/queue``, ``GET /v1/queue/{request_id}``, ``GET /healthz``,
-``GET /readyz``. Every route but the two health checks needs
-``Authorization: Bearer <key>`` with a key of ``serve.api_keys``.
+``GET /readyz``; pipeline jobs: ``POST /v1/pipelines``, ``GET
+/v1/pipelines/{id}`` and ``/results``, ``DELETE /v1/pipelines/{id}`` (each run
+is an actor of its own, see :mod:`pipelines.jobs`, so it outlives the replica).
+Every route but the two health checks needs ``Authorization: Bearer <key>``
+with a key of ``serve.api_keys``.
 
 No ``from __future__ import annotations`` here: FastAPI reads the handlers'
 annotations, which Serve's class ingress leaves unresolved when they are strings.
@@ -41,13 +44,22 @@ from actors.errors import ConfigError, RaygateError
 from actors.manager import get_or_create_manager
 from actors.options import CallOptions
 from actors.settings import Settings, load_settings
+from pipelines.jobs import PipelineJobClient
+from pipelines.plateau import Service, read_services
 from providers.actor import provider_for_model
 from providers.client import ProviderClient
 from providers.errors import ProviderActorLost
 from providers.llamacpp import EMBEDDED_MODEL_ID
 from providers.models import StreamDelta
 from serve.errors import HTTPAnswer, answer_for, invalid
-from serve.wire import ChatCompletionBody, chunk, completion, error, usage_chunk
+from serve.wire import (
+    ChatCompletionBody,
+    PipelineSubmission,
+    chunk,
+    completion,
+    error,
+    usage_chunk,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +141,33 @@ def invalid_header() -> HTTPAnswer:
 def no_queue() -> HTTPAnswer:
     message = "queue.enabled is false: there is no queue"
     return HTTPAnswer(404, error(message, "invalid_request_error"))
+
+
+def no_job(job_id: str) -> HTTPAnswer:
+    message = f"no pipeline job {job_id!r} (unknown, or ended longer ago than it is kept)"
+    return HTTPAnswer(404, error(message, "invalid_request_error", code="job_not_found"))
+
+
+def read_input(settings: Settings, name: str) -> list[Service] | HTTPAnswer:
+    """The services of a JSONL file under ``serve.data_dir``, or the 422 that says why not."""
+
+    def refused(why: str) -> HTTPAnswer:
+        return HTTPAnswer(422, error(why, "invalid_request_error", param="file"))
+
+    folder = settings.serve.data_dir
+    if folder is None:
+        return refused("serve.data_dir is not set: send the services inline")
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        return refused(f"{name!r} is outside the data folder")
+    if not path.is_file():
+        return refused(f"no file {name!r} in the data folder")
+    services, problems = read_services(path.read_text(encoding="utf-8").splitlines())
+    if problems:
+        return refused(f"{name}: " + "; ".join(problems[:10]))
+    if not services:
+        return refused(f"{name} lists no services")
+    return services
 
 
 def retry_after_one() -> dict[str, str]:
@@ -225,6 +264,48 @@ class Gateway:
             request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
             queue_timeout=float(timeout) if timeout else None,
         )
+
+    @api.post("/v1/pipelines", status_code=202, response_model=None)
+    async def submit_pipeline(
+        self, submission: PipelineSubmission
+    ) -> dict[str, Any] | JSONResponse:
+        """Start a run of the plateau job; its id names it from then on."""
+        services = submission.services
+        if services is None:
+            read = read_input(self._settings, submission.file or "")
+            if isinstance(read, HTTPAnswer):
+                return _json(read)
+            services = read
+        job_id = uuid.uuid4().hex[:12]
+        handle = self._manager.handle if self._manager is not None else None
+        priority = submission.priority
+        job = PipelineJobClient.submit(job_id, services, self._settings, handle, priority)
+        return (await job.status()).model_dump(mode="json")
+
+    @api.get("/v1/pipelines/{job_id}", response_model=None)
+    async def pipeline_status(self, job_id: str) -> dict[str, Any] | JSONResponse:
+        job = PipelineJobClient.find(job_id)
+        if job is None:
+            return _json(no_job(job_id))
+        return (await job.status()).model_dump(mode="json")
+
+    @api.get("/v1/pipelines/{job_id}/results", response_model=None)
+    async def pipeline_results(self, job_id: str) -> StreamingResponse | JSONResponse:
+        """The records written so far, one JSON line each."""
+        job = PipelineJobClient.find(job_id)
+        if job is None:
+            return _json(no_job(job_id))
+        records = await job.records()
+        lines = (record.model_dump_json() + "\n" for record in records)
+        return StreamingResponse(lines, media_type="application/x-ndjson")
+
+    @api.delete("/v1/pipelines/{job_id}", response_model=None)
+    async def cancel_pipeline(self, job_id: str) -> dict[str, Any] | JSONResponse:
+        """Cancel a running run: its waiters leave the queue, its calls are cancelled."""
+        job = PipelineJobClient.find(job_id)
+        if job is None:
+            return _json(no_job(job_id))
+        return (await job.cancel()).model_dump(mode="json")
 
     @api.get("/v1/models")
     async def models(self) -> dict[str, Any]:

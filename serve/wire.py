@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipelines.plateau import Service
 from providers.models import ChatMessage, ChatRequest, ChatResponse, JsonSchemaFormat, StreamDelta
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "content_filter": "content_filter"}
@@ -162,3 +163,20 @@ def error(
 ) -> dict[str, Any]:
     """OpenAI's error shape."""
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+class PipelineSubmission(BaseModel):
+    """A ``POST /v1/pipelines`` body: the services inline, or a JSONL file under the
+    configured data folder; and the run's priority."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    services: list[Service] | None = Field(default=None, min_length=1)
+    file: str | None = Field(default=None, min_length=1)
+    priority: int = Field(default=5, ge=1, le=10)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PipelineSubmission:
+        if (self.services is None) == (self.file is None):
+            raise ValueError("give either services (inline) or file (under serve.data_dir)")
+        return self

@@ -8,7 +8,8 @@ import contextlib
 import json
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +23,7 @@ from ray import serve
 
 from actors.groups import ModelEntry, classify
 from actors.names import MANAGER_NAME, NAMESPACE
-from actors.settings import QueueSettings, ServeSettings, Settings
+from actors.settings import PipelineSettings, QueueSettings, ServeSettings, Settings
 from providers.supervisor import free_loopback_port
 from serve.app import application
 from tests.integration.conftest import wait_until
@@ -35,6 +36,7 @@ from tests.support.fake_llm import (
     Slow,
     Stream,
 )
+from tests.support.plateau_backend import plateau_answer
 from tests.support.probe_server import Received
 
 pytestmark = pytest.mark.ray
@@ -45,8 +47,13 @@ MAX_PENDING = 100
 
 def respond(request: Received) -> Script:
     """What the backend answers, by the last message: "slow:S", "json", "pieces",
-    "long-stream", else an echo."""
+    "long-stream"; a pipeline job's call as the plateau backend does (2 s late for a
+    service named "Slowpoke ..."); else an echo."""
     text = request.body["messages"][-1]["content"]
+    if "response_format" in request.body and text != "json":
+        answer = plateau_answer(request)
+        slow = "Slowpoke" in json.dumps(request.body["messages"])
+        return replace(answer, delay=2.0) if slow and isinstance(answer, SayJson) else answer
     if text.startswith("slow:"):
         return Slow(float(text.removeprefix("slow:")))
     if text == "json":
@@ -63,6 +70,7 @@ class Gateway:
     url: str
     local: FakeLLMServer  # cap 1
     group: str
+    data: Path  # serve.data_dir
 
     def client(self, key: str = KEY, **kwargs: Any) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, **kwargs)
@@ -89,13 +97,20 @@ def kill_the_clusters_manager() -> None:
 
 
 @pytest.fixture(scope="module")
-def gateway(ray_session: None) -> Iterator[Gateway]:
+def gateway(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    data = tmp_path_factory.mktemp("data")
     with FakeLLMServer(OpenAIDialect(), responder=respond, stop_on_disconnect=True) as local:
         base_url = local.url + "/v1"
         settings = Settings(
             models={"local": ModelEntry(provider="openai-compatible", base_url=base_url)},
             queue=QueueSettings(max_pending_per_group=MAX_PENDING),
-            serve=ServeSettings(api_keys=(SecretStr(KEY),), max_body_bytes=64 * 1024),
+            pipeline=PipelineSettings(model="local", plateaus=1, mapping_types=("data",)),
+            serve=ServeSettings(
+                api_keys=(SecretStr(KEY),),
+                max_body_bytes=64 * 1024,
+                data_dir=data,
+                results_dir=data / "results",
+            ),
         )
         # The endpoint creates the cluster's manager with these settings.
         kill_the_clusters_manager()
@@ -111,7 +126,7 @@ def gateway(ray_session: None) -> Iterator[Gateway]:
                 headers={"Authorization": f"Bearer {KEY}"},
                 timeout=60,
             ).raise_for_status()
-            yield Gateway(url, local, classify("openai-compatible", base_url).id)
+            yield Gateway(url, local, classify("openai-compatible", base_url).id, data)
         finally:
             serve.shutdown()
             kill_the_clusters_manager()
@@ -340,3 +355,97 @@ def test_a_fuzz_pass_over_the_openapi_schema_finds_no_internal_error(gateway: Ga
 
         no_internal_error()
     assert calls["/v1/chat/completions"] >= 30
+
+
+async def test_a_pipeline_job_over_http_runs_to_the_end(gateway: Gateway) -> None:
+    inline = [{"id": f"svc-{i}", "name": f"Service {i}"} for i in range(2)]
+    (gateway.data / "in.jsonl").write_text('{"id": "svc-f", "name": "From a file"}\n')
+    async with gateway.http() as http:
+        submitted = await http.post("/v1/pipelines", json={"services": inline, "priority": 7})
+        from_file = await http.post("/v1/pipelines", json={"file": "in.jsonl"})
+        assert (submitted.status_code, from_file.status_code) == (202, 202)
+        job, file_job = submitted.json()["id"], from_file.json()["id"]
+
+        async def ended(job_id: str) -> bool:
+            state = (await http.get(f"/v1/pipelines/{job_id}")).json()["state"]
+            return bool(state != "running")
+
+        await wait_until(lambda: ended(job), "the job to end")
+        await wait_until(lambda: ended(file_job), "the file's job to end")
+        status = (await http.get(f"/v1/pipelines/{job}")).json()
+        results = await http.get(f"/v1/pipelines/{job}/results")
+        from_file_results = await http.get(f"/v1/pipelines/{file_job}/results")
+        refused = [
+            await http.post("/v1/pipelines", json=body)
+            for body in ({"file": "missing.jsonl"}, {"file": "../in.jsonl"}, {"services": []})
+        ]
+        unknown = await http.get("/v1/pipelines/nope")
+
+    assert status["state"] == "finished"
+    assert status["services"] == {"done": 2, "total": 2} and status["failed_services"] == 0
+    assert status["stages"] == {
+        "ambitions": {"done": 2, "total": 2},
+        "features": {"done": 2, "total": 2},
+        "mappings": {"done": 2, "total": 2},
+    }
+    records = [json.loads(line) for line in results.text.splitlines()]
+    assert sorted(r["service_id"] for r in records) == ["svc-0", "svc-1"]
+    assert all(r["status"] == "ok" for r in records)
+    assert [json.loads(line)["service_id"] for line in from_file_results.text.splitlines()] == [
+        "svc-f"
+    ]
+    assert [r.status_code for r in refused] == [422, 422, 422]
+    assert [r.json()["error"]["param"] for r in refused[:2]] == ["file", "file"]
+    assert unknown.status_code == 404
+
+
+async def test_a_pipeline_job_cancelled_over_http_starts_no_call_after_the_cancel(
+    gateway: Gateway,
+) -> None:
+    """Each call of a "Slowpoke" service takes 2 s on the cap-1 group: one runs, the
+    others wait. DELETE cancels the run: its waiters leave the queue, its running
+    call is cancelled, and the backend sees no call start after the cancel."""
+    services = [{"id": f"slow-{i}", "name": f"Slowpoke {i}"} for i in range(3)]
+    async with gateway.http() as http:
+        job = (await http.post("/v1/pipelines", json={"services": services})).json()["id"]
+
+        async def one_runs_two_wait() -> bool:
+            return gateway.local.in_flight == 1 and await gateway.pending() >= 2
+
+        await wait_until(one_runs_two_wait, "a call at the backend and two waiting")
+        at_cancel = len(gateway.local.received)
+        cancelled = (await http.delete(f"/v1/pipelines/{job}")).json()
+        await wait_until(lambda: _is(gateway.pending, 0), "the run's waiters to leave", 10)
+        await wait_until(lambda: _is(gateway.active, 0), "its running call to end", 10)
+        later = (await http.get(f"/v1/pipelines/{job}")).json()
+
+    assert cancelled["state"] == later["state"] == "cancelled"
+    assert len(gateway.local.received) == at_cancel
+
+
+async def test_a_pipeline_job_outlives_the_replica_that_started_it(gateway: Gateway) -> None:
+    services = [{"id": "slow-x", "name": "Slowpoke x"}]  # three calls, 2 s each
+    async with gateway.http() as http:
+        job = (await http.post("/v1/pipelines", json={"services": services})).json()["id"]
+        await wait_until(lambda: _true(gateway.local.in_flight == 1), "the job's first call")
+        [replica] = [
+            actor["name"]
+            for actor in ray.util.list_named_actors(all_namespaces=True)
+            if actor["namespace"] == "serve" and "Gateway" in actor["name"]
+        ]
+        ray.kill(ray.get_actor(replica, namespace="serve"))
+
+        async def answers() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                return (await http.get(f"/v1/pipelines/{job}")).status_code == 200
+            return False
+
+        await wait_until(answers, "a new replica to answer for the job")
+
+        async def finished() -> bool:
+            return bool((await http.get(f"/v1/pipelines/{job}")).json()["state"] == "finished")
+
+        await wait_until(finished, "the job to finish")
+        status = (await http.get(f"/v1/pipelines/{job}")).json()
+
+    assert status["services"] == {"done": 1, "total": 1} and status["failed_services"] == 0

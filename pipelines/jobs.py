@@ -1,0 +1,183 @@
+"""Pipeline runs submitted over HTTP: one detached actor per run, which runs it and keeps
+its state, so that a run outlives the Serve replica that started it.
+
+    job = PipelineJobClient.submit(job_id, services, settings, manager, priority)
+    await job.status()          # state, per-stage progress, estimated completion
+    await job.records()         # the records written so far
+    await job.cancel()          # its waiters leave the queue, its calls are cancelled
+
+The actor is named ``pipeline-job:<id>`` in the ``raygate`` namespace; any
+replica finds it by name. It runs the plateau job as the command line does
+(:func:`pipelines.job.run_pipeline`, so its calls go through the manager
+like every other caller's), writes each record to ``<results_dir>/<id>.jsonl``
+on its node, and exits ``job_retention_seconds`` after the run ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import ray
+from pydantic import BaseModel
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from actors.client import unwrap
+from actors.names import NAMESPACE
+from actors.settings import Settings
+from pipelines.job import progress_for, run_pipeline
+from pipelines.plateau import Service, ServiceRecord
+from pipelines.results import ResultsFile
+
+JobState = Literal["running", "finished", "failed", "cancelled"]
+
+
+class StageProgress(BaseModel):
+    done: int
+    total: int
+
+
+class JobStatus(BaseModel):
+    id: str
+    state: JobState
+    # Services ended (ok or failed) and failed, of the run's total.
+    services: StageProgress
+    failed_services: int
+    # Calls ended per stage (ambitions, features, mappings).
+    stages: dict[str, StageProgress]
+    submitted_at: float
+    ended_at: float | None
+    # At the pace the run has kept so far; None before its first call ended.
+    estimated_completion_at: float | None
+    # Why the run could not go on (state "failed").
+    error: str | None = None
+
+
+def job_name(job_id: str) -> str:
+    return f"pipeline-job:{job_id}"
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class PipelineJob:
+    def __init__(
+        self,
+        job_id: str,
+        services: Sequence[Service],
+        settings: Settings,
+        manager: Any | None,
+        priority: int,
+    ) -> None:
+        self._id = job_id
+        self._settings = settings
+        self._submitted = time.time()
+        self._ended: float | None = None
+        self._state: JobState = "running"
+        self._error: str | None = None
+        folder = settings.serve.results_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        self._results = ResultsFile(folder / f"{job_id}.jsonl")
+        self._progress = progress_for(len(services), settings.pipeline, io.StringIO())
+        self._done = asyncio.Event()
+        # __init__ runs on the actor's event loop.
+        self._run = asyncio.get_running_loop().create_task(
+            self._execute(list(services), manager, priority)
+        )
+
+    async def _execute(self, services: list[Service], manager: Any | None, priority: int) -> None:
+        try:
+            await run_pipeline(
+                services,
+                self._results,
+                self._settings,
+                manager=manager,
+                priority=priority,
+                progress=self._progress,
+            )
+            self._state = "finished"
+        except asyncio.CancelledError:
+            self._state = "cancelled"
+        except Exception as exc:
+            self._state, self._error = "failed", f"{type(exc).__name__}: {exc}"
+        self._ended = time.time()
+        self._done.set()
+        await asyncio.sleep(self._settings.serve.job_retention_seconds)
+        ray.actor.exit_actor()
+
+    async def status(self) -> JobStatus:
+        done, totals = self._progress.done, self._progress.totals
+        left = self._progress.seconds_left() if self._state == "running" else None
+        records = self._results.load().values()
+        return JobStatus(
+            id=self._id,
+            state=self._state,
+            services=StageProgress(done=done["services"], total=totals["services"]),
+            failed_services=sum(r.status == "failed" for r in records),
+            stages={
+                stage: StageProgress(done=min(done[stage], total), total=total)
+                for stage, total in totals.items()
+                if stage != "services"
+            },
+            submitted_at=self._submitted,
+            ended_at=self._ended,
+            estimated_completion_at=time.time() + left if left is not None else None,
+            error=self._error,
+        )
+
+    async def records(self) -> list[ServiceRecord]:
+        return list(self._results.load().values())
+
+    async def cancel(self) -> JobStatus:
+        """Cancel a running run and wait until its calls are cancelled."""
+        if not self._done.is_set():
+            self._run.cancel()
+            await self._done.wait()  # the run's clean-up has cancelled its calls
+        return await self.status()
+
+
+class PipelineJobClient:
+    """Typed access to one run's actor."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    @classmethod
+    def submit(
+        cls,
+        job_id: str,
+        services: Sequence[Service],
+        settings: Settings,
+        manager: Any | None,
+        priority: int,
+    ) -> PipelineJobClient:
+        """Start a run on this node (where "local" servers without a host are)."""
+        here = ray.get_runtime_context().get_node_id()
+        handle = PipelineJob.options(  # type: ignore[attr-defined]
+            name=job_name(job_id),
+            namespace=NAMESPACE,
+            lifetime="detached",
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
+        ).remote(job_id, list(services), settings, manager, priority)
+        return cls(handle)
+
+    @classmethod
+    def find(cls, job_id: str) -> PipelineJobClient | None:
+        """The run's actor, or None if there is none (unknown, or its retention is over)."""
+        try:
+            return cls(ray.get_actor(job_name(job_id), namespace=NAMESPACE))
+        except ValueError:
+            return None
+
+    async def status(self) -> JobStatus:
+        status: JobStatus = await unwrap(self.handle.status.remote())
+        return status
+
+    async def records(self) -> list[ServiceRecord]:
+        records: list[ServiceRecord] = await unwrap(self.handle.records.remote())
+        return records
+
+    async def cancel(self) -> JobStatus:
+        status: JobStatus = await unwrap(self.handle.cancel.remote())
+        return status
