@@ -27,6 +27,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -134,7 +135,7 @@ def _json(answer: HTTPAnswer) -> JSONResponse:
 
 
 def invalid_header() -> HTTPAnswer:
-    message = "X-Priority must be an integer 1..10 and X-Queue-Timeout a number of seconds"
+    message = "X-Priority must be an integer 1..10 and X-Queue-Timeout a positive number of seconds"
     return HTTPAnswer(422, error(message, "invalid_request_error", param="headers"))
 
 
@@ -259,10 +260,13 @@ class Gateway:
         header = request.headers.get("x-priority")
         priority = body.priority if body.priority is not None else int(header or 5)
         timeout = request.headers.get("x-queue-timeout")
+        seconds = float(timeout) if timeout else None
+        if seconds is not None and not 0 < seconds < math.inf:
+            raise ValueError(timeout)
         return CallOptions(
             priority=priority,
             request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
-            queue_timeout=float(timeout) if timeout else None,
+            queue_timeout=seconds,
         )
 
     @api.post("/v1/pipelines", status_code=202, response_model=None)

@@ -211,11 +211,20 @@ async def test_bad_requests_get_openai_shaped_errors_and_the_app_keeps_serving(
                 "/v1/chat/completions",
                 json={"model": "local", "messages": ask("x" * 70_000)},
             )
+            bad_headers = [
+                await http.post(
+                    "/v1/chat/completions",
+                    json={"model": "local", "messages": ask("hi")},
+                    headers={name: value},
+                )
+                for name, value in (("X-Priority", "high"), ("X-Queue-Timeout", "-1"))
+            ]
         async with gateway.http(key=None) as anonymous:
             health = await anonymous.get("/healthz")
             ready = await anonymous.get("/readyz")
             queue = await anonymous.get("/v1/queue")
         assert malformed.status_code == 422 and "error" in malformed.json()
+        assert [r.status_code for r in bad_headers] == [422, 422]
         assert too_big.status_code == 413 and "error" in too_big.json()
         assert (health.status_code, ready.status_code, queue.status_code) == (200, 200, 401)
 
