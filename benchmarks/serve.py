@@ -11,6 +11,8 @@ manager and all. Per number of concurrent clients: requests per second and
 the latency p50 / p95, and for (b) and (c) the latency each adds to (a).
 The clients are asyncio tasks with one httpx client in this driver, which
 shares the machine's 2 cores with Serve's proxy, the replicas and the actors.
+Then where raygate's added latency goes: the same request from this driver
+straight to the group's provider actor (the hop raygate's replica makes).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import asyncio
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,28 +38,37 @@ class Cell:
     p95: float
 
 
+async def measure(call: Callable[[], Awaitable[None]], clients: int, total: int) -> Cell:
+    """``total`` calls from ``clients`` concurrent clients, each one after another."""
+    latencies: list[float] = []
+
+    async def client(count: int) -> None:
+        for _ in range(count):
+            started = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(client(2) for _ in range(clients)))  # warm-up
+    latencies.clear()
+    started = time.perf_counter()
+    await asyncio.gather(*(client(total // clients) for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    cuts = statistics.quantiles(latencies, n=20)
+    return Cell(len(latencies) / elapsed, statistics.median(latencies), cuts[18])
+
+
 async def load(url: str, clients: int, total: int) -> Cell:
-    """``total`` requests from ``clients`` concurrent clients, each one after another."""
+    """``measure`` of a POST of the request to ``url``."""
     import httpx
 
-    latencies: list[float] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Authorization": f"Bearer {KEY}"}
     async with httpx.AsyncClient(limits=limits, timeout=120, headers=headers) as http:
 
-        async def client(count: int) -> None:
-            for _ in range(count):
-                started = time.perf_counter()
-                (await http.post(url, json=BODY)).raise_for_status()
-                latencies.append(time.perf_counter() - started)
+        async def post() -> None:
+            (await http.post(url, json=BODY)).raise_for_status()
 
-        await asyncio.gather(*(client(2) for _ in range(clients)))  # warm-up
-        latencies.clear()
-        started = time.perf_counter()
-        await asyncio.gather(*(client(total // clients) for _ in range(clients)))
-        elapsed = time.perf_counter() - started
-    cuts = statistics.quantiles(latencies, n=20)
-    return Cell(len(latencies) / elapsed, statistics.median(latencies), cuts[18])
+        return await measure(post, clients, total)
 
 
 def added(cell: Cell, direct: Cell) -> str:
@@ -73,7 +85,10 @@ async def main(latency: float, client_counts: list[int]) -> None:
     from starlette.responses import Response
 
     from actors.groups import ModelEntry, classify
+    from actors.manager import get_or_create_manager
     from actors.settings import QueueSettings, ServeSettings, Settings
+    from providers.actor import provider_for_model
+    from providers.models import ChatMessage, ChatRequest
     from providers.supervisor import free_loopback_port
     from serve.app import application
     from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
@@ -120,10 +135,22 @@ async def main(latency: float, client_counts: list[int]) -> None:
                 "| raygate / bare, added p50 | raygate / bare, req/s |"
             )
             print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            # raygate's endpoint calls the group's provider actor; so does this driver here.
+            provider, model = provider_for_model(settings, "bench", get_or_create_manager(settings))
+            request = ChatRequest(
+                model=model, messages=(ChatMessage(role="user", content="hi"),), max_tokens=8
+            )
+
+            async def through_provider() -> None:
+                await provider.chat(request)
+
+            hops = []
             for clients in client_counts:
                 total = max(40, 4 * clients)
                 cells = {name: await load(url, clients, total) for name, url in paths.items()}
                 direct, bare, ours = cells["direct"], cells["bare"], cells["raygate"]
+                hop = await measure(through_provider, clients, total)
+                hops.append((clients, direct, ours, hop))
 
                 ratio = (ours.p50 - direct.p50) / max(bare.p50 - direct.p50, 1e-9)
                 print(
@@ -132,6 +159,11 @@ async def main(latency: float, client_counts: list[int]) -> None:
                     f"{ours.rps:.0f} | {added(ours, direct)} | {ratio:.2f}x | "
                     f"{ours.rps / bare.rps:.2f}x |"
                 )
+            print("\nraygate's added latency, and its provider actor's, called from a driver\n")
+            print("| clients | raygate adds p50 / p95 | the provider actor adds p50 / p95 |")
+            print("|---:|---:|---:|")
+            for clients, direct, ours, hop in hops:
+                print(f"| {clients} | {added(ours, direct)} | {added(hop, direct)} |")
         finally:
             serve.shutdown()
 
