@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from actors.callers import Caller
 from actors.errors import (
     CallerGone,
     DuplicateLease,
@@ -240,7 +241,7 @@ class SlotEngine:
         """
         group = self._group(group_id)
         if worker is not None and worker in self._gone:
-            raise CallerGone(f"process (worker {worker[:12]})")
+            raise CallerGone(str(Caller(worker)))
         request_id = options.request_id or lease_id
         priority = options.priority
         if lease_id in self._restored:

@@ -54,18 +54,18 @@ class _Lifelines:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._worker: str | None = None
+        self._caller: Caller | None = None
         self._watches: dict[Any, concurrent.futures.Future[Any]] = {}
 
     def caller_of(self, callee: Any) -> Caller:
         context = ray.get_runtime_context()
         worker = context.get_worker_id()
-        name = context.get_actor_name() if context.get_actor_id() else None
-        caller = Caller(worker, name or None)
         with self._lock:
-            if worker != self._worker:  # a new Ray session in this process
+            caller = self._caller
+            if caller is None or caller.worker_id != worker:  # a new Ray session here
+                name = context.get_actor_name() if context.get_actor_id() else None
+                caller = self._caller = Caller(worker, name or None)
                 self._watches.clear()
-                self._worker = worker
             watch = self._watches.get(callee._actor_id)
             # A watch call that ended: the callee restarted without it.
             if watch is None or watch.done():

@@ -52,6 +52,8 @@ class Progress:
     ) -> None:
         self.totals = totals
         self.done: Counter[str] = Counter()
+        # Services that ended with a failed record (they count in done["services"] too).
+        self.failed = 0
         self.out = out
         self.live = out.isatty()
         self.every = every
@@ -69,6 +71,7 @@ class Progress:
 
     def service(self, record: ServiceRecord) -> None:
         self.done["services"] += 1
+        self.failed += record.status != "ok"
         status = "" if record.status == "ok" else f" (failed: {record.error})"
         lead = "\r" if self.live else ""
         self.out.write(f"{lead}{self.line()}  <- {record.service_id}{status}\n")

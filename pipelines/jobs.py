@@ -109,12 +109,11 @@ class PipelineJob:
     async def status(self) -> JobStatus:
         done, totals = self._progress.done, self._progress.totals
         left = self._progress.seconds_left() if self._state == "running" else None
-        records = self._results.load().values()
         return JobStatus(
             id=self._id,
             state=self._state,
             services=StageProgress(done=done["services"], total=totals["services"]),
-            failed_services=sum(r.status == "failed" for r in records),
+            failed_services=self._progress.failed,
             stages={
                 stage: StageProgress(done=min(done[stage], total), total=total)
                 for stage, total in totals.items()

@@ -52,7 +52,7 @@ from providers.client import ProviderClient
 from providers.errors import ProviderActorLost
 from providers.llamacpp import EMBEDDED_MODEL_ID
 from providers.models import StreamDelta
-from serve.errors import HTTPAnswer, answer_for, invalid
+from serve.errors import HTTPAnswer, answer_for, invalid, retry_after
 from serve.wire import (
     ChatCompletionBody,
     PipelineSubmission,
@@ -169,10 +169,6 @@ def read_input(settings: Settings, name: str) -> list[Service] | HTTPAnswer:
     if not services:
         return refused(f"{name} lists no services")
     return services
-
-
-def retry_after_one() -> dict[str, str]:
-    return {"Retry-After": "1"}
 
 
 async def _sse(
@@ -345,7 +341,7 @@ class Gateway:
                 await asyncio.wait_for(self._manager.stats(), READY_TIMEOUT_SECONDS)
             except Exception as exc:
                 message = f"the manager does not answer: {type(exc).__name__}"
-                return JSONResponse(error(message, "api_error"), 503, retry_after_one())
+                return JSONResponse(error(message, "api_error"), 503, retry_after(None))
         return {"status": "ready"}
 
 
