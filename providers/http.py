@@ -34,6 +34,10 @@ from providers.models import ChatRequest, ChatResponse, FinishReason, StreamDelt
 
 # How much of a provider's own error message is kept in ours.
 ERROR_EXCERPT = 300
+# The manager limits how many calls run at once, not the connection pool: httpx's
+# default (100 connections, 20 kept open) would queue a remote API's wide fan-out
+# behind it first come first served, and reopen (TLS and all) past the 20th.
+POOL = httpx.Limits(max_connections=None, max_keepalive_connections=1_000)
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,9 @@ class Backend(ABC):
         self._api_key = api_key
         self._clock = clock
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)), transport=transport
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=POOL,
+            transport=transport,
         )
 
     def __repr__(self) -> str:
