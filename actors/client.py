@@ -14,7 +14,8 @@ A group with no limit under no global cap can never make anyone wait, so the
 caller does not wait for its acquire: the call starts at once, the manager
 still counts it, and the renewals and the release follow the grant when its
 answer is back (so a release can never overtake its own acquire, and uses
-the epoch of the manager that granted it).
+the epoch of the manager that granted it). Those acquires and releases go
+to the manager in batches (see :mod:`actors.outbox`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from actors.groups import GroupSpec
 from actors.manager import get_or_create_manager
 from actors.names import MANAGER_NAME
 from actors.options import DEFAULT_OPTIONS, CallOptions
+from actors.outbox import Ask, Batch, Outbox
 from actors.settings import Settings, load_settings
 from actors.stats import GroupInfo, QueuePosition, QueueStats
 from actors.watch import caller_of
@@ -98,6 +100,7 @@ class ManagerClient:
         # Calls no caller waits for (fast-path grants, releases, cancels): kept so
         # that their errors are logged and drain() can wait for them.
         self._in_flight: set[asyncio.Future[Any]] = set()
+        self._outbox = Outbox(self._count)
 
     @classmethod
     def connect(
@@ -185,9 +188,7 @@ class ManagerClient:
         which then act on the lease the manager really granted. The caller gets
         the lease as asked for, its epoch the group's as last seen by this client.
         """
-        grant = self._track(
-            unwrap(self.handle.acquire.remote(group, lease_id, options, caller_of(self.handle)))
-        )
+        grant = self._outbox.acquire(Ask(group, lease_id, options))
         keeper = asyncio.create_task(self._keep_alive(grant))
         try:
             yield Lease(
@@ -226,8 +227,10 @@ class ManagerClient:
             )
 
     async def _release_when_granted(self, grant: asyncio.Future[Lease]) -> None:
-        lease = await grant
-        await unwrap(self.handle.release.remote(lease.id, lease.epoch))
+        self._outbox.release(await grant)
+
+    async def _count(self, batch: Batch) -> list[Lease | Exception]:
+        return await unwrap(self.handle.count.remote(batch, caller_of(self.handle)))
 
     def _track(self, call: Awaitable[T]) -> asyncio.Future[T]:
         future = asyncio.ensure_future(call)
@@ -249,6 +252,7 @@ class ManagerClient:
         """Wait until every call this client sent without waiting has been answered."""
         while self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await self._outbox.drain()
 
     # -- queries -------------------------------------------------------------------
 

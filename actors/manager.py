@@ -50,6 +50,7 @@ from actors.journal import decode
 from actors.metrics import QueueMetrics
 from actors.names import MANAGER_NAME, NAMESPACE
 from actors.options import DEFAULT_OPTIONS, CallOptions
+from actors.outbox import Batch
 from actors.settings import Settings
 from actors.stats import GroupInfo, QueuePosition, QueueStats
 from actors.telemetry import configure_telemetry
@@ -119,6 +120,17 @@ class ConcurrencyManager(LifelineHost):
     ) -> Lease:
         worker = caller.worker_id if caller is not None else None
         return await self._gate.acquire(group, lease_id, options, worker)
+
+    async def count(self, batch: Batch, caller: Caller | None = None) -> list[Lease | Exception]:
+        """Releases and acquires of groups where nobody waits, many in one call (see
+        :mod:`actors.outbox`); each acquire answered, in order, with its lease or its error."""
+        for lease_id, epoch in batch.releases:
+            self._gate.release(lease_id, epoch)
+        worker = caller.worker_id if caller is not None else None
+        asks = (self._gate.acquire(a.group, a.lease_id, a.options, worker) for a in batch.acquires)
+        answers = await asyncio.gather(*asks, return_exceptions=True)
+        # Only a cancelled count ends an acquire with less than an Exception.
+        return [a if isinstance(a, Lease | Exception) else RuntimeError(repr(a)) for a in answers]
 
     async def watch(self, caller: Caller, lifeline: list[Any]) -> None:
         # The lifeline is kept outside the actor too, for the manager's next life.

@@ -1,0 +1,96 @@
+"""The outbox batches fast-path acquires and releases: one manager call in flight at a time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from actors.engine import Lease
+from actors.errors import CallerGone
+from actors.options import CallOptions
+from actors.outbox import Ask, Batch, Outbox
+
+
+def lease(ask: Ask, epoch: int = 7) -> Lease:
+    return Lease(
+        id=ask.lease_id, group=ask.group, request_id=ask.lease_id, priority=5, epoch=epoch, ttl=30
+    )
+
+
+class Manager:
+    """Answers each batch when the test lets it; records every batch it got."""
+
+    def __init__(self) -> None:
+        self.batches: list[Batch] = []
+        self.answer = asyncio.Event()
+        self.refuse: set[str] = set()  # lease ids refused with CallerGone
+
+    async def count(self, batch: Batch) -> list[Lease | Exception]:
+        self.batches.append(batch)
+        await self.answer.wait()
+        return [
+            CallerGone("worker-1") if a.lease_id in self.refuse else lease(a)
+            for a in batch.acquires
+        ]
+
+
+def ask(lease_id: str) -> Ask:
+    return Ask("remote-api-openai", lease_id, CallOptions())
+
+
+async def test_a_lone_acquire_goes_at_once() -> None:
+    manager = Manager()
+    manager.answer.set()
+    outbox = Outbox(manager.count)
+
+    granted = await outbox.acquire(ask("a"))
+
+    assert granted.id == "a"
+    assert [[a.lease_id for a in b.acquires] for b in manager.batches] == [["a"]]
+
+
+async def test_what_comes_while_a_batch_is_on_its_way_goes_together_in_the_next() -> None:
+    manager = Manager()
+    outbox = Outbox(manager.count)
+    first = outbox.acquire(ask("a"))
+    await asyncio.sleep(0)  # the first batch is sent and not answered
+    later = [outbox.acquire(ask(i)) for i in "bcd"]
+    outbox.release(lease(ask("z"), epoch=3))
+
+    manager.answer.set()
+    await outbox.drain()
+
+    assert [[a.lease_id for a in b.acquires] for b in manager.batches] == [["a"], ["b", "c", "d"]]
+    assert manager.batches[1].releases == (("z", 3),)
+    assert [g.result().id for g in (first, *later)] == ["a", "b", "c", "d"]
+
+
+async def test_each_acquire_gets_its_own_answer_and_a_failed_batch_fails_its_acquires() -> None:
+    manager = Manager()
+    manager.answer.set()
+    manager.refuse = {"b"}
+    outbox = Outbox(manager.count)
+
+    a, b = outbox.acquire(ask("a")), outbox.acquire(ask("b"))
+    assert (await a).id == "a"
+    with pytest.raises(CallerGone):
+        await b
+
+    async def unreachable(batch: Batch) -> list[Lease | Exception]:
+        raise ConnectionError("the manager is gone")
+
+    outbox.send = unreachable
+    with pytest.raises(ConnectionError, match="the manager is gone"):
+        await outbox.acquire(ask("c"))
+
+
+async def test_a_grant_its_caller_stopped_waiting_for_does_not_stop_the_others() -> None:
+    manager = Manager()
+    outbox = Outbox(manager.count)
+    abandoned, kept = outbox.acquire(ask("a")), outbox.acquire(ask("b"))
+    abandoned.cancel()
+
+    manager.answer.set()
+
+    assert (await kept).id == "b"
