@@ -81,6 +81,25 @@ def options_for(
     )
 
 
+def gated_provider(
+    spec: GroupSpec, options: ProviderOptions, slots: SlotSource, backend: Backend | None = None
+) -> GatedProvider:
+    """The group's backend (built from ``options`` unless given) behind ``slots``, with the
+    options' retries and breaker, its calls counted in this process's metrics."""
+    configure_telemetry(options.telemetry)
+    backend = backend or build_backend(
+        spec, api_key=options.api_key, timeout=options.timeout, quirks=options.quirks
+    )
+    return GatedProvider(
+        backend,
+        spec,
+        slots,
+        retry=options.retry,
+        breaker=CircuitBreaker(backend.provider, spec.id, cooldown=options.breaker_cooldown),
+        observer=CallMetrics(),
+    )
+
+
 class _ProviderShell(LifelineHost):
     """What both provider actors answer; the remote classes only differ in their start.
 
@@ -102,24 +121,10 @@ class _ProviderShell(LifelineHost):
         manager: Any | None,
         backend: Backend | None = None,
     ) -> None:
-        configure_telemetry(options.telemetry)
         self._calls = CallerCalls()
         self._watch = self._calls.watch
         self._slots = ManagerClient(manager) if manager is not None else NoSlots()
-        backend = backend or build_backend(
-            spec,
-            api_key=options.api_key,
-            timeout=options.timeout,
-            quirks=options.quirks,
-        )
-        self._provider = GatedProvider(
-            backend,
-            spec,
-            self._slots,
-            retry=options.retry,
-            breaker=CircuitBreaker(backend.provider, spec.id, cooldown=options.breaker_cooldown),
-            observer=CallMetrics(),
-        )
+        self._provider = gated_provider(spec, options, self._slots, backend)
 
     async def _start(self) -> None:
         if not self._started:

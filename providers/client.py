@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from ray.exceptions import RayActorError
 
@@ -23,6 +23,18 @@ from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.watch import caller_of
 from providers.errors import ProviderActorLost
 from providers.models import ChatRequest, ChatResponse, StreamDelta
+
+
+class ChatProvider(Protocol):
+    """What callers of a model need: a provider actor's client, or one in their own process."""
+
+    async def chat(
+        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
+    ) -> ChatResponse: ...
+
+    def stream(
+        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
+    ) -> AsyncIterator[StreamDelta]: ...
 
 
 class ProviderClient:

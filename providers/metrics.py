@@ -1,4 +1,4 @@
-"""The providers' numbers: each backend call, counted and timed in its provider actor.
+"""The providers' numbers: each backend call, counted and timed in the process that makes it.
 
 Recorded through :mod:`actors.metrics`' instruments (a Ray metric and an
 OpenTelemetry instrument of the same name and labels).
@@ -13,8 +13,8 @@ CALL_BUCKETS = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
 
 
 class CallMetrics:
-    """Each backend call, in the provider actor: a count per stage and outcome, and the
-    latency of those that answered."""
+    """Each backend call (in a provider actor or a Serve replica): a count per stage and
+    outcome, and the latency of those that answered."""
 
     def __init__(self) -> None:
         self._calls = Counter(

@@ -2,13 +2,16 @@
 
     serve run serve.app:build [config=raygate.yaml]
 
-Each request goes to the provider actor of its model, which takes a slot from
-the cluster's manager like every other caller: the endpoint limits nothing
-itself. Its replicas take every request at once (``serve.max_ongoing_requests``)
-so that each waits in the manager's queue, where priority decides, not in
-Serve's own, first come first served. A client that hangs up cancels its
-call: Serve cancels the handler, which cancels the provider's call, which
-leaves the queue or gives its slot back.
+Each request takes a slot of its model's group from the cluster's manager,
+like every other caller: the endpoint limits nothing itself. The replica
+calls the backend itself when it can reach it (a remote API, or a loopback
+server on the replica's own node), else hands the call to the group's
+provider actor (see :mod:`providers.inprocess`). Its replicas take every
+request at once (``serve.max_ongoing_requests``) so that each waits in the
+manager's queue, where priority decides, not in Serve's own, first come
+first served. A client that hangs up cancels its call: Serve cancels the
+handler, which cancels the call, which leaves the queue or gives its slot
+back.
 
 Routes: ``POST /v1/chat/completions`` (JSON or SSE stream), ``GET /v1/models``,
 ``GET /v1/queue``, ``GET /v1/queue/{request_id}``, ``GET /healthz``,
@@ -47,9 +50,9 @@ from actors.options import CallOptions
 from actors.settings import Settings, load_settings
 from pipelines.jobs import PipelineJobClient
 from pipelines.plateau import Service, read_services
-from providers.actor import provider_for_model
-from providers.client import ProviderClient
+from providers.client import ChatProvider
 from providers.errors import ProviderActorLost
+from providers.inprocess import InProcessProvider, provider_in_reach
 from providers.llamacpp import EMBEDDED_MODEL_ID
 from providers.models import StreamDelta
 from serve.errors import HTTPAnswer, answer_for, invalid, retry_after
@@ -210,14 +213,29 @@ class Gateway:
         self._settings = settings
         handle = get_or_create_manager(settings) if settings.queue.enabled else None
         self._manager = ManagerClient(handle) if handle is not None else None
-        # model id -> its provider and the name its backend knows the model by.
-        self._providers: dict[str, tuple[ProviderClient, str]] = {}
+        # model id -> its provider and the name its backend knows the model by; found
+        # once for all the requests that arrive meanwhile, and forgotten if that failed.
+        self._providers: dict[str, asyncio.Future[tuple[ChatProvider, str]]] = {}
 
-    def _provider(self, model: str) -> tuple[ProviderClient, str]:
-        if model not in self._providers:
-            handle = self._manager.handle if self._manager is not None else None
-            self._providers[model] = provider_for_model(self._settings, model, handle)
-        return self._providers[model]
+    async def _provider(self, model: str) -> tuple[ChatProvider, str]:
+        found = self._providers.get(model)
+        if found is None:
+            found = asyncio.ensure_future(provider_in_reach(self._settings, model, self._manager))
+            self._providers[model] = found
+        try:
+            return await asyncio.shield(found)
+        except Exception:
+            if self._providers.get(model) is found:
+                del self._providers[model]
+            raise
+
+    async def __del__(self) -> None:
+        """Serve calls this as the replica stops: close the connections it opened."""
+        for found in self._providers.values():
+            if found.done() and not found.cancelled() and found.exception() is None:
+                provider, _ = found.result()
+                if isinstance(provider, InProcessProvider):
+                    await provider.aclose()
 
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(
@@ -232,7 +250,7 @@ class Gateway:
         headers = {"X-Request-Id": options.request_id or ""}
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         try:
-            provider, backend_model = self._provider(body.model)
+            provider, backend_model = await self._provider(body.model)
             chat = body.chat_request(backend_model)
             if not body.stream:
                 done = completion(await provider.chat(chat, options), body.model, completion_id)

@@ -9,14 +9,17 @@ from dataclasses import dataclass
 import pytest
 import ray
 from pydantic import SecretStr
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.client import ManagerClient
-from actors.groups import GroupSpec, classify
+from actors.groups import GroupSpec, ModelEntry, Provider, classify
+from actors.settings import Settings
 from providers.actor import ProviderOptions, get_or_create_provider
 from providers.client import ProviderClient
 from providers.errors import AuthenticationFailed
+from providers.inprocess import provider_in_reach
 from providers.models import ChatMessage, ChatRequest
-from tests.integration.conftest import GPU_HOST, ManagerFactory, Nodes
+from tests.integration.conftest import GPU_HOST, REMOTE_API, ManagerFactory, Nodes, wait_until
 from tests.support.fake_llm import AnthropicDialect, Fail, FakeLLMServer, OllamaDialect
 
 pytestmark = pytest.mark.ray
@@ -136,3 +139,61 @@ async def test_typed_provider_error_crosses_the_actor_boundary(
     with pytest.raises(AuthenticationFailed, match=r"anthropic: invalid x-api-key \(HTTP 401\)"):
         await actor.chat(REQUEST)
     assert (await client.stats()).total_active == 0
+
+
+@ray.remote(num_cpus=0)
+class Asker:
+    """A caller on one node that asks a model through whatever provider is in its reach."""
+
+    async def ask(self, settings: Settings, model: str, manager: object) -> tuple[str, str]:
+        provider, name = await provider_in_reach(settings, model, ManagerClient(manager))
+        response = await provider.chat(REQUEST.model_copy(update={"model": name}))
+        return type(provider).__name__, response.text
+
+
+async def test_a_caller_calls_a_backend_itself_only_where_it_can_reach_it(
+    cluster: Nodes,
+    make_manager: ManagerFactory,
+    local_ollama: FakeLLMServer,
+    anthropic: FakeLLMServer,
+) -> None:
+    """A remote API from any node; the GPU host's loopback server only from the GPU host,
+    through its provider actor from elsewhere; every call gated by the manager either way."""
+    client = make_manager()
+    settings = Settings(
+        models={
+            "gpu-ollama": ModelEntry(provider="ollama", base_url=local_ollama.url, host=GPU_HOST),
+            "claude": ModelEntry(provider="anthropic", base_url=anthropic.url),
+        },
+        api_keys={Provider.ANTHROPIC: SecretStr(KEY)},
+    )
+    askers = {
+        node: Asker.options(  # type: ignore[attr-defined]
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+        ).remote()
+        for node in (cluster.head, cluster.gpu)
+    }
+    try:
+        answers = {
+            (where, model): await askers[node].ask.remote(settings, model, client.handle)
+            for where, node in (("head", cluster.head), ("gpu", cluster.gpu))
+            for model in ("gpu-ollama", "claude")
+        }
+    finally:
+        for asker in askers.values():
+            ray.kill(asker)
+
+    assert answers == {
+        ("head", "gpu-ollama"): ("ProviderClient", "ok"),
+        ("head", "claude"): ("InProcessProvider", "ok"),
+        ("gpu", "gpu-ollama"): ("InProcessProvider", "ok"),
+        ("gpu", "claude"): ("InProcessProvider", "ok"),
+    }
+    groups = (classify("ollama", local_ollama.url, host=GPU_HOST).id, REMOTE_API.id)
+
+    async def counted() -> bool:
+        # An unlimited group's acquire may reach the manager after its call's answer.
+        stats = await client.stats()
+        return [stats.groups[g].granted for g in groups] == [2, 2]
+
+    await wait_until(counted, "every call counted by the manager")

@@ -21,6 +21,7 @@ import schemathesis
 from pydantic import SecretStr
 from ray import serve
 
+from actors.client import ManagerClient
 from actors.groups import ModelEntry, classify
 from actors.names import MANAGER_NAME, NAMESPACE
 from actors.settings import PipelineSettings, QueueSettings, ServeSettings, Settings
@@ -329,6 +330,65 @@ async def test_100_clients_that_hang_up_mid_stream_or_mid_wait_leave_nothing_beh
     )
 
 
+async def test_a_replica_killed_mid_work_leaves_no_slot_held_and_no_waiter_queued(
+    gateway: Gateway,
+) -> None:
+    """The replica calls the loopback backend itself: when it dies, the manager learns it
+    from the replica's lifeline and frees what its requests held, long before any ttl."""
+    received = len(gateway.local.received)
+    manager = ManagerClient(ray.get_actor(MANAGER_NAME, namespace=NAMESPACE))
+    async with gateway.client() as client:
+        stream = await client.chat.completions.create(
+            model="local", messages=ask("long-stream"), stream=True
+        )
+        await anext(aiter(stream))  # holds the group's one slot for 20 s
+        waiting = [
+            asyncio.create_task(
+                client.chat.completions.create(model="local", messages=ask(f"orphan-{i}"))
+            )
+            for i in range(5)
+        ]
+        await wait_until(lambda: _is(gateway.pending, 5), "5 queued requests")
+        ray.kill(ray.get_actor(the_replica(), namespace="serve"))
+        killed = asyncio.get_running_loop().time()
+
+        async def freed() -> bool:
+            stats = await manager.stats()
+            return (stats.total_active, stats.total_pending) == (0, 0)
+
+        await wait_until(freed, "the dead replica's slot and waiters to be freed", timeout=15)
+        seconds = asyncio.get_running_loop().time() - killed
+        failed = await asyncio.gather(*waiting, return_exceptions=True)
+        with contextlib.suppress(openai.APIError, httpx.HTTPError):
+            await stream.close()
+
+    assert seconds < 15  # the stream alone would have held the slot for 20 s
+    assert all(isinstance(f, openai.APIError) for f in failed)  # each told, none hangs
+    served = [b["messages"][-1]["content"] for b in gateway.local.bodies[received:]]
+    assert served == ["long-stream"]  # no queued request ran for nobody
+    await wait_until(
+        lambda: _true(gateway.local.abandoned >= 1), "the backend to see the stream dropped"
+    )
+    await wait_until(lambda: answers_a_completion(gateway), "a new replica to answer")
+
+
+def the_replica() -> str:
+    [replica] = [
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["namespace"] == "serve" and "Gateway" in actor["name"]
+    ]
+    return replica
+
+
+async def answers_a_completion(gateway: Gateway) -> bool:
+    async with gateway.http() as http:
+        with contextlib.suppress(httpx.HTTPError):
+            body = {"model": "local", "messages": ask("are you there")}
+            return (await http.post("/v1/chat/completions", json=body)).status_code == 200
+    return False
+
+
 async def _is(level: Any, count: int) -> bool:
     return bool(await level() == count)
 
@@ -437,12 +497,7 @@ async def test_a_pipeline_job_outlives_the_replica_that_started_it(gateway: Gate
     async with gateway.http() as http:
         job = (await http.post("/v1/pipelines", json={"services": services})).json()["id"]
         await wait_until(lambda: _true(gateway.local.in_flight == 1), "the job's first call")
-        [replica] = [
-            actor["name"]
-            for actor in ray.util.list_named_actors(all_namespaces=True)
-            if actor["namespace"] == "serve" and "Gateway" in actor["name"]
-        ]
-        ray.kill(ray.get_actor(replica, namespace="serve"))
+        ray.kill(ray.get_actor(the_replica(), namespace="serve"))
 
         async def answers() -> bool:
             with contextlib.suppress(httpx.HTTPError):

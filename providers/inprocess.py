@@ -1,0 +1,91 @@
+"""A model's backend called from the caller's own process, when it is in reach.
+
+The Serve endpoint answers each request in a replica. Handing the call on to
+the group's provider actor costs an actor call both ways (3-4 ms on a
+2-core machine, more under load) that a replica can skip when it can reach
+the backend itself:
+
+- a remote API or a remote server: from any node;
+- a server on loopback: only from the node its provider actor is pinned to,
+  where that loopback address means that server;
+- the embedded model: never, its actor runs (and restarts) the server.
+
+Either way the call is the same: a slot of its group from the cluster's
+manager, the same retries, breaker rules, metrics and spans. What differs:
+the breaker and the HTTP connections are the caller's own, and a caller
+that dies takes its calls with it (the manager frees their slots through
+the caller's lifeline, as for any caller; see :mod:`actors.watch`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import ray
+
+from actors.client import ManagerClient
+from actors.groups import ResourceKind, model_entry
+from actors.options import DEFAULT_OPTIONS, CallOptions
+from actors.settings import Settings
+from actors.slots import NoSlots
+from providers.actor import gated_provider, get_or_create_provider, options_for, provider_for_model
+from providers.client import ChatProvider
+from providers.gated import GatedProvider
+from providers.llamacpp import EMBEDDED_MODEL_ID
+from providers.models import ChatRequest, ChatResponse, StreamDelta
+
+
+class InProcessProvider:
+    """A :class:`GatedProvider` that registers its group with the manager before its
+    first call, answering as a provider actor's client does."""
+
+    def __init__(self, provider: GatedProvider) -> None:
+        self._provider = provider
+        self._started: asyncio.Future[None] | None = None
+
+    async def _start(self) -> None:
+        # One registration for all the calls that arrive before it is done;
+        # shielded, so that a caller cancelled meanwhile does not cancel it for the others.
+        if self._started is None or (self._started.done() and self._started.exception()):
+            self._started = asyncio.ensure_future(self._provider.start())
+        await asyncio.shield(self._started)
+
+    async def chat(
+        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
+    ) -> ChatResponse:
+        await self._start()
+        return await self._provider.chat(request, options)
+
+    async def stream(
+        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
+    ) -> AsyncIterator[StreamDelta]:
+        await self._start()
+        async for delta in self._provider.stream(request, options):
+            yield delta
+
+    async def aclose(self) -> None:
+        await self._provider.aclose()
+
+
+async def provider_in_reach(
+    settings: Settings, model_id: str, manager: ManagerClient | None
+) -> tuple[ChatProvider, str]:
+    """The provider of ``model_id`` for a caller that calls its backend itself when it can
+    (see the module's docstring), and the name its backend knows the model by.
+
+    Raises UnknownModel, or MissingAPIKey for a remote API without a key.
+    """
+    handle = manager.handle if manager is not None else None
+    if model_id == EMBEDDED_MODEL_ID:
+        return provider_for_model(settings, model_id, handle)
+    entry = model_entry(settings.models, model_id)
+    spec = entry.spec()
+    options = options_for(spec.provider, settings)
+    name = entry.name or model_id
+    if spec.kind is ResourceKind.LOCAL_SERVER:
+        actor = get_or_create_provider(spec, options, handle)
+        if await actor.node_id() != ray.get_runtime_context().get_node_id():
+            return actor, name
+    slots = manager if manager is not None else NoSlots()
+    return InProcessProvider(gated_provider(spec, options, slots)), name
