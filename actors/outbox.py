@@ -6,9 +6,12 @@ still cost one manager call per acquire and one per release, about 1 ms of
 the manager's CPU and 0.3 ms of the caller's each on a 2-core machine, which
 for a remote API's hundreds of calls a second was most of what raygate
 added to them. So a client sends them in batches: one manager call at a
-time, carrying every acquire and release that came while the previous one
-was on its way. No timer: a lone call goes at once, as it did; under load,
-a batch holds what one round trip let gather.
+time, carrying every acquire and release that came since the previous one,
+and at most one per ``BATCH_INTERVAL_SECONDS``. A lone call goes at once, as
+it did; under load, a batch holds what came in the interval, and the manager's
+counts of these groups lag by at most that interval. Nobody waits for them meanwhile: not
+the call, which started at once, nor anyone else, since the group has no
+limit.
 
 A release is queued only once its acquire's grant is back (with the epoch
 of the manager that granted it), so it never overtakes its acquire,
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -26,6 +30,8 @@ from actors.engine import Lease
 from actors.options import CallOptions
 
 log = logging.getLogger(__name__)
+
+BATCH_INTERVAL_SECONDS = 0.01
 
 
 @dataclass(frozen=True)
@@ -50,9 +56,13 @@ Send = Callable[[Batch], Awaitable[list[Lease | Exception]]]
 
 @dataclass
 class Outbox:
-    """Queues acquires and releases and sends them, one :class:`Batch` in flight at a time."""
+    """Queues acquires and releases and sends them, one :class:`Batch` in flight at a time
+    and at most one per ``interval``."""
 
     send: Send
+    interval: float = BATCH_INTERVAL_SECONDS
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     _asks: list[tuple[Ask, asyncio.Future[Lease]]] = field(default_factory=list)
     _releases: list[tuple[str, int]] = field(default_factory=list)
     _sending: asyncio.Task[None] | None = None
@@ -80,9 +90,11 @@ class Outbox:
     async def _send_all(self) -> None:
         try:
             while self._asks or self._releases:
+                started = self.clock()
                 asks, self._asks = self._asks, []
                 releases, self._releases = self._releases, []
                 await self._send_one(asks, Batch(tuple(a for a, _ in asks), tuple(releases)))
+                await self.sleep(self.interval - (self.clock() - started))
         finally:
             self._sending = None
 

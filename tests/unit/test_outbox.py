@@ -66,6 +66,26 @@ async def test_what_comes_while_a_batch_is_on_its_way_goes_together_in_the_next(
     assert [g.result().id for g in (first, *later)] == ["a", "b", "c", "d"]
 
 
+async def test_what_comes_in_the_interval_after_a_batch_goes_together_in_the_next() -> None:
+    manager = Manager()
+    manager.answer.set()  # answers at once: only the interval keeps b and c together
+    slept: list[float] = []
+    later: list[asyncio.Future[Lease]] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 1:
+            later.extend(outbox.acquire(ask(i)) for i in "bc")
+
+    outbox = Outbox(manager.count, interval=0.01, clock=lambda: 100.0, sleep=sleep)
+    outbox.acquire(ask("a"))
+    await outbox.drain()
+
+    assert [[a.lease_id for a in b.acquires] for b in manager.batches] == [["a"], ["b", "c"]]
+    assert slept == [0.01, 0.01]  # the clock stood still: the whole interval after each
+    assert [g.result().id for g in later] == ["b", "c"]
+
+
 async def test_each_acquire_gets_its_own_answer_and_a_failed_batch_fails_its_acquires() -> None:
     manager = Manager()
     manager.answer.set()
