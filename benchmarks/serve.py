@@ -1,28 +1,34 @@
 """What the HTTP endpoint adds: straight to the backend, through bare Serve, through raygate.
 
-    python -m benchmarks.serve [--latency 0.05] [--clients 1 16 128]
+    python -m benchmarks.serve [--latency 0.05] [--clients 1 16 128] [--rounds 3]
 
 On an embedded Ray, one loopback server speaking OpenAI's wire format answers
-every request after ``--latency`` seconds. The same chat completion request
-goes, side by side in one run, (a) straight to that server, (b) through a
-bare Ray Serve deployment that only forwards the body to it, and (c) through
-raygate's endpoint (``serve.app``) on an unlimited group: provider actor,
-manager and all. Per number of concurrent clients: requests per second and
-the latency p50 / p95, and for (b) and (c) the latency each adds to (a).
-The clients are asyncio tasks with one httpx client in this driver, which
-shares the machine's 2 cores with Serve's proxy, the replicas and the actors.
-Then where raygate's added latency goes: the same request from this driver
-straight to the group's provider actor (the hop raygate's replica makes).
+every request after ``--latency`` seconds: an asyncio server (uvicorn) in a
+process of its own, so that it keeps up with 128 clients and does not share
+this driver's GIL with them. The same chat completion request goes, side by
+side in one run, (a) straight to that server, (b) through a bare Ray Serve
+deployment that only forwards the body to it, and (c) through raygate's
+endpoint (``serve.app``) on an unlimited group: the replica takes a slot
+from the manager and calls the server itself, which is on its node.
+
+Per number of concurrent clients: requests per second and the latency
+p50 / p95, and for (b) and (c) the latency each adds to (a). The three
+paths take turns, ``--rounds`` times, and each figure is the median of its
+rounds, so that the machine's drift meets all three alike. The clients are
+asyncio tasks in this driver, each with a connection of its own, on the
+same 2 cores as Serve's proxy, the replicas and the manager.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import multiprocessing
 import statistics
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import astuple, dataclass
 from typing import Any
 
 from benchmarks import on_embedded_ray
@@ -38,37 +44,33 @@ class Cell:
     p95: float
 
 
-async def measure(call: Callable[[], Awaitable[None]], clients: int, total: int) -> Cell:
-    """``total`` calls from ``clients`` concurrent clients, each one after another."""
-    latencies: list[float] = []
-
-    async def client(count: int) -> None:
-        for _ in range(count):
-            started = time.perf_counter()
-            await call()
-            latencies.append(time.perf_counter() - started)
-
-    await asyncio.gather(*(client(2) for _ in range(clients)))  # warm-up
-    latencies.clear()
-    started = time.perf_counter()
-    await asyncio.gather(*(client(total // clients) for _ in range(clients)))
-    elapsed = time.perf_counter() - started
-    cuts = statistics.quantiles(latencies, n=20)
-    return Cell(len(latencies) / elapsed, statistics.median(latencies), cuts[18])
-
-
 async def load(url: str, clients: int, total: int) -> Cell:
-    """``measure`` of a POST of the request to ``url``."""
+    """``total`` POSTs of the request to ``url`` from ``clients`` concurrent clients, one
+    after another each, on a connection of its own (one shared httpx pool serves
+    128 concurrent requests several times slower than 128 clients would)."""
     import httpx
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    latencies: list[float] = []
     headers = {"Authorization": f"Bearer {KEY}"}
-    async with httpx.AsyncClient(limits=limits, timeout=120, headers=headers) as http:
 
-        async def post() -> None:
+    async def client(http: httpx.AsyncClient, count: int) -> None:
+        for _ in range(count):
+            started = time.perf_counter()
             (await http.post(url, json=BODY)).raise_for_status()
+            latencies.append(time.perf_counter() - started)
 
-        return await measure(post, clients, total)
+    async with contextlib.AsyncExitStack() as stack:
+        https = [
+            await stack.enter_async_context(httpx.AsyncClient(timeout=120, headers=headers))
+            for _ in range(clients)
+        ]
+        await asyncio.gather(*(client(http, 2) for http in https))  # warm-up: connections open
+        latencies.clear()
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http, total // clients) for http in https))
+        elapsed = time.perf_counter() - started
+    cuts = statistics.quantiles(latencies, n=20)
+    return Cell(len(latencies) / elapsed, statistics.median(latencies), cuts[18])
 
 
 def added(cell: Cell, direct: Cell) -> str:
@@ -77,7 +79,62 @@ def added(cell: Cell, direct: Cell) -> str:
     return f"{p50:.1f} / {p95:.1f} ms"
 
 
-async def main(latency: float, client_counts: list[int]) -> None:
+def answer_after(port: int, latency: float) -> None:
+    """The backend's process: each chat completion answered in OpenAI's shape after
+    ``latency`` seconds."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from tests.support.fake_llm import OpenAIDialect
+
+    dialect = OpenAIDialect()
+
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        await asyncio.sleep(latency)
+        reply = dialect.answer("ok", body, (11, 7))
+        return Response(reply.body, reply.status, headers=reply.headers)
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", backlog=4096)
+
+
+@contextlib.asynccontextmanager
+async def backend(latency: float) -> AsyncIterator[str]:
+    """The backend's base URL, once it answers; the process is ended on the way out."""
+    import httpx
+
+    from providers.supervisor import free_loopback_port
+
+    port = free_loopback_port()
+    process = multiprocessing.get_context("spawn").Process(
+        target=answer_after, args=(port, latency), daemon=True
+    )
+    process.start()
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        async with httpx.AsyncClient(timeout=5) as http, asyncio.timeout(60):
+            while True:
+                if not process.is_alive():
+                    raise RuntimeError(f"the backend's process ended ({process.exitcode})")
+                with contextlib.suppress(httpx.TransportError):
+                    (await http.post(url + "/chat/completions", json=BODY)).raise_for_status()
+                    break
+                await asyncio.sleep(0.1)  # the process is still starting
+        yield url
+    finally:
+        process.terminate()
+        process.join()
+
+
+def median_cell(cells: list[Cell]) -> Cell:
+    return Cell(*(statistics.median(values) for values in zip(*map(astuple, cells), strict=True)))
+
+
+async def main(latency: float, client_counts: list[int], rounds: int) -> None:
     import httpx
     from pydantic import SecretStr
     from ray import serve
@@ -85,13 +142,9 @@ async def main(latency: float, client_counts: list[int]) -> None:
     from starlette.responses import Response
 
     from actors.groups import ModelEntry, classify
-    from actors.manager import get_or_create_manager
     from actors.settings import QueueSettings, ServeSettings, Settings
-    from providers.actor import provider_for_model
-    from providers.models import ChatMessage, ChatRequest
     from providers.supervisor import free_loopback_port
     from serve.app import application
-    from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
 
     @serve.deployment(max_ongoing_requests=20_000, ray_actor_options={"num_cpus": 0})
     class Forward:
@@ -109,8 +162,7 @@ async def main(latency: float, client_counts: list[int]) -> None:
             answer = await self._http.post(self._url, content=await request.body(), headers=headers)
             return Response(answer.content, answer.status_code, media_type="application/json")
 
-    with FakeLLMServer(OpenAIDialect(), hold=latency) as backend:
-        base_url = backend.url + "/v1"
+    async with backend(latency) as base_url:
         group = classify("openai-compatible", base_url).id
         settings = Settings(
             models={"bench": ModelEntry(provider="openai-compatible", base_url=base_url)},
@@ -128,42 +180,30 @@ async def main(latency: float, client_counts: list[int]) -> None:
                 "bare": f"http://127.0.0.1:{port}/bare",
                 "raygate": f"http://127.0.0.1:{port}/v1/chat/completions",
             }
-            print(f"backend latency {latency * 1e3:.0f} ms; an unlimited group\n")
+            print(f"backend latency {latency * 1e3:.0f} ms; an unlimited group; ", end="")
+            print(f"medians of {rounds} rounds\n")
             print(
                 "| clients | direct req/s | direct p50 / p95 | bare Serve req/s "
                 "| bare adds p50 / p95 | raygate req/s | raygate adds p50 / p95 "
                 "| raygate / bare, added p50 | raygate / bare, req/s |"
             )
             print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-            # raygate's endpoint calls the group's provider actor; so does this driver here.
-            provider, model = provider_for_model(settings, "bench", get_or_create_manager(settings))
-            request = ChatRequest(
-                model=model, messages=(ChatMessage(role="user", content="hi"),), max_tokens=8
-            )
-
-            async def through_provider() -> None:
-                await provider.chat(request)
-
-            hops = []
             for clients in client_counts:
                 total = max(40, 4 * clients)
-                cells = {name: await load(url, clients, total) for name, url in paths.items()}
-                direct, bare, ours = cells["direct"], cells["bare"], cells["raygate"]
-                hop = await measure(through_provider, clients, total)
-                hops.append((clients, direct, ours, hop))
+                runs: dict[str, list[Cell]] = {name: [] for name in paths}
+                for _ in range(rounds):
+                    for name, url in paths.items():
+                        runs[name].append(await load(url, clients, total))
+                direct, bare, ours = (median_cell(runs[name]) for name in paths)
 
-                ratio = (ours.p50 - direct.p50) / max(bare.p50 - direct.p50, 1e-9)
+                bare_adds = bare.p50 - direct.p50
+                ratio = f"{(ours.p50 - direct.p50) / bare_adds:.2f}x" if bare_adds > 0 else "n/a"
                 print(
                     f"| {clients} | {direct.rps:.0f} | {direct.p50 * 1e3:.1f} / "
                     f"{direct.p95 * 1e3:.1f} ms | {bare.rps:.0f} | {added(bare, direct)} | "
-                    f"{ours.rps:.0f} | {added(ours, direct)} | {ratio:.2f}x | "
+                    f"{ours.rps:.0f} | {added(ours, direct)} | {ratio} | "
                     f"{ours.rps / bare.rps:.2f}x |"
                 )
-            print("\nraygate's added latency, and its provider actor's, called from a driver\n")
-            print("| clients | raygate adds p50 / p95 | the provider actor adds p50 / p95 |")
-            print("|---:|---:|---:|")
-            for clients, direct, ours, hop in hops:
-                print(f"| {clients} | {added(ours, direct)} | {added(hop, direct)} |")
         finally:
             serve.shutdown()
 
@@ -172,8 +212,9 @@ def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 128])
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    on_embedded_ray(main(args.latency, args.clients))
+    on_embedded_ray(main(args.latency, args.clients, args.rounds))
 
 
 if __name__ == "__main__":
