@@ -101,6 +101,8 @@ class ManagerClient:
         # that their errors are logged and drain() can wait for them.
         self._in_flight: set[asyncio.Future[Any]] = set()
         self._outbox = Outbox(self._count)
+        # Tokens used by calls that hold a slot of a gated group, sent with their release.
+        self._used: dict[str, int] = {}
 
     @classmethod
     def connect(
@@ -176,7 +178,8 @@ class ManagerClient:
         finally:
             keeper.cancel()
             # Shielded: a caller cancelled right here still gives its slot back.
-            await asyncio.shield(unwrap(self.handle.release.remote(lease.id, lease.epoch)))
+            used = self._used.pop(lease.id, None)
+            await asyncio.shield(unwrap(self.handle.release.remote(lease.id, lease.epoch, used)))
 
     @asynccontextmanager
     async def _sent(
@@ -201,7 +204,13 @@ class ManagerClient:
             )
         finally:
             keeper.cancel()
+            self._used.pop(lease_id, None)
             self._note(self._release_when_granted(grant))
+
+    def report_usage(self, lease: Lease, tokens: int) -> None:
+        """The tokens the call holding ``lease`` used, sent with its release (a group where
+        nobody waits has no budget to correct: they are dropped)."""
+        self._used[lease.id] = tokens
 
     async def _keep_alive(self, grant: asyncio.Future[Lease]) -> None:
         try:

@@ -12,10 +12,18 @@ point it is reclaimed so a crashed caller never keeps a slot. Lease ids are
 chosen by the caller so that a release or cancel can be sent before the
 acquire's answer is back, and in any order.
 
+A group may also have a requests- and tokens-per-minute budget (see
+:mod:`actors.budget`): a grant then takes budget too, and a group whose best
+waiter does not fit its budget grants nobody until it does (no later,
+smaller call goes first). Budget comes back with time, not with a release,
+so the asyncio layer asks :meth:`SlotEngine.next_wake` when to call
+:meth:`SlotEngine.tick`.
+
 Invariant, restored at the end of every public method: no waiter could be
-granted. Either the global cap is reached or every group with waiters is full.
-That is why a new arrival that finds room may take it at once without
-overtaking anyone.
+granted. Either the global cap is reached or every group with waiters is
+full or waits for budget. That is why a new arrival that finds room (and,
+in a budgeted group, no one waiting) may take it at once without overtaking
+anyone.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from actors.budget import Budget, BudgetLimits
 from actors.callers import Caller
 from actors.errors import (
     CallerGone,
@@ -64,6 +73,9 @@ class Observer(Protocol):
 
     def levels(self, group: str, kind: str, active: int, pending: int) -> None: ...
 
+    def budget_left(self, group: str, kind: str, requests: int | None, tokens: int | None) -> None:
+        """What a budgeted group's budget allows now, after each grant and correction."""
+
 
 @dataclass(frozen=True, slots=True)
 class Lease:
@@ -85,6 +97,7 @@ class _Waiter:
     priority: int
     key: GrantKey
     queued_at: float
+    tokens: int
 
 
 @dataclass(slots=True)
@@ -94,6 +107,7 @@ class _Group:
     queue: WaitQueue
     # Whether a restarted manager must know its held leases (see actors.journal).
     journaled: bool
+    budget: Budget | None = None
     leases: set[str] = field(default_factory=set)
     waits: deque[float] = field(default_factory=lambda: deque(maxlen=WAIT_WINDOW))
     active: int = 0
@@ -120,6 +134,7 @@ class SlotEngine:
         global_limit: int | None = None,
         max_pending_per_group: int = 10_000,
         group_limits: Mapping[str, int | None] | None = None,
+        group_budgets: Mapping[str, BudgetLimits] | None = None,
         clock: Callable[[], float] = time.monotonic,
         observer: Observer | None = None,
         restarted_at: float | None = None,
@@ -132,12 +147,17 @@ class SlotEngine:
         self.global_limit = global_limit
         self.max_pending_per_group = max_pending_per_group
         self._overrides = dict(group_limits or {})
+        self._budgets = dict(group_budgets or {})
+        # Whether any group has a budget (whose waiters wait for time, not a release).
+        self.budgeted = bool(self._budgets)
         self.clock = clock
         self._groups: dict[str, _Group] = {}
         self._waiters: dict[str, _Waiter] = {}
         self._leases: dict[str, Lease] = {}
         self._expires_at: dict[str, float] = {}
         self._granted_at: dict[str, float] = {}
+        # The tokens each lease of a budgeted group was charged, for the correction.
+        self._charged: dict[str, int] = {}
         # Leases held again after a restart whose holder has not asked for them yet.
         self._restored: set[str] = set()
         # Groups whose record (spec, held leases) changed since take_changed().
@@ -170,6 +190,8 @@ class SlotEngine:
             limit = self._overrides.get(spec.id, spec.default_limit)
             journaled = limit is not None or self.global_limit is not None
             group = _Group(spec=spec, limit=limit, queue=WaitQueue(), journaled=journaled)
+            if spec.id in self._budgets:
+                group.budget = Budget.of(self._budgets[spec.id], self.clock())
             self._groups[spec.id] = group
             self._changed.add(spec.id)
         return self._info(group)
@@ -215,6 +237,7 @@ class SlotEngine:
             global_limit=self.global_limit,
             epoch=self.epoch,
             lease_ttl=self.lease_ttl,
+            budgeted=group.budget is not None,
         )
 
     def _group(self, group_id: str) -> _Group:
@@ -258,9 +281,11 @@ class SlotEngine:
             self._observer.submitted(group_id, group.spec.kind)
         arrival = self._arrival(options.asked_at)
         number = self._unit_number(options.unit, arrival)
-        if group.has_room() and self._global_room():
+        if group.has_room() and self._global_room() and self._fits_now(group, options.tokens):
             self._note_worker(lease_id, worker)
-            return self._grant(group, lease_id, request_id, priority, waited=0.0)
+            return self._grant(
+                group, lease_id, request_id, priority, waited=0.0, tokens=options.tokens
+            )
         if len(group.queue) >= self.max_pending_per_group:
             self._finish(group, "rejected")
             raise QueueFull(
@@ -277,23 +302,30 @@ class SlotEngine:
             width=self._width(group),
         )
         self._waiters[lease_id] = _Waiter(
-            lease_id, group_id, request_id, priority, key, self.clock()
+            lease_id, group_id, request_id, priority, key, self.clock(), options.tokens
         )
         group.queue.push(lease_id, key)
         self._note_worker(lease_id, worker)
         self._levels(group)
         return None
 
-    def release(self, lease_id: str, epoch: int) -> list[Lease]:
+    def release(self, lease_id: str, epoch: int, used_tokens: int | None = None) -> list[Lease]:
         """Give a slot back (idempotent). Returns the leases this hands to waiters.
 
-        A lease of another epoch (granted before a manager restart), one already
+        ``used_tokens``: what the call used, as its answer reported, which
+        corrects the estimate its group's budget was charged. A lease of
+        another epoch (granted before a manager restart), one already
         reclaimed, or one never seen is ignored and counted; an id never seen is
         remembered, so an acquire that arrives after its own release is refused.
         """
         lease = self._leases.get(lease_id)
         if lease is not None and lease.epoch == epoch:
-            self._finish(self._free(lease_id), "released")
+            charged = self._charged.get(lease_id)
+            group = self._free(lease_id)
+            if group.budget is not None and charged is not None and used_tokens is not None:
+                group.budget.correct(charged, used_tokens, self.clock())
+                self._budget_left(group)
+            self._finish(group, "released")
             return self._dispatch()
         if epoch != self.epoch:
             self.stale_epoch_releases += 1
@@ -357,6 +389,29 @@ class SlotEngine:
             expired = True
         return self._dispatch() if expired else []
 
+    def tick(self) -> list[Lease]:
+        """Reclaim what expired and grant what budget now allows; return the leases granted."""
+        return self.reclaim_expired() + self._dispatch()
+
+    def next_wake(self) -> float | None:
+        """When :meth:`tick` next has something to do: a lease's deadline, or the time
+        a budgeted group's best waiter fits its budget. None: nothing until a call."""
+        times = [t for t in (self.next_expiry(), self._next_budget_time()) if t is not None]
+        return min(times, default=None)
+
+    def _next_budget_time(self) -> float | None:
+        if not self._global_room():
+            return None  # a release comes first, and dispatches
+        now = self.clock()
+        times = [
+            group.budget.ready_at(self._waiters[top[1]].tokens, now)
+            for group in self._groups.values()
+            if group.budget is not None
+            and group.has_room()
+            and (top := group.queue.peek()) is not None
+        ]
+        return min(times, default=None)
+
     def next_expiry(self) -> float | None:
         """The earliest deadline of a held lease (for the caller's timer), or None."""
         while self._deadlines:
@@ -369,7 +424,8 @@ class SlotEngine:
     # -- queries --------------------------------------------------------------
 
     def can_run_immediately(self, group_id: str) -> bool:
-        return self._group(group_id).has_room() and self._global_room()
+        group = self._group(group_id)
+        return group.has_room() and self._global_room() and self._fits_now(group, 0)
 
     def position(self, request_id: str) -> QueuePosition | None:
         """Where a waiting request stands in its group's queue, or None if it is not waiting."""
@@ -388,10 +444,15 @@ class SlotEngine:
         return None
 
     def stats(self) -> QueueStats:
+        now = self.clock()
         groups = {
             gid: GroupStats(
                 kind=g.spec.kind,
                 limit=g.limit,
+                rpm=self._budgets[gid].rpm if g.budget is not None else None,
+                tpm=self._budgets[gid].tpm if g.budget is not None else None,
+                requests_left=g.budget.left(now)[0] if g.budget is not None else None,
+                tokens_left=g.budget.left(now)[1] if g.budget is not None else None,
                 active=g.active,
                 peak_active=g.peak_active,
                 pending=len(g.queue),
@@ -427,11 +488,29 @@ class SlotEngine:
     def _global_room(self) -> bool:
         return self.global_limit is None or self._total_active < self.global_limit
 
+    def _fits_now(self, group: _Group, tokens: int) -> bool:
+        """Whether a new arrival's budget allows it now, with nobody waiting before it."""
+        if group.budget is None:
+            return True
+        now = self.clock()
+        return len(group.queue) == 0 and group.budget.ready_at(tokens, now) <= now
+
     def _grant(
-        self, group: _Group, lease_id: str, request_id: str, priority: int, *, waited: float
+        self,
+        group: _Group,
+        lease_id: str,
+        request_id: str,
+        priority: int,
+        *,
+        waited: float,
+        tokens: int,
     ) -> Lease:
         group.waits.append(waited)
         lease = self._hold(group, lease_id, request_id, priority, self.epoch)
+        if group.budget is not None:
+            group.budget.spend(tokens, self.clock())
+            self._charged[lease_id] = tokens
+            self._budget_left(group)
         group.granted += 1
         if self._observer is not None:
             self._observer.granted(group.spec.id, group.spec.kind, waited)
@@ -468,6 +547,7 @@ class SlotEngine:
     def _free(self, lease_id: str) -> _Group:
         lease = self._leases.pop(lease_id)
         del self._expires_at[lease_id]
+        self._charged.pop(lease_id, None)
         self._restored.discard(lease_id)
         self._forget_worker(lease_id)
         group = self._groups[lease.group]
@@ -487,13 +567,17 @@ class SlotEngine:
     def _dispatch(self) -> list[Lease]:
         """Grant waiters while any can run, best key first across all groups."""
         granted: list[Lease] = []
+        now = self.clock()
         while self._global_room():
             best: tuple[GrantKey, str, _Group] | None = None
             for group in self._groups.values():
                 if not group.has_room():
                     continue
                 top = group.queue.peek()
-                if top is not None and (best is None or top[0] < best[0]):
+                if top is None or (best is not None and top[0] >= best[0]):
+                    continue
+                budget = group.budget
+                if budget is None or budget.ready_at(self._waiters[top[1]].tokens, now) <= now:
                     best = (top[0], top[1], group)
             if best is None:
                 break
@@ -502,7 +586,14 @@ class SlotEngine:
             waiter = self._waiters.pop(lease_id)
             waited = self.clock() - waiter.queued_at
             granted.append(
-                self._grant(group, lease_id, waiter.request_id, waiter.priority, waited=waited)
+                self._grant(
+                    group,
+                    lease_id,
+                    waiter.request_id,
+                    waiter.priority,
+                    waited=waited,
+                    tokens=waiter.tokens,
+                )
             )
         return granted
 
@@ -530,6 +621,11 @@ class SlotEngine:
     def _levels(self, group: _Group) -> None:
         if self._observer is not None:
             self._observer.levels(group.spec.id, group.spec.kind, group.active, len(group.queue))
+
+    def _budget_left(self, group: _Group) -> None:
+        if self._observer is not None and group.budget is not None:
+            requests, tokens = group.budget.left(self.clock())
+            self._observer.budget_left(group.spec.id, group.spec.kind, requests, tokens)
 
     def _width(self, group: _Group) -> int:
         """How many calls of the group can run at once."""

@@ -10,8 +10,9 @@ plain, fast Python, so one lock guards it and every call runs it right where
 it arrives: a grant that finds room, or a release, costs no hop to another
 thread. A future is only ever resolved on its own loop
 (``call_soon_threadsafe``); a ``set_result`` from another loop's thread would
-never wake its waiter. Expiry is a reaper thread that sleeps until the
-earliest lease deadline.
+never wake its waiter. Expiry and budget are a reaper thread that sleeps
+until the earliest lease deadline or the time a budgeted group's best waiter
+fits its budget (:meth:`SlotEngine.next_wake`).
 
 With a store, every change of a group's record goes to the journal (see
 :mod:`actors.journal`), and a lease of a capped group is returned only once
@@ -75,6 +76,7 @@ class SlotGate:
                 return lease
             waiter: asyncio.Future[Lease] = loop.create_future()
             self._waiters[lease_id] = waiter
+            self._budget_changed()
         timeout = options.queue_timeout
         try:
             async with asyncio.timeout(timeout):
@@ -89,15 +91,17 @@ class SlotGate:
             with self._lock:
                 self._waiters.pop(lease_id, None)
 
-    def release(self, lease_id: str, epoch: int) -> None:
+    def release(self, lease_id: str, epoch: int, used_tokens: int | None = None) -> None:
         with self._lock:
-            self._hand_on(self.engine.release(lease_id, epoch))
+            self._hand_on(self.engine.release(lease_id, epoch, used_tokens))
+            self._budget_changed()
 
     def cancel(self, lease_id: str) -> None:
         """A caller gave up on ``lease_id``: whether it waits, holds, or has not arrived yet."""
         with self._lock:
             waiter = self._waiters.pop(lease_id, None)
             self._hand_on(self.engine.cancel(lease_id))
+            self._budget_changed()
         if waiter is not None:
             waiter.get_loop().call_soon_threadsafe(waiter.cancel)
 
@@ -107,6 +111,7 @@ class SlotGate:
             dropped, granted = self.engine.drop_caller(worker_id)
             waiters = [self._waiters.pop(i) for i in dropped if i in self._waiters]
             self._hand_on(granted)
+            self._budget_changed()
         for waiter in waiters:
             waiter.get_loop().call_soon_threadsafe(waiter.cancel)
 
@@ -114,9 +119,9 @@ class SlotGate:
         with self._lock:
             return self.engine.renew(lease_id, epoch)
 
-    def reclaim_expired(self) -> None:
+    def tick(self) -> None:
         with self._lock:
-            self._hand_on(self.engine.reclaim_expired())
+            self._hand_on(self.engine.tick())
 
     def register(self, spec: GroupSpec) -> GroupInfo:
         with self._lock:
@@ -158,6 +163,7 @@ class SlotGate:
         with self._lock:
             if self._waiters.pop(lease_id, None) is not None:
                 self._hand_on(self.engine.cancel(lease_id, timed_out=timed_out))
+                self._budget_changed()
 
     def _record(self, group: str) -> GroupRecord:
         return self.inspect(self.engine.record, group)
@@ -167,6 +173,13 @@ class SlotGate:
         changed = self.engine.take_changed()
         if self._journal is not None and changed:
             self._journal.mark(changed)
+
+    def _budget_changed(self) -> None:
+        """After a change that may move a budgeted group's next grant sooner (a waiter
+        queued, a slot freed, a correction): the reaper plans its wake again. Call with
+        the lock held; never from a tick, which would wake the reaper for ever."""
+        if self.engine.budgeted:
+            self._reaper.replan()
 
     def _hand_on(self, granted: list[Lease]) -> None:
         """Wake the waiters the engine just granted. Call with the lock held."""
@@ -187,10 +200,13 @@ def _deliver(waiter: asyncio.Future[Lease], lease: Lease) -> None:
 
 
 class _Reaper(threading.Thread):
-    """Sleeps until the earliest lease deadline, reclaims what expired, repeats.
+    """Sleeps until the engine's next wake (a lease deadline, budget for a waiter), ticks
+    the engine, repeats.
 
     Leases share one ttl, so a new lease never expires before those already
-    held: the reaper is woken only when it sleeps with no deadline at all.
+    held: a grant wakes the reaper only when it sleeps with no deadline at all.
+    A waiter queued for budget may fit sooner than that: it wakes the reaper to
+    plan again.
     """
 
     def __init__(self, gate: SlotGate) -> None:
@@ -207,13 +223,16 @@ class _Reaper(threading.Thread):
             deadline = self._gate.inspect(self._plan)
             self._wake.wait(None if deadline is None else max(0.0, deadline - clock()))
             self._wake.clear()
-            self._gate.reclaim_expired()
+            self._gate.tick()
 
     def _plan(self) -> float | None:
-        """The next deadline; with none, a grant must wake this thread."""
-        deadline = self._gate.engine.next_expiry()
+        """The next wake; with none, a grant must wake this thread."""
+        deadline = self._gate.engine.next_wake()
         self._idle = deadline is None
         return deadline
+
+    def replan(self) -> None:
+        self._wake.set()
 
     def wake_if_idle(self) -> None:
         """Call with the gate's lock held."""

@@ -85,6 +85,7 @@ class ConcurrencyManager(LifelineHost):
             global_limit=queue.concurrency,
             max_pending_per_group=queue.max_pending_per_group,
             group_limits=queue.group_limits,
+            group_budgets=queue.group_budgets,
             observer=QueueMetrics(),
             restarted_at=time.time() if restarted else None,
         )
@@ -145,8 +146,8 @@ class ConcurrencyManager(LifelineHost):
             await asyncio.to_thread(self._lifelines.delete, caller.worker_id)
 
     @ray.method(concurrency_group=CONTROL)
-    async def release(self, lease_id: str, epoch: int) -> None:
-        self._gate.release(lease_id, epoch)
+    async def release(self, lease_id: str, epoch: int, used_tokens: int | None = None) -> None:
+        self._gate.release(lease_id, epoch, used_tokens)
 
     @ray.method(concurrency_group=CONTROL)
     async def cancel(self, lease_id: str) -> None:

@@ -74,6 +74,16 @@ class QueueMetrics:
         )
         self._inflight = Gauge("llm_queue_inflight", "Slots held now.", GROUP)
         self._pending = Gauge("llm_queue_pending", "Requests waiting for a slot.", GROUP)
+        self._requests_left = Gauge(
+            "llm_queue_budget_requests_left",
+            "Requests a group's requests-per-minute budget allows now.",
+            GROUP,
+        )
+        self._tokens_left = Gauge(
+            "llm_queue_budget_tokens_left",
+            "Tokens a group's tokens-per-minute budget allows now.",
+            GROUP,
+        )
         self._wait = Histogram(
             "llm_queue_wait_seconds",
             "Time from a request's arrival to its grant.",
@@ -94,3 +104,10 @@ class QueueMetrics:
         labels = {"group": group, "kind": kind}
         self._inflight.set(active, labels)
         self._pending.set(pending, labels)
+
+    def budget_left(self, group: str, kind: str, requests: int | None, tokens: int | None) -> None:
+        labels = {"group": group, "kind": kind}
+        if requests is not None:
+            self._requests_left.set(requests, labels)
+        if tokens is not None:
+            self._tokens_left.set(tokens, labels)

@@ -52,6 +52,9 @@ class CallOptions:
     None for as long as it takes. ``asked_at``: when the call first asked
     (wall clock, stamped when None); Ray retries an acquire with it, so a
     restarted manager queues the waiters it lost in the order they asked.
+    ``tokens``: what the call may use, charged to its group's tokens-per-minute
+    budget when granted (see :mod:`actors.budget`) and corrected with the
+    usage its answer reports.
     """
 
     priority: int = DEFAULT_PRIORITY
@@ -60,6 +63,7 @@ class CallOptions:
     request_id: str | None = None
     queue_timeout: float | None = None
     asked_at: float | None = None
+    tokens: int = 0
     labels: CallLabels = field(default_factory=CallLabels)
 
     def __post_init__(self) -> None:

@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from actors.budget import BudgetLimits
 from actors.errors import ConfigError
 from actors.groups import ModelEntry, Provider
 
@@ -43,6 +44,9 @@ class QueueSettings(BaseModel):
     concurrency: PositiveInt | None = None
     # Per-group limit overrides by group id; None makes a group unlimited.
     group_limits: dict[str, PositiveInt | None] = Field(default_factory=dict)
+    # Per-group requests and tokens per minute by group id, e.g. {"remote-api-openai":
+    # {"rpm": 500, "tpm": 200000}}: a grant waits for a slot and for budget.
+    group_budgets: dict[str, BudgetLimits] = Field(default_factory=dict)
     # A holder renews its lease every third of this; a lease not renewed in time is reclaimed.
     lease_ttl_seconds: float = Field(default=60.0, gt=0)
     # Beyond this many waiters in one group, acquire fails at once with QueueFull.

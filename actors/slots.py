@@ -31,12 +31,21 @@ class SlotSource(Protocol):
         """Would a call of ``group`` get its slot now, without waiting?"""
         ...
 
+    def report_usage(self, lease: Lease, tokens: int) -> None:
+        """The tokens the call holding ``lease`` used, sent with its release to correct
+        its group's budget (see :mod:`actors.budget`)."""
+        ...
+
 
 class LocalSlots:
     """Slots from a gate in this process: the manager's rules without Ray."""
 
     def __init__(self, gate: SlotGate) -> None:
         self.gate = gate
+        self._used: dict[str, int] = {}
+
+    def report_usage(self, lease: Lease, tokens: int) -> None:
+        self._used[lease.id] = tokens
 
     async def register(self, spec: GroupSpec) -> GroupInfo:
         return self.gate.register(spec)
@@ -52,7 +61,7 @@ class LocalSlots:
         try:
             yield lease
         finally:
-            self.gate.release(lease.id, lease.epoch)
+            self.gate.release(lease.id, lease.epoch, self._used.pop(lease.id, None))
 
 
 class NoSlots:
@@ -65,6 +74,9 @@ class NoSlots:
 
     async def can_group_run_immediately(self, group: str) -> bool:
         return True
+
+    def report_usage(self, lease: Lease, tokens: int) -> None:
+        """Without a queue there is no budget to correct."""
 
     @asynccontextmanager
     async def slot(

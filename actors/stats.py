@@ -28,16 +28,24 @@ class GroupInfo(_Snapshot):
     global_limit: int | None
     epoch: int
     lease_ttl: float
+    # Whether the group has a requests- or tokens-per-minute budget.
+    budgeted: bool = False
 
     @property
     def gated(self) -> bool:
-        """False when no call of this group can ever wait: no limit and no global cap."""
-        return self.limit is not None or self.global_limit is not None
+        """False when no call of this group can ever wait: no limit, no global cap, no
+        budget."""
+        return self.limit is not None or self.global_limit is not None or self.budgeted
 
 
 class GroupStats(_Snapshot):
     kind: ResourceKind
     limit: int | None
+    # The group's budget per minute (None: unlimited), and what of it could start now.
+    rpm: int | None = None
+    tpm: int | None = None
+    requests_left: int | None = None
+    tokens_left: int | None = None
     active: int
     # The most calls of this group that ever held a slot at once.
     peak_active: int

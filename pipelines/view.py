@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from actors.stats import QueueStats
+from actors.stats import GroupStats, QueueStats
 
-COLUMNS = ("group", "kind", "limit", "active", "peak", "pending", "wait p50", "wait p95")
+COLUMNS = (
+    "group",
+    "kind",
+    "limit",
+    "active",
+    "peak",
+    "pending",
+    "wait p50",
+    "wait p95",
+    "budget left",
+)
 
 
 def render(stats: QueueStats) -> str:
@@ -18,6 +28,7 @@ def render(stats: QueueStats) -> str:
             str(g.pending),
             f"{g.wait_p50_seconds:.2f}s",
             f"{g.wait_p95_seconds:.2f}s",
+            budget_left(g),
         )
         for group, g in sorted(stats.groups.items())
     ]
@@ -34,3 +45,16 @@ def render(stats: QueueStats) -> str:
         f"total active {stats.total_active}, pending {stats.total_pending}; global cap {cap}"
     )
     return "\n".join(lines)
+
+
+def budget_left(group: GroupStats) -> str:
+    """E.g. "412/600 rpm, 9120/12000 tpm"; "-" without a budget."""
+    sides = [
+        f"{left}/{per_minute} {unit}"
+        for left, per_minute, unit in (
+            (group.requests_left, group.rpm, "rpm"),
+            (group.tokens_left, group.tpm, "tpm"),
+        )
+        if per_minute is not None
+    ]
+    return ", ".join(sides) or "-"

@@ -15,17 +15,20 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import replace
 from typing import Protocol
 
 from opentelemetry.trace import StatusCode
 
+from actors.budget import estimate_tokens
+from actors.engine import Lease
 from actors.groups import GroupSpec
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.slots import SlotSource
 from actors.telemetry import tracer
 from providers.breaker import CircuitBreaker
 from providers.http import Backend
-from providers.models import ChatRequest, ChatResponse, StreamDelta
+from providers.models import ChatRequest, ChatResponse, StreamDelta, Usage
 from providers.retry import RetryPolicy, with_retries
 
 
@@ -80,11 +83,13 @@ class GatedProvider:
         async def attempt() -> ChatResponse:
             nonlocal waited, started_at
             with self.breaker.guard():
-                async with self._acquired(attributes, options) as wait:
+                async with self._acquired(attributes, charged(request, options)) as (lease, wait):
                     waited += wait
                     started_at = time.time()
                     with tracer().start_as_current_span("raygate.call", attributes=attributes):
-                        return await self.backend.chat(request)
+                        response = await self.backend.chat(request)
+                    self._report(lease, response.usage)
+                    return response
 
         response = await with_retries(
             attempt, self.retry, clock=self._clock, sleep=self._sleep, rng=self._rng
@@ -110,16 +115,16 @@ class GatedProvider:
     @asynccontextmanager
     async def _acquired(
         self, attributes: dict[str, str | int], options: CallOptions
-    ) -> AsyncIterator[float]:
+    ) -> AsyncIterator[tuple[Lease, float]]:
         """Hold a slot of the group; the wait for it is a span of its own, and yielded."""
         span = tracer().start_span("raygate.acquire", attributes=attributes)
         asked = self._clock()
         try:
-            async with self.slots.slot(self.spec.id, options):
+            async with self.slots.slot(self.spec.id, options) as lease:
                 wait = self._clock() - asked
                 span.set_attribute("raygate.wait_seconds", wait)
                 span.end()
-                yield wait
+                yield lease, wait
         except BaseException as error:
             if span.is_recording():  # failed while waiting, not in the call
                 span.record_exception(error)
@@ -136,10 +141,12 @@ class GatedProvider:
         """
         attributes = self._attributes(request, options)
         with self._observed(request, options) as answered, self.breaker.guard():
-            async with self._acquired(attributes, options):
+            async with self._acquired(attributes, charged(request, options)) as (lease, _):
                 started = self._clock()
                 with tracer().start_as_current_span("raygate.call", attributes=attributes):
                     async for delta in self.backend.stream(request):
+                        if delta.usage is not None:
+                            self._report(lease, delta.usage)
                         yield delta
                 answered(self._clock() - started)
 
@@ -162,5 +169,14 @@ class GatedProvider:
                 self.observer.failed(error, call)
             raise
 
+    def _report(self, lease: Lease, usage: Usage) -> None:
+        self.slots.report_usage(lease, usage.input_tokens + usage.output_tokens)
+
     async def aclose(self) -> None:
         await self.backend.aclose()
+
+
+def charged(request: ChatRequest, options: CallOptions) -> CallOptions:
+    """The options with what the request may use at most, for its group's token budget."""
+    prompt = sum(len(message.content) for message in request.messages)
+    return replace(options, tokens=estimate_tokens(prompt, request.max_tokens))

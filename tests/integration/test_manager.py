@@ -422,5 +422,15 @@ async def test_stats_command_prints_the_running_clusters_queue(ray_session: None
 
     header, row, total = out.stdout.strip().splitlines()
     assert header.split()[:3] == ["group", "kind", "limit"]
-    assert row.split() == [LOCAL_SERVER.id, "local-server", "1", "1", "1", "0", "0.00s", "0.00s"]
+    assert row.split() == [
+        LOCAL_SERVER.id,
+        "local-server",
+        "1",
+        "1",
+        "1",
+        "0",
+        "0.00s",
+        "0.00s",
+        "-",
+    ]
     assert total == "total active 1, pending 0; global cap none"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -104,11 +104,12 @@ async def test_remote_api_calls_overlap_while_the_local_group_stays_at_one(
     # 20 calls that each take 0.3 s at the server: they ran side by side.
     assert anthropic.max_in_flight > 1
     assert local_ollama.max_in_flight == 1
-    await client.drain()
+    # The remote group's acquires reach the manager in the provider actor's batches,
+    # maybe after their calls' answers.
+    await wait_until(counted(client, remote_spec.id, 20), "the remote calls counted")
     stats = await client.stats()
     assert stats.groups[remote_spec.id].limit is None
-    assert {remote_spec.id, local_spec.id} <= set(stats.groups)
-    assert (stats.groups[remote_spec.id].granted, stats.groups[local_spec.id].granted) == (20, 20)
+    assert stats.groups[local_spec.id].granted == 20
 
 
 async def test_stream_through_the_actor_holds_the_slot_until_the_end(local: LocalRig) -> None:
@@ -138,7 +139,19 @@ async def test_typed_provider_error_crosses_the_actor_boundary(
 
     with pytest.raises(AuthenticationFailed, match=r"anthropic: invalid x-api-key \(HTTP 401\)"):
         await actor.chat(REQUEST)
-    assert (await client.stats()).total_active == 0
+
+    async def given_back() -> bool:  # in the provider actor's next batch (see actors.outbox)
+        group = (await client.stats()).groups[spec.id]
+        return (group.granted, group.released, group.active) == (1, 1, 0)
+
+    await wait_until(given_back, "the failed call's slot given back")
+
+
+def counted(client: ManagerClient, group: str, granted: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return (await client.stats()).groups[group].granted == granted
+
+    return check
 
 
 @ray.remote(num_cpus=0)
@@ -189,11 +202,6 @@ async def test_a_caller_calls_a_backend_itself_only_where_it_can_reach_it(
         ("gpu", "gpu-ollama"): ("InProcessProvider", "ok"),
         ("gpu", "claude"): ("InProcessProvider", "ok"),
     }
-    groups = (classify("ollama", local_ollama.url, host=GPU_HOST).id, REMOTE_API.id)
-
-    async def counted() -> bool:
-        # An unlimited group's acquire may reach the manager after its call's answer.
-        stats = await client.stats()
-        return [stats.groups[g].granted for g in groups] == [2, 2]
-
-    await wait_until(counted, "every call counted by the manager")
+    await wait_until(counted(client, REMOTE_API.id, 2), "the remote calls counted")
+    local_group = classify("ollama", local_ollama.url, host=GPU_HOST).id
+    assert (await client.stats()).groups[local_group].granted == 2

@@ -511,6 +511,9 @@ class Recorder:
     def levels(self, group: str, kind: str, active: int, pending: int) -> None:
         self.events.append(("levels", active, pending))
 
+    def budget_left(self, group: str, kind: str, requests: int | None, tokens: int | None) -> None:
+        self.events.append(("budget", requests, tokens))
+
 
 def test_observer_sees_every_change_in_order() -> None:
     recorder = Recorder()

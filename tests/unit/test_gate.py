@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from actors.budget import BudgetLimits
 from actors.engine import Lease, SlotEngine
 from actors.errors import AcquireTimeout
 from actors.gate import SlotGate
@@ -27,7 +28,7 @@ GateFactory = Callable[..., SlotGate]
 def make_gate() -> Iterator[GateFactory]:
     gates: list[SlotGate] = []
 
-    def make(**engine_kwargs: float) -> SlotGate:
+    def make(**engine_kwargs: object) -> SlotGate:
         engine = SlotEngine(epoch=EPOCH, **engine_kwargs)  # type: ignore[arg-type]
         engine.register(LOCAL_OLLAMA)
         gates.append(SlotGate(engine))
@@ -201,4 +202,38 @@ async def test_release_from_another_threads_loop_wakes_the_waiter(
     lease = await waiter
     other.join()
 
+    assert lease.request_id == "waiter"
+
+
+async def test_a_waiter_for_budget_is_granted_when_the_budget_refills_with_no_release(
+    make_gate: GateFactory,
+) -> None:
+    gate = make_gate(group_budgets={GROUP: BudgetLimits(tpm=600)})  # 10 tokens a second
+    spent = await gate.acquire(GROUP, "spender", CallOptions(request_id="spender", tokens=600))
+    gate.release(spent.id, spent.epoch)  # the slot is back; the tokens are not
+    asked = asyncio.get_running_loop().time()
+
+    lease = await asyncio.wait_for(
+        gate.acquire(GROUP, "next", CallOptions(request_id="next", tokens=5)), timeout=10
+    )
+
+    # 5 tokens at 10 a second: the reaper woke for it about half a second later.
+    assert lease.request_id == "next"
+    assert 0.4 <= asyncio.get_running_loop().time() - asked < 5
+
+
+async def test_a_waiter_that_a_release_leaves_short_of_budget_is_granted_once_it_refills(
+    make_gate: GateFactory,
+) -> None:
+    gate = make_gate(group_budgets={GROUP: BudgetLimits(tpm=600)})  # one slot; 10 tokens/s
+    holder = await gate.acquire(GROUP, "h", CallOptions(request_id="holder", tokens=600))
+    waiter = asyncio.create_task(
+        gate.acquire(GROUP, "w", CallOptions(request_id="waiter", tokens=5))
+    )
+    await queued(gate, 1)
+
+    gate.release(holder.id, holder.epoch)  # the slot is free, the tokens are not yet
+
+    # Woken by the budget (about 0.5 s), not by the reaper's next lease deadline (60 s).
+    lease = await asyncio.wait_for(waiter, timeout=10)
     assert lease.request_id == "waiter"

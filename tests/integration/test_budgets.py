@@ -1,0 +1,48 @@
+"""Requests- and tokens-per-minute budgets in the manager, against a loopback provider that
+enforces its own limits and answers 429 past them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pydantic import SecretStr
+
+from actors.budget import BudgetLimits
+from actors.groups import classify
+from providers.actor import ProviderOptions, get_or_create_provider
+from providers.models import ChatMessage, ChatRequest
+from providers.retry import RetryPolicy
+from tests.integration.conftest import ManagerFactory
+from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
+from tests.support.rate_limits import ProviderLimits
+
+pytestmark = pytest.mark.ray
+
+KEY = "sk-budget-0123"
+# 1 prompt token and 32 at most out: raygate charges 33 before the call, 18 after.
+REQUEST = ChatRequest(
+    model="gpt-4o-mini", messages=(ChatMessage(role="user", content="hi"),), max_tokens=32
+)
+
+
+async def test_with_the_providers_limits_set_no_call_is_refused(
+    make_manager: ManagerFactory,
+) -> None:
+    """650 calls at once against 600 requests and 12,000 tokens a minute: the first 600
+    fit the full buckets (as far as tokens allow), the rest wait for them to refill."""
+    limits = ProviderLimits(rpm=600, tpm=12_000)
+    with FakeLLMServer(OpenAIDialect(api_key=KEY), responder=limits) as server:
+        spec = classify("openai", server.url + "/v1")
+        client = make_manager(group_budgets={spec.id: BudgetLimits(rpm=600, tpm=12_000)})
+        # No retries: a single 429 would fail its call.
+        options = ProviderOptions(api_key=SecretStr(KEY), timeout=60, retry=RetryPolicy(1))
+        provider = get_or_create_provider(spec, options, client.handle)
+
+        responses = await asyncio.gather(*(provider.chat(REQUEST) for _ in range(650)))
+        stats = (await client.stats()).groups[spec.id]
+
+    assert [r.text for r in responses] == ["ok"] * 650
+    assert (limits.limited, limits.served) == (0, 650)
+    assert (stats.rpm, stats.tpm, stats.granted, stats.active) == (600, 12_000, 650, 0)
+    assert stats.requests_left is not None and stats.requests_left < 600
