@@ -66,10 +66,11 @@ class Bucket:
     def capacity(self) -> float:
         return self.per_minute * (1 - MARGIN_SECONDS / 60)
 
-    def ready_at(self, amount: int, now: float) -> float:
-        """When ``amount`` (at most a full bucket) can be taken: ``now`` or later."""
+    def ready_at(self, amount: int, now: float, *, capped: bool = True) -> float:
+        """When ``amount`` (at most a full bucket, unless not ``capped``: then when that
+        much will have come in) can be taken: ``now`` or later."""
         self._refill(now)
-        missing = min(amount, self.capacity) - self.level
+        missing = (min(amount, self.capacity) if capped else amount) - self.level
         return now if missing <= 0 else now + missing * 60 / self.per_minute
 
     def take(self, amount: float, now: float) -> None:
@@ -108,6 +109,14 @@ class Budget:
         if self.tokens is not None:
             times.append(self.tokens.ready_at(tokens, now))
         return max(times)
+
+    def wait_for(self, calls: int, tokens: int, now: float) -> float:
+        """Seconds until ``calls`` calls of ``tokens`` each will have fitted, one by one."""
+        waits = [0.0]
+        for bucket, amount in ((self.requests, calls), (self.tokens, calls * tokens)):
+            if bucket is not None:
+                waits.append(bucket.ready_at(amount, now, capped=False) - now)
+        return max(waits)
 
     def spend(self, tokens: int, now: float) -> None:
         if self.requests is not None:

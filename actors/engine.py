@@ -292,7 +292,7 @@ class SlotEngine:
                 group_id,
                 len(group.queue),
                 self.max_pending_per_group,
-                self._estimate(group, len(group.queue)),
+                self._estimate(group, len(group.queue), options.tokens),
             )
         key = grant_key(
             priority,
@@ -439,7 +439,7 @@ class SlotEngine:
                     priority=waiter.priority,
                     ahead=ahead,
                     waited_seconds=self.clock() - waiter.queued_at,
-                    estimated_wait_seconds=self._estimate(group, ahead),
+                    estimated_wait_seconds=self._estimate(group, ahead, waiter.tokens),
                 )
         return None
 
@@ -660,13 +660,18 @@ class SlotEngine:
         if len(self._retired) > RETIRED_MEMORY:
             self._retired.popitem(last=False)
 
-    def _estimate(self, group: _Group, ahead: int) -> float | None:
+    def _estimate(self, group: _Group, ahead: int, tokens: int) -> float | None:
         """Seconds until a waiter with ``ahead`` others before it is granted.
 
         Each slot frees about once per average hold, so ``ahead + 1`` grants
-        take ``(ahead + 1) / limit`` holds. Unknown until a slot was released.
+        take ``(ahead + 1) / limit`` holds (unknown until a slot was released).
+        A budget must also hold ``ahead + 1`` requests, and as many calls of
+        ``tokens`` each: the later of the two.
         """
-        if group.avg_hold is None:
-            return None
-        slots = group.limit or self.global_limit or 1
-        return (ahead + 1) / slots * group.avg_hold
+        waits = []
+        if group.avg_hold is not None:
+            slots = group.limit or self.global_limit or 1
+            waits.append((ahead + 1) / slots * group.avg_hold)
+        if group.budget is not None:
+            waits.append(group.budget.wait_for(ahead + 1, tokens, self.clock()))
+        return max(waits, default=None)

@@ -108,3 +108,15 @@ def test_the_stats_table_shows_what_each_budget_has_left() -> None:
 
     assert rows[OPENAI.id].endswith("58/60 rpm, 891/1000 tpm")  # less the margin
     assert rows[ANTHROPIC.id].endswith(" -")
+
+
+def test_a_waiters_estimated_wait_counts_the_budget_it_waits_for() -> None:
+    h = budgeted(rpm=60)
+    for i in range(62):
+        h.ask(OPENAI, f"r{i}")  # 59 granted, 3 waiting; no slot released yet
+
+    position = h.engine.position("r61")
+
+    # The third in line: 3 requests to come in, 0.5 of one already there, 1 a second.
+    assert position is not None and position.ahead == 2
+    assert position.estimated_wait_seconds == pytest.approx(2.5)
