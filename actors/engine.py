@@ -445,14 +445,15 @@ class SlotEngine:
 
     def stats(self) -> QueueStats:
         now = self.clock()
+        left = {gid: g.budget.left(now) for gid, g in self._groups.items() if g.budget is not None}
         groups = {
             gid: GroupStats(
                 kind=g.spec.kind,
                 limit=g.limit,
                 rpm=self._budgets[gid].rpm if g.budget is not None else None,
                 tpm=self._budgets[gid].tpm if g.budget is not None else None,
-                requests_left=g.budget.left(now)[0] if g.budget is not None else None,
-                tokens_left=g.budget.left(now)[1] if g.budget is not None else None,
+                requests_left=left[gid][0] if gid in left else None,
+                tokens_left=left[gid][1] if gid in left else None,
                 active=g.active,
                 peak_active=g.peak_active,
                 pending=len(g.queue),
