@@ -112,7 +112,6 @@ class _ProviderShell(LifelineHost):
     _provider: GatedProvider
     _slots: SlotSource
     _calls: CallerCalls
-    _started: bool = False
 
     def _make(
         self,
@@ -126,11 +125,6 @@ class _ProviderShell(LifelineHost):
         self._slots = ManagerClient(manager) if manager is not None else NoSlots()
         self._provider = gated_provider(spec, options, self._slots, backend)
 
-    async def _start(self) -> None:
-        if not self._started:
-            await self._provider.start()
-            self._started = True
-
     async def chat(
         self,
         request: ChatRequest,
@@ -139,7 +133,6 @@ class _ProviderShell(LifelineHost):
     ) -> ChatResponse:
         """One gated call."""
         with self._calls.running(caller):
-            await self._start()
             return await self._provider.chat(request, options)
 
     async def stream(
@@ -150,13 +143,12 @@ class _ProviderShell(LifelineHost):
     ) -> AsyncIterator[StreamDelta]:
         """Call as ``actor.stream.options(num_returns="streaming").remote(...)``."""
         with self._calls.running(caller):
-            await self._start()
             async for delta in self._provider.stream(request, options):
                 yield delta
 
     async def ready(self) -> None:
         """Return once calls can be served (raises what stops them, e.g. a server that fails)."""
-        await self._start()
+        await self._provider.start()
 
     def server_restarts(self) -> list[str]:
         """How each restart of a server this actor runs came about (none for other backends)."""
@@ -164,7 +156,7 @@ class _ProviderShell(LifelineHost):
 
     async def can_run_immediately(self) -> bool:
         """Would a call start now, without waiting for a slot?"""
-        await self._start()
+        await self._provider.start()
         return await self._slots.can_group_run_immediately(self._provider.spec.id)
 
     def group(self) -> GroupSpec:

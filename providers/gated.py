@@ -25,6 +25,7 @@ from actors.engine import Lease
 from actors.groups import GroupSpec
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.slots import SlotSource
+from actors.stats import GroupInfo
 from actors.telemetry import tracer
 from providers.breaker import CircuitBreaker
 from providers.http import Backend
@@ -63,13 +64,21 @@ class GatedProvider:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._started: asyncio.Future[GroupInfo] | None = None
 
     async def start(self) -> None:
-        await self.slots.register(self.spec)
+        """Register the group with the slot source, once: calls that arrive meanwhile wait
+        for that one registration (shielded, so that one of them cancelled does not cancel
+        it for the others); a registration that failed is tried again."""
+        started = self._started
+        if started is None or (started.done() and (started.cancelled() or started.exception())):
+            started = self._started = asyncio.ensure_future(self.slots.register(self.spec))
+        await asyncio.shield(started)
 
     async def chat(
         self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
     ) -> ChatResponse:
+        await self.start()
         with self._observed(request, options) as answered:
             response = await self._chat(request, options)
             answered(response.latency_seconds)
@@ -139,6 +148,7 @@ class GatedProvider:
 
         Not retried: a caller may already have used the pieces it got.
         """
+        await self.start()
         attributes = self._attributes(request, options)
         with self._observed(request, options) as answered, self.breaker.guard():
             async with self._acquired(attributes, charged(request, options)) as (lease, _):

@@ -19,53 +19,15 @@ the caller's lifeline, as for any caller; see :mod:`actors.watch`).
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-
 import ray
 
 from actors.client import ManagerClient
 from actors.groups import ResourceKind, model_entry
-from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import Settings
 from actors.slots import NoSlots
 from providers.actor import gated_provider, get_or_create_provider, options_for, provider_for_model
 from providers.client import ChatProvider
-from providers.gated import GatedProvider
 from providers.llamacpp import EMBEDDED_MODEL_ID
-from providers.models import ChatRequest, ChatResponse, StreamDelta
-
-
-class InProcessProvider:
-    """A :class:`GatedProvider` that registers its group with the manager before its
-    first call, answering as a provider actor's client does."""
-
-    def __init__(self, provider: GatedProvider) -> None:
-        self._provider = provider
-        self._started: asyncio.Future[None] | None = None
-
-    async def _start(self) -> None:
-        # One registration for all the calls that arrive before it is done;
-        # shielded, so that a caller cancelled meanwhile does not cancel it for the others.
-        if self._started is None or (self._started.done() and self._started.exception()):
-            self._started = asyncio.ensure_future(self._provider.start())
-        await asyncio.shield(self._started)
-
-    async def chat(
-        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
-    ) -> ChatResponse:
-        await self._start()
-        return await self._provider.chat(request, options)
-
-    async def stream(
-        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
-    ) -> AsyncIterator[StreamDelta]:
-        await self._start()
-        async for delta in self._provider.stream(request, options):
-            yield delta
-
-    async def aclose(self) -> None:
-        await self._provider.aclose()
 
 
 async def provider_in_reach(
@@ -88,4 +50,4 @@ async def provider_in_reach(
         if await actor.node_id() != ray.get_runtime_context().get_node_id():
             return actor, name
     slots = manager if manager is not None else NoSlots()
-    return InProcessProvider(gated_provider(spec, options, slots)), name
+    return gated_provider(spec, options, slots), name

@@ -52,7 +52,8 @@ from pipelines.jobs import PipelineJobClient
 from pipelines.plateau import Service, read_services
 from providers.client import ChatProvider
 from providers.errors import ProviderActorLost
-from providers.inprocess import InProcessProvider, provider_in_reach
+from providers.gated import GatedProvider
+from providers.inprocess import provider_in_reach
 from providers.llamacpp import EMBEDDED_MODEL_ID
 from providers.models import StreamDelta
 from serve.errors import HTTPAnswer, answer_for, invalid, retry_after
@@ -234,7 +235,7 @@ class Gateway:
         for found in self._providers.values():
             if found.done() and not found.cancelled() and found.exception() is None:
                 provider, _ = found.result()
-                if isinstance(provider, InProcessProvider):
+                if isinstance(provider, GatedProvider):
                     await provider.aclose()
 
     @api.post("/v1/chat/completions", response_model=None)

@@ -198,9 +198,9 @@ async def test_a_caller_calls_a_backend_itself_only_where_it_can_reach_it(
 
     assert answers == {
         ("head", "gpu-ollama"): ("ProviderClient", "ok"),
-        ("head", "claude"): ("InProcessProvider", "ok"),
-        ("gpu", "gpu-ollama"): ("InProcessProvider", "ok"),
-        ("gpu", "claude"): ("InProcessProvider", "ok"),
+        ("head", "claude"): ("GatedProvider", "ok"),
+        ("gpu", "gpu-ollama"): ("GatedProvider", "ok"),
+        ("gpu", "claude"): ("GatedProvider", "ok"),
     }
     await wait_until(counted(client, REMOTE_API.id, 2), "the remote calls counted")
     local_group = classify("ollama", local_ollama.url, host=GPU_HOST).id
