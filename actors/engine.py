@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
@@ -156,8 +157,6 @@ class SlotEngine:
         self._leases: dict[str, Lease] = {}
         self._expires_at: dict[str, float] = {}
         self._granted_at: dict[str, float] = {}
-        # The tokens each lease of a budgeted group was charged, for the correction.
-        self._charged: dict[str, int] = {}
         # Leases held again after a restart whose holder has not asked for them yet.
         self._restored: set[str] = set()
         # Groups whose record (spec, held leases) changed since take_changed().
@@ -320,11 +319,7 @@ class SlotEngine:
         """
         lease = self._leases.get(lease_id)
         if lease is not None and lease.epoch == epoch:
-            charged = self._charged.get(lease_id)
-            group = self._free(lease_id)
-            if group.budget is not None and charged is not None and used_tokens is not None:
-                group.budget.correct(charged, used_tokens, self.clock())
-                self._budget_left(group)
+            group = self._free(lease_id, used_tokens)
             self._finish(group, "released")
             return self._dispatch()
         if epoch != self.epoch:
@@ -410,7 +405,7 @@ class SlotEngine:
             and group.has_room()
             and (top := group.queue.peek()) is not None
         ]
-        return min(times, default=None)
+        return min((t for t in times if t < math.inf), default=None)
 
     def next_expiry(self) -> float | None:
         """The earliest deadline of a held lease (for the caller's timer), or None."""
@@ -509,8 +504,7 @@ class SlotEngine:
         group.waits.append(waited)
         lease = self._hold(group, lease_id, request_id, priority, self.epoch)
         if group.budget is not None:
-            group.budget.spend(tokens, self.clock())
-            self._charged[lease_id] = tokens
+            group.budget.spend(lease_id, tokens, self.clock())
             self._budget_left(group)
         group.granted += 1
         if self._observer is not None:
@@ -545,14 +539,17 @@ class SlotEngine:
         self._forget_worker(lease_id)
         return group
 
-    def _free(self, lease_id: str) -> _Group:
+    def _free(self, lease_id: str, used_tokens: int | None = None) -> _Group:
+        """Forget a held lease; ``used_tokens``: what its call used, if its answer said."""
         lease = self._leases.pop(lease_id)
         del self._expires_at[lease_id]
-        self._charged.pop(lease_id, None)
         self._restored.discard(lease_id)
         self._forget_worker(lease_id)
         group = self._groups[lease.group]
         group.leases.discard(lease_id)
+        if group.budget is not None:
+            group.budget.returned(lease_id, used_tokens, self.clock())
+            self._budget_left(group)
         if group.journaled:
             self._changed.add(group.spec.id)
         group.active -= 1

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from actors.budget import MARGIN_SECONDS, Bucket, BudgetLimits, estimate_tokens
+from actors.budget import MARGIN_SECONDS, TRIP_SECONDS, Bucket, BudgetLimits, estimate_tokens
 from pipelines.view import render
+from tests.support.fake_llm import Say
+from tests.support.probe_server import Received
+from tests.support.rate_limits import USAGE, ProviderLimits
 from tests.unit.conftest import ANTHROPIC, OPENAI, Harness
 
 
@@ -15,9 +18,8 @@ def budgeted(rpm: int | None = None, tpm: int | None = None) -> Harness:
 
 
 def test_a_bucket_refills_at_its_rate_up_to_a_minutes_worth_less_the_margin() -> None:
-    bucket = Bucket.full(60, now=0.0)
-    assert bucket.capacity == 60 * (1 - MARGIN_SECONDS / 60)  # 59.5
-    bucket.take(bucket.capacity, now=0.0)
+    assert Bucket.full(60, now=0.0).capacity == 60 * (1 - MARGIN_SECONDS / 60)  # 59.5
+    bucket = Bucket(60, level=0.0, at=0.0)
 
     assert bucket.ready_at(1, now=0.0) == pytest.approx(1.0)  # one a second
     assert bucket.left(now=30.0) == 30
@@ -34,8 +36,10 @@ def test_requests_past_the_rpm_wait_until_the_bucket_refills() -> None:
     for i in range(61):
         h.ask(OPENAI, f"r{i}")
 
-    # 59.5 requests in the full bucket: 59 go at once, the next in half a second.
+    # 59.5 requests in the full bucket: 59 go at once (and answer), the next in half a second.
     assert [i for i in range(61) if not h.granted_now(f"r{i}")] == [59, 60]
+    for i in range(59):
+        h.done(f"r{i}")
     assert h.engine.next_wake() == pytest.approx(h.clock.now + 0.5)
     h.clock.advance(0.49)
     assert h._record(h.engine.tick()) == []
@@ -63,12 +67,68 @@ def test_with_the_bucket_empty_the_highest_priority_gets_the_next_tokens() -> No
 def test_a_small_call_does_not_pass_a_large_one_waiting_for_tokens() -> None:
     h = budgeted(tpm=1_000)
     h.ask(OPENAI, "big", tokens=900)
+    h.done("big")  # it used what it was charged
     h.ask(OPENAI, "bigger", tokens=800)  # 100 left: waits
     h.ask(OPENAI, "tiny", tokens=10)  # would fit, but someone waits before it
 
     assert (h.granted_now("bigger"), h.granted_now("tiny")) == (False, False)
     h.clock.advance(42.5)  # 91.7 left + 708.3 refilled: "bigger" fits, "tiny" after it
     assert h._record(h.engine.tick()) == ["bigger"]
+
+
+def test_a_call_on_its_way_holds_its_charge_until_it_answers() -> None:
+    h = budgeted(rpm=60)
+    start = h.clock.now
+    for i in range(59):
+        h.ask(OPENAI, f"r{i}")  # 0.5 of a request left, 59 calls on their way
+    h.ask(OPENAI, "late")
+
+    # However long they take, the bucket does not refill what they were charged.
+    h.clock.advance(TRIP_SECONDS / 2)
+    assert (h._record(h.engine.tick()), h.engine.next_wake()) == ([], start + TRIP_SECONDS)
+    # One answered: it reached the provider, whose bucket refills it from now.
+    assert h.done("r0") == []
+    assert h.engine.next_wake() == pytest.approx(h.clock.now + 0.5)
+    h.clock.advance(0.5)
+    assert h._record(h.engine.tick()) == ["late"]
+
+
+def test_a_call_is_held_no_longer_than_its_trip_time() -> None:
+    h = budgeted(rpm=60)
+    start = h.clock.now
+    for i in range(59):
+        h.ask(OPENAI, f"r{i}")
+    h.ask(OPENAI, "late")
+
+    # None answers; by TRIP_SECONDS after their grant they have reached the provider.
+    assert h.engine.next_wake() == start + TRIP_SECONDS
+    h.clock.advance(TRIP_SECONDS)
+    assert h._record(h.engine.tick()) == []  # 0.5 of a request: half a second to go
+    h.clock.advance(0.5)
+    assert h._record(h.engine.tick()) == ["late"]
+
+
+def test_a_provider_idle_until_the_first_calls_reach_it_refuses_none_after_them() -> None:
+    """The provider's full bucket starts refilling when a call reaches it, raygate's when
+    the call is granted: with three seconds between, the holds keep the two in step."""
+    h = budgeted(rpm=60)
+    provider = ProviderLimits(rpm=60, clock=h.clock)
+    call = Received("/v1/chat/completions", {}, {"messages": [{"content": "hi"}]})
+    for i in range(69):
+        h.ask(OPENAI, f"r{i}")
+    sent = list(h.leases)  # 59: the full bucket
+    h.clock.advance(3.0)  # their trip
+
+    while True:
+        for request in sent:
+            assert provider(call) == Say("ok", *USAGE), request
+            h.done(request)  # answered at once
+        if (wake := h.engine.next_wake()) is None:
+            break
+        h.clock.now = wake
+        sent = h._record(h.engine.tick())
+
+    assert (provider.served, provider.limited) == (69, 0)
 
 
 def test_the_usage_an_answer_reports_corrects_the_estimate() -> None:
