@@ -62,14 +62,14 @@ def estimate_tokens(prompt_chars: int, max_tokens: int) -> int:
 
 @dataclass(slots=True)
 class Bucket:
-    per_minute: int
+    per_minute: float
     level: float
     at: float
     # What the calls on their way were charged: the level stays below capacity by it.
     held: int = 0
 
     @classmethod
-    def full(cls, per_minute: int, now: float) -> Bucket:
+    def full(cls, per_minute: float, now: float) -> Bucket:
         bucket = cls(per_minute, 0.0, now)
         bucket.level = bucket.capacity
         return bucket
@@ -111,6 +111,12 @@ class Bucket:
         self._refill(now)
         return math.floor(self.level)
 
+    def retune(self, per_minute: float, now: float) -> None:
+        """Refill at ``per_minute`` from now on (its capacity a minute's worth of it)."""
+        self._refill(now)
+        self.per_minute = per_minute
+        self.level = min(self.level, self.capacity)
+
     def _refill(self, now: float) -> None:
         if now > self.at:
             room = self.capacity - self.held
@@ -130,6 +136,8 @@ class _Charge:
 class Budget:
     requests: Bucket | None
     tokens: Bucket | None
+    # No grant before then: the provider said when to come back (see actors.adaptive).
+    paused_until: float = -math.inf
     # What each call in flight was charged, by its lease id, and the holds in grant order.
     _charges: dict[str, _Charge] = field(default_factory=dict)
     _holds: deque[str] = field(default_factory=deque)
@@ -143,9 +151,9 @@ class Budget:
         )
 
     def ready_at(self, tokens: int, now: float) -> float:
-        """When a call estimated at ``tokens`` fits both buckets."""
+        """When a call estimated at ``tokens`` fits both buckets, and no pause holds it."""
         self._expire(now)
-        times = [now]
+        times = [now, self.paused_until]
         if self.requests is not None:
             times.append(self.requests.ready_at(1, now))
         if self.tokens is not None:
@@ -156,7 +164,7 @@ class Budget:
     def wait_for(self, calls: int, tokens: int, now: float) -> float:
         """Seconds until ``calls`` calls of ``tokens`` each will have fitted, one by one."""
         self._expire(now)
-        waits = [0.0]
+        waits = [0.0, self.paused_until - now]
         for bucket, amount in ((self.requests, calls), (self.tokens, calls * tokens)):
             if bucket is not None:
                 waits.append(bucket.ready_at(amount, now, capped=False) - now)

@@ -37,7 +37,7 @@ from actors.groups import GroupSpec
 from actors.manager import get_or_create_manager
 from actors.names import MANAGER_NAME
 from actors.options import DEFAULT_OPTIONS, CallOptions
-from actors.outbox import Ask, Batch, Outbox
+from actors.outbox import Ask, Batch, Counted, Outbox
 from actors.settings import Settings, load_settings
 from actors.stats import GroupInfo, QueuePosition, QueueStats
 from actors.watch import caller_of
@@ -212,6 +212,14 @@ class ManagerClient:
         nobody waits has no budget to correct: they are dropped)."""
         self._used[lease.id] = tokens
 
+    async def throttled(self, lease: Lease, retry_after: float | None) -> None:
+        """The call holding ``lease`` got a 429: the manager pauses and slows its group,
+        whose next calls from here then ask and wait."""
+        info: GroupInfo = await unwrap(
+            self.handle.throttled.remote(lease.group, lease.id, retry_after)
+        )
+        self._groups[info.id] = info
+
     async def _keep_alive(self, grant: asyncio.Future[Lease]) -> None:
         try:
             # Shielded: cancelling the keeper at the end of the slot must not
@@ -239,7 +247,10 @@ class ManagerClient:
         self._outbox.release(await grant)
 
     async def _count(self, batch: Batch) -> list[Lease | Exception]:
-        return await unwrap(self.handle.count.remote(batch, caller_of(self.handle)))
+        counted: Counted = await unwrap(self.handle.count.remote(batch, caller_of(self.handle)))
+        for info in counted.gated:
+            self._groups[info.id] = info
+        return counted.answers
 
     def _track(self, call: Awaitable[T]) -> asyncio.Future[T]:
         future = asyncio.ensure_future(call)

@@ -17,7 +17,8 @@ A group may also have a requests- and tokens-per-minute budget (see
 waiter does not fit its budget grants nobody until it does (no later,
 smaller call goes first). Budget comes back with time, not with a release,
 so the asyncio layer asks :meth:`SlotEngine.next_wake` when to call
-:meth:`SlotEngine.tick`.
+:meth:`SlotEngine.tick`. A group whose provider answers 429 gets a budget
+learned from them, and a pause (see :mod:`actors.adaptive`).
 
 Invariant, restored at the end of every public method: no waiter could be
 granted. Either the global cap is reached or every group with waiters is
@@ -37,7 +38,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from actors.budget import Budget, BudgetLimits
+from actors.adaptive import DEFAULT_PAUSE_SECONDS, Adaptation, RecentGrants
+from actors.budget import Bucket, Budget, BudgetLimits
 from actors.callers import Caller
 from actors.errors import (
     CallerGone,
@@ -77,6 +79,12 @@ class Observer(Protocol):
     def budget_left(self, group: str, kind: str, requests: int | None, tokens: int | None) -> None:
         """What a budgeted group's budget allows now, after each grant and correction."""
 
+    def throttled(self, group: str, kind: str, pause_seconds: float) -> None:
+        """A call of the group got a 429: its grants pause for ``pause_seconds``."""
+
+    def learned_rpm(self, group: str, kind: str, rpm: float) -> None:
+        """The group's rate, as learned from its 429s, after each change."""
+
 
 @dataclass(frozen=True, slots=True)
 class Lease:
@@ -109,6 +117,10 @@ class _Group:
     # Whether a restarted manager must know its held leases (see actors.journal).
     journaled: bool
     budget: Budget | None = None
+    # The requests per minute learned from the provider's 429s, once there was one.
+    adaptation: Adaptation | None = None
+    recent: RecentGrants = field(default_factory=RecentGrants)
+    throttled: int = 0
     leases: set[str] = field(default_factory=set)
     waits: deque[float] = field(default_factory=lambda: deque(maxlen=WAIT_WINDOW))
     active: int = 0
@@ -136,6 +148,7 @@ class SlotEngine:
         max_pending_per_group: int = 10_000,
         group_limits: Mapping[str, int | None] | None = None,
         group_budgets: Mapping[str, BudgetLimits] | None = None,
+        adaptive: bool = True,
         clock: Callable[[], float] = time.monotonic,
         observer: Observer | None = None,
         restarted_at: float | None = None,
@@ -151,6 +164,10 @@ class SlotEngine:
         self._budgets = dict(group_budgets or {})
         # Whether any group has a budget (whose waiters wait for time, not a release).
         self.budgeted = bool(self._budgets)
+        # Whether a 429 pauses its group and lowers its rate (see actors.adaptive).
+        self.adaptive = adaptive
+        # Leases whose call got a 429: their release is no success to learn from.
+        self._throttled: set[str] = set()
         self.clock = clock
         self._groups: dict[str, _Group] = {}
         self._waiters: dict[str, _Waiter] = {}
@@ -253,13 +270,17 @@ class SlotEngine:
         lease_id: str,
         options: CallOptions = DEFAULT_OPTIONS,
         worker: str | None = None,
+        *,
+        started: bool = False,
     ) -> Lease | None:
         """Grant a slot now and return its lease, or queue the request and return None.
 
         A queued request is granted later by whichever call frees a slot
         (release, cancel, reclaim_expired); that call returns its lease. A call
         without a request id is known by its lease id. ``worker``: the process
-        that asked, whose waiters and leases ``drop_caller`` ends.
+        that asked, whose waiters and leases ``drop_caller`` ends. ``started``:
+        the call already runs (its caller took the group for one where nobody
+        waits, see :mod:`actors.outbox`): it is counted, past any limit or budget.
         """
         group = self._group(group_id)
         if worker is not None and worker in self._gone:
@@ -280,7 +301,9 @@ class SlotEngine:
             self._observer.submitted(group_id, group.spec.kind)
         arrival = self._arrival(options.asked_at)
         number = self._unit_number(options.unit, arrival)
-        if group.has_room() and self._global_room() and self._fits_now(group, options.tokens):
+        if started or (
+            group.has_room() and self._global_room() and self._fits_now(group, options.tokens)
+        ):
             self._note_worker(lease_id, worker)
             return self._grant(
                 group, lease_id, request_id, priority, waited=0.0, tokens=options.tokens
@@ -319,7 +342,11 @@ class SlotEngine:
         """
         lease = self._leases.get(lease_id)
         if lease is not None and lease.epoch == epoch:
+            succeeded = lease_id not in self._throttled
             group = self._free(lease_id, used_tokens)
+            if succeeded and group.adaptation is not None and group.budget is not None:
+                group.adaptation.recover()
+                self._retune(group)
             self._finish(group, "released")
             return self._dispatch()
         if epoch != self.epoch:
@@ -328,6 +355,48 @@ class SlotEngine:
         self.unknown_releases += 1
         self._retire(lease_id)
         return []
+
+    def throttled(self, group_id: str, lease_id: str, retry_after: float | None) -> GroupInfo:
+        """The call holding ``lease_id`` got a 429, to be tried again ``retry_after``
+        seconds from now: pause the group until then and learn from it (see
+        :mod:`actors.adaptive`), unless not ``adaptive``. Returns the group's info."""
+        group = self._group(group_id)
+        now = self.clock()
+        group.throttled += 1
+        if not self.adaptive:
+            return self._info(group)
+        if lease_id in self._leases:
+            self._throttled.add(lease_id)
+        configured = self._budgets[group_id].rpm if group_id in self._budgets else None
+        adaptation = group.adaptation
+        if adaptation is None:
+            group.adaptation = Adaptation.first(group.recent.count(now), configured, now)
+        elif self._granted_at.get(lease_id, -math.inf) > adaptation.lowered_at:
+            adaptation.lower(now)
+        budget = group.budget = group.budget or Budget(None, None)
+        self.budgeted = True
+        pause = DEFAULT_PAUSE_SECONDS if retry_after is None else retry_after
+        budget.paused_until = max(budget.paused_until, now + pause)
+        if group.adaptation is not None:
+            self._retune(group, empty=True)
+        if self._observer is not None:
+            self._observer.throttled(group.spec.id, group.spec.kind, pause)
+        return self._info(group)
+
+    def _retune(self, group: _Group, *, empty: bool = False) -> None:
+        """Set the group's requests bucket to its learned rate; ``empty``: after a 429, since
+        the provider's own is."""
+        assert group.adaptation is not None and group.budget is not None
+        now = self.clock()
+        rpm = group.adaptation.rpm
+        requests = group.budget.requests
+        if requests is None:
+            requests = group.budget.requests = Bucket(rpm, 0.0, now)
+        requests.retune(rpm, now)
+        if empty:
+            requests.level = min(requests.level, 0.0)
+        if self._observer is not None:
+            self._observer.learned_rpm(group.spec.id, group.spec.kind, rpm)
 
     def cancel(self, lease_id: str, *, timed_out: bool = False) -> list[Lease]:
         """The caller gave up: leave the queue, or give back a slot granted meanwhile."""
@@ -445,8 +514,11 @@ class SlotEngine:
             gid: GroupStats(
                 kind=g.spec.kind,
                 limit=g.limit,
-                rpm=self._budgets[gid].rpm if g.budget is not None else None,
-                tpm=self._budgets[gid].tpm if g.budget is not None else None,
+                rpm=self._budgets[gid].rpm if gid in self._budgets else None,
+                tpm=self._budgets[gid].tpm if gid in self._budgets else None,
+                learned_rpm=None if g.adaptation is None else round(g.adaptation.rpm),
+                paused_seconds=max(0.0, g.budget.paused_until - now) if g.budget else 0.0,
+                throttled=g.throttled,
                 requests_left=left[gid][0] if gid in left else None,
                 tokens_left=left[gid][1] if gid in left else None,
                 active=g.active,
@@ -507,6 +579,7 @@ class SlotEngine:
             group.budget.spend(lease_id, tokens, self.clock())
             self._budget_left(group)
         group.granted += 1
+        group.recent.add(self.clock())
         if self._observer is not None:
             self._observer.granted(group.spec.id, group.spec.kind, waited)
             self._levels(group)
@@ -543,6 +616,7 @@ class SlotEngine:
         """Forget a held lease; ``used_tokens``: what its call used, if its answer said."""
         lease = self._leases.pop(lease_id)
         del self._expires_at[lease_id]
+        self._throttled.discard(lease_id)
         self._restored.discard(lease_id)
         self._forget_worker(lease_id)
         group = self._groups[lease.group]

@@ -53,9 +53,12 @@ class SlotGate:
         lease_id: str,
         options: CallOptions = DEFAULT_OPTIONS,
         worker: str | None = None,
+        *,
+        started: bool = False,
     ) -> Lease:
-        """A slot of ``group``, waiting at most ``options.queue_timeout`` for it."""
-        lease = await self._granted(group, lease_id, options, worker)
+        """A slot of ``group``, waiting at most ``options.queue_timeout`` for it
+        (``started``: see :meth:`SlotEngine.acquire`)."""
+        lease = await self._granted(group, lease_id, options, worker, started)
         if self._journal is not None and self.inspect(self.engine.journaled, group):
             try:
                 await self._journal.flushed()
@@ -65,11 +68,11 @@ class SlotGate:
         return lease
 
     async def _granted(
-        self, group: str, lease_id: str, options: CallOptions, worker: str | None
+        self, group: str, lease_id: str, options: CallOptions, worker: str | None, started: bool
     ) -> Lease:
         loop = asyncio.get_running_loop()
         with self._lock:
-            lease = self.engine.acquire(group, lease_id, options, worker)
+            lease = self.engine.acquire(group, lease_id, options, worker, started=started)
             if lease is not None:
                 self._journal_changes()
                 self._reaper.wake_if_idle()
@@ -95,6 +98,12 @@ class SlotGate:
         with self._lock:
             self._hand_on(self.engine.release(lease_id, epoch, used_tokens))
             self._budget_changed()
+
+    def throttled(self, group: str, lease_id: str, retry_after: float | None) -> GroupInfo:
+        with self._lock:
+            info = self.engine.throttled(group, lease_id, retry_after)
+            self._budget_changed()
+            return info
 
     def cancel(self, lease_id: str) -> None:
         """A caller gave up on ``lease_id``: whether it waits, holds, or has not arrived yet."""

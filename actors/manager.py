@@ -50,7 +50,7 @@ from actors.journal import decode
 from actors.metrics import QueueMetrics
 from actors.names import MANAGER_NAME, NAMESPACE
 from actors.options import DEFAULT_OPTIONS, CallOptions
-from actors.outbox import Batch
+from actors.outbox import Batch, Counted
 from actors.settings import Settings
 from actors.stats import GroupInfo, QueuePosition, QueueStats
 from actors.telemetry import configure_telemetry
@@ -86,6 +86,7 @@ class ConcurrencyManager(LifelineHost):
             max_pending_per_group=queue.max_pending_per_group,
             group_limits=queue.group_limits,
             group_budgets=queue.group_budgets,
+            adaptive=queue.adaptive,
             observer=QueueMetrics(),
             restarted_at=time.time() if restarted else None,
         )
@@ -122,16 +123,29 @@ class ConcurrencyManager(LifelineHost):
         worker = caller.worker_id if caller is not None else None
         return await self._gate.acquire(group, lease_id, options, worker)
 
-    async def count(self, batch: Batch, caller: Caller | None = None) -> list[Lease | Exception]:
+    async def count(self, batch: Batch, caller: Caller | None = None) -> Counted:
         """Releases and acquires of groups where nobody waits, many in one call (see
-        :mod:`actors.outbox`); each acquire answered, in order, with its lease or its error."""
+        :mod:`actors.outbox`); each acquire answered, in order, with its lease or its error.
+        The calls already run: each is counted even if its group waits by now."""
         for lease_id, epoch in batch.releases:
             self._gate.release(lease_id, epoch)
         worker = caller.worker_id if caller is not None else None
-        asks = (self._gate.acquire(a.group, a.lease_id, a.options, worker) for a in batch.acquires)
+        asks = (
+            self._gate.acquire(a.group, a.lease_id, a.options, worker, started=True)
+            for a in batch.acquires
+        )
         answers = await asyncio.gather(*asks, return_exceptions=True)
-        # Only a cancelled count ends an acquire with less than an Exception.
-        return [a if isinstance(a, Lease | Exception) else RuntimeError(repr(a)) for a in answers]
+        infos = (self._gate.group_info(g) for g in {a.group for a in batch.acquires})
+        return Counted(
+            # Only a cancelled count ends an acquire with less than an Exception.
+            [a if isinstance(a, Lease | Exception) else RuntimeError(repr(a)) for a in answers],
+            tuple(info for info in infos if info.gated),
+        )
+
+    @ray.method(concurrency_group=CONTROL)
+    async def throttled(self, group: str, lease_id: str, retry_after: float | None) -> GroupInfo:
+        """A call of ``group`` got a 429 (see :mod:`actors.adaptive`)."""
+        return self._gate.throttled(group, lease_id, retry_after)
 
     async def watch(self, caller: Caller, lifeline: list[Any]) -> None:
         # The lifeline is kept outside the actor too, for the manager's next life.

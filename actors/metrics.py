@@ -10,6 +10,7 @@ the seed "LLM Queue Migration Plan".
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from ray.util import metrics as ray_metrics
@@ -84,6 +85,21 @@ class QueueMetrics:
             "Tokens a group's tokens-per-minute budget allows now.",
             GROUP,
         )
+        self._throttled = Counter(
+            "llm_queue_throttled",
+            "Calls whose provider answered 429 (each pauses its group's grants).",
+            GROUP,
+        )
+        self._paused_until = Gauge(
+            "llm_queue_paused_until_seconds",
+            "Unix time until which a group's grants are paused after a 429.",
+            GROUP,
+        )
+        self._learned_rpm = Gauge(
+            "llm_queue_learned_rpm",
+            "The requests per minute a group learned from its provider's 429s.",
+            GROUP,
+        )
         self._wait = Histogram(
             "llm_queue_wait_seconds",
             "Time from a request's arrival to its grant.",
@@ -111,3 +127,11 @@ class QueueMetrics:
             self._requests_left.set(requests, labels)
         if tokens is not None:
             self._tokens_left.set(tokens, labels)
+
+    def throttled(self, group: str, kind: str, pause_seconds: float) -> None:
+        labels = {"group": group, "kind": kind}
+        self._throttled.inc(labels)
+        self._paused_until.set(time.time() + pause_seconds, labels)
+
+    def learned_rpm(self, group: str, kind: str, rpm: float) -> None:
+        self._learned_rpm.set(rpm, {"group": group, "kind": kind})

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from actors.engine import Lease
 from actors.options import CallOptions
+from actors.stats import GroupInfo
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,16 @@ class Batch:
     acquires: tuple[Ask, ...] = ()
     # (lease id, epoch)
     releases: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Counted:
+    """The manager's answer to a :class:`Batch`: each acquire's lease or error, in order,
+    and the info of the batch's groups where calls now wait (after a 429, see
+    :mod:`actors.adaptive`), whose next calls must ask and wait."""
+
+    answers: list[Lease | Exception]
+    gated: tuple[GroupInfo, ...] = ()
 
 
 Send = Callable[[Batch], Awaitable[list[Lease | Exception]]]

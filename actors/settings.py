@@ -47,6 +47,9 @@ class QueueSettings(BaseModel):
     # Per-group requests and tokens per minute by group id, e.g. {"remote-api-openai":
     # {"rpm": 500, "tpm": 200000}}: a grant waits for a slot and for budget.
     group_budgets: dict[str, BudgetLimits] = Field(default_factory=dict)
+    # A 429 pauses its group until its Retry-After and lowers the group's rate (see
+    # actors.adaptive); false: each call only retries after its own 429.
+    adaptive: bool = True
     # A holder renews its lease every third of this; a lease not renewed in time is reclaimed.
     lease_ttl_seconds: float = Field(default=60.0, gt=0)
     # Beyond this many waiters in one group, acquire fails at once with QueueFull.

@@ -36,6 +36,11 @@ class SlotSource(Protocol):
         its group's budget (see :mod:`actors.budget`)."""
         ...
 
+    async def throttled(self, lease: Lease, retry_after: float | None) -> None:
+        """The call holding ``lease`` got a 429, to be tried again ``retry_after`` seconds
+        from now (see :mod:`actors.adaptive`)."""
+        ...
+
 
 class LocalSlots:
     """Slots from a gate in this process: the manager's rules without Ray."""
@@ -46,6 +51,9 @@ class LocalSlots:
 
     def report_usage(self, lease: Lease, tokens: int) -> None:
         self._used[lease.id] = tokens
+
+    async def throttled(self, lease: Lease, retry_after: float | None) -> None:
+        self.gate.throttled(lease.group, lease.id, retry_after)
 
     async def register(self, spec: GroupSpec) -> GroupInfo:
         return self.gate.register(spec)
@@ -77,6 +85,9 @@ class NoSlots:
 
     def report_usage(self, lease: Lease, tokens: int) -> None:
         """Without a queue there is no budget to correct."""
+
+    async def throttled(self, lease: Lease, retry_after: float | None) -> None:
+        """Without a queue nobody else waits: each call retries after its own 429."""
 
     @asynccontextmanager
     async def slot(

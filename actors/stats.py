@@ -46,6 +46,11 @@ class GroupStats(_Snapshot):
     tpm: int | None = None
     requests_left: int | None = None
     tokens_left: int | None = None
+    # The requests per minute learned from the provider's 429s (None: none yet), the
+    # seconds its grants stay paused, and how many 429s its calls got.
+    learned_rpm: int | None = None
+    paused_seconds: float = 0.0
+    throttled: int = 0
     active: int
     # The most calls of this group that ever held a slot at once.
     peak_active: int

@@ -48,13 +48,19 @@ def render(stats: QueueStats) -> str:
 
 
 def budget_left(group: GroupStats) -> str:
-    """E.g. "412/600 rpm, 9120/12000 tpm"; "-" without a budget."""
+    """E.g. "412/600 rpm, 9120/12000 tpm"; "3/250 rpm (learned), paused 1.0 s" after a
+    429; "-" without a budget."""
+    learned = group.learned_rpm is not None
     sides = [
         f"{left}/{per_minute} {unit}"
         for left, per_minute, unit in (
-            (group.requests_left, group.rpm, "rpm"),
+            (group.requests_left, group.learned_rpm if learned else group.rpm, "rpm"),
             (group.tokens_left, group.tpm, "tpm"),
         )
         if per_minute is not None
     ]
+    if learned:
+        sides[0] += " (learned)"
+    if group.paused_seconds > 0:
+        sides.append(f"paused {group.paused_seconds:.1f} s")
     return ", ".join(sides) or "-"

@@ -6,8 +6,9 @@ the last ``window`` calls failed (once ``min_calls`` were seen). Open, calls
 fail at once with :class:`CircuitOpen` for ``cooldown`` seconds, instead of
 queueing for a slot of a backend that is down. Then one probe is let
 through (half-open): its success closes the circuit, its failure opens it
-again. Only failures of the backend count (timeouts, 5xx, 429); a 400 or a
-401 means the backend is up. An open circuit names the failure that opened it.
+again. Only failures of the backend count (timeouts, 5xx); a 400, a 401 or a
+429 means the backend is up (a 429 pauses and slows the group instead, see
+:mod:`actors.adaptive`). An open circuit names the failure that opened it.
 """
 
 from __future__ import annotations

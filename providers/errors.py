@@ -56,6 +56,8 @@ class MissingAPIKey(ProviderError):
 
 class RateLimited(ProviderError):
     retryable = True
+    # The backend is up; its limit is the manager's to keep (see actors.adaptive).
+    breaker_counts = False
 
     def __init__(
         self, provider: str, detail: str, status: int | None = 429, retry_after: float | None = None

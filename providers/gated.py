@@ -11,6 +11,7 @@ parity mode (no slots).
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -28,9 +29,12 @@ from actors.slots import SlotSource
 from actors.stats import GroupInfo
 from actors.telemetry import tracer
 from providers.breaker import CircuitBreaker
+from providers.errors import RateLimited
 from providers.http import Backend
 from providers.models import ChatRequest, ChatResponse, StreamDelta, Usage
 from providers.retry import RetryPolicy, with_retries
+
+log = logging.getLogger(__name__)
 
 
 class CallObserver(Protocol):
@@ -96,7 +100,8 @@ class GatedProvider:
                     waited += wait
                     started_at = time.time()
                     with tracer().start_as_current_span("raygate.call", attributes=attributes):
-                        response = await self.backend.chat(request)
+                        async with self._throttling(lease):
+                            response = await self.backend.chat(request)
                     self._report(lease, response.usage)
                     return response
 
@@ -154,10 +159,11 @@ class GatedProvider:
             async with self._acquired(attributes, charged(request, options)) as (lease, _):
                 started = self._clock()
                 with tracer().start_as_current_span("raygate.call", attributes=attributes):
-                    async for delta in self.backend.stream(request):
-                        if delta.usage is not None:
-                            self._report(lease, delta.usage)
-                        yield delta
+                    async with self._throttling(lease):
+                        async for delta in self.backend.stream(request):
+                            if delta.usage is not None:
+                                self._report(lease, delta.usage)
+                            yield delta
                 answered(self._clock() - started)
 
     @contextmanager
@@ -177,6 +183,19 @@ class GatedProvider:
         except Exception as error:
             if self.observer is not None:
                 self.observer.failed(error, call)
+            raise
+
+    @asynccontextmanager
+    async def _throttling(self, lease: Lease) -> AsyncIterator[None]:
+        """Around the backend call: a 429 is told to the slot source, which pauses and slows
+        the whole group, before the slot is given back and the call retried."""
+        try:
+            yield
+        except RateLimited as error:
+            try:
+                await self.slots.throttled(lease, error.retry_after)
+            except Exception:
+                log.warning("telling the manager of a 429 failed", exc_info=True)
             raise
 
     def _report(self, lease: Lease, usage: Usage) -> None:

@@ -46,3 +46,27 @@ async def test_with_the_providers_limits_set_no_call_is_refused(
     assert (limits.limited, limits.served) == (0, 650)
     assert (stats.rpm, stats.tpm, stats.granted, stats.active) == (600, 12_000, 650, 0)
     assert stats.requests_left is not None and stats.requests_left < 600
+
+
+async def test_with_no_limits_set_the_manager_learns_the_providers_rate_from_its_429s(
+    make_manager: ManagerFactory,
+) -> None:
+    """1,700 calls at once against 1,200 requests a minute, raygate told nothing: the burst
+    finds the limit (its refused calls retried after the Retry-After), then the manager
+    paces the group at the rate it learned, and the provider refuses almost nothing more."""
+    limits = ProviderLimits(rpm=1_200)
+    with FakeLLMServer(OpenAIDialect(api_key=KEY), responder=limits) as server:
+        spec = classify("openai", server.url + "/v1")
+        client = make_manager()
+        options = ProviderOptions(api_key=SecretStr(KEY), timeout=60)  # 4 attempts
+        provider = get_or_create_provider(spec, options, client.handle)
+
+        responses = await asyncio.gather(*(provider.chat(REQUEST) for _ in range(1_700)))
+        stats = (await client.stats()).groups[spec.id]
+
+    assert [r.text for r in responses] == ["ok"] * 1_700
+    # After the first 429's pause (the fake's Retry-After is a second), the learned rate.
+    first = next(at for at, refused in limits.arrivals if refused)
+    after = [refused for at, refused in limits.arrivals if at > first + 1.0]
+    assert len(after) > 300 and sum(after) / len(after) < 0.01, (sum(after), len(after))
+    assert stats.learned_rpm is not None and stats.throttled == limits.limited

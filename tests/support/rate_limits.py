@@ -33,6 +33,8 @@ class ProviderLimits:
         self._at = clock()
         self.served = 0
         self.limited = 0
+        # Each request's arrival and whether it was refused, in order.
+        self.arrivals: list[tuple[float, bool]] = []
 
     def __call__(self, request: Received) -> Script:
         body = request.body
@@ -46,7 +48,9 @@ class ProviderLimits:
             if self.tpm is not None:
                 self._tokens = min(self.tpm, self._tokens + elapsed * self.tpm / 60)
                 waits.append((min(cost, self.tpm) - self._tokens) * 60 / self.tpm)
-            if max(waits) > 0:
+            refused = max(waits) > 0
+            self.arrivals.append((now, refused))
+            if refused:
                 self.limited += 1
                 return RateLimit(str(max(1, math.ceil(max(waits)))))
             self._requests -= 1

@@ -8,6 +8,7 @@ provider's API does and answers in its real shape.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,9 +130,14 @@ def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
     case: Case = request.param
     with FakeLLMServer(case.dialect()) as server:
         spec = classify(case.provider, server.url + case.path)
-        engine = SlotEngine(epoch=next(_ids), group_limits={spec.id: 1})
-        gate = SlotGate(engine)
         waits: list[float] = []
+
+        def clock() -> float:
+            """Real time, moved on by the retry loop's waits (which pass at once)."""
+            return time.monotonic() + sum(waits)
+
+        engine = SlotEngine(epoch=next(_ids), group_limits={spec.id: 1}, clock=clock)
+        gate = SlotGate(engine)
 
         async def sleep(seconds: float) -> None:
             # The retry loop waits here: the slot must be free while it does.
@@ -149,6 +155,7 @@ def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
             spec,
             LocalSlots(gate),
             retry=RetryPolicy(attempts=3, base_delay=0.01, deadline=60),
+            clock=clock,
             sleep=sleep,
         )
         yield Rig(case, server, spec, provider, gate, waits)
