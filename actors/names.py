@@ -6,3 +6,5 @@ from __future__ import annotations
 NAMESPACE = "raygate"
 # The cluster's one ConcurrencyManager.
 MANAGER_NAME = "concurrency-manager"
+# The cluster's response cache (see providers.cache).
+CACHE_NAME = "response-cache"

@@ -54,7 +54,9 @@ class CallOptions:
     restarted manager queues the waiters it lost in the order they asked.
     ``tokens``: what the call may use, charged to its group's tokens-per-minute
     budget when granted (see :mod:`actors.budget`) and corrected with the
-    usage its answer reports.
+    usage its answer reports. ``cache``: whether a deterministic request may be
+    answered from the cluster's response cache, and its answer kept there
+    (see :mod:`providers.cache`).
     """
 
     priority: int = DEFAULT_PRIORITY
@@ -64,6 +66,7 @@ class CallOptions:
     queue_timeout: float | None = None
     asked_at: float | None = None
     tokens: int = 0
+    cache: bool = False
     labels: CallLabels = field(default_factory=CallLabels)
 
     def __post_init__(self) -> None:

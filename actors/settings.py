@@ -90,6 +90,9 @@ class PipelineSettings(BaseModel):
     # How often a stage may ask again after an answer that failed validation.
     output_attempts: PositiveInt = 3
     max_tokens: PositiveInt = 200
+    # Whether its calls use the response cache (see providers.cache): a rerun of a
+    # finished job then takes no backend call.
+    cache: bool = True
 
 
 class TelemetrySettings(BaseModel):
@@ -124,6 +127,9 @@ class ServeSettings(BaseModel):
     # manager, where priority decides: a lower bound would queue them in Serve,
     # first come first served.
     max_ongoing_requests: PositiveInt = 20_000
+    # Whether requests use the response cache (see providers.cache), unless one says
+    # ``Cache-Control: no-cache`` or ``no-store``.
+    cache: bool = False
     replicas: PositiveInt = 1
     # Pipeline jobs over HTTP: input files named by a job are read under data_dir
     # (none: inline services only); each job's records go to results_dir/<id>.jsonl
@@ -131,6 +137,19 @@ class ServeSettings(BaseModel):
     data_dir: Path | None = None
     results_dir: Path = Path(tempfile.gettempdir()) / "raygate-results"
     job_retention_seconds: float = Field(default=3600.0, gt=0)
+
+
+class CacheSettings(BaseModel):
+    """The response cache (see providers.cache)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # false: no call uses the cache, whatever it asks (pipeline.cache, serve.cache).
+    enabled: bool = True
+    # The SQLite file, on the head node.
+    path: Path = Path("~/.cache/raygate/responses.sqlite3")
+    # Past this many bytes of answers, the least recently used go.
+    max_bytes: PositiveInt = 256 * 1024 * 1024
 
 
 class Settings(BaseSettings):
@@ -148,6 +167,7 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     # Keys of remote APIs; else each provider's usual variable (OPENAI_API_KEY, ...).
     api_keys: dict[Provider, SecretStr] = Field(default_factory=dict)
 

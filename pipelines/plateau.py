@@ -218,7 +218,11 @@ class PlateauJob:
                 response_format=fmt,
             )
             try:
-                options = CallOptions(critical=critical, labels=replace(labels, attempt=attempt))
+                options = CallOptions(
+                    critical=critical,
+                    cache=self.settings.cache,
+                    labels=replace(labels, attempt=attempt),
+                )
                 response = await self.ask(request, options)
                 return model.model_validate(response.data)
             except ValidationError as invalid:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import ray
@@ -29,11 +30,12 @@ from actors.client import ManagerClient
 from actors.groups import GroupSpec, Provider, ResourceKind, classify, model_entry
 from actors.names import NAMESPACE
 from actors.options import DEFAULT_OPTIONS, CallOptions
-from actors.settings import PROVIDER_DEFAULTS, Settings, TelemetrySettings
+from actors.settings import PROVIDER_DEFAULTS, CacheSettings, Settings, TelemetrySettings
 from actors.slots import NoSlots, SlotSource
 from actors.telemetry import configure_telemetry
 from actors.watch import CallerCalls, LifelineHost
 from providers.breaker import CircuitBreaker
+from providers.cache import ResponseCache, get_or_create_cache
 from providers.client import EmbeddedModelClient, ProviderClient
 from providers.factory import api_key_for, build_backend
 from providers.gated import GatedProvider
@@ -61,6 +63,8 @@ class ProviderOptions:
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     # For a model server raygate runs itself (the embedded model).
     restarts: RestartPolicy = field(default_factory=RestartPolicy)
+    # The cluster's response cache, for calls that ask for it; None: none.
+    cache: CacheSettings | None = None
 
 
 def options_for(
@@ -78,6 +82,7 @@ def options_for(
         restarts=RestartPolicy(
             tuning.model_server_restarts, tuning.model_server_restart_window_seconds
         ),
+        cache=settings.cache if settings.cache.enabled else None,
     )
 
 
@@ -85,7 +90,8 @@ def gated_provider(
     spec: GroupSpec, options: ProviderOptions, slots: SlotSource, backend: Backend | None = None
 ) -> GatedProvider:
     """The group's backend (built from ``options`` unless given) behind ``slots``, with the
-    options' retries and breaker, its calls counted in this process's metrics."""
+    options' retries, breaker and response cache, its calls counted in this process's
+    metrics."""
     configure_telemetry(options.telemetry)
     backend = backend or build_backend(
         spec, api_key=options.api_key, timeout=options.timeout, quirks=options.quirks
@@ -97,6 +103,9 @@ def gated_provider(
         retry=options.retry,
         breaker=CircuitBreaker(backend.provider, spec.id, cooldown=options.breaker_cooldown),
         observer=CallMetrics(),
+        cache=None
+        if options.cache is None
+        else ResponseCache(partial(get_or_create_cache, options.cache)),
     )
 
 

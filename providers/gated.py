@@ -29,6 +29,7 @@ from actors.slots import SlotSource
 from actors.stats import GroupInfo
 from actors.telemetry import tracer
 from providers.breaker import CircuitBreaker
+from providers.cache import ResponseCache, cache_key
 from providers.errors import RateLimited
 from providers.http import Backend
 from providers.models import ChatRequest, ChatResponse, StreamDelta, Usage
@@ -58,9 +59,11 @@ class GatedProvider:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         observer: CallObserver | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.backend = backend
         self.observer = observer
+        self.cache = cache
         self.spec = spec
         self.slots = slots
         self.retry = retry or RetryPolicy()
@@ -82,10 +85,27 @@ class GatedProvider:
     async def chat(
         self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
     ) -> ChatResponse:
+        """Answer from the response cache if the call allows it and it has the answer
+        (no slot, no backend); else through a slot, and keep the answer there."""
+        key = cache_key(self.spec.id, request) if options.cache and self.cache else None
+        if key is not None and self.cache is not None:
+            asked, looked = time.time(), self._clock()
+            if (cached := await self.cache.get(key)) is not None:
+                latency = self._clock() - looked
+                return cached.model_copy(
+                    update={
+                        "cached": True,
+                        "queue_wait_seconds": 0.0,
+                        "started_at": asked,
+                        "latency_seconds": latency,
+                    }
+                )
         await self.start()
         with self._observed(request, options) as answered:
             response = await self._chat(request, options)
             answered(response.latency_seconds)
+        if key is not None and self.cache is not None:
+            self.cache.put(key, response)
         return response
 
     async def _chat(self, request: ChatRequest, options: CallOptions) -> ChatResponse:

@@ -87,6 +87,8 @@ class ChatResponse(BaseModel):
     model: str
     # The parsed JSON when the request asked for a schema.
     data: Any = None
+    # Answered from the response cache (see providers.cache), not by the backend now.
+    cached: bool = False
 
 
 class StreamDelta(BaseModel):

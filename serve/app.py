@@ -271,17 +271,21 @@ class Gateway:
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     def _options(self, request: Request, body: ChatCompletionBody) -> CallOptions:
-        """Priority from the body or ``X-Priority``; ``X-Queue-Timeout``, ``X-Request-Id``."""
+        """Priority from the body or ``X-Priority``; ``X-Queue-Timeout``, ``X-Request-Id``;
+        the response cache if ``serve.cache``, unless ``Cache-Control`` says no."""
         header = request.headers.get("x-priority")
         priority = body.priority if body.priority is not None else int(header or 5)
         timeout = request.headers.get("x-queue-timeout")
         seconds = float(timeout) if timeout else None
         if seconds is not None and not 0 < seconds < math.inf:
             raise ValueError(timeout)
+        control = request.headers.get("cache-control", "").lower()
+        refused = "no-cache" in control or "no-store" in control
         return CallOptions(
             priority=priority,
             request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
             queue_timeout=seconds,
+            cache=self._settings.serve.cache and not refused,
         )
 
     @api.post("/v1/pipelines", status_code=202, response_model=None)

@@ -256,6 +256,27 @@ def test_queue_on_and_off_write_identical_files(backend: FakeLLMServer, tmp_path
     assert "sequential estimate" in on.stdout
 
 
+def test_a_rerun_of_a_finished_job_is_answered_from_the_cache(
+    backend: FakeLLMServer, tmp_path: Path
+) -> None:
+    """The job's calls use the response cache by default: run again, no call reaches the
+    backend, and the output is the same."""
+    services = write_services(tmp_path / "in.jsonl", SERVICES)
+    config = write_config(tmp_path / "raygate.yaml", backend)
+    cache = {
+        "RAYGATE_CACHE__ENABLED": "true",
+        "RAYGATE_CACHE__PATH": str(tmp_path / "answers.sqlite3"),
+    }
+
+    first = run_cli(services, tmp_path / "first.jsonl", config, **cache)
+    calls = len(backend.received)
+    again = run_cli(services, tmp_path / "again.jsonl", config, **cache)
+
+    assert (first.returncode, again.returncode) == (0, 0), first.stderr + again.stderr
+    assert calls > 0 and len(backend.received) == calls
+    assert (tmp_path / "first.jsonl").read_bytes() == (tmp_path / "again.jsonl").read_bytes()
+
+
 def test_killed_run_resumes_and_every_service_appears_once(
     backend: FakeLLMServer, tmp_path: Path
 ) -> None:
