@@ -64,6 +64,7 @@ from serve.wire import (
     completion,
     error,
     usage_chunk,
+    wants_cache,
 )
 
 log = logging.getLogger(__name__)
@@ -279,13 +280,11 @@ class Gateway:
         seconds = float(timeout) if timeout else None
         if seconds is not None and not 0 < seconds < math.inf:
             raise ValueError(timeout)
-        control = request.headers.get("cache-control", "").lower()
-        refused = "no-cache" in control or "no-store" in control
         return CallOptions(
             priority=priority,
             request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
             queue_timeout=seconds,
-            cache=self._settings.serve.cache and not refused,
+            cache=wants_cache(request.headers.get("cache-control"), self._settings.serve.cache),
         )
 
     @api.post("/v1/pipelines", status_code=202, response_model=None)

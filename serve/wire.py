@@ -180,3 +180,10 @@ class PipelineSubmission(BaseModel):
         if (self.services is None) == (self.file is None):
             raise ValueError("give either services (inline) or file (under serve.data_dir)")
         return self
+
+
+def wants_cache(cache_control: str | None, default: bool) -> bool:
+    """Whether a request uses the response cache: the endpoint's ``serve.cache`` (the
+    default), unless its ``Cache-Control`` says ``no-cache`` or ``no-store``."""
+    directives = {d.strip().lower() for d in (cache_control or "").split(",")}
+    return default and not directives & {"no-cache", "no-store"}

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import hypothesis
@@ -44,12 +47,14 @@ pytestmark = pytest.mark.ray
 
 KEY = "sk-test-raygate"
 MAX_PENDING = 100
+# A call that says "hold" is answered once the test sets this.
+RELEASE = threading.Event()
 
 
 def respond(request: Received) -> Script:
-    """What the backend answers, by the last message: "slow:S", "json", "pieces",
-    "long-stream"; a pipeline job's call as the plateau backend does (2 s late for a
-    service named "Slowpoke ..."); else an echo."""
+    """What the backend answers, by the last message: "slow:S", "hold" (until RELEASE),
+    "json", "pieces", "long-stream"; a pipeline job's call as the plateau backend does
+    (2 s late for a service named "Slowpoke ..."); else an echo."""
     text = request.body["messages"][-1]["content"]
     if "response_format" in request.body and text != "json":
         answer = plateau_answer(request)
@@ -57,6 +62,9 @@ def respond(request: Received) -> Script:
         return replace(answer, delay=2.0) if slow and isinstance(answer, SayJson) else answer
     if text.startswith("slow:"):
         return Slow(float(text.removeprefix("slow:")))
+    if text == "hold":
+        RELEASE.wait(timeout=120)
+        return Say("released")
     if text == "json":
         return SayJson({"answer": 42})
     if text == "pieces":
@@ -102,17 +110,23 @@ def gateway(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
     data = tmp_path_factory.mktemp("data")
     with FakeLLMServer(OpenAIDialect(), responder=respond, stop_on_disconnect=True) as local:
         base_url = local.url + "/v1"
-        settings = Settings(
-            models={"local": ModelEntry(provider="openai-compatible", base_url=base_url)},
-            queue=QueueSettings(max_pending_per_group=MAX_PENDING),
-            pipeline=PipelineSettings(model="local", plateaus=1, mapping_types=("data",)),
-            serve=ServeSettings(
-                api_keys=(SecretStr(KEY),),
-                max_body_bytes=64 * 1024,
-                data_dir=data,
-                results_dir=data / "results",
-            ),
-        )
+        # The cache on, as by default (the suite turns it off): serve.cache decides.
+        cache_on = {"RAYGATE_CACHE__ENABLED": "true", "RAYGATE_CACHE__PATH": str(data / "c.db")}
+        with mock.patch.dict(os.environ, cache_on):
+            settings = Settings(
+                models={"local": ModelEntry(provider="openai-compatible", base_url=base_url)},
+                queue=QueueSettings(max_pending_per_group=MAX_PENDING),
+                # Jobs over HTTP call the backend each time (their tests count calls).
+                pipeline=PipelineSettings(
+                    model="local", plateaus=1, mapping_types=("data",), cache=False
+                ),
+                serve=ServeSettings(
+                    api_keys=(SecretStr(KEY),),
+                    max_body_bytes=64 * 1024,
+                    data_dir=data,
+                    results_dir=data / "results",
+                ),
+            )
         # The endpoint creates the cluster's manager with these settings.
         kill_the_clusters_manager()
         port = free_loopback_port()
@@ -145,6 +159,21 @@ async def test_a_completion_through_the_openai_client(gateway: Gateway) -> None:
     assert response.choices[0].finish_reason == "stop"
     assert response.model == "local"
     assert response.usage is not None and response.usage.total_tokens == 18
+
+
+async def test_by_default_the_endpoint_answers_no_request_from_the_cache(
+    gateway: Gateway,
+) -> None:
+    """``serve.cache`` is off by default: the same deterministic request twice reaches the
+    backend twice."""
+    received = len(gateway.local.received)
+    async with gateway.client() as client:
+        for _ in range(2):
+            await client.chat.completions.create(
+                model="local", messages=ask("twice"), temperature=0
+            )
+
+    assert len(gateway.local.received) == received + 2
 
 
 async def test_a_stream_through_the_openai_client_ends_with_its_usage(gateway: Gateway) -> None:
@@ -251,17 +280,21 @@ async def test_priority_over_http_with_one_slot(gateway: Gateway) -> None:
                 extra_body=None if by_header else {"priority": priority},
             )
 
-        holder = asyncio.create_task(
-            client.chat.completions.create(model="local", messages=ask("slow:2"))
-        )
-        await wait_until(lambda: _is(gateway.active, 1), "the slow call to hold the slot")
-        calls = []
-        for i, priority in enumerate(priorities):
-            calls.append(asyncio.create_task(one(i, priority)))
-            await wait_until(lambda n=i + 1: _is(gateway.pending, n), f"request {i} queued")
-        async with gateway.http() as http:
-            last = (await http.get("/v1/queue/req-10")).raise_for_status().json()
-            unknown = await http.get("/v1/queue/req-none")
+        RELEASE.clear()
+        try:
+            holder = asyncio.create_task(
+                client.chat.completions.create(model="local", messages=ask("hold"))
+            )
+            await wait_until(lambda: _is(gateway.active, 1), "the held call to take the slot")
+            calls = []
+            for i, priority in enumerate(priorities):
+                calls.append(asyncio.create_task(one(i, priority)))
+                await wait_until(lambda n=i + 1: _is(gateway.pending, n), f"request {i} queued")
+            async with gateway.http() as http:
+                last = (await http.get("/v1/queue/req-10")).raise_for_status().json()
+                unknown = await http.get("/v1/queue/req-none")
+        finally:
+            RELEASE.set()  # also when the test fails: the holder's thread ends
         await asyncio.gather(holder, *calls)
 
     # The second of the two priority-1 requests: all the others go first.
@@ -279,7 +312,7 @@ async def test_a_full_queue_answers_429_with_retry_after(gateway: Gateway) -> No
         holder = asyncio.create_task(
             client.chat.completions.create(model="local", messages=ask("slow:1"))
         )
-        await wait_until(lambda: _is(gateway.active, 1), "the slow call to hold the slot")
+        await wait_until(lambda: _is(gateway.active, 1), "the held call to take the slot")
         waiting = [
             asyncio.create_task(client.chat.completions.create(model="local", messages=ask("w")))
             for _ in range(MAX_PENDING)

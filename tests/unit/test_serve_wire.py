@@ -10,7 +10,7 @@ from actors.settings import ServeSettings, Settings
 from providers.errors import ProviderTimeout, ProviderUnavailable, RateLimited
 from serve.app import check_keys
 from serve.errors import answer_for, invalid
-from serve.wire import ChatCompletionBody
+from serve.wire import ChatCompletionBody, wants_cache
 
 
 def test_an_openai_body_becomes_the_backends_request() -> None:
@@ -80,3 +80,11 @@ def test_auth_without_keys_refuses_to_start_unless_turned_off() -> None:
         check_keys(Settings())
     check_keys(Settings(serve=ServeSettings(auth=False)))
     check_keys(Settings(serve=ServeSettings(api_keys=(SecretStr("k"),))))
+
+
+def test_a_request_uses_the_cache_only_where_the_endpoint_does_unless_it_says_no() -> None:
+    assert wants_cache(None, default=True)
+    assert wants_cache("max-age=60", default=True)
+    assert not wants_cache("no-cache", default=True)
+    assert not wants_cache("private, No-Store", default=True)
+    assert not wants_cache(None, default=False)
