@@ -20,11 +20,13 @@ a provider limits: with answers that come in 50 ms, a single slot makes 1,200
 requests a minute, and no slot count keeps such a group under a 600 a minute
 limit; a rate does, however long the answers take. It is the group's
 requests bucket (:mod:`actors.budget`), so its waiters are granted in priority
-order like any budget's. The first rate is ``BACKOFF`` of what the group was
-granted in the minute before its first 429, if that was at least
-``MIN_SAMPLE`` calls: a 429 after fewer says little of a rate (the key may be
-shared, the tokens spent), and half of one call a minute would hold the group
-down for long; the pause alone answers it.
+order like any budget's. The first rate is what the group was granted in
+the minute before its first 429: a provider's bucket holds a minute's
+requests, so a burst from a full one passes about its rate before the first
+429 (a steadier flow passes more, and the next 429s lower it). That only if
+it was at least ``MIN_SAMPLE`` calls: a 429 after fewer says little of a rate
+(the key may be shared, the tokens spent), and a rate of a few calls a
+minute would hold the group down for long; the pause alone answers it.
 
 Learned state lives in the manager's memory only: a restarted manager learns
 again from the next 429.
@@ -36,7 +38,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 BACKOFF = 0.8
-RECOVERY_CALLS = 100
+RECOVERY_CALLS = 200
 # How long a 429 without Retry-After pauses its group.
 DEFAULT_PAUSE_SECONDS = 1.0
 MIN_RPM = 1.0
@@ -62,9 +64,8 @@ class Adaptation:
         minute; None if that is too few to learn from."""
         if last_minute < MIN_SAMPLE:
             return None
-        adaptation = cls(float(last_minute), float(last_minute), now, ceiling)
-        adaptation.lower(now)
-        return adaptation
+        rpm = float(last_minute if ceiling is None else min(last_minute, ceiling))
+        return cls(rpm, rpm, now, ceiling)
 
     def lower(self, now: float) -> None:
         self.throttled_at = self.rpm

@@ -242,10 +242,16 @@ def get_or_create_manager(settings: Settings, *, name: str = MANAGER_NAME) -> An
     Returns at once (no round trip); the handle works from any driver, job,
     actor or Serve replica in the cluster.
     """
-    return ConcurrencyManager.options(  # type: ignore[attr-defined]
+    return head_singleton(ConcurrencyManager, name, settings)
+
+
+def head_singleton(actor: Any, name: str, *args: Any) -> Any:
+    """The cluster's detached actor ``name`` of class ``actor``, on the head node: the
+    running one, else a new one made with ``args``."""
+    return actor.options(
         name=name,
         namespace=NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
         resources=HEAD_NODE_RESOURCE,
-    ).remote(settings)
+    ).remote(*args)

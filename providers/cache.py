@@ -42,9 +42,9 @@ from typing import Any
 import ray
 from pydantic import ValidationError
 
-from actors.manager import HEAD_NODE_RESOURCE
+from actors.manager import head_singleton
 from actors.metrics import Counter, Gauge
-from actors.names import CACHE_NAME, NAMESPACE
+from actors.names import CACHE_NAME
 from actors.settings import CacheSettings
 from providers.models import ChatRequest, ChatResponse
 
@@ -235,13 +235,7 @@ class ResponseCacheActor:
 
 def get_or_create_cache(settings: CacheSettings) -> Any:
     """The cluster's cache actor: the running one, else a new one with ``settings``."""
-    return ResponseCacheActor.options(  # type: ignore[attr-defined]
-        name=CACHE_NAME,
-        namespace=NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        resources=HEAD_NODE_RESOURCE,
-    ).remote(settings)
+    return head_singleton(ResponseCacheActor, CACHE_NAME, settings)
 
 
 class ResponseCache:
