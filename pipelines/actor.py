@@ -39,6 +39,8 @@ class CallRecord:
     # Wall clock when the call started holding its slot, and how long it held it.
     started_at: float = 0.0
     latency: float = 0.0
+    # Answered from the response cache: no slot, no backend call.
+    cached: bool = False
 
     @property
     def held(self) -> tuple[float, float]:
@@ -136,6 +138,7 @@ class PipelineActor:
                 queue_wait=response.queue_wait_seconds,
                 started_at=response.started_at,
                 latency=response.latency_seconds,
+                cached=response.cached,
             )
         )
         if self._events is not None:

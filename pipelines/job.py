@@ -184,25 +184,29 @@ def summary(outcome: Outcome, *, skipped: int, bad_lines: int) -> str:
         f"{len(outcome.records)} services in {outcome.elapsed:.1f}s: {ok} ok, "
         f"{outcome.failed} failed; {skipped} already done; {bad_lines} bad input lines",
     ]
-    groups = sorted({call.group for call in outcome.calls})
+    # The backend's calls; answers from the response cache took no slot.
+    called = [c for c in outcome.calls if not c.cached]
+    groups = sorted({call.group for call in called})
     if groups:
         width = max(len(g) for g in groups)
         lines.append(f"{'group':<{width}}  calls  failed  max in flight  queue wait p50    p95")
         for group in groups:
-            calls = [c for c in outcome.calls if c.group == group]
+            calls = [c for c in called if c.group == group]
             waits = [c.queue_wait for c in calls if c.ok]
             lines.append(
                 f"{group:<{width}}  {len(calls):>5}  {sum(not c.ok for c in calls):>6}  "
                 f"{peak_overlap(c.held for c in calls):>13}  "
                 f"{percentile(waits, 0.5):>13.2f}s {percentile(waits, 0.95):>5.2f}s"
             )
+    if cached := len(outcome.calls) - len(called):
+        lines.append(f"{cached} answers from the response cache (no slot, no backend call)")
     if outcome.server_restarts:
         lines.append(
             f"model server restarted {len(outcome.server_restarts)} "
             f"time{'s' if len(outcome.server_restarts) != 1 else ''}, after it was: "
             + "; ".join(outcome.server_restarts)
         )
-    sequential = sum(c.latency for c in outcome.calls if c.ok)
+    sequential = sum(c.latency for c in called if c.ok)
     if outcome.elapsed > 0 and sequential > 0:
         lines.append(
             f"sequential estimate (the calls one after another): {sequential:.1f}s; "

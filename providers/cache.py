@@ -1,12 +1,14 @@
 """Answers to repeated deterministic requests, kept for the whole cluster: no slot, no backend.
 
 A request is cached when its answer can be expected to repeat: not streamed,
-and at temperature 0 or unset. Its key is a SHA-256 of the group (the
-backend that answers) and the whole request: model, messages, ``max_tokens``,
-``stop``, response format. A call uses the cache only if its options say so
-(:class:`actors.options.CallOptions` ``cache``): the pipeline job's calls do
-by default, the Serve endpoint's do not (``cache.pipeline``, ``cache.serve``),
-and either can be turned off per call.
+and at temperature 0 or unset. Its key is a SHA-256 of the provider (its wire
+format) and the whole request: model, messages, ``max_tokens``, ``stop``,
+response format. Not of the server's address: the embedded model's port is
+new each run, and a model answers the same wherever it is served. A call
+uses the cache only if its options say so (:class:`actors.options.CallOptions`
+``cache``): the pipeline job's calls do by default, the Serve endpoint's do
+not (``pipeline.cache``, ``serve.cache``), and either can be turned off per
+call.
 
 The store is one SQLite file on the head node, behind a named actor
 (:class:`ResponseCacheActor`). SQLite because it is in Python, durable on
@@ -65,11 +67,12 @@ CREATE INDEX IF NOT EXISTS answers_by_use ON answers (used);
 """
 
 
-def cache_key(group: str, request: ChatRequest) -> str | None:
-    """The request's key in ``group``'s answers; None if its answer may differ each time."""
+def cache_key(provider: str, request: ChatRequest) -> str | None:
+    """The request's key among ``provider``'s answers; None if its answer may differ each
+    time."""
     if request.stream or (request.temperature or 0.0) != 0.0:
         return None
-    payload = {"group": group, "request": request.model_dump(mode="json", exclude={"stream"})}
+    payload = {"provider": provider, "request": request.model_dump(mode="json", exclude={"stream"})}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -87,7 +87,7 @@ class GatedProvider:
     ) -> ChatResponse:
         """Answer from the response cache if the call allows it and it has the answer
         (no slot, no backend); else through a slot, and keep the answer there."""
-        key = cache_key(self.spec.id, request) if options.cache and self.cache else None
+        key = cache_key(self.spec.provider, request) if options.cache and self.cache else None
         if key is not None and self.cache is not None:
             asked, looked = time.time(), self._clock()
             if (cached := await self.cache.get(key)) is not None:

@@ -274,6 +274,7 @@ def test_a_rerun_of_a_finished_job_is_answered_from_the_cache(
 
     assert (first.returncode, again.returncode) == (0, 0), first.stderr + again.stderr
     assert calls > 0 and len(backend.received) == calls
+    assert f"{calls} answers from the response cache" in again.stdout
     assert (tmp_path / "first.jsonl").read_bytes() == (tmp_path / "again.jsonl").read_bytes()
 
 
