@@ -222,6 +222,10 @@ class GatedProvider:
         self.slots.report_usage(lease, usage.input_tokens + usage.output_tokens)
 
     async def aclose(self) -> None:
+        """Close the backend's connections, once the answers on their way to the cache are
+        stored."""
+        if self.cache is not None:
+            await self.cache.drain()
         await self.backend.aclose()
 
 

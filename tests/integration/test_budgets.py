@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import ray
 from pydantic import SecretStr
 
 from actors.budget import BudgetLimits
@@ -13,8 +14,8 @@ from actors.groups import classify
 from providers.actor import ProviderOptions, get_or_create_provider
 from providers.models import ChatMessage, ChatRequest
 from providers.retry import RetryPolicy
-from tests.integration.conftest import ManagerFactory
-from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
+from tests.integration.conftest import ManagerFactory, wait_until
+from tests.support.fake_llm import FakeLLMServer, OpenAIDialect, RateLimit
 from tests.support.rate_limits import ProviderLimits
 
 pytestmark = pytest.mark.ray
@@ -70,3 +71,34 @@ async def test_with_no_limits_set_the_manager_learns_the_providers_rate_from_its
     after = [refused for at, refused in limits.arrivals if at > first + 1.0]
     assert len(after) > 300 and sum(after) / len(after) < 0.01, (sum(after), len(after))
     assert stats.learned_rpm is not None and stats.throttled == limits.limited
+
+
+async def test_a_manager_killed_while_a_group_is_paused_loses_no_call(
+    make_manager: ManagerFactory,
+) -> None:
+    """A 429 pauses the group with calls waiting; the manager is killed meanwhile. Ray
+    asks the restarted manager again for every waiting call (it has forgotten the pause)
+    and the refused call retries after its Retry-After: all answer."""
+    with FakeLLMServer(OpenAIDialect(api_key=KEY)) as server:
+        server.script(RateLimit("3"))
+        spec = classify("openai", server.url + "/v1")
+        client = make_manager()
+        options = ProviderOptions(api_key=SecretStr(KEY), timeout=60, retry=RetryPolicy(2))
+        provider = get_or_create_provider(spec, options, client.handle)
+
+        async def group_is(field: str, value: int) -> bool:
+            group = (await client.stats()).groups.get(spec.id)
+            return group is not None and getattr(group, field) == value
+
+        refused = asyncio.ensure_future(provider.chat(REQUEST))
+        await wait_until(lambda: group_is("throttled", 1), "the 429 told to the manager")
+        waiting = [asyncio.ensure_future(provider.chat(REQUEST)) for _ in range(5)]
+        await wait_until(lambda: group_is("pending", 5), "five calls waiting out the pause")
+        ray.kill(client.handle, no_restart=False)
+
+        answers = await asyncio.gather(refused, *waiting)
+        stats = (await client.stats()).groups[spec.id]
+
+    assert [a.text for a in answers] == ["ok"] * 6
+    assert len(server.received) == 7  # the refused one twice
+    assert (stats.paused_seconds, stats.active, stats.pending) == (0.0, 0, 0)
