@@ -38,6 +38,7 @@ from actors.manager import get_or_create_manager
 from actors.names import MANAGER_NAME
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.outbox import Ask, Batch, Counted, Outbox
+from actors.queueview import QueueView
 from actors.settings import Settings, load_settings
 from actors.stats import GroupInfo, QueuePosition, QueueStats
 from actors.watch import caller_of
@@ -278,6 +279,12 @@ class ManagerClient:
 
     async def stats(self) -> QueueStats:
         return await unwrap(self.handle.stats.remote())
+
+    async def view(self, after: int = -1, first: int = 50, wait: float = 0.0) -> QueueView:
+        """The queue page's view, once it differs from version ``after`` (at most
+        ``wait`` seconds later); see :mod:`actors.queueview`."""
+        view: QueueView = await cancellable(self.handle.view.remote(after, first, wait))
+        return view
 
     async def position(self, request_id: str) -> QueuePosition | None:
         return await unwrap(self.handle.position.remote(request_id))

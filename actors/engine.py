@@ -50,7 +50,8 @@ from actors.errors import (
 )
 from actors.groups import GroupSpec
 from actors.journal import GroupRecord, HeldLease
-from actors.options import DEFAULT_OPTIONS, CallOptions
+from actors.options import DEFAULT_OPTIONS, CallLabels, CallOptions
+from actors.queueview import GroupActivity, LevelHistory, QueueView, WaitingCall
 from actors.stats import GroupInfo, GroupStats, QueuePosition, QueueStats, percentile
 from actors.waitqueue import GrantKey, WaitQueue, grant_key
 
@@ -107,6 +108,7 @@ class _Waiter:
     key: GrantKey
     queued_at: float
     tokens: int
+    labels: CallLabels
 
 
 @dataclass(slots=True)
@@ -123,6 +125,7 @@ class _Group:
     throttled: int = 0
     leases: set[str] = field(default_factory=set)
     waits: deque[float] = field(default_factory=lambda: deque(maxlen=WAIT_WINDOW))
+    history: LevelHistory = field(default_factory=LevelHistory)
     active: int = 0
     peak_active: int = 0
     avg_hold: float | None = None
@@ -196,6 +199,8 @@ class SlotEngine:
         self.unknown_releases = 0
         self.late_acquires = 0
         self.renewed = 0
+        # Moves on every change of a group's levels or pause (see actors.queueview).
+        self.version = 0
 
     # -- groups ---------------------------------------------------------------
 
@@ -324,7 +329,14 @@ class SlotEngine:
             width=self._width(group),
         )
         self._waiters[lease_id] = _Waiter(
-            lease_id, group_id, request_id, priority, key, self.clock(), options.tokens
+            lease_id,
+            group_id,
+            request_id,
+            priority,
+            key,
+            self.clock(),
+            options.tokens,
+            options.labels,
         )
         group.queue.push(lease_id, key)
         self._note_worker(lease_id, worker)
@@ -381,6 +393,7 @@ class SlotEngine:
             self._retune(group, empty=True)
         if self._observer is not None:
             self._observer.throttled(group.spec.id, group.spec.kind, pause)
+        self.version += 1
         return self._info(group)
 
     def _retune(self, group: _Group, *, empty: bool = False) -> None:
@@ -551,6 +564,31 @@ class SlotEngine:
             renewed=self.renewed,
         )
 
+    def view(self, first: int) -> QueueView:
+        """The stats, each group's recent levels, and its first ``first`` waiters in grant
+        order with their ETAs."""
+        now = self.clock()
+        groups = {}
+        for gid, group in self._groups.items():
+            waiting = []
+            for ahead, lease_id in enumerate(group.queue.first(first)):
+                waiter = self._waiters[lease_id]
+                waiting.append(
+                    WaitingCall(
+                        request_id=waiter.request_id,
+                        priority=waiter.priority,
+                        position=ahead + 1,
+                        waited_seconds=now - waiter.queued_at,
+                        estimated_wait_seconds=self._estimate(group, ahead, waiter.tokens),
+                        run=waiter.labels.run,
+                        service_id=waiter.labels.service_id,
+                        stage=waiter.labels.describe(),
+                    )
+                )
+            held, queued = group.history.series(now)
+            groups[gid] = GroupActivity(held_history=held, waiting_history=queued, waiting=waiting)
+        return QueueView(version=self.version, stats=self.stats(), groups=groups)
+
     # -- internals ------------------------------------------------------------
 
     def _global_room(self) -> bool:
@@ -582,7 +620,7 @@ class SlotEngine:
         group.recent.add(self.clock())
         if self._observer is not None:
             self._observer.granted(group.spec.id, group.spec.kind, waited)
-            self._levels(group)
+        self._levels(group)
         return lease
 
     def _hold(
@@ -688,9 +726,11 @@ class SlotEngine:
         setattr(group, outcome, getattr(group, outcome) + 1)
         if self._observer is not None:
             self._observer.finished(group.spec.id, group.spec.kind, outcome)
-            self._levels(group)
+        self._levels(group)
 
     def _levels(self, group: _Group) -> None:
+        self.version += 1
+        group.history.note(self.clock(), group.active, len(group.queue))
         if self._observer is not None:
             self._observer.levels(group.spec.id, group.spec.kind, group.active, len(group.queue))
 

@@ -14,6 +14,9 @@ never wake its waiter. Expiry and budget are a reaper thread that sleeps
 until the earliest lease deadline or the time a budgeted group's best waiter
 fits its budget (:meth:`SlotEngine.next_wake`).
 
+A queue view (:mod:`actors.queueview`) waits the same way: a future that the
+next change of the engine's version resolves.
+
 With a store, every change of a group's record goes to the journal (see
 :mod:`actors.journal`), and a lease of a capped group is returned only once
 the journal has written it.
@@ -22,6 +25,7 @@ the journal has written it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -31,6 +35,7 @@ from actors.errors import AcquireTimeout
 from actors.groups import GroupSpec
 from actors.journal import GroupRecord, Journal, Store
 from actors.options import DEFAULT_OPTIONS, CallOptions
+from actors.queueview import QueueView
 from actors.stats import GroupInfo, QueuePosition, QueueStats
 
 T = TypeVar("T")
@@ -42,6 +47,8 @@ class SlotGate:
         self._lock = threading.Lock()
         # Futures of queued acquires. Whoever pops an entry owns the clean-up.
         self._waiters: dict[str, asyncio.Future[Lease]] = {}
+        # Views waiting for the engine's version to move past theirs.
+        self._watchers: list[tuple[int, asyncio.Future[None]]] = []
         self._journal = None if store is None else Journal(store, self._record)
         self._journal_changes()
         self._reaper = _Reaper(self)
@@ -73,6 +80,7 @@ class SlotGate:
         loop = asyncio.get_running_loop()
         with self._lock:
             lease = self.engine.acquire(group, lease_id, options, worker, started=started)
+            self._changed()
             if lease is not None:
                 self._journal_changes()
                 self._reaper.wake_if_idle()
@@ -103,6 +111,7 @@ class SlotGate:
         with self._lock:
             info = self.engine.throttled(group, lease_id, retry_after)
             self._budget_changed()
+            self._changed()
             return info
 
     def cancel(self, lease_id: str) -> None:
@@ -157,6 +166,25 @@ class SlotGate:
     def position(self, request_id: str) -> QueuePosition | None:
         return self.inspect(self.engine.position, request_id)
 
+    async def view(self, after: int, first: int, wait: float) -> QueueView:
+        """The queue view (``first`` waiters a group) once the engine's version differs
+        from ``after``: at once if it does, else at the next change, or after ``wait``
+        seconds at the latest."""
+        changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            if self.engine.version == after:
+                self._watchers.append((after, changed))
+            else:
+                changed.set_result(None)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await changed
+        finally:
+            with self._lock:
+                self._watchers = [w for w in self._watchers if w[1] is not changed]
+        return self.inspect(self.engine.view, first)
+
     def inspect(self, query: Callable[..., T], *args: object) -> T:
         """Run something that only reads or registers, under the gate's lock."""
         with self._lock:
@@ -190,8 +218,19 @@ class SlotGate:
         if self.engine.budgeted:
             self._reaper.replan()
 
+    def _changed(self) -> None:
+        """Wake the views waiting for a change, if there was one. Call with the lock held."""
+        version = self.engine.version
+        waking = [changed for after, changed in self._watchers if after != version]
+        if waking:
+            self._watchers = [w for w in self._watchers if w[0] == version]
+        for changed in waking:
+            changed.get_loop().call_soon_threadsafe(_wake, changed)
+
     def _hand_on(self, granted: list[Lease]) -> None:
-        """Wake the waiters the engine just granted. Call with the lock held."""
+        """Wake the waiters the engine just granted, and the views. Call with the lock
+        held."""
+        self._changed()
         self._journal_changes()
         for lease in granted:
             waiter = self._waiters.get(lease.id)
@@ -199,6 +238,11 @@ class SlotGate:
                 waiter.get_loop().call_soon_threadsafe(_deliver, waiter, lease)
         if granted:
             self._reaper.wake_if_idle()
+
+
+def _wake(changed: asyncio.Future[None]) -> None:
+    if not changed.done():
+        changed.set_result(None)
 
 
 def _deliver(waiter: asyncio.Future[Lease], lease: Lease) -> None:

@@ -51,6 +51,7 @@ from actors.metrics import QueueMetrics
 from actors.names import MANAGER_NAME, NAMESPACE
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.outbox import Batch, Counted
+from actors.queueview import QueueView
 from actors.settings import Settings
 from actors.stats import GroupInfo, QueuePosition, QueueStats
 from actors.telemetry import configure_telemetry
@@ -196,6 +197,12 @@ class ConcurrencyManager(LifelineHost):
     @ray.method(concurrency_group=CONTROL)
     async def stats(self) -> QueueStats:
         return self._gate.stats()
+
+    async def view(self, after: int = -1, first: int = 50, wait: float = 0.0) -> QueueView:
+        """The queue as the queue page shows it, once it differs from version ``after``
+        (see :meth:`SlotGate.view`). Not in the control group, whose 64 places a
+        page's view, waiting for a change, must not take."""
+        return await self._gate.view(after, first, wait)
 
     @ray.method(concurrency_group=CONTROL)
     async def position(self, request_id: str) -> QueuePosition | None:

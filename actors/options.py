@@ -28,6 +28,8 @@ class CallLabels:
     mapping_type: str | None = None
     # Which try of the same question this is (a job asks again after an invalid answer).
     attempt: int = 1
+    # The pipeline run that asked.
+    run: str = ""
 
     def describe(self) -> str:
         """E.g. "mappings (data) of plateau 2"."""

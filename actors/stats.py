@@ -15,11 +15,11 @@ from pydantic.alias_generators import to_camel
 from actors.groups import ResourceKind
 
 
-class _Snapshot(BaseModel):
+class Snapshot(BaseModel):
     model_config = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True)
 
 
-class GroupInfo(_Snapshot):
+class GroupInfo(Snapshot):
     """What a caller needs to know about a group before asking for slots."""
 
     id: str
@@ -38,7 +38,7 @@ class GroupInfo(_Snapshot):
         return self.limit is not None or self.global_limit is not None or self.budgeted
 
 
-class GroupStats(_Snapshot):
+class GroupStats(Snapshot):
     kind: ResourceKind
     limit: int | None
     # The group's budget per minute (None: unlimited), and what of it could start now.
@@ -69,7 +69,7 @@ class GroupStats(_Snapshot):
     abandoned: int
 
 
-class QueueStats(_Snapshot):
+class QueueStats(Snapshot):
     epoch: int
     global_limit: int | None
     active_by_group: dict[str, int]
@@ -86,7 +86,7 @@ class QueueStats(_Snapshot):
     renewed: int
 
 
-class QueuePosition(_Snapshot):
+class QueuePosition(Snapshot):
     request_id: str
     group: str
     priority: int

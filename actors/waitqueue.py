@@ -94,6 +94,11 @@ class WaitQueue:
     def remove(self, lease_id: str) -> bool:
         return self._live.pop(lease_id, None) is not None
 
+    def first(self, count: int) -> list[str]:
+        """The ``count`` waiters granted first, in grant order (O(n log count))."""
+        best = heapq.nsmallest(count, self._live.items(), key=lambda item: item[1])
+        return [lease_id for lease_id, _ in best]
+
     def ahead_of(self, lease_id: str) -> int:
         """How many waiters will be granted before this one (O(n); for status queries)."""
         key = self._live[lease_id]

@@ -123,6 +123,7 @@ class PipelineActor:
             priority=self._priority,
             unit=f"{self._run_id}:{service_id}",
             request_id=f"{self._run_id}:{service_id}:{labels.call_id()}",
+            labels=replace(labels, run=self._run_id),
         )
         try:
             # Cancelled (a sibling call of the service failed, the run was cancelled):

@@ -134,8 +134,11 @@ async def run_pipeline(
     priority: int,
     progress_out: TextIO = sys.stderr,
     progress: Progress | None = None,
+    run_id: str | None = None,
 ) -> Outcome:
     """Run the job for ``services`` through ``manager`` (None: parity mode, no gating).
+
+    ``run_id`` names the run's calls in the queue (one is drawn when None).
 
     Progress goes to ``progress_out``, or to ``progress`` when given (made by
     :func:`progress_for`, so that its counters can be read while the run goes on).
@@ -151,7 +154,7 @@ async def run_pipeline(
             provider,
             job,
             model,
-            run_id=uuid.uuid4().hex[:8],
+            run_id=run_id or uuid.uuid4().hex[:8],
             priority=priority,
             sequential=not settings.queue.enabled,
         )

@@ -95,6 +95,7 @@ class PipelineJob:
                 manager=manager,
                 priority=priority,
                 progress=self._progress,
+                run_id=self._id,
             )
             self._state = "finished"
         except asyncio.CancelledError:
@@ -168,6 +169,17 @@ class PipelineJobClient:
             return cls(ray.get_actor(job_name(job_id), namespace=NAMESPACE))
         except ValueError:
             return None
+
+    @classmethod
+    def all(cls) -> list[PipelineJobClient]:
+        """The runs whose actors are there now (blocks for a round trip to Ray's GCS)."""
+        prefix = job_name("")
+        found = (
+            cls.find(actor["name"].removeprefix(prefix))
+            for actor in ray.util.list_named_actors(all_namespaces=True)
+            if actor["namespace"] == NAMESPACE and actor["name"].startswith(prefix)
+        )
+        return [job for job in found if job is not None]
 
     async def status(self) -> JobStatus:
         status: JobStatus = await unwrap(self.handle.status.remote())

@@ -17,9 +17,11 @@ Routes: ``POST /v1/chat/completions`` (JSON or SSE stream), ``GET /v1/models``,
 ``GET /v1/queue``, ``GET /v1/queue/{request_id}``, ``GET /healthz``,
 ``GET /readyz``; pipeline jobs: ``POST /v1/pipelines``, ``GET
 /v1/pipelines/{id}`` and ``/results``, ``DELETE /v1/pipelines/{id}`` (each run
-is an actor of its own, see :mod:`pipelines.jobs`, so it outlives the replica).
-Every route but the two health checks needs ``Authorization: Bearer <key>``
-with a key of ``serve.api_keys``.
+is an actor of its own, see :mod:`pipelines.jobs`, so it outlives the replica);
+the queue page: ``GET /``, its stream ``GET /v1/queue/events``, ``POST /login``
+and ``GET /static/{name}`` (see :mod:`serve.page`). Every route but the two
+health checks, the login and the page's static files needs ``Authorization:
+Bearer <key>`` with a key of ``serve.api_keys``, or the page's session cookie.
 
 No ``from __future__ import annotations`` here: FastAPI reads the handlers'
 annotations, which Serve's class ingress leaves unresolved when they are strings.
@@ -27,17 +29,17 @@ For the same reason, whatever the handlers use is defined before the class.
 """
 
 import asyncio
-import hmac
 import json
 import logging
 import math
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
@@ -57,6 +59,18 @@ from providers.inprocess import provider_in_reach
 from providers.llamacpp import EMBEDDED_MODEL_ID
 from providers.models import StreamDelta
 from serve.errors import HTTPAnswer, answer_for, invalid, retry_after
+from serve.page import (
+    ASSETS,
+    PAGE_HEADER,
+    SECURITY_HEADERS,
+    asset,
+    login_page,
+    queue_events,
+    session_cookie,
+    session_token,
+    valid_key,
+    valid_session,
+)
 from serve.wire import (
     ChatCompletionBody,
     PipelineSubmission,
@@ -69,8 +83,9 @@ from serve.wire import (
 
 log = logging.getLogger(__name__)
 
-# Routes anyone may call: a load balancer's health checks.
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# Routes anyone may call: a load balancer's health checks, the page's login and files.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/login"})
+OPEN_PREFIX = "/static/"
 READY_TIMEOUT_SECONDS = 5.0
 
 
@@ -87,7 +102,8 @@ def check_keys(settings: Settings) -> None:
 
 
 class Guard:
-    """ASGI middleware: the bearer key and the body size, before anything is read.
+    """ASGI middleware: the bearer key (or the page's session) and the body size, before
+    anything is read.
 
     A pure ASGI middleware, not Starlette's BaseHTTPMiddleware, so that a
     client's disconnect still reaches the handler and cancels its call.
@@ -101,27 +117,33 @@ class Guard:
             settings: Settings = scope["app"].state.settings
             denied = self._check(scope, settings)
             if denied is not None:
-                response = JSONResponse(denied.body, denied.status, denied.headers)
-                await response(scope, receive, send)
+                await denied(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
     @staticmethod
-    def _check(scope: Scope, settings: Settings) -> HTTPAnswer | None:
+    def _check(scope: Scope, settings: Settings) -> Response | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if settings.serve.auth and scope["path"] not in OPEN_PATHS:
+        path: str = scope["path"]
+        if settings.serve.auth and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIX):
+            keys = settings.serve.api_keys
             scheme, _, key = headers.get("authorization", "").partition(" ")
-            known = (k.get_secret_value() for k in settings.serve.api_keys)
-            if scheme.lower() != "bearer" or not any(
-                hmac.compare_digest(key.encode(), k.encode()) for k in known
-            ):
+            if scheme.lower() == "bearer" and valid_key(key, keys):
+                pass
+            elif valid_session(headers.get("cookie", ""), keys):
+                if scope["method"] not in ("GET", "HEAD") and PAGE_HEADER not in headers:
+                    message = f"a change made with the page's session must send {PAGE_HEADER}"
+                    return _json(HTTPAnswer(403, error(message, "invalid_request_error")))
+            elif path == "/":
+                return HTMLResponse(login_page(), 401, SECURITY_HEADERS)
+            else:
                 message = "missing or invalid API key: send Authorization: Bearer <key>"
                 body = error(message, "invalid_request_error", code="invalid_api_key")
-                return HTTPAnswer(401, body, {"WWW-Authenticate": "Bearer"})
+                return _json(HTTPAnswer(401, body, {"WWW-Authenticate": "Bearer"}))
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > settings.serve.max_body_bytes:
             message = f"request body of {length} bytes is over the {settings.serve.max_body_bytes}"
-            return HTTPAnswer(413, error(message + " allowed", "invalid_request_error"))
+            return _json(HTTPAnswer(413, error(message + " allowed", "invalid_request_error")))
         return None
 
 
@@ -342,6 +364,18 @@ class Gateway:
         stats = await self._manager.stats()
         return stats.model_dump(mode="json", by_alias=True)
 
+    @api.get("/v1/queue/events", include_in_schema=False, response_model=None)
+    async def queue_stream(self) -> StreamingResponse | JSONResponse:
+        """The queue page's stream of server-sent events (see :mod:`serve.page`). Declared
+        before ``/v1/queue/{request_id}``, which would take "events" for a request id."""
+        if self._manager is None:
+            return _json(no_queue())
+        return StreamingResponse(
+            queue_events(self._manager),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
     @api.get("/v1/queue/{request_id}", response_model=None)
     async def position(self, request_id: str) -> dict[str, Any] | JSONResponse:
         if self._manager is None:
@@ -351,6 +385,30 @@ class Gateway:
             message = f"request {request_id!r} is not waiting (granted, finished or unknown)"
             return JSONResponse(error(message, "invalid_request_error", code="not_waiting"), 404)
         return position.model_dump(mode="json", by_alias=True)
+
+    @api.get("/", include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        """The live queue page (see :mod:`serve.page`)."""
+        return HTMLResponse(asset("index.html"), headers=SECURITY_HEADERS)
+
+    @api.get("/static/{name}", include_in_schema=False, response_model=None)
+    async def static(self, name: str) -> Response | JSONResponse:
+        if name not in ASSETS:
+            return JSONResponse(error(f"no file {name!r}", "invalid_request_error"), 404)
+        return Response(asset(name), media_type=ASSETS[name], headers=SECURITY_HEADERS)
+
+    @api.post("/login", include_in_schema=False, response_model=None)
+    async def login(self, request: Request) -> Response:
+        """The page's login form: a valid key gets the session cookie and the page."""
+        form = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
+        key = form.get("key", [""])[0]
+        for known in self._settings.serve.api_keys:
+            if valid_key(key, (known,)):
+                https = "https" in (request.url.scheme, request.headers.get("x-forwarded-proto"))
+                cookie = session_cookie(session_token(known), secure=https)
+                return Response(status_code=303, headers={"Location": "/", "Set-Cookie": cookie})
+        problem = "No such key: use one of the server's serve.api_keys."
+        return HTMLResponse(login_page(problem), 401, SECURITY_HEADERS)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:

@@ -7,10 +7,9 @@ import asyncio
 import contextlib
 import json
 import os
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -22,56 +21,19 @@ import pytest
 import ray
 import schemathesis
 from pydantic import SecretStr
-from ray import serve
 
 from actors.client import ManagerClient
 from actors.groups import ModelEntry, classify
 from actors.names import MANAGER_NAME, NAMESPACE
 from actors.settings import PipelineSettings, QueueSettings, ServeSettings, Settings
-from providers.supervisor import free_loopback_port
-from serve.app import application
 from tests.integration.conftest import wait_until
-from tests.support.fake_llm import (
-    FakeLLMServer,
-    OpenAIDialect,
-    Say,
-    SayJson,
-    Script,
-    Slow,
-    Stream,
-)
-from tests.support.plateau_backend import plateau_answer
-from tests.support.probe_server import Received
+from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
+from tests.support.serve_app import RELEASE, ask, respond, serve_app, the_replica
 
 pytestmark = pytest.mark.ray
 
 KEY = "sk-test-raygate"
 MAX_PENDING = 100
-# A call that says "hold" is answered once the test sets this.
-RELEASE = threading.Event()
-
-
-def respond(request: Received) -> Script:
-    """What the backend answers, by the last message: "slow:S", "hold" (until RELEASE),
-    "json", "pieces", "long-stream"; a pipeline job's call as the plateau backend does
-    (2 s late for a service named "Slowpoke ..."); else an echo."""
-    text = request.body["messages"][-1]["content"]
-    if "response_format" in request.body and text != "json":
-        answer = plateau_answer(request)
-        slow = "Slowpoke" in json.dumps(request.body["messages"])
-        return replace(answer, delay=2.0) if slow and isinstance(answer, SayJson) else answer
-    if text.startswith("slow:"):
-        return Slow(float(text.removeprefix("slow:")))
-    if text == "hold":
-        RELEASE.wait(timeout=120)
-        return Say("released")
-    if text == "json":
-        return SayJson({"answer": 42})
-    if text == "pieces":
-        return Stream(("Hel", "lo ", "world"))
-    if text == "long-stream":
-        return Stream(("word ",) * 40, gap=0.5)  # 20 s
-    return Say(f"echo: {text}")
 
 
 @dataclass(frozen=True)
@@ -100,11 +62,6 @@ class Gateway:
         return int((await self.queue())["activeByGroup"].get(self.group, 0))
 
 
-def kill_the_clusters_manager() -> None:
-    with contextlib.suppress(ValueError):
-        ray.kill(ray.get_actor(MANAGER_NAME, namespace=NAMESPACE))
-
-
 @pytest.fixture(scope="module")
 def gateway(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     data = tmp_path_factory.mktemp("data")
@@ -128,27 +85,8 @@ def gateway(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 ),
             )
         # The endpoint creates the cluster's manager with these settings.
-        kill_the_clusters_manager()
-        port = free_loopback_port()
-        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-        try:
-            serve.run(application(settings), name="raygate", route_prefix="/")
-            url = f"http://127.0.0.1:{port}"
-            # Starts the provider actor before the tests, which end what they start.
-            httpx.post(
-                f"{url}/v1/chat/completions",
-                json={"model": "local", "messages": ask("warm-up")},
-                headers={"Authorization": f"Bearer {KEY}"},
-                timeout=60,
-            ).raise_for_status()
+        with serve_app(settings, KEY) as url:
             yield Gateway(url, local, classify("openai-compatible", base_url).id, data)
-        finally:
-            serve.shutdown()
-            kill_the_clusters_manager()
-
-
-def ask(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
 
 
 async def test_a_completion_through_the_openai_client(gateway: Gateway) -> None:
@@ -403,15 +341,6 @@ async def test_a_replica_killed_mid_work_leaves_no_slot_held_and_no_waiter_queue
         lambda: _true(gateway.local.abandoned >= 1), "the backend to see the stream dropped"
     )
     await wait_until(lambda: answers_a_completion(gateway), "a new replica to answer")
-
-
-def the_replica() -> str:
-    [replica] = [
-        actor["name"]
-        for actor in ray.util.list_named_actors(all_namespaces=True)
-        if actor["namespace"] == "serve" and "Gateway" in actor["name"]
-    ]
-    return replica
 
 
 async def answers_a_completion(gateway: Gateway) -> bool:

@@ -1,0 +1,34 @@
+"""The queue page's session cookie: it stands for a key without carrying it."""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+
+from serve.page import COOKIE, session_cookie, session_token, valid_session
+
+KEYS = (SecretStr("sk-one-0123"), SecretStr("sk-two-4567"))
+
+
+def test_the_token_names_its_key_without_showing_it() -> None:
+    tokens = [session_token(key) for key in KEYS]
+
+    assert tokens[0] != tokens[1]
+    assert all(key.get_secret_value() not in token for key, token in zip(KEYS, tokens, strict=True))
+    assert session_token(SecretStr("sk-one-0123")) == tokens[0]  # the same on every replica
+
+
+def test_a_session_is_valid_for_a_configured_key_only() -> None:
+    one = session_token(KEYS[0])
+
+    assert valid_session(f"theme=dark; {COOKIE}={one}", KEYS)
+    assert not valid_session(f"{COOKIE}={one}", KEYS[1:])  # its key was removed
+    assert not valid_session(f"{COOKIE}={KEYS[0].get_secret_value()}", KEYS)  # the key itself
+    assert not valid_session("", KEYS)
+    assert not valid_session('broken="; =;', KEYS)
+
+
+def test_the_cookie_is_kept_from_scripts_and_other_sites() -> None:
+    plain = session_cookie("t", secure=False)
+    assert plain.startswith(f"{COOKIE}=t; Path=/;")
+    assert "HttpOnly" in plain and "SameSite=Strict" in plain and "Secure" not in plain
+    assert session_cookie("t", secure=True).endswith("; Secure")
