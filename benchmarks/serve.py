@@ -27,7 +27,7 @@ import contextlib
 import multiprocessing
 import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import astuple, dataclass
 from typing import Any
 
@@ -103,15 +103,18 @@ def answer_after(port: int, latency: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def backend(latency: float) -> AsyncIterator[str]:
-    """The backend's base URL, once it answers; the process is ended on the way out."""
+async def backend(
+    latency: float, target: Callable[[int, float], None] = answer_after
+) -> AsyncIterator[str]:
+    """The base URL of a backend process (``target(port, latency)``), once it answers; the
+    process is ended on the way out."""
     import httpx
 
     from providers.supervisor import free_loopback_port
 
     port = free_loopback_port()
     process = multiprocessing.get_context("spawn").Process(
-        target=answer_after, args=(port, latency), daemon=True
+        target=target, args=(port, latency), daemon=True
     )
     process.start()
     url = f"http://127.0.0.1:{port}/v1"
