@@ -212,8 +212,17 @@ async def test_the_page_shows_the_queue_live_and_cancels_a_run(app: App) -> None
         run_ids = re.compile(f"^{run}:")
         await expect(rows.first).to_have_attribute("data-request-id", run_ids)
 
-        # Cancelled from the page, with its confirmation: the run's calls leave the queue.
+        # By keyboard: the cancel button opens its confirmation, Escape keeps the run.
         run_row = page.locator(f'#runs tr[data-run-id="{run}"]')
+        await run_row.locator("button.cancel").focus()
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#confirm")).to_be_visible()
+        await page.keyboard.press("Escape")
+        await expect(page.locator("#confirm")).to_be_hidden()
+        await expect(run_row.locator("button.cancel")).to_be_focused()
+        await expect(run_row).to_have_attribute("data-state", "running")
+
+        # Cancelled from the page, with its confirmation: the run's calls leave the queue.
         await run_row.locator("button.cancel").click()
         await expect(page.locator("#confirm")).to_be_visible()
         started_before = _slowpoke_calls(app)
