@@ -113,6 +113,7 @@ function updateGroup(node, [id, g, activity, stepSeconds]) {
       return div;
     },
     (div, [name, value]) => {
+      div.dataset.name = name;
       text(div.children[0], name);
       text(div.children[1], value);
     },
