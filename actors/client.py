@@ -10,6 +10,15 @@ ttl; the release runs in ``finally`` whatever happens; a caller cancelled
 while waiting tells the manager, which drops the waiter or, if the grant was
 already on its way back, passes the slot on.
 
+A freed slot whose next waiter is one of this client's own does not wait for
+the manager's round trip: the manager keeps the client told which of its
+waiters is next in line for each group where it holds a slot (one call
+pending, answered on each change), and the release starts that waiter at
+once and tells the manager with it (``hand_over``). That is what the
+manager would have granted; a better waiter that reaches the manager while
+the notice of the change is on its way here is the one exception, counted
+as ``overtaken`` (see :meth:`SlotEngine.hand_over`).
+
 A group with no limit under no global cap can never make anyone wait, so the
 caller does not wait for its acquire: the call starts at once, the manager
 still counts it, and the renewals and the release follow the grant when its
@@ -26,6 +35,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 import ray
@@ -94,6 +104,20 @@ async def cancellable_stream(refs: Any) -> AsyncIterator[Any]:
         raise
 
 
+def _settle_first(passed: asyncio.Future[Lease], acquired: asyncio.Future[Lease]) -> None:
+    """The acquire's answer, for a waiter whose slot no release here passed on first."""
+    if acquired.cancelled():
+        return
+    error = acquired.exception()
+    if passed.done():
+        if error is not None:
+            log.debug("an acquire answered %r after its slot was passed on", error)
+    elif error is not None:
+        passed.set_exception(error)
+    else:
+        passed.set_result(acquired.result())
+
+
 class ManagerClient:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
@@ -104,6 +128,12 @@ class ManagerClient:
         self._outbox = Outbox(self._count)
         # Tokens used by calls that hold a slot of a gated group, sent with their release.
         self._used: dict[str, int] = {}
+        # This client's waiters of gated groups, each a future a release here may resolve
+        # with its slot (see _pass_on), with its options; and by group, the one the
+        # manager last named next in line, followed by one task.
+        self._waiting: dict[str, tuple[asyncio.Future[Lease], CallOptions]] = {}
+        self._next: dict[str, str] = {}
+        self._following: asyncio.Task[None] | None = None
 
     @classmethod
     def connect(
@@ -162,15 +192,21 @@ class ManagerClient:
     async def _held(
         self, group: str, lease_id: str, options: CallOptions, info: GroupInfo
     ) -> AsyncIterator[Lease]:
-        """A gated group: wait for the grant, keep it alive, give it back."""
+        """A gated group: wait for the grant (the manager's, or a slot passed on here),
+        keep it alive, give it back."""
+        self._follow_next_in_line()
+        passed: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        self._waiting[lease_id] = (passed, options)
         call = self.handle.acquire.remote(group, lease_id, options, caller_of(self.handle))
         try:
-            lease: Lease = await unwrap(call)
+            lease = await self._granted(call, passed)
         except asyncio.CancelledError:
             # ray.cancel cannot reach a grant already on its way back; an explicit
             # cancel drops the waiter, or releases the slot granted meanwhile.
             self._note(self.handle.cancel.remote(lease_id))
             raise
+        finally:
+            del self._waiting[lease_id]
         grant: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         grant.set_result(lease)
         keeper = asyncio.create_task(self._keep_alive(grant))
@@ -180,7 +216,80 @@ class ManagerClient:
             keeper.cancel()
             # Shielded: a caller cancelled right here still gives its slot back.
             used = self._used.pop(lease.id, None)
-            await asyncio.shield(unwrap(self.handle.release.remote(lease.id, lease.epoch, used)))
+            ended: Awaitable[None]
+            if (successor := self._pass_on(lease)) is not None:
+                # A task of its own, so that the successor, woken just now, starts its
+                # call before this one takes the loop to tell the manager.
+                ended = asyncio.ensure_future(self._hand_over(lease, successor, used))
+            else:
+                ended = unwrap(self.handle.release.remote(lease.id, lease.epoch, used))
+            await asyncio.shield(ended)
+
+    async def _hand_over(self, lease: Lease, successor: str, used: int | None) -> None:
+        caller = caller_of(self.handle)
+        await unwrap(
+            self.handle.hand_over.remote(
+                lease.group, lease.id, lease.epoch, successor, caller, used
+            )
+        )
+
+    async def _granted(self, call: Any, passed: asyncio.Future[Lease]) -> Lease:
+        """The acquire's lease, or the slot a release here passed on first (the acquire's
+        answer, which the manager sends once it hears of that, is then let go). One
+        future is awaited, so that a release here wakes this waiter at once."""
+        acquired: asyncio.Future[Lease] = asyncio.ensure_future(unwrap(call))
+        acquired.add_done_callback(partial(_settle_first, passed))
+        try:
+            return await passed
+        except asyncio.CancelledError:
+            acquired.cancel()
+            raise
+
+    def _pass_on(self, lease: Lease) -> str | None:
+        """Start this client's waiter that the manager named next in line for the
+        group of ``lease``, in the slot of ``lease``; its lease id, or None."""
+        successor = self._next.pop(lease.group, None)
+        waiting = self._waiting.get(successor) if successor is not None else None
+        if successor is None or waiting is None or waiting[0].done():
+            return None
+        passed, options = waiting
+        passed.set_result(
+            Lease(
+                id=successor,
+                group=lease.group,
+                request_id=options.request_id or successor,
+                priority=options.priority,
+                epoch=lease.epoch,
+                ttl=lease.ttl,
+            )
+        )
+        return successor
+
+    def named_next(self, group: str) -> str | None:
+        """The request id of this client's waiter that the manager last named next in line
+        for ``group`` (a freed slot here goes straight to it), or None."""
+        waiting = self._waiting.get(self._next.get(group, ""))
+        return None if waiting is None else waiting[1].request_id
+
+    def _follow_next_in_line(self) -> None:
+        """Keep ``_next`` told by the manager, from one task: started again if it ended, or
+        if it runs on another event loop than this call (one that may have closed)."""
+        task = self._following
+        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+            self._next = {}
+            self._following = asyncio.create_task(self._next_in_line())
+
+    async def _next_in_line(self) -> None:
+        known: dict[str, str] = {}
+        try:
+            while True:
+                caller = caller_of(self.handle)
+                known = await unwrap(self.handle.next_in_line.remote(caller, known))
+                self._next = dict(known)
+        except Exception:
+            # The manager is gone for good (or Ray is): releases go through it, if at all.
+            self._next = {}
+            log.debug("stopped following the waiters next in line", exc_info=True)
 
     @asynccontextmanager
     async def _sent(
@@ -216,6 +325,8 @@ class ManagerClient:
     async def throttled(self, lease: Lease, retry_after: float | None) -> None:
         """The call holding ``lease`` got a 429: the manager pauses and slows its group,
         whose next calls from here then ask and wait."""
+        # The group now waits for time too: its next grant is the manager's to make.
+        self._next.pop(lease.group, None)
         info: GroupInfo = await unwrap(
             self.handle.throttled.remote(lease.group, lease.id, retry_after)
         )

@@ -20,6 +20,13 @@ so the asyncio layer asks :meth:`SlotEngine.next_wake` when to call
 :meth:`SlotEngine.tick`. A group whose provider answers 429 gets a budget
 learned from them, and a pause (see :mod:`actors.adaptive`).
 
+A freed slot may also pass on without the manager's round trip: where the
+waiter a release would grant comes from the holder's own process,
+:meth:`SlotEngine.next_in_line` names it to that process, which starts it in
+the slot as soon as its call there ends and tells the engine after the fact
+(:meth:`SlotEngine.hand_over`). Only where the next grant depends on a
+release alone: a capped group, no global cap, no budget or pause.
+
 Invariant, restored at the end of every public method: no waiter could be
 granted. Either the global cap is reached or every group with waiters is
 full or waits for budget. That is why a new arrival that finds room (and,
@@ -130,6 +137,7 @@ class _Group:
     peak_active: int = 0
     avg_hold: float | None = None
     granted: int = 0
+    handed_over: int = 0
     released: int = 0
     expired: int = 0
     cancelled: int = 0
@@ -152,6 +160,7 @@ class SlotEngine:
         group_limits: Mapping[str, int | None] | None = None,
         group_budgets: Mapping[str, BudgetLimits] | None = None,
         adaptive: bool = True,
+        hand_off: bool = True,
         clock: Callable[[], float] = time.monotonic,
         observer: Observer | None = None,
         restarted_at: float | None = None,
@@ -169,6 +178,8 @@ class SlotEngine:
         self.budgeted = bool(self._budgets)
         # Whether a 429 pauses its group and lowers its rate (see actors.adaptive).
         self.adaptive = adaptive
+        # Whether next_in_line names successors (see hand_over).
+        self.hand_off = hand_off
         # Leases whose call got a 429: their release is no success to learn from.
         self._throttled: set[str] = set()
         self.clock = clock
@@ -199,6 +210,11 @@ class SlotEngine:
         self.unknown_releases = 0
         self.late_acquires = 0
         self.renewed = 0
+        # Hand-overs whose successor was no longer its group's best waiter by the time
+        # the engine heard of it: one arrived while the notice was on its way.
+        self.overtaken = 0
+        # Answers to next_in_line calls (each a Ray reply, counted as a manager call).
+        self.next_in_line_answers = 0
         # Moves on every change of a group's levels or pause (see actors.queueview).
         self.version = 0
 
@@ -352,6 +368,10 @@ class SlotEngine:
         reclaimed, or one never seen is ignored and counted; an id never seen is
         remembered, so an acquire that arrives after its own release is refused.
         """
+        return self._dispatch() if self._released(lease_id, epoch, used_tokens) else []
+
+    def _released(self, lease_id: str, epoch: int, used_tokens: int | None) -> bool:
+        """Free the slot of a release, without granting it again; False if not held."""
         lease = self._leases.get(lease_id)
         if lease is not None and lease.epoch == epoch:
             succeeded = lease_id not in self._throttled
@@ -360,13 +380,87 @@ class SlotEngine:
                 group.adaptation.recover()
                 self._retune(group)
             self._finish(group, "released")
-            return self._dispatch()
+            return True
         if epoch != self.epoch:
             self.stale_epoch_releases += 1
-            return []
+            return False
         self.unknown_releases += 1
         self._retire(lease_id)
-        return []
+        return False
+
+    def next_in_line(self) -> dict[str, tuple[str, str]]:
+        """By group: the waiter a slot freed now would go to, and its process, where that
+        process holds a slot of the group itself and may pass it straight on
+        (:meth:`hand_over`). Only groups whose next grant waits for a release and
+        nothing else: capped, under no global cap, with no budget or pause."""
+        if not self.hand_off or self.global_limit is not None:
+            return {}
+        named = {}
+        for group_id, group in self._groups.items():
+            if group.limit is None or group.budget is not None:
+                continue
+            top = group.queue.peek()
+            if top is None:
+                continue
+            worker = self._workers.get(top[1])
+            if worker is not None and any(self._workers.get(i) == worker for i in group.leases):
+                named[group_id] = (top[1], worker)
+        return named
+
+    def hand_over(
+        self,
+        group_id: str,
+        lease_id: str,
+        epoch: int,
+        successor: str,
+        worker: str | None = None,
+        used_tokens: int | None = None,
+    ) -> list[Lease]:
+        """Release ``lease_id``, whose process has already started ``successor`` in its slot,
+        as :meth:`next_in_line` named it. The successor holds the slot under ``epoch``,
+        as its process believes. Returns the leases granted: the successor's (unless
+        it held one already) and any the release leaves room for.
+
+        A successor overtaken meanwhile (a better waiter arrived while the notice was
+        on its way) keeps the slot all the same: its call runs already, and is
+        counted. One whose wait ended here (a queue timeout) before this arrived is
+        counted too; one its process cancelled is not.
+        """
+        group = self._group(group_id)
+        self._released(lease_id, epoch, used_tokens)
+        granted = []
+        waiter = self._waiters.get(successor)
+        if waiter is not None:
+            top = group.queue.peek()
+            if top is not None and top[1] != successor:
+                self.overtaken += 1
+            self._unqueue(successor)
+            self._note_worker(successor, worker)
+            granted.append(
+                self._grant(
+                    group,
+                    successor,
+                    waiter.request_id,
+                    waiter.priority,
+                    waited=self.clock() - waiter.queued_at,
+                    tokens=waiter.tokens,
+                    epoch=epoch,
+                )
+            )
+        elif successor not in self._leases and successor not in self._retired:
+            self._note_worker(successor, worker)
+            lease = self._grant(
+                group,
+                successor,
+                successor,
+                DEFAULT_OPTIONS.priority,
+                waited=0.0,
+                tokens=0,
+                epoch=epoch,
+            )
+            granted.append(lease)
+        group.handed_over += 1
+        return granted + self._dispatch()
 
     def throttled(self, group_id: str, lease_id: str, retry_after: float | None) -> GroupInfo:
         """The call holding ``lease_id`` got a 429, to be tried again ``retry_after``
@@ -415,6 +509,10 @@ class SlotEngine:
         """The caller gave up: leave the queue, or give back a slot granted meanwhile."""
         if (group := self._unqueue(lease_id)) is not None:
             handed_on: list[Lease] = []  # a waiter holds no slot: nothing to pass on
+            if not timed_out:
+                # Its process gave it up: a hand_over naming it that crossed this
+                # on its way must not make it hold a slot.
+                self._retire(lease_id)
         elif lease_id in self._leases:
             # Granted in the same instant the caller gave up: pass the slot on.
             group = self._free(lease_id)
@@ -541,6 +639,7 @@ class SlotEngine:
                 wait_p50_seconds=percentile(g.waits, 0.5),
                 wait_p95_seconds=percentile(g.waits, 0.95),
                 granted=g.granted,
+                handed_over=g.handed_over,
                 released=g.released,
                 expired=g.expired,
                 cancelled=g.cancelled,
@@ -562,6 +661,8 @@ class SlotEngine:
             unknown_releases=self.unknown_releases,
             late_acquires=self.late_acquires,
             renewed=self.renewed,
+            overtaken=self.overtaken,
+            next_in_line_answers=self.next_in_line_answers,
         )
 
     def view(self, first: int) -> QueueView:
@@ -610,9 +711,11 @@ class SlotEngine:
         *,
         waited: float,
         tokens: int,
+        epoch: int | None = None,
     ) -> Lease:
         group.waits.append(waited)
-        lease = self._hold(group, lease_id, request_id, priority, self.epoch)
+        epoch = self.epoch if epoch is None else epoch
+        lease = self._hold(group, lease_id, request_id, priority, epoch)
         if group.budget is not None:
             group.budget.spend(lease_id, tokens, self.clock())
             self._budget_left(group)

@@ -15,7 +15,9 @@ until the earliest lease deadline or the time a budgeted group's best waiter
 fits its budget (:meth:`SlotEngine.next_wake`).
 
 A queue view (:mod:`actors.queueview`) waits the same way: a future that the
-next change of the engine's version resolves.
+next change of the engine's version resolves; and so does a process's
+question which of its waiters is next in line (:meth:`SlotGate.next_in_line`),
+answered when that changes.
 
 With a store, every change of a group's record goes to the journal (see
 :mod:`actors.journal`), and a lease of a capped group is returned only once
@@ -49,6 +51,9 @@ class SlotGate:
         self._waiters: dict[str, asyncio.Future[Lease]] = {}
         # Views waiting for the engine's version to move past theirs.
         self._watchers: list[tuple[int, asyncio.Future[None]]] = []
+        # Processes waiting for a change of their waiters next in line: (worker, what it
+        # knows, its future).
+        self._lines: list[tuple[str, dict[str, str], asyncio.Future[dict[str, str]]]] = []
         self._journal = None if store is None else Journal(store, self._record)
         self._journal_changes()
         self._reaper = _Reaper(self)
@@ -106,6 +111,45 @@ class SlotGate:
         with self._lock:
             self._hand_on(self.engine.release(lease_id, epoch, used_tokens))
             self._budget_changed()
+
+    async def hand_over(
+        self,
+        group: str,
+        lease_id: str,
+        epoch: int,
+        successor: str,
+        worker: str | None = None,
+        used_tokens: int | None = None,
+    ) -> None:
+        """Release a slot its holder's process passed on (see :meth:`SlotEngine.hand_over`);
+        returns once a restarted manager would know the successor holds it."""
+        with self._lock:
+            self._hand_on(
+                self.engine.hand_over(group, lease_id, epoch, successor, worker, used_tokens)
+            )
+            self._budget_changed()
+        if self._journal is not None and self.inspect(self.engine.journaled, group):
+            await self._journal.flushed()
+
+    async def next_in_line(self, worker: str, known: dict[str, str], wait: float) -> dict[str, str]:
+        """By group, the waiter of process ``worker`` that a slot it holds would pass to
+        next (see :meth:`SlotEngine.next_in_line`), once that differs from ``known``:
+        at once if it does, else at its next change, or after ``wait`` seconds."""
+        changed: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            mine = _of(worker, self.engine.next_in_line())
+            if mine != known:
+                self.engine.next_in_line_answers += 1
+                return mine
+            self._lines.append((worker, known, changed))
+        try:
+            async with asyncio.timeout(wait):
+                return await changed
+        except TimeoutError:
+            return known
+        finally:
+            with self._lock:
+                self._lines = [line for line in self._lines if line[2] is not changed]
 
     def throttled(self, group: str, lease_id: str, retry_after: float | None) -> GroupInfo:
         with self._lock:
@@ -219,13 +263,25 @@ class SlotGate:
             self._reaper.replan()
 
     def _changed(self) -> None:
-        """Wake the views waiting for a change, if there was one. Call with the lock held."""
+        """Wake the views waiting for a change, if there was one, and the processes whose
+        waiters next in line changed. Call with the lock held."""
         version = self.engine.version
         waking = [changed for after, changed in self._watchers if after != version]
         if waking:
             self._watchers = [w for w in self._watchers if w[0] == version]
         for changed in waking:
-            changed.get_loop().call_soon_threadsafe(_wake, changed)
+            changed.get_loop().call_soon_threadsafe(_resolve, changed, None)
+        if self._lines:
+            named = self.engine.next_in_line()
+            waiting = []
+            for worker, known, future in self._lines:
+                mine = _of(worker, named)
+                if mine == known:
+                    waiting.append((worker, known, future))
+                else:
+                    self.engine.next_in_line_answers += 1
+                    future.get_loop().call_soon_threadsafe(_resolve, future, mine)
+            self._lines = waiting
 
     def _hand_on(self, granted: list[Lease]) -> None:
         """Wake the waiters the engine just granted, and the views. Call with the lock
@@ -235,21 +291,21 @@ class SlotGate:
         for lease in granted:
             waiter = self._waiters.get(lease.id)
             if waiter is not None:
-                waiter.get_loop().call_soon_threadsafe(_deliver, waiter, lease)
+                # A waiter cancelled before this ran: its coroutine's _abandon finds the
+                # lease held in the engine and passes it on.
+                waiter.get_loop().call_soon_threadsafe(_resolve, waiter, lease)
         if granted:
             self._reaper.wake_if_idle()
 
 
-def _wake(changed: asyncio.Future[None]) -> None:
-    if not changed.done():
-        changed.set_result(None)
+def _of(worker: str, named: dict[str, tuple[str, str]]) -> dict[str, str]:
+    return {group: lease_id for group, (lease_id, w) in named.items() if w == worker}
 
 
-def _deliver(waiter: asyncio.Future[Lease], lease: Lease) -> None:
-    # A waiter cancelled before this ran: its coroutine's _abandon finds the
-    # lease held in the engine and passes it on.
-    if not waiter.done():
-        waiter.set_result(lease)
+def _resolve(future: asyncio.Future[T], value: T) -> None:
+    """Run on the future's own loop; it may have ended meanwhile (cancelled, timed out)."""
+    if not future.done():
+        future.set_result(value)
 
 
 class _Reaper(threading.Thread):

@@ -59,6 +59,8 @@ from actors.watch import CallerWatch, LifelineHost
 
 CONTROL = "control"
 MAX_CONCURRENT_CALLS = 200_000
+# How long a caller's question of its next in line waits unanswered before it asks again.
+NEXT_IN_LINE_WAIT_SECONDS = 60.0
 # Pins the singleton to the head node, the one node a cluster cannot lose.
 HEAD_NODE_RESOURCE = {"node:__internal_head__": 0.001}
 
@@ -88,6 +90,7 @@ class ConcurrencyManager(LifelineHost):
             group_limits=queue.group_limits,
             group_budgets=queue.group_budgets,
             adaptive=queue.adaptive,
+            hand_off=queue.hand_off,
             observer=QueueMetrics(),
             restarted_at=time.time() if restarted else None,
         )
@@ -163,6 +166,29 @@ class ConcurrencyManager(LifelineHost):
     @ray.method(concurrency_group=CONTROL)
     async def release(self, lease_id: str, epoch: int, used_tokens: int | None = None) -> None:
         self._gate.release(lease_id, epoch, used_tokens)
+
+    @ray.method(concurrency_group=CONTROL)
+    async def hand_over(
+        self,
+        group: str,
+        lease_id: str,
+        epoch: int,
+        successor: str,
+        caller: Caller | None = None,
+        used_tokens: int | None = None,
+    ) -> None:
+        """Release ``lease_id``, whose process passed its slot straight to ``successor``,
+        the waiter :meth:`next_in_line` named (see :meth:`SlotEngine.hand_over`)."""
+        worker = caller.worker_id if caller is not None else None
+        await self._gate.hand_over(group, lease_id, epoch, successor, worker, used_tokens)
+
+    async def next_in_line(
+        self, caller: Caller, known: dict[str, str], wait: float = NEXT_IN_LINE_WAIT_SECONDS
+    ) -> dict[str, str]:
+        """By group, the caller's own waiter that a slot it holds may pass straight to,
+        once that differs from ``known`` (or after ``wait`` seconds). Not in the control
+        group: a call of every caller process waits here."""
+        return await self._gate.next_in_line(caller.worker_id, known, wait)
 
     @ray.method(concurrency_group=CONTROL)
     async def cancel(self, lease_id: str) -> None:

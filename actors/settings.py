@@ -50,6 +50,10 @@ class QueueSettings(BaseModel):
     # A 429 pauses its group until its Retry-After and lowers the group's rate (see
     # actors.adaptive); false: each call only retries after its own 429.
     adaptive: bool = True
+    # A holder's process passes its slot straight to its own waiter that the manager named
+    # next, without waiting for the manager's round trip (see SlotEngine.next_in_line);
+    # false: every freed slot goes through the manager.
+    hand_off: bool = True
     # A holder renews its lease every third of this; a lease not renewed in time is reclaimed.
     lease_ttl_seconds: float = Field(default=60.0, gt=0)
     # Beyond this many waiters in one group, acquire fails at once with QueueFull.

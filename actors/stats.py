@@ -60,6 +60,9 @@ class GroupStats(Snapshot):
     wait_p50_seconds: float
     wait_p95_seconds: float
     granted: int
+    # Of the grants, those a holder's process made itself, passing its slot straight to
+    # the waiter the manager had named next (see SlotEngine.next_in_line).
+    handed_over: int = 0
     released: int
     expired: int
     cancelled: int
@@ -84,6 +87,10 @@ class QueueStats(Snapshot):
     # Acquires refused because their lease id had been released or cancelled first.
     late_acquires: int
     renewed: int
+    # Hand-overs to a successor that a better waiter had overtaken while the manager's
+    # notice was on its way; and the notices sent (see SlotEngine.next_in_line).
+    overtaken: int = 0
+    next_in_line_answers: int = 0
 
 
 class QueuePosition(Snapshot):
