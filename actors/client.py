@@ -134,6 +134,9 @@ class ManagerClient:
         self._waiting: dict[str, tuple[asyncio.Future[Lease], CallOptions]] = {}
         self._next: dict[str, str] = {}
         self._following: asyncio.Task[None] | None = None
+        # Leases a release here handed over, each with the hand-over call telling the
+        # manager (their own release waits for it).
+        self._handed: dict[str, asyncio.Future[None]] = {}
 
     @classmethod
     def connect(
@@ -202,7 +205,9 @@ class ManagerClient:
             lease = await self._granted(call, passed)
         except asyncio.CancelledError:
             # ray.cancel cannot reach a grant already on its way back; an explicit
-            # cancel drops the waiter, or releases the slot granted meanwhile.
+            # cancel drops the waiter, or releases the slot granted meanwhile (a cancel
+            # that overtakes the hand-over naming it is refused there).
+            self._handed.pop(lease_id, None)
             self._note(self.handle.cancel.remote(lease_id))
             raise
         finally:
@@ -214,18 +219,33 @@ class ManagerClient:
             yield lease
         finally:
             keeper.cancel()
-            # Shielded: a caller cancelled right here still gives its slot back.
             used = self._used.pop(lease.id, None)
-            ended: Awaitable[None]
-            if (successor := self._pass_on(lease)) is not None:
-                # A task of its own, so that the successor, woken just now, starts its
-                # call before this one takes the loop to tell the manager.
-                ended = asyncio.ensure_future(self._hand_over(lease, successor, used))
-            else:
-                ended = unwrap(self.handle.release.remote(lease.id, lease.epoch, used))
+            after = self._handed.pop(lease.id, None)
+            successor = self._pass_on(lease)
+            # A task of its own, shielded: a caller cancelled right here still gives its
+            # slot back, and a successor woken just now starts its call before this one
+            # takes the loop to tell the manager.
+            ended = asyncio.ensure_future(self._give_back(lease, used, successor, after))
+            if successor is not None:
+                self._handed[successor] = ended
             await asyncio.shield(ended)
 
-    async def _hand_over(self, lease: Lease, successor: str, used: int | None) -> None:
+    async def _give_back(
+        self,
+        lease: Lease,
+        used: int | None,
+        successor: str | None,
+        after: asyncio.Future[None] | None,
+    ) -> None:
+        """Release ``lease``, or hand it over to ``successor``, once the manager has heard of
+        the hand-over ``after`` that gave it to this process, if one did: a release that
+        overtook it would find the lease not yet held, and the hand-over then hold it."""
+        if after is not None:
+            with contextlib.suppress(Exception):
+                await after
+        if successor is None:
+            await unwrap(self.handle.release.remote(lease.id, lease.epoch, used))
+            return
         caller = caller_of(self.handle)
         await unwrap(
             self.handle.hand_over.remote(
