@@ -215,13 +215,19 @@ class ManagerClient:
         grant: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         grant.set_result(lease)
         keeper = asyncio.create_task(self._keep_alive(grant))
+        cancelled = False
         try:
             yield lease
+        except asyncio.CancelledError:
+            # Work being cancelled, maybe with the calls waiting behind it here: the
+            # slot goes back through the manager, not to one of them.
+            cancelled = True
+            raise
         finally:
             keeper.cancel()
             used = self._used.pop(lease.id, None)
             after = self._handed.pop(lease.id, None)
-            successor = self._pass_on(lease)
+            successor = self._pass_on(lease, cancelled=cancelled)
             # A task of its own, shielded: a caller cancelled right here still gives its
             # slot back, and a successor woken just now starts its call before this one
             # takes the loop to tell the manager.
@@ -265,12 +271,13 @@ class ManagerClient:
             acquired.cancel()
             raise
 
-    def _pass_on(self, lease: Lease) -> str | None:
+    def _pass_on(self, lease: Lease, *, cancelled: bool) -> str | None:
         """Start this client's waiter that the manager named next in line for the
-        group of ``lease``, in the slot of ``lease``; its lease id, or None."""
+        group of ``lease``, in the slot of ``lease``, unless the call holding it was
+        ``cancelled``; its lease id, or None."""
         successor = self._next.pop(lease.group, None)
         waiting = self._waiting.get(successor) if successor is not None else None
-        if successor is None or waiting is None or waiting[0].done():
+        if cancelled or successor is None or waiting is None or waiting[0].done():
             return None
         passed, options = waiting
         passed.set_result(

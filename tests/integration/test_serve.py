@@ -247,19 +247,26 @@ async def test_priority_over_http_with_one_slot(gateway: Gateway) -> None:
 
 async def test_a_full_queue_answers_429_with_retry_after(gateway: Gateway) -> None:
     async with gateway.client() as client:
-        holder = asyncio.create_task(
-            client.chat.completions.create(model="local", messages=ask("slow:1"))
-        )
-        await wait_until(lambda: _is(gateway.active, 1), "the held call to take the slot")
-        waiting = [
-            asyncio.create_task(client.chat.completions.create(model="local", messages=ask("w")))
-            for _ in range(MAX_PENDING)
-        ]
-        await wait_until(lambda: _is(gateway.pending, MAX_PENDING), "a full queue")
-        async with gateway.http() as http:
-            refused = await http.post(
-                "/v1/chat/completions", json={"model": "local", "messages": ask("one more")}
+        # Held until released, however long the 100 waiters take to arrive.
+        RELEASE.clear()
+        try:
+            holder = asyncio.create_task(
+                client.chat.completions.create(model="local", messages=ask("hold"))
             )
+            await wait_until(lambda: _is(gateway.active, 1), "the held call to take the slot")
+            waiting = [
+                asyncio.create_task(
+                    client.chat.completions.create(model="local", messages=ask("w"))
+                )
+                for _ in range(MAX_PENDING)
+            ]
+            await wait_until(lambda: _is(gateway.pending, MAX_PENDING), "a full queue")
+            async with gateway.http() as http:
+                refused = await http.post(
+                    "/v1/chat/completions", json={"model": "local", "messages": ask("one more")}
+                )
+        finally:
+            RELEASE.set()  # also when the test fails: the holder's thread ends
         await asyncio.gather(holder, *waiting)
 
     assert refused.status_code == 429

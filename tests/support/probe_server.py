@@ -107,6 +107,17 @@ class ProbeServer:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.received.append(request)
+        working = True
+
+        def done() -> None:
+            # Before the answer's last bytes go out: a client that has them may send its
+            # next request at once, which must not find this one still counted.
+            nonlocal working
+            if working:
+                working = False
+                with self._lock:
+                    self.in_flight -= 1
+
         try:
             reply = self.respond(request)
             if not self._work(handler, self.hold + reply.delay):
@@ -118,6 +129,7 @@ class ProbeServer:
             if reply.chunks is None:
                 handler.send_header("Content-Length", str(len(reply.body)))
                 handler.end_headers()
+                done()
                 handler.wfile.write(reply.body)
             else:
                 handler.send_header("Connection", "close")
@@ -125,6 +137,8 @@ class ProbeServer:
                 for i, chunk in enumerate(reply.chunks):
                     if i and reply.gap:
                         time.sleep(reply.gap)
+                    if i == len(reply.chunks) - 1:
+                        done()
                     handler.wfile.write(chunk)
                     handler.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
@@ -132,8 +146,7 @@ class ProbeServer:
             with self._lock:
                 self.abandoned += 1
         finally:
-            with self._lock:
-                self.in_flight -= 1
+            done()
 
     def _work(self, handler: BaseHTTPRequestHandler, seconds: float) -> bool:
         """Take ``seconds``; False if the client hung up meanwhile and that stops the work."""
