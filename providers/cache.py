@@ -195,7 +195,9 @@ class CacheStore:
         return None
 
 
-@ray.remote(num_cpus=0, max_restarts=-1)
+# Calls are retried across a restart (each is idempotent): a lookup sent while the cache
+# restarts waits for it, within its timeout, instead of missing.
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class ResponseCacheActor:
     """The cluster's :class:`CacheStore`, on the head node; its hits, misses, evictions and
     size are metrics (``llm_cache_*``)."""

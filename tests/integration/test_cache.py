@@ -98,6 +98,12 @@ async def test_answers_outlive_a_restart_of_the_cache(
     await cached.provider.chat(REQUEST, CACHED)
     cache = ray.get_actor(CACHE_NAME, namespace=NAMESPACE)
 
+    async def stored() -> bool:
+        # The answer goes to the cache after the call returned: a kill before it lands
+        # would lose it, as a cache may.
+        return bool((await cache.describe.remote())["entries"] == 1)
+
+    await wait_until(stored, "the answer stored")
     ray.kill(cache, no_restart=False)  # Ray restarts it; it opens the same file
 
     async def restarted() -> bool:
