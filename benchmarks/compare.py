@@ -36,7 +36,8 @@ Scenarios: on the local server, one call (the blocker) then, while it runs,
 30 of random priority at once, and the same with ``--callers`` (at 50 ms
 only); on the remote API, ``--callers`` at once. Columns: coordination calls per request (Redis
 commands, from the server's own ``INFO commandstats``; manager calls, from
-its counters: acquire, release, renewals), the delay from one call's end to
+its counters: acquire, release or hand-over, renewals, and the answers that
+tell a caller process its waiter next in line), the delay from one call's end to
 the next call's start at the local server (p50 / p95), throughput, latency
 p95, priority inversions (a call starting while a more urgent one, submitted
 before, waits for the same server), the most calls the server saw at once,
@@ -105,6 +106,9 @@ class Row:
     calls: list[Call] = field(default_factory=list)
     coordination: float | None = None  # calls to Redis or the manager per request
     note: str = ""  # why it has no outcomes
+    # raygate's grants passed on inside the caller's process, and of those, the ones a
+    # better waiter had overtaken while the manager's notice was on its way.
+    handed_over: tuple[int, int] | None = None
 
 
 # A system sends each request of a wave, and says how many coordination calls it made.
@@ -415,13 +419,20 @@ async def raygate_driver(
 
     def counted(stats: Any) -> int:
         g = stats.groups.get(group)
-        return 0 if g is None else g.granted + g.released + stats.renewed
+        # Acquires, releases (a hand-over is one) and renewals, and the answers that tell
+        # a process its waiter next in line.
+        return (
+            0 if g is None else g.granted + g.released + stats.renewed + stats.next_in_line_answers
+        )
 
     try:
         await send(Request("warm-up", 5))
         before = counted(await manager.stats())
         yield send
-        row.coordination = (counted(await manager.stats()) - before) / count
+        stats = await manager.stats()
+        row.coordination = (counted(stats) - before) / count
+        if group in stats.groups:
+            row.handed_over = (stats.groups[group].handed_over, stats.overtaken)
     finally:
         import ray
 
@@ -560,6 +571,11 @@ async def scenario(
             print(line(row, everyone, floor, capped=cap is not None))
         else:
             print(f"| {row.system} | {row.note} |")
+    print()
+    for row in rows:
+        if row.handed_over is not None and cap is not None:
+            handed, overtaken = row.handed_over
+            print(f"{row.system}: {handed} grants passed on in the caller, {overtaken} overtaken")
 
 
 async def main(latencies: list[float], callers: int, seed: int) -> None:
