@@ -434,19 +434,8 @@ class SlotEngine:
             top = group.queue.peek()
             if top is not None and top[1] != successor:
                 self.overtaken += 1
-            self._unqueue(successor)
-            self._note_worker(successor, worker)
-            granted.append(
-                self._grant(
-                    group,
-                    successor,
-                    waiter.request_id,
-                    waiter.priority,
-                    waited=self.clock() - waiter.queued_at,
-                    tokens=waiter.tokens,
-                    epoch=epoch,
-                )
-            )
+            group.queue.remove(successor)
+            granted.append(self._grant_waiter(group, waiter, epoch))
         elif successor not in self._leases and successor not in self._retired:
             self._note_worker(successor, worker)
             lease = self._grant(
@@ -796,19 +785,22 @@ class SlotEngine:
                 break
             _, lease_id, group = best
             group.queue.pop()
-            waiter = self._waiters.pop(lease_id)
-            waited = self.clock() - waiter.queued_at
-            granted.append(
-                self._grant(
-                    group,
-                    lease_id,
-                    waiter.request_id,
-                    waiter.priority,
-                    waited=waited,
-                    tokens=waiter.tokens,
-                )
-            )
+            granted.append(self._grant_waiter(group, self._waiters[lease_id]))
         return granted
+
+    def _grant_waiter(self, group: _Group, waiter: _Waiter, epoch: int | None = None) -> Lease:
+        """Grant a waiter just taken out of its group's queue (its process stays noted)."""
+        del self._waiters[waiter.lease_id]
+        waited = self.clock() - waiter.queued_at
+        return self._grant(
+            group,
+            waiter.lease_id,
+            waiter.request_id,
+            waiter.priority,
+            waited=waited,
+            tokens=waiter.tokens,
+            epoch=epoch,
+        )
 
     def _note_worker(self, lease_id: str, worker: str | None) -> None:
         if worker is not None:
