@@ -197,6 +197,9 @@ class SlotEngine:
         self._workers: dict[str, str] = {}
         self._by_worker: dict[str, set[str]] = {}
         self._gone: OrderedDict[str, None] = OrderedDict()
+        # Processes whose death Ray would report (their lifelines followed, by count):
+        # their leases outlive the ttl, which only backs up a death nobody reports.
+        self._watched: dict[str, int] = {}
         # (deadline, lease id); renewals push a new entry and stale ones are skipped.
         self._deadlines: list[tuple[float, str]] = []
         self._arrivals = itertools.count()
@@ -543,12 +546,30 @@ class SlotEngine:
         self.renewed += 1
         return True
 
+    def watched(self, worker_id: str) -> None:
+        """Ray will report the death of process ``worker_id`` (a lifeline of it is followed):
+        until :meth:`unwatched`, its leases are not reclaimed at their ttl, however late
+        its renewals (they queue behind a burst of acquires in the manager's mailbox)."""
+        self._watched[worker_id] = self._watched.get(worker_id, 0) + 1
+
+    def unwatched(self, worker_id: str) -> None:
+        """A lifeline of ``worker_id`` ended: with its last, its leases expire at their ttl
+        again (a death that nobody reports ends them there)."""
+        count = self._watched.pop(worker_id, 0) - 1
+        if count > 0:
+            self._watched[worker_id] = count
+
     def reclaim_expired(self) -> list[Lease]:
-        """Take back every lease past its deadline; return the leases handed on."""
+        """Take back every lease past its deadline, but those of a watched process, whose
+        deadline moves one ttl on; return the leases handed on."""
         now = self.clock()
         expired = False
         while (deadline := self.next_expiry()) is not None and deadline <= now:
             _, lease_id = heapq.heappop(self._deadlines)
+            if self._workers.get(lease_id) in self._watched:
+                self._expires_at[lease_id] = now + self.lease_ttl
+                heapq.heappush(self._deadlines, (now + self.lease_ttl, lease_id))
+                continue
             self._finish(self._free(lease_id), "expired")
             expired = True
         return self._dispatch() if expired else []

@@ -177,6 +177,16 @@ class SlotGate:
         for waiter in waiters:
             waiter.get_loop().call_soon_threadsafe(waiter.cancel)
 
+    def watched(self, worker_id: str) -> None:
+        """See :meth:`SlotEngine.watched`."""
+        with self._lock:
+            self.engine.watched(worker_id)
+
+    def unwatched(self, worker_id: str) -> None:
+        """See :meth:`SlotEngine.unwatched`."""
+        with self._lock:
+            self.engine.unwatched(worker_id)
+
     def renew(self, lease_id: str, epoch: int) -> bool:
         with self._lock:
             return self.engine.renew(lease_id, epoch)

@@ -158,9 +158,12 @@ class ConcurrencyManager(LifelineHost):
         await self._follow(caller, lifeline[0])
 
     async def _follow(self, caller: Caller, lifeline: Any) -> None:
+        # While Ray would report this caller's death, its leases outlive their ttl.
+        self._gate.watched(caller.worker_id)
         try:
             await self._watch.follow(caller, lifeline)
         finally:
+            self._gate.unwatched(caller.worker_id)
             await asyncio.to_thread(self._lifelines.delete, caller.worker_id)
 
     @ray.method(concurrency_group=CONTROL)

@@ -1,0 +1,72 @@
+"""A holder whose death Ray would report keeps its slot past the ttl, however late its
+renewals; the ttl ends only the leases of processes nobody watches."""
+
+from __future__ import annotations
+
+from actors.options import CallOptions
+from tests.unit.conftest import EPOCH, LOCAL_OLLAMA, Harness
+
+
+def ask(h: Harness, request: str, worker: str) -> None:
+    lease = h.engine.acquire(LOCAL_OLLAMA.id, request, CallOptions(request_id=request), worker)
+    if lease is not None:
+        h.leases[request] = lease
+
+
+def test_a_watched_holder_that_never_renews_keeps_its_slot_past_many_ttls() -> None:
+    h = Harness(lease_ttl=6.0)
+    h.engine.watched("holder-process")
+    ask(h, "held", "holder-process")
+    ask(h, "waiting", "other-process")
+
+    for _ in range(10):
+        h.clock.advance(6.0)
+        assert h.reclaim() == []
+
+    assert h.engine.stats().groups[LOCAL_OLLAMA.id].expired == 0
+    assert h.done("held") == ["waiting"]
+
+
+def test_a_holder_no_longer_watched_expires_at_its_next_deadline() -> None:
+    h = Harness(lease_ttl=6.0)
+    h.engine.watched("holder-process")
+    ask(h, "held", "holder-process")
+    ask(h, "waiting", "other-process")
+    h.clock.advance(6.0)
+    assert h.reclaim() == []
+
+    # Its lifeline was lost (a manager restart that Ray did not retry it across).
+    h.engine.unwatched("holder-process")
+    h.clock.advance(5.9)
+    assert h.reclaim() == []
+    h.clock.advance(0.1)
+    assert h.reclaim() == ["waiting"]
+    assert h.engine.stats().groups[LOCAL_OLLAMA.id].expired == 1
+
+
+def test_a_process_watched_twice_stays_watched_until_both_lifelines_end() -> None:
+    # After a restart the manager follows the stored lifeline and Ray's retried one.
+    h = Harness(lease_ttl=6.0)
+    h.engine.watched("holder-process")
+    h.engine.watched("holder-process")
+    ask(h, "held", "holder-process")
+    ask(h, "waiting", "other-process")
+
+    h.engine.unwatched("holder-process")
+    h.clock.advance(6.0)
+    assert h.reclaim() == []
+    h.engine.unwatched("holder-process")
+    h.clock.advance(6.0)
+    assert h.reclaim() == ["waiting"]
+
+
+def test_a_holder_that_asked_without_naming_its_process_expires_at_its_ttl() -> None:
+    h = Harness(lease_ttl=6.0)
+    h.engine.watched("holder-process")
+    h.ask(LOCAL_OLLAMA, "anonymous")
+    h.ask(LOCAL_OLLAMA, "waiting")
+    h.clock.advance(6.0)
+    assert h.reclaim() == ["waiting"]
+    # The anonymous holder's late release is a counted no-op.
+    anonymous = h.leases.pop("anonymous")
+    assert h.engine.release(anonymous.id, EPOCH) == []
