@@ -87,11 +87,15 @@ def options_for(
 
 
 def gated_provider(
-    spec: GroupSpec, options: ProviderOptions, slots: SlotSource, backend: Backend | None = None
+    spec: GroupSpec,
+    options: ProviderOptions,
+    slots: SlotSource,
+    backend: Backend | None = None,
+    identity: str | None = None,
 ) -> GatedProvider:
     """The group's backend (built from ``options`` unless given) behind ``slots``, with the
-    options' retries, breaker and response cache, its calls counted in this process's
-    metrics."""
+    options' retries, breaker and response cache (its answers kept under ``identity``,
+    by default the group), its calls counted in this process's metrics."""
     configure_telemetry(options.telemetry)
     backend = backend or build_backend(
         spec, api_key=options.api_key, timeout=options.timeout, quirks=options.quirks
@@ -106,6 +110,7 @@ def gated_provider(
         cache=None
         if options.cache is None
         else ResponseCache(partial(get_or_create_cache, options.cache)),
+        identity=identity,
     )
 
 
@@ -128,11 +133,12 @@ class _ProviderShell(LifelineHost):
         options: ProviderOptions,
         manager: Any | None,
         backend: Backend | None = None,
+        identity: str | None = None,
     ) -> None:
         self._calls = CallerCalls()
         self._watch = self._calls.watch
         self._slots = ManagerClient(manager) if manager is not None else NoSlots()
-        self._provider = gated_provider(spec, options, self._slots, backend)
+        self._provider = gated_provider(spec, options, self._slots, backend, identity)
 
     async def chat(
         self,
@@ -190,7 +196,8 @@ class EmbeddedModelActor(_ProviderShell):
     """
 
     def __init__(self, options: ProviderOptions, manager: Any | None, host: str | None) -> None:
-        server = LlamaCppServer(embedded_model_path())
+        model = embedded_model_path()
+        server = LlamaCppServer(model)
         # Started by the first call (or ready()), on this actor's event loop, which
         # lives as long as the actor: the server dies with the thread that started it.
         self._supervisor = ServerSupervisor(server, options.restarts)
@@ -198,7 +205,9 @@ class EmbeddedModelActor(_ProviderShell):
         backend = SupervisedBackend(
             self._supervisor, group=spec.id, timeout=options.timeout, quirks=LLAMA_CPP_GEMMA
         )
-        self._make(spec, options, manager, backend)
+        # Its answers are the model file's, whatever port the server has this run.
+        identity = f"embedded:{model.name}:{model.stat().st_size}"
+        self._make(spec, options, manager, backend, identity)
 
     async def ready(self) -> None:
         await super().ready()

@@ -1,10 +1,12 @@
 """Answers to repeated deterministic requests, kept for the whole cluster: no slot, no backend.
 
 A request is cached when its answer can be expected to repeat: not streamed,
-and at temperature 0 or unset. Its key is a SHA-256 of the provider (its wire
-format) and the whole request: model, messages, ``max_tokens``, ``stop``,
-response format. Not of the server's address: the embedded model's port is
-new each run, and a model answers the same wherever it is served. A call
+and at temperature 0 or unset. Its key is a SHA-256 of the backend's identity
+and the whole request: model, messages, ``max_tokens``, ``stop``, response
+format. The identity is the backend's group (its provider, the server's
+address and GPU host: two servers may serve different models under one name),
+except for the embedded model, whose port is new each run: its model file
+names it (:class:`providers.gated.GatedProvider` ``identity``). A call
 uses the cache only if its options say so (:class:`actors.options.CallOptions`
 ``cache``): the pipeline job's calls do by default, the Serve endpoint's do
 not (``pipeline.cache``, ``serve.cache``), and either can be turned off per
@@ -67,12 +69,12 @@ CREATE INDEX IF NOT EXISTS answers_by_use ON answers (used);
 """
 
 
-def cache_key(provider: str, request: ChatRequest) -> str | None:
-    """The request's key among ``provider``'s answers; None if its answer may differ each
-    time."""
+def cache_key(backend: str, request: ChatRequest) -> str | None:
+    """The request's key among the answers of the backend named ``backend``; None if its
+    answer may differ each time."""
     if request.stream or (request.temperature or 0.0) != 0.0:
         return None
-    payload = {"provider": provider, "request": request.model_dump(mode="json", exclude={"stream"})}
+    payload = {"backend": backend, "request": request.model_dump(mode="json", exclude={"stream"})}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 

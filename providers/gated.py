@@ -60,10 +60,14 @@ class GatedProvider:
         rng: random.Random | None = None,
         observer: CallObserver | None = None,
         cache: ResponseCache | None = None,
+        identity: str | None = None,
     ) -> None:
         self.backend = backend
         self.observer = observer
         self.cache = cache
+        # What names the backend in cache keys: by default its group (provider, server
+        # address, GPU host); see providers.cache.
+        self.identity = identity or spec.id
         self.spec = spec
         self.slots = slots
         self.retry = retry or RetryPolicy()
@@ -87,7 +91,7 @@ class GatedProvider:
     ) -> ChatResponse:
         """Answer from the response cache if the call allows it and it has the answer
         (no slot, no backend); else through a slot, and keep the answer there."""
-        key = cache_key(self.spec.provider, request) if options.cache and self.cache else None
+        key = cache_key(self.identity, request) if options.cache and self.cache else None
         if key is not None and self.cache is not None:
             asked, looked = time.time(), self._clock()
             if (cached := await self.cache.get(key)) is not None:

@@ -20,7 +20,7 @@ from actors.settings import CacheSettings
 from providers.actor import ProviderOptions, get_or_create_provider
 from providers.client import ProviderClient
 from providers.models import ChatMessage, ChatRequest
-from tests.integration.conftest import ManagerFactory, wait_until
+from tests.integration.conftest import GPU_HOST, ManagerFactory, wait_until
 from tests.support.fake_llm import FakeLLMServer, OpenAIDialect, Say
 from tests.support.probe_server import Received
 
@@ -149,3 +149,33 @@ async def test_a_corrupt_store_is_set_aside_and_no_call_fails(
 
     assert (first.cached, again.cached) == (False, True)  # a new store, in use
     assert (tmp_path / "answers.sqlite3.corrupt").read_bytes().startswith(b"not a database")
+
+
+async def test_two_servers_serving_one_model_name_never_answer_for_each_other(
+    make_manager: ManagerFactory, tmp_path: Path
+) -> None:
+    # Two fine-tunes, both served as "llama", on two servers (one of them on GPU host "a").
+    request = REQUEST.model_copy(update={"model": "llama"})
+    options = ProviderOptions(timeout=30, cache=CacheSettings(path=tmp_path / "answers.sqlite3"))
+    manager = make_manager()
+    with (
+        FakeLLMServer(OpenAIDialect(), responder=lambda _: Say("from a")) as a,
+        FakeLLMServer(OpenAIDialect(), responder=lambda _: Say("from b")) as b,
+    ):
+        providers = [
+            get_or_create_provider(
+                classify("openai-compatible", server.url + "/v1", host=host),
+                options,
+                manager.handle,
+            )
+            for server, host in ((a, GPU_HOST), (b, None))
+        ]
+        answers = [await p.chat(request, CACHED) for p in (*providers, *providers)]
+
+    assert [(r.text, r.cached) for r in answers] == [
+        ("from a", False),
+        ("from b", False),
+        ("from a", True),
+        ("from b", True),
+    ]
+    assert (len(a.received), len(b.received)) == (1, 1)

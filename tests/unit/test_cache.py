@@ -16,9 +16,9 @@ REQUEST = ChatRequest(
 
 
 def test_the_same_request_has_the_same_key_and_any_changed_parameter_another() -> None:
-    key = cache_key("openai", REQUEST)
+    key = cache_key("remote-api-openai", REQUEST)
 
-    assert key is not None and key == cache_key("openai", REQUEST.model_copy())
+    assert key is not None and key == cache_key("remote-api-openai", REQUEST.model_copy())
     changed = [
         REQUEST.model_copy(update={"max_tokens": 7}),
         REQUEST.model_copy(update={"stop": ("\n",)}),
@@ -26,15 +26,16 @@ def test_the_same_request_has_the_same_key_and_any_changed_parameter_another() -
         REQUEST.model_copy(update={"temperature": None}),
         REQUEST.model_copy(update={"messages": (ChatMessage(role="user", content="hi!"),)}),
     ]
-    keys = {cache_key("openai", r) for r in changed}
+    keys = {cache_key("remote-api-openai", r) for r in changed}
     assert len(keys) == len(changed) and key not in keys
-    assert cache_key("anthropic", REQUEST) != key  # another provider
+    assert cache_key("remote-api-anthropic", REQUEST) != key  # another backend
 
 
 def test_sampled_and_streamed_requests_are_not_cached() -> None:
-    assert cache_key("openai", REQUEST.model_copy(update={"temperature": 0.7})) is None
-    assert cache_key("openai", REQUEST.model_copy(update={"stream": True})) is None
-    assert cache_key("openai", REQUEST.model_copy(update={"temperature": None})) is not None
+    openai = "remote-api-openai"
+    assert cache_key(openai, REQUEST.model_copy(update={"temperature": 0.7})) is None
+    assert cache_key(openai, REQUEST.model_copy(update={"stream": True})) is None
+    assert cache_key(openai, REQUEST.model_copy(update={"temperature": None})) is not None
 
 
 def test_answers_outlive_the_store_that_wrote_them(tmp_path: Path) -> None:
