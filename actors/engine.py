@@ -764,8 +764,14 @@ class SlotEngine:
         return group
 
     def _free(self, lease_id: str, used_tokens: int | None = None) -> _Group:
-        """Forget a held lease; ``used_tokens``: what its call used, if its answer said."""
+        """Forget a held lease; ``used_tokens``: what its call used, if its answer said.
+
+        Its id is retired: an acquire of it that arrives now is late (a slot passed on
+        in its caller's process before the acquire got here, or Ray retrying it after a
+        restart) and must not be granted a second slot that nobody would release.
+        """
         lease = self._leases.pop(lease_id)
+        self._retire(lease_id)
         del self._expires_at[lease_id]
         self._throttled.discard(lease_id)
         self._restored.discard(lease_id)

@@ -10,6 +10,7 @@ import pytest
 
 from actors.budget import BudgetLimits
 from actors.engine import Lease, SlotEngine
+from actors.errors import LeaseRetired
 from actors.gate import SlotGate
 from actors.options import CallOptions
 from tests.unit.conftest import EPOCH, LOCAL_OLLAMA, FakeClock
@@ -184,3 +185,18 @@ async def test_a_process_is_told_when_a_better_waiter_of_another_takes_its_place
         mine.cancel()
     finally:
         gate.close()
+
+
+def test_an_acquire_arriving_after_its_slot_was_handed_over_and_released_gets_no_slot() -> None:
+    # The successor's acquire was slow to arrive (or Ray retried it after a restart): the
+    # hand-over granted it first, and its call ran and gave the slot back meanwhile.
+    p = Processes()
+    holder = p.held("a")
+    successor = "a-late"
+    p.engine.hand_over(GROUP, holder.id, EPOCH, successor, "a")
+    p.engine.release(successor, EPOCH)
+
+    with pytest.raises(LeaseRetired):
+        p.engine.acquire(GROUP, successor, CallOptions(request_id=successor), "a")
+    assert p.levels() == (0, 0)
+    assert p.engine.stats().late_acquires == 1
