@@ -16,6 +16,11 @@ caller makes two calls that stay pending on the callee:
   is the news. The callee then ends the lifeline call, which nobody waits
   for any more, and the watch call returns.
 
+Sooner news comes from Ray's own channel of worker exits (see
+:mod:`actors.exits`), which a callee follows from its first lifeline on:
+within milliseconds of a caller's death where the caller's node reports it
+(all but a lost node). Whichever comes first ends the caller's work, once.
+
 Drivers, tasks, Serve replicas and actors, named or not, are watched alike,
 and the calls themselves carry only the caller's id (an object ref in every
 call would cost each one a borrower record in Ray). A callee that Ray
@@ -42,6 +47,7 @@ from ray.exceptions import OwnerDiedError
 
 from actors.callers import Caller
 from actors.errors import CallerGone
+from actors.exits import WorkerExits
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +115,7 @@ class CallerWatch:
         self._lock = threading.Lock()
         self._lifelines: dict[str, concurrent.futures.Future[None]] = {}
         self._dead: OrderedDict[str, None] = OrderedDict()
+        self._exits = WorkerExits(self.exited)
 
     def gone(self, worker_id: str) -> bool:
         """Whether the process ``worker_id`` is known to have died."""
@@ -116,6 +123,7 @@ class CallerWatch:
             return worker_id in self._dead
 
     async def lifeline(self, worker_id: str) -> None:
+        self._exits.start()
         with self._lock:
             if worker_id in self._dead:
                 return
@@ -133,8 +141,17 @@ class CallerWatch:
             # caller makes a new one before its next call.
             log.info("lost the lifeline of %s until its next call", caller, exc_info=True)
 
+    def exited(self, worker_id: str) -> None:
+        """Ray reports that process ``worker_id`` exited: if it is a caller here, it died."""
+        with self._lock:
+            known = worker_id in self._lifelines
+        if known:
+            self._died(Caller(worker_id))
+
     def _died(self, caller: Caller) -> None:
         with self._lock:
+            if caller.worker_id in self._dead:
+                return  # told by both the worker channel and the lifeline
             self._dead[caller.worker_id] = None
             if len(self._dead) > DEAD_MEMORY:
                 self._dead.popitem(last=False)

@@ -1,6 +1,7 @@
 """What a crash costs: a manager restart, and a pipeline run whose driver is killed.
 
-    python -m benchmarks.recovery [--calls 60] [--hold 0.2] [--kills 3] [--drivers 3]
+    python -m benchmarks.recovery [--calls 60] [--hold 0.2] [--kills 3] [--callers 3]
+                                  [--drivers 3]
 
 On an embedded Ray, two parts.
 
@@ -14,6 +15,12 @@ own release, under the new manager). Then: calls done, failed, lost, the
 most callers ever inside the slot at once (must be 1), and how many calls
 started before one that asked earlier (all have one priority, and each is
 queued before the next asks, so only a restart can reorder them).
+
+Caller kills: a process of each kind holds a cap-1 group's slot and waits
+for two more: a driver (``kill -9``), an actor (``ray.kill``) and a task's
+worker (``kill -9``), ``--callers`` times each. Per kind: the time from the
+kill until the manager has dropped its slot and waits (Ray's report of the
+worker's exit; the lifeline, two seconds, where that is missed).
 
 Driver kills: ``python -m pipelines run`` on four services, as a subprocess
 joined to this Ray, against a loopback OpenAI-format server on a cap-1 group
@@ -36,6 +43,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from benchmarks import kill_manager, on_embedded_ray
 
@@ -115,6 +123,115 @@ async def manager_kills(calls: int, hold: float, kills: int) -> None:
     ray.kill(client.handle)
 
 
+# A driver of its own (argv: cluster, manager name, group): writes its pid, then asks for
+# three slots of the group and holds whatever it gets until killed.
+HOLDING_DRIVER = """
+import asyncio, os, sys, ray
+from actors.client import ManagerClient
+from actors.names import NAMESPACE
+ray.init(address=sys.argv[1], log_to_driver=False)
+client = ManagerClient(ray.get_actor(sys.argv[2], namespace=NAMESPACE))
+
+async def hold() -> None:
+    async with client.slot(sys.argv[3]):
+        await asyncio.Event().wait()
+
+async def main() -> None:
+    await asyncio.gather(*(hold() for _ in range(3)))
+
+print(os.getpid(), flush=True)
+asyncio.run(main())
+"""
+
+
+async def caller_kills(rounds: int) -> None:
+    import os
+
+    import ray
+
+    from actors.client import ManagerClient
+    from actors.groups import classify
+    from actors.manager import get_or_create_manager
+    from actors.settings import Settings
+
+    def hold_three(manager: Any, group: str) -> None:
+        client = ManagerClient(manager)
+
+        async def hold() -> None:
+            async with client.slot(group):
+                await asyncio.Event().wait()
+
+        async def three() -> None:
+            await asyncio.gather(*(hold() for _ in range(3)))
+
+        asyncio.run(three())
+
+    @ray.remote(num_cpus=0)
+    class Holder:
+        def pid(self) -> int:
+            return os.getpid()
+
+        def hold(self, manager: Any, group: str) -> None:
+            hold_three(manager, group)
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def holding_task(manager: Any, group: str, pid_file: str) -> None:
+        Path(pid_file).write_text(str(os.getpid()))
+        hold_three(manager, group)
+
+    address = ray.get_runtime_context().gcs_address
+    name = f"bench-{uuid.uuid4().hex[:6]}"
+    client = ManagerClient(get_or_create_manager(Settings(), name=name))
+    print(f"\na caller holding a cap-1 slot with two waits, killed; {rounds} rounds per kind")
+    print(f"{'caller':>8} {'slot and waits dropped after the kill (each round)':>52}")
+
+    async def level(group: str) -> tuple[int, int]:
+        stats = await client.stats()
+        return stats.active_by_group.get(group, 0), stats.pending_by_group.get(group, 0)
+
+    async def dropped_after(group: str, kill: Callable[[], None]) -> float:
+        # The manager is another process: nothing to wait on but its answers.
+        while await level(group) != (1, 2):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        killed = time.monotonic()
+        kill()
+        while await level(group) != (0, 0):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        return time.monotonic() - killed
+
+    async def driver(group: str) -> float:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", HOLDING_DRIVER, address, name, group,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert process.stdout is not None
+        await process.stdout.readline()
+        took = await dropped_after(group, process.kill)
+        await process.wait()
+        return took
+
+    async def actor(group: str) -> float:
+        holder = Holder.remote()  # type: ignore[attr-defined]
+        holder.hold.remote(client.handle, group)
+        return await dropped_after(group, lambda: ray.kill(holder))
+
+    async def task(group: str) -> float:
+        with tempfile.NamedTemporaryFile() as pid_file:
+            holding_task.remote(client.handle, group, pid_file.name)
+            # Written before the task asks for its slots.
+            pid = Path(pid_file.name)
+            return await dropped_after(group, lambda: os.kill(int(pid.read_text()), signal.SIGKILL))
+
+    for kind, one in (("driver", driver), ("actor", actor), ("task", task)):
+        times: list[float] = []
+        for _ in range(rounds):
+            group = classify("ollama", f"http://localhost:{11434 + len(times)}")
+            await client.register(group)
+            times.append(await one(group.id))
+        print(f"{kind:>8} {' '.join(f'{t * 1000:.0f} ms' for t in times):>52}")
+    ray.kill(client.handle)
+
+
 async def driver_kills(kills: int) -> None:
     import ray
     import yaml
@@ -171,14 +288,16 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=60)
     parser.add_argument("--hold", type=float, default=0.2)
     parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--callers", type=int, default=3)
     parser.add_argument("--drivers", type=int, default=3)
     args = parser.parse_args()
 
-    async def both() -> None:
+    async def all_parts() -> None:
         await manager_kills(args.calls, args.hold, args.kills)
+        await caller_kills(args.callers)
         await driver_kills(args.drivers)
 
-    on_embedded_ray(both())
+    on_embedded_ray(all_parts())
 
 
 if __name__ == "__main__":

@@ -306,6 +306,59 @@ def test_a_killed_drivers_calls_leave_the_queue_and_no_new_call_starts(
     assert len(server.received) == 1
 
 
+def test_a_killed_drivers_short_calls_stop_starting_at_once(
+    started_cluster: RayStartCluster, tmp_path: Path
+) -> None:
+    """`kill -9` of a command-line run whose calls take 0.2 s each, on a cap-1 server: its
+    pipeline actor dies with it, Ray reports that worker's exit within milliseconds, and
+    at most two more calls start at the backend (the lifeline alone took two seconds:
+    ten calls for nobody)."""
+    with FakeLLMServer(OpenAIDialect(), hold=0.2, responder=plateau_answer) as server:
+        base_url = server.url + "/v1"
+        group = classify("openai-compatible", base_url).id
+        config = tmp_path / "raygate.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "models": {"fake": {"provider": "openai-compatible", "base_url": base_url}},
+                    "pipeline": {"model": "fake", "cache": False},
+                }
+            )
+        )
+        env = cluster_env()
+        observer = subprocess.Popen(
+            [sys.executable, "-c", OBSERVE, started_cluster.gcs, group],
+            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert observer.stdout is not None
+        assert observer.stdout.readline() == "joined\n"
+        command = cli("examples/services.jsonl", "--out", str(tmp_path / "out.jsonl"))
+        driver = subprocess.Popen(
+            [*command, "--config", str(config), "--address", started_cluster.gcs],
+            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            assert observer.stdout.readline() == "queued\n"
+            deadline = time.monotonic() + 120
+            while len(server.received) < 10 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            driver.send_signal(signal.SIGKILL)
+            at_kill = len(server.received)
+            driver.wait()
+            out, _ = observer.communicate(timeout=60)
+        finally:
+            for process in (driver, observer):
+                process.kill()
+                process.wait()
+        _, _, _, expired = out.split()
+
+    started_after = len(server.received) - at_kill
+    print(f"{started_after} calls started at the backend after the kill ({at_kill} before)")
+    assert at_kill >= 10
+    assert started_after <= 2 and int(expired) == 0
+    assert server.max_in_flight == 1
+
+
 def test_the_serve_config_deploys_the_endpoint_on_the_cluster(
     started_cluster: RayStartCluster, tmp_path: Path
 ) -> None:

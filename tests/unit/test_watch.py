@@ -39,6 +39,25 @@ async def test_a_caller_whose_lifeline_fails_as_owner_died_is_reported_once() ->
     await asyncio.wait_for(watch.lifeline("worker-1"), timeout=5)
 
 
+async def test_a_callers_exit_reported_by_ray_ends_it_once_before_its_lifeline_fails() -> None:
+    dead: list[str] = []
+    watch = CallerWatch(lambda caller: dead.append(caller.worker_id))
+    line = lifeline()
+    hosted = asyncio.create_task(watch.lifeline("worker-1"))
+    following = asyncio.create_task(watch.follow(Caller("worker-1"), line))
+    await asyncio.sleep(0)
+
+    watch.exited("worker-2")  # a process that never called here
+    watch.exited("worker-1")
+    await asyncio.wait_for(hosted, timeout=5)
+    assert dead == ["worker-1"] and watch.gone("worker-1") and not watch.gone("worker-2")
+
+    # Two seconds later, Ray fails the lifeline too: the caller is not ended twice.
+    line.set_exception(owner_died())
+    await asyncio.wait_for(following, timeout=5)
+    assert dead == ["worker-1"]
+
+
 async def test_a_lifeline_lost_with_its_host_is_not_a_death() -> None:
     dead: list[str] = []
     watch = CallerWatch(lambda caller: dead.append(caller.worker_id))
