@@ -24,7 +24,7 @@ worker's exit; the lifeline, two seconds, where that is missed).
 
 Driver kills: ``python -m pipelines run`` on four services, as a subprocess
 joined to this Ray, against a loopback OpenAI-format server on a cap-1 group
-that holds each call 10 s; once three calls wait, the command gets
+that holds each call 10 s; once one call is at the server and three wait, the command gets
 ``kill -9``. Per kill: the time until the run's last waiter has left the
 manager's queue and its running call has given back its slot, and how many
 calls reached the server after the kill (must be 0).
@@ -265,7 +265,9 @@ async def driver_kills(kills: int) -> None:
                 while True:
                     try:
                         client = ManagerClient(ray.get_actor(MANAGER_NAME, namespace=NAMESPACE))
-                        if (await client.stats()).pending_by_group.get(group, 0) >= 3:
+                        waiting = (await client.stats()).pending_by_group.get(group, 0)
+                        # The running call's request at the server, three calls waiting.
+                        if waiting >= 3 and server.received:
                             break
                     except ValueError:
                         pass
