@@ -127,6 +127,10 @@ class ServeSettings(BaseModel):
     auth: bool = True
     # Request bodies over this many bytes get 413.
     max_body_bytes: PositiveInt = 4 * 1024 * 1024
+    # A client that shows this many wrong keys (bearer or login form) within the window
+    # gets 429 for its next attempts, until the oldest leaves the window (per replica).
+    auth_failure_limit: PositiveInt = 10
+    auth_failure_window_seconds: float = Field(default=60.0, gt=0)
     # Requests each replica takes at once. Every waiting request must reach the
     # manager, where priority decides: a lower bound would queue them in Serve,
     # first come first served.

@@ -21,7 +21,10 @@ is an actor of its own, see :mod:`pipelines.jobs`, so it outlives the replica);
 the queue page: ``GET /``, its stream ``GET /v1/queue/events``, ``POST /login``
 and ``GET /static/{name}`` (see :mod:`serve.page`). Every route but the two
 health checks, the login and the page's static files needs ``Authorization:
-Bearer <key>`` with a key of ``serve.api_keys``, or the page's session cookie.
+Bearer <key>`` with a key of ``serve.api_keys``, or the page's session cookie
+(see :mod:`serve.guard`). Every error is answered in OpenAI's error shape,
+and the OpenAPI document (``/openapi.json``) names each status a route may
+answer.
 
 No ``from __future__ import annotations`` here: FastAPI reads the handlers'
 annotations, which Serve's class ingress leaves unresolved when they are strings.
@@ -43,7 +46,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.exceptions import HTTPException
 
 from actors.client import ManagerClient
 from actors.errors import ConfigError, RaygateError
@@ -58,10 +61,10 @@ from providers.gated import GatedProvider
 from providers.inprocess import provider_in_reach
 from providers.llamacpp import EMBEDDED_MODEL_ID
 from providers.models import StreamDelta
-from serve.errors import HTTPAnswer, answer_for, invalid, retry_after
+from serve.errors import HTTPAnswer, answer_for, documented, invalid, retry_after
+from serve.guard import Guard, client_of, json_answer
 from serve.page import (
     ASSETS,
-    PAGE_HEADER,
     SECURITY_HEADERS,
     asset,
     login_page,
@@ -69,8 +72,8 @@ from serve.page import (
     session_cookie,
     session_token,
     valid_key,
-    valid_session,
 )
+from serve.throttle import KeyGuesses
 from serve.wire import (
     ChatCompletionBody,
     PipelineSubmission,
@@ -83,9 +86,6 @@ from serve.wire import (
 
 log = logging.getLogger(__name__)
 
-# Routes anyone may call: a load balancer's health checks, the page's login and files.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/login"})
-OPEN_PREFIX = "/static/"
 READY_TIMEOUT_SECONDS = 5.0
 
 
@@ -101,52 +101,6 @@ def check_keys(settings: Settings) -> None:
         )
 
 
-class Guard:
-    """ASGI middleware: the bearer key (or the page's session) and the body size, before
-    anything is read.
-
-    A pure ASGI middleware, not Starlette's BaseHTTPMiddleware, so that a
-    client's disconnect still reaches the handler and cancels its call.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            settings: Settings = scope["app"].state.settings
-            denied = self._check(scope, settings)
-            if denied is not None:
-                await denied(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    @staticmethod
-    def _check(scope: Scope, settings: Settings) -> Response | None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        path: str = scope["path"]
-        if settings.serve.auth and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIX):
-            keys = settings.serve.api_keys
-            scheme, _, key = headers.get("authorization", "").partition(" ")
-            if scheme.lower() == "bearer" and valid_key(key, keys):
-                pass
-            elif valid_session(headers.get("cookie", ""), keys):
-                if scope["method"] not in ("GET", "HEAD") and PAGE_HEADER not in headers:
-                    message = f"a change made with the page's session must send {PAGE_HEADER}"
-                    return _json(HTTPAnswer(403, error(message, "invalid_request_error")))
-            elif path == "/":
-                return HTMLResponse(login_page(), 401, SECURITY_HEADERS)
-            else:
-                message = "missing or invalid API key: send Authorization: Bearer <key>"
-                body = error(message, "invalid_request_error", code="invalid_api_key")
-                return _json(HTTPAnswer(401, body, {"WWW-Authenticate": "Bearer"}))
-        length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > settings.serve.max_body_bytes:
-            message = f"request body of {length} bytes is over the {settings.serve.max_body_bytes}"
-            return _json(HTTPAnswer(413, error(message + " allowed", "invalid_request_error")))
-        return None
-
-
 api = FastAPI(title="raygate", summary="OpenAI-compatible chat completions, gated by raygate")
 api.add_middleware(Guard)
 
@@ -154,11 +108,16 @@ api.add_middleware(Guard)
 @api.exception_handler(RequestValidationError)
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     """Malformed JSON or a bad field: 422 in OpenAI's shape, naming the field."""
-    return _json(invalid(exc.errors()))
+    return json_answer(invalid(exc.errors()))
 
 
-def _json(answer: HTTPAnswer) -> JSONResponse:
-    return JSONResponse(answer.body, answer.status, answer.headers)
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own answers (a body that is not JSON, a path that does not exist) in
+    OpenAI's shape, like every other error."""
+    kind = "invalid_request_error" if exc.status_code < 500 else "api_error"
+    body = error(str(exc.detail), kind)
+    return json_answer(HTTPAnswer(exc.status_code, body, dict(exc.headers or {})))
 
 
 def invalid_header() -> HTTPAnswer:
@@ -177,19 +136,24 @@ def no_job(job_id: str) -> HTTPAnswer:
 
 
 def read_input(settings: Settings, name: str) -> list[Service] | HTTPAnswer:
-    """The services of a JSONL file under ``serve.data_dir``, or the 422 that says why not."""
+    """The services of a JSONL file under ``serve.data_dir``, or the answer that says why
+    not: 404 if there is no such file there, 422 if it lists no valid services."""
 
     def refused(why: str) -> HTTPAnswer:
         return HTTPAnswer(422, error(why, "invalid_request_error", param="file"))
 
+    def not_found(why: str) -> HTTPAnswer:
+        body = error(why, "invalid_request_error", param="file", code="file_not_found")
+        return HTTPAnswer(404, body)
+
     folder = settings.serve.data_dir
     if folder is None:
-        return refused("serve.data_dir is not set: send the services inline")
+        return not_found("serve.data_dir is not set: send the services inline")
     path = (folder / name).resolve()
     if not path.is_relative_to(folder.resolve()):
-        return refused(f"{name!r} is outside the data folder")
+        return not_found(f"{name!r} is outside the data folder")
     if not path.is_file():
-        return refused(f"no file {name!r} in the data folder")
+        return not_found(f"no file {name!r} in the data folder")
     services, problems = read_services(path.read_text(encoding="utf-8").splitlines())
     if problems:
         return refused(f"{name}: " + "; ".join(problems[:10]))
@@ -234,6 +198,10 @@ class Gateway:
         if not settings.serve.auth:
             log.warning("serve.auth is false: every route answers without an API key")
         api.state.settings = settings
+        serving = settings.serve
+        self._guesses = api.state.guesses = KeyGuesses(
+            serving.auth_failure_limit, serving.auth_failure_window_seconds
+        )
         self._settings = settings
         handle = get_or_create_manager(settings) if settings.queue.enabled else None
         self._manager = ManagerClient(handle) if handle is not None else None
@@ -261,16 +229,26 @@ class Gateway:
                 if isinstance(provider, GatedProvider):
                     await provider.aclose()
 
-    @api.post("/v1/chat/completions", response_model=None)
+    @api.post(
+        "/v1/chat/completions",
+        response_model=None,
+        responses={
+            200: {
+                "description": "The completion, or with stream true its server-sent events.",
+                "content": {"application/json": {}, "text/event-stream": {}},
+            },
+            **documented(400, 404, 422, 429, 502, 503, 504),
+        },
+    )
     async def chat_completions(
         self, body: ChatCompletionBody, request: Request
     ) -> JSONResponse | StreamingResponse:
         try:
             options = self._options(request, body)
         except RaygateError as exc:
-            return _json(answer_for(exc))
+            return json_answer(answer_for(exc))
         except ValueError:
-            return _json(invalid_header())
+            return json_answer(invalid_header())
         headers = {"X-Request-Id": options.request_id or ""}
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         try:
@@ -283,7 +261,7 @@ class Gateway:
             # Errors before the first piece (a full queue, an unknown model) are HTTP errors.
             first = await anext(pieces)
         except ValidationError as exc:  # e.g. a system message that does not come first
-            return _json(invalid(exc.errors()))
+            return json_answer(invalid(exc.errors()))
         except Exception as exc:
             if isinstance(exc, ProviderActorLost):
                 self._providers.pop(body.model, None)  # the next request gets a new actor
@@ -309,7 +287,9 @@ class Gateway:
             cache=wants_cache(request.headers.get("cache-control"), self._settings.serve.cache),
         )
 
-    @api.post("/v1/pipelines", status_code=202, response_model=None)
+    @api.post(
+        "/v1/pipelines", status_code=202, response_model=None, responses=documented(400, 404, 422)
+    )
     async def submit_pipeline(
         self, submission: PipelineSubmission
     ) -> dict[str, Any] | JSONResponse:
@@ -318,7 +298,7 @@ class Gateway:
         if services is None:
             read = read_input(self._settings, submission.file or "")
             if isinstance(read, HTTPAnswer):
-                return _json(read)
+                return json_answer(read)
             services = read
         job_id = uuid.uuid4().hex[:12]
         handle = self._manager.handle if self._manager is not None else None
@@ -326,41 +306,51 @@ class Gateway:
         job = PipelineJobClient.submit(job_id, services, self._settings, handle, priority)
         return (await job.status()).model_dump(mode="json")
 
-    @api.get("/v1/pipelines/{job_id}", response_model=None)
+    @api.get("/v1/pipelines/{job_id}", response_model=None, responses=documented(404, 422))
     async def pipeline_status(self, job_id: str) -> dict[str, Any] | JSONResponse:
         job = PipelineJobClient.find(job_id)
         if job is None:
-            return _json(no_job(job_id))
+            return json_answer(no_job(job_id))
         return (await job.status()).model_dump(mode="json")
 
-    @api.get("/v1/pipelines/{job_id}/results", response_model=None)
+    @api.get(
+        "/v1/pipelines/{job_id}/results",
+        response_model=None,
+        responses={
+            200: {
+                "description": "The records written so far, one JSON line each.",
+                "content": {"application/x-ndjson": {}},
+            },
+            **documented(404, 422),
+        },
+    )
     async def pipeline_results(self, job_id: str) -> StreamingResponse | JSONResponse:
         """The records written so far, one JSON line each."""
         job = PipelineJobClient.find(job_id)
         if job is None:
-            return _json(no_job(job_id))
+            return json_answer(no_job(job_id))
         records = await job.records()
         lines = (record.model_dump_json() + "\n" for record in records)
         return StreamingResponse(lines, media_type="application/x-ndjson")
 
-    @api.delete("/v1/pipelines/{job_id}", response_model=None)
+    @api.delete("/v1/pipelines/{job_id}", response_model=None, responses=documented(404, 422))
     async def cancel_pipeline(self, job_id: str) -> dict[str, Any] | JSONResponse:
         """Cancel a running run: its waiters leave the queue, its calls are cancelled."""
         job = PipelineJobClient.find(job_id)
         if job is None:
-            return _json(no_job(job_id))
+            return json_answer(no_job(job_id))
         return (await job.cancel()).model_dump(mode="json")
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", responses=documented())
     async def models(self) -> dict[str, Any]:
         ids = [*self._settings.models, EMBEDDED_MODEL_ID]
         listed = [{"id": i, "object": "model", "created": 0, "owned_by": "raygate"} for i in ids]
         return {"object": "list", "data": listed}
 
-    @api.get("/v1/queue", response_model=None)
+    @api.get("/v1/queue", response_model=None, responses=documented(404))
     async def queue(self) -> dict[str, Any] | JSONResponse:
         if self._manager is None:
-            return _json(no_queue())
+            return json_answer(no_queue())
         stats = await self._manager.stats()
         return stats.model_dump(mode="json", by_alias=True)
 
@@ -369,17 +359,17 @@ class Gateway:
         """The queue page's stream of server-sent events (see :mod:`serve.page`). Declared
         before ``/v1/queue/{request_id}``, which would take "events" for a request id."""
         if self._manager is None:
-            return _json(no_queue())
+            return json_answer(no_queue())
         return StreamingResponse(
             queue_events(self._manager),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
-    @api.get("/v1/queue/{request_id}", response_model=None)
+    @api.get("/v1/queue/{request_id}", response_model=None, responses=documented(404, 422))
     async def position(self, request_id: str) -> dict[str, Any] | JSONResponse:
         if self._manager is None:
-            return _json(no_queue())
+            return json_answer(no_queue())
         position = await self._manager.position(request_id)
         if position is None:
             message = f"request {request_id!r} is not waiting (granted, finished or unknown)"
@@ -400,21 +390,29 @@ class Gateway:
     @api.post("/login", include_in_schema=False, response_model=None)
     async def login(self, request: Request) -> Response:
         """The page's login form: a valid key gets the session cookie and the page."""
+        client = client_of(request.scope)
+        wait = self._guesses.retry_after(client)
+        if wait is not None:
+            problem = "Too many wrong keys: wait a minute before trying again."
+            headers = {**SECURITY_HEADERS, **retry_after(wait)}
+            return HTMLResponse(login_page(problem), 429, headers)
         form = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
         key = form.get("key", [""])[0]
         for known in self._settings.serve.api_keys:
             if valid_key(key, (known,)):
+                self._guesses.succeeded(client)
                 https = "https" in (request.url.scheme, request.headers.get("x-forwarded-proto"))
                 cookie = session_cookie(session_token(known), secure=https)
                 return Response(status_code=303, headers={"Location": "/", "Set-Cookie": cookie})
+        self._guesses.failed(client)
         problem = "No such key: use one of the server's serve.api_keys."
         return HTMLResponse(login_page(problem), 401, SECURITY_HEADERS)
 
-    @api.get("/healthz")
+    @api.get("/healthz", responses=documented(guarded=False))
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @api.get("/readyz", response_model=None)
+    @api.get("/readyz", response_model=None, responses=documented(503, guarded=False))
     async def readyz(self) -> dict[str, str] | JSONResponse:
         if self._manager is not None:
             try:

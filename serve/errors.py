@@ -28,7 +28,7 @@ from providers.errors import (
     ProviderTimeout,
     RateLimited,
 )
-from serve.wire import error
+from serve.wire import ErrorBody, error
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,38 @@ class HTTPAnswer:
 
 
 KINDS = {400: "invalid_request_error", 404: "invalid_request_error", 429: "rate_limit_error"}
+
+# What each error status of the endpoint means, for its OpenAPI document.
+MEANINGS = {
+    400: "A body that is not JSON, or one the backend refused.",
+    401: "No API key, or a wrong one.",
+    403: "A change sent with the queue page's session cookie but without its header.",
+    404: (
+        "No such model, pipeline job, waiting request or input file; or no queue "
+        "(queue.enabled false)."
+    ),
+    413: "The request body is over serve.max_body_bytes.",
+    422: "A malformed body, field or header; the message names it.",
+    429: (
+        "The model's queue is full or the wait timed out, the backend's rate limit, or "
+        "too many wrong API keys from this client; Retry-After says when to try again."
+    ),
+    502: "The backend answered with an error or with an answer that is not its format.",
+    503: (
+        "The backend is unavailable (its circuit open, its server down, no API key "
+        "configured) or the manager does not answer; Retry-After says when to try again."
+    ),
+    504: "The backend did not answer in time.",
+}
+# What any route behind the key may answer before its handler runs (see serve.guard).
+GUARDED = (401, 403, 413, 429)
+
+
+def documented(*statuses: int, guarded: bool = True) -> dict[int | str, dict[str, Any]]:
+    """The error answers of a route, for FastAPI's ``responses=``: ``statuses`` and, for a
+    route behind the key, the guard's."""
+    every = sorted({*statuses, *(GUARDED if guarded else (413,))})
+    return {status: {"model": ErrorBody, "description": MEANINGS[status]} for status in every}
 
 
 def retry_after(seconds: float | None) -> dict[str, str]:

@@ -161,15 +161,38 @@ def usage_chunk(delta: StreamDelta, model: str, completion_id: str) -> dict[str,
 def error(
     message: str, kind: str, *, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
-    """OpenAI's error shape."""
+    """OpenAI's error shape (:class:`ErrorBody`)."""
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error shape, the body of every error the endpoint answers (for its
+    OpenAPI document; :func:`error` builds it)."""
+
+    error: ErrorDetail
 
 
 class PipelineSubmission(BaseModel):
     """A ``POST /v1/pipelines`` body: the services inline, or a JSONL file under the
     configured data folder; and the run's priority."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The rule below, in the OpenAPI document too: exactly one of the two, not null.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["services"], "properties": {"services": {"type": "array"}}},
+                {"required": ["file"], "properties": {"file": {"type": "string"}}},
+            ]
+        },
+    )
 
     services: list[Service] | None = Field(default=None, min_length=1)
     file: str | None = Field(default=None, min_length=1)

@@ -1,0 +1,129 @@
+"""What every request passes before a handler: its key, its size, its method.
+
+A pure ASGI middleware, not Starlette's BaseHTTPMiddleware, so that a
+client's disconnect still reaches the handler and cancels its call.
+
+- The key: ``Authorization: Bearer <key>`` with a key of ``serve.api_keys``,
+  or the queue page's session cookie (a change made with it must also send
+  the page's header), on every route but the health checks, the login and
+  the page's files. A client that keeps showing wrong keys is slowed down
+  (see :mod:`serve.throttle`).
+- The size: a body over ``serve.max_body_bytes`` gets 413 before it is read.
+- The method: a path that exists but not with this method gets 405 with
+  ``Allow`` naming every method of that path (Starlette's own 405 names
+  only the methods of the first route that matched the path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from actors.settings import Settings
+from serve.errors import HTTPAnswer, retry_after
+from serve.page import PAGE_HEADER, SECURITY_HEADERS, login_page, valid_key, valid_session
+from serve.throttle import KeyGuesses
+from serve.wire import error
+
+# Routes anyone may call: a load balancer's health checks, the page's login and files.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/login"})
+OPEN_PREFIX = "/static/"
+
+
+def json_answer(answer: HTTPAnswer) -> JSONResponse:
+    return JSONResponse(answer.body, answer.status, answer.headers)
+
+
+def too_many_guesses(seconds: float) -> HTTPAnswer:
+    message = "too many wrong API keys from this client: wait before trying again"
+    body = error(message, "rate_limit_error", code="too_many_wrong_keys")
+    return HTTPAnswer(429, body, retry_after(seconds))
+
+
+def client_of(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+class Guard:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            denied = self._check(scope) or self._method(scope)
+            if denied is not None:
+                await denied(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _check(scope: Scope) -> Response | None:
+        settings: Settings = scope["app"].state.settings
+        guesses: KeyGuesses = scope["app"].state.guesses
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        path: str = scope["path"]
+        if settings.serve.auth and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIX):
+            keys = settings.serve.api_keys
+            scheme, _, key = headers.get("authorization", "").partition(" ")
+            client = client_of(scope)
+            if scheme.lower() == "bearer" and key:
+                wait = guesses.retry_after(client)
+                if wait is not None:
+                    return json_answer(too_many_guesses(wait))
+                if valid_key(key, keys):
+                    guesses.succeeded(client)
+                    return Guard._size(headers, settings)
+                guesses.failed(client)
+            if valid_session(headers.get("cookie", ""), keys):
+                if scope["method"] not in ("GET", "HEAD") and PAGE_HEADER not in headers:
+                    message = f"a change made with the page's session must send {PAGE_HEADER}"
+                    return json_answer(HTTPAnswer(403, error(message, "invalid_request_error")))
+                return Guard._size(headers, settings)
+            if path == "/":
+                return HTMLResponse(login_page(), 401, SECURITY_HEADERS)
+            message = "missing or invalid API key: send Authorization: Bearer <key>"
+            body = error(message, "invalid_request_error", code="invalid_api_key")
+            return json_answer(HTTPAnswer(401, body, {"WWW-Authenticate": "Bearer"}))
+        return Guard._size(headers, settings)
+
+    @staticmethod
+    def _size(headers: dict[str, str], settings: Settings) -> Response | None:
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > settings.serve.max_body_bytes:
+            message = f"request body of {length} bytes is over the {settings.serve.max_body_bytes}"
+            return json_answer(
+                HTTPAnswer(413, error(message + " allowed", "invalid_request_error"))
+            )
+        return None
+
+    @staticmethod
+    def _method(scope: Scope) -> Response | None:
+        """405 naming every method of the path, for a path that exists without this one."""
+        allowed: set[str] = set()
+        for route in _routes(scope["app"].router):
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return None
+            if match is Match.PARTIAL:
+                allowed |= getattr(route, "methods", None) or set()
+        if not allowed:
+            return None  # no such path: the router's 404
+        message = f"{scope['method']} is not allowed here; allowed: {', '.join(sorted(allowed))}"
+        body = error(message, "invalid_request_error", code="method_not_allowed")
+        return json_answer(HTTPAnswer(405, body, {"Allow": ", ".join(sorted(allowed))}))
+
+
+def _routes(router: Any) -> Iterator[BaseRoute]:
+    """Every route of ``router``, also those FastAPI keeps under an included router's node
+    (as Serve's class ingress includes the deployment's routes)."""
+    for route in router.routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _routes(included)
+        else:
+            yield route
