@@ -540,6 +540,7 @@ class SlotEngine:
         lease = self._leases.get(lease_id)
         if lease is None or lease.epoch != epoch:
             return False
+        self._restored.discard(lease_id)  # its holder still holds it
         deadline = self.clock() + self.lease_ttl
         self._expires_at[lease_id] = deadline
         heapq.heappush(self._deadlines, (deadline, lease_id))
@@ -566,7 +567,9 @@ class SlotEngine:
         expired = False
         while (deadline := self.next_expiry()) is not None and deadline <= now:
             _, lease_id = heapq.heappop(self._deadlines)
-            if self._workers.get(lease_id) in self._watched:
+            # A restored lease counts only once its holder asked for it again: one whose
+            # release was lost in the restart is never renewed, and must expire.
+            if self._workers.get(lease_id) in self._watched and lease_id not in self._restored:
                 self._expires_at[lease_id] = now + self.lease_ttl
                 heapq.heappush(self._deadlines, (now + self.lease_ttl, lease_id))
                 continue

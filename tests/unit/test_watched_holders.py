@@ -3,6 +3,7 @@ renewals; the ttl ends only the leases of processes nobody watches."""
 
 from __future__ import annotations
 
+from actors.journal import GroupRecord, HeldLease
 from actors.options import CallOptions
 from tests.unit.conftest import EPOCH, LOCAL_OLLAMA, Harness
 
@@ -70,3 +71,32 @@ def test_a_holder_that_asked_without_naming_its_process_expires_at_its_ttl() -> 
     # The anonymous holder's late release is a counted no-op.
     anonymous = h.leases.pop("anonymous")
     assert h.engine.release(anonymous.id, EPOCH) == []
+
+
+def restored_holding(h: Harness) -> None:
+    """``h`` restarted holding "held" for process holder-process, which is watched again."""
+    h.engine.restore(
+        GroupRecord(LOCAL_OLLAMA, {"held": HeldLease(EPOCH, "holder-process")}),
+    )
+    h.engine.watched("holder-process")
+    ask(h, "waiting", "other-process")
+
+
+def test_a_restored_lease_its_live_holder_never_renews_expires_at_its_ttl() -> None:
+    # Its release was lost in the restart: the holder lives, but holds it no more.
+    h = Harness(lease_ttl=6.0)
+    restored_holding(h)
+
+    h.clock.advance(6.0)
+
+    assert [lease.request_id for lease in h.engine.reclaim_expired()] == ["waiting"]
+
+
+def test_a_restored_lease_renewed_by_its_live_holder_outlives_its_ttl() -> None:
+    h = Harness(lease_ttl=6.0)
+    restored_holding(h)
+
+    assert h.engine.renew("held", EPOCH)
+    for _ in range(5):
+        h.clock.advance(6.0)
+        assert h.reclaim() == []
