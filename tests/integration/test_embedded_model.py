@@ -36,7 +36,7 @@ from tests.integration.conftest import (
     write_services,
 )
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 if importlib.util.find_spec("llama_cpp") is None:
     if os.environ.get("CI"):

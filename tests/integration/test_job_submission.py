@@ -34,7 +34,7 @@ from tests.integration.conftest import cli, write_services
 from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
 from tests.support.plateau_backend import plateau_answer
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).parents[2]
 

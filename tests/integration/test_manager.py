@@ -110,6 +110,7 @@ async def test_release_and_stats_answer_while_5000_acquires_wait(
         ray.cancel(ref)
 
 
+@pytest.mark.slow
 async def test_a_live_holder_keeps_its_slot_while_5000_acquires_arrive_past_its_ttl(
     make_manager: ManagerFactory,
 ) -> None:

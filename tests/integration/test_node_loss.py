@@ -24,7 +24,7 @@ from tests.integration.conftest import (
 from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
 from tests.support.plateau_backend import plateau_answer
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 LOST_HOST = "b"
 

@@ -31,7 +31,7 @@ from tests.integration.conftest import wait_until
 from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
 from tests.support.serve_app import RELEASE, ask, respond, serve_app, the_replica
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 KEY = "sk-page-0123"
 # Where the run leaves its screenshot of the page under load (docs/ has one of them).

@@ -366,6 +366,7 @@ async def _true(value: bool) -> bool:
     return value
 
 
+@pytest.mark.slow
 def test_schemathesis_with_every_check_finds_the_openapi_document_true(
     gateway: Gateway, tmp_path: Path
 ) -> None:
