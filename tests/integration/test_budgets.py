@@ -49,6 +49,7 @@ async def test_with_the_providers_limits_set_no_call_is_refused(
     assert stats.requests_left is not None and stats.requests_left < 600
 
 
+@pytest.mark.slow
 async def test_with_no_limits_set_the_manager_learns_the_providers_rate_from_its_429s(
     make_manager: ManagerFactory,
 ) -> None:

@@ -11,6 +11,7 @@ machine's network address for multi-node clusters, but not the rest of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -247,6 +248,48 @@ while True:
 """
 
 
+def fake_model_config(path: Path, base_url: str, **pipeline: object) -> Path:
+    """Settings naming the loopback server at ``base_url`` model "fake", the job's model."""
+    models = {"fake": {"provider": "openai-compatible", "base_url": base_url}}
+    path.write_text(yaml.safe_dump({"models": models, "pipeline": {"model": "fake", **pipeline}}))
+    return path
+
+
+@contextlib.contextmanager
+def killable_run(
+    cluster: RayStartCluster, group: str, command: list[str]
+) -> Iterator[Callable[[], list[str]]]:
+    """The command-line run ``command`` joined to ``cluster``, and an observer of ``group``
+    in its manager; entered once a call of the run runs and three wait. Yields ``kill``,
+    which kills the run with `kill -9` and returns, once nothing of the run runs or
+    waits, the time of that, and the group's cancelled and expired counts."""
+    env = cluster_env()
+    observer = subprocess.Popen(
+        [sys.executable, "-c", OBSERVE, cluster.gcs, group],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert observer.stdout is not None
+    assert observer.stdout.readline() == "joined\n"  # before the run starts
+    driver = subprocess.Popen(
+        [*command, "--address", cluster.gcs],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def kill() -> list[str]:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        out, _ = observer.communicate(timeout=60)
+        return out.split()[1:]
+
+    try:
+        assert observer.stdout.readline() == "queued\n"
+        yield kill
+    finally:
+        for process in (driver, observer):
+            process.kill()
+            process.wait()
+
+
 def test_a_killed_drivers_calls_leave_the_queue_and_no_new_call_starts(
     started_cluster: RayStartCluster, tmp_path: Path
 ) -> None:
@@ -259,42 +302,16 @@ def test_a_killed_drivers_calls_leave_the_queue_and_no_new_call_starts(
     ) as server:
         base_url = server.url + "/v1"
         group = classify("openai-compatible", base_url).id  # a local server: one at a time
-        config = tmp_path / "raygate.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "models": {"fake": {"provider": "openai-compatible", "base_url": base_url}},
-                    "pipeline": {"model": "fake", "plateaus": 1, "mapping_types": ["data"]},
-                }
-            )
+        config = fake_model_config(
+            tmp_path / "raygate.yaml", base_url, plateaus=1, mapping_types=["data"]
         )
         four = [Service(id=f"svc-{i}", name=f"Service {i}") for i in range(4)]
         services = write_services(tmp_path / "in.jsonl", four)
-        env = cluster_env()
-        observer = subprocess.Popen(
-            [sys.executable, "-c", OBSERVE, started_cluster.gcs, group],
-            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
-        assert observer.stdout is not None
-        assert observer.stdout.readline() == "joined\n"  # before the run starts
         command = cli(str(services), "--out", str(tmp_path / "out.jsonl"), "--config", str(config))
-        driver = subprocess.Popen(
-            [*command, "--address", started_cluster.gcs],
-            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            # The services' first calls: one runs, the others wait.
-            assert observer.stdout.readline() == "queued\n"
+        with killable_run(started_cluster, group, command) as kill:
             wait_for("the running call at the backend", lambda: len(server.received) == 1, 30)
             killed = time.time()
-            driver.send_signal(signal.SIGKILL)
-            driver.wait()
-            out, _ = observer.communicate(timeout=60)
-        finally:
-            for process in (driver, observer):
-                process.kill()
-                process.wait()
-        _, emptied, cancelled, expired = out.split()
+            emptied, cancelled, expired = kill()
         wait_for("the running call to be dropped at the backend", lambda: server.abandoned, 30)
 
     # Gone well before the running call's 10 s were up, when a waiter would have
@@ -316,41 +333,14 @@ def test_a_killed_drivers_short_calls_stop_starting_at_once(
     with FakeLLMServer(OpenAIDialect(), hold=0.2, responder=plateau_answer) as server:
         base_url = server.url + "/v1"
         group = classify("openai-compatible", base_url).id
-        config = tmp_path / "raygate.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "models": {"fake": {"provider": "openai-compatible", "base_url": base_url}},
-                    "pipeline": {"model": "fake", "cache": False},
-                }
-            )
-        )
-        env = cluster_env()
-        observer = subprocess.Popen(
-            [sys.executable, "-c", OBSERVE, started_cluster.gcs, group],
-            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
-        assert observer.stdout is not None
-        assert observer.stdout.readline() == "joined\n"
+        config = fake_model_config(tmp_path / "raygate.yaml", base_url, cache=False)
         command = cli("examples/services.jsonl", "--out", str(tmp_path / "out.jsonl"))
-        driver = subprocess.Popen(
-            [*command, "--config", str(config), "--address", started_cluster.gcs],
-            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            assert observer.stdout.readline() == "queued\n"
+        with killable_run(started_cluster, group, [*command, "--config", str(config)]) as kill:
             deadline = time.monotonic() + 120
             while len(server.received) < 10 and time.monotonic() < deadline:
                 time.sleep(0.01)
-            driver.send_signal(signal.SIGKILL)
             at_kill = len(server.received)
-            driver.wait()
-            out, _ = observer.communicate(timeout=60)
-        finally:
-            for process in (driver, observer):
-                process.kill()
-                process.wait()
-        _, _, _, expired = out.split()
+            _, _, expired = kill()
 
     started_after = len(server.received) - at_kill
     print(f"{started_after} calls started at the backend after the kill ({at_kill} before)")

@@ -21,6 +21,7 @@ from actors.names import NAMESPACE
 from actors.options import CallOptions
 from actors.settings import QueueSettings, Settings
 from actors.watch import caller_of
+from benchmarks.recovery import HOLDING_DRIVER
 from tests.integration.conftest import (
     LOCAL_SERVER,
     REMOTE_API,
@@ -268,26 +269,6 @@ async def test_a_holder_that_dies_with_the_manager_frees_its_restored_slot_withi
     assert (group.abandoned, group.expired, group.active) == (1, 0, 0)
 
 
-# A driver script of its own (argv: cluster, manager name, group): asks for three slots
-# of the group and holds whatever it gets until killed.
-HOLDER = """
-import asyncio, sys, ray
-from actors.client import ManagerClient
-from actors.names import NAMESPACE
-ray.init(address=sys.argv[1], log_to_driver=False)
-client = ManagerClient(ray.get_actor(sys.argv[2], namespace=NAMESPACE))
-
-async def hold() -> None:
-    async with client.slot(sys.argv[3]):
-        await asyncio.Event().wait()
-
-async def main() -> None:
-    await asyncio.gather(*(hold() for _ in range(3)))
-
-asyncio.run(main())
-"""
-
-
 async def test_a_killed_drivers_slot_and_waits_end_within_seconds(ray_session: None) -> None:
     name = f"manager-{uuid.uuid4().hex[:8]}"
     handle = get_or_create_manager(Settings(), name=name)  # lease ttl 60 s
@@ -295,7 +276,7 @@ async def test_a_killed_drivers_slot_and_waits_end_within_seconds(ray_session: N
     await client.register(LOCAL_SERVER)
     address = ray.get_runtime_context().gcs_address
     driver = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", HOLDER, address, name, LOCAL_SERVER.id,
+        sys.executable, "-c", HOLDING_DRIVER, address, name, LOCAL_SERVER.id,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

@@ -20,12 +20,20 @@ def owner_died() -> OwnerDiedError:
     return OwnerDiedError("ref", None, "")
 
 
+class Watched:
+    """A watch with caller worker-1's lifeline hosted and followed, and the deaths it told."""
+
+    def __init__(self) -> None:
+        self.dead: list[str] = []
+        self.watch = CallerWatch(lambda caller: self.dead.append(caller.worker_id))
+        self.line = lifeline()
+        self.hosted = asyncio.create_task(self.watch.lifeline("worker-1"))
+        self.following = asyncio.create_task(self.watch.follow(Caller("worker-1"), self.line))
+
+
 async def test_a_caller_whose_lifeline_fails_as_owner_died_is_reported_once() -> None:
-    dead: list[str] = []
-    watch = CallerWatch(lambda caller: dead.append(caller.worker_id))
-    line = lifeline()
-    hosted = asyncio.create_task(watch.lifeline("worker-1"))
-    following = asyncio.create_task(watch.follow(Caller("worker-1"), line))
+    w = Watched()
+    dead, watch, line, hosted, following = w.dead, w.watch, w.line, w.hosted, w.following
     await asyncio.sleep(0)
     assert dead == [] and not hosted.done() and not following.done()
 
@@ -40,11 +48,8 @@ async def test_a_caller_whose_lifeline_fails_as_owner_died_is_reported_once() ->
 
 
 async def test_a_callers_exit_reported_by_ray_ends_it_once_before_its_lifeline_fails() -> None:
-    dead: list[str] = []
-    watch = CallerWatch(lambda caller: dead.append(caller.worker_id))
-    line = lifeline()
-    hosted = asyncio.create_task(watch.lifeline("worker-1"))
-    following = asyncio.create_task(watch.follow(Caller("worker-1"), line))
+    w = Watched()
+    dead, watch, line, hosted, following = w.dead, w.watch, w.line, w.hosted, w.following
     await asyncio.sleep(0)
 
     watch.exited("worker-2")  # a process that never called here
