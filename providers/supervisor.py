@@ -18,12 +18,13 @@ fails then, with its own words, instead of on the job's first real call.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -87,10 +88,18 @@ def free_loopback_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    # Linux: the kernel sends SIGTERM to the server when the thread that started
-    # it exits, however it ends (even SIGKILL of its process).
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+# Run as the server's first program (argv: the starting process's id, then the server's
+# command): Linux sends the server SIGTERM when the thread that started it exits, however
+# it ends (even SIGKILL of its process); then it becomes the server (same process id).
+# Set here, after the exec, not in a preexec_fn: Python code run between fork and exec in
+# a process with threads inside gRPC (a Ray worker) crashed the child (SIGSEGV, SIGALRM).
+DIE_WITH_PARENT = f"""
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl({PR_SET_PDEATHSIG}, signal.SIGTERM)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("the process that started this server ended before it started")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 class LoopbackServer:
@@ -127,8 +136,12 @@ class LoopbackServer:
     def spawn(self) -> subprocess.Popen[bytes]:
         self._log.seek(0)
         self._log.truncate()
+        command = self.command()
+        parent = [sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid())]
         self.process = subprocess.Popen(
-            self.command(), stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            [*parent, shutil.which(command[0]) or command[0], *command[1:]],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         return self.process
 

@@ -161,6 +161,8 @@ async def kill_the_server_after(client: ManagerClient, calls: int, how: signal.S
     return f"killed by {how.name} (pid {pid})"
 
 
+# A real model's job and a restart: 30-40 s alone, over 300 s beside a CPU-bound process.
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSEGV], ids=["SIGKILL", "SIGSEGV"])
 async def test_a_server_killed_mid_job_is_restarted_and_every_service_finishes(
     make_manager: ManagerFactory, tmp_path: Path, how: signal.Signals
