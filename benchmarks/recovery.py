@@ -168,9 +168,6 @@ async def caller_kills(rounds: int) -> None:
 
     @ray.remote(num_cpus=0)
     class Holder:
-        def pid(self) -> int:
-            return os.getpid()
-
         def hold(self, manager: Any, group: str) -> None:
             hold_three(manager, group)
 

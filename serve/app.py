@@ -62,7 +62,7 @@ from providers.inprocess import provider_in_reach
 from providers.llamacpp import EMBEDDED_MODEL_ID
 from providers.models import StreamDelta
 from serve.errors import HTTPAnswer, answer_for, documented, invalid, retry_after
-from serve.guard import Guard, client_of, json_answer
+from serve.guard import Guard, client_of, json_answer, not_allowed
 from serve.page import (
     ASSETS,
     SECURITY_HEADERS,
@@ -113,8 +113,10 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
 
 @api.exception_handler(HTTPException)
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    """Starlette's own answers (a body that is not JSON, a path that does not exist) in
-    OpenAI's shape, like every other error."""
+    """Starlette's own answers (a body that is not JSON, a path that does not exist, a
+    method the path does not take) in OpenAI's shape, like every other error."""
+    if exc.status_code == 405:
+        return json_answer(not_allowed(request.scope))
     kind = "invalid_request_error" if exc.status_code < 500 else "api_error"
     body = error(str(exc.detail), kind)
     return json_answer(HTTPAnswer(exc.status_code, body, dict(exc.headers or {})))

@@ -10,8 +10,9 @@ client's disconnect still reaches the handler and cancels its call.
   (see :mod:`serve.throttle`).
 - The size: a body over ``serve.max_body_bytes`` gets 413 before it is read.
 - The method: a path that exists but not with this method gets 405 with
-  ``Allow`` naming every method of that path (Starlette's own 405 names
-  only the methods of the first route that matched the path).
+  ``Allow`` naming every method of that path (:func:`not_allowed`, which the
+  app answers instead of Starlette's own 405: that one names only the
+  methods of the first route that matched the path).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Guard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            denied = self._check(scope) or self._method(scope)
+            denied = self._check(scope)
             if denied is not None:
                 await denied(scope, receive, send)
                 return
@@ -101,21 +102,20 @@ class Guard:
             )
         return None
 
-    @staticmethod
-    def _method(scope: Scope) -> Response | None:
-        """405 naming every method of the path, for a path that exists without this one."""
-        allowed: set[str] = set()
-        for route in _routes(scope["app"].router):
-            match, _ = route.matches(scope)
-            if match is Match.FULL:
-                return None
-            if match is Match.PARTIAL:
-                allowed |= getattr(route, "methods", None) or set()
-        if not allowed:
-            return None  # no such path: the router's 404
-        message = f"{scope['method']} is not allowed here; allowed: {', '.join(sorted(allowed))}"
-        body = error(message, "invalid_request_error", code="method_not_allowed")
-        return json_answer(HTTPAnswer(405, body, {"Allow": ", ".join(sorted(allowed))}))
+
+def not_allowed(scope: Scope) -> HTTPAnswer:
+    """The 405 for a request whose path exists but not with its method, ``Allow`` naming
+    every method of that path. Worked out only when the router has found no route for
+    the method (its HTTPException), not on every request."""
+    allowed: set[str] = set()
+    for route in _routes(scope["app"].router):
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            allowed |= getattr(route, "methods", None) or set()
+    listed = ", ".join(sorted(allowed))
+    message = f"{scope['method']} is not allowed here; allowed: {listed}"
+    body = error(message, "invalid_request_error", code="method_not_allowed")
+    return HTTPAnswer(405, body, {"Allow": listed})
 
 
 def _routes(router: Any) -> Iterator[BaseRoute]:
