@@ -3,7 +3,8 @@
 A 429 says the provider's own requests (or tokens) per minute ran out. Each
 caller of the group used to find that out alone, retrying after its own
 ``Retry-After`` while the others kept knocking. Now the call that got it tells
-the manager (:meth:`actors.engine.SlotEngine.throttled`), which
+the manager (:meth:`actors.engine.SlotEngine.throttled`, which keeps a
+:class:`Throttle` per group), which
 
 - pauses the whole group's grants until the ``Retry-After`` (or
   ``DEFAULT_PAUSE_SECONDS`` after a 429 without one): the waiting calls, and
@@ -34,8 +35,11 @@ again from the next 429.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
+
+from actors.budget import Bucket, Budget
 
 BACKOFF = 0.8
 RECOVERY_CALLS = 200
@@ -97,3 +101,66 @@ class RecentGrants:
     def _forget(self, now: float) -> None:
         while self._times and self._times[0] <= now - MINUTE:
             self._times.popleft()
+
+
+class Throttle:
+    """One group's 429s and the rate learned from them, applied to the group's budget."""
+
+    def __init__(self, configured_rpm: int | None) -> None:
+        self.configured_rpm = configured_rpm
+        self.recent = RecentGrants()
+        # The requests per minute learned from the provider's 429s, once there was one.
+        self.adaptation: Adaptation | None = None
+        # How many 429s the group's calls got.
+        self.count = 0
+        # Held leases whose call got a 429: their release is no success to learn from.
+        self._hit: set[str] = set()
+
+    def granted(self, now: float) -> None:
+        self.recent.add(now)
+
+    def hit(
+        self,
+        lease_id: str,
+        granted_at: float | None,
+        budget: Budget | None,
+        pause: float,
+        now: float,
+    ) -> Budget:
+        """The call holding ``lease_id`` (granted at ``granted_at``; None: not held) got a
+        429: lower the rate (once a round), pause the grants for ``pause`` seconds.
+        Returns the group's budget, made if it had none."""
+        if granted_at is not None:
+            self._hit.add(lease_id)
+        if self.adaptation is None:
+            self.adaptation = Adaptation.first(self.recent.count(now), self.configured_rpm, now)
+        elif (-math.inf if granted_at is None else granted_at) > self.adaptation.lowered_at:
+            self.adaptation.lower(now)
+        budget = budget or Budget(None, None)
+        budget.paused_until = max(budget.paused_until, now + pause)
+        if self.adaptation is not None:
+            self.retune(budget, now, empty=True)
+        return budget
+
+    def freed(self, lease_id: str, budget: Budget | None, now: float, *, released: bool) -> bool:
+        """A held lease ended (``released`` by its holder, else reclaimed or dropped): a
+        release without a 429 raises the learned rate. Returns whether it changed."""
+        hit = lease_id in self._hit
+        self._hit.discard(lease_id)
+        if not released or hit or self.adaptation is None or budget is None:
+            return False
+        self.adaptation.recover()
+        self.retune(budget, now)
+        return True
+
+    def retune(self, budget: Budget, now: float, *, empty: bool = False) -> None:
+        """Set the budget's requests bucket to the learned rate; ``empty``: after a 429,
+        since the provider's own is."""
+        assert self.adaptation is not None
+        rpm = self.adaptation.rpm
+        requests = budget.requests
+        if requests is None:
+            requests = budget.requests = Bucket(rpm, 0.0, now)
+        requests.retune(rpm, now)
+        if empty:
+            requests.level = min(requests.level, 0.0)

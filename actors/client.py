@@ -10,14 +10,9 @@ ttl; the release runs in ``finally`` whatever happens; a caller cancelled
 while waiting tells the manager, which drops the waiter or, if the grant was
 already on its way back, passes the slot on.
 
-A freed slot whose next waiter is one of this client's own does not wait for
-the manager's round trip: the manager keeps the client told which of its
-waiters is next in line for each group where it holds a slot (one call
-pending, answered on each change), and the release starts that waiter at
-once and tells the manager with it (``hand_over``). That is what the
-manager would have granted; a better waiter that reaches the manager while
-the notice of the change is on its way here is the one exception, counted
-as ``overtaken`` (see :meth:`SlotEngine.hand_over`).
+A freed slot whose next waiter is one of this client's own is handed over here,
+without the manager's round trip (the hand-over: docs/architecture.md tells how
+it works and why it keeps the manager's order).
 
 A group with no limit under no global cap can never make anyone wait, so the
 caller does not wait for its acquire: the call starts at once, the manager
@@ -45,7 +40,7 @@ from actors.engine import Lease
 from actors.errors import RaygateError
 from actors.groups import GroupSpec
 from actors.manager import get_or_create_manager
-from actors.names import MANAGER_NAME
+from actors.names import MANAGER_NAME, NAMESPACE
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.outbox import Ask, Batch, Counted, Outbox
 from actors.queueview import QueueView
@@ -119,6 +114,9 @@ def _settle_first(passed: asyncio.Future[Lease], acquired: asyncio.Future[Lease]
 
 
 class ManagerClient:
+    """The typed way to the cluster's manager. Picklable: it travels into actors and tasks
+    as its handle, and starts afresh there."""
+
     def __init__(self, handle: Any) -> None:
         self.handle = handle
         self._groups: dict[str, GroupInfo] = {}
@@ -129,14 +127,14 @@ class ManagerClient:
         # Tokens used by calls that hold a slot of a gated group, sent with their release.
         self._used: dict[str, int] = {}
         # This client's waiters of gated groups, each a future a release here may resolve
-        # with its slot (see _pass_on), with its options; and by group, the one the
+        # with its slot (see _hand_over), with its options; and by group, the one the
         # manager last named next in line, followed by one task.
         self._waiting: dict[str, tuple[asyncio.Future[Lease], CallOptions]] = {}
         self._next: dict[str, str] = {}
         self._following: asyncio.Task[None] | None = None
         # Leases a release here handed over, each with the hand-over call telling the
         # manager (their own release waits for it).
-        self._handed: dict[str, asyncio.Future[None]] = {}
+        self._handed_over: dict[str, asyncio.Future[None]] = {}
 
     @classmethod
     def connect(
@@ -157,6 +155,28 @@ class ManagerClient:
                 name,
             )
         return cls(handle)
+
+    @classmethod
+    def create(cls, settings: Settings, *, name: str = MANAGER_NAME) -> ManagerClient:
+        """The cluster's manager, the running one if any, else a new one with ``settings``;
+        returns at once (no round trip, and no word if the running one's settings differ)."""
+        return cls(get_or_create_manager(settings, name=name))
+
+    @classmethod
+    def running(cls, *, name: str = MANAGER_NAME) -> ManagerClient | None:
+        """The cluster's manager if one runs, else None (nothing made)."""
+        try:
+            return cls(ray.get_actor(name, namespace=NAMESPACE))
+        except ValueError:
+            return None
+
+    def __reduce__(self) -> tuple[type[ManagerClient], tuple[Any]]:
+        return (ManagerClient, (self.handle,))
+
+    def kill(self, *, restart: bool = False) -> None:
+        """Kill the manager; ``restart``: let Ray restart it, as after a crash (tests and
+        benchmarks of crash safety)."""
+        ray.kill(self.handle, no_restart=not restart)
 
     # -- groups ------------------------------------------------------------------
 
@@ -207,7 +227,7 @@ class ManagerClient:
             # ray.cancel cannot reach a grant already on its way back; an explicit
             # cancel drops the waiter, or releases the slot granted meanwhile (a cancel
             # that overtakes the hand-over naming it is refused there).
-            self._handed.pop(lease_id, None)
+            self._handed_over.pop(lease_id, None)
             self._note(self.handle.cancel.remote(lease_id))
             raise
         finally:
@@ -226,14 +246,14 @@ class ManagerClient:
         finally:
             keeper.cancel()
             used = self._used.pop(lease.id, None)
-            after = self._handed.pop(lease.id, None)
-            successor = self._pass_on(lease, cancelled=cancelled)
+            after = self._handed_over.pop(lease.id, None)
+            successor = self._hand_over(lease, cancelled=cancelled)
             # A task of its own, shielded: a caller cancelled right here still gives its
             # slot back, and a successor woken just now starts its call before this one
             # takes the loop to tell the manager.
             ended = asyncio.ensure_future(self._give_back(lease, used, successor, after))
             if successor is not None:
-                self._handed[successor] = ended
+                self._handed_over[successor] = ended
             await asyncio.shield(ended)
 
     async def _give_back(
@@ -271,7 +291,7 @@ class ManagerClient:
             acquired.cancel()
             raise
 
-    def _pass_on(self, lease: Lease, *, cancelled: bool) -> str | None:
+    def _hand_over(self, lease: Lease, *, cancelled: bool) -> str | None:
         """Start this client's waiter that the manager named next in line for the
         group of ``lease``, in the slot of ``lease``, unless the call holding it was
         ``cancelled``; its lease id, or None."""

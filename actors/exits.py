@@ -5,7 +5,7 @@ its process died: that is how long Ray takes to give up on an object's dead
 owner. The GCS knows sooner. The raylet of a node reports each worker
 process that exits (a driver killed with ``kill -9``, an actor killed or
 crashed, a task's worker) and the GCS publishes it on its worker channel,
-keyed by the worker's id, which is :attr:`actors.callers.Caller.worker_id`:
+keyed by the worker's id, which is a caller's :attr:`actors.callers.Caller.id`:
 measured here, 4 ms after ``kill -9`` of a driver and 12 ms after
 ``ray.kill`` of an actor.
 

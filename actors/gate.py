@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
 from typing import TypeVar
 
 from actors.engine import Lease, SlotEngine
@@ -46,16 +45,18 @@ T = TypeVar("T")
 class SlotGate:
     def __init__(self, engine: SlotEngine, store: Store | None = None) -> None:
         self.engine = engine
-        self._lock = threading.Lock()
+        # Guards the engine: every call into it holds this lock (helpers named *_locked
+        # expect it held).
+        self.lock = threading.Lock()
         # Futures of queued acquires. Whoever pops an entry owns the clean-up.
         self._waiters: dict[str, asyncio.Future[Lease]] = {}
         # Views waiting for the engine's version to move past theirs.
         self._watchers: list[tuple[int, asyncio.Future[None]]] = []
-        # Processes waiting for a change of their waiters next in line: (worker, what it
+        # Callers waiting for a change of their waiters next in line: (caller, what it
         # knows, its future).
         self._lines: list[tuple[str, dict[str, str], asyncio.Future[dict[str, str]]]] = []
         self._journal = None if store is None else Journal(store, self._record)
-        self._journal_changes()
+        self._journal_changes_locked()
         self._reaper = _Reaper(self)
         self._reaper.start()
 
@@ -64,14 +65,14 @@ class SlotGate:
         group: str,
         lease_id: str,
         options: CallOptions = DEFAULT_OPTIONS,
-        worker: str | None = None,
+        caller: str | None = None,
         *,
         started: bool = False,
     ) -> Lease:
         """A slot of ``group``, waiting at most ``options.queue_timeout`` for it
         (``started``: see :meth:`SlotEngine.acquire`)."""
-        lease = await self._granted(group, lease_id, options, worker, started)
-        if self._journal is not None and self.inspect(self.engine.journaled, group):
+        lease = await self._granted(group, lease_id, options, caller, started)
+        if self._journal is not None and self._journaled(group):
             try:
                 await self._journal.flushed()
             except asyncio.CancelledError:
@@ -80,19 +81,19 @@ class SlotGate:
         return lease
 
     async def _granted(
-        self, group: str, lease_id: str, options: CallOptions, worker: str | None, started: bool
+        self, group: str, lease_id: str, options: CallOptions, caller: str | None, started: bool
     ) -> Lease:
         loop = asyncio.get_running_loop()
-        with self._lock:
-            lease = self.engine.acquire(group, lease_id, options, worker, started=started)
-            self._changed()
+        with self.lock:
+            lease = self.engine.acquire(group, lease_id, options, caller, started=started)
+            self._changed_locked()
             if lease is not None:
-                self._journal_changes()
-                self._reaper.wake_if_idle()
+                self._journal_changes_locked()
+                self._reaper.wake_if_idle_locked()
                 return lease
             waiter: asyncio.Future[Lease] = loop.create_future()
             self._waiters[lease_id] = waiter
-            self._budget_changed()
+            self._budget_changed_locked()
         timeout = options.queue_timeout
         try:
             async with asyncio.timeout(timeout):
@@ -104,13 +105,13 @@ class SlotGate:
             self._abandon(lease_id)
             raise
         finally:
-            with self._lock:
+            with self.lock:
                 self._waiters.pop(lease_id, None)
 
     def release(self, lease_id: str, epoch: int, used_tokens: int | None = None) -> None:
-        with self._lock:
-            self._hand_on(self.engine.release(lease_id, epoch, used_tokens))
-            self._budget_changed()
+        with self.lock:
+            self._deliver_locked(self.engine.release(lease_id, epoch, used_tokens))
+            self._budget_changed_locked()
 
     async def hand_over(
         self,
@@ -118,87 +119,87 @@ class SlotGate:
         lease_id: str,
         epoch: int,
         successor: str,
-        worker: str | None = None,
+        caller: str | None = None,
         used_tokens: int | None = None,
     ) -> None:
         """Release a slot its holder's process passed on (see :meth:`SlotEngine.hand_over`);
         returns once a restarted manager would know the successor holds it."""
-        with self._lock:
-            self._hand_on(
-                self.engine.hand_over(group, lease_id, epoch, successor, worker, used_tokens)
+        with self.lock:
+            self._deliver_locked(
+                self.engine.hand_over(group, lease_id, epoch, successor, caller, used_tokens)
             )
-            self._budget_changed()
-        if self._journal is not None and self.inspect(self.engine.journaled, group):
+            self._budget_changed_locked()
+        if self._journal is not None and self._journaled(group):
             await self._journal.flushed()
 
-    async def next_in_line(self, worker: str, known: dict[str, str], wait: float) -> dict[str, str]:
-        """By group, the waiter of process ``worker`` that a slot it holds would pass to
+    async def next_in_line(self, caller: str, known: dict[str, str], wait: float) -> dict[str, str]:
+        """By group, the waiter of ``caller`` that a slot it holds would pass to
         next (see :meth:`SlotEngine.next_in_line`), once that differs from ``known``:
         at once if it does, else at its next change, or after ``wait`` seconds."""
         changed: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
-        with self._lock:
-            mine = _of(worker, self.engine.next_in_line())
+        with self.lock:
+            mine = _of(caller, self.engine.next_in_line())
             if mine != known:
-                self.engine.next_in_line_answers += 1
+                self.engine.hand_overs.answers += 1
                 return mine
-            self._lines.append((worker, known, changed))
+            self._lines.append((caller, known, changed))
         try:
             async with asyncio.timeout(wait):
                 return await changed
         except TimeoutError:
             return known
         finally:
-            with self._lock:
+            with self.lock:
                 self._lines = [line for line in self._lines if line[2] is not changed]
 
     def throttled(self, group: str, lease_id: str, retry_after: float | None) -> GroupInfo:
-        with self._lock:
+        with self.lock:
             info = self.engine.throttled(group, lease_id, retry_after)
-            self._budget_changed()
-            self._changed()
+            self._budget_changed_locked()
+            self._changed_locked()
             return info
 
     def cancel(self, lease_id: str) -> None:
         """A caller gave up on ``lease_id``: whether it waits, holds, or has not arrived yet."""
-        with self._lock:
+        with self.lock:
             waiter = self._waiters.pop(lease_id, None)
-            self._hand_on(self.engine.cancel(lease_id))
-            self._budget_changed()
+            self._deliver_locked(self.engine.cancel(lease_id))
+            self._budget_changed_locked()
         if waiter is not None:
             waiter.get_loop().call_soon_threadsafe(waiter.cancel)
 
-    def drop_caller(self, worker_id: str) -> None:
-        """The process ``worker_id`` died: its waiters leave, its slots pass on."""
-        with self._lock:
-            dropped, granted = self.engine.drop_caller(worker_id)
+    def drop_caller(self, caller: str) -> None:
+        """``caller`` died: its waiters leave, its slots pass on."""
+        with self.lock:
+            dropped, granted = self.engine.drop_caller(caller)
             waiters = [self._waiters.pop(i) for i in dropped if i in self._waiters]
-            self._hand_on(granted)
-            self._budget_changed()
+            self._deliver_locked(granted)
+            self._budget_changed_locked()
         for waiter in waiters:
             waiter.get_loop().call_soon_threadsafe(waiter.cancel)
 
-    def watched(self, worker_id: str) -> None:
+    def watched(self, caller: str) -> None:
         """See :meth:`SlotEngine.watched`."""
-        with self._lock:
-            self.engine.watched(worker_id)
+        with self.lock:
+            self.engine.watched(caller)
 
-    def unwatched(self, worker_id: str) -> None:
+    def unwatched(self, caller: str) -> None:
         """See :meth:`SlotEngine.unwatched`."""
-        with self._lock:
-            self.engine.unwatched(worker_id)
+        with self.lock:
+            self.engine.unwatched(caller)
 
     def renew(self, lease_id: str, epoch: int) -> bool:
-        with self._lock:
+        with self.lock:
             return self.engine.renew(lease_id, epoch)
 
     def tick(self) -> None:
-        with self._lock:
-            self._hand_on(self.engine.tick())
+        with self.lock:
+            self._deliver_locked(self.engine.tick())
 
     def register(self, spec: GroupSpec) -> GroupInfo:
-        with self._lock:
+        with self.lock:
             info = self.engine.register(spec)
-            self._journal_changes()
+            self._journal_changes_locked()
             return info
 
     async def registered(self, spec: GroupSpec) -> GroupInfo:
@@ -209,23 +210,27 @@ class SlotGate:
         return info
 
     def group_info(self, group_id: str) -> GroupInfo:
-        return self.inspect(self.engine.group_info, group_id)
+        with self.lock:
+            return self.engine.group_info(group_id)
 
     def can_run_immediately(self, group_id: str) -> bool:
-        return self.inspect(self.engine.can_run_immediately, group_id)
+        with self.lock:
+            return self.engine.can_run_immediately(group_id)
 
     def stats(self) -> QueueStats:
-        return self.inspect(self.engine.stats)
+        with self.lock:
+            return self.engine.stats()
 
     def position(self, request_id: str) -> QueuePosition | None:
-        return self.inspect(self.engine.position, request_id)
+        with self.lock:
+            return self.engine.position(request_id)
 
     async def view(self, after: int, first: int, wait: float) -> QueueView:
         """The queue view (``first`` waiters a group) once the engine's version differs
         from ``after``: at once if it does, else at the next change, or after ``wait``
         seconds at the latest."""
         changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        with self._lock:
+        with self.lock:
             if self.engine.version == after:
                 self._watchers.append((after, changed))
             else:
@@ -235,14 +240,10 @@ class SlotGate:
                 async with asyncio.timeout(wait):
                     await changed
         finally:
-            with self._lock:
+            with self.lock:
                 self._watchers = [w for w in self._watchers if w[1] is not changed]
-        return self.inspect(self.engine.view, first)
-
-    def inspect(self, query: Callable[..., T], *args: object) -> T:
-        """Run something that only reads or registers, under the gate's lock."""
-        with self._lock:
-            return query(*args)
+        with self.lock:
+            return self.engine.view(first)
 
     def close(self) -> None:
         """Stop the reaper and journal threads (the actor never needs this; tests do)."""
@@ -251,30 +252,35 @@ class SlotGate:
             self._journal.stop()
 
     def _abandon(self, lease_id: str, *, timed_out: bool = False) -> None:
-        with self._lock:
+        with self.lock:
             if self._waiters.pop(lease_id, None) is not None:
-                self._hand_on(self.engine.cancel(lease_id, timed_out=timed_out))
-                self._budget_changed()
+                self._deliver_locked(self.engine.cancel(lease_id, timed_out=timed_out))
+                self._budget_changed_locked()
+
+    def _journaled(self, group: str) -> bool:
+        with self.lock:
+            return self.engine.journaled(group)
 
     def _record(self, group: str) -> GroupRecord:
-        return self.inspect(self.engine.record, group)
+        with self.lock:
+            return self.engine.record(group)
 
-    def _journal_changes(self) -> None:
-        """Call with the lock held, after anything that may change a group's record."""
+    def _journal_changes_locked(self) -> None:
+        """After anything that may change a group's record."""
         changed = self.engine.take_changed()
         if self._journal is not None and changed:
             self._journal.mark(changed)
 
-    def _budget_changed(self) -> None:
+    def _budget_changed_locked(self) -> None:
         """After a change that may move a budgeted group's next grant sooner (a waiter
-        queued, a slot freed, a correction): the reaper plans its wake again. Call with
-        the lock held; never from a tick, which would wake the reaper for ever."""
+        queued, a slot freed, a correction): the reaper plans its wake again. Never from
+        a tick, which would wake the reaper for ever."""
         if self.engine.budgeted:
             self._reaper.replan()
 
-    def _changed(self) -> None:
-        """Wake the views waiting for a change, if there was one, and the processes whose
-        waiters next in line changed. Call with the lock held."""
+    def _changed_locked(self) -> None:
+        """Wake the views waiting for a change, if there was one, and the callers whose
+        waiters next in line changed."""
         version = self.engine.version
         waking = [changed for after, changed in self._watchers if after != version]
         if waking:
@@ -284,20 +290,19 @@ class SlotGate:
         if self._lines:
             named = self.engine.next_in_line()
             waiting = []
-            for worker, known, future in self._lines:
-                mine = _of(worker, named)
+            for caller, known, future in self._lines:
+                mine = _of(caller, named)
                 if mine == known:
-                    waiting.append((worker, known, future))
+                    waiting.append((caller, known, future))
                 else:
-                    self.engine.next_in_line_answers += 1
+                    self.engine.hand_overs.answers += 1
                     future.get_loop().call_soon_threadsafe(_resolve, future, mine)
             self._lines = waiting
 
-    def _hand_on(self, granted: list[Lease]) -> None:
-        """Wake the waiters the engine just granted, and the views. Call with the lock
-        held."""
-        self._changed()
-        self._journal_changes()
+    def _deliver_locked(self, granted: list[Lease]) -> None:
+        """Wake the waiters the engine just granted, and the views."""
+        self._changed_locked()
+        self._journal_changes_locked()
         for lease in granted:
             waiter = self._waiters.get(lease.id)
             if waiter is not None:
@@ -305,11 +310,11 @@ class SlotGate:
                 # lease held in the engine and passes it on.
                 waiter.get_loop().call_soon_threadsafe(_resolve, waiter, lease)
         if granted:
-            self._reaper.wake_if_idle()
+            self._reaper.wake_if_idle_locked()
 
 
-def _of(worker: str, named: dict[str, tuple[str, str]]) -> dict[str, str]:
-    return {group: lease_id for group, (lease_id, w) in named.items() if w == worker}
+def _of(caller: str, named: dict[str, tuple[str, str]]) -> dict[str, str]:
+    return {group: lease_id for group, (lease_id, w) in named.items() if w == caller}
 
 
 def _resolve(future: asyncio.Future[T], value: T) -> None:
@@ -339,12 +344,13 @@ class _Reaper(threading.Thread):
         clock = self._gate.engine.clock
         while not self._stopped:
             # Decided under the lock grants take, so a grant is never missed between.
-            deadline = self._gate.inspect(self._plan)
+            with self._gate.lock:
+                deadline = self._plan_locked()
             self._wake.wait(None if deadline is None else max(0.0, deadline - clock()))
             self._wake.clear()
             self._gate.tick()
 
-    def _plan(self) -> float | None:
+    def _plan_locked(self) -> float | None:
         """The next wake; with none, a grant must wake this thread."""
         deadline = self._gate.engine.next_wake()
         self._idle = deadline is None
@@ -353,8 +359,7 @@ class _Reaper(threading.Thread):
     def replan(self) -> None:
         self._wake.set()
 
-    def wake_if_idle(self) -> None:
-        """Call with the gate's lock held."""
+    def wake_if_idle_locked(self) -> None:
         if self._idle:
             self._idle = False
             self._wake.set()

@@ -53,9 +53,9 @@ LAZY_SECONDS = 0.05
 
 @dataclass(frozen=True, slots=True)
 class HeldLease:
-    # The epoch of the manager that granted it, and the process that holds it.
+    # The epoch of the manager that granted it, and the caller that holds it.
     epoch: int
-    worker: str | None = None
+    caller: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,7 @@ from actors.gate import SlotGate
 from actors.groups import GroupSpec, resolve_model
 from actors.journal import decode
 from actors.metrics import QueueMetrics
-from actors.names import MANAGER_NAME, NAMESPACE
+from actors.names import HEAD_NODE, MANAGER_NAME, NAMESPACE, named_actor
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.outbox import Batch, Counted
 from actors.queueview import QueueView
@@ -61,8 +61,6 @@ CONTROL = "control"
 MAX_CONCURRENT_CALLS = 200_000
 # How long a caller's question of its next in line waits unanswered before it asks again.
 NEXT_IN_LINE_WAIT_SECONDS = 60.0
-# Pins the singleton to the head node, the one node a cluster cannot lose.
-HEAD_NODE_RESOURCE = {"node:__internal_head__": 0.001}
 
 
 @ray.remote(
@@ -90,7 +88,7 @@ class ConcurrencyManager(LifelineHost):
             group_limits=queue.group_limits,
             group_budgets=queue.group_budgets,
             adaptive=queue.adaptive,
-            hand_off=queue.hand_off,
+            hand_over=queue.hand_over,
             observer=QueueMetrics(),
             restarted_at=time.time() if restarted else None,
         )
@@ -107,14 +105,14 @@ class ConcurrencyManager(LifelineHost):
         for entry in settings.models.values():
             engine.register(entry.spec())
         self._gate = SlotGate(engine, groups)
-        self._watch = CallerWatch(lambda caller: self._gate.drop_caller(caller.worker_id))
+        self._watch = CallerWatch(lambda caller: self._gate.drop_caller(caller.id))
         # Callers of the manager before the restart, some of which died meanwhile
         # (Ray retries no call for a dead caller). __init__ runs on the actor's loop.
         self._following = {
             asyncio.get_running_loop().create_task(
-                self._follow(Caller(worker), ray.cloudpickle.loads(data))
+                self._follow(Caller(caller_id), ray.cloudpickle.loads(data))
             )
-            for worker, data in lifelines.items()
+            for caller_id, data in lifelines.items()
         }
 
     async def acquire(
@@ -124,8 +122,8 @@ class ConcurrencyManager(LifelineHost):
         options: CallOptions = DEFAULT_OPTIONS,
         caller: Caller | None = None,
     ) -> Lease:
-        worker = caller.worker_id if caller is not None else None
-        return await self._gate.acquire(group, lease_id, options, worker)
+        caller_id = caller.id if caller is not None else None
+        return await self._gate.acquire(group, lease_id, options, caller_id)
 
     async def count(self, batch: Batch, caller: Caller | None = None) -> Counted:
         """Releases and acquires of groups where nobody waits, many in one call (see
@@ -133,9 +131,9 @@ class ConcurrencyManager(LifelineHost):
         The calls already run: each is counted even if its group waits by now."""
         for lease_id, epoch in batch.releases:
             self._gate.release(lease_id, epoch)
-        worker = caller.worker_id if caller is not None else None
+        caller_id = caller.id if caller is not None else None
         asks = (
-            self._gate.acquire(a.group, a.lease_id, a.options, worker, started=True)
+            self._gate.acquire(a.group, a.lease_id, a.options, caller_id, started=True)
             for a in batch.acquires
         )
         answers = await asyncio.gather(*asks, return_exceptions=True)
@@ -154,17 +152,17 @@ class ConcurrencyManager(LifelineHost):
     async def watch(self, caller: Caller, lifeline: list[Any]) -> None:
         # The lifeline is kept outside the actor too, for the manager's next life.
         data = ray.cloudpickle.dumps(lifeline[0])
-        await asyncio.to_thread(self._lifelines.put, caller.worker_id, data)
+        await asyncio.to_thread(self._lifelines.put, caller.id, data)
         await self._follow(caller, lifeline[0])
 
     async def _follow(self, caller: Caller, lifeline: Any) -> None:
         # While Ray would report this caller's death, its leases outlive their ttl.
-        self._gate.watched(caller.worker_id)
+        self._gate.watched(caller.id)
         try:
             await self._watch.follow(caller, lifeline)
         finally:
-            self._gate.unwatched(caller.worker_id)
-            await asyncio.to_thread(self._lifelines.delete, caller.worker_id)
+            self._gate.unwatched(caller.id)
+            await asyncio.to_thread(self._lifelines.delete, caller.id)
 
     @ray.method(concurrency_group=CONTROL)
     async def release(self, lease_id: str, epoch: int, used_tokens: int | None = None) -> None:
@@ -182,8 +180,8 @@ class ConcurrencyManager(LifelineHost):
     ) -> None:
         """Release ``lease_id``, whose process passed its slot straight to ``successor``,
         the waiter :meth:`next_in_line` named (see :meth:`SlotEngine.hand_over`)."""
-        worker = caller.worker_id if caller is not None else None
-        await self._gate.hand_over(group, lease_id, epoch, successor, worker, used_tokens)
+        caller_id = caller.id if caller is not None else None
+        await self._gate.hand_over(group, lease_id, epoch, successor, caller_id, used_tokens)
 
     async def next_in_line(
         self, caller: Caller, known: dict[str, str], wait: float = NEXT_IN_LINE_WAIT_SECONDS
@@ -191,7 +189,7 @@ class ConcurrencyManager(LifelineHost):
         """By group, the caller's own waiter that a slot it holds may pass straight to,
         once that differs from ``known`` (or after ``wait`` seconds). Not in the control
         group: a call of every caller process waits here."""
-        return await self._gate.next_in_line(caller.worker_id, known, wait)
+        return await self._gate.next_in_line(caller.id, known, wait)
 
     @ray.method(concurrency_group=CONTROL)
     async def cancel(self, lease_id: str) -> None:
@@ -273,21 +271,7 @@ class GcsStore:
 
 
 def get_or_create_manager(settings: Settings, *, name: str = MANAGER_NAME) -> Any:
-    """The cluster's manager: the running one if any, else a new one with ``settings``.
-
-    Returns at once (no round trip); the handle works from any driver, job,
-    actor or Serve replica in the cluster.
-    """
-    return head_singleton(ConcurrencyManager, name, settings)
-
-
-def head_singleton(actor: Any, name: str, *args: Any) -> Any:
-    """The cluster's detached actor ``name`` of class ``actor``, on the head node: the
-    running one, else a new one made with ``args``."""
-    return actor.options(
-        name=name,
-        namespace=NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        resources=HEAD_NODE_RESOURCE,
-    ).remote(*args)
+    """The handle of the cluster's manager, on the head node: the running one if any, else
+    a new one with ``settings``. Returns at once (no round trip). Wrapped by
+    :class:`actors.client.ManagerClient`, which is what the rest of raygate passes."""
+    return named_actor(ConcurrencyManager, name, settings, placement=HEAD_NODE)

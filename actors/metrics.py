@@ -61,7 +61,7 @@ class Histogram:
 
 
 class QueueMetrics:
-    """An engine observer (see actors.engine.Observer) recording the queue's metrics."""
+    """An engine observer (see actors.reports.Observer) recording the queue's metrics."""
 
     def __init__(self) -> None:
         self._submitted = Counter(

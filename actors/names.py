@@ -1,6 +1,10 @@
-"""The names users see in Ray (``ray list actors``, the dashboard): one place for them."""
+"""The names users see in Ray (``ray list actors``, the dashboard): one place for them,
+and the one way raygate makes a named actor."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 # The Ray namespace of every raygate actor.
 NAMESPACE = "raygate"
@@ -8,3 +12,28 @@ NAMESPACE = "raygate"
 MANAGER_NAME = "concurrency-manager"
 # The cluster's response cache (see providers.cache).
 CACHE_NAME = "response-cache"
+# Ray's own resource of the head node: a little of it pins an actor to the one node a
+# cluster cannot lose.
+HEAD_NODE: Mapping[str, Any] = {"resources": {"node:__internal_head__": 0.001}}
+
+
+def named_actor(
+    actor_class: Any,
+    name: str,
+    *args: Any,
+    placement: Mapping[str, Any] | None = None,
+    detached: bool = True,
+) -> Any:
+    """The actor ``name`` of ``actor_class`` (a ``@ray.remote`` class) in raygate's
+    namespace, placed by ``placement`` (Ray options: resources, a scheduling strategy,
+    restarts).
+
+    ``detached``: the running one if any, else a new one made with ``args``, that
+    outlives the process that made it. Else a new one that dies with its maker (its
+    name must be free). The handle is for the typed client of the actor's module to
+    wrap; nothing else should hold it.
+    """
+    options: dict[str, Any] = {"name": name, "namespace": NAMESPACE, **(placement or {})}
+    if detached:
+        options.update(lifetime="detached", get_if_exists=True)
+    return actor_class.options(**options).remote(*args)

@@ -38,26 +38,52 @@ class QueueSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # false: callers bypass the manager and call backends directly (parity mode).
-    enabled: bool = True
-    # Global cap on in-flight calls over all groups; None means no global cap.
-    concurrency: PositiveInt | None = None
-    # Per-group limit overrides by group id; None makes a group unlimited.
-    group_limits: dict[str, PositiveInt | None] = Field(default_factory=dict)
-    # Per-group requests and tokens per minute by group id, e.g. {"remote-api-openai":
-    # {"rpm": 500, "tpm": 200000}}: a grant waits for a slot and for budget.
-    group_budgets: dict[str, BudgetLimits] = Field(default_factory=dict)
-    # A 429 pauses its group until its Retry-After and lowers the group's rate (see
-    # actors.adaptive); false: each call only retries after its own 429.
-    adaptive: bool = True
-    # A holder's process passes its slot straight to its own waiter that the manager named
-    # next, without waiting for the manager's round trip (see SlotEngine.next_in_line);
-    # false: every freed slot goes through the manager.
-    hand_off: bool = True
-    # A holder renews its lease every third of this; a lease not renewed in time is reclaimed.
-    lease_ttl_seconds: float = Field(default=60.0, gt=0)
-    # Beyond this many waiters in one group, acquire fails at once with QueueFull.
-    max_pending_per_group: PositiveInt = 10_000
+    enabled: bool = Field(
+        default=True,
+        description="false: callers bypass the manager and call backends directly (parity mode).",
+    )
+    concurrency: PositiveInt | None = Field(
+        default=None,
+        description="A cap on in-flight calls over all groups, e.g. to keep all jobs "
+        "under one shared API key's limit; none: no global cap.",
+    )
+    group_limits: dict[str, PositiveInt | None] = Field(
+        default_factory=dict,
+        description="Per-group limit overrides by group id "
+        "(`local-ollama-http://localhost:11434@gpu-a: 2`); null makes a group unlimited. "
+        "A local server's default is 1: what Ollama and LM Studio on one GPU handle; vLLM "
+        "and llama.cpp with `--parallel N` take N.",
+    )
+    group_budgets: dict[str, BudgetLimits] = Field(
+        default_factory=dict,
+        description="Per-group requests and tokens per minute by group id "
+        "(`remote-api-openai: {rpm: 500, tpm: 200000}`): a grant waits for a slot and "
+        "for budget, in priority order.",
+    )
+    adaptive: bool = Field(
+        default=True,
+        description="A 429 pauses its group until its Retry-After and gives the group a "
+        "requests-per-minute rate learned from its 429s (actors/adaptive.py); false: "
+        "each call only retries after its own 429.",
+    )
+    hand_over: bool = Field(
+        default=True,
+        description="A freed slot whose next waiter is of the holder's own process is "
+        "handed over there, without the manager's round trip (see the hand-over in "
+        "docs/architecture.md); false: every freed slot goes through the manager.",
+    )
+    lease_ttl_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A holder renews its lease every third of this. A lease not renewed "
+        "in time is reclaimed, unless Ray would report its holder's death: the backstop "
+        "for a caller that names no process.",
+    )
+    max_pending_per_group: PositiveInt = Field(
+        default=10_000,
+        description="Beyond this many waiters in one group, acquire fails at once with "
+        "QueueFull and the estimated wait.",
+    )
 
 
 class ProviderSettings(BaseModel):
@@ -65,14 +91,35 @@ class ProviderSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    timeout_seconds: float = Field(default=120.0, gt=0)
-    retry_attempts: PositiveInt = 4
-    retry_deadline_seconds: float = Field(default=300.0, gt=0)
-    breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
-    # A model server raygate runs itself (the embedded model) is restarted when it
-    # dies, at most this many times within the window; then its calls fail.
-    model_server_restarts: NonNegativeInt = 3
-    model_server_restart_window_seconds: float = Field(default=300.0, gt=0)
+    timeout_seconds: float = Field(
+        default=120.0, gt=0, description="The longest one backend call may take."
+    )
+    retry_attempts: PositiveInt = Field(
+        default=4,
+        description="Tries of a call, with full-jitter backoff or the server's "
+        "Retry-After between them, the slot given back while it waits.",
+    )
+    retry_deadline_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="A call's tries and waits end within this: no wait starts that "
+        "would end past it.",
+    )
+    breaker_cooldown_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a group's circuit stays open after its backend failed "
+        "(timeouts, 5xx), its calls failing at once, before one call probes it.",
+    )
+    model_server_restarts: NonNegativeInt = Field(
+        default=3,
+        description="A model server raygate runs itself (the embedded model) is "
+        "restarted when it dies, at most this many times within the window; then its "
+        "calls fail.",
+    )
+    model_server_restart_window_seconds: float = Field(
+        default=300.0, gt=0, description="The window of `model_server_restarts`."
+    )
 
 
 # The one place of each provider default: the cores that run without settings
@@ -85,18 +132,29 @@ class PipelineSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # A model id of `models`; None runs the embedded model (no keys, no services).
-    model: str | None = None
-    # The GPU host of the embedded model; None: the node of the driver.
-    embedded_host: str | None = None
-    plateaus: PositiveInt = 3
-    mapping_types: tuple[str, ...] = ("data", "applications", "technologies")
-    # How often a stage may ask again after an answer that failed validation.
-    output_attempts: PositiveInt = 3
-    max_tokens: PositiveInt = 200
-    # Whether its calls use the response cache (see providers.cache): a rerun of a
-    # finished job then takes no backend call.
-    cache: bool = True
+    model: str | None = Field(
+        default=None,
+        description="A model id of `models`; none runs the embedded model (no keys, no services).",
+    )
+    embedded_host: str | None = Field(
+        default=None,
+        description="The GPU host of the embedded model; none: the node of the driver.",
+    )
+    plateaus: PositiveInt = Field(default=3, description="Plateaus per service.")
+    mapping_types: tuple[str, ...] = Field(
+        default=("data", "applications", "technologies"),
+        description="What each plateau's features are mapped to.",
+    )
+    output_attempts: PositiveInt = Field(
+        default=3,
+        description="How often a stage may ask again after an answer that failed validation.",
+    )
+    max_tokens: PositiveInt = Field(default=200, description="Tokens per answer, at most.")
+    cache: bool = Field(
+        default=True,
+        description="Whether its calls use the response cache: a rerun of a finished "
+        "job then takes no backend call.",
+    )
 
 
 class TelemetrySettings(BaseModel):
@@ -108,12 +166,22 @@ class TelemetrySettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    traces: Literal["none", "console", "otlp"] = "none"
-    metrics: Literal["none", "console", "otlp", "prometheus"] = "none"
-    otlp_endpoint: str | None = None
-    export_interval_seconds: PositiveFloat = 10.0
-    prometheus_host: str = "127.0.0.1"
-    prometheus_port: int = Field(default=9464, ge=1024, le=65535)
+    traces: Literal["none", "console", "otlp"] = Field(
+        default="none", description="Where spans go."
+    )
+    metrics: Literal["none", "console", "otlp", "prometheus"] = Field(
+        default="none", description="Where OpenTelemetry metrics go."
+    )
+    otlp_endpoint: str | None = Field(default=None, description="The OTLP collector, for `otlp`.")
+    export_interval_seconds: PositiveFloat = Field(
+        default=10.0, description="How often metrics are exported."
+    )
+    prometheus_host: str = Field(
+        default="127.0.0.1", description="Where the `prometheus` exporter listens."
+    )
+    prometheus_port: int = Field(
+        default=9464, ge=1024, le=65535, description="The `prometheus` exporter's port."
+    )
 
 
 class ServeSettings(BaseModel):
@@ -121,30 +189,53 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # Bearer keys clients present (``Authorization: Bearer <key>``).
-    api_keys: tuple[SecretStr, ...] = ()
-    # False serves without keys, with a warning at start; otherwise keys are required.
-    auth: bool = True
-    # Request bodies over this many bytes get 413.
-    max_body_bytes: PositiveInt = 4 * 1024 * 1024
-    # A client that shows this many wrong keys (bearer or login form) within the window
-    # gets 429 for its next attempts, until the oldest leaves the window (per replica).
-    auth_failure_limit: PositiveInt = 10
-    auth_failure_window_seconds: float = Field(default=60.0, gt=0)
-    # Requests each replica takes at once. Every waiting request must reach the
-    # manager, where priority decides: a lower bound would queue them in Serve,
-    # first come first served.
-    max_ongoing_requests: PositiveInt = 20_000
-    # Whether requests use the response cache (see providers.cache), unless one says
-    # ``Cache-Control: no-cache`` or ``no-store``.
-    cache: bool = False
-    replicas: PositiveInt = 1
-    # Pipeline jobs over HTTP: input files named by a job are read under data_dir
-    # (none: inline services only); each job's records go to results_dir/<id>.jsonl
-    # on the node that runs it; a finished job is kept this long for its status.
-    data_dir: Path | None = None
-    results_dir: Path = Path(tempfile.gettempdir()) / "raygate-results"
-    job_retention_seconds: float = Field(default=3600.0, gt=0)
+    api_keys: tuple[SecretStr, ...] = Field(
+        default=(),
+        description="Bearer keys clients present (`Authorization: Bearer <key>`).",
+    )
+    auth: bool = Field(
+        default=True,
+        description="false serves without keys, with a warning at start; otherwise "
+        "keys are required.",
+    )
+    max_body_bytes: PositiveInt = Field(
+        default=4 * 1024 * 1024, description="Request bodies over this many bytes get 413."
+    )
+    auth_failure_limit: PositiveInt = Field(
+        default=10,
+        description="A client that shows this many wrong keys (bearer or the page's "
+        "login) within the window gets 429 for its next attempts, until the oldest "
+        "leaves the window (per replica; behind a proxy every client has the proxy's "
+        "address, so raise it there).",
+    )
+    auth_failure_window_seconds: float = Field(
+        default=60.0, gt=0, description="The window of `auth_failure_limit`."
+    )
+    max_ongoing_requests: PositiveInt = Field(
+        default=20_000,
+        description="Requests each replica takes at once. Every waiting request must "
+        "reach the manager, where priority decides: a lower bound would queue them in "
+        "Serve, first come first served.",
+    )
+    cache: bool = Field(
+        default=False,
+        description="Whether requests use the response cache, unless one says "
+        "`Cache-Control: no-cache` or `no-store`.",
+    )
+    replicas: PositiveInt = Field(default=1, description="Serve replicas of the endpoint.")
+    data_dir: Path | None = Field(
+        default=None,
+        description="Input files named by a pipeline job over HTTP are read under it; "
+        "none: inline services only.",
+    )
+    results_dir: Path = Field(
+        default=Path(tempfile.gettempdir()) / "raygate-results",
+        description="Each HTTP pipeline job's records go to `<results_dir>/<id>.jsonl` "
+        "on the node that runs it.",
+    )
+    job_retention_seconds: float = Field(
+        default=3600.0, gt=0, description="A finished job is kept this long for its status."
+    )
 
 
 class CacheSettings(BaseModel):
@@ -152,15 +243,24 @@ class CacheSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # false: no call uses the cache, whatever it asks (pipeline.cache, serve.cache).
-    enabled: bool = True
-    # The SQLite file, on the head node.
-    path: Path = Path("~/.cache/raygate/responses.sqlite3")
-    # Past this many bytes of answers, the least recently used go.
-    max_bytes: PositiveInt = 256 * 1024 * 1024
+    enabled: bool = Field(
+        default=True,
+        description="false: no call uses the cache, whatever it asks (`pipeline.cache`, "
+        "`serve.cache`).",
+    )
+    path: Path = Field(
+        default=Path("~/.cache/raygate/responses.sqlite3"),
+        description="The SQLite file, on the head node.",
+    )
+    max_bytes: PositiveInt = Field(
+        default=256 * 1024 * 1024,
+        description="Past this many bytes of answers, the least recently used go.",
+    )
 
 
 class Settings(BaseSettings):
+    """All of raygate's settings."""
+
     model_config = SettingsConfigDict(
         env_prefix="RAYGATE_",
         env_nested_delimiter="__",
@@ -169,15 +269,21 @@ class Settings(BaseSettings):
     )
 
     queue: QueueSettings = Field(default_factory=QueueSettings)
-    # Model ids users ask for -> the backend serving them (see actors.groups.ModelEntry).
-    models: dict[str, ModelEntry] = Field(default_factory=dict)
+    models: dict[str, ModelEntry] = Field(
+        default_factory=dict,
+        description="Model ids users ask for, each with the backend serving it "
+        "(`provider`, `base_url`, `host`, `name`).",
+    )
     providers: ProviderSettings = Field(default_factory=ProviderSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
-    # Keys of remote APIs; else each provider's usual variable (OPENAI_API_KEY, ...).
-    api_keys: dict[Provider, SecretStr] = Field(default_factory=dict)
+    api_keys: dict[Provider, SecretStr] = Field(
+        default_factory=dict,
+        description="Keys of remote APIs by provider; else each provider's usual "
+        "variable (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`).",
+    )
 
     @classmethod
     def settings_customise_sources(

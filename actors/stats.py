@@ -60,8 +60,8 @@ class GroupStats(Snapshot):
     wait_p50_seconds: float
     wait_p95_seconds: float
     granted: int
-    # Of the grants, those a holder's process made itself, passing its slot straight to
-    # the waiter the manager had named next (see SlotEngine.next_in_line).
+    # Of the grants, those handed over in the holder's process (see "The hand-over" in
+    # docs/architecture.md).
     handed_over: int = 0
     released: int
     expired: int
@@ -88,7 +88,8 @@ class QueueStats(Snapshot):
     late_acquires: int
     renewed: int
     # Hand-overs to a successor that a better waiter had overtaken while the manager's
-    # notice was on its way; and the notices sent (see SlotEngine.next_in_line).
+    # notice was on its way; and the notices sent (see "The hand-over" in
+    # docs/architecture.md).
     overtaken: int = 0
     next_in_line_answers: int = 0
 

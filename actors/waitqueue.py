@@ -25,6 +25,8 @@ under a global cap the same key also orders waiters across groups.
 from __future__ import annotations
 
 import heapq
+import itertools
+from collections import OrderedDict
 
 from actors.errors import InvalidPriority
 
@@ -33,6 +35,8 @@ MAX_PRIORITY = 10
 DEFAULT_PRIORITY = 5
 
 GrantKey = tuple[int, int, int, int]
+# How many units of work keep their number after their last call.
+UNIT_MEMORY = 65_536
 
 
 def check_priority(priority: object) -> None:
@@ -50,6 +54,49 @@ def grant_key(
     """Smaller keys are granted first. ``unit``: the unit's number, in order of first arrival."""
     place = unit - (width - 1) if critical else unit
     return (-priority, place, 0 if critical else 1, arrival)
+
+
+def width(limit: int | None, global_limit: int | None) -> int:
+    """How many calls of a group can run at once (1 if nothing limits it)."""
+    return min((w for w in (limit, global_limit) if w is not None), default=1)
+
+
+class Arrivals:
+    """Numbers arrivals and units of work for :func:`grant_key`, across all groups.
+
+    ``restarted_at``: the wall-clock time of a manager restart this engine took
+    over from; a call asked before it (an acquire Ray retried) is numbered by
+    the (negative) microseconds between its ask and the restart, so that the
+    waiters a restart interrupted go first, in the order they asked.
+    """
+
+    def __init__(self, restarted_at: float | None = None) -> None:
+        self.restarted_at = restarted_at
+        self._arrivals = itertools.count()
+        # unit -> its number, least recently used first. Kept past the unit's last
+        # waiter: a unit often has a gap between one call and its next.
+        self._units: OrderedDict[str, int] = OrderedDict()
+        self._unit_numbers = itertools.count()
+
+    def arrival(self, asked_at: float | None) -> int:
+        if asked_at is not None and self.restarted_at is not None:
+            before = round((asked_at - self.restarted_at) * 1e6)
+            if before < 0:
+                return before
+        return next(self._arrivals)
+
+    def unit(self, unit: str | None, arrival: int) -> int:
+        """A unit's number: drawn at its first call; for a call asked before a
+        restart, its arrival."""
+        drawn = arrival if arrival < 0 else None
+        if unit is None:
+            return drawn if drawn is not None else next(self._unit_numbers)
+        if unit not in self._units:
+            self._units[unit] = drawn if drawn is not None else next(self._unit_numbers)
+            if len(self._units) > UNIT_MEMORY:
+                self._units.popitem(last=False)
+        self._units.move_to_end(unit)
+        return self._units[unit]
 
 
 class WaitQueue:

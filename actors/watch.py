@@ -65,17 +65,17 @@ class _Lifelines:
 
     def caller_of(self, callee: Any) -> Caller:
         context = ray.get_runtime_context()
-        worker = context.get_worker_id()
+        worker_id = context.get_worker_id()
         with self._lock:
             caller = self._caller
-            if caller is None or caller.worker_id != worker:  # a new Ray session here
+            if caller is None or caller.id != worker_id:  # a new Ray session here
                 name = context.get_actor_name() if context.get_actor_id() else None
-                caller = self._caller = Caller(worker, name or None)
+                caller = self._caller = Caller(worker_id, name or None)
                 self._watches.clear()
             watch = self._watches.get(callee._actor_id)
             # A watch call that ended: the callee restarted without it.
             if watch is None or watch.done():
-                lifeline = callee.lifeline.remote(worker)
+                lifeline = callee.lifeline.remote(worker_id)
                 watch = callee.watch.remote(caller, [lifeline]).future()
                 self._watches[callee._actor_id] = watch
         return caller
@@ -94,9 +94,9 @@ class LifelineHost:
 
     _watch: CallerWatch
 
-    async def lifeline(self, worker_id: str) -> None:
+    async def lifeline(self, caller_id: str) -> None:
         """Called once by each caller process; returns after that process died."""
-        await self._watch.lifeline(worker_id)
+        await self._watch.lifeline(caller_id)
 
     async def watch(self, caller: Caller, lifeline: list[Any]) -> None:
         """Called once by each caller process, with its lifeline's ref; returns after
@@ -117,17 +117,17 @@ class CallerWatch:
         self._dead: OrderedDict[str, None] = OrderedDict()
         self._exits = WorkerExits(self.exited)
 
-    def gone(self, worker_id: str) -> bool:
-        """Whether the process ``worker_id`` is known to have died."""
+    def gone(self, caller_id: str) -> bool:
+        """Whether the caller ``caller_id`` is known to have died."""
         with self._lock:
-            return worker_id in self._dead
+            return caller_id in self._dead
 
-    async def lifeline(self, worker_id: str) -> None:
+    async def lifeline(self, caller_id: str) -> None:
         self._exits.start()
         with self._lock:
-            if worker_id in self._dead:
+            if caller_id in self._dead:
                 return
-            end = self._lifelines.setdefault(worker_id, concurrent.futures.Future())
+            end = self._lifelines.setdefault(caller_id, concurrent.futures.Future())
         await asyncio.wrap_future(end)
 
     async def follow(self, caller: Caller, lifeline: Any) -> None:
@@ -142,7 +142,8 @@ class CallerWatch:
             log.info("lost the lifeline of %s until its next call", caller, exc_info=True)
 
     def exited(self, worker_id: str) -> None:
-        """Ray reports that process ``worker_id`` exited: if it is a caller here, it died."""
+        """Ray reports that the process of ``worker_id`` exited: if it is a caller here (a
+        caller's id is its worker id), it died."""
         with self._lock:
             known = worker_id in self._lifelines
         if known:
@@ -150,12 +151,12 @@ class CallerWatch:
 
     def _died(self, caller: Caller) -> None:
         with self._lock:
-            if caller.worker_id in self._dead:
+            if caller.id in self._dead:
                 return  # told by both the worker channel and the lifeline
-            self._dead[caller.worker_id] = None
+            self._dead[caller.id] = None
             if len(self._dead) > DEAD_MEMORY:
                 self._dead.popitem(last=False)
-            end = self._lifelines.pop(caller.worker_id, None)
+            end = self._lifelines.pop(caller.id, None)
         self._on_death(caller)
         if end is not None:
             end.set_result(None)
@@ -178,19 +179,19 @@ class CallerCalls:
         if caller is None or task is None:
             yield
             return
-        if self.watch.gone(caller.worker_id):
+        if self.watch.gone(caller.id):
             raise CallerGone(str(caller))
-        tasks = self._running.setdefault(caller.worker_id, set())
+        tasks = self._running.setdefault(caller.id, set())
         tasks.add(task)
         try:
             yield
         finally:
             tasks.discard(task)
-            if not tasks and self._running.get(caller.worker_id) is tasks:
-                del self._running[caller.worker_id]
+            if not tasks and self._running.get(caller.id) is tasks:
+                del self._running[caller.id]
 
     def _died(self, caller: Caller) -> None:
-        tasks = self._running.pop(caller.worker_id, set())
+        tasks = self._running.pop(caller.id, set())
         if tasks:
             log.warning("%s died: cancelling its %d calls", caller, len(tasks))
         for task in tasks:

@@ -10,7 +10,7 @@ Rows, each the mean over many calls from this driver:
   gated pair, unlimited the same on a group with no limit and no global cap (fast path)
   asyncio.Semaphore     an in-process acquire + release: the physical floor
 at 1, 8 and 64 concurrent callers; then the cap-1 hand-off gap (release sent -> next
-holder running), through the manager (``queue.hand_off: false``) and passed on in
+holder running), through the manager (``queue.hand_over: false``) and passed on in
 the caller, for a slot held no time and held 20 ms, beside the same hand-off
 between two callers of a bare actor; and the grant latency with 10 and with 10,000
 requests pending.
@@ -35,7 +35,6 @@ import ray
 from actors.callers import Caller
 from actors.client import ManagerClient
 from actors.groups import classify
-from actors.manager import get_or_create_manager
 from actors.options import CallOptions
 from actors.settings import QueueSettings, Settings
 from actors.watch import caller_of
@@ -155,7 +154,7 @@ async def wait_pending(client: ManagerClient, count: int) -> None:
 
 
 async def fresh_manager(settings: Settings) -> ManagerClient:
-    client = ManagerClient(get_or_create_manager(settings, name=f"bench-{uuid.uuid4().hex[:8]}"))
+    client = ManagerClient.create(settings, name=f"bench-{uuid.uuid4().hex[:8]}")
     for spec in (CAPPED, UNLIMITED, CAP_ONE):
         await client.register(spec)
     return client
@@ -217,7 +216,9 @@ async def main(pairs: int, pending: int) -> None:
     one_raw = await per_op(noop.noop.remote, pairs, 1)
     bare = statistics.median(await bare_hand_off_gaps(noop, rounds=300))
     strict = await fresh_manager(
-        settings.model_copy(update={"queue": settings.queue.model_copy(update={"hand_off": False})})
+        settings.model_copy(
+            update={"queue": settings.queue.model_copy(update={"hand_over": False})}
+        )
     )
     print("\n## hand-off on a cap-1 group (release sent -> next holder running), medians\n")
     print(

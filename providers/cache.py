@@ -46,9 +46,8 @@ from typing import Any
 import ray
 from pydantic import ValidationError
 
-from actors.manager import head_singleton
 from actors.metrics import Counter, Gauge
-from actors.names import CACHE_NAME
+from actors.names import CACHE_NAME, HEAD_NODE, named_actor
 from actors.settings import CacheSettings
 from providers.models import ChatRequest, ChatResponse
 
@@ -242,7 +241,7 @@ class ResponseCacheActor:
 
 def get_or_create_cache(settings: CacheSettings) -> Any:
     """The cluster's cache actor: the running one, else a new one with ``settings``."""
-    return head_singleton(ResponseCacheActor, CACHE_NAME, settings)
+    return named_actor(ResponseCacheActor, CACHE_NAME, settings, placement=HEAD_NODE)
 
 
 class ResponseCache:

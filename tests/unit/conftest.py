@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -83,5 +82,5 @@ class Harness:
 
 
 @pytest.fixture
-def harness() -> Iterator[Harness]:
-    yield Harness()
+def harness() -> Harness:
+    return Harness()

@@ -40,7 +40,7 @@ def make_gate() -> Iterator[GateFactory]:
 
 
 def snapshot(gate: SlotGate) -> QueueStats:
-    return gate.inspect(gate.engine.stats)
+    return gate.stats()
 
 
 def acquire(gate: SlotGate, request: str, priority: int = 5) -> asyncio.Task[Lease]:

@@ -27,13 +27,13 @@ class Processes:
         self.engine = SlotEngine(epoch=EPOCH, clock=self.clock, **engine_kwargs)  # type: ignore[arg-type]
         self.engine.register(LOCAL_OLLAMA)
 
-    def ask(self, worker: str, priority: int = 5) -> tuple[str, Lease | None]:
-        lease_id = f"{worker}-{next(_ids)}"
+    def ask(self, caller: str, priority: int = 5) -> tuple[str, Lease | None]:
+        lease_id = f"{caller}-{next(_ids)}"
         options = CallOptions(priority=priority, request_id=lease_id)
-        return lease_id, self.engine.acquire(GROUP, lease_id, options, worker)
+        return lease_id, self.engine.acquire(GROUP, lease_id, options, caller)
 
-    def held(self, worker: str) -> Lease:
-        _, lease = self.ask(worker)
+    def held(self, caller: str) -> Lease:
+        _, lease = self.ask(caller)
         assert lease is not None
         return lease
 
@@ -65,9 +65,9 @@ def test_no_waiter_is_named_while_the_best_belongs_to_a_process_holding_no_slot(
     [
         {"global_limit": 4},  # a freed slot may go to another group's waiter
         {"group_budgets": {GROUP: BudgetLimits(rpm=600)}},  # the grant waits for time too
-        {"hand_off": False},
+        {"hand_over": False},
     ],
-    ids=["global cap", "budget", "hand-off off"],
+    ids=["global cap", "budget", "hand-over off"],
 )
 def test_no_waiter_is_named_where_the_next_grant_is_the_managers_to_time(
     engine_kwargs: dict[str, object],
@@ -91,7 +91,7 @@ def test_a_hand_over_gives_the_holders_slot_to_the_named_waiter_and_counts_both(
     assert p.levels() == (1, 1)
     group = p.engine.stats().groups[GROUP]
     assert (group.released, group.granted, group.handed_over) == (1, 2, 1)
-    assert p.engine.overtaken == 0
+    assert p.engine.stats().overtaken == 0
     # The successor's process holds a slot no more: nobody is named until it does.
     assert p.engine.next_in_line() == {}
 
@@ -106,7 +106,7 @@ def test_a_successor_overtaken_on_the_way_keeps_the_slot_and_the_limit_holds() -
 
     # The named call runs already in a's process: it is counted, past nobody's slot.
     assert [lease.id for lease in granted] == [named]
-    assert p.engine.overtaken == 1
+    assert p.engine.stats().overtaken == 1
     assert p.levels() == (1, 1)
     # The one that overtook it is next.
     assert [lease.id for lease in p.engine.release(granted[0].id, granted[0].epoch)] == [better]

@@ -153,7 +153,8 @@ async def test_an_acquire_retried_after_its_grant_was_written_gets_that_lease(
     after = restarted(store)
     again = after.engine.acquire(GROUP, "lost-answer", CallOptions(request_id="r"))
 
-    assert again is not None and (again.id, again.epoch) == (first.id, first.epoch)
+    assert again is not None
+    assert (again.id, again.epoch) == (first.id, first.epoch)
     stats = after.engine.stats()
     assert (stats.active_by_group[GROUP], stats.total_pending) == (1, 0)
 

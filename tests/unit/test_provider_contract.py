@@ -33,7 +33,7 @@ from providers.gated import GatedProvider
 from providers.models import ChatMessage, ChatRequest, JsonSchemaFormat
 from providers.openai import LLAMA_CPP_GEMMA, Quirks
 from providers.retry import RetryPolicy
-from tests.support.fake_llm import (
+from providers.testing.fake_llm import (
     AnthropicDialect,
     Dialect,
     Fail,
@@ -141,7 +141,7 @@ def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
 
         async def sleep(seconds: float) -> None:
             # The retry loop waits here: the slot must be free while it does.
-            assert gate.inspect(engine.stats).total_active == 0
+            assert gate.stats().total_active == 0
             waits.append(seconds)
 
         backend = build_backend(
@@ -167,7 +167,7 @@ async def started(rig: Rig) -> AsyncIterator[Rig]:
     await rig.provider.start()
     yield rig
     await rig.provider.aclose()
-    assert rig.gate.inspect(rig.gate.engine.stats).total_active == 0
+    assert rig.gate.stats().total_active == 0
 
 
 async def test_answer_is_read_from_the_providers_format(started: Rig) -> None:
@@ -203,7 +203,8 @@ async def test_stream_yields_the_pieces_then_finish_and_usage(started: Rig) -> N
     assert "".join(d.text for d in deltas) == "Paris"
     last = deltas[-1]
     assert last.finish_reason == "stop"
-    assert last.usage is not None and last.usage.output_tokens == 3
+    assert last.usage is not None
+    assert last.usage.output_tokens == 3
 
 
 async def test_rate_limit_is_retried_after_the_servers_retry_after(started: Rig) -> None:
@@ -232,7 +233,8 @@ async def test_server_error_then_success_is_retried_with_the_slot_released(
     response = await started.provider.chat(started.request())
 
     assert response.text == "Paris"
-    assert len(started.waits) == 1 and 0 <= started.waits[0] <= 0.01
+    assert len(started.waits) == 1
+    assert 0 <= started.waits[0] <= 0.01
     assert len(started.server.received) == 2
 
 

@@ -25,7 +25,7 @@ class Watched:
 
     def __init__(self) -> None:
         self.dead: list[str] = []
-        self.watch = CallerWatch(lambda caller: self.dead.append(caller.worker_id))
+        self.watch = CallerWatch(lambda caller: self.dead.append(caller.id))
         self.line = lifeline()
         self.hosted = asyncio.create_task(self.watch.lifeline("worker-1"))
         self.following = asyncio.create_task(self.watch.follow(Caller("worker-1"), self.line))
@@ -35,7 +35,9 @@ async def test_a_caller_whose_lifeline_fails_as_owner_died_is_reported_once() ->
     w = Watched()
     dead, watch, line, hosted, following = w.dead, w.watch, w.line, w.hosted, w.following
     await asyncio.sleep(0)
-    assert dead == [] and not hosted.done() and not following.done()
+    assert dead == []
+    assert not hosted.done()
+    assert not following.done()
 
     line.set_exception(owner_died())
     # The watch call returns, and the hosted lifeline call ends with it.
@@ -55,7 +57,9 @@ async def test_a_callers_exit_reported_by_ray_ends_it_once_before_its_lifeline_f
     watch.exited("worker-2")  # a process that never called here
     watch.exited("worker-1")
     await asyncio.wait_for(hosted, timeout=5)
-    assert dead == ["worker-1"] and watch.gone("worker-1") and not watch.gone("worker-2")
+    assert dead == ["worker-1"]
+    assert watch.gone("worker-1")
+    assert not watch.gone("worker-2")
 
     # Two seconds later, Ray fails the lifeline too: the caller is not ended twice.
     line.set_exception(owner_died())
@@ -65,13 +69,14 @@ async def test_a_callers_exit_reported_by_ray_ends_it_once_before_its_lifeline_f
 
 async def test_a_lifeline_lost_with_its_host_is_not_a_death() -> None:
     dead: list[str] = []
-    watch = CallerWatch(lambda caller: dead.append(caller.worker_id))
+    watch = CallerWatch(lambda caller: dead.append(caller.id))
     stale = lifeline()
     stale.set_exception(ActorDiedError())  # hosted by this actor before its restart
 
     await asyncio.wait_for(watch.follow(Caller("worker-1"), stale), timeout=5)
 
-    assert dead == [] and not watch.gone("worker-1")
+    assert dead == []
+    assert not watch.gone("worker-1")
 
 
 async def test_a_dead_callers_running_calls_are_cancelled_and_new_ones_refused() -> None:

@@ -8,8 +8,8 @@ from actors.options import CallOptions
 from tests.unit.conftest import EPOCH, LOCAL_OLLAMA, Harness
 
 
-def ask(h: Harness, request: str, worker: str) -> None:
-    lease = h.engine.acquire(LOCAL_OLLAMA.id, request, CallOptions(request_id=request), worker)
+def ask(h: Harness, request: str, caller: str) -> None:
+    lease = h.engine.acquire(LOCAL_OLLAMA.id, request, CallOptions(request_id=request), caller)
     if lease is not None:
         h.leases[request] = lease
 

@@ -1,0 +1,174 @@
+"""The slot engine's groups: each group's live state, and the table that registers them.
+
+A group is known by the id of its :class:`~actors.groups.GroupSpec`; a configured
+limit overrides the spec's default, and a configured budget gives it requests-
+and tokens-per-minute buckets. A group whose held leases a restarted manager
+must know (a capped group, or any under a global cap) is *journaled*: every
+change of its held leases marks it for :mod:`actors.journal`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from actors.adaptive import Throttle
+from actors.budget import Budget, BudgetLimits
+from actors.callers import CallerIndex
+from actors.errors import UnknownGroup
+from actors.groups import GroupSpec
+from actors.journal import GroupRecord, HeldLease
+from actors.leases import LeaseTable
+from actors.options import CallLabels, CallOptions
+from actors.reports import GroupTally
+from actors.stats import GroupInfo
+from actors.waitqueue import GrantKey, WaitQueue
+
+
+@dataclass(slots=True)
+class Waiter:
+    lease_id: str
+    group: str
+    request_id: str
+    priority: int
+    key: GrantKey
+    queued_at: float
+    tokens: int
+    labels: CallLabels
+
+    @classmethod
+    def of(
+        cls, lease_id: str, group: str, options: CallOptions, key: GrantKey, now: float
+    ) -> Waiter:
+        """A call without a request id is known by its lease id."""
+        request_id = options.request_id or lease_id
+        return cls(
+            lease_id, group, request_id, options.priority, key, now, options.tokens, options.labels
+        )
+
+
+@dataclass(slots=True)
+class Group:
+    spec: GroupSpec
+    limit: int | None
+    journaled: bool
+    budget_limits: BudgetLimits | None
+    throttle: Throttle
+    budget: Budget | None = None
+    queue: WaitQueue = field(default_factory=WaitQueue)
+    leases: set[str] = field(default_factory=set)
+    active: int = 0
+    tally: GroupTally = field(default_factory=GroupTally)
+
+    def has_room(self) -> bool:
+        return self.limit is None or self.active < self.limit
+
+    def fits_now(self, tokens: int, now: float) -> bool:
+        """Whether a new arrival may start now: room, and budget with nobody waiting."""
+        if not self.has_room():
+            return False
+        return self.budget is None or (
+            len(self.queue) == 0 and self.budget.ready_at(tokens, now) <= now
+        )
+
+    def ready(self, waiters: Mapping[str, Waiter], now: float) -> tuple[GrantKey, str] | None:
+        """The best waiter, with its key, if it can be granted now (room, and budget)."""
+        top = self.queue.peek() if self.has_room() else None
+        if top is None or self.budget is None:
+            return top
+        return top if self.budget.ready_at(waiters[top[1]].tokens, now) <= now else None
+
+    def budget_time(self, waiters: Mapping[str, Waiter], now: float) -> float | None:
+        """When a budgeted group with room can grant its best waiter (None: not by time)."""
+        top = self.queue.peek() if self.budget is not None and self.has_room() else None
+        if top is None or self.budget is None:
+            return None
+        ready = self.budget.ready_at(waiters[top[1]].tokens, now)
+        return None if ready == math.inf else ready
+
+    def info(self, *, epoch: int, lease_ttl: float, global_limit: int | None) -> GroupInfo:
+        return GroupInfo(
+            id=self.spec.id,
+            kind=self.spec.kind,
+            limit=self.limit,
+            global_limit=global_limit,
+            epoch=epoch,
+            lease_ttl=lease_ttl,
+            budgeted=self.budget is not None,
+        )
+
+
+class GroupTable(Mapping[str, Group]):
+    """The registered groups by id, and which of them changed since the journal looked."""
+
+    def __init__(
+        self,
+        *,
+        limits: Mapping[str, int | None],
+        budgets: Mapping[str, BudgetLimits],
+        global_limit: int | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self._limits = dict(limits)
+        self._budgets = dict(budgets)
+        self._global_limit = global_limit
+        self._clock = clock
+        self._groups: dict[str, Group] = {}
+        # Groups whose record (spec, held leases) changed since take_changed().
+        self._changed: set[str] = set()
+
+    def __getitem__(self, group_id: str) -> Group:
+        try:
+            return self._groups[group_id]
+        except KeyError:
+            raise UnknownGroup(group_id, tuple(self._groups)) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._groups)
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether any group is configured with a budget."""
+        return bool(self._budgets)
+
+    def register(self, spec: GroupSpec) -> Group:
+        """The group of ``spec``, made on first sight (a configured override beats the
+        spec's default limit)."""
+        group = self._groups.get(spec.id)
+        if group is None:
+            limit = self._limits.get(spec.id, spec.default_limit)
+            budget = self._budgets.get(spec.id)
+            group = self._groups[spec.id] = Group(
+                spec=spec,
+                limit=limit,
+                journaled=limit is not None or self._global_limit is not None,
+                budget_limits=budget,
+                throttle=Throttle(None if budget is None else budget.rpm),
+                budget=None if budget is None else Budget.of(budget, self._clock()),
+            )
+            self._changed.add(spec.id)
+        return group
+
+    def changed(self, group: Group) -> None:
+        """The group's held leases changed: the journal writes it if it keeps it."""
+        if group.journaled:
+            self._changed.add(group.spec.id)
+
+    def take_changed(self) -> set[str]:
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def record(self, group_id: str, leases: LeaseTable, callers: CallerIndex) -> GroupRecord:
+        """What the journal keeps of a group: its spec, and each held lease's epoch and
+        caller."""
+        group = self[group_id]
+        held = {}
+        for lease_id in sorted(group.leases):
+            lease = leases.get(lease_id)
+            assert lease is not None
+            held[lease_id] = HeldLease(lease.epoch, callers.of(lease_id))
+        return GroupRecord(spec=group.spec, held=held)

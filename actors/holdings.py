@@ -1,0 +1,84 @@
+"""Who waits and who holds: the moves of a request between waiting, holding and gone.
+
+Each move keeps every count in step: the group's held leases and active count,
+the total, its budget, the journal's mark, the caller index and the tally. The
+engine (:mod:`actors.engine`) decides which move and when; this makes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from actors.callers import CallerIndex
+from actors.groupstate import Group, GroupTable, Waiter
+from actors.leases import Lease, LeaseTable
+from actors.reports import Recorder
+
+
+class Holdings:
+    def __init__(
+        self,
+        groups: GroupTable,
+        leases: LeaseTable,
+        callers: CallerIndex,
+        recorder: Recorder,
+        clock: Callable[[], float],
+    ) -> None:
+        self._clock = clock
+        self._groups = groups
+        self._leases = leases
+        self._callers = callers
+        self._recorder = recorder
+        self.waiters: dict[str, Waiter] = {}
+        self.total_active = 0
+
+    def queue(self, group: Group, waiter: Waiter) -> None:
+        self.waiters[waiter.lease_id] = waiter
+        group.queue.push(waiter.lease_id, waiter.key)
+        self._recorder.levels(group)
+
+    def unqueue(self, lease_id: str) -> Group | None:
+        """Take a waiter out of its group's queue; the group, or None if it was not waiting."""
+        waiter = self.waiters.pop(lease_id, None)
+        if waiter is None:
+            return None
+        group = self._groups[waiter.group]
+        group.queue.remove(lease_id)
+        self._callers.forget(lease_id)
+        return group
+
+    def grant(self, group: Group, lease: Lease, *, waited: float, tokens: int) -> Lease:
+        """Hold ``lease`` for a call that waited ``waited`` seconds, charged ``tokens``."""
+        self.hold(group, lease)
+        if group.budget is not None:
+            group.budget.spend(lease.id, tokens, self._clock())
+        self._recorder.granted(group, waited)
+        return lease
+
+    def hold(self, group: Group, lease: Lease, *, restored: bool = False) -> None:
+        self._leases.hold(lease, restored=restored)
+        group.leases.add(lease.id)
+        group.active += 1
+        self.total_active += 1
+        self._groups.changed(group)
+
+    def free(
+        self, lease_id: str, used_tokens: int | None = None, *, released: bool = False
+    ) -> Group:
+        """Forget a held lease (see LeaseTable.free); ``used_tokens``: what its call used,
+        if its answer said; ``released``: by its holder."""
+        lease, held = self._leases.free(lease_id)
+        self._callers.forget(lease_id)
+        group = self._groups[lease.group]
+        group.leases.discard(lease_id)
+        group.active -= 1
+        self.total_active -= 1
+        group.tally.held(held)
+        self._groups.changed(group)
+        now = self._clock()
+        if group.budget is not None:
+            group.budget.returned(lease_id, used_tokens, now)
+            self._recorder.budget_left(group)
+        if group.throttle.freed(lease_id, group.budget, now, released=released):
+            self._recorder.learned(group)
+        return group

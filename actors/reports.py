@@ -1,0 +1,260 @@
+"""The slot engine's read models: how each request ended, stats, a waiter's position, the
+queue view, wait estimates, and the observer that turns changes into metrics.
+
+The engine tells its :class:`Recorder` of every change; it keeps a
+:class:`GroupTally` per group and tells the :class:`Observer` (the manager's
+metrics). The functions here read the engine (under the gate's lock) and
+build the snapshots of :mod:`actors.stats` and :mod:`actors.queueview`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Protocol
+
+from actors.budget import Budget
+from actors.queueview import GroupActivity, LevelHistory, QueueView, WaitingCall
+from actors.stats import GroupStats, QueuePosition, QueueStats, percentile
+
+if TYPE_CHECKING:
+    from actors.engine import SlotEngine
+    from actors.groupstate import Group
+
+# Weight of the newest hold time in a group's moving average (for wait estimates).
+HOLD_SMOOTHING = 0.2
+# How many recent waits per group the wait percentiles are taken over.
+WAIT_WINDOW = 1_000
+
+
+class Outcome(StrEnum):
+    """How a request ended."""
+
+    RELEASED = "released"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    REJECTED = "rejected"
+    # Its caller died: a waiter dropped, or a lease freed.
+    ABANDONED = "abandoned"
+
+
+@dataclass(slots=True)
+class GroupTally:
+    """What one group did: grants, outcomes, hold times, waits and recent levels."""
+
+    granted: int = 0
+    handed_over: int = 0
+    ended: Counter[Outcome] = field(default_factory=Counter)
+    peak_active: int = 0
+    avg_hold: float | None = None
+    waits: deque[float] = field(default_factory=lambda: deque(maxlen=WAIT_WINDOW))
+    history: LevelHistory = field(default_factory=LevelHistory)
+
+    def grant(self, waited: float) -> None:
+        self.granted += 1
+        self.waits.append(waited)
+
+    def held(self, seconds: float) -> None:
+        self.avg_hold = (
+            seconds
+            if self.avg_hold is None
+            else (1 - HOLD_SMOOTHING) * self.avg_hold + HOLD_SMOOTHING * seconds
+        )
+
+    def levels(self, now: float, active: int, pending: int) -> None:
+        self.peak_active = max(self.peak_active, active)
+        self.history.note(now, active, pending)
+
+
+class Observer(Protocol):
+    """Told of every change the engine makes (the manager turns these into metrics)."""
+
+    def submitted(self, group: str, kind: str) -> None: ...
+
+    def granted(self, group: str, kind: str, waited: float) -> None: ...
+
+    def finished(self, group: str, kind: str, outcome: Outcome) -> None: ...
+
+    def levels(self, group: str, kind: str, active: int, pending: int) -> None: ...
+
+    def budget_left(self, group: str, kind: str, requests: int | None, tokens: int | None) -> None:
+        """What a budgeted group's budget allows now, after each grant and correction."""
+
+    def throttled(self, group: str, kind: str, pause_seconds: float) -> None:
+        """A call of the group got a 429: its grants pause for ``pause_seconds``."""
+
+    def learned_rpm(self, group: str, kind: str, rpm: float) -> None:
+        """The group's rate, as learned from its 429s, after each change."""
+
+
+class Recorder:
+    """Notes the engine's changes in each group's tally and tells the observer.
+
+    ``version`` moves on every change of a group's levels or pause (see
+    :mod:`actors.queueview`).
+    """
+
+    def __init__(self, observer: Observer | None, clock: Callable[[], float]) -> None:
+        self._observer = observer
+        self._clock = clock
+        self.version = 0
+
+    def submitted(self, group: Group) -> None:
+        if self._observer is not None:
+            self._observer.submitted(group.spec.id, group.spec.kind)
+
+    def granted(self, group: Group, waited: float) -> None:
+        group.tally.grant(waited)
+        group.throttle.granted(self._clock())
+        if self._observer is not None:
+            self._observer.granted(group.spec.id, group.spec.kind, waited)
+        self.budget_left(group)
+        self.levels(group)
+
+    def finished(self, group: Group, outcome: Outcome) -> None:
+        group.tally.ended[outcome] += 1
+        if self._observer is not None:
+            self._observer.finished(group.spec.id, group.spec.kind, outcome)
+        self.levels(group)
+
+    def levels(self, group: Group) -> None:
+        self.version += 1
+        group.tally.levels(self._clock(), group.active, len(group.queue))
+        if self._observer is not None:
+            self._observer.levels(group.spec.id, group.spec.kind, group.active, len(group.queue))
+
+    def budget_left(self, group: Group) -> None:
+        if self._observer is not None and group.budget is not None:
+            requests, tokens = group.budget.left(self._clock())
+            self._observer.budget_left(group.spec.id, group.spec.kind, requests, tokens)
+
+    def throttled(self, group: Group, pause: float) -> None:
+        self.version += 1
+        self.learned(group)
+        if self._observer is not None:
+            self._observer.throttled(group.spec.id, group.spec.kind, pause)
+
+    def learned(self, group: Group) -> None:
+        adaptation = group.throttle.adaptation
+        if self._observer is not None and adaptation is not None:
+            self._observer.learned_rpm(group.spec.id, group.spec.kind, adaptation.rpm)
+
+
+def estimate(
+    group: Group, global_limit: int | None, ahead: int, tokens: int, now: float
+) -> float | None:
+    """Seconds until a waiter of ``group`` with ``ahead`` others before it is granted.
+
+    Each slot frees about once per average hold, so ``ahead + 1`` grants
+    take ``(ahead + 1) / limit`` holds (unknown until a slot was released).
+    A budget must also hold ``ahead + 1`` requests, and as many calls of
+    ``tokens`` each: the later of the two.
+    """
+    waits = []
+    if group.tally.avg_hold is not None:
+        slots = group.limit or global_limit or 1
+        waits.append((ahead + 1) / slots * group.tally.avg_hold)
+    if group.budget is not None:
+        waits.append(group.budget.wait_for(ahead + 1, tokens, now))
+    return max(waits, default=None)
+
+
+def position(engine: SlotEngine, request_id: str) -> QueuePosition | None:
+    """Where a waiting request stands in its group's queue, or None if it is not waiting."""
+    for waiter in engine.waiters.values():
+        if waiter.request_id == request_id:
+            group = engine.groups[waiter.group]
+            ahead = group.queue.ahead_of(waiter.lease_id)
+            now = engine.clock()
+            return QueuePosition(
+                request_id=request_id,
+                group=waiter.group,
+                priority=waiter.priority,
+                ahead=ahead,
+                waited_seconds=now - waiter.queued_at,
+                estimated_wait_seconds=estimate(
+                    group, engine.global_limit, ahead, waiter.tokens, now
+                ),
+            )
+    return None
+
+
+def group_stats(group: Group, now: float) -> GroupStats:
+    tally, budget, limits, throttle = group.tally, group.budget, group.budget_limits, group.throttle
+    left = (None, None) if budget is None else budget.left(now)
+    return GroupStats(
+        kind=group.spec.kind,
+        limit=group.limit,
+        rpm=None if limits is None else limits.rpm,
+        tpm=None if limits is None else limits.tpm,
+        learned_rpm=None if throttle.adaptation is None else round(throttle.adaptation.rpm),
+        paused_seconds=_paused(budget, now),
+        throttled=throttle.count,
+        requests_left=left[0],
+        tokens_left=left[1],
+        active=group.active,
+        peak_active=tally.peak_active,
+        pending=len(group.queue),
+        avg_hold_seconds=tally.avg_hold,
+        wait_p50_seconds=percentile(tally.waits, 0.5),
+        wait_p95_seconds=percentile(tally.waits, 0.95),
+        granted=tally.granted,
+        handed_over=tally.handed_over,
+        **{outcome.value: tally.ended[outcome] for outcome in Outcome},
+    )
+
+
+def _paused(budget: Budget | None, now: float) -> float:
+    return 0.0 if budget is None else max(0.0, budget.paused_until - now)
+
+
+def stats(engine: SlotEngine) -> QueueStats:
+    now = engine.clock()
+    groups = {gid: group_stats(group, now) for gid, group in engine.groups.items()}
+    leases = engine.leases
+    return QueueStats(
+        epoch=engine.epoch,
+        global_limit=engine.global_limit,
+        active_by_group={gid: s.active for gid, s in groups.items()},
+        pending_by_group={gid: s.pending for gid, s in groups.items()},
+        total_active=engine.holdings.total_active,
+        total_pending=len(engine.waiters),
+        groups=groups,
+        stale_epoch_releases=leases.stale_epoch_releases,
+        unknown_releases=leases.unknown_releases,
+        late_acquires=leases.late_acquires,
+        renewed=leases.renewed,
+        overtaken=engine.hand_overs.overtaken,
+        next_in_line_answers=engine.hand_overs.answers,
+    )
+
+
+def view(engine: SlotEngine, first: int) -> QueueView:
+    """The stats, each group's recent levels, and its first ``first`` waiters in grant
+    order with their ETAs."""
+    now = engine.clock()
+    groups = {}
+    for gid, group in engine.groups.items():
+        waiting = []
+        for ahead, lease_id in enumerate(group.queue.first(first)):
+            waiter = engine.waiters[lease_id]
+            waiting.append(
+                WaitingCall(
+                    request_id=waiter.request_id,
+                    priority=waiter.priority,
+                    position=ahead + 1,
+                    waited_seconds=now - waiter.queued_at,
+                    estimated_wait_seconds=estimate(
+                        group, engine.global_limit, ahead, waiter.tokens, now
+                    ),
+                    run=waiter.labels.run,
+                    service_id=waiter.labels.service_id,
+                    stage=waiter.labels.describe(),
+                )
+            )
+        held, queued = group.tally.history.series(now)
+        groups[gid] = GroupActivity(held_history=held, waiting_history=queued, waiting=waiting)
+    return QueueView(version=engine.version, stats=stats(engine), groups=groups)
