@@ -34,10 +34,11 @@ from functools import partial
 from typing import Any, TypeVar
 
 import ray
-from ray.exceptions import RayTaskError
+from ray import ObjectRef
+from ray.actor import ActorHandle
 
+from actors.calls import cancellable, unwrap
 from actors.engine import Lease
-from actors.errors import RaygateError
 from actors.groups import GroupSpec
 from actors.manager import get_or_create_manager
 from actors.names import MANAGER_NAME, NAMESPACE
@@ -46,57 +47,13 @@ from actors.outbox import Ask, Batch, Counted, Outbox
 from actors.queueview import QueueView
 from actors.settings import Settings, load_settings
 from actors.stats import GroupInfo, QueuePosition, QueueStats
+from actors.successors import Successors
 from actors.watch import caller_of
 
 log = logging.getLogger(__name__)
 
-# How long a cancelled streaming call may take to clean up before its reader goes on.
-CANCEL_GRACE_SECONDS = 10.0
 
 T = TypeVar("T")
-
-
-async def unwrap(call: Awaitable[T]) -> T:
-    """Await an actor call; re-raise raygate's own errors as themselves, not wrapped by Ray."""
-    try:
-        return await call
-    except RayTaskError as exc:
-        if isinstance(exc.cause, RaygateError):
-            raise exc.cause from None
-        raise
-
-
-async def cancellable(ref: Any) -> Any:
-    """Await an actor call; if the awaiting task is cancelled, cancel the call too.
-
-    Ray goes on running a call whose caller stopped waiting; only
-    ``ray.cancel`` reaches it (as a CancelledError inside an async actor's
-    coroutine, where ``finally`` blocks give back what the call held). Not
-    recursive: Ray would also cancel the calls that clean-up makes (the
-    manager call that takes a waiter out of the queue), and the waiter would
-    stay, to be served for nobody.
-    """
-    try:
-        return await unwrap(ref)
-    except asyncio.CancelledError:
-        ray.cancel(ref, recursive=False)
-        raise
-
-
-async def cancellable_stream(refs: Any) -> AsyncIterator[Any]:
-    """Read a streaming actor call; if the reader stops early (an error, a cancelled
-    task), cancel the call and give it up to ``CANCEL_GRACE_SECONDS`` to run its
-    clean-up (give back its slot, cancel its own calls) before the reader goes on."""
-    try:
-        async for ref in refs:
-            yield await unwrap(ref)
-    except BaseException:
-        ray.cancel(refs, recursive=False)
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CANCEL_GRACE_SECONDS):
-                async for _ in refs:
-                    pass
-        raise
 
 
 def _settle_first(passed: asyncio.Future[Lease], acquired: asyncio.Future[Lease]) -> None:
@@ -117,7 +74,7 @@ class ManagerClient:
     """The typed way to the cluster's manager. Picklable: it travels into actors and tasks
     as its handle, and starts afresh there."""
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: ActorHandle) -> None:
         self.handle = handle
         self._groups: dict[str, GroupInfo] = {}
         # Calls no caller waits for (fast-path grants, releases, cancels): kept so
@@ -126,12 +83,7 @@ class ManagerClient:
         self._outbox = Outbox(self._count)
         # Tokens used by calls that hold a slot of a gated group, sent with their release.
         self._used: dict[str, int] = {}
-        # This client's waiters of gated groups, each a future a release here may resolve
-        # with its slot (see _hand_over), with its options; and by group, the one the
-        # manager last named next in line, followed by one task.
-        self._waiting: dict[str, tuple[asyncio.Future[Lease], CallOptions]] = {}
-        self._next: dict[str, str] = {}
-        self._following: asyncio.Task[None] | None = None
+        self._successors = Successors(handle)
         # Leases a release here handed over, each with the hand-over call telling the
         # manager (their own release waits for it).
         self._handed_over: dict[str, asyncio.Future[None]] = {}
@@ -170,7 +122,7 @@ class ManagerClient:
         except ValueError:
             return None
 
-    def __reduce__(self) -> tuple[type[ManagerClient], tuple[Any]]:
+    def __reduce__(self) -> tuple[type[ManagerClient], tuple[ActorHandle]]:
         return (ManagerClient, (self.handle,))
 
     def kill(self, *, restart: bool = False) -> None:
@@ -217,9 +169,7 @@ class ManagerClient:
     ) -> AsyncIterator[Lease]:
         """A gated group: wait for the grant (the manager's, or a slot passed on here),
         keep it alive, give it back."""
-        self._follow_next_in_line()
-        passed: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        self._waiting[lease_id] = (passed, options)
+        passed = self._successors.waiter(lease_id, options)
         call = self.handle.acquire.remote(group, lease_id, options, caller_of(self.handle))
         try:
             lease = await self._granted(call, passed)
@@ -231,7 +181,7 @@ class ManagerClient:
             self._note(self.handle.cancel.remote(lease_id))
             raise
         finally:
-            del self._waiting[lease_id]
+            self._successors.gone(lease_id)
         grant: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         grant.set_result(lease)
         keeper = asyncio.create_task(self._keep_alive(grant))
@@ -247,7 +197,7 @@ class ManagerClient:
             keeper.cancel()
             used = self._used.pop(lease.id, None)
             after = self._handed_over.pop(lease.id, None)
-            successor = self._hand_over(lease, cancelled=cancelled)
+            successor = self._successors.hand_over(lease, cancelled=cancelled)
             # A task of its own, shielded: a caller cancelled right here still gives its
             # slot back, and a successor woken just now starts its call before this one
             # takes the loop to tell the manager.
@@ -279,7 +229,7 @@ class ManagerClient:
             )
         )
 
-    async def _granted(self, call: Any, passed: asyncio.Future[Lease]) -> Lease:
+    async def _granted(self, call: ObjectRef[Lease], passed: asyncio.Future[Lease]) -> Lease:
         """The acquire's lease, or the slot a release here passed on first (the acquire's
         answer, which the manager sends once it hears of that, is then let go). One
         future is awaited, so that a release here wakes this waiter at once."""
@@ -291,52 +241,9 @@ class ManagerClient:
             acquired.cancel()
             raise
 
-    def _hand_over(self, lease: Lease, *, cancelled: bool) -> str | None:
-        """Start this client's waiter that the manager named next in line for the
-        group of ``lease``, in the slot of ``lease``, unless the call holding it was
-        ``cancelled``; its lease id, or None."""
-        successor = self._next.pop(lease.group, None)
-        waiting = self._waiting.get(successor) if successor is not None else None
-        if cancelled or successor is None or waiting is None or waiting[0].done():
-            return None
-        passed, options = waiting
-        passed.set_result(
-            Lease(
-                id=successor,
-                group=lease.group,
-                request_id=options.request_id or successor,
-                priority=options.priority,
-                epoch=lease.epoch,
-                ttl=lease.ttl,
-            )
-        )
-        return successor
-
     def named_next(self, group: str) -> str | None:
-        """The request id of this client's waiter that the manager last named next in line
-        for ``group`` (a freed slot here goes straight to it), or None."""
-        waiting = self._waiting.get(self._next.get(group, ""))
-        return None if waiting is None else waiting[1].request_id
-
-    def _follow_next_in_line(self) -> None:
-        """Keep ``_next`` told by the manager, from one task: started again if it ended, or
-        if it runs on another event loop than this call (one that may have closed)."""
-        task = self._following
-        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
-            self._next = {}
-            self._following = asyncio.create_task(self._next_in_line())
-
-    async def _next_in_line(self) -> None:
-        known: dict[str, str] = {}
-        try:
-            while True:
-                caller = caller_of(self.handle)
-                known = await unwrap(self.handle.next_in_line.remote(caller, known))
-                self._next = dict(known)
-        except Exception:
-            # The manager is gone for good (or Ray is): releases go through it, if at all.
-            self._next = {}
-            log.debug("stopped following the waiters next in line", exc_info=True)
+        """See :meth:`actors.successors.Successors.named_next`."""
+        return self._successors.named_next(group)
 
     @asynccontextmanager
     async def _sent(
@@ -373,7 +280,7 @@ class ManagerClient:
         """The call holding ``lease`` got a 429: the manager pauses and slows its group,
         whose next calls from here then ask and wait."""
         # The group now waits for time too: its next grant is the manager's to make.
-        self._next.pop(lease.group, None)
+        self._successors.forget(lease.group)
         info: GroupInfo = await unwrap(
             self.handle.throttled.remote(lease.group, lease.id, retry_after)
         )
@@ -417,11 +324,11 @@ class ManagerClient:
         future.add_done_callback(self._in_flight.discard)
         return future
 
-    def _note(self, call: Awaitable[Any]) -> None:
+    def _note(self, call: Awaitable[object]) -> None:
         self._track(self._settle(call))
 
     @staticmethod
-    async def _settle(call: Awaitable[Any]) -> None:
+    async def _settle(call: Awaitable[object]) -> None:
         try:
             await unwrap(call)
         except Exception:

@@ -10,7 +10,7 @@ change of its held leases marks it for :mod:`actors.journal`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, ItemsView, Iterator, Mapping, ValuesView
 from dataclasses import dataclass, field
 
 from actors.adaptive import Throttle
@@ -129,6 +129,15 @@ class GroupTable(Mapping[str, Group]):
 
     def __len__(self) -> int:
         return len(self._groups)
+
+    def __contains__(self, group_id: object) -> bool:
+        return group_id in self._groups
+
+    def values(self) -> ValuesView[Group]:
+        return self._groups.values()
+
+    def items(self) -> ItemsView[str, Group]:
+        return self._groups.items()
 
     @property
     def budgeted(self) -> bool:

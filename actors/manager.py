@@ -37,9 +37,10 @@ from __future__ import annotations
 import asyncio
 import time
 import warnings
-from typing import Any
 
 import ray
+from ray import ObjectRef
+from ray.actor import ActorHandle
 from ray.experimental import internal_kv
 
 from actors.callers import Caller
@@ -149,13 +150,13 @@ class ConcurrencyManager(LifelineHost):
         """A call of ``group`` got a 429 (see :mod:`actors.adaptive`)."""
         return self._gate.throttled(group, lease_id, retry_after)
 
-    async def watch(self, caller: Caller, lifeline: list[Any]) -> None:
+    async def watch(self, caller: Caller, lifeline: list[ObjectRef[None]]) -> None:
         # The lifeline is kept outside the actor too, for the manager's next life.
         data = ray.cloudpickle.dumps(lifeline[0])
         await asyncio.to_thread(self._lifelines.put, caller.id, data)
         await self._follow(caller, lifeline[0])
 
-    async def _follow(self, caller: Caller, lifeline: Any) -> None:
+    async def _follow(self, caller: Caller, lifeline: ObjectRef[None]) -> None:
         # While Ray would report this caller's death, its leases outlive their ttl.
         self._gate.watched(caller.id)
         try:
@@ -270,7 +271,7 @@ class GcsStore:
         return keys
 
 
-def get_or_create_manager(settings: Settings, *, name: str = MANAGER_NAME) -> Any:
+def get_or_create_manager(settings: Settings, *, name: str = MANAGER_NAME) -> ActorHandle:
     """The handle of the cluster's manager, on the head node: the running one if any, else
     a new one with ``settings``. Returns at once (no round trip). Wrapped by
     :class:`actors.client.ManagerClient`, which is what the rest of raygate passes."""

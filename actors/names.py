@@ -4,7 +4,10 @@ and the one way raygate makes a named actor."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ray.actor import ActorClass, ActorHandle
 
 # The Ray namespace of every raygate actor.
 NAMESPACE = "raygate"
@@ -14,16 +17,16 @@ MANAGER_NAME = "concurrency-manager"
 CACHE_NAME = "response-cache"
 # Ray's own resource of the head node: a little of it pins an actor to the one node a
 # cluster cannot lose.
-HEAD_NODE: Mapping[str, Any] = {"resources": {"node:__internal_head__": 0.001}}
+HEAD_NODE: Mapping[str, object] = {"resources": {"node:__internal_head__": 0.001}}
 
 
 def named_actor(
-    actor_class: Any,
+    actor_class: ActorClass,
     name: str,
-    *args: Any,
-    placement: Mapping[str, Any] | None = None,
+    *args: object,
+    placement: Mapping[str, object] | None = None,
     detached: bool = True,
-) -> Any:
+) -> ActorHandle:
     """The actor ``name`` of ``actor_class`` (a ``@ray.remote`` class) in raygate's
     namespace, placed by ``placement`` (Ray options: resources, a scheduling strategy,
     restarts).
@@ -33,7 +36,7 @@ def named_actor(
     name must be free). The handle is for the typed client of the actor's module to
     wrap; nothing else should hold it.
     """
-    options: dict[str, Any] = {"name": name, "namespace": NAMESPACE, **(placement or {})}
+    options: dict[str, object] = {"name": name, "namespace": NAMESPACE, **(placement or {})}
     if detached:
         options.update(lifetime="detached", get_if_exists=True)
     return actor_class.options(**options).remote(*args)

@@ -40,9 +40,10 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import ray
+from ray import ActorID, ObjectRef
+from ray.actor import ActorHandle
 from ray.exceptions import OwnerDiedError
 
 from actors.callers import Caller
@@ -61,9 +62,9 @@ class _Lifelines:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._caller: Caller | None = None
-        self._watches: dict[Any, concurrent.futures.Future[Any]] = {}
+        self._watches: dict[ActorID, concurrent.futures.Future[None]] = {}
 
-    def caller_of(self, callee: Any) -> Caller:
+    def caller_of(self, callee: ActorHandle) -> Caller:
         context = ray.get_runtime_context()
         worker_id = context.get_worker_id()
         with self._lock:
@@ -84,7 +85,7 @@ class _Lifelines:
 _LIFELINES = _Lifelines()
 
 
-def caller_of(callee: Any) -> Caller:
+def caller_of(callee: ActorHandle) -> Caller:
     """This process as a caller of the actor ``callee``, watched there from now on."""
     return _LIFELINES.caller_of(callee)
 
@@ -98,7 +99,7 @@ class LifelineHost:
         """Called once by each caller process; returns after that process died."""
         await self._watch.lifeline(caller_id)
 
-    async def watch(self, caller: Caller, lifeline: list[Any]) -> None:
+    async def watch(self, caller: Caller, lifeline: list[ObjectRef[None]]) -> None:
         """Called once by each caller process, with its lifeline's ref; returns after
         that process died, or when the ref belongs to this actor's previous life."""
         await self._watch.follow(caller, lifeline[0])
@@ -130,7 +131,7 @@ class CallerWatch:
             end = self._lifelines.setdefault(caller_id, concurrent.futures.Future())
         await asyncio.wrap_future(end)
 
-    async def follow(self, caller: Caller, lifeline: Any) -> None:
+    async def follow(self, caller: Caller, lifeline: ObjectRef[None]) -> None:
         """Await ``lifeline``; if Ray fails it because its owner died, ``caller`` died."""
         try:
             await lifeline

@@ -27,11 +27,9 @@ def on_embedded_ray(main: Coroutine[Any, Any, None]) -> None:
 async def kill_manager(client: ManagerClient) -> tuple[float, float]:
     """Kill the manager for Ray to restart it; return when it was killed and how long
     until the restarted one answered."""
-    import ray
-
     epoch = (await client.stats()).epoch
     killed = time.monotonic()
-    ray.kill(client.handle, no_restart=False)
+    client.kill(restart=True)
     # The manager is another process: nothing to wait on but its answers.
     while (await client.stats()).epoch == epoch:  # noqa: ASYNC110
         await asyncio.sleep(0.005)

@@ -29,13 +29,36 @@ import contextlib
 import random
 import time
 import uuid
-from collections import Counter
-from dataclasses import dataclass
-from typing import Any
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from benchmarks import kill_manager, on_embedded_ray
 
+if TYPE_CHECKING:
+    from actors.client import ManagerClient
+    from actors.stats import QueueStats
+    from providers.testing.fake_llm import Script
+    from providers.testing.probe_server import Received
+
 SERVER_HOLD = 0.2
+
+
+@dataclass
+class Ended:
+    """How calls ended, in all and by group."""
+
+    total: Counter[str] = field(default_factory=Counter)
+    by_group: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+
+    def note(self, group: str, outcome: str) -> None:
+        self.total[outcome] += 1
+        self.by_group[group][outcome] += 1
+
+    def of(self, group: str) -> str:
+        return ", ".join(f"{outcome} {n}" for outcome, n in self.by_group[group].most_common())
 
 
 @dataclass
@@ -43,6 +66,33 @@ class Recovery:
     killed: float
     answers: float
     next_call: float | None = None
+
+    def next_call_of(self, done_at: list[float]) -> None:
+        after = [t for t in done_at if t > self.killed]
+        self.next_call = min(after) - self.killed if after else None
+
+
+def cancel_some(tasks: list[asyncio.Task[None]], rng: random.Random) -> None:
+    """Cancel 10 of the calls still waiting or running."""
+    waiting = [t for t in tasks if not t.done()]
+    for task in rng.sample(waiting, min(10, len(waiting))):
+        task.cancel()
+
+
+async def disrupt(
+    every: float, events: list[Callable[[], object] | ManagerClient]
+) -> list[Recovery]:
+    """Run one event every ``every`` seconds: a function, or a manager to kill (its
+    recovery is returned)."""
+    started = time.monotonic()
+    recoveries = []
+    for n, event in enumerate(events, 1):
+        await asyncio.sleep(max(0.0, started + n * every - time.monotonic()))
+        if callable(event):
+            event()
+        else:
+            recoveries.append(Recovery(*await kill_manager(event)))
+    return recoveries
 
 
 async def run(calls: int, seed: int, every: float) -> None:
@@ -53,26 +103,17 @@ async def run(calls: int, seed: int, every: float) -> None:
 async def chaos(calls: int, seed: int, every: float, stack: contextlib.ExitStack) -> None:
     import ray
 
-    from actors.client import ManagerClient, cancellable
+    from actors.calls import cancellable
+    from actors.client import ManagerClient
     from actors.groups import Provider, classify
-    from actors.manager import get_or_create_manager
     from actors.names import NAMESPACE
     from actors.settings import ProviderSettings, QueueSettings, Settings
     from providers.actor import get_or_create_provider, options_for
     from providers.errors import ProviderActorLost
     from providers.models import ChatMessage, ChatRequest
-    from tests.support.fake_llm import Fail, FakeLLMServer, OpenAIDialect, Say, Script, Slow
-    from tests.support.probe_server import Received
+    from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
 
     rng = random.Random(seed)
-
-    def chaotic(_: Received) -> Script:
-        roll = rng.random()
-        if roll < 0.08:
-            return Fail(503, "overloaded")
-        if roll < 0.12:
-            return Slow(3.0)
-        return Say("ok")
 
     @ray.remote(num_cpus=0)
     class ChaosCaller:
@@ -95,7 +136,7 @@ async def chaos(calls: int, seed: int, every: float, stack: contextlib.ExitStack
     servers = [
         stack.enter_context(
             FakeLLMServer(
-                OpenAIDialect(), hold=SERVER_HOLD, responder=chaotic, stop_on_disconnect=True
+                OpenAIDialect(), hold=SERVER_HOLD, responder=chaotic(rng), stop_on_disconnect=True
             )
         )
         for _ in range(3)
@@ -108,8 +149,7 @@ async def chaos(calls: int, seed: int, every: float, stack: contextlib.ExitStack
             timeout_seconds=1.0, retry_attempts=3, retry_deadline_seconds=10
         ),
     )
-    manager = get_or_create_manager(settings, name=f"chaos-{uuid.uuid4().hex[:6]}")
-    client = ManagerClient(manager)
+    client = ManagerClient.create(settings, name=f"chaos-{uuid.uuid4().hex[:6]}")
     options = options_for(Provider.OPENAI_COMPATIBLE, settings)
     callers = [
         ChaosCaller.remote()  # type: ignore[attr-defined]
@@ -117,94 +157,106 @@ async def chaos(calls: int, seed: int, every: float, stack: contextlib.ExitStack
     ]
     request = ChatRequest(model="m", messages=(ChatMessage(role="user", content="hi"),))
 
-    ended: Counter[str] = Counter()
-    by_group: dict[str, Counter[str]] = {spec.id: Counter() for spec in specs}
+    ended = Ended()
     done_at: list[float] = []
 
     async def one(i: int) -> None:
         spec = specs[i % 3]
         caller = callers[(i // 3) % len(callers)]
         try:
-            await cancellable(caller.call.remote(spec, options, manager, request))
-            ended["ok"] += 1
-            by_group[spec.id]["ok"] += 1
+            await cancellable(caller.call.remote(spec, options, client, request))
+            ended.note(spec.id, "ok")
             done_at.append(time.monotonic())
         except asyncio.CancelledError:
-            ended["cancelled by the run"] += 1
-            by_group[spec.id]["cancelled by the run"] += 1
+            ended.note(spec.id, "cancelled by the run")
             raise
         except Exception as error:
             name = type(error).__name__
-            outcome = "caller killed" if name == "ActorDiedError" else name
-            ended[outcome] += 1
-            by_group[spec.id][outcome] += 1
+            ended.note(spec.id, "caller killed" if name == "ActorDiedError" else name)
 
     tasks = [asyncio.create_task(one(i)) for i in range(calls)]
-    recoveries: list[Recovery] = []
-    started = time.monotonic()
+    provider = f"provider:{specs[1].id}"
 
-    async def at(second: float) -> None:
-        await asyncio.sleep(max(0.0, started + second * every - time.monotonic()))
+    def kill_provider() -> None:  # made by the first call of its group
+        ray.kill(ray.get_actor(provider, namespace=NAMESPACE))
 
-    async def restart_manager() -> None:
-        killed, answers = await kill_manager(client)
-        recoveries.append(Recovery(killed, answers))
-
-    await at(1)
-    waiting = [t for t in tasks if not t.done()]
-    for task in rng.sample(waiting, min(10, len(waiting))):
-        task.cancel()
-    await at(2)
-    ray.kill(callers[0])
-    await at(3)
-    await restart_manager()
-    await at(4)
-    ray.kill(ray.get_actor(f"provider:{specs[1].id}", namespace=NAMESPACE))
-    await at(5)
-    await restart_manager()
-    await at(6)
-    ray.kill(callers[1])
-
+    recoveries = await disrupt(
+        every,
+        [
+            partial(cancel_some, tasks, rng),
+            partial(ray.kill, callers[0]),
+            client,
+            kill_provider,
+            client,
+            partial(ray.kill, callers[1]),
+        ],
+    )
     _, lost = await asyncio.wait(tasks, timeout=300)
     for recovery in recoveries:
-        after = [t for t in done_at if t > recovery.killed]
-        recovery.next_call = min(after) - recovery.killed if after else None
-    # Every call has ended. A dead caller's last leases are freed when Ray reports its
-    # death to the manager, which may come a moment after its calls failed here; what
-    # is still held after 10 s (a sixth of the lease ttl) is leaked.
-    settle = time.monotonic()
-    while (stats := await client.stats()).total_active + stats.total_pending and (  # noqa: ASYNC110
-        time.monotonic() < settle + 10
-    ):
-        await asyncio.sleep(0.05)
-    settled = time.monotonic() - settle
+        recovery.next_call_of(done_at)
+    stats, settled = await settled_stats(client)
 
     print(f"{calls} calls: a third each on a cap-1, a cap-4 and an unlimited group (seed {seed})")
-    for outcome, count in sorted(ended.items(), key=lambda item: -item[1]):
-        print(f"  {outcome:<24} {count}")
-    explicit = sum(count for outcome, count in ended.items() if outcome != "ok")
-    print(f"submitted {calls}, succeeded {ended['ok']}, failed with an explicit error {explicit}")
-    print(f"lost {len(lost)} (must be 0)")
-    print(
-        f"leaked leases {stats.total_active} held, {stats.total_pending} waiting (must be 0; "
-        f"the manager was empty {settled:.2f}s after the last call ended)"
-    )
+    report(calls, ended, len(lost), stats, settled, recoveries)
     for spec, server in zip(specs, servers, strict=True):
         limit = limits[spec.id]
         print(
             f"  {'no limit' if limit is None else f'cap {limit}':>8}: most at once at its "
             f"server {server.max_in_flight}; requests {len(server.received)}, "
-            f"dropped by their client {server.abandoned}; calls ended: "
-            + ", ".join(f"{outcome} {n}" for outcome, n in by_group[spec.id].most_common())
+            f"dropped by their client {server.abandoned}; calls ended: {ended.of(spec.id)}"
         )
+    for task in lost:
+        task.cancel()
+
+
+def chaotic(rng: random.Random) -> Callable[[Received], Script]:
+    """Answers 8% of requests with a 503 and 4% after 3 s, the rest at once."""
+    from providers.testing.fake_llm import Fail, Say, Slow
+
+    def answer(_: Received) -> Script:
+        roll = rng.random()
+        return Fail(503, "overloaded") if roll < 0.08 else Slow(3.0) if roll < 0.12 else Say("ok")
+
+    return answer
+
+
+def report(
+    calls: int,
+    ended: Ended,
+    lost: int,
+    stats: QueueStats,
+    settled: float,
+    recoveries: list[Recovery],
+) -> None:
+    for outcome, count in ended.total.most_common():
+        print(f"  {outcome:<24} {count}")
+    explicit = sum(count for outcome, count in ended.total.items() if outcome != "ok")
+    ok = ended.total["ok"]
+    print(f"submitted {calls}, succeeded {ok}, failed with an explicit error {explicit}")
+    print(f"lost {lost} (must be 0)")
+    print(
+        f"leaked leases {stats.total_active} held, {stats.total_pending} waiting (must be 0; "
+        f"the manager was empty {settled:.2f}s after the last call ended)"
+    )
     for n, recovery in enumerate(recoveries, 1):
         next_call = "none" if recovery.next_call is None else f"{recovery.next_call:.2f}s"
         print(
             f"manager kill {n}: answers again after {recovery.answers:.2f}s, "
             f"next call completes after {next_call}"
         )
-    for task in lost:
-        task.cancel()
+
+
+async def settled_stats(client: ManagerClient) -> tuple[QueueStats, float]:
+    """The manager's stats once nothing is held or waiting, or after 10 s; and how long
+    that took. Every call has ended: a dead caller's last leases are freed when Ray
+    reports its death to the manager, which may come a moment after its calls failed
+    here; what is still held after 10 s (a sixth of the lease ttl) is leaked."""
+    settle = time.monotonic()
+    while (stats := await client.stats()).total_active + stats.total_pending and (  # noqa: ASYNC110
+        time.monotonic() < settle + 10
+    ):
+        await asyncio.sleep(0.05)
+    return stats, time.monotonic() - settle
 
 
 def main() -> None:

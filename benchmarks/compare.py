@@ -124,7 +124,7 @@ def record_calls(port: int, latency: float) -> None:
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    from tests.support.fake_llm import OpenAIDialect
+    from providers.testing.fake_llm import OpenAIDialect
 
     dialect = OpenAIDialect()
     calls: list[tuple[str, float, float]] = []
@@ -391,7 +391,6 @@ async def raygate_driver(
     does (``providers.inprocess``)."""
     from actors.client import ManagerClient
     from actors.groups import ModelEntry, classify
-    from actors.manager import get_or_create_manager
     from actors.options import CallOptions
     from actors.settings import QueueSettings, Settings
     from providers.actor import provider_for_model
@@ -406,8 +405,8 @@ async def raygate_driver(
         queue=QueueSettings(group_limits={group: cap}, max_pending_per_group=100_000),
     )
     name = f"compare-{os.getpid()}-{time.time_ns()}"
-    manager = ManagerClient(get_or_create_manager(settings, name=name))
-    actor, model = provider_for_model(settings, "bench", manager.handle)
+    manager = ManagerClient.create(settings, name=name)
+    actor, model = provider_for_model(settings, "bench", manager)
     await actor.ready()
     provider: ChatProvider = actor
     if in_process:
@@ -454,7 +453,7 @@ def peak(calls: list[Call]) -> int:
     return most
 
 
-def hand_offs(calls: list[Call]) -> list[float]:
+def turnovers(calls: list[Call]) -> list[float]:
     ordered = sorted(calls, key=lambda c: c.started)
     return [b.started - a.ended for a, b in itertools.pairwise(ordered)]
 
@@ -482,7 +481,7 @@ def line(row: Row, requests: list[Request], floor: float, *, capped: bool) -> st
     ok = [o for o in outs if o.ok]
     took = makespan(row)
     latencies = [o.finished - o.submitted for o in ok]
-    gaps = hand_offs(row.calls) if capped and peak(row.calls) == 1 else []
+    gaps = turnovers(row.calls) if capped and peak(row.calls) == 1 else []
     errors = sorted({o.error for o in outs if o.error is not None})
     cells = [
         row.system,
@@ -501,7 +500,7 @@ def line(row: Row, requests: list[Request], floor: float, *, capped: bool) -> st
 
 
 HEADER = (
-    "| system | calls per request | hand-off p50 / p95 | throughput | latency p95 "
+    "| system | calls per request | turnover p50 / p95 | throughput | latency p95 "
     "| priority inversions | max at the server | rejected | makespan (vs the first row) |\n"
     "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 )

@@ -9,9 +9,9 @@ Rows, each the mean over many calls from this driver:
   gated pair, capped    acquire + release on a group with a limit (no waiting: limit > callers)
   gated pair, unlimited the same on a group with no limit and no global cap (fast path)
   asyncio.Semaphore     an in-process acquire + release: the physical floor
-at 1, 8 and 64 concurrent callers; then the cap-1 hand-off gap (release sent -> next
+at 1, 8 and 64 concurrent callers; then the cap-1 turnover gap (release sent -> next
 holder running), through the manager (``queue.hand_over: false``) and passed on in
-the caller, for a slot held no time and held 20 ms, beside the same hand-off
+the caller, for a slot held no time and held 20 ms, beside the same turnover
 between two callers of a bare actor; and the grant latency with 10 and with 10,000
 requests pending.
 """
@@ -91,7 +91,7 @@ async def per_op(op: Callable[[], Awaitable[Any]], total: int, callers: int) -> 
     return elapsed * callers / (total // callers * callers)
 
 
-async def hand_off_gaps(client: ManagerClient, rounds: int, *, hold: float) -> list[float]:
+async def turnover_gaps(client: ManagerClient, rounds: int, *, hold: float) -> list[float]:
     """Two callers take turns at a cap-1 slot, each holding it ``hold`` seconds; the gap
     is the holder's body done -> the other caller running. A hold of 0 releases before
     the manager's notice of the waiter next in line can have arrived: then the slot
@@ -112,8 +112,8 @@ async def hand_off_gaps(client: ManagerClient, rounds: int, *, hold: float) -> l
     return gaps[5:]
 
 
-async def bare_hand_off_gaps(noop: Any, rounds: int) -> list[float]:
-    """One call wakes another caller's pending call on a bare actor: the hand-off floor."""
+async def bare_turnover_gaps(noop: Any, rounds: int) -> list[float]:
+    """One call wakes another caller's pending call on a bare actor: the turnover floor."""
     gaps = []
     for turn in range(rounds):
         waiting = noop.wait_turn.remote(turn)
@@ -214,21 +214,21 @@ async def main(pairs: int, pending: int) -> None:
         )
 
     one_raw = await per_op(noop.noop.remote, pairs, 1)
-    bare = statistics.median(await bare_hand_off_gaps(noop, rounds=300))
+    bare = statistics.median(await bare_turnover_gaps(noop, rounds=300))
     strict = await fresh_manager(
         settings.model_copy(
             update={"queue": settings.queue.model_copy(update={"hand_over": False})}
         )
     )
-    print("\n## hand-off on a cap-1 group (release sent -> next holder running), medians\n")
+    print("\n## turnover on a cap-1 group (release sent -> next holder running), medians\n")
     print(
-        "| slot held | raw no-op call | bare-actor hand-off | through the manager "
+        "| slot held | raw no-op call | bare-actor turnover | through the manager "
         "| passed on in the caller | manager / bare | passed on / bare |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for hold in (0.0, HAND_OFF_HOLD_SECONDS):
-        manager = statistics.median(await hand_off_gaps(strict, rounds=300, hold=hold))
-        passed = statistics.median(await hand_off_gaps(client, rounds=300, hold=hold))
+        manager = statistics.median(await turnover_gaps(strict, rounds=300, hold=hold))
+        passed = statistics.median(await turnover_gaps(client, rounds=300, hold=hold))
         print(
             f"| {hold * 1e3:.0f} ms | {one_raw * 1e3:.3f} ms | {bare * 1e3:.3f} ms "
             f"| {manager * 1e3:.3f} ms | {passed * 1e3:.3f} ms "

@@ -77,12 +77,11 @@ async def run(submissions: int, max_pending: int, bursts: int) -> None:
     from actors.client import ManagerClient
     from actors.errors import QueueFull
     from actors.groups import classify
-    from actors.manager import get_or_create_manager
     from actors.settings import QueueSettings, Settings
 
     group = classify("ollama", "http://localhost:11434")
     settings = Settings(queue=QueueSettings(max_pending_per_group=max_pending))
-    client = ManagerClient(get_or_create_manager(settings, name=f"bench-{uuid.uuid4().hex[:6]}"))
+    client = ManagerClient.create(settings, name=f"bench-{uuid.uuid4().hex[:6]}")
     await client.register(group)
     async with client.slot(group.id):  # one hold measured: refusals then estimate a wait
         await asyncio.sleep(0.05)

@@ -32,10 +32,9 @@ from pathlib import Path
 # Ray reads this when it is imported: keep the embedded instance on loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-import ray
 
+from actors.client import ManagerClient
 from actors.groups import ModelEntry, classify
-from actors.manager import get_or_create_manager
 from actors.settings import PipelineSettings, QueueSettings, Settings
 from benchmarks import on_embedded_ray
 from pipelines.job import Outcome, run_pipeline
@@ -43,13 +42,15 @@ from pipelines.plateau import Service
 from pipelines.results import ResultsFile
 from pipelines.timeline import peak_overlap
 from providers.actor import provider_for_model
-from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
-from tests.support.plateau_backend import plateau_answer
+from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
+from providers.testing.plateau_backend import plateau_answer
 
 MAPPING_TYPES = ("data", "applications", "technologies")
 
 
-async def makespan(services: list[Service], settings: Settings, manager: object | None) -> Outcome:
+async def makespan(
+    services: list[Service], settings: Settings, manager: ManagerClient | None
+) -> Outcome:
     # The provider actor is a cluster service, running before any run starts.
     provider, _ = provider_for_model(settings, settings.pipeline.model, manager)
     await provider.ready()
@@ -80,9 +81,9 @@ async def row(count: int, plateaus: int, latency: float, cap: int) -> str:
             queue=QueueSettings(group_limits={group: cap}),
         )
         services = [Service(id=f"svc-{i}", name=f"Service {i}") for i in range(count)]
-        manager = get_or_create_manager(settings, name=f"bench-{uuid.uuid4().hex[:8]}")
+        manager = ManagerClient.create(settings, name=f"bench-{uuid.uuid4().hex[:8]}")
         on = await makespan(services, settings, manager)
-        ray.kill(manager)
+        manager.kill()
         ungated = settings.model_copy(update={"queue": QueueSettings(enabled=False)})
         off = await makespan(services, ungated, None)
 

@@ -62,13 +62,13 @@ async def run(requests: int, rpm: int, mode: str) -> Run:
     from pydantic import SecretStr
 
     from actors.budget import BudgetLimits
+    from actors.client import ManagerClient
     from actors.groups import classify
-    from actors.manager import get_or_create_manager
     from actors.settings import QueueSettings, Settings
     from providers.actor import ProviderOptions, get_or_create_provider
     from providers.models import ChatMessage, ChatRequest
-    from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
-    from tests.support.rate_limits import ProviderLimits
+    from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
+    from providers.testing.rate_limits import ProviderLimits
 
     limits = ProviderLimits(rpm=rpm)
     request = ChatRequest(
@@ -79,7 +79,7 @@ async def run(requests: int, rpm: int, mode: str) -> Run:
         budgets = {spec.id: BudgetLimits(rpm=rpm)} if mode.startswith("budget") else {}
         settings = Settings(queue=QueueSettings(group_budgets=budgets, **MODES[mode]))
         name = f"ratelimit-{mode.split()[0]}"
-        manager = get_or_create_manager(settings, name=name)
+        manager = ManagerClient.create(settings, name=name)
         options = ProviderOptions(api_key=SecretStr(KEY), timeout=60)
         provider = get_or_create_provider(spec, options, manager)
         try:
@@ -91,7 +91,7 @@ async def run(requests: int, rpm: int, mode: str) -> Run:
             makespan = time.monotonic() - started
         finally:
             ray.kill(provider.handle)
-            ray.kill(manager)
+            manager.kill()
     failed = Counter(type(a).__name__ for a in answers if isinstance(a, BaseException))
     first = next((at for at, refused in limits.arrivals if refused), None)
     later = [] if first is None else [r for at, r in limits.arrivals if at > first + 1.0]

@@ -43,9 +43,12 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks import kill_manager, on_embedded_ray
+
+if TYPE_CHECKING:
+    from actors.client import ManagerClient
 
 
 async def manager_kills(calls: int, hold: float, kills: int) -> None:
@@ -53,11 +56,10 @@ async def manager_kills(calls: int, hold: float, kills: int) -> None:
 
     from actors.client import ManagerClient
     from actors.groups import classify
-    from actors.manager import get_or_create_manager
     from actors.settings import Settings
 
     group = classify("ollama", "http://localhost:11434")
-    client = ManagerClient(get_or_create_manager(Settings(), name=f"bench-{uuid.uuid4().hex[:6]}"))
+    client = ManagerClient.create(Settings(), name=f"bench-{uuid.uuid4().hex[:6]}")
     await client.register(group)
     inside = peak = 0
     started: list[float] = []
@@ -144,6 +146,40 @@ asyncio.run(main())
 """
 
 
+def hold_three(manager: Any, group: str) -> None:
+    """Hold one slot of ``group`` and wait for two more, until this process is killed."""
+    from actors.client import ManagerClient
+
+    client = ManagerClient(manager)
+
+    async def hold() -> None:
+        async with client.slot(group):
+            await asyncio.Event().wait()
+
+    async def three() -> None:
+        await asyncio.gather(*(hold() for _ in range(3)))
+
+    asyncio.run(three())
+
+
+async def dropped_after(client: ManagerClient, group: str, kill: Callable[[], None]) -> float:
+    """Seconds from ``kill`` of a holder of ``group``'s slot with two waits until the
+    manager dropped all three."""
+
+    async def level() -> tuple[int, int]:
+        stats = await client.stats()
+        return stats.active_by_group.get(group, 0), stats.pending_by_group.get(group, 0)
+
+    # The manager is another process: nothing to wait on but its answers.
+    while await level() != (1, 2):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    killed = time.monotonic()
+    kill()
+    while await level() != (0, 0):  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+    return time.monotonic() - killed
+
+
 async def caller_kills(rounds: int) -> None:
     import os
 
@@ -151,20 +187,7 @@ async def caller_kills(rounds: int) -> None:
 
     from actors.client import ManagerClient
     from actors.groups import classify
-    from actors.manager import get_or_create_manager
     from actors.settings import Settings
-
-    def hold_three(manager: Any, group: str) -> None:
-        client = ManagerClient(manager)
-
-        async def hold() -> None:
-            async with client.slot(group):
-                await asyncio.Event().wait()
-
-        async def three() -> None:
-            await asyncio.gather(*(hold() for _ in range(3)))
-
-        asyncio.run(three())
 
     @ray.remote(num_cpus=0)
     class Holder:
@@ -178,23 +201,9 @@ async def caller_kills(rounds: int) -> None:
 
     address = ray.get_runtime_context().gcs_address
     name = f"bench-{uuid.uuid4().hex[:6]}"
-    client = ManagerClient(get_or_create_manager(Settings(), name=name))
+    client = ManagerClient.create(Settings(), name=name)
     print(f"\na caller holding a cap-1 slot with two waits, killed; {rounds} rounds per kind")
     print(f"{'caller':>8} {'slot and waits dropped after the kill (each round)':>52}")
-
-    async def level(group: str) -> tuple[int, int]:
-        stats = await client.stats()
-        return stats.active_by_group.get(group, 0), stats.pending_by_group.get(group, 0)
-
-    async def dropped_after(group: str, kill: Callable[[], None]) -> float:
-        # The manager is another process: nothing to wait on but its answers.
-        while await level(group) != (1, 2):  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-        killed = time.monotonic()
-        kill()
-        while await level(group) != (0, 0):  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
-        return time.monotonic() - killed
 
     async def driver(group: str) -> float:
         process = await asyncio.create_subprocess_exec(
@@ -203,21 +212,23 @@ async def caller_kills(rounds: int) -> None:
         )  # fmt: skip
         assert process.stdout is not None
         await process.stdout.readline()
-        took = await dropped_after(group, process.kill)
+        took = await dropped_after(client, group, process.kill)
         await process.wait()
         return took
 
     async def actor(group: str) -> float:
         holder = Holder.remote()  # type: ignore[attr-defined]
         holder.hold.remote(client.handle, group)
-        return await dropped_after(group, lambda: ray.kill(holder))
+        return await dropped_after(client, group, lambda: ray.kill(holder))
 
     async def task(group: str) -> float:
         with tempfile.NamedTemporaryFile() as pid_file:
             holding_task.remote(client.handle, group, pid_file.name)
             # Written before the task asks for its slots.
             pid = Path(pid_file.name)
-            return await dropped_after(group, lambda: os.kill(int(pid.read_text()), signal.SIGKILL))
+            return await dropped_after(
+                client, group, lambda: os.kill(int(pid.read_text()), signal.SIGKILL)
+            )
 
     for kind, one in (("driver", driver), ("actor", actor), ("task", task)):
         times: list[float] = []
@@ -236,8 +247,8 @@ async def driver_kills(kills: int) -> None:
     from actors.client import ManagerClient
     from actors.groups import classify
     from actors.names import MANAGER_NAME, NAMESPACE
-    from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
-    from tests.support.plateau_backend import plateau_answer
+    from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
+    from providers.testing.plateau_backend import plateau_answer
 
     print(f"\npipeline run of 4 services, 10 s per call, cap 1; its driver killed {kills} times")
     print(f"{'kill':>4} {'queue empty':>12} {'calls after kill':>17}")

@@ -88,7 +88,7 @@ def answer_after(port: int, latency: float) -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from tests.support.fake_llm import OpenAIDialect
+    from providers.testing.fake_llm import OpenAIDialect
 
     dialect = OpenAIDialect()
 

@@ -17,7 +17,7 @@ import sys
 from pipelines.runtime import ray_running
 
 
-async def write_book(chapters: int, config: str | None) -> list[dict[str, str]]:
+async def write_book(chapters: int, config: str | None) -> list[dict[str, object]]:
     from actors.client import ManagerClient
     from actors.settings import load_settings
     from pipelines.chain import Stage, StageChain, Upstream
@@ -25,7 +25,7 @@ async def write_book(chapters: int, config: str | None) -> list[dict[str, str]]:
     from providers.models import ChatMessage, ChatRequest
 
     settings = load_settings(config)
-    manager = ManagerClient.connect(settings).handle if settings.queue.enabled else None
+    manager = ManagerClient.connect(settings) if settings.queue.enabled else None
     provider, model = provider_for_model(settings, settings.pipeline.model, manager)
 
     async def ask(prompt: str) -> str:

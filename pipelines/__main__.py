@@ -104,7 +104,7 @@ def run_job(args: argparse.Namespace) -> int:
         from pipelines.job import run_pipeline, summary
 
         try:
-            manager = ManagerClient.connect(settings).handle if settings.queue.enabled else None
+            manager = ManagerClient.connect(settings) if settings.queue.enabled else None
             outcome = asyncio.run(
                 run_pipeline(pending, results, settings, manager=manager, priority=args.priority)
             )
@@ -118,14 +118,12 @@ def run_job(args: argparse.Namespace) -> int:
 
 def show_stats(address: str, every: float | None) -> int:
     with ray_running(address):
-        import ray
-
+        from actors.client import ManagerClient
         from actors.names import MANAGER_NAME, NAMESPACE
         from pipelines.view import render
 
-        try:
-            manager = ray.get_actor(MANAGER_NAME, namespace=NAMESPACE)
-        except ValueError:
+        manager = ManagerClient.running()
+        if manager is None:
             print(
                 f"no {MANAGER_NAME!r} actor in namespace {NAMESPACE!r} at {address}: "
                 "nothing has run through raygate on this cluster yet",
@@ -135,7 +133,7 @@ def show_stats(address: str, every: float | None) -> int:
         live = sys.stdout.isatty()
         try:
             while True:
-                table = render(ray.get(manager.stats.remote()))
+                table = render(asyncio.run(manager.stats()))
                 print(("\x1b[H\x1b[2J" if live and every else "") + table, flush=True)
                 if every is None:
                     return 0

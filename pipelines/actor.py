@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import ray
+from ray.actor import ActorHandle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.client import cancellable_stream, unwrap
-from actors.names import NAMESPACE
+from actors.calls import cancellable_stream, unwrap
+from actors.names import named_actor
 from actors.options import CallOptions
 from actors.settings import PipelineSettings
 from actors.waitqueue import DEFAULT_PRIORITY
@@ -160,7 +160,7 @@ class PipelineRun:
     inside the actor, which cancels its provider calls; ``end`` ends the actor.
     """
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: ActorHandle) -> None:
         self.handle = handle
 
     @classmethod
@@ -168,11 +168,15 @@ class PipelineRun:
         # On its driver's node: it dies with the driver anyway, so losing another
         # node (a GPU host) fails the calls made there, not the whole run.
         here = ray.get_runtime_context().get_node_id()
-        handle = PipelineActor.options(  # type: ignore[attr-defined]
-            name=f"pipeline:{spec.run_id}",
-            namespace=NAMESPACE,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
-        ).remote(spec)
+        handle = named_actor(
+            PipelineActor,
+            f"pipeline:{spec.run_id}",
+            spec,
+            placement={
+                "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+            },
+            detached=False,
+        )
         return cls(handle)
 
     async def events(self, services: Sequence[Service]) -> AsyncIterator[CallDone | ServiceDone]:

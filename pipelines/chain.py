@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 Item = TypeVar("Item")
+T = TypeVar("T")
 
 
 async def together(*calls: Coroutine[Any, Any, Any], sequential: bool = False) -> list[Any]:
@@ -35,15 +36,28 @@ async def together(*calls: Coroutine[Any, Any, Any], sequential: bool = False) -
     return [task.result() for task in tasks]
 
 
+def result_as(value: object, kind: type[T]) -> T:
+    """A stage's result as the type its stage returns (stages of one chain differ)."""
+    if not isinstance(value, kind):
+        raise TypeError(f"a stage's result is a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
 @dataclass(frozen=True)
 class Upstream:
     # This stage's result for the previous item (chained stages; None for the first).
-    previous: Any
+    previous: object
     # The previous stage's result for this item (None for the first stage).
-    inputs: Any
+    inputs: object
+
+    def previous_as(self, kind: type[T]) -> T | None:
+        return None if self.previous is None else result_as(self.previous, kind)
+
+    def inputs_as(self, kind: type[T]) -> T:
+        return result_as(self.inputs, kind)
 
 
-StageFn = Callable[[Any, Upstream], Awaitable[Any]]
+StageFn = Callable[[Any, Upstream], Awaitable[object]]
 
 
 @dataclass(frozen=True)
@@ -71,11 +85,13 @@ class StageChain(Generic[Item]):
         self._clock = clock
         self.spans: list[Span] = []
 
-    async def run(self, items: Sequence[Item], *, sequential: bool = False) -> list[dict[str, Any]]:
+    async def run(
+        self, items: Sequence[Item], *, sequential: bool = False
+    ) -> list[dict[str, object]]:
         """Every stage's result for every item: ``results[i][stage.name]``."""
         if sequential:
             return await self._run_in_order(items)
-        tasks: dict[tuple[int, int], asyncio.Task[Any]] = {}
+        tasks: dict[tuple[int, int], asyncio.Task[object]] = {}
         async with asyncio.TaskGroup() as group:
             for i, item in enumerate(items):
                 for k, stage in enumerate(self.stages):
@@ -95,19 +111,19 @@ class StageChain(Generic[Item]):
         stage: Stage,
         index: int,
         item: Item,
-        previous: asyncio.Task[Any] | None,
-        inputs: asyncio.Task[Any] | None,
-    ) -> Any:
+        previous: asyncio.Task[object] | None,
+        inputs: asyncio.Task[object] | None,
+    ) -> object:
         upstream = Upstream(
             previous=await previous if previous is not None else None,
             inputs=await inputs if inputs is not None else None,
         )
         return await self._call(stage, index, item, upstream)
 
-    async def _run_in_order(self, items: Sequence[Item]) -> list[dict[str, Any]]:
-        results: list[dict[str, Any]] = []
+    async def _run_in_order(self, items: Sequence[Item]) -> list[dict[str, object]]:
+        results: list[dict[str, object]] = []
         for i, item in enumerate(items):
-            row: dict[str, Any] = {}
+            row: dict[str, object] = {}
             for k, stage in enumerate(self.stages):
                 upstream = Upstream(
                     previous=results[i - 1][stage.name] if stage.chained and i > 0 else None,
@@ -117,7 +133,7 @@ class StageChain(Generic[Item]):
             results.append(row)
         return results
 
-    async def _call(self, stage: Stage, index: int, item: Item, upstream: Upstream) -> Any:
+    async def _call(self, stage: Stage, index: int, item: Item, upstream: Upstream) -> object:
         started = self._clock()
         result = await stage.fn(item, upstream)
         self.spans.append(Span(stage.name, index, started, self._clock()))

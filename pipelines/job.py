@@ -8,8 +8,9 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TextIO
 
+from actors.client import ManagerClient
 from actors.settings import PipelineSettings, Settings
 from actors.stats import percentile
 from pipelines.actor import CallDone, CallRecord, PipelineRun, RunSpec, ServiceDone
@@ -130,7 +131,7 @@ async def run_pipeline(
     results: ResultsFile,
     settings: Settings,
     *,
-    manager: Any | None,
+    manager: ManagerClient | None,
     priority: int,
     progress_out: TextIO = sys.stderr,
     progress: Progress | None = None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from actors.errors import RaygateError
 from actors.options import CallLabels, CallOptions
 from actors.settings import PipelineSettings
-from pipelines.chain import Span, Stage, StageChain, Upstream, together
+from pipelines.chain import Span, Stage, StageChain, Upstream, result_as, together
 from pipelines.errors import InvalidOutput
 from providers.errors import BadResponse
 from providers.models import ChatMessage, ChatRequest, ChatResponse, JsonSchemaFormat
@@ -62,6 +62,13 @@ class MappingSet(_Strict):
     items: list[Name] = Field(min_length=1, max_length=5)
 
 
+@dataclass(frozen=True)
+class Mappings:
+    """A plateau's mappings: the names its features rely on, by mapping type."""
+
+    by_type: dict[str, list[str]]
+
+
 class Ambitions(_Strict):
     ambitions: list[Sentence] = Field(min_length=1, max_length=3)
 
@@ -87,7 +94,7 @@ class ServiceRecord(_Strict):
 Ask = Callable[[ChatRequest, CallOptions], Awaitable[ChatResponse]]
 
 
-def json_schema_of(model: type[BaseModel]) -> dict[str, Any]:
+def json_schema_of(model: type[BaseModel]) -> dict[str, object]:
     """The model's JSON schema with references inlined and titles dropped (for every backend)."""
     schema = model.model_json_schema()
     definitions = schema.pop("$defs", {})
@@ -101,7 +108,7 @@ def json_schema_of(model: type[BaseModel]) -> dict[str, Any]:
             return [inline(value) for value in node]
         return node
 
-    result: dict[str, Any] = inline(schema)
+    result: dict[str, object] = inline(schema)
     return result
 
 
@@ -150,7 +157,9 @@ class PlateauJob:
             ambitions=ambitions.ambitions,
             plateaus=[
                 PlateauResult(
-                    plateau=n, features=row["features"].features, mappings=row["mappings"]
+                    plateau=n,
+                    features=result_as(row["features"], FeatureSet).features,
+                    mappings=result_as(row["mappings"], Mappings).by_type,
                 )
                 for n, row in zip(plateaus, rows, strict=True)
             ],
@@ -166,7 +175,8 @@ class PlateauJob:
         return await self._structured(CallLabels("ambitions", service.id), prompt, Ambitions)
 
     async def _features(self, service: Service, plateau: int, upstream: Upstream) -> FeatureSet:
-        before = upstream.previous.features if upstream.previous is not None else []
+        previous = upstream.previous_as(FeatureSet)
+        before = previous.features if previous is not None else []
         known = ", ".join(f.name for f in before) or "none yet"
         prompt = (
             f"Service: {service.name}\n{service.description}\n\n"
@@ -180,10 +190,8 @@ class PlateauJob:
         labels = CallLabels("features", service.id, plateau=plateau)
         return await self._structured(labels, prompt, FeatureSet, critical=True)
 
-    async def _mappings(
-        self, service: Service, plateau: int, upstream: Upstream
-    ) -> dict[str, list[str]]:
-        features: FeatureSet = upstream.inputs
+    async def _mappings(self, service: Service, plateau: int, upstream: Upstream) -> Mappings:
+        features = upstream.inputs_as(FeatureSet)
         listing = "\n".join(f"- {f.name}: {f.description}" for f in features.features)
 
         async def one(kind: str) -> MappingSet:
@@ -196,7 +204,7 @@ class PlateauJob:
 
         kinds = self.settings.mapping_types
         results = await together(*(one(kind) for kind in kinds), sequential=self.sequential)
-        return {kind: result.items for kind, result in zip(kinds, results, strict=True)}
+        return Mappings({kind: result.items for kind, result in zip(kinds, results, strict=True)})
 
     # -- structured answers -----------------------------------------------------------
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 import ray
 from pydantic import SecretStr
@@ -28,7 +27,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from actors.callers import Caller
 from actors.client import ManagerClient
 from actors.groups import GroupSpec, Provider, ResourceKind, classify, model_entry
-from actors.names import NAMESPACE
+from actors.names import named_actor
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import PROVIDER_DEFAULTS, CacheSettings, Settings, TelemetrySettings
 from actors.slots import NoSlots, SlotSource
@@ -131,13 +130,13 @@ class _ProviderShell(LifelineHost):
         self,
         spec: GroupSpec,
         options: ProviderOptions,
-        manager: Any | None,
+        manager: ManagerClient | None,
         backend: Backend | None = None,
         identity: str | None = None,
     ) -> None:
         self._calls = CallerCalls()
         self._watch = self._calls.watch
-        self._slots = ManagerClient(manager) if manager is not None else NoSlots()
+        self._slots = manager if manager is not None else NoSlots()
         self._provider = gated_provider(spec, options, self._slots, backend, identity)
 
     async def chat(
@@ -183,7 +182,9 @@ class _ProviderShell(LifelineHost):
 
 @ray.remote(num_cpus=0)
 class ProviderActor(_ProviderShell):
-    def __init__(self, spec: GroupSpec, options: ProviderOptions, manager: Any | None) -> None:
+    def __init__(
+        self, spec: GroupSpec, options: ProviderOptions, manager: ManagerClient | None
+    ) -> None:
         self._make(spec, options, manager)
 
 
@@ -195,7 +196,9 @@ class EmbeddedModelActor(_ProviderShell):
     server's loopback port, on the GPU host the actor is pinned to.
     """
 
-    def __init__(self, options: ProviderOptions, manager: Any | None, host: str | None) -> None:
+    def __init__(
+        self, options: ProviderOptions, manager: ManagerClient | None, host: str | None
+    ) -> None:
         model = embedded_model_path()
         server = LlamaCppServer(model)
         # Started by the first call (or ready()), on this actor's event loop, which
@@ -229,7 +232,7 @@ class EmbeddedModelActor(_ProviderShell):
         ray.actor.exit_actor()
 
 
-def placement(spec: GroupSpec) -> dict[str, Any]:
+def placement(spec: GroupSpec) -> dict[str, object]:
     """Ray options that keep a local server's actor on its GPU host.
 
     Only an actor that may run anywhere is restarted by Ray. A local server's
@@ -244,7 +247,7 @@ def placement(spec: GroupSpec) -> dict[str, Any]:
     return {"max_restarts": 0, **local_placement(spec.host)}
 
 
-def local_placement(host: str | None) -> dict[str, Any]:
+def local_placement(host: str | None) -> dict[str, object]:
     if host:
         return {"resources": {GPU_HOST_RESOURCE.format(host=host): 0.001}}
     here = ray.get_runtime_context().get_node_id()
@@ -252,40 +255,30 @@ def local_placement(host: str | None) -> dict[str, Any]:
 
 
 def get_or_create_provider(
-    spec: GroupSpec, options: ProviderOptions, manager: Any | None
+    spec: GroupSpec, options: ProviderOptions, manager: ManagerClient | None
 ) -> ProviderClient:
     """The cluster's provider actor for this group; ``manager=None`` calls without gating."""
     # Gated and direct (parity mode) actors of one group are different actors.
     name = f"provider:{spec.id}" if manager is not None else f"provider:{spec.id}:direct"
-    handle = ProviderActor.options(  # type: ignore[attr-defined]
-        name=name,
-        namespace=NAMESPACE,
-        get_if_exists=True,
-        lifetime="detached",
-        **placement(spec),
-    ).remote(spec, options, manager)
+    handle = named_actor(ProviderActor, name, spec, options, manager, placement=placement(spec))
     return ProviderClient(handle, name)
 
 
 def get_or_create_embedded_model(
-    options: ProviderOptions, manager: Any | None, host: str | None = None
+    options: ProviderOptions, manager: ManagerClient | None, host: str | None = None
 ) -> EmbeddedModelClient:
     """The cluster's embedded model server on ``host`` (the caller's node when None)."""
     name = f"provider:embedded-{EMBEDDED_MODEL_ID}@{host or 'local'}" + (
         "" if manager is not None else ":direct"
     )
-    handle = EmbeddedModelActor.options(  # type: ignore[attr-defined]
-        name=name,
-        namespace=NAMESPACE,
-        get_if_exists=True,
-        lifetime="detached",
-        **local_placement(host),
-    ).remote(options, manager, host)
+    handle = named_actor(
+        EmbeddedModelActor, name, options, manager, host, placement=local_placement(host)
+    )
     return EmbeddedModelClient(handle, name)
 
 
 def provider_for_model(
-    settings: Settings, model_id: str | None, manager: Any | None
+    settings: Settings, model_id: str | None, manager: ManagerClient | None
 ) -> tuple[ProviderClient, str]:
     """The provider actor that serves ``model_id``, and the name its backend knows it by.
 

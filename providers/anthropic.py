@@ -40,8 +40,8 @@ class AnthropicBackend(Backend):
             headers["x-api-key"] = self._api_key.get_secret_value()
         return headers
 
-    def body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {
+    def body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
+        body: dict[str, object] = {
             "model": request.model,
             "max_tokens": request.max_tokens,
             "messages": [m.model_dump() for m in request.turns],

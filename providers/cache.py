@@ -41,16 +41,19 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import ray
 from pydantic import ValidationError
+from ray import ObjectRef
+from ray.actor import ActorHandle
 
 from actors.metrics import Counter, Gauge
 from actors.names import CACHE_NAME, HEAD_NODE, named_actor
 from actors.settings import CacheSettings
 from providers.models import ChatRequest, ChatResponse
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 # How long a lookup may take before the call goes to its backend instead.
@@ -146,7 +149,7 @@ class CacheStore:
             self._db.close()
             self._db = None
 
-    def _run(self, action: Callable[[sqlite3.Connection], Any]) -> Any:
+    def _run(self, action: Callable[[sqlite3.Connection], T]) -> T | None:
         if self._db is None:
             return None
         try:
@@ -229,7 +232,7 @@ class ResponseCacheActor:
         self._store.discard(key)
         self._bytes.set(self._store.bytes, {})
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """Where the store is, whether it is usable, its entries and bytes."""
         return {
             "path": str(self._store.path),
@@ -239,7 +242,7 @@ class ResponseCacheActor:
         }
 
 
-def get_or_create_cache(settings: CacheSettings) -> Any:
+def get_or_create_cache(settings: CacheSettings) -> ActorHandle:
     """The cluster's cache actor: the running one, else a new one with ``settings``."""
     return named_actor(ResponseCacheActor, CACHE_NAME, settings, placement=HEAD_NODE)
 
@@ -248,14 +251,14 @@ class ResponseCache:
     """A process's way to the cluster's cache: a lookup or a store that fails is a miss."""
 
     def __init__(
-        self, connect: Callable[[], Any], clock: Callable[[], float] = time.monotonic
+        self, connect: Callable[[], ActorHandle], clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._connect = connect
         self._clock = clock
-        self._handle: Any = None
+        self._handle: ActorHandle | None = None
         self._lost_at = -RECONNECT_SECONDS
         self._warned_at = -WARN_EVERY_SECONDS
-        self._writes: set[asyncio.Future[Any]] = set()
+        self._writes: set[asyncio.Future[None]] = set()
 
     async def get(self, key: str) -> ChatResponse | None:
         handle = self._reach()
@@ -285,18 +288,18 @@ class ResponseCache:
         """Wait for the stores under way (a process that ends would lose them)."""
         await asyncio.gather(*self._writes, return_exceptions=True)
 
-    def _keep(self, ref: Any) -> None:
+    def _keep(self, ref: ObjectRef[None]) -> None:
         future = asyncio.ensure_future(self._settle(ref))
         self._writes.add(future)
         future.add_done_callback(self._writes.discard)
 
-    async def _settle(self, ref: Any) -> None:
+    async def _settle(self, ref: ObjectRef[None]) -> None:
         try:
             await ref
         except Exception as exc:
             self._lost(exc)
 
-    def _reach(self) -> Any:
+    def _reach(self) -> ActorHandle | None:
         """The actor's handle; after a failure, looked up again once the pause is over."""
         if self._handle is None and self._clock() - self._lost_at >= RECONNECT_SECONDS:
             try:

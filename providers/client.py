@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
+from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
-from actors.client import cancellable, cancellable_stream, unwrap
+from actors.calls import cancellable, cancellable_stream, unwrap
 from actors.groups import GroupSpec
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.watch import caller_of
@@ -38,7 +39,7 @@ class ChatProvider(Protocol):
 
 
 class ProviderClient:
-    def __init__(self, handle: Any, name: str) -> None:
+    def __init__(self, handle: ActorHandle, name: str) -> None:
         self.handle = handle
         self.name = name
 

@@ -38,15 +38,14 @@ async def provider_in_reach(
 
     Raises UnknownModel, or MissingAPIKey for a remote API without a key.
     """
-    handle = manager.handle if manager is not None else None
     if model_id == EMBEDDED_MODEL_ID:
-        return provider_for_model(settings, model_id, handle)
+        return provider_for_model(settings, model_id, manager)
     entry = model_entry(settings.models, model_id)
     spec = entry.spec()
     options = options_for(spec.provider, settings)
     name = entry.name or model_id
     if spec.kind is ResourceKind.LOCAL_SERVER:
-        actor = get_or_create_provider(spec, options, handle)
+        actor = get_or_create_provider(spec, options, manager)
         if await actor.node_id() != ray.get_runtime_context().get_node_id():
             return actor, name
     slots = manager if manager is not None else NoSlots()

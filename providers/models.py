@@ -27,7 +27,7 @@ class JsonSchemaFormat(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(default="answer", pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    json_schema: dict[str, Any]
+    json_schema: dict[str, object]
     strict: bool = True
 
 

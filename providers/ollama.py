@@ -29,13 +29,13 @@ class OllamaBackend(Backend):
             return {}
         return {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
 
-    def body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
-        options: dict[str, Any] = {"num_predict": request.max_tokens}
+    def body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
+        options: dict[str, object] = {"num_predict": request.max_tokens}
         if request.temperature is not None:
             options["temperature"] = request.temperature
         if request.stop:
             options["stop"] = list(request.stop)
-        body: dict[str, Any] = {
+        body: dict[str, object] = {
             "model": request.model,
             "messages": [m.model_dump() for m in request.messages],
             "stream": stream,
@@ -74,7 +74,7 @@ class OllamaBackend(Backend):
         return str(error) if error else None
 
 
-def _usage(payload: dict[str, Any]) -> Usage:
+def _usage(payload: dict[str, object]) -> Usage:
     return Usage(
         input_tokens=payload.get("prompt_eval_count", 0),
         output_tokens=payload.get("eval_count", 0),

@@ -41,8 +41,8 @@ class OpenAIBackend(Backend):
             return {}
         return {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
 
-    def body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {
+    def body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
+        body: dict[str, object] = {
             "model": request.model,
             "messages": [m.model_dump() for m in request.messages],
             self.max_tokens_field: request.max_tokens,
@@ -103,7 +103,7 @@ class OpenAIBackend(Backend):
         return str(error) if error else None
 
 
-def _usage(usage: dict[str, Any]) -> Usage:
+def _usage(usage: dict[str, object]) -> Usage:
     return Usage(
         input_tokens=usage.get("prompt_tokens", 0),
         output_tokens=usage.get("completion_tokens", 0),
@@ -135,7 +135,7 @@ class OpenAICompatibleBackend(OpenAIBackend):
         self.schema_style = quirks.schema_style
         self.quirks = quirks
 
-    def body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+    def body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
         body = super().body(request, stream=stream)
         if self.quirks.fold_system_prompt and request.system is not None:
             turns = [m.model_dump() for m in request.turns]

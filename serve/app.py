@@ -17,7 +17,7 @@ Routes: ``POST /v1/chat/completions`` (JSON or SSE stream), ``GET /v1/models``,
 ``GET /v1/queue``, ``GET /v1/queue/{request_id}``, ``GET /healthz``,
 ``GET /readyz``; pipeline jobs: ``POST /v1/pipelines``, ``GET
 /v1/pipelines/{id}`` and ``/results``, ``DELETE /v1/pipelines/{id}`` (each run
-is an actor of its own, see :mod:`pipelines.jobs`, so it outlives the replica);
+is an actor of its own, see :mod:`pipelines.submitted`, so it outlives the replica);
 the queue page: ``GET /``, its stream ``GET /v1/queue/events``, ``POST /login``
 and ``GET /static/{name}`` (see :mod:`serve.page`). Every route but the two
 health checks, the login and the page's static files needs ``Authorization:
@@ -38,7 +38,6 @@ import math
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -50,11 +49,10 @@ from starlette.exceptions import HTTPException
 
 from actors.client import ManagerClient
 from actors.errors import ConfigError, RaygateError
-from actors.manager import get_or_create_manager
 from actors.options import CallOptions
 from actors.settings import Settings, load_settings
-from pipelines.jobs import PipelineJobClient
 from pipelines.plateau import Service, read_services
+from pipelines.submitted import PipelineJobClient
 from providers.client import ChatProvider
 from providers.errors import ProviderActorLost
 from providers.gated import GatedProvider
@@ -205,8 +203,7 @@ class Gateway:
             serving.auth_failure_limit, serving.auth_failure_window_seconds
         )
         self._settings = settings
-        handle = get_or_create_manager(settings) if settings.queue.enabled else None
-        self._manager = ManagerClient(handle) if handle is not None else None
+        self._manager = ManagerClient.create(settings) if settings.queue.enabled else None
         # model id -> its provider and the name its backend knows the model by; found
         # once for all the requests that arrive meanwhile, and forgotten if that failed.
         self._providers: dict[str, asyncio.Future[tuple[ChatProvider, str]]] = {}
@@ -294,7 +291,7 @@ class Gateway:
     )
     async def submit_pipeline(
         self, submission: PipelineSubmission
-    ) -> dict[str, Any] | JSONResponse:
+    ) -> dict[str, object] | JSONResponse:
         """Start a run of the plateau job; its id names it from then on."""
         services = submission.services
         if services is None:
@@ -303,13 +300,12 @@ class Gateway:
                 return json_answer(read)
             services = read
         job_id = uuid.uuid4().hex[:12]
-        handle = self._manager.handle if self._manager is not None else None
         priority = submission.priority
-        job = PipelineJobClient.submit(job_id, services, self._settings, handle, priority)
+        job = PipelineJobClient.submit(job_id, services, self._settings, self._manager, priority)
         return (await job.status()).model_dump(mode="json")
 
     @api.get("/v1/pipelines/{job_id}", response_model=None, responses=documented(404, 422))
-    async def pipeline_status(self, job_id: str) -> dict[str, Any] | JSONResponse:
+    async def pipeline_status(self, job_id: str) -> dict[str, object] | JSONResponse:
         job = PipelineJobClient.find(job_id)
         if job is None:
             return json_answer(no_job(job_id))
@@ -336,7 +332,7 @@ class Gateway:
         return StreamingResponse(lines, media_type="application/x-ndjson")
 
     @api.delete("/v1/pipelines/{job_id}", response_model=None, responses=documented(404, 422))
-    async def cancel_pipeline(self, job_id: str) -> dict[str, Any] | JSONResponse:
+    async def cancel_pipeline(self, job_id: str) -> dict[str, object] | JSONResponse:
         """Cancel a running run: its waiters leave the queue, its calls are cancelled."""
         job = PipelineJobClient.find(job_id)
         if job is None:
@@ -344,13 +340,13 @@ class Gateway:
         return (await job.cancel()).model_dump(mode="json")
 
     @api.get("/v1/models", responses=documented())
-    async def models(self) -> dict[str, Any]:
+    async def models(self) -> dict[str, object]:
         ids = [*self._settings.models, EMBEDDED_MODEL_ID]
         listed = [{"id": i, "object": "model", "created": 0, "owned_by": "raygate"} for i in ids]
         return {"object": "list", "data": listed}
 
     @api.get("/v1/queue", response_model=None, responses=documented(404))
-    async def queue(self) -> dict[str, Any] | JSONResponse:
+    async def queue(self) -> dict[str, object] | JSONResponse:
         if self._manager is None:
             return json_answer(no_queue())
         stats = await self._manager.stats()
@@ -369,7 +365,7 @@ class Gateway:
         )
 
     @api.get("/v1/queue/{request_id}", response_model=None, responses=documented(404, 422))
-    async def position(self, request_id: str) -> dict[str, Any] | JSONResponse:
+    async def position(self, request_id: str) -> dict[str, object] | JSONResponse:
         if self._manager is None:
             return json_answer(no_queue())
         position = await self._manager.position(request_id)

@@ -68,7 +68,7 @@ MEANINGS = {
 GUARDED = (401, 403, 413, 429)
 
 
-def documented(*statuses: int, guarded: bool = True) -> dict[int | str, dict[str, Any]]:
+def documented(*statuses: int, guarded: bool = True) -> dict[int | str, dict[str, object]]:
     """The error answers of a route, for FastAPI's ``responses=``: ``statuses`` and, for a
     route behind the key, the guard's."""
     every = sorted({*statuses, *(GUARDED if guarded else (413,))})

@@ -28,12 +28,11 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from http.cookies import CookieError, SimpleCookie
 from importlib import resources
-from typing import Any
 
 from pydantic import SecretStr
 
 from actors.client import ManagerClient
-from pipelines.jobs import JobStatus, PipelineJobClient
+from pipelines.submitted import JobStatus, PipelineJobClient
 
 COOKIE = "raygate_session"
 PAGE_HEADER = "x-raygate-page"
@@ -122,7 +121,7 @@ async def queue_events(manager: ManagerClient) -> AsyncIterator[str]:
     version = -1
     while True:
         view = await manager.view(version, FIRST_WAITERS, HEARTBEAT_SECONDS)
-        state: dict[str, Any] = {
+        state: dict[str, object] = {
             "now": time.time(),
             "queue": view.model_dump(mode="json", by_alias=True),
             "runs": [run.model_dump(mode="json") for run in await runs.statuses()],

@@ -9,7 +9,7 @@ acts on are validated, and a bad one is named in the 422.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -42,7 +42,7 @@ class JsonSchemaSpec(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     name: str = "answer"
-    json_schema: dict[str, Any] = Field(alias="schema")
+    json_schema: dict[str, object] = Field(alias="schema")
     strict: bool | None = None
 
 
@@ -113,7 +113,7 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
     }
 
 
-def completion(response: ChatResponse, model: str, completion_id: str) -> dict[str, Any]:
+def completion(response: ChatResponse, model: str, completion_id: str) -> dict[str, object]:
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -132,7 +132,7 @@ def completion(response: ChatResponse, model: str, completion_id: str) -> dict[s
 
 def chunk(
     delta: StreamDelta, model: str, completion_id: str, *, first: bool = False
-) -> dict[str, Any]:
+) -> dict[str, object]:
     content: dict[str, str] = {"role": "assistant"} if first else {}
     if delta.text:
         content["content"] = delta.text
@@ -146,7 +146,7 @@ def chunk(
     }
 
 
-def usage_chunk(delta: StreamDelta, model: str, completion_id: str) -> dict[str, Any]:
+def usage_chunk(delta: StreamDelta, model: str, completion_id: str) -> dict[str, object]:
     usage = delta.usage
     return {
         "id": completion_id,
@@ -160,7 +160,7 @@ def usage_chunk(delta: StreamDelta, model: str, completion_id: str) -> dict[str,
 
 def error(
     message: str, kind: str, *, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """OpenAI's error shape (:class:`ErrorBody`)."""
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
 import sys
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -82,22 +80,11 @@ def make_manager(ray_session: None) -> Iterator[ManagerFactory]:
         ray.kill(handle)
 
 
-async def wait_until(
-    condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 60.0
-) -> None:
-    """Wait for a state the test cannot be told about (e.g. N acquires arrived)."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def run(
     services: list[Service],
     settings: Settings,
     out: Path | ResultsFile,
-    manager: Any | None,
+    manager: ManagerClient | None,
     priority: int = 5,
 ) -> Outcome:
     """The plateau job in this process, as the CLI runs it, writing to ``out``."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import ray
 from pydantic import SecretStr
 
 from actors.budget import BudgetLimits
@@ -14,11 +13,10 @@ from actors.groups import classify
 from providers.actor import ProviderOptions, get_or_create_provider
 from providers.models import ChatMessage, ChatRequest
 from providers.retry import RetryPolicy
-from tests.integration.conftest import ManagerFactory, wait_until
-from tests.support.fake_llm import FakeLLMServer, OpenAIDialect, RateLimit
-from tests.support.rate_limits import ProviderLimits
-
-pytestmark = pytest.mark.ray
+from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect, RateLimit
+from providers.testing.rate_limits import ProviderLimits
+from tests.integration.conftest import ManagerFactory
+from tests.support.polling import eventually
 
 KEY = "sk-budget-0123"
 # 1 prompt token and 32 at most out: raygate charges 33 before the call, 18 after.
@@ -38,7 +36,7 @@ async def test_with_the_providers_limits_set_no_call_is_refused(
         client = make_manager(group_budgets={spec.id: BudgetLimits(rpm=600, tpm=12_000)})
         # No retries: a single 429 would fail its call.
         options = ProviderOptions(api_key=SecretStr(KEY), timeout=60, retry=RetryPolicy(1))
-        provider = get_or_create_provider(spec, options, client.handle)
+        provider = get_or_create_provider(spec, options, client)
 
         responses = await asyncio.gather(*(provider.chat(REQUEST) for _ in range(650)))
         stats = (await client.stats()).groups[spec.id]
@@ -46,7 +44,8 @@ async def test_with_the_providers_limits_set_no_call_is_refused(
     assert [r.text for r in responses] == ["ok"] * 650
     assert (limits.limited, limits.served) == (0, 650)
     assert (stats.rpm, stats.tpm, stats.granted, stats.active) == (600, 12_000, 650, 0)
-    assert stats.requests_left is not None and stats.requests_left < 600
+    assert stats.requests_left is not None
+    assert stats.requests_left < 600
 
 
 @pytest.mark.slow
@@ -63,20 +62,24 @@ async def test_with_no_limits_set_the_manager_learns_the_providers_rate_from_its
         spec = classify("openai", server.url + "/v1")
         client = make_manager()
         options = ProviderOptions(api_key=SecretStr(KEY), timeout=60)  # 4 attempts
-        provider = get_or_create_provider(spec, options, client.handle)
+        provider = get_or_create_provider(spec, options, client)
 
         responses = await asyncio.gather(*(provider.chat(REQUEST) for _ in range(1_700)))
         stats = (await client.stats()).groups[spec.id]
 
     assert [r.text for r in responses] == ["ok"] * 1_700
     # After the first 429's pause (the fake's Retry-After is a second), the learned rate,
-    # applied as the group's requests bucket.
+    # applied as the group's requests bucket. How many calls are left for it depends on
+    # how fast the burst reached the provider (its bucket refills meanwhile: 197 to 276
+    # of 1,700 on this project's machine), but they take at least 5 s at 20 a second.
     first = next(at for at, refused in limits.arrivals if refused)
     burst = sum(refused for at, refused in limits.arrivals if at <= first + 1.0)
     after = [refused for at, refused in limits.arrivals if at > first + 1.0]
-    assert len(after) > 300 and sum(after) < burst, (sum(after), len(after), burst)
+    assert len(after) >= 100, (sum(after), len(after), burst)
+    assert sum(after) < burst, (sum(after), len(after), burst)
     assert stats.throttled == limits.limited
-    assert stats.learned_rpm is not None and stats.requests_left is not None
+    assert stats.learned_rpm is not None
+    assert stats.requests_left is not None
 
 
 async def test_a_manager_killed_while_a_group_is_paused_loses_no_call(
@@ -90,17 +93,17 @@ async def test_a_manager_killed_while_a_group_is_paused_loses_no_call(
         spec = classify("openai", server.url + "/v1")
         client = make_manager()
         options = ProviderOptions(api_key=SecretStr(KEY), timeout=60, retry=RetryPolicy(2))
-        provider = get_or_create_provider(spec, options, client.handle)
+        provider = get_or_create_provider(spec, options, client)
 
         async def group_is(field: str, value: int) -> bool:
             group = (await client.stats()).groups.get(spec.id)
             return group is not None and getattr(group, field) == value
 
         refused = asyncio.ensure_future(provider.chat(REQUEST))
-        await wait_until(lambda: group_is("throttled", 1), "the 429 told to the manager")
+        await eventually(lambda: group_is("throttled", 1), "the 429 told to the manager")
         waiting = [asyncio.ensure_future(provider.chat(REQUEST)) for _ in range(5)]
-        await wait_until(lambda: group_is("pending", 5), "five calls waiting out the pause")
-        ray.kill(client.handle, no_restart=False)
+        await eventually(lambda: group_is("pending", 5), "five calls waiting out the pause")
+        client.kill(restart=True)
 
         answers = await asyncio.gather(refused, *waiting)
         stats = (await client.stats()).groups[spec.id]

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from pipelines.demo import CLAUDE, LOCAL, peak_overlap_by_group, report, run_scenario
 from tests.integration.conftest import ManagerFactory
-
-pytestmark = pytest.mark.ray
 
 
 async def test_demo_runs_remote_calls_at_once_and_local_ones_by_priority(

@@ -32,11 +32,11 @@ from tests.integration.conftest import (
     cli,
     records,
     run,
-    wait_until,
     write_services,
 )
+from tests.support.polling import eventually
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 if importlib.util.find_spec("llama_cpp") is None:
     if os.environ.get("CI"):
@@ -76,7 +76,7 @@ async def embedded(
     make_manager: ManagerFactory,
 ) -> AsyncIterator[tuple[EmbeddedModelClient, ManagerClient]]:
     client = make_manager()
-    actor = get_or_create_embedded_model(ProviderOptions(timeout=120), client.handle, GPU_HOST)
+    actor = get_or_create_embedded_model(ProviderOptions(timeout=120), client, GPU_HOST)
     yield actor, client
     ray.kill(actor.handle)
 
@@ -112,20 +112,20 @@ async def test_server_process_is_gone_after_shutdown_and_after_a_kill(
     make_manager: ManagerFactory,
 ) -> None:
     client = make_manager()
-    first = get_or_create_embedded_model(ProviderOptions(), client.handle, GPU_HOST)
+    first = get_or_create_embedded_model(ProviderOptions(), client, GPU_HOST)
     pid = await first.server_pid()
     assert not process_gone(pid)
     await first.shutdown()
     assert process_gone(pid)
 
-    second = get_or_create_embedded_model(ProviderOptions(), client.handle, GPU_HOST)
+    second = get_or_create_embedded_model(ProviderOptions(), client, GPU_HOST)
     pid = await second.server_pid()
     ray.kill(second.handle)  # SIGKILL: no clean-up code runs in the actor
 
     async def gone() -> bool:
         return process_gone(pid)
 
-    await wait_until(gone, "the orphaned llama.cpp server to exit", timeout=30)
+    await eventually(gone, "the orphaned llama.cpp server to exit", timeout=30)
 
 
 # -- the model server dies mid-job --------------------------------------------------------
@@ -155,7 +155,7 @@ async def kill_the_server_after(client: ManagerClient, calls: int, how: signal.S
     async def granted() -> bool:
         return sum(g.granted for g in (await client.stats()).groups.values()) >= calls
 
-    await wait_until(granted, f"{calls} calls granted", timeout=120)
+    await eventually(granted, f"{calls} calls granted", timeout=120)
     pid = await embedded_actor().server_pid()
     os.kill(pid, how)
     return f"killed by {how.name} (pid {pid})"
@@ -168,7 +168,7 @@ async def test_a_server_killed_mid_job_is_restarted_and_every_service_finishes(
     make_manager: ManagerFactory, tmp_path: Path, how: signal.Signals
 ) -> None:
     client = make_manager()
-    job = asyncio.create_task(run(TWO_SERVICES, small_job(), tmp_path / "out.jsonl", client.handle))
+    job = asyncio.create_task(run(TWO_SERVICES, small_job(), tmp_path / "out.jsonl", client))
 
     ended = await kill_the_server_after(client, 2, how)
     outcome = await job
@@ -186,7 +186,7 @@ async def test_a_server_killed_mid_job_is_restarted_and_every_service_finishes(
     async def gone() -> bool:
         return process_gone(restarted)
 
-    await wait_until(gone, "the restarted server to exit with its actor", timeout=30)
+    await eventually(gone, "the restarted server to exit with its actor", timeout=30)
 
 
 async def test_past_the_restart_bound_the_job_exits_1_and_each_service_names_the_crash(
@@ -213,7 +213,7 @@ async def test_past_the_restart_bound_the_job_exits_1_and_each_service_names_the
         async def manager_up() -> bool:
             return MANAGER_NAME in {a["name"] for a in ray.util.list_named_actors(True)}
 
-        await wait_until(manager_up, "the job to start the cluster's manager", timeout=120)
+        await eventually(manager_up, "the job to start the cluster's manager", timeout=120)
         client = ManagerClient(ray.get_actor(MANAGER_NAME, namespace=NAMESPACE))
         ended = await kill_the_server_after(client, 1, signal.SIGKILL)
         async with asyncio.timeout(300):
@@ -225,7 +225,8 @@ async def test_past_the_restart_bound_the_job_exits_1_and_each_service_names_the
     stdout, stderr = output.decode(), errors.decode()
 
     assert job.returncode == 1, stderr
-    assert "2 services in" in stdout and "0 ok, 2 failed" in stdout
+    assert "2 services in" in stdout
+    assert "0 ok, 2 failed" in stdout
     for record in records(out):
         assert record["status"] == "failed"
         assert (

@@ -8,15 +8,13 @@ import asyncio
 from typing import Any
 
 import httpx
-import pytest
 import ray
 
 from actors.client import ManagerClient
 from actors.options import CallOptions
-from tests.integration.conftest import LOCAL_SERVER, ManagerFactory, pending_is, wait_until
-from tests.support.probe_server import ProbeServer
-
-pytestmark = pytest.mark.ray
+from providers.testing.probe_server import ProbeServer
+from tests.integration.conftest import LOCAL_SERVER, ManagerFactory, pending_is
+from tests.support.polling import eventually
 
 GROUP = LOCAL_SERVER.id
 
@@ -31,8 +29,8 @@ async def post_in_slot(client: ManagerClient, url: str, priority: int, tag: str)
 class Poster:
     """Another caller process, with a client of its own."""
 
-    def __init__(self, manager: Any) -> None:
-        self.client = ManagerClient(manager)
+    def __init__(self, client: ManagerClient) -> None:
+        self.client = client  # travelled here pickled, as its handle
 
     async def post(self, url: str, priority: int, tag: str) -> None:
         await post_in_slot(self.client, url, priority, tag)
@@ -57,9 +55,9 @@ async def test_a_holders_process_passes_its_slot_on_in_the_order_the_manager_wou
             calls = []
             for tag, priority in zip(tags, priorities, strict=True):
                 calls.append(asyncio.create_task(post_in_slot(client, server.url, priority, tag)))
-                await wait_until(pending_is(client, GROUP, len(calls)), f"{tag} queued")
+                await eventually(pending_is(client, GROUP, len(calls)), f"{tag} queued")
             # The best waiter, w1 (priority 9, first of the two 9s), is this process's own.
-            await wait_until(named_next_is(client, "w1"), "w1 named next in line")
+            await eventually(named_next_is(client, "w1"), "w1 named next in line")
         await asyncio.gather(*calls)
 
     # By priority, then first come: the order a release to the manager gives.
@@ -101,15 +99,15 @@ async def test_a_better_waiter_of_another_process_goes_before_the_holders_own(
     make_manager: ManagerFactory,
 ) -> None:
     client = make_manager(LOCAL_SERVER)
-    other = Poster.remote(client.handle)
+    other = Poster.remote(client)
 
     with ProbeServer(hold=0.05) as server:
         async with client.slot(GROUP, CallOptions(request_id="holder")):
             mine = asyncio.create_task(post_in_slot(client, server.url, 5, "mine"))
-            await wait_until(named_next_is(client, "mine"), "mine named next in line")
+            await eventually(named_next_is(client, "mine"), "mine named next in line")
             theirs = other.post.remote(server.url, 9, "theirs")
             # The manager takes the name back once the better waiter arrives.
-            await wait_until(named_next_is(client, None), "the name taken back")
+            await eventually(named_next_is(client, None), "the name taken back")
         await asyncio.gather(mine, theirs)
 
     assert [body["tag"] for body in server.bodies] == ["theirs", "mine"]
@@ -122,7 +120,7 @@ async def test_a_process_killed_mid_chain_leaves_no_slot_waiter_or_call_behind(
     make_manager: ManagerFactory,
 ) -> None:
     client = make_manager(LOCAL_SERVER)
-    poster = Poster.remote(client.handle)
+    poster = Poster.remote(client)
 
     # Each call holds 2 s, so the kill comes well inside the second call.
     with ProbeServer(hold=2.0) as server:
@@ -131,18 +129,19 @@ async def test_a_process_killed_mid_chain_leaves_no_slot_waiter_or_call_behind(
         async def passed_on() -> bool:
             return (await client.stats()).groups[GROUP].handed_over >= 1
 
-        await wait_until(passed_on, "a slot passed on inside the poster")
+        await eventually(passed_on, "a slot passed on inside the poster")
         ray.kill(poster)
 
         async def all_gone() -> bool:
             stats = await client.stats()
             return (stats.total_active, stats.total_pending) == (0, 0)
 
-        await wait_until(all_gone, "the killed poster's slot and waiters to end", timeout=30)
+        await eventually(all_gone, "the killed poster's slot and waiters to end", timeout=30)
         # The first call may have answered before the kill; every other ended with it.
         ended = await asyncio.gather(*calls, return_exceptions=True)
         killed = [e for e in ended if isinstance(e, ray.exceptions.RayActorError)]
-        assert len(killed) >= 5 and all(e is None or e in killed for e in ended)
+        assert len(killed) >= 5
+        assert all(e is None or e in killed for e in ended)
         # The slot is free for others, and of the poster's calls none but the first and
         # the one it passed its slot to (whose request may or may not have left before
         # the kill) ever reached the server.

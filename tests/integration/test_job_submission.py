@@ -11,6 +11,7 @@ machine's network address for multi-node clusters, but not the rest of
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -31,27 +32,14 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from actors.groups import classify
 from pipelines.plateau import Service
 from providers.supervisor import free_loopback_port
+from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
+from providers.testing.plateau_backend import plateau_answer
 from tests.integration.conftest import cli, write_services
-from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
-from tests.support.plateau_backend import plateau_answer
+from tests.support.polling import eventually
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).parents[2]
-
-
-def wait_for(what: str, check: Callable[[], object], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while True:
-        try:
-            if check():
-                return
-        except Exception as error:  # the cluster may still be coming up
-            last = error
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}; last error: {last!r}")
-        time.sleep(0.5)
 
 
 # Clusters started with `ray start` here require a token; each test cluster gets
@@ -116,12 +104,28 @@ def started_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RaySta
     gpu_node: subprocess.Popen[bytes] | None = None
     try:
         address, headers = f"http://127.0.0.1:{dash}", HEADERS
-        wait_for("the job server", lambda: JobSubmissionClient(address, headers=headers))
+        asyncio.run(
+            eventually(
+                lambda: JobSubmissionClient(address, headers=headers),
+                "the job server",
+                timeout=120,
+                errors=(Exception,),
+                interval=0.5,
+            )
+        )
         gpu_node = ray_start(
             f"--address=127.0.0.2:{gcs}", "--node-ip-address=127.0.0.3",
             '--resources={"gpu_host:a": 1}', log=logs / "gpu.log",
         )  # fmt: skip
-        wait_for("the GPU host to join", lambda: alive_nodes(address, headers) == 2)
+        asyncio.run(
+            eventually(
+                lambda: alive_nodes(address, headers) == 2,
+                "the GPU host to join",
+                timeout=120,
+                errors=(Exception,),
+                interval=0.5,
+            )
+        )
         jobs = JobSubmissionClient(address, headers=headers)
         yield RayStartCluster(f"127.0.0.2:{gcs}", address, jobs)
     finally:
@@ -134,7 +138,15 @@ def run_job(jobs: JobSubmissionClient, entrypoint: str, **runtime_env: object) -
     """Submit, wait until it ends, assert it succeeded; its logs."""
     job = jobs.submit_job(entrypoint=entrypoint, runtime_env=runtime_env or None)
     ended = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
-    wait_for("the job to end", lambda: jobs.get_job_status(job) in ended, timeout=300)
+    asyncio.run(
+        eventually(
+            lambda: jobs.get_job_status(job) in ended,
+            "the job to end",
+            timeout=300,
+            errors=(Exception,),
+            interval=0.5,
+        )
+    )
     logs = jobs.get_job_logs(job)
     assert jobs.get_job_status(job) == JobStatus.SUCCEEDED, logs
     return logs
@@ -169,7 +181,15 @@ def test_an_embedded_ray_does_not_join_a_cluster_that_ray_start_left_running(
         )
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         current = Path("/tmp/ray/ray_current_cluster")  # where ray.init() looks for one
-        wait_for("the ray start cluster", lambda: f"127.0.0.2:{gcs}" in current.read_text())
+        asyncio.run(
+            eventually(
+                lambda: f"127.0.0.2:{gcs}" in current.read_text(),
+                "the ray start cluster",
+                timeout=120,
+                errors=(Exception,),
+                interval=0.5,
+            )
+        )
         embedded = subprocess.run(
             [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env,
             cwd=REPO, check=True,
@@ -309,17 +329,34 @@ def test_a_killed_drivers_calls_leave_the_queue_and_no_new_call_starts(
         services = write_services(tmp_path / "in.jsonl", four)
         command = cli(str(services), "--out", str(tmp_path / "out.jsonl"), "--config", str(config))
         with killable_run(started_cluster, group, command) as kill:
-            wait_for("the running call at the backend", lambda: len(server.received) == 1, 30)
+            asyncio.run(
+                eventually(
+                    lambda: len(server.received) == 1,
+                    "the running call at the backend",
+                    timeout=30,
+                    errors=(Exception,),
+                    interval=0.5,
+                )
+            )
             killed = time.time()
             emptied, cancelled, expired = kill()
-        wait_for("the running call to be dropped at the backend", lambda: server.abandoned, 30)
+        asyncio.run(
+            eventually(
+                lambda: server.abandoned,
+                "the running call to be dropped at the backend",
+                timeout=30,
+                errors=(Exception,),
+                interval=0.5,
+            )
+        )
 
     # Gone well before the running call's 10 s were up, when a waiter would have
     # got its slot; the waiters were cancelled (the running call gave its slot
     # back), none waited for a ttl.
     print(f"the dead run's calls left the manager {float(emptied) - killed:.2f}s after the kill")
     assert float(emptied) - killed < 10
-    assert int(cancelled) >= 3 and int(expired) == 0
+    assert int(cancelled) >= 3
+    assert int(expired) == 0
     assert len(server.received) == 1
 
 
@@ -345,7 +382,8 @@ def test_a_killed_drivers_short_calls_stop_starting_at_once(
     started_after = len(server.received) - at_kill
     print(f"{started_after} calls started at the backend after the kill ({at_kill} before)")
     assert at_kill >= 10
-    assert started_after <= 2 and int(expired) == 0
+    assert started_after <= 2
+    assert int(expired) == 0
     assert server.max_in_flight == 1
 
 
@@ -368,7 +406,15 @@ def test_the_serve_config_deploys_the_endpoint_on_the_cluster(
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_for("the endpoint", lambda: httpx.get(f"{url}/readyz").status_code == 200)
+        asyncio.run(
+            eventually(
+                lambda: httpx.get(f"{url}/readyz").status_code == 200,
+                "the endpoint",
+                timeout=120,
+                errors=(Exception,),
+                interval=0.5,
+            )
+        )
         models = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer sk-deployed"})
         anonymous = httpx.get(f"{url}/v1/models")
     finally:

@@ -22,17 +22,15 @@ from actors.options import CallOptions
 from actors.settings import QueueSettings, Settings
 from actors.watch import caller_of
 from benchmarks.recovery import HOLDING_DRIVER
+from providers.testing.probe_server import ProbeServer
 from tests.integration.conftest import (
     LOCAL_SERVER,
     REMOTE_API,
     ManagerFactory,
     active_is,
     pending_is,
-    wait_until,
 )
-from tests.support.probe_server import ProbeServer
-
-pytestmark = pytest.mark.ray
+from tests.support.polling import eventually
 
 
 class Calls:
@@ -73,7 +71,7 @@ async def test_cap_one_server_sees_one_call_at_a_time_in_priority_order(
             ]
             # Every caller must be queued before the slot frees, or an early
             # low-priority arrival would rightly run before a later high one.
-            await wait_until(pending_is(client, LOCAL_SERVER.id, 200), "200 queued callers")
+            await eventually(pending_is(client, LOCAL_SERVER.id, 200), "200 queued callers")
         assert sorted(await asyncio.gather(*calls)) == sorted(priorities)
 
     assert server.max_in_flight == 1
@@ -96,7 +94,7 @@ async def test_release_and_stats_answer_while_5000_acquires_wait(
         for i in range(5000)
     ]
     # All 5,000 are in the manager's own queue: Ray's 1,000-call default did not hold any back.
-    await wait_until(pending_is(client, LOCAL_SERVER.id, 5000), "5,000 queued acquires")
+    await eventually(pending_is(client, LOCAL_SERVER.id, 5000), "5,000 queued acquires")
 
     # These would hang if control calls shared the default group with the waiters.
     stats = await asyncio.wait_for(client.stats(), timeout=30)
@@ -128,7 +126,7 @@ async def test_a_live_holder_keeps_its_slot_while_5000_acquires_arrive_past_its_
         handle.acquire.remote(LOCAL_SERVER.id, f"w{i}", CallOptions(request_id=f"w{i}"))
         for i in range(5000)
     ]
-    await wait_until(pending_is(client, LOCAL_SERVER.id, 5000), "5,000 queued acquires")
+    await eventually(pending_is(client, LOCAL_SERVER.id, 5000), "5,000 queued acquires")
     # Held for 15 s, two and a half ttls, as a long call holds its slot.
     await asyncio.sleep(15 - (time.monotonic() - granted_at))
     ready, _ = await asyncio.to_thread(ray.wait, waiting, num_returns=1, timeout=0)
@@ -171,7 +169,7 @@ async def test_a_live_holder_keeps_its_slot_past_its_ttl_and_frees_it_when_kille
         # Three renewals at ttl/3 each: the lease has outlived its first deadline.
         return (await client.stats()).renewed >= 3
 
-    await wait_until(renewed_past_ttl, "the holder to renew its lease past one ttl")
+    await eventually(renewed_past_ttl, "the holder to renew its lease past one ttl")
     stats = await client.stats()
     assert (stats.active_by_group[LOCAL_SERVER.id], stats.groups[LOCAL_SERVER.id].expired) == (1, 0)
 
@@ -199,14 +197,14 @@ async def test_a_killed_manager_restarts_without_losing_a_call_or_breaking_the_l
                 calls.append(
                     callers[i % 4].post_in_slot.remote(LOCAL_SERVER.id, priority, server.url, i)
                 )
-                await wait_until(pending_is(client, LOCAL_SERVER.id, i + 1), f"caller {i} queued")
-            ray.kill(client.handle, no_restart=False)
+                await eventually(pending_is(client, LOCAL_SERVER.id, i + 1), f"caller {i} queued")
+            client.kill(restart=True)
 
             async def back_and_fenced() -> bool:
                 stats = await client.stats()
                 return stats.epoch != epoch and stats.total_pending == 20
 
-            await wait_until(back_and_fenced, "the restarted manager to queue all 20 again")
+            await eventually(back_and_fenced, "the restarted manager to queue all 20 again")
             # This slot, granted by the old manager, still holds the new one's only slot.
             assert (await client.stats()).active_by_group[LOCAL_SERVER.id] == 1
             assert server.received == []
@@ -230,16 +228,16 @@ async def test_a_killed_callers_slot_and_waits_end_at_once_not_after_the_ttl(
     client = make_manager(LOCAL_SERVER)  # lease ttl 60 s
     holder, waiter = Caller.remote(client.handle), Caller.remote(client.handle)
     holder.hold_forever.remote(LOCAL_SERVER.id)
-    await wait_until(active_is(client, LOCAL_SERVER.id, 1), "the holder's grant")
+    await eventually(active_is(client, LOCAL_SERVER.id, 1), "the holder's grant")
     for _ in range(3):
         waiter.hold_forever.remote(LOCAL_SERVER.id)
-    await wait_until(pending_is(client, LOCAL_SERVER.id, 3), "the waiter's three acquires")
+    await eventually(pending_is(client, LOCAL_SERVER.id, 3), "the waiter's three acquires")
 
     async with asyncio.timeout(20):  # a third of the ttl: only the caller's death can free it
         mine = asyncio.create_task(wait_for_grant(client))
-        await wait_until(pending_is(client, LOCAL_SERVER.id, 4), "this test's acquire")
+        await eventually(pending_is(client, LOCAL_SERVER.id, 4), "this test's acquire")
         ray.kill(waiter)
-        await wait_until(pending_is(client, LOCAL_SERVER.id, 1), "the dead waiter's acquires")
+        await eventually(pending_is(client, LOCAL_SERVER.id, 1), "the dead waiter's acquires")
         ray.kill(holder)
         await mine
 
@@ -253,13 +251,13 @@ async def test_a_holder_that_dies_with_the_manager_frees_its_restored_slot_withi
     client = make_manager(LOCAL_SERVER)  # lease ttl 60 s
     holder = Caller.remote(client.handle)
     holder.hold_forever.remote(LOCAL_SERVER.id)
-    await wait_until(active_is(client, LOCAL_SERVER.id, 1), "the holder's grant")
+    await eventually(active_is(client, LOCAL_SERVER.id, 1), "the holder's grant")
     epoch = (await client.stats()).epoch
 
     # The manager dies before Ray reports the holder's death to it; Ray retries
     # no call of the dead holder's, so nothing tells the new manager but itself.
     ray.kill(holder)
-    ray.kill(client.handle, no_restart=False)
+    client.kill(restart=True)
 
     async with asyncio.timeout(20):  # a third of the ttl
         await wait_for_grant(client)
@@ -280,13 +278,13 @@ async def test_a_killed_drivers_slot_and_waits_end_within_seconds(ray_session: N
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        await wait_until(active_is(client, LOCAL_SERVER.id, 1), "the driver's grant")
-        await wait_until(pending_is(client, LOCAL_SERVER.id, 2), "the driver's two waits")
+        await eventually(active_is(client, LOCAL_SERVER.id, 1), "the driver's grant")
+        await eventually(pending_is(client, LOCAL_SERVER.id, 2), "the driver's two waits")
         driver.kill()
         await driver.wait()
         # A third of the ttl: only the driver's death can free them.
-        await wait_until(pending_is(client, LOCAL_SERVER.id, 0), "the dead driver's waits", 20)
-        await wait_until(active_is(client, LOCAL_SERVER.id, 0), "the dead driver's slot", 20)
+        await eventually(pending_is(client, LOCAL_SERVER.id, 0), "the dead driver's waits", 20)
+        await eventually(active_is(client, LOCAL_SERVER.id, 0), "the dead driver's slot", 20)
         stats = (await client.stats()).groups[LOCAL_SERVER.id]
         assert (stats.abandoned, stats.expired) == (3, 0)
     finally:
@@ -310,7 +308,7 @@ async def test_cancelled_waiter_leaves_the_managers_queue(make_manager: ManagerF
 
     async with client.slot(LOCAL_SERVER.id):
         waiter = asyncio.create_task(wait_for_slot())
-        await wait_until(pending_is(client, LOCAL_SERVER.id, 1), "the waiter to queue")
+        await eventually(pending_is(client, LOCAL_SERVER.id, 1), "the waiter to queue")
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
@@ -373,7 +371,7 @@ async def test_full_queue_refuses_through_the_actor(make_manager: ManagerFactory
 
     async with client.slot(LOCAL_SERVER.id):
         handle.acquire.remote(LOCAL_SERVER.id, "queued", CallOptions(request_id="queued"))
-        await wait_until(pending_is(client, LOCAL_SERVER.id, 1), "one queued acquire")
+        await eventually(pending_is(client, LOCAL_SERVER.id, 1), "one queued acquire")
         with pytest.raises(QueueFull) as caught:
             async with client.slot(LOCAL_SERVER.id):
                 pass

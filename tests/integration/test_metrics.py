@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import httpx
-import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,12 +17,11 @@ from actors.settings import TelemetrySettings
 from providers.actor import ProviderOptions, get_or_create_provider
 from providers.models import ChatMessage, ChatRequest
 from providers.supervisor import free_loopback_port
-from tests.integration.conftest import GPU_HOST, ManagerFactory, Nodes, wait_until
-from tests.support.fake_llm import FakeLLMServer, OllamaDialect
+from providers.testing.fake_llm import FakeLLMServer, OllamaDialect
+from tests.integration.conftest import GPU_HOST, ManagerFactory, Nodes
+from tests.support.polling import eventually
 
 REQUEST = ChatRequest(model="m", messages=(ChatMessage(role="user", content="hi"),))
-
-pytestmark = pytest.mark.ray
 
 
 def labelled(stage: str, service_id: str) -> CallOptions:
@@ -66,7 +64,7 @@ async def test_queue_metrics_reach_the_head_nodes_prometheus_endpoint(
         )
 
     try:
-        await wait_until(exported, "the queue metrics on the head node", timeout=90)
+        await eventually(exported, "the queue metrics on the head node", timeout=90)
         samples = await asyncio.to_thread(scrape, port)
         completed = value(samples, "ray_llm_queue_completed_total", outcome="released", **group)
         assert completed >= 3
@@ -82,7 +80,7 @@ async def test_call_seconds_reach_the_prometheus_endpoint_of_the_providers_node(
     client = make_manager()
     with FakeLLMServer(OllamaDialect(), hold=0.05) as backend:
         spec = classify("ollama", backend.url, host=GPU_HOST)
-        actor = get_or_create_provider(spec, ProviderOptions(timeout=30), client.handle)
+        actor = get_or_create_provider(spec, ProviderOptions(timeout=30), client)
         try:
             for _ in range(3):
                 await actor.chat(REQUEST, labelled("features", "svc-metrics"))
@@ -97,7 +95,7 @@ async def test_call_seconds_reach_the_prometheus_endpoint_of_the_providers_node(
         samples = await asyncio.to_thread(scrape, port)
         return value(samples, "ray_llm_call_seconds_count", **labels) == 3
 
-    await wait_until(exported, "llm_call_seconds on the provider's node", timeout=90)
+    await eventually(exported, "llm_call_seconds on the provider's node", timeout=90)
     samples = await asyncio.to_thread(scrape, port)
     # Three calls of at least 0.05 s each at the server.
     assert value(samples, "ray_llm_call_seconds_sum", **labels) >= 0.15
@@ -113,7 +111,7 @@ async def test_a_provider_serves_its_opentelemetry_metrics_to_prometheus_when_to
     with FakeLLMServer(OllamaDialect(), hold=0.05) as backend:
         spec = classify("ollama", backend.url)
         options = ProviderOptions(timeout=30, telemetry=telemetry)
-        actor = get_or_create_provider(spec, options, client.handle)
+        actor = get_or_create_provider(spec, options, client)
         try:
             for _ in range(2):
                 await actor.chat(REQUEST, labelled("mappings", "svc-otel"))
@@ -154,7 +152,7 @@ async def test_the_grafana_dashboard_reads_series_and_labels_the_nodes_export(
     client = make_manager()
     with FakeLLMServer(OllamaDialect()) as backend:
         spec = classify("ollama", backend.url, host=GPU_HOST)
-        actor = get_or_create_provider(spec, ProviderOptions(timeout=30), client.handle)
+        actor = get_or_create_provider(spec, ProviderOptions(timeout=30), client)
         try:
             await actor.chat(REQUEST, labelled("features", "svc-dashboard"))
         finally:
@@ -172,7 +170,7 @@ async def test_the_grafana_dashboard_reads_series_and_labels_the_nodes_export(
     async def all_exported() -> bool:
         return wanted.keys() <= (await found()).keys()
 
-    await wait_until(all_exported, "every series of the dashboard", timeout=90)
+    await eventually(all_exported, "every series of the dashboard", timeout=90)
     exported = await found()
     for name, labels in wanted.items():
         assert labels <= exported[name], (name, labels - exported[name])

@@ -13,18 +13,18 @@ from actors.groups import ModelEntry, classify
 from actors.names import NAMESPACE
 from actors.settings import PipelineSettings, ProviderSettings, Settings
 from pipelines.plateau import Service
+from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
+from providers.testing.plateau_backend import plateau_answer
 from tests.integration.conftest import (
     ManagerFactory,
     Nodes,
     active_is,
     pending_is,
     run,
-    wait_until,
 )
-from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
-from tests.support.plateau_backend import plateau_answer
+from tests.support.polling import eventually
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 LOST_HOST = "b"
 
@@ -44,13 +44,13 @@ async def test_a_lost_gpu_host_fails_its_calls_clearly_and_the_run_still_ends(
         )
         client = make_manager()
         services = [Service(id=f"svc-{i}", name=f"Service {i}") for i in range(3)]
-        job = asyncio.create_task(run(services, settings, tmp_path / "out.jsonl", client.handle))
+        job = asyncio.create_task(run(services, settings, tmp_path / "out.jsonl", client))
 
         async def one_runs_and_others_wait() -> bool:
             stats = await client.stats()
             return stats.active_by_group.get(group) == 1 and stats.total_pending >= 1
 
-        await wait_until(one_runs_and_others_wait, "the run's calls on host b")
+        await eventually(one_runs_and_others_wait, "the run's calls on host b")
         cluster.cluster.remove_node(node)
         async with asyncio.timeout(60):  # nothing hangs: every service ends
             outcome = await job
@@ -64,8 +64,8 @@ async def test_a_lost_gpu_host_fails_its_calls_clearly_and_the_run_still_ends(
             assert record.error is not None
             assert f"provider:{group}: the provider actor is unavailable" in record.error
         # The manager learns of the provider actor's death from Ray, well before any ttl.
-        await wait_until(active_is(client, group, 0), "the lost actor's slot to be freed", 10)
-        await wait_until(pending_is(client, group, 0), "its waiters to be dropped", 10)
+        await eventually(active_is(client, group, 0), "the lost actor's slot to be freed", 10)
+        await eventually(pending_is(client, group, 0), "its waiters to be dropped", 10)
         assert (await client.stats()).groups[group].expired == 0
     finally:
         with contextlib.suppress(ValueError):  # dead with its node, as it should be

@@ -24,6 +24,9 @@ from actors.settings import PipelineSettings, ProviderSettings, QueueSettings, S
 from pipelines.plateau import Service, ServiceRecord
 from pipelines.results import ResultsFile
 from pipelines.timeline import peak_overlap
+from providers.testing.fake_llm import Fail, FakeLLMServer, OpenAIDialect, SayJson, Script
+from providers.testing.plateau_backend import plateau_answer
+from providers.testing.probe_server import Received
 from tests.integration.conftest import (
     ManagerFactory,
     active_is,
@@ -31,14 +34,9 @@ from tests.integration.conftest import (
     pending_is,
     records,
     run,
-    wait_until,
     write_services,
 )
-from tests.support.fake_llm import Fail, FakeLLMServer, OpenAIDialect, SayJson, Script
-from tests.support.plateau_backend import plateau_answer
-from tests.support.probe_server import Received
-
-pytestmark = pytest.mark.ray
+from tests.support.polling import eventually
 
 PAYMENTS = Service(id="svc-pay", name="Payments", description="Takes card payments.")
 
@@ -66,7 +64,7 @@ async def test_features_of_the_next_plateau_start_while_mappings_still_run(
 ) -> None:
     client = make_manager(group_limits={group_of(backend): 8})
 
-    outcome = await run([PAYMENTS], settings_for(backend), tmp_path / "out.jsonl", client.handle)
+    outcome = await run([PAYMENTS], settings_for(backend), tmp_path / "out.jsonl", client)
 
     span = {(s.stage, s.item): s for _, s in outcome.spans}
     # features(2) waited for features(1), but not for mappings(1):
@@ -94,7 +92,7 @@ async def test_with_one_slot_started_services_finish_before_new_ones_start(
     services = [Service(id=f"svc-{i}", name=f"Service {i}") for i in range(5)]
     results = TimedResults(tmp_path / "out.jsonl")
 
-    outcome = await run(services, settings_for(backend), results, client.handle)
+    outcome = await run(services, settings_for(backend), results, client)
 
     assert [r.status for r in outcome.records] == ["ok"] * 5
     first_written = results.written[0][1]
@@ -124,15 +122,15 @@ async def test_a_failing_call_cancels_its_waiting_and_running_siblings_in_the_ma
         settings = settings_for(backend, plateaus=1)
 
         # 3 mapping calls on 2 slots: the first fails while another runs and one waits.
-        outcome = await run([PAYMENTS], settings, tmp_path / "out.jsonl", client.handle)
+        outcome = await run([PAYMENTS], settings, tmp_path / "out.jsonl", client)
 
         (record,) = outcome.records
         assert record.status == "failed"
         assert record.error == "openai-compatible: mapping refused (HTTP 400)"
         # The backend holds each sibling 10 s; the manager is empty long before: their
         # calls were cancelled (left the queue, or gave their slot back mid-call).
-        await wait_until(pending_is(client, group, 0), "the waiting sibling to leave", 2.0)
-        await wait_until(active_is(client, group, 0), "the running siblings to give back", 2.0)
+        await eventually(pending_is(client, group, 0), "the waiting sibling to leave", 2.0)
+        await eventually(active_is(client, group, 0), "the running siblings to give back", 2.0)
         assert backend.max_in_flight == 2
 
 
@@ -149,16 +147,16 @@ async def test_a_cancelled_run_leaves_the_queue_and_gives_its_slots_back(
         client = make_manager(group_limits={group: 1})
         services = [Service(id=f"svc-{i}", name=f"Service {i}") for i in range(3)]
         out = tmp_path / "out.jsonl"
-        job = asyncio.create_task(run(services, settings_for(backend), out, client.handle))
+        job = asyncio.create_task(run(services, settings_for(backend), out, client))
 
         # One call runs, the other services' first calls wait: then the caller gives up.
-        await wait_until(pending_is(client, group, 5), "the run's first calls to queue")
+        await eventually(pending_is(client, group, 5), "the run's first calls to queue")
         job.cancel()
         with pytest.raises(asyncio.CancelledError):
             await job
 
-        await wait_until(pending_is(client, group, 0), "the waiting calls to leave", 2.0)
-        await wait_until(active_is(client, group, 0), "the running call to give back", 2.0)
+        await eventually(pending_is(client, group, 0), "the waiting calls to leave", 2.0)
+        await eventually(active_is(client, group, 0), "the running call to give back", 2.0)
 
 
 async def test_with_the_queue_off_every_call_runs_alone_in_order(
@@ -194,14 +192,14 @@ async def test_three_runs_share_a_cap_of_two_and_the_urgent_one_finishes_first(
     # run contends from the same instant, however long its actor took to start.
     async with client.slot(group), client.slot(group):
         low = [
-            asyncio.create_task(run(services(name), settings, tmp_path / name, client.handle, 1))
+            asyncio.create_task(run(services(name), settings, tmp_path / name, client, 1))
             for name in ("low-a", "low-b")
         ]
-        await wait_until(pending_is(client, group, 8), "the low-priority runs to queue")
+        await eventually(pending_is(client, group, 8), "the low-priority runs to queue")
         urgent_run = asyncio.create_task(
-            run(services("urgent"), settings, tmp_path / "urgent", client.handle, 9)
+            run(services("urgent"), settings, tmp_path / "urgent", client, 9)
         )
-        await wait_until(pending_is(client, group, 12), "the urgent run to queue")
+        await eventually(pending_is(client, group, 12), "the urgent run to queue")
     urgent = await urgent_run
     lows = await asyncio.gather(*low)
 
@@ -273,7 +271,8 @@ def test_a_rerun_of_a_finished_job_is_answered_from_the_cache(
     again = run_cli(services, tmp_path / "again.jsonl", config, **cache)
 
     assert (first.returncode, again.returncode) == (0, 0), first.stderr + again.stderr
-    assert calls > 0 and len(backend.received) == calls
+    assert calls > 0
+    assert len(backend.received) == calls
     assert f"{calls} answers from the response cache" in again.stdout
     assert (tmp_path / "first.jsonl").read_bytes() == (tmp_path / "again.jsonl").read_bytes()
 
@@ -294,7 +293,8 @@ def test_killed_run_resumes_and_every_service_appears_once(
     )
     deadline = time.monotonic() + 120
     while not (out.exists() and out.read_text().count("\n") >= 1):
-        assert time.monotonic() < deadline and first.poll() is None, "no service completed"
+        assert time.monotonic() < deadline, "no service completed"
+        assert first.poll() is None, "the run ended before a service completed"
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait()

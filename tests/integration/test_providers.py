@@ -19,10 +19,9 @@ from providers.client import ProviderClient
 from providers.errors import AuthenticationFailed
 from providers.inprocess import provider_in_reach
 from providers.models import ChatMessage, ChatRequest
-from tests.integration.conftest import GPU_HOST, REMOTE_API, ManagerFactory, Nodes, wait_until
-from tests.support.fake_llm import AnthropicDialect, Fail, FakeLLMServer, OllamaDialect
-
-pytestmark = pytest.mark.ray
+from providers.testing.fake_llm import AnthropicDialect, Fail, FakeLLMServer, OllamaDialect
+from tests.integration.conftest import GPU_HOST, REMOTE_API, ManagerFactory, Nodes
+from tests.support.polling import eventually
 
 KEY = "sk-ant-integration-0123"
 REQUEST = ChatRequest(model="m", messages=(ChatMessage(role="user", content="hi"),))
@@ -35,7 +34,7 @@ def make_provider(ray_session: None) -> Iterator[ProviderFactory]:
     providers: list[ProviderClient] = []
 
     def make(spec: GroupSpec, options: ProviderOptions, client: ManagerClient) -> ProviderClient:
-        providers.append(get_or_create_provider(spec, options, client.handle))
+        providers.append(get_or_create_provider(spec, options, client))
         return providers[-1]
 
     yield make
@@ -106,7 +105,7 @@ async def test_remote_api_calls_overlap_while_the_local_group_stays_at_one(
     assert local_ollama.max_in_flight == 1
     # The remote group's acquires reach the manager in the provider actor's batches,
     # maybe after their calls' answers.
-    await wait_until(counted(client, remote_spec.id, 20), "the remote calls counted")
+    await eventually(counted(client, remote_spec.id, 20), "the remote calls counted")
     stats = await client.stats()
     assert stats.groups[remote_spec.id].limit is None
     assert stats.groups[local_spec.id].granted == 20
@@ -144,7 +143,7 @@ async def test_typed_provider_error_crosses_the_actor_boundary(
         group = (await client.stats()).groups[spec.id]
         return (group.granted, group.released, group.active) == (1, 1, 0)
 
-    await wait_until(given_back, "the failed call's slot given back")
+    await eventually(given_back, "the failed call's slot given back")
 
 
 def counted(client: ManagerClient, group: str, granted: int) -> Callable[[], Awaitable[bool]]:
@@ -158,8 +157,9 @@ def counted(client: ManagerClient, group: str, granted: int) -> Callable[[], Awa
 class Asker:
     """A caller on one node that asks a model through whatever provider is in its reach."""
 
-    async def ask(self, settings: Settings, model: str, manager: object) -> tuple[str, str]:
-        provider, name = await provider_in_reach(settings, model, ManagerClient(manager))
+    async def ask(self, settings: Settings, model: str, manager: ManagerClient) -> tuple[str, str]:
+        # The client travelled here pickled, as its handle.
+        provider, name = await provider_in_reach(settings, model, manager)
         response = await provider.chat(REQUEST.model_copy(update={"model": name}))
         return type(provider).__name__, response.text
 
@@ -188,7 +188,7 @@ async def test_a_caller_calls_a_backend_itself_only_where_it_can_reach_it(
     }
     try:
         answers = {
-            (where, model): await askers[node].ask.remote(settings, model, client.handle)
+            (where, model): await askers[node].ask.remote(settings, model, client)
             for where, node in (("head", cluster.head), ("gpu", cluster.gpu))
             for model in ("gpu-ollama", "claude")
         }
@@ -202,6 +202,6 @@ async def test_a_caller_calls_a_backend_itself_only_where_it_can_reach_it(
         ("gpu", "gpu-ollama"): ("GatedProvider", "ok"),
         ("gpu", "claude"): ("GatedProvider", "ok"),
     }
-    await wait_until(counted(client, REMOTE_API.id, 2), "the remote calls counted")
+    await eventually(counted(client, REMOTE_API.id, 2), "the remote calls counted")
     local_group = classify("ollama", local_ollama.url, host=GPU_HOST).id
     assert (await client.stats()).groups[local_group].granted == 2

@@ -26,12 +26,12 @@ from actors.groups import ModelEntry, classify
 from actors.names import MANAGER_NAME, NAMESPACE
 from actors.options import CallLabels, CallOptions
 from actors.settings import PipelineSettings, QueueSettings, ServeSettings, Settings
+from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
 from serve.page import COOKIE
-from tests.integration.conftest import wait_until
-from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
+from tests.support.polling import eventually
 from tests.support.serve_app import RELEASE, ask, respond, serve_app, the_replica
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 KEY = "sk-page-0123"
 # Where the run leaves its screenshot of the page under load (docs/ has one of them).
@@ -126,20 +126,28 @@ async def test_the_page_and_its_stream_are_behind_the_keys(app: App) -> None:
             lines = aiter(stream.aiter_lines())
             first = [line async for line in _until_data(lines)]
 
-    assert login.status_code == 401 and '<form method="post" action="/login">' in login.text
+    assert login.status_code == 401
+    assert '<form method="post" action="/login">' in login.text
     assert refused_stream.status_code == 401
-    assert wrong.status_code == 401 and "No such key" in wrong.text
-    assert right.status_code == 303 and right.headers["location"] == "/"
+    assert wrong.status_code == 401
+    assert "No such key" in wrong.text
+    assert right.status_code == 303
+    assert right.headers["location"] == "/"
     cookie = right.headers["set-cookie"]
-    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and KEY not in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    assert KEY not in cookie
     assert right.cookies[COOKIE]
-    assert page.status_code == 200 and "/static/page.js" in page.text
+    assert page.status_code == 200
+    assert "/static/page.js" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert forged.status_code == 403
     assert from_page.status_code == 404  # authorized: there is no run "nope"
     assert kind.startswith("text/event-stream")
-    assert first[0] == "retry: 1000" and "event: state" in first
-    assert first[-1].startswith("data: {") and '"queue"' in first[-1]
+    assert first[0] == "retry: 1000"
+    assert "event: state" in first
+    assert first[-1].startswith("data: {")
+    assert '"queue"' in first[-1]
 
 
 async def _until_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -170,15 +178,15 @@ async def test_the_page_shows_the_queue_live_and_cancels_a_run(app: App) -> None
         RELEASE.clear()
         try:
             holder = asyncio.create_task(_chat(http, "hold", 5, "page-hold"))
-            await wait_until(app.levels_are(1, 0), "the held call to take the slot")
+            await eventually(app.levels_are(1, 0), "the held call to take the slot")
             calls = []
             for i, priority in enumerate(priorities):
                 calls.append(asyncio.create_task(_chat(http, f"call {i}", priority, f"page-{i}")))
-                await wait_until(app.levels_are(1, i + 1), f"call {i} queued")
+                await eventually(app.levels_are(1, i + 1), f"call {i} queued")
             services = [{"id": f"svc-{i}", "name": f"Slowpoke {i}"} for i in range(3)]
             submitted = await http.post("/v1/pipelines", json={"services": services, "priority": 2})
             run = submitted.json()["id"]
-            await wait_until(app.levels_are(1, 12), "the run's six calls queued")
+            await eventually(app.levels_are(1, 12), "the run's six calls queued")
 
             await expect(rows).to_have_count(12)
             shown = await rows.evaluate_all(
@@ -200,7 +208,8 @@ async def test_the_page_shows_the_queue_live_and_cancels_a_run(app: App) -> None
         assert [row[0] for row in shown] == [str(n) for n in range(1, 13)]
         assert [int(row[1]) for row in shown] == [9, 9, 7, 5, 4, 3, *[2] * 6]
         assert all(re.fullmatch(r"in [\d.]+ s|due now", row[5]) for row in shown), shown
-        assert etas == sorted(etas) and etas[-1] > etas[0] > 0  # each a hold later
+        assert etas == sorted(etas)
+        assert etas[-1] > etas[0] > 0
         asked_by_the_run = sorted(row[3] for row in shown[6:])
         assert asked_by_the_run == [
             f"run {run} · svc-{i} · {stage}"
@@ -228,7 +237,7 @@ async def test_the_page_shows_the_queue_live_and_cancels_a_run(app: App) -> None
         started_before = _slowpoke_calls(app)
         await page.locator("#confirm-cancel").click()
         await expect(run_row).to_have_attribute("data-state", "cancelled")
-        await wait_until(app.levels_are(0, 0), "the run's calls to leave the queue")
+        await eventually(app.levels_are(0, 0), "the run's calls to leave the queue")
         started_by_the_run = _slowpoke_calls(app)
         assert started_by_the_run <= started_before + 1  # at most one in the instant
         await expect(rows).to_have_count(0)
@@ -243,7 +252,7 @@ async def test_the_page_shows_the_queue_live_and_cancels_a_run(app: App) -> None
         late = handle.acquire.remote(
             app.group, late_id, CallOptions(request_id="late", priority=8, labels=late_labels)
         )
-        await wait_until(app.levels_are(1, 1), "a call queued while the page reconnects")
+        await eventually(app.levels_are(1, 1), "a call queued while the page reconnects")
         await expect(status).to_have_attribute("data-state", "live", timeout=90_000)
         await expect(rows).to_have_count(1)
         await expect(rows.first).to_have_attribute("data-request-id", "late")
@@ -257,7 +266,7 @@ async def test_the_page_shows_the_queue_live_and_cancels_a_run(app: App) -> None
             handle.acquire.remote(app.group, lease_id, CallOptions(request_id=lease_id))
             for lease_id in bulk
         ]
-        await wait_until(app.levels_are(1, 10_001), "10,000 more waiters")
+        await eventually(app.levels_are(1, 10_001), "10,000 more waiters")
         await expect(rows).to_have_count(50)
         more = page.locator(f'article[data-group="{app.group}"] .more')
         await expect(more).to_have_text("and 9,951 more waiting (10,001 in all)")
@@ -266,7 +275,7 @@ async def test_the_page_shows_the_queue_live_and_cancels_a_run(app: App) -> None
         await asyncio.gather(*(handle.cancel.remote(i) for i in [late_id, *bulk]))
         await asyncio.gather(late, *acquires, return_exceptions=True)
         await handle.release.remote(held.id, held.epoch)
-        await wait_until(app.levels_are(0, 0), "the waiters cancelled and the slot released")
+        await eventually(app.levels_are(0, 0), "the waiters cancelled and the slot released")
         await expect(rows).to_have_count(0)
         assert await page.evaluate("window.notReloaded") is True
 

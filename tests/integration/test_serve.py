@@ -25,11 +25,9 @@ from actors.client import ManagerClient
 from actors.groups import ModelEntry, classify
 from actors.names import MANAGER_NAME, NAMESPACE
 from actors.settings import PipelineSettings, QueueSettings, ServeSettings, Settings
-from tests.integration.conftest import wait_until
-from tests.support.fake_llm import FakeLLMServer, OpenAIDialect
+from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
+from tests.support.polling import eventually
 from tests.support.serve_app import RELEASE, ask, respond, serve_app, the_replica
-
-pytestmark = pytest.mark.ray
 
 REPO = Path(__file__).parents[2]
 KEY = "sk-test-raygate"
@@ -96,7 +94,8 @@ async def test_a_completion_through_the_openai_client(gateway: Gateway) -> None:
     assert response.choices[0].message.content == "echo: hi"
     assert response.choices[0].finish_reason == "stop"
     assert response.model == "local"
-    assert response.usage is not None and response.usage.total_tokens == 18
+    assert response.usage is not None
+    assert response.usage.total_tokens == 18
 
 
 async def test_by_default_the_endpoint_answers_no_request_from_the_cache(
@@ -127,7 +126,8 @@ async def test_a_stream_through_the_openai_client_ends_with_its_usage(gateway: G
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Hello world"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
-    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
 
 
 async def test_json_schema_output_through_the_openai_client(gateway: Gateway) -> None:
@@ -144,7 +144,8 @@ async def test_json_schema_output_through_the_openai_client(gateway: Gateway) ->
 
     assert json.loads(response.choices[0].message.content or "") == {"answer": 42}
     sent = gateway.local.bodies[-1]["response_format"]
-    assert sent["type"] == "json_schema" and sent["json_schema"]["schema"] == schema
+    assert sent["type"] == "json_schema"
+    assert sent["json_schema"]["schema"] == schema
 
 
 async def test_bad_requests_get_openai_shaped_errors_and_the_app_keeps_serving(
@@ -191,9 +192,11 @@ async def test_bad_requests_get_openai_shaped_errors_and_the_app_keeps_serving(
             health = await anonymous.get("/healthz")
             ready = await anonymous.get("/readyz")
             queue = await anonymous.get("/v1/queue")
-        assert malformed.status_code == 422 and "error" in malformed.json()
+        assert malformed.status_code == 422
+        assert "error" in malformed.json()
         assert [r.status_code for r in bad_headers] == [422, 422]
-        assert too_big.status_code == 413 and "error" in too_big.json()
+        assert too_big.status_code == 413
+        assert "error" in too_big.json()
         assert (health.status_code, ready.status_code, queue.status_code) == (200, 200, 401)
 
         response = await client.chat.completions.create(model="local", messages=ask("still"))
@@ -223,11 +226,11 @@ async def test_priority_over_http_with_one_slot(gateway: Gateway) -> None:
             holder = asyncio.create_task(
                 client.chat.completions.create(model="local", messages=ask("hold"))
             )
-            await wait_until(lambda: _is(gateway.active, 1), "the held call to take the slot")
+            await eventually(lambda: _is(gateway.active, 1), "the held call to take the slot")
             calls = []
             for i, priority in enumerate(priorities):
                 calls.append(asyncio.create_task(one(i, priority)))
-                await wait_until(lambda n=i + 1: _is(gateway.pending, n), f"request {i} queued")
+                await eventually(lambda n=i + 1: _is(gateway.pending, n), f"request {i} queued")
             async with gateway.http() as http:
                 last = (await http.get("/v1/queue/req-10")).raise_for_status().json()
                 unknown = await http.get("/v1/queue/req-none")
@@ -253,14 +256,14 @@ async def test_a_full_queue_answers_429_with_retry_after(gateway: Gateway) -> No
             holder = asyncio.create_task(
                 client.chat.completions.create(model="local", messages=ask("hold"))
             )
-            await wait_until(lambda: _is(gateway.active, 1), "the held call to take the slot")
+            await eventually(lambda: _is(gateway.active, 1), "the held call to take the slot")
             waiting = [
                 asyncio.create_task(
                     client.chat.completions.create(model="local", messages=ask("w"))
                 )
                 for _ in range(MAX_PENDING)
             ]
-            await wait_until(lambda: _is(gateway.pending, MAX_PENDING), "a full queue")
+            await eventually(lambda: _is(gateway.pending, MAX_PENDING), "a full queue")
             async with gateway.http() as http:
                 refused = await http.post(
                     "/v1/chat/completions", json={"model": "local", "messages": ask("one more")}
@@ -289,21 +292,21 @@ async def test_100_clients_that_hang_up_mid_stream_or_mid_wait_leave_nothing_beh
             )
             for i in range(99)
         ]
-        await wait_until(lambda: _is(gateway.pending, 99), "99 queued requests")
+        await eventually(lambda: _is(gateway.pending, 99), "99 queued requests")
         for task in waiting:
             task.cancel()  # closes each request's connection
         await asyncio.gather(*waiting, return_exceptions=True)
         # While the stream holds the slot, so that none of them could have started.
-        await wait_until(lambda: _is(gateway.pending, 0), "the waiting requests to leave")
+        await eventually(lambda: _is(gateway.pending, 0), "the waiting requests to leave")
         await stream.close()  # hangs up mid-stream
         hung_up = asyncio.get_running_loop().time()
 
     # Well before the stream's 20 s: the hang-up cancelled it and freed its slot.
-    await wait_until(lambda: _is(gateway.active, 0), "the streaming call's slot", timeout=10)
+    await eventually(lambda: _is(gateway.active, 0), "the streaming call's slot", timeout=10)
     assert asyncio.get_running_loop().time() - hung_up < 10
     served = [b["messages"][-1]["content"] for b in gateway.local.bodies[received:]]
     assert served == ["long-stream"]  # none of the waiting requests reached the backend
-    await wait_until(
+    await eventually(
         lambda: _true(gateway.local.abandoned >= 1), "the backend to see the stream dropped"
     )
 
@@ -326,7 +329,7 @@ async def test_a_replica_killed_mid_work_leaves_no_slot_held_and_no_waiter_queue
             )
             for i in range(5)
         ]
-        await wait_until(lambda: _is(gateway.pending, 5), "5 queued requests")
+        await eventually(lambda: _is(gateway.pending, 5), "5 queued requests")
         ray.kill(ray.get_actor(the_replica(), namespace="serve"))
         killed = asyncio.get_running_loop().time()
 
@@ -334,7 +337,7 @@ async def test_a_replica_killed_mid_work_leaves_no_slot_held_and_no_waiter_queue
             stats = await manager.stats()
             return (stats.total_active, stats.total_pending) == (0, 0)
 
-        await wait_until(freed, "the dead replica's slot and waiters to be freed", timeout=15)
+        await eventually(freed, "the dead replica's slot and waiters to be freed", timeout=15)
         seconds = asyncio.get_running_loop().time() - killed
         failed = await asyncio.gather(*waiting, return_exceptions=True)
         with contextlib.suppress(openai.APIError, httpx.HTTPError):
@@ -344,10 +347,10 @@ async def test_a_replica_killed_mid_work_leaves_no_slot_held_and_no_waiter_queue
     assert all(isinstance(f, openai.APIError) for f in failed)  # each told, none hangs
     served = [b["messages"][-1]["content"] for b in gateway.local.bodies[received:]]
     assert served == ["long-stream"]  # no queued request ran for nobody
-    await wait_until(
+    await eventually(
         lambda: _true(gateway.local.abandoned >= 1), "the backend to see the stream dropped"
     )
-    await wait_until(lambda: answers_a_completion(gateway), "a new replica to answer")
+    await eventually(lambda: answers_a_completion(gateway), "a new replica to answer")
 
 
 async def answers_a_completion(gateway: Gateway) -> bool:
@@ -420,9 +423,11 @@ async def test_a_client_showing_wrong_keys_is_slowed_down_and_no_other_client(
         elsewhere = await other.get("/v1/models")
 
     assert [answer.status_code for answer in wrong] == [401] * 10
-    assert right.status_code == 429 and 1 <= int(right.headers["retry-after"]) <= 60
+    assert right.status_code == 429
+    assert 1 <= int(right.headers["retry-after"]) <= 60
     assert right.json()["error"]["code"] == "too_many_wrong_keys"
-    assert login.status_code == 429 and "Retry-After" in login.headers
+    assert login.status_code == 429
+    assert "Retry-After" in login.headers
     assert elsewhere.status_code == 200
 
 
@@ -439,8 +444,8 @@ async def test_a_pipeline_job_over_http_runs_to_the_end(gateway: Gateway) -> Non
             state = (await http.get(f"/v1/pipelines/{job_id}")).json()["state"]
             return bool(state != "running")
 
-        await wait_until(lambda: ended(job), "the job to end")
-        await wait_until(lambda: ended(file_job), "the file's job to end")
+        await eventually(lambda: ended(job), "the job to end")
+        await eventually(lambda: ended(file_job), "the file's job to end")
         status = (await http.get(f"/v1/pipelines/{job}")).json()
         results = await http.get(f"/v1/pipelines/{job}/results")
         from_file_results = await http.get(f"/v1/pipelines/{file_job}/results")
@@ -451,7 +456,8 @@ async def test_a_pipeline_job_over_http_runs_to_the_end(gateway: Gateway) -> Non
         unknown = await http.get("/v1/pipelines/nope")
 
     assert status["state"] == "finished"
-    assert status["services"] == {"done": 2, "total": 2} and status["failed_services"] == 0
+    assert status["services"] == {"done": 2, "total": 2}
+    assert status["failed_services"] == 0
     assert status["stages"] == {
         "ambitions": {"done": 2, "total": 2},
         "features": {"done": 2, "total": 2},
@@ -482,11 +488,11 @@ async def test_a_pipeline_job_cancelled_over_http_starts_no_call_after_the_cance
         async def one_runs_two_wait() -> bool:
             return gateway.local.in_flight == 1 and await gateway.pending() >= 2
 
-        await wait_until(one_runs_two_wait, "a call at the backend and two waiting")
+        await eventually(one_runs_two_wait, "a call at the backend and two waiting")
         at_cancel = len(gateway.local.received)
         cancelled = (await http.delete(f"/v1/pipelines/{job}")).json()
-        await wait_until(lambda: _is(gateway.pending, 0), "the run's waiters to leave", 10)
-        await wait_until(lambda: _is(gateway.active, 0), "its running call to end", 10)
+        await eventually(lambda: _is(gateway.pending, 0), "the run's waiters to leave", 10)
+        await eventually(lambda: _is(gateway.active, 0), "its running call to end", 10)
         later = (await http.get(f"/v1/pipelines/{job}")).json()
 
     assert cancelled["state"] == later["state"] == "cancelled"
@@ -497,7 +503,7 @@ async def test_a_pipeline_job_outlives_the_replica_that_started_it(gateway: Gate
     services = [{"id": "slow-x", "name": "Slowpoke x"}]  # three calls, 2 s each
     async with gateway.http() as http:
         job = (await http.post("/v1/pipelines", json={"services": services})).json()["id"]
-        await wait_until(lambda: _true(gateway.local.in_flight == 1), "the job's first call")
+        await eventually(lambda: _true(gateway.local.in_flight == 1), "the job's first call")
         ray.kill(ray.get_actor(the_replica(), namespace="serve"))
 
         async def answers() -> bool:
@@ -505,12 +511,13 @@ async def test_a_pipeline_job_outlives_the_replica_that_started_it(gateway: Gate
                 return (await http.get(f"/v1/pipelines/{job}")).status_code == 200
             return False
 
-        await wait_until(answers, "a new replica to answer for the job")
+        await eventually(answers, "a new replica to answer for the job")
 
         async def finished() -> bool:
             return bool((await http.get(f"/v1/pipelines/{job}")).json()["state"] == "finished")
 
-        await wait_until(finished, "the job to finish")
+        await eventually(finished, "the job to finish")
         status = (await http.get(f"/v1/pipelines/{job}")).json()
 
-    assert status["services"] == {"done": 1, "total": 1} and status["failed_services"] == 0
+    assert status["services"] == {"done": 1, "total": 1}
+    assert status["failed_services"] == 0

@@ -16,10 +16,10 @@ from ray import serve
 from actors.names import MANAGER_NAME, NAMESPACE
 from actors.settings import Settings
 from providers.supervisor import free_loopback_port
+from providers.testing.fake_llm import Say, SayJson, Script, Slow, Stream
+from providers.testing.plateau_backend import plateau_answer
+from providers.testing.probe_server import Received
 from serve.app import application
-from tests.support.fake_llm import Say, SayJson, Script, Slow, Stream
-from tests.support.plateau_backend import plateau_answer
-from tests.support.probe_server import Received
 
 # A call that says "hold" is answered once the test sets this.
 RELEASE = threading.Event()

@@ -31,7 +31,8 @@ def test_a_429_pauses_the_whole_group_until_its_retry_after() -> None:
     h.ask(OPENAI, "b")
 
     # From now on its callers ask and wait; nobody is granted before the provider said.
-    assert info.gated and not h.granted_now("b")
+    assert info.gated
+    assert not h.granted_now("b")
     stats = h.engine.stats().groups[OPENAI.id]
     assert (stats.paused_seconds, stats.throttled, stats.learned_rpm) == (2.0, 1, None)
     assert h.engine.next_wake() == h.clock.now + 2.0
@@ -117,7 +118,8 @@ def test_a_call_that_already_started_is_counted_even_while_its_group_is_paused()
 
     lease = h.engine.acquire(OPENAI.id, "started", CallOptions(), started=True)
 
-    assert lease is not None and h.engine.stats().groups[OPENAI.id].active == 41
+    assert lease is not None
+    assert h.engine.stats().groups[OPENAI.id].active == 41
 
 
 def test_after_the_pause_the_highest_priority_goes_first() -> None:

@@ -6,9 +6,9 @@ import pytest
 
 from actors.budget import MARGIN_SECONDS, TRIP_SECONDS, Bucket, BudgetLimits, estimate_tokens
 from pipelines.view import render
-from tests.support.fake_llm import Say
-from tests.support.probe_server import Received
-from tests.support.rate_limits import USAGE, ProviderLimits
+from providers.testing.fake_llm import Say
+from providers.testing.probe_server import Received
+from providers.testing.rate_limits import USAGE, ProviderLimits
 from tests.unit.conftest import ANTHROPIC, OPENAI, Harness
 
 
@@ -178,5 +178,6 @@ def test_a_waiters_estimated_wait_counts_the_budget_it_waits_for() -> None:
     position = h.engine.position("r61")
 
     # The third in line: 3 requests to come in, 0.5 of one already there, 1 a second.
-    assert position is not None and position.ahead == 2
+    assert position is not None
+    assert position.ahead == 2
     assert position.estimated_wait_seconds == pytest.approx(2.5)

@@ -18,7 +18,8 @@ REQUEST = ChatRequest(
 def test_the_same_request_has_the_same_key_and_any_changed_parameter_another() -> None:
     key = cache_key("remote-api-openai", REQUEST)
 
-    assert key is not None and key == cache_key("remote-api-openai", REQUEST.model_copy())
+    assert key is not None
+    assert key == cache_key("remote-api-openai", REQUEST.model_copy())
     changed = [
         REQUEST.model_copy(update={"max_tokens": 7}),
         REQUEST.model_copy(update={"stop": ("\n",)}),
@@ -27,7 +28,8 @@ def test_the_same_request_has_the_same_key_and_any_changed_parameter_another() -
         REQUEST.model_copy(update={"messages": (ChatMessage(role="user", content="hi!"),)}),
     ]
     keys = {cache_key("remote-api-openai", r) for r in changed}
-    assert len(keys) == len(changed) and key not in keys
+    assert len(keys) == len(changed)
+    assert key not in keys
     assert cache_key("remote-api-anthropic", REQUEST) != key  # another backend
 
 
@@ -87,7 +89,8 @@ def test_a_corrupt_file_is_set_aside_with_a_warning_and_a_new_one_started(
     assert "cannot be read" in caplog.text
     assert (tmp_path / "c.sqlite3.corrupt").read_bytes().startswith(b"this is not")
     store.put("k", b"v")
-    assert store.usable and store.get("k") == b"v"
+    assert store.usable
+    assert store.get("k") == b"v"
 
 
 def test_a_store_that_cannot_be_opened_is_no_cache_with_a_warning(

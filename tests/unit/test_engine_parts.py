@@ -191,6 +191,7 @@ def test_the_group_table_registers_once_and_marks_journaled_groups_on_each_chang
     assert (local.active, holdings.total_active, local.has_room()) == (1, 1, False)
     assert holdings.free("a") is local
     assert local.active == 0
+    assert "nope" not in groups
     with pytest.raises(UnknownGroup, match="nope"):
         groups["nope"]
 

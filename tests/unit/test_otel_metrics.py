@@ -75,7 +75,8 @@ def test_queue_submissions_grants_outcomes_and_levels() -> None:
     engine = SlotEngine(epoch=1, clock=lambda: now[0], observer=QueueMetrics())
     engine.register(SPEC)
     first = engine.acquire(SPEC.id, "l1", CallOptions(request_id="r1"))
-    assert first is not None and engine.acquire(SPEC.id, "l2", CallOptions(request_id="r2")) is None
+    assert first is not None
+    assert engine.acquire(SPEC.id, "l2", CallOptions(request_id="r2")) is None
 
     assert point("llm_queue_inflight", **QUEUE).value == 1
     assert point("llm_queue_pending", **QUEUE).value == 1

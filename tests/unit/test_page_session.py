@@ -30,5 +30,7 @@ def test_a_session_is_valid_for_a_configured_key_only() -> None:
 def test_the_cookie_is_kept_from_scripts_and_other_sites() -> None:
     plain = session_cookie("t", secure=False)
     assert plain.startswith(f"{COOKIE}=t; Path=/;")
-    assert "HttpOnly" in plain and "SameSite=Strict" in plain and "Secure" not in plain
+    assert "HttpOnly" in plain
+    assert "SameSite=Strict" in plain
+    assert "Secure" not in plain
     assert session_cookie("t", secure=True).endswith("; Secure")

@@ -22,17 +22,9 @@ from providers.models import ChatMessage, ChatRequest
 from providers.retry import RetryPolicy
 from providers.supervisor import RestartPolicy, ServerSupervisor, SupervisedBackend
 from tests.support.model_server import StandInServer
+from tests.support.polling import eventually
 
 HI = ChatRequest(model="stand-in", messages=(ChatMessage(role="user", content="hi"),))
-
-
-async def eventually(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Wait for a state the test cannot be told about (what a process printed)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from actors.slots import LocalSlots
 from providers.factory import build_backend
 from providers.gated import GatedProvider
 from providers.models import ChatMessage, ChatRequest
-from tests.support.fake_llm import FakeLLMServer, OllamaDialect
+from providers.testing.fake_llm import FakeLLMServer, OllamaDialect
 
 EXPORTER = InMemorySpanExporter()
 REQUEST = ChatRequest(model="llama3", messages=(ChatMessage(role="user", content="hi"),))
@@ -69,7 +69,8 @@ async def test_acquire_and_call_spans_carry_group_model_stage_plateau_service_re
             "raygate.request_id": "run:svc-1:features:2:1",
             "raygate.priority": 7,
         }
-    assert acquire.attributes is not None and acquire.attributes["raygate.wait_seconds"] >= 0
+    assert acquire.attributes is not None
+    assert acquire.attributes["raygate.wait_seconds"] >= 0
 
 
 async def test_an_acquire_that_times_out_is_an_error_span(

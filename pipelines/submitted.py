@@ -19,14 +19,16 @@ import asyncio
 import io
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import ray
 from pydantic import BaseModel
+from ray.actor import ActorHandle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.client import unwrap
-from actors.names import NAMESPACE
+from actors.calls import unwrap
+from actors.client import ManagerClient
+from actors.names import NAMESPACE, named_actor
 from actors.settings import Settings
 from pipelines.job import progress_for, run_pipeline
 from pipelines.plateau import Service, ServiceRecord
@@ -67,7 +69,7 @@ class PipelineJob:
         job_id: str,
         services: Sequence[Service],
         settings: Settings,
-        manager: Any | None,
+        manager: ManagerClient | None,
         priority: int,
     ) -> None:
         self._id = job_id
@@ -86,7 +88,9 @@ class PipelineJob:
             self._execute(list(services), manager, priority)
         )
 
-    async def _execute(self, services: list[Service], manager: Any | None, priority: int) -> None:
+    async def _execute(
+        self, services: list[Service], manager: ManagerClient | None, priority: int
+    ) -> None:
         try:
             await run_pipeline(
                 services,
@@ -140,7 +144,7 @@ class PipelineJob:
 class PipelineJobClient:
     """Typed access to one run's actor."""
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: ActorHandle) -> None:
         self.handle = handle
 
     @classmethod
@@ -149,17 +153,19 @@ class PipelineJobClient:
         job_id: str,
         services: Sequence[Service],
         settings: Settings,
-        manager: Any | None,
+        manager: ManagerClient | None,
         priority: int,
     ) -> PipelineJobClient:
         """Start a run on this node (where "local" servers without a host are)."""
         here = ray.get_runtime_context().get_node_id()
-        handle = PipelineJob.options(  # type: ignore[attr-defined]
-            name=job_name(job_id),
-            namespace=NAMESPACE,
-            lifetime="detached",
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
-        ).remote(job_id, list(services), settings, manager, priority)
+        handle = named_actor(
+            PipelineJob,
+            job_name(job_id),
+            *(job_id, list(services), settings, manager, priority),
+            placement={
+                "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+            },
+        )
         return cls(handle)
 
     @classmethod

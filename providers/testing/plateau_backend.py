@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from tests.support.fake_llm import Fail, SayJson, Script
-from tests.support.probe_server import Received
+from providers.testing.fake_llm import Fail, SayJson, Script
+from providers.testing.probe_server import Received
 
 
 def plateau_answer(request: Received) -> Script:

@@ -15,8 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from tests.support.fake_llm import RateLimit, Say, Script
-from tests.support.probe_server import Received
+from providers.testing.fake_llm import RateLimit, Say, Script
+from providers.testing.probe_server import Received
 
 USAGE = (11, 7)  # what every answer reports: input, output tokens
 

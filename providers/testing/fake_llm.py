@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.support.probe_server import ProbeServer, Received, Reply
+from providers.testing.probe_server import ProbeServer, Received, Reply
 
 # -- what a test can script -------------------------------------------------------
 
@@ -29,7 +29,7 @@ class Say:
 
 @dataclass(frozen=True)
 class SayJson:
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, object] = field(default_factory=dict)
     delay: float = 0.0  # seconds before the answer
 
 
@@ -98,13 +98,13 @@ class Dialect:
         if not messages or not all({"role", "content"} <= set(m) for m in messages):
             raise Reject(400, "messages must be a non-empty list of {role, content}")
 
-    def streaming(self, body: dict[str, Any]) -> bool:
+    def streaming(self, body: dict[str, object]) -> bool:
         return bool(body.get("stream"))
 
-    def answer(self, text: str, body: dict[str, Any], usage: tuple[int, int]) -> Reply:
+    def answer(self, text: str, body: dict[str, object], usage: tuple[int, int]) -> Reply:
         raise NotImplementedError
 
-    def answer_json(self, data: dict[str, Any], body: dict[str, Any]) -> Reply:
+    def answer_json(self, data: dict[str, object], body: dict[str, object]) -> Reply:
         return self.answer(json.dumps(data), body, (11, 7))
 
     def stream(self, pieces: tuple[str, ...]) -> Reply:
@@ -131,7 +131,7 @@ class OpenAIDialect(Dialect):
         ):
             raise Reject(400, "response_format.json_schema.schema is required")
 
-    def answer(self, text: str, body: dict[str, Any], usage: tuple[int, int]) -> Reply:
+    def answer(self, text: str, body: dict[str, object], usage: tuple[int, int]) -> Reply:
         return _json(
             {
                 "id": "chatcmpl-1",
@@ -157,7 +157,7 @@ class OpenAIDialect(Dialect):
         def event(payload: Any) -> bytes:
             return f"data: {json.dumps(payload)}\n\n".encode()
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        def chunk(delta: dict[str, object], finish: str | None = None) -> dict[str, object]:
             return {
                 "id": "chatcmpl-1",
                 "object": "chat.completion.chunk",
@@ -201,16 +201,23 @@ class AnthropicDialect(Dialect):
         if any(m["role"] not in ("user", "assistant") for m in body["messages"]):
             raise Reject(400, "messages: roles must be user or assistant; use the system field")
 
-    def answer(self, text: str, body: dict[str, Any], usage: tuple[int, int]) -> Reply:
+    def answer(self, text: str, body: dict[str, object], usage: tuple[int, int]) -> Reply:
         return self._message([{"type": "text", "text": text}], "end_turn", body, usage)
 
-    def answer_json(self, data: dict[str, Any], body: dict[str, Any]) -> Reply:
-        tool = body["tool_choice"]["name"]
+    def answer_json(self, data: dict[str, object], body: dict[str, object]) -> Reply:
+        choice = body["tool_choice"]
+        if not isinstance(choice, dict):
+            raise Reject(400, "tool_choice: must be an object")
+        tool = choice["name"]
         block = {"type": "tool_use", "id": "toolu_1", "name": tool, "input": data}
         return self._message([block], "tool_use", body, (11, 7))
 
     def _message(
-        self, content: list[dict[str, Any]], stop: str, body: dict[str, Any], usage: tuple[int, int]
+        self,
+        content: list[dict[str, object]],
+        stop: str,
+        body: dict[str, object],
+        usage: tuple[int, int],
     ) -> Reply:
         return _json(
             {
@@ -226,7 +233,7 @@ class AnthropicDialect(Dialect):
         )
 
     def stream(self, pieces: tuple[str, ...]) -> Reply:
-        def event(name: str, payload: dict[str, Any]) -> bytes:
+        def event(name: str, payload: dict[str, object]) -> bytes:
             return f"event: {name}\ndata: {json.dumps({'type': name, **payload})}\n\n".encode()
 
         chunks = [
@@ -263,10 +270,10 @@ class AnthropicDialect(Dialect):
 class OllamaDialect(Dialect):
     path = "/api/chat"
 
-    def streaming(self, body: dict[str, Any]) -> bool:
+    def streaming(self, body: dict[str, object]) -> bool:
         return body.get("stream", True) is not False  # Ollama streams unless told not to
 
-    def answer(self, text: str, body: dict[str, Any], usage: tuple[int, int]) -> Reply:
+    def answer(self, text: str, body: dict[str, object], usage: tuple[int, int]) -> Reply:
         return _json(
             {
                 "model": body["model"],

@@ -1,0 +1,64 @@
+"""Awaiting Ray actor calls: raygate's errors as themselves, and cancellation that reaches
+the call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+import ray
+from ray import ObjectRef, ObjectRefGenerator
+from ray.exceptions import RayTaskError
+
+from actors.errors import RaygateError
+
+# How long a cancelled streaming call may take to clean up before its reader goes on.
+CANCEL_GRACE_SECONDS = 10.0
+
+T = TypeVar("T")
+
+
+async def unwrap(call: Awaitable[T]) -> T:
+    """Await an actor call; re-raise raygate's own errors as themselves, not wrapped by Ray."""
+    try:
+        return await call
+    except RayTaskError as exc:
+        if isinstance(exc.cause, RaygateError):
+            raise exc.cause from None
+        raise
+
+
+async def cancellable(ref: ObjectRef[T]) -> T:
+    """Await an actor call; if the awaiting task is cancelled, cancel the call too.
+
+    Ray goes on running a call whose caller stopped waiting; only
+    ``ray.cancel`` reaches it (as a CancelledError inside an async actor's
+    coroutine, where ``finally`` blocks give back what the call held). Not
+    recursive: Ray would also cancel the calls that clean-up makes (the
+    manager call that takes a waiter out of the queue), and the waiter would
+    stay, to be served for nobody.
+    """
+    try:
+        result: T = await unwrap(ref)
+    except asyncio.CancelledError:
+        ray.cancel(ref, recursive=False)
+        raise
+    return result
+
+
+async def cancellable_stream(refs: ObjectRefGenerator) -> AsyncIterator[Any]:
+    """Read a streaming actor call; if the reader stops early (an error, a cancelled
+    task), cancel the call and give it up to ``CANCEL_GRACE_SECONDS`` to run its
+    clean-up (give back its slot, cancel its own calls) before the reader goes on."""
+    try:
+        async for ref in refs:
+            yield await unwrap(ref)
+    except BaseException:
+        ray.cancel(refs, recursive=False)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CANCEL_GRACE_SECONDS):
+                async for _ in refs:
+                    pass
+        raise
