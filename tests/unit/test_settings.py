@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from actors import configdoc
 from actors.errors import ConfigError
 from actors.settings import load_settings
 
@@ -154,7 +155,9 @@ def test_settings_are_frozen_and_picklable(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "document", ["README.md", "docs/operations.md"], ids=["readme", "operations"]
+    "document",
+    ["README.md", "docs/operations.md", "docs/configuration.md"],
+    ids=["readme", "operations", "configuration"],
 )
 def test_the_settings_examples_in_the_docs_load(document: str, tmp_path: Path) -> None:
     text = (Path(__file__).parents[2] / document).read_text(encoding="utf-8")
@@ -163,3 +166,10 @@ def test_the_settings_examples_in_the_docs_load(document: str, tmp_path: Path) -
 
     for example in examples:
         load_settings(write(tmp_path, example))
+
+
+def test_the_configuration_page_is_the_one_the_settings_describe() -> None:
+    page = Path(__file__).parents[2] / "docs" / "configuration.md"
+
+    assert configdoc.main(["--check", str(page)]) == 0
+    assert all(f"`{name}`" in configdoc.markdown() for name in ("queue.hand_over", "models"))

@@ -1,0 +1,116 @@
+"""docs/configuration.md, written from the settings models' field descriptions.
+
+python -m actors.configdoc > docs/configuration.md      # after changing a setting
+python -m actors.configdoc --check docs/configuration.md  # CI: fails if it drifted
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from actors.settings import Settings
+
+HEADER = """\
+# Configuration
+
+<!-- Written by `python -m actors.configdoc` from the field descriptions in
+actors/settings.py; CI checks that this file matches them. Edit those, not this. -->
+
+raygate reads one settings model, validated at load and frozen; a bad value
+fails with the field's dotted name. Precedence, highest first: the
+environment (`RAYGATE_` and the dotted name with `__` for dots, e.g.
+`RAYGATE_QUEUE__CONCURRENCY=8`), the YAML file (the path given to the command,
+else `$RAYGATE_CONFIG`), the defaults below. Keys are `SecretStr`: they never
+appear in logs, metrics, spans, errors or reprs.
+
+```yaml
+queue:
+  group_limits: {"local-ollama-http://localhost:11434@gpu-a": 2}
+models:
+  llama: {provider: ollama, base_url: "http://localhost:11434", host: gpu-a}
+serve:
+  api_keys: ["change-me"]
+```
+"""
+
+
+def markdown() -> str:
+    """The whole of docs/configuration.md."""
+    sections = [HEADER]
+    top = []
+    for name, info in Settings.model_fields.items():
+        model = _model_of(info)
+        if model is None:
+            top.append((name, info))
+            continue
+        sections.append(_section(name, model))
+    rows = "".join(_row(name, info) for name, info in top)
+    sections.append(f"## Top level\n\n{_TABLE}{rows}")
+    return "\n".join(sections)
+
+
+_TABLE = "| setting | default | what it does |\n|---|---|---|\n"
+
+
+def _section(name: str, model: type[BaseModel]) -> str:
+    doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    rows = "".join(_row(f"{name}.{field}", info) for field, info in model.model_fields.items())
+    return f"## `{name}`\n\n{doc}\n\n{_TABLE}{rows}"
+
+
+def _model_of(info: FieldInfo) -> type[BaseModel] | None:
+    annotation = info.annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _row(name: str, info: FieldInfo) -> str:
+    if not info.description:
+        raise SystemExit(f"settings field {name} has no description")
+    return f"| `{name}` | {_default(info)} | {info.description} |\n"
+
+
+def _default(info: FieldInfo) -> str:
+    value = info.get_default(call_default_factory=True)
+    if value is None or value == () or value == {}:
+        return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, Path):
+        tmp = tempfile.gettempdir()
+        shown = str(value)
+        return f"`{'<tempdir>' + shown[len(tmp) :] if shown.startswith(tmp) else shown}`"
+    if isinstance(value, tuple):
+        return "`[" + ", ".join(str(v) for v in value) + "]`"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 10_000:
+        return f"`{value:_}`"
+    return f"`{value}`"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m actors.configdoc", description=__doc__)
+    parser.add_argument("--check", type=Path, help="fail if this file differs from the settings")
+    args = parser.parse_args(argv)
+    text = markdown()
+    if args.check is None:
+        sys.stdout.write(text)
+        return 0
+    if args.check.read_text(encoding="utf-8") != text:
+        print(
+            f"{args.check} does not match the settings' descriptions: "
+            f"run `python -m actors.configdoc > {args.check}`",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
