@@ -31,6 +31,7 @@ anyone.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 
@@ -310,8 +311,11 @@ class SlotEngine:
         times = [self.next_expiry()]
         if self._global_room():  # else a release comes first, and dispatches
             now = self.clock()
-            times += [group.budget_time(self.waiters, now) for group in self.groups.values()]
-        return min((t for t in times if t is not None), default=None)
+            for group in self.groups.values():
+                top = group.next_waiter() if group.budget is not None else None
+                if top is not None:
+                    times.append(group.ready_at(self.waiters[top[1]], now))
+        return min((t for t in times if t is not None and t < math.inf), default=None)
 
     def next_expiry(self) -> float | None:
         """The earliest deadline of a held lease (for the caller's timer), or None."""
@@ -365,8 +369,10 @@ class SlotEngine:
         while self._global_room():
             best: tuple[GrantKey, str, Group] | None = None
             for group in self.groups.values():
-                top = group.ready(self.waiters, now)
-                if top is not None and (best is None or top[0] < best[0]):
+                top = group.next_waiter()
+                if top is None or (best is not None and top[0] >= best[0]):
+                    continue
+                if group.ready_at(self.waiters[top[1]], now) <= now:
                     best = (top[0], top[1], group)
             if best is None:
                 break

@@ -9,7 +9,6 @@ change of its held leases marks it for :mod:`actors.journal`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, ItemsView, Iterator, Mapping, ValuesView
 from dataclasses import dataclass, field
 
@@ -72,20 +71,14 @@ class Group:
             len(self.queue) == 0 and self.budget.ready_at(tokens, now) <= now
         )
 
-    def ready(self, waiters: Mapping[str, Waiter], now: float) -> tuple[GrantKey, str] | None:
-        """The best waiter, with its key, if it can be granted now (room, and budget)."""
-        top = self.queue.peek() if self.has_room() else None
-        if top is None or self.budget is None:
-            return top
-        return top if self.budget.ready_at(waiters[top[1]].tokens, now) <= now else None
+    def next_waiter(self) -> tuple[GrantKey, str] | None:
+        """The best waiter, with its key, if the group has room for it."""
+        return self.queue.peek() if self.has_room() else None
 
-    def budget_time(self, waiters: Mapping[str, Waiter], now: float) -> float | None:
-        """When a budgeted group with room can grant its best waiter (None: not by time)."""
-        top = self.queue.peek() if self.budget is not None and self.has_room() else None
-        if top is None or self.budget is None:
-            return None
-        ready = self.budget.ready_at(waiters[top[1]].tokens, now)
-        return None if ready == math.inf else ready
+    def ready_at(self, waiter: Waiter, now: float) -> float:
+        """When the group's budget allows ``waiter`` (``now`` without a budget; inf: the
+        budget is paused for good or the call never fits)."""
+        return now if self.budget is None else self.budget.ready_at(waiter.tokens, now)
 
     def info(self, *, epoch: int, lease_ttl: float, global_limit: int | None) -> GroupInfo:
         return GroupInfo(
@@ -138,11 +131,6 @@ class GroupTable(Mapping[str, Group]):
 
     def items(self) -> ItemsView[str, Group]:
         return self._groups.items()
-
-    @property
-    def budgeted(self) -> bool:
-        """Whether any group is configured with a budget."""
-        return bool(self._budgets)
 
     def register(self, spec: GroupSpec) -> Group:
         """The group of ``spec``, made on first sight (a configured override beats the
