@@ -98,15 +98,14 @@ class ManagerClient:
         with; if they differ from ``settings``, this says so in the log.
         """
         settings = settings if settings is not None else load_settings()
-        handle = get_or_create_manager(settings, name=name)
-        running = ray.get(handle.settings.remote())
-        if running != settings:
+        client = cls.create(settings, name=name)
+        if ray.get(client.handle.settings.remote()) != settings:
             log.warning(
                 "the running manager %r was created with other settings; it keeps them. "
                 "To apply new ones, kill it (ray.kill) and connect again",
                 name,
             )
-        return cls(handle)
+        return client
 
     @classmethod
     def create(cls, settings: Settings, *, name: str = MANAGER_NAME) -> ManagerClient:

@@ -20,6 +20,15 @@ CACHE_NAME = "response-cache"
 HEAD_NODE: Mapping[str, object] = {"resources": {"node:__internal_head__": 0.001}}
 
 
+def this_node() -> dict[str, object]:
+    """Placement (see :func:`named_actor`) on the node of the calling process, and no other."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)}
+
+
 def named_actor(
     actor_class: ActorClass,
     name: str,

@@ -14,10 +14,9 @@ from dataclasses import dataclass, replace
 
 import ray
 from ray.actor import ActorHandle
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.calls import cancellable_stream, unwrap
-from actors.names import named_actor
+from actors.names import named_actor, this_node
 from actors.options import CallOptions
 from actors.settings import PipelineSettings
 from actors.waitqueue import DEFAULT_PRIORITY
@@ -167,15 +166,8 @@ class PipelineRun:
     def start(cls, spec: RunSpec) -> PipelineRun:
         # On its driver's node: it dies with the driver anyway, so losing another
         # node (a GPU host) fails the calls made there, not the whole run.
-        here = ray.get_runtime_context().get_node_id()
         handle = named_actor(
-            PipelineActor,
-            f"pipeline:{spec.run_id}",
-            spec,
-            placement={
-                "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)
-            },
-            detached=False,
+            PipelineActor, f"pipeline:{spec.run_id}", spec, placement=this_node(), detached=False
         )
         return cls(handle)
 

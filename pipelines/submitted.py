@@ -24,11 +24,10 @@ from typing import Literal
 import ray
 from pydantic import BaseModel
 from ray.actor import ActorHandle
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.calls import unwrap
 from actors.client import ManagerClient
-from actors.names import NAMESPACE, named_actor
+from actors.names import NAMESPACE, named_actor, this_node
 from actors.settings import Settings
 from pipelines.job import progress_for, run_pipeline
 from pipelines.plateau import Service, ServiceRecord
@@ -157,14 +156,15 @@ class PipelineJobClient:
         priority: int,
     ) -> PipelineJobClient:
         """Start a run on this node (where "local" servers without a host are)."""
-        here = ray.get_runtime_context().get_node_id()
         handle = named_actor(
             PipelineJob,
             job_name(job_id),
-            *(job_id, list(services), settings, manager, priority),
-            placement={
-                "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)
-            },
+            job_id,
+            list(services),
+            settings,
+            manager,
+            priority,
+            placement=this_node(),
         )
         return cls(handle)
 

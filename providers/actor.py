@@ -22,12 +22,11 @@ from functools import partial
 
 import ray
 from pydantic import SecretStr
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.callers import Caller
 from actors.client import ManagerClient
 from actors.groups import GroupSpec, Provider, ResourceKind, classify, model_entry
-from actors.names import named_actor
+from actors.names import named_actor, this_node
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import PROVIDER_DEFAULTS, CacheSettings, Settings, TelemetrySettings
 from actors.slots import NoSlots, SlotSource
@@ -250,8 +249,7 @@ def placement(spec: GroupSpec) -> dict[str, object]:
 def local_placement(host: str | None) -> dict[str, object]:
     if host:
         return {"resources": {GPU_HOST_RESOURCE.format(host=host): 0.001}}
-    here = ray.get_runtime_context().get_node_id()
-    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)}
+    return this_node()
 
 
 def get_or_create_provider(
