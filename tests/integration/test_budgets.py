@@ -54,9 +54,11 @@ async def test_with_no_limits_set_the_manager_learns_the_providers_rate_from_its
 ) -> None:
     """1,700 calls at once against 1,200 requests a minute, raygate told nothing: the burst
     finds the limit (its refused calls retried after the Retry-After), then the manager
-    paces the group at the rate it learned, and the provider refuses fewer calls in all
-    the rest of the run than in the burst's second. (How few is a rate, which depends on
-    the machine: benchmarks.ratelimit measures it.)"""
+    paces the group at the rate it learned. Without that rate, the calls left would all
+    be granted when the pause ends, and most of them refused again; with it, at most one
+    in ten is. (How few is a rate, which depends on the machine: benchmarks.ratelimit
+    measures it. How many the burst's second refused depends on how many calls were on
+    their way when the first 429 paused the group: 2 to 18 here.)"""
     limits = ProviderLimits(rpm=1_200)
     with FakeLLMServer(OpenAIDialect(api_key=KEY), responder=limits) as server:
         spec = classify("openai", server.url + "/v1")
@@ -73,10 +75,9 @@ async def test_with_no_limits_set_the_manager_learns_the_providers_rate_from_its
     # how fast the burst reached the provider (its bucket refills meanwhile: 197 to 276
     # of 1,700 on this project's machine), but they take at least 5 s at 20 a second.
     first = next(at for at, refused in limits.arrivals if refused)
-    burst = sum(refused for at, refused in limits.arrivals if at <= first + 1.0)
     after = [refused for at, refused in limits.arrivals if at > first + 1.0]
-    assert len(after) >= 100, (sum(after), len(after), burst)
-    assert sum(after) < burst, (sum(after), len(after), burst)
+    assert len(after) >= 100, (sum(after), len(after))
+    assert sum(after) * 10 <= len(after), (sum(after), len(after))
     assert stats.throttled == limits.limited
     assert stats.learned_rpm is not None
     assert stats.requests_left is not None
