@@ -10,6 +10,11 @@ the same measurement runs with that checkout's code, alternating with this
 one's, ``--rounds`` times each, so that both see the same machine (these
 drift by 2x from one day to the next); then the ratio of the medians.
 
+Each round also times one write to Ray's GCS key-value store from an actor
+(what the manager's journal writes before it answers a capped grant): the
+older checkout's time per pair at one caller plus that write is the least
+a checkout that writes ahead can cost, printed beside the ratio.
+
 Each measurement is a subprocess with the checkout on ``PYTHONPATH``: the
 script below uses only what both have (``ManagerClient.slot``,
 ``get_or_create_manager``, ``Settings``).
@@ -74,6 +79,38 @@ finally:
 """
 
 
+PUT = """
+import json, time
+import ray
+from ray.experimental import internal_kv
+
+
+@ray.remote(num_cpus=0)
+def put_seconds(count: int) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        internal_kv._internal_kv_put("pair-probe", b"x" * 300, namespace="pair-probe")
+    return (time.perf_counter() - started) / count
+
+
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+try:
+    ray.get(put_seconds.remote(50))
+    print(json.dumps(ray.get(put_seconds.remote(1_000))))
+finally:
+    ray.shutdown()
+"""
+
+
+def measure_put() -> float:
+    """Seconds per GCS put from an actor, on an embedded Ray of its own."""
+    run = subprocess.run(
+        [sys.executable, "-c", PUT], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    seconds: float = json.loads(run.stdout.strip().splitlines()[-1])
+    return seconds
+
+
 def measure(checkout: Path, seconds: float) -> dict[int, float]:
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     args = [str(seconds), ",".join(map(str, CALLERS))]
@@ -95,10 +132,15 @@ def main() -> None:
     if args.against is not None:
         checkouts["--against"] = args.against.resolve()
     results: dict[str, list[dict[int, float]]] = {name: [] for name in checkouts}
+    puts = []
     for _ in range(args.rounds):
         for name, checkout in checkouts.items():
             results[name].append(measure(checkout, args.seconds))
+        puts.append(measure_put())
+    put = statistics.median(puts)
     print(f"gated pairs per second, {args.rounds} rounds of {args.seconds:g} s, alternating")
+    listed = " ".join(f"{p * 1e3:.3f}" for p in puts)
+    print(f"one GCS put from an actor, ms: {listed}  median {put * 1e3:.3f}")
     for count in CALLERS:
         medians = {}
         for name, rounds in results.items():
@@ -109,6 +151,9 @@ def main() -> None:
         if "--against" in medians:
             ratio = medians["--against"] / medians["this checkout"]
             print(f"{count:>3} callers  time per pair, this / --against: {ratio:.2f}x")
+            if count == 1:  # at more callers, one write covers many grants
+                floor = 1 + put * medians["--against"]
+                print(f"{count:>3} caller   --against's pair plus one GCS put: {floor:.2f}x")
 
 
 if __name__ == "__main__":
