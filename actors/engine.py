@@ -67,6 +67,7 @@ class SlotEngine:
         group_budgets: Mapping[str, BudgetLimits] | None = None,
         adaptive: bool = True,
         hand_over: bool = True,
+        fair: bool = True,
         clock: Callable[[], float] = time.monotonic,
         observer: Observer | None = None,
         restarted_at: float | None = None,
@@ -78,7 +79,7 @@ class SlotEngine:
         self.clock = clock
         limits, budgets = group_limits or {}, group_budgets or {}
         self.groups = GroupTable(
-            limits=limits, budgets=budgets, global_limit=global_limit, clock=clock
+            limits=limits, budgets=budgets, global_limit=global_limit, clock=clock, fair=fair
         )
         # Whether any group has a budget (whose waiters wait for time, not a release).
         self.budgeted = bool(budgets)
@@ -167,7 +168,14 @@ class SlotEngine:
         self.callers.note(lease_id, caller)
         if started or (self._global_room() and group.fits_now(options.tokens, self.clock())):
             lease = self._lease(group, lease_id, options.request_id, options.priority)
-            return self.holdings.grant(group, lease, waited=0.0, tokens=options.tokens)
+            return self.holdings.grant(
+                group,
+                lease,
+                waited=0.0,
+                tokens=options.tokens,
+                flow=options.flow or "",
+                weight=options.weight,
+            )
         if len(group.queue) >= self.max_pending_per_group:
             self.callers.forget(lease_id)
             self.recorder.finished(group, Outcome.REJECTED)
@@ -360,7 +368,14 @@ class SlotEngine:
         del self.waiters[waiter.lease_id]
         lease = self._lease(group, waiter.lease_id, waiter.request_id, waiter.priority, epoch)
         waited = self.clock() - waiter.queued_at
-        return self.holdings.grant(group, lease, waited=waited, tokens=waiter.tokens)
+        return self.holdings.grant(
+            group,
+            lease,
+            waited=waited,
+            tokens=waiter.tokens,
+            flow=waiter.flow,
+            weight=waiter.weight,
+        )
 
     def _dispatch(self) -> list[Lease]:
         """Grant waiters while any can run, best key first across all groups."""

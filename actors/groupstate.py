@@ -35,6 +35,8 @@ class Waiter:
     queued_at: float
     tokens: int
     labels: CallLabels
+    flow: str
+    weight: float
 
     @classmethod
     def of(
@@ -42,8 +44,18 @@ class Waiter:
     ) -> Waiter:
         """A call without a request id is known by its lease id."""
         request_id = options.request_id or lease_id
+        flow = options.flow or ""
         return cls(
-            lease_id, group, request_id, options.priority, key, now, options.tokens, options.labels
+            lease_id,
+            group,
+            request_id,
+            options.priority,
+            key,
+            now,
+            options.tokens,
+            options.labels,
+            flow,
+            options.weight,
         )
 
 
@@ -57,6 +69,8 @@ class Group:
     budget: Budget | None = None
     queue: WaitQueue = field(default_factory=WaitQueue)
     leases: set[str] = field(default_factory=set)
+    # By held lease: its flow and the service charged to it at the grant.
+    charged: dict[str, tuple[str, float]] = field(default_factory=dict)
     active: int = 0
     tally: GroupTally = field(default_factory=GroupTally)
 
@@ -102,7 +116,9 @@ class GroupTable(Mapping[str, Group]):
         budgets: Mapping[str, BudgetLimits],
         global_limit: int | None,
         clock: Callable[[], float],
+        fair: bool = True,
     ) -> None:
+        self._fair = fair
         self._limits = dict(limits)
         self._budgets = dict(budgets)
         self._global_limit = global_limit
@@ -146,6 +162,7 @@ class GroupTable(Mapping[str, Group]):
                 budget_limits=budget,
                 throttle=Throttle(None if budget is None else budget.rpm),
                 budget=None if budget is None else Budget.of(budget, self._clock()),
+                queue=WaitQueue(fair=self._fair),
             )
             self._changed.add(spec.id)
         return group

@@ -34,7 +34,7 @@ class Holdings:
 
     def queue(self, group: Group, waiter: Waiter) -> None:
         self.waiters[waiter.lease_id] = waiter
-        group.queue.push(waiter.lease_id, waiter.key)
+        group.queue.push(waiter.lease_id, waiter.key, waiter.flow, waiter.weight)
         self._recorder.levels(group)
 
     def unqueue(self, lease_id: str) -> Group | None:
@@ -47,9 +47,23 @@ class Holdings:
         self._callers.forget(lease_id)
         return group
 
-    def grant(self, group: Group, lease: Lease, *, waited: float, tokens: int) -> Lease:
-        """Hold ``lease`` for a call that waited ``waited`` seconds, charged ``tokens``."""
+    def grant(
+        self,
+        group: Group,
+        lease: Lease,
+        *,
+        waited: float,
+        tokens: int,
+        flow: str = "",
+        weight: float = 1.0,
+    ) -> Lease:
+        """Hold ``lease`` for a call of ``flow`` that waited ``waited`` seconds, charged
+        ``tokens`` to the budget and the group's estimated call time to the flow's share
+        (corrected by :meth:`free` with the time it held the slot)."""
         self.hold(group, lease)
+        estimate = group.queue.estimate
+        group.queue.charge(flow, estimate, weight)
+        group.charged[lease.id] = (flow, estimate)
         if group.budget is not None:
             group.budget.spend(lease.id, tokens, self._clock())
         self._recorder.granted(group, waited)
@@ -74,6 +88,10 @@ class Holdings:
         group.active -= 1
         self.total_active -= 1
         group.tally.held(held)
+        if (charged := group.charged.pop(lease_id, None)) is not None:
+            flow, estimate = charged
+            group.queue.charge(flow, held - estimate)
+            group.queue.estimate = group.tally.avg_hold or estimate
         self._groups.changed(group)
         now = self._clock()
         if group.budget is not None:

@@ -90,6 +90,7 @@ class ConcurrencyManager(LifelineHost):
             group_budgets=queue.group_budgets,
             adaptive=queue.adaptive,
             hand_over=queue.hand_over,
+            fair=queue.fairness == "fair",
             observer=QueueMetrics(),
             restarted_at=time.time() if restarted else None,
         )

@@ -15,6 +15,8 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 
+import ray
+
 from actors.waitqueue import DEFAULT_PRIORITY, check_priority
 
 
@@ -58,7 +60,9 @@ class CallOptions:
     budget when granted (see :mod:`actors.budget`) and corrected with the
     usage its answer reports. ``cache``: whether a deterministic request may be
     answered from the cluster's response cache, and its answer kept there
-    (see :mod:`providers.cache`).
+    (see :mod:`providers.cache`). ``flow``: who the call is for (a tenant; by
+    default the Ray job that asked, stamped by :meth:`identified`), whose share
+    of a group at one priority is ``weight`` (see :mod:`actors.waitqueue`).
     """
 
     priority: int = DEFAULT_PRIORITY
@@ -69,20 +73,38 @@ class CallOptions:
     asked_at: float | None = None
     tokens: int = 0
     cache: bool = False
+    flow: str | None = None
+    weight: float = 1.0
     labels: CallLabels = field(default_factory=CallLabels)
 
     def __post_init__(self) -> None:
         check_priority(self.priority)
+        if not self.weight > 0:
+            raise ValueError(f"a flow's weight must be above 0, not {self.weight!r}")
 
     def identified(self) -> CallOptions:
-        """These options with a request id and an ask time, drawn now where none was given."""
-        if self.request_id is not None and self.asked_at is not None:
+        """These options with a request id, an ask time and a flow (see :meth:`flowing`),
+        drawn now where none was given."""
+        if self.request_id is not None and self.asked_at is not None and self.flow is not None:
             return self
         return replace(
-            self,
+            self.flowing(),
             request_id=self.request_id or uuid.uuid4().hex,
             asked_at=self.asked_at if self.asked_at is not None else time.time(),
         )
+
+    def flowing(self) -> CallOptions:
+        """These options with a flow: this process's Ray job where none was given. Called
+        where a call starts (a driver, a pipeline run), so that a call passed on to a
+        provider actor keeps the flow of the job that asked, not the actor's."""
+        return self if self.flow is not None else replace(self, flow=_this_job())
+
+
+def _this_job() -> str:
+    """The Ray job of this process ("" outside Ray): the flow of its calls by default."""
+    if not ray.is_initialized():
+        return ""
+    return f"job:{ray.get_runtime_context().get_job_id()}"
 
 
 DEFAULT_OPTIONS = CallOptions()

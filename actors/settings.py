@@ -72,6 +72,13 @@ class QueueSettings(BaseModel):
         "handed over there, without the manager's round trip (see the hand-over in "
         "docs/architecture.md); false: every freed slot goes through the manager.",
     )
+    fairness: Literal["fair", "fifo"] = Field(
+        default="fair",
+        description="Within one priority of a group: `fair` grants the flow (tenant, or "
+        "by default the Ray job) that has had the least weighted service next, so one "
+        "flow's burst cannot make the others wait behind all of it (actors/waitqueue.py); "
+        "`fifo`: by arrival alone, across flows.",
+    )
     lease_ttl_seconds: float = Field(
         default=60.0,
         gt=0,

@@ -1,8 +1,11 @@
 """Grant order: the one place that says who goes next.
 
-Higher priority first. Within a priority, first come first served by *unit*
-of work: calls that name the same unit (one service of a pipeline run) share
-the unit's number, drawn when its first call arrived, so work that has
+Higher priority first. Within a priority, the *flow* (tenant, or by default
+the Ray job that asked) that has had the least weighted service in the group
+goes next (:class:`WaitQueue`; ``queue.fairness: fifo`` makes every call one
+flow). Within a flow, first come first served by *unit* of work: calls
+that name the same unit (one service of a pipeline run) share the unit's
+number, drawn when its first call arrived, so work that has
 started finishes before later work starts, while later units still fill any
 slot the started ones leave free. A call that names no unit is a unit of
 its own, so a caller that uses neither units nor ``critical`` gets plain
@@ -37,6 +40,8 @@ DEFAULT_PRIORITY = 5
 GrantKey = tuple[int, int, int, int]
 # How many units of work keep their number after their last call.
 UNIT_MEMORY = 65_536
+# Past this many flows known to a group, idle flows with no service owed are forgotten.
+FLOW_MEMORY = 1_024
 
 
 def check_priority(priority: object) -> None:
@@ -99,18 +104,60 @@ class Arrivals:
         return self._units[unit]
 
 
+class _Flow:
+    """One flow's waiters in a group, and the weighted service it has received there."""
+
+    __slots__ = ("heap", "live", "service", "weight")
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[GrantKey, str]] = []
+        self.live = 0
+        self.service = 0.0
+        self.weight = 1.0
+
+    def head(self, live: dict[str, tuple[GrantKey, str]]) -> tuple[GrantKey, str] | None:
+        """The flow's best live waiter; stale heap entries are dropped on the way."""
+        while self.heap:
+            key, lease_id = self.heap[0]
+            if live.get(lease_id, (None,))[0] == key:
+                return key, lease_id
+            heapq.heappop(self.heap)
+        return None
+
+
 class WaitQueue:
     """The waiters of one group, in grant order.
 
-    A heap of ``(key, lease_id)``; arrival numbers are unique, so lease ids are
-    never compared. Removal (cancel, timeout) only forgets the waiter in
-    ``_live``; its heap entry is dropped when it reaches the top, so removal
-    stays O(1) and grants O(log n).
+    Strict priority first. Within one priority, with ``fair`` (the default,
+    setting ``queue.fairness``), the backlogged *flow* (a tenant, or by default
+    a job) that has received the least weighted service in this group goes
+    next: the Virtual Token Counter of "Fairness in Serving Large Language
+    Models" (Sheng et al., OSDI 2024). Each grant charges its flow the call's
+    cost divided by the flow's weight (:meth:`charge`; the engine charges an
+    estimate at the grant and the difference when the call ends), and a flow
+    that starts waiting after it had nothing queued is lifted to the least
+    service among the flows waiting (or, with none waiting, to that of the last
+    grant), so idling banks no credit. Within a flow, :func:`grant_key`'s
+    order. Work-conserving: whenever the group has room and anyone waits,
+    somebody is granted. Without ``fair`` every waiter is of one flow: the
+    order is :func:`grant_key`'s alone.
+
+    Per flow a heap of ``(key, lease_id)``; arrival numbers are unique, so
+    lease ids are never compared. Removal (cancel, timeout) only forgets the
+    waiter in ``_live``; its heap entry is dropped when it reaches the top, so
+    removal stays O(1); a grant costs O(log n) plus one look at each backlogged
+    flow.
     """
 
-    def __init__(self) -> None:
-        self._heap: list[tuple[GrantKey, str]] = []
-        self._live: dict[str, GrantKey] = {}
+    def __init__(self, *, fair: bool = True) -> None:
+        self.fair = fair
+        self._flows: dict[str, _Flow] = {}
+        self._live: dict[str, tuple[GrantKey, str]] = {}
+        # The service of the flow granted last: where a flow that comes back starts.
+        self._floor = 0.0
+        # The cost a grant is charged before its call ends: the engine's estimate, 0
+        # until a call of the group has ended.
+        self.estimate = 0.0
 
     def __len__(self) -> int:
         return len(self._live)
@@ -118,35 +165,109 @@ class WaitQueue:
     def __contains__(self, lease_id: object) -> bool:
         return lease_id in self._live
 
-    def push(self, lease_id: str, key: GrantKey) -> None:
-        self._live[lease_id] = key
-        heapq.heappush(self._heap, (key, lease_id))
+    def push(self, lease_id: str, key: GrantKey, flow: str = "", weight: float = 1.0) -> None:
+        flow = flow if self.fair else ""
+        state = self._flows.get(flow)
+        if state is None:
+            state = self._flows[flow] = _Flow()
+        if state.live == 0:
+            waiting = [f.service for f in self._flows.values() if f.live and f is not state]
+            state.service = max(state.service, min(waiting, default=self._floor))
+        state.weight = weight
+        state.live += 1
+        self._live[lease_id] = (key, flow)
+        heapq.heappush(state.heap, (key, lease_id))
+
+    def charge(self, flow: str, cost: float, weight: float = 1.0) -> None:
+        """Count ``cost`` (negative: a correction) as service received by ``flow``; a flow
+        first seen here (granted without waiting) starts where a returning one would."""
+        flow = flow if self.fair else ""
+        state = self._flows.get(flow)
+        if state is None:
+            self._forget_idle()
+            state = self._flows[flow] = _Flow()
+            state.service, state.weight = self._floor, weight
+        state.service += cost / state.weight
+
+    def service(self, flow: str) -> float:
+        """The weighted service ``flow`` has received here (0 for a flow never seen)."""
+        state = self._flows.get(flow if self.fair else "")
+        return 0.0 if state is None else state.service
 
     def peek(self) -> tuple[GrantKey, str] | None:
-        while self._heap:
-            key, lease_id = self._heap[0]
-            if self._live.get(lease_id) == key:
-                return key, lease_id
-            heapq.heappop(self._heap)
-        return None
+        best: tuple[int, float, GrantKey, str] | None = None
+        for state in self._flows.values():
+            if not state.live:
+                continue
+            head = state.head(self._live)
+            assert head is not None
+            candidate = (head[0][0], state.service, *head)
+            if best is None or candidate < best:
+                best = candidate
+        return None if best is None else (best[2], best[3])
 
     def pop(self) -> str:
         top = self.peek()
         if top is None:
             raise IndexError("pop from an empty WaitQueue")
-        heapq.heappop(self._heap)
-        del self._live[top[1]]
+        _, flow = self._live.pop(top[1])
+        state = self._flows[flow]
+        heapq.heappop(state.heap)
+        state.live -= 1
+        self._floor = max(self._floor, state.service)
         return top[1]
 
+    def flow_of(self, lease_id: str) -> str:
+        return self._live[lease_id][1]
+
     def remove(self, lease_id: str) -> bool:
-        return self._live.pop(lease_id, None) is not None
+        entry = self._live.pop(lease_id, None)
+        if entry is None:
+            return False
+        self._flows[entry[1]].live -= 1
+        return True
 
     def first(self, count: int) -> list[str]:
-        """The ``count`` waiters granted first, in grant order (O(n log count))."""
-        best = heapq.nsmallest(count, self._live.items(), key=lambda item: item[1])
-        return [lease_id for lease_id, _ in best]
+        """The ``count`` waiters granted first, in grant order, each grant charged the
+        current estimate (O(n + count * flows))."""
+        if self._waiting_flows() <= 1:
+            best = heapq.nsmallest(count, self._live.items(), key=lambda item: item[1][0])
+            return [lease_id for lease_id, _ in best]
+        return self._order(count)
 
     def ahead_of(self, lease_id: str) -> int:
-        """How many waiters will be granted before this one (O(n); for status queries)."""
-        key = self._live[lease_id]
-        return sum(1 for other in self._live.values() if other < key)
+        """How many waiters will be granted before this one (O(n log n); for status
+        queries), if every grant costs the current estimate."""
+        key = self._live[lease_id][0]
+        if self._waiting_flows() <= 1:
+            return sum(1 for other, _ in self._live.values() if other < key)
+        return self._order(len(self._live)).index(lease_id)
+
+    def _waiting_flows(self) -> int:
+        return sum(1 for state in self._flows.values() if state.live)
+
+    def _order(self, count: int) -> list[str]:
+        """The grant order of the first ``count`` waiters, simulated."""
+        queues: dict[str, list[tuple[GrantKey, str]]] = {}
+        for lease_id, (key, flow) in self._live.items():
+            queues.setdefault(flow, []).append((key, lease_id))
+        for waiting in queues.values():
+            waiting.sort(reverse=True)  # best last: popped from the end
+        service = {flow: self._flows[flow].service for flow in queues}
+        order: list[str] = []
+        while queues and len(order) < count:
+            flow = min(queues, key=lambda f: (queues[f][-1][0][0], service[f], queues[f][-1][0]))
+            _, lease_id = queues[flow].pop()
+            order.append(lease_id)
+            service[flow] += self.estimate / self._flows[flow].weight
+            if not queues[flow]:
+                del queues[flow]
+        return order
+
+    def _forget_idle(self) -> None:
+        """Drop flows with nothing queued whose service a return would lift them to
+        anyway, so that a group's memory stays as large as its backlog."""
+        if len(self._flows) > FLOW_MEMORY:
+            idle = [f for f, s in self._flows.items() if not s.live and s.service <= self._floor]
+            for flow in idle:
+                del self._flows[flow]

@@ -47,7 +47,7 @@ class ProviderClient:
         self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
     ) -> ChatResponse:
         with self._actor_lost():
-            call = self.handle.chat.remote(request, options, caller_of(self.handle))
+            call = self.handle.chat.remote(request, options.flowing(), caller_of(self.handle))
             response: ChatResponse = await cancellable(call)
         return response
 
@@ -56,7 +56,7 @@ class ProviderClient:
     ) -> AsyncIterator[StreamDelta]:
         with self._actor_lost():
             pieces = self.handle.stream.options(num_returns="streaming").remote(
-                request, options, caller_of(self.handle)
+                request, options.flowing(), caller_of(self.handle)
             )
             async for delta in cancellable_stream(pieces):
                 yield delta
