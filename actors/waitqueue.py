@@ -189,11 +189,6 @@ class WaitQueue:
             state.service, state.weight = self._floor, weight
         state.service += cost / state.weight
 
-    def service(self, flow: str) -> float:
-        """The weighted service ``flow`` has received here (0 for a flow never seen)."""
-        state = self._flows.get(flow if self.fair else "")
-        return 0.0 if state is None else state.service
-
     def peek(self) -> tuple[GrantKey, str] | None:
         best: tuple[int, float, GrantKey, str] | None = None
         for state in self._flows.values():
@@ -216,9 +211,6 @@ class WaitQueue:
         state.live -= 1
         self._floor = max(self._floor, state.service)
         return top[1]
-
-    def flow_of(self, lease_id: str) -> str:
-        return self._live[lease_id][1]
 
     def remove(self, lease_id: str) -> bool:
         entry = self._live.pop(lease_id, None)
