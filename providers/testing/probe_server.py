@@ -36,8 +36,10 @@ class Received:
 
 class _Server(ThreadingHTTPServer):
     # The default backlog of 5 drops connections when many callers start at
-    # once, and a dropped SYN is retried only after a second.
-    request_queue_size = 128
+    # once, and a dropped SYN is retried only after a second. A provider actor
+    # opens one connection per call of a group with no limit: a burst of 1,000
+    # on a busy machine overran 128, and its calls failed to read their answers.
+    request_queue_size = 1_024
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that went away (a killed caller) is no error of the server's.
