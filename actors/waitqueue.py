@@ -146,12 +146,14 @@ class WaitQueue:
     lease ids are never compared. Removal (cancel, timeout) only forgets the
     waiter in ``_live``; its heap entry is dropped when it reaches the top, so
     removal stays O(1); a grant costs O(log n) plus one look at each backlogged
-    flow.
+    flow (idle flows are not looked at).
     """
 
     def __init__(self, *, fair: bool = True) -> None:
         self.fair = fair
         self._flows: dict[str, _Flow] = {}
+        # The flows with a live waiter: the only ones a grant or a lift looks at.
+        self._waiting: dict[str, _Flow] = {}
         self._live: dict[str, tuple[GrantKey, str]] = {}
         # The service of the flow granted last: where a flow that comes back starts.
         self._floor = 0.0
@@ -171,8 +173,9 @@ class WaitQueue:
         if state is None:
             state = self._flows[flow] = _Flow()
         if state.live == 0:
-            waiting = [f.service for f in self._flows.values() if f.live and f is not state]
+            waiting = [f.service for f in self._waiting.values()]
             state.service = max(state.service, min(waiting, default=self._floor))
+            self._waiting[flow] = state
         state.weight = weight
         state.live += 1
         self._live[lease_id] = (key, flow)
@@ -191,9 +194,7 @@ class WaitQueue:
 
     def peek(self) -> tuple[GrantKey, str] | None:
         best: tuple[int, float, GrantKey, str] | None = None
-        for state in self._flows.values():
-            if not state.live:
-                continue
+        for state in self._waiting.values():
             head = state.head(self._live)
             assert head is not None
             candidate = (head[0][0], state.service, *head)
@@ -208,7 +209,7 @@ class WaitQueue:
         _, flow = self._live.pop(top[1])
         state = self._flows[flow]
         heapq.heappop(state.heap)
-        state.live -= 1
+        self._left(flow, state)
         self._floor = max(self._floor, state.service)
         return top[1]
 
@@ -216,13 +217,19 @@ class WaitQueue:
         entry = self._live.pop(lease_id, None)
         if entry is None:
             return False
-        self._flows[entry[1]].live -= 1
+        self._left(entry[1], self._flows[entry[1]])
         return True
+
+    def _left(self, flow: str, state: _Flow) -> None:
+        """One waiter of ``flow`` left its queue (granted or removed)."""
+        state.live -= 1
+        if not state.live:
+            del self._waiting[flow]
 
     def first(self, count: int) -> list[str]:
         """The ``count`` waiters granted first, in grant order, each grant charged the
         current estimate (O(n + count * flows))."""
-        if self._waiting_flows() <= 1:
+        if len(self._waiting) <= 1:
             best = heapq.nsmallest(count, self._live.items(), key=lambda item: item[1][0])
             return [lease_id for lease_id, _ in best]
         return self._order(count)
@@ -231,12 +238,9 @@ class WaitQueue:
         """How many waiters will be granted before this one (O(n log n); for status
         queries), if every grant costs the current estimate."""
         key = self._live[lease_id][0]
-        if self._waiting_flows() <= 1:
+        if len(self._waiting) <= 1:
             return sum(1 for other, _ in self._live.values() if other < key)
         return self._order(len(self._live)).index(lease_id)
-
-    def _waiting_flows(self) -> int:
-        return sum(1 for state in self._flows.values() if state.live)
 
     def _order(self, count: int) -> list[str]:
         """The grant order of the first ``count`` waiters, simulated."""
