@@ -123,9 +123,6 @@ class SlotEngine:
     def record(self, group_id: str) -> GroupRecord:
         return self.groups.record(group_id, self.leases, self.callers)
 
-    def journaled(self, group_id: str) -> bool:
-        return self.groups[group_id].journaled
-
     def group_info(self, group_id: str) -> GroupInfo:
         return self._info(self.groups[group_id])
 

@@ -19,9 +19,9 @@ next change of the engine's version resolves; and so does a process's
 question which of its waiters is next in line (:meth:`SlotGate.next_in_line`),
 answered when that changes.
 
-With a store, every change of a group's record goes to the journal (see
-:mod:`actors.journal`), and a lease of a capped group is returned only once
-the journal has written it.
+With a journal, every change of a group's record is written ahead (see
+:mod:`actors.journal`) under the lock, before anyone hears of it: a lease of
+a capped group is returned only once written.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import TypeVar
 from actors.engine import Lease, SlotEngine
 from actors.errors import AcquireTimeout
 from actors.groups import GroupSpec
-from actors.journal import GroupRecord, Journal, Store
+from actors.journal import Journal
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.queueview import QueueView
 from actors.stats import GroupInfo, QueuePosition, QueueStats
@@ -43,7 +43,7 @@ T = TypeVar("T")
 
 
 class SlotGate:
-    def __init__(self, engine: SlotEngine, store: Store | None = None) -> None:
+    def __init__(self, engine: SlotEngine, journal: Journal | None = None) -> None:
         self.engine = engine
         # Guards the engine: every call into it holds this lock (helpers named *_locked
         # expect it held).
@@ -55,7 +55,7 @@ class SlotGate:
         # Callers waiting for a change of their waiters next in line: (caller, what it
         # knows, its future).
         self._lines: list[tuple[str, dict[str, str], asyncio.Future[dict[str, str]]]] = []
-        self._journal = None if store is None else Journal(store, self._record)
+        self._journal = journal
         self._journal_changes_locked()
         self._reaper = _Reaper(self)
         self._reaper.start()
@@ -71,14 +71,7 @@ class SlotGate:
     ) -> Lease:
         """A slot of ``group``, waiting at most ``options.queue_timeout`` for it
         (``started``: see :meth:`SlotEngine.acquire`)."""
-        lease = await self._granted(group, lease_id, options, caller, started)
-        if self._journal is not None and self._journaled(group):
-            try:
-                await self._journal.flushed()
-            except asyncio.CancelledError:
-                self.cancel(lease_id)
-                raise
-        return lease
+        return await self._granted(group, lease_id, options, caller, started)
 
     async def _granted(
         self, group: str, lease_id: str, options: CallOptions, caller: str | None, started: bool
@@ -113,7 +106,7 @@ class SlotGate:
             self._deliver_locked(self.engine.release(lease_id, epoch, used_tokens))
             self._budget_changed_locked()
 
-    async def hand_over(
+    def hand_over(
         self,
         group: str,
         lease_id: str,
@@ -123,14 +116,12 @@ class SlotGate:
         used_tokens: int | None = None,
     ) -> None:
         """Release a slot its holder's process passed on (see :meth:`SlotEngine.hand_over`);
-        returns once a restarted manager would know the successor holds it."""
+        a restarted manager knows the successor holds it once this returns."""
         with self.lock:
             self._deliver_locked(
                 self.engine.hand_over(group, lease_id, epoch, successor, caller, used_tokens)
             )
             self._budget_changed_locked()
-        if self._journal is not None and self._journaled(group):
-            await self._journal.flushed()
 
     async def next_in_line(self, caller: str, known: dict[str, str], wait: float) -> dict[str, str]:
         """By group, the waiter of ``caller`` that a slot it holds would pass to
@@ -197,17 +188,11 @@ class SlotGate:
             self._deliver_locked(self.engine.tick())
 
     def register(self, spec: GroupSpec) -> GroupInfo:
+        """Register ``spec``; a restarted manager knows the group once this returns."""
         with self.lock:
             info = self.engine.register(spec)
             self._journal_changes_locked()
             return info
-
-    async def registered(self, spec: GroupSpec) -> GroupInfo:
-        """Register, and return once a restarted manager would know the group too."""
-        info = self.register(spec)
-        if self._journal is not None:
-            await self._journal.flushed()
-        return info
 
     def group_info(self, group_id: str) -> GroupInfo:
         with self.lock:
@@ -257,19 +242,11 @@ class SlotGate:
                 self._deliver_locked(self.engine.cancel(lease_id, timed_out=timed_out))
                 self._budget_changed_locked()
 
-    def _journaled(self, group: str) -> bool:
-        with self.lock:
-            return self.engine.journaled(group)
-
-    def _record(self, group: str) -> GroupRecord:
-        with self.lock:
-            return self.engine.record(group)
-
     def _journal_changes_locked(self) -> None:
         """After anything that may change a group's record."""
         changed = self.engine.take_changed()
         if self._journal is not None and changed:
-            self._journal.mark(changed)
+            self._journal.write({group: self.engine.record(group) for group in changed})
 
     def _budget_changed_locked(self) -> None:
         """After a change that may move a budgeted group's next grant sooner (a waiter

@@ -5,38 +5,39 @@ lost: the groups registered at run time (their waiting acquires, retried by
 Ray, would fail with UnknownGroup), and the slots still held by callers that
 keep running (the new manager would grant them again, past the group's
 limit). So each group's record, its spec and the ids of the leases it holds,
-is written to a store outside the actor (Ray's GCS key-value store), one key
-per group:
+is written down, one entry per group, in two places:
 
-- a capped group's lease is handed to its caller only after a write that
-  includes it (write-ahead), so no granted slot is missing from the store;
-- releases and expiries are written too, without anyone waiting for them: a
-  release lost in a crash only makes the new manager wait for that lease's
-  ttl, on the safe side.
+- **ahead**, to a file on the manager's own machine (the head node, where
+  Ray restarts it), before the change is told to anyone: a capped group's
+  lease is handed to its caller only after the write that includes it. A
+  file write outlives the manager's process (the kernel keeps it, no fsync
+  needed for that) and costs microseconds on the grant's path, where a write
+  to Ray's GCS costs a round trip and two thread hops;
+- **behind**, a copy in Ray's GCS key-value store, written by a thread of its
+  own, coalesced (``LAZY_SECONDS``): for a head node that comes back on a new
+  machine under GCS fault tolerance, whose files are gone. That copy may lack
+  the changes of its last moments: a grant made then is unknown to the new
+  manager, which may grant the slot again until its holder's next renewal.
 
-A restarted manager restores each record: the held leases are held again,
-with a fresh ttl. Their holders renew them as usual (Ray retries the renewals
-that were in flight) and release them when done; the leases of holders that
-died meanwhile expire after one ttl. Until then the group is full, which is
-the fencing: no slot is granted twice.
+A restarted manager restores each record (the file's where there is one):
+the held leases are held again, with a fresh ttl. Their holders renew them
+as usual (Ray retries the renewals that were in flight) and release them
+when done; the leases of holders that died meanwhile expire after one ttl.
+Until then the group is full, which is the fencing: no slot is granted twice.
 
-One key per group keeps recovery per group, so groups can later be spread
-over several managers. Writes are coalesced: one thread writes every group
-changed since its last write, so a burst of grants costs one write per group.
-A change nobody waits for (a release) waits up to ``LAZY_SECONDS`` for one
-that somebody does (the next grant), which then writes both: at one caller,
-one write per acquire and release instead of two, and no grant waiting
-behind the write of the release before it.
+One entry per group keeps recovery per group, so groups can later be spread
+over several managers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import os
+import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from pydantic import TypeAdapter
@@ -45,10 +46,14 @@ from actors.groups import GroupSpec
 
 log = logging.getLogger(__name__)
 
-# After a failed write, wait this long before trying again (the store is Ray's GCS).
+# After a failed copy, wait this long before trying again (the store is Ray's GCS).
 RETRY_SECONDS = 0.5
-# How long a change nobody waits for may wait to be written with the next one.
+# How long a change may wait to be copied behind with the next ones.
 LAZY_SECONDS = 0.05
+# A FileStore is rewritten no sooner than at this size.
+COMPACT_BYTES = 1 << 20
+# Before each put's key and value: their sizes.
+_HEADER = struct.Struct("<II")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,12 @@ def decode(data: bytes) -> GroupRecord:
     return _RECORD.validate_json(data)
 
 
+def recorded(ahead: Store, behind: Store) -> list[GroupRecord]:
+    """What a restarted manager restores: each group's record, the one written ahead
+    where both stores have it (the copy behind is never the newer)."""
+    return [decode(data) for data in {**behind.load(), **ahead.load()}.values()]
+
+
 class Store(Protocol):
     """Bytes by key, outliving the manager."""
 
@@ -85,43 +96,106 @@ class Store(Protocol):
     def clear(self) -> None: ...
 
 
+class FileStore:
+    """Bytes by key in one file, each put appended to it (a few microseconds: no open,
+    no rename). Reading it back, the last value of each key wins; a put cut short by a
+    crash is dropped. Once the file has grown to twice its size after the last
+    rewrite (and past ``compact_at`` bytes), it is rewritten with each key's last value."""
+
+    def __init__(self, path: Path, compact_at: int = COMPACT_BYTES) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        self._compact_at = compact_at
+        self._latest = self.load()
+        self._fd = -1
+        self._rewrite()
+
+    def put(self, key: str, value: bytes) -> None:
+        self._latest[key] = value
+        self._size += os.write(self._fd, _frame(key, value))
+        if self._size > max(self._compact_at, 2 * self._compacted):
+            self._rewrite()
+
+    def load(self) -> dict[str, bytes]:
+        try:
+            data = self._path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        values, at = {}, 0
+        while at + _HEADER.size <= len(data):
+            key_size, value_size = _HEADER.unpack_from(data, at)
+            end = at + _HEADER.size + key_size + value_size
+            if end > len(data):
+                break  # cut short
+            key = data[at + _HEADER.size : at + _HEADER.size + key_size].decode()
+            values[key] = data[end - value_size : end]
+            at = end
+        return values
+
+    def clear(self) -> None:
+        self._latest = {}
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        partial = self._path.with_name(self._path.name + ".partial")
+        partial.write_bytes(b"".join(_frame(k, v) for k, v in self._latest.items()))
+        os.replace(partial, self._path)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
+        self._size = self._compacted = os.fstat(self._fd).st_size
+
+
+def _frame(key: str, value: bytes) -> bytes:
+    encoded = key.encode()
+    return _HEADER.pack(len(encoded), len(value)) + encoded + value
+
+
 class Journal:
-    """Writes the records of changed groups on a thread of its own.
+    """Writes the records of changed groups ahead, in the caller's thread, and hands them
+    to a thread that copies them behind (see the module's docstring)."""
 
-    ``mark`` is cheap and may be called with the gate's lock held;
-    ``flushed`` lets a coroutine wait until everything marked before it is
-    in the store.
-    """
+    def __init__(self, ahead: Store, behind: Store | None = None) -> None:
+        self._ahead = ahead
+        self._behind = None if behind is None else _Copier(behind)
 
-    def __init__(self, store: Store, record: Callable[[str], GroupRecord]) -> None:
+    def write(self, records: dict[str, GroupRecord]) -> None:
+        for group, record in sorted(records.items()):
+            data = encode(record)
+            try:
+                self._ahead.put(group, data)
+            except OSError:
+                log.error(
+                    "writing group %r's record ahead failed: a restarted manager knows "
+                    "only its copy behind",
+                    group,
+                    exc_info=True,
+                )
+            if self._behind is not None:
+                self._behind.keep(group, data)
+
+    def stop(self) -> None:
+        """Write what the copy behind still lacks, and stop its thread."""
+        if self._behind is not None:
+            self._behind.stop()
+
+
+class _Copier:
+    """The copy behind: the newest record of each group changed since the last write,
+    written by a thread of its own, retried until the store takes it."""
+
+    def __init__(self, store: Store) -> None:
         self._store = store
-        self._record = record
         self._changed = threading.Condition()
-        self._dirty: set[str] = set()
-        self._marked = 0  # bumped by every mark
-        self._written = 0  # every mark up to this one is in the store
-        self._flushes: list[tuple[int, asyncio.Future[None]]] = []
+        self._newest: dict[str, bytes] = {}
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="raygate-journal", daemon=True)
         self._thread.start()
 
-    def mark(self, groups: Iterable[str]) -> None:
+    def keep(self, group: str, data: bytes) -> None:
         with self._changed:
-            before = len(self._dirty)
-            self._dirty.update(groups)
-            if len(self._dirty) > before:
-                self._marked += 1
-                self._changed.notify()
-
-    async def flushed(self) -> None:
-        """Return once every group marked before this call has been written."""
-        with self._changed:
-            if self._written >= self._marked:
-                return
-            done = asyncio.get_running_loop().create_future()
-            self._flushes.append((self._marked, done))
+            self._newest[group] = data
             self._changed.notify()
-        await done
 
     def stop(self) -> None:
         with self._changed:
@@ -132,34 +206,21 @@ class Journal:
     def _run(self) -> None:
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: self._dirty or self._stopped)
-                # Nobody waits for these changes yet: give the next one a moment to join.
-                self._changed.wait_for(lambda: self._flushes or self._stopped, LAZY_SECONDS)
-                if self._stopped:
-                    return
-                groups, self._dirty = self._dirty, set()
-                version = self._marked
-            self._write(groups)
-            with self._changed:
-                self._written = version
-                done = [f for v, f in self._flushes if v <= version]
-                self._flushes = [(v, f) for v, f in self._flushes if v > version]
-            for future in done:
-                future.get_loop().call_soon_threadsafe(_finish, future)
+                self._changed.wait_for(lambda: self._newest or self._stopped)
+                # A burst's changes join this write.
+                self._changed.wait_for(lambda: self._stopped, LAZY_SECONDS)
+                newest, self._newest = self._newest, {}
+                stopped = self._stopped
+            for group, data in sorted(newest.items()):
+                self._put(group, data)
+            if stopped:
+                return
 
-    def _write(self, groups: set[str]) -> None:
-        for group in sorted(groups):
-            # The record is read now, not when marked: it is at least as new.
-            data = encode(self._record(group))
-            while True:
-                try:
-                    self._store.put(group, data)
-                    break
-                except Exception:
-                    log.warning("writing group %r's record failed; retrying", group, exc_info=True)
-                    time.sleep(RETRY_SECONDS)
-
-
-def _finish(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+    def _put(self, group: str, data: bytes) -> None:
+        while True:
+            try:
+                self._store.put(group, data)
+                return
+            except Exception:
+                log.warning("copying group %r's record failed; retrying", group, exc_info=True)
+                time.sleep(RETRY_SECONDS)

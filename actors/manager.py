@@ -11,14 +11,15 @@ not FIFO. Every waiting acquire must reach the engine's queue, where priority
 and arrival decide; ``queue.max_pending_per_group`` is the bound users set.
 
 Crash safety: the actor is detached and restarted by Ray (``max_restarts=-1``).
-Every group's spec and the leases a capped group holds are journaled in Ray's
-GCS key-value store, a lease before it is handed out (see
-:mod:`actors.journal`). A restarted manager starts a new epoch, restores the
-groups and holds their leases again for one ttl; their holders renew and
-release them as before. Ray retries the calls that were in flight against the
-new actor (``max_task_retries=-1``): waiting acquires queue again under their
-own lease and request ids and priorities, before any new arrival and in the
-order they first asked (``CallOptions.asked_at``), and an acquire whose grant was
+Every group's spec and the leases a capped group holds are journaled, a
+lease before it is handed out, to a file on the head node and behind that
+to Ray's GCS key-value store (see :mod:`actors.journal`). A restarted
+manager starts a new epoch, restores the groups and holds their leases
+again for one ttl; their holders renew and release them as before. Ray
+retries the calls that were in flight against the new actor
+(``max_task_retries=-1``): waiting acquires queue again under their own lease
+and request ids and priorities, before any new arrival and in the order they
+first asked (``CallOptions.asked_at``), and an acquire whose grant was
 journaled but never answered gets that lease. A manager created anew (not
 restarted by Ray) clears its name's journal.
 
@@ -37,6 +38,8 @@ from __future__ import annotations
 import asyncio
 import time
 import warnings
+from pathlib import Path
+from urllib.parse import quote
 
 import ray
 from ray import ObjectRef
@@ -47,7 +50,7 @@ from actors.callers import Caller
 from actors.engine import Lease, SlotEngine
 from actors.gate import SlotGate
 from actors.groups import GroupSpec, resolve_model
-from actors.journal import decode
+from actors.journal import FileStore, Journal, recorded
 from actors.metrics import QueueMetrics
 from actors.names import HEAD_NODE, MANAGER_NAME, NAMESPACE, named_actor
 from actors.options import DEFAULT_OPTIONS, CallOptions
@@ -95,18 +98,19 @@ class ConcurrencyManager(LifelineHost):
             restarted_at=time.time() if restarted else None,
         )
         name = context.get_actor_name() or MANAGER_NAME
-        groups, self._lifelines = GcsStore(f"{name}/groups/"), GcsStore(f"{name}/callers/")
+        ahead, behind = FileStore(_journal_file(name)), GcsStore(f"{name}/groups/")
+        self._lifelines = GcsStore(f"{name}/callers/")
         lifelines = {}
         if restarted:
-            for data in groups.load().values():
-                engine.restore(decode(data))
+            for record in recorded(ahead, behind):
+                engine.restore(record)
             lifelines = self._lifelines.load()
         else:
-            groups.clear()
-            self._lifelines.clear()
+            for store in (ahead, behind, self._lifelines):
+                store.clear()
         for entry in settings.models.values():
             engine.register(entry.spec())
-        self._gate = SlotGate(engine, groups)
+        self._gate = SlotGate(engine, Journal(ahead, behind))
         self._watch = CallerWatch(lambda caller: self._gate.drop_caller(caller.id))
         # Callers of the manager before the restart, some of which died meanwhile
         # (Ray retries no call for a dead caller). __init__ runs on the actor's loop.
@@ -183,7 +187,7 @@ class ConcurrencyManager(LifelineHost):
         """Release ``lease_id``, whose process passed its slot straight to ``successor``,
         the waiter :meth:`next_in_line` named (see :meth:`SlotEngine.hand_over`)."""
         caller_id = caller.id if caller is not None else None
-        await self._gate.hand_over(group, lease_id, epoch, successor, caller_id, used_tokens)
+        self._gate.hand_over(group, lease_id, epoch, successor, caller_id, used_tokens)
 
     async def next_in_line(
         self, caller: Caller, known: dict[str, str], wait: float = NEXT_IN_LINE_WAIT_SECONDS
@@ -203,7 +207,7 @@ class ConcurrencyManager(LifelineHost):
 
     @ray.method(concurrency_group=CONTROL)
     async def register(self, spec: GroupSpec) -> GroupInfo:
-        return await self._gate.registered(spec)
+        return self._gate.register(spec)
 
     @ray.method(concurrency_group=CONTROL)
     async def group_info(self, group_id: str) -> GroupInfo:
@@ -212,7 +216,7 @@ class ConcurrencyManager(LifelineHost):
     @ray.method(concurrency_group=CONTROL)
     async def model_group(self, model_id: str) -> GroupInfo:
         spec = resolve_model(self._settings.models, model_id)
-        return await self._gate.registered(spec)
+        return self._gate.register(spec)
 
     @ray.method(concurrency_group=CONTROL)
     async def can_run_immediately(self, model_id: str) -> bool:
@@ -240,6 +244,14 @@ class ConcurrencyManager(LifelineHost):
     @ray.method(concurrency_group=CONTROL)
     async def settings(self) -> Settings:
         return self._settings
+
+
+def _journal_file(name: str) -> Path:
+    """Where the manager called ``name`` writes its journal ahead: in this Ray session's
+    directory on its node (the head node), so that a new cluster never reads an old one's."""
+    context = ray.get_runtime_context()
+    session: str = context.get_session_name()
+    return Path(context.get_temp_dir()) / session / "raygate" / f"{quote(name, safe='')}.journal"
 
 
 class GcsStore:

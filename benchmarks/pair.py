@@ -8,12 +8,8 @@ embedded Ray of their own; pairs per second. With ``--against PATH`` (a
 checkout of another commit, e.g. ``git worktree add /tmp/base 3512c50``)
 the same measurement runs with that checkout's code, alternating with this
 one's, ``--rounds`` times each, so that both see the same machine (these
-drift by 2x from one day to the next); then the ratio of the medians.
-
-Each round also times one write to Ray's GCS key-value store from an actor
-(what the manager's journal writes before it answers a capped grant): the
-older checkout's time per pair at one caller plus that write is the least
-a checkout that writes ahead can cost, printed beside the ratio.
+drift by 2x from one day to the next, and by 1.5x from one minute to the
+next); then the ratio of the medians, and the ratio within each round.
 
 Each measurement is a subprocess with the checkout on ``PYTHONPATH``: the
 script below uses only what both have (``ManagerClient.slot``,
@@ -79,38 +75,6 @@ finally:
 """
 
 
-PUT = """
-import json, time
-import ray
-from ray.experimental import internal_kv
-
-
-@ray.remote(num_cpus=0)
-def put_seconds(count: int) -> float:
-    started = time.perf_counter()
-    for _ in range(count):
-        internal_kv._internal_kv_put("pair-probe", b"x" * 300, namespace="pair-probe")
-    return (time.perf_counter() - started) / count
-
-
-ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-try:
-    ray.get(put_seconds.remote(50))
-    print(json.dumps(ray.get(put_seconds.remote(1_000))))
-finally:
-    ray.shutdown()
-"""
-
-
-def measure_put() -> float:
-    """Seconds per GCS put from an actor, on an embedded Ray of its own."""
-    run = subprocess.run(
-        [sys.executable, "-c", PUT], cwd=REPO, capture_output=True, text=True, check=True
-    )
-    seconds: float = json.loads(run.stdout.strip().splitlines()[-1])
-    return seconds
-
-
 def measure(checkout: Path, seconds: float) -> dict[int, float]:
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     args = [str(seconds), ",".join(map(str, CALLERS))]
@@ -132,28 +96,28 @@ def main() -> None:
     if args.against is not None:
         checkouts["--against"] = args.against.resolve()
     results: dict[str, list[dict[int, float]]] = {name: [] for name in checkouts}
-    puts = []
-    for _ in range(args.rounds):
-        for name, checkout in checkouts.items():
-            results[name].append(measure(checkout, args.seconds))
-        puts.append(measure_put())
-    put = statistics.median(puts)
+    for n in range(args.rounds):
+        # Each checkout goes first in every other round: neither always meets a warmer machine.
+        for name in sorted(checkouts, reverse=n % 2 == 1):
+            results[name].append(measure(checkouts[name], args.seconds))
     print(f"gated pairs per second, {args.rounds} rounds of {args.seconds:g} s, alternating")
-    listed = " ".join(f"{p * 1e3:.3f}" for p in puts)
-    print(f"one GCS put from an actor, ms: {listed}  median {put * 1e3:.3f}")
     for count in CALLERS:
         medians = {}
         for name, rounds in results.items():
             rates = [r[count] for r in rounds]
             medians[name] = statistics.median(rates)
             listed = " ".join(f"{rate:.0f}" for rate in rates)
-            print(f"{count:>3} callers  {name:<14} {listed:<24} median {medians[name]:.0f}")
+            print(f"{count:>3} callers  {name:<14} {listed:<32} median {medians[name]:.0f}")
         if "--against" in medians:
             ratio = medians["--against"] / medians["this checkout"]
+            pairs = zip(results["this checkout"], results["--against"], strict=True)
+            paired = [against[count] / this[count] for this, against in pairs]
+            listed = " ".join(f"{r:.2f}" for r in paired)
             print(f"{count:>3} callers  time per pair, this / --against: {ratio:.2f}x")
-            if count == 1:  # at more callers, one write covers many grants
-                floor = 1 + put * medians["--against"]
-                print(f"{count:>3} caller   --against's pair plus one GCS put: {floor:.2f}x")
+            print(
+                f"{count:>3} callers  the same round by round: {listed}, "
+                f"median {statistics.median(paired):.2f}x"
+            )
 
 
 if __name__ == "__main__":

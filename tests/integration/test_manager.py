@@ -254,10 +254,11 @@ async def test_a_holder_that_dies_with_the_manager_frees_its_restored_slot_withi
     await eventually(active_is(client, LOCAL_SERVER.id, 1), "the holder's grant")
     epoch = (await client.stats()).epoch
 
-    # The manager dies before Ray reports the holder's death to it; Ray retries
-    # no call of the dead holder's, so nothing tells the new manager but itself.
-    ray.kill(holder)
+    # The holder dies while the manager is down (a manager that heard of the death
+    # first would have written the slot free); Ray retries no call of the dead
+    # holder's, so nothing tells the new manager but itself.
     client.kill(restart=True)
+    ray.kill(holder)
 
     async with asyncio.timeout(20):  # a third of the ttl
         await wait_for_grant(client)

@@ -1,16 +1,18 @@
-"""A restarted manager's memory: the journal writes group records, a new engine restores them."""
+"""A restarted manager's memory: the journal writes group records ahead and copies them
+behind, a new engine restores them."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from actors.engine import SlotEngine
 from actors.gate import SlotGate
-from actors.journal import GroupRecord, HeldLease, decode, encode
+from actors.journal import FileStore, GroupRecord, HeldLease, Journal, decode, encode, recorded
 from actors.options import CallOptions
 from tests.unit.conftest import ANTHROPIC, EPOCH, LOCAL_OLLAMA, Harness
 
@@ -18,7 +20,7 @@ GROUP = LOCAL_OLLAMA.id
 
 
 class MemoryStore:
-    """The journal's store in memory; ``hold`` keeps writes from landing until opened."""
+    """A journal's store in memory; clearing ``open`` keeps writes from landing until set."""
 
     def __init__(self) -> None:
         self.records: dict[str, bytes] = {}
@@ -47,14 +49,20 @@ def restarted(store: MemoryStore, **engine_kwargs: object) -> Harness:
 
 @pytest.fixture
 def store() -> MemoryStore:
+    """The store written ahead."""
     return MemoryStore()
 
 
 @pytest.fixture
-def gate(store: MemoryStore) -> Iterator[SlotGate]:
+def behind() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+def gate(store: MemoryStore, behind: MemoryStore) -> Iterator[SlotGate]:
     engine = SlotEngine(epoch=EPOCH)
     engine.register(LOCAL_OLLAMA)
-    gate = SlotGate(engine, store)
+    gate = SlotGate(engine, Journal(store, behind))
     yield gate
     gate.close()
 
@@ -63,42 +71,41 @@ def record(store: MemoryStore, group: str) -> GroupRecord:
     return decode(store.records[group])
 
 
-async def test_a_capped_lease_is_handed_out_only_once_written(
-    gate: SlotGate, store: MemoryStore
+async def test_a_capped_lease_is_written_ahead_when_handed_out_and_copied_behind_later(
+    gate: SlotGate, store: MemoryStore, behind: MemoryStore
 ) -> None:
-    store.open.clear()
-    granted = asyncio.create_task(gate.acquire(GROUP, "a", CallOptions(request_id="r")))
-    await asyncio.sleep(0.05)
-    assert not granted.done()  # granted in the engine, not yet in the store
+    behind.open.clear()  # the copy behind stalls: no grant waits for it
 
-    store.open.set()
-    lease = await asyncio.wait_for(granted, 5)
+    lease = await asyncio.wait_for(gate.acquire(GROUP, "a", CallOptions(request_id="r")), 5)
 
     assert record(store, GROUP).held == {lease.id: HeldLease(EPOCH)}
+    assert GROUP not in behind.records
+    behind.open.set()
+    gate.close()  # writes what the copy behind lacks
+    assert record(behind, GROUP).held == {lease.id: HeldLease(EPOCH)}
 
 
-async def test_an_unlimited_groups_lease_does_not_wait_for_the_store(
+async def test_a_waiter_granted_by_a_release_is_written_ahead_when_handed_out(
     gate: SlotGate, store: MemoryStore
 ) -> None:
-    await gate.registered(ANTHROPIC)
-    store.open.clear()
+    first = await gate.acquire(GROUP, "a", CallOptions(request_id="r1"))
+    waiting = asyncio.create_task(gate.acquire(GROUP, "b", CallOptions(request_id="r2")))
+    await asyncio.sleep(0)
 
-    lease = await asyncio.wait_for(gate.acquire(ANTHROPIC.id, "a"), 5)
+    gate.release(first.id, first.epoch)
+    second = await asyncio.wait_for(waiting, 5)
 
-    assert lease.group == ANTHROPIC.id
-    store.open.set()
+    assert record(store, GROUP).held == {second.id: HeldLease(EPOCH)}
 
 
-async def test_register_returns_once_the_group_is_written(
-    gate: SlotGate, store: MemoryStore
-) -> None:
-    await gate.registered(ANTHROPIC)
+def test_register_returns_once_the_group_is_written(gate: SlotGate, store: MemoryStore) -> None:
+    gate.register(ANTHROPIC)
 
     assert record(store, ANTHROPIC.id).spec == ANTHROPIC
 
 
 async def test_a_burst_of_grants_and_releases_ends_written_as_it_is(
-    gate: SlotGate, store: MemoryStore
+    gate: SlotGate, store: MemoryStore, behind: MemoryStore
 ) -> None:
     leases = []
     for n in range(20):
@@ -110,9 +117,10 @@ async def test_a_burst_of_grants_and_releases_ends_written_as_it_is(
     for n in range(20):
         lease = leases[n] if n == 0 else await asyncio.wait_for(leases[n], 5)
         gate.release(lease.id, lease.epoch)
-    await gate.registered(LOCAL_OLLAMA)  # waits for every write before it
 
     assert record(store, GROUP).held == {}
+    gate.close()
+    assert record(behind, GROUP).held == {}
 
 
 async def test_a_restarted_engine_holds_the_leases_until_their_holders_release(
@@ -183,3 +191,53 @@ async def test_a_restored_lease_keeps_its_caller_whose_death_frees_it(
     _, handed_on = after.engine.drop_caller("worker-1")
 
     assert [lease.id for lease in handed_on] == [waiter]
+
+
+def test_a_restart_restores_the_record_written_ahead_over_an_older_copy_behind() -> None:
+    ahead, behind = MemoryStore(), MemoryStore()
+    older = GroupRecord(LOCAL_OLLAMA, {"gone": HeldLease(EPOCH)})
+    behind.put(GROUP, encode(older))
+    ahead.put(GROUP, encode(GroupRecord(LOCAL_OLLAMA, {})))
+    behind.put(ANTHROPIC.id, encode(GroupRecord(ANTHROPIC, {})))  # only behind: still restored
+
+    records = {record.spec.id: record for record in recorded(ahead, behind)}
+
+    assert records[GROUP].held == {}
+    assert records[ANTHROPIC.id].spec == ANTHROPIC
+
+
+def test_a_file_store_keeps_each_keys_last_value_and_outlives_its_writer(tmp_path: Path) -> None:
+    path = tmp_path / "session" / "manager.journal"
+    key = "local-openai-compatible-http://gpu-box:1234"
+    first = FileStore(path)
+    first.put(key, b"old")
+    first.put(key, b"new")
+    first.put("other", b"x")
+
+    assert FileStore(path).load() == {key: b"new", "other": b"x"}  # a restarted manager's
+
+
+def test_a_file_store_drops_a_put_cut_short(tmp_path: Path) -> None:
+    path = tmp_path / "manager.journal"
+    store = FileStore(path)
+    store.put("a", b"kept")
+    store.put("b", b"cut short")
+    path.write_bytes(path.read_bytes()[:-3])  # the process died inside the last write
+
+    assert FileStore(path).load() == {"a": b"kept"}
+
+
+def test_a_file_store_rewrites_itself_with_the_last_values_once_grown(tmp_path: Path) -> None:
+    path = tmp_path / "manager.journal"
+    store = FileStore(path, compact_at=1_000)
+    for n in range(1_000):
+        store.put(f"group-{n % 3}", f"record {n}".encode())
+
+    assert path.stat().st_size < 2_000
+    assert FileStore(path).load() == {
+        "group-0": b"record 999",
+        "group-1": b"record 997",
+        "group-2": b"record 998",
+    }
+    store.clear()
+    assert FileStore(path).load() == {}
