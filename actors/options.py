@@ -100,6 +100,11 @@ class CallOptions:
         return self if self.flow is not None else replace(self, flow=_this_job())
 
 
+def tenant_flow(name: str) -> str:
+    """The flow of the tenant ``name``'s calls (see :mod:`serve.tenants`)."""
+    return f"tenant:{name}"
+
+
 def _this_job() -> str:
     """The Ray job of this process ("" outside Ray): the flow of its calls by default."""
     if not ray.is_initialized():

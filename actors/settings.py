@@ -9,6 +9,7 @@ validated at load and frozen; a bad value fails with the field's dotted name.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from pydantic import (
     PositiveInt,
     SecretStr,
     ValidationError,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -191,14 +193,78 @@ class TelemetrySettings(BaseModel):
     )
 
 
+class TenantSettings(BaseModel):
+    """One tenant of the HTTP endpoint: who holds which keys, and what it may ask for."""
+
+    # Its errors never echo what was given: keys are among it.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    keys: tuple[SecretStr, ...] = Field(
+        min_length=1, description="The tenant's bearer keys (`Authorization: Bearer <key>`)."
+    )
+    weight: PositiveFloat = Field(
+        default=1.0,
+        description="The tenant's share of a group at one priority, against the other "
+        "tenants waiting there (`queue.fairness`).",
+    )
+    priority: int | None = Field(
+        default=None,
+        ge=1,
+        le=10,
+        description="Its requests' priority when they name none; none: 5, or "
+        "`max_priority` if that is lower.",
+    )
+    max_priority: int = Field(
+        default=10,
+        ge=1,
+        le=10,
+        description="The highest priority it gets: a request above it is served at it, "
+        "and its answer's `X-Priority` says so.",
+    )
+    models: tuple[str, ...] | None = Field(
+        default=None,
+        description="The model ids it may call (others answer 404, as unknown models "
+        "do); none: every model.",
+    )
+    rpm: PositiveInt | None = Field(
+        default=None, description="Its requests per minute, per replica; over them: 429."
+    )
+    tpm: PositiveInt | None = Field(
+        default=None,
+        description="Its tokens (prompt and completion) per minute, per replica; over them: 429.",
+    )
+    max_pending: PositiveInt | None = Field(
+        default=None,
+        description="Its requests waiting or running at once, per replica; over them: 429.",
+    )
+
+    @model_validator(mode="after")
+    def _default_within_ceiling(self) -> TenantSettings:
+        if self.priority is not None and self.priority > self.max_priority:
+            raise ValueError(f"priority {self.priority} is above max_priority {self.max_priority}")
+        return self
+
+
+# The tenant that serve.api_keys' holders are.
+DEFAULT_TENANT = "default"
+TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 class ServeSettings(BaseModel):
     """The HTTP endpoint (``serve run serve.app:build``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Its errors never echo what was given: keys are among it.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     api_keys: tuple[SecretStr, ...] = Field(
         default=(),
-        description="Bearer keys clients present (`Authorization: Bearer <key>`).",
+        description="Bearer keys clients present (`Authorization: Bearer <key>`): the "
+        "keys of the tenant `default` (every model, priorities 1-10, weight 1).",
+    )
+    tenants: dict[str, TenantSettings] = Field(
+        default_factory=dict,
+        description="Tenants by name, each with its keys, weight, default and highest "
+        "priority, and models.",
     )
     auth: bool = Field(
         default=True,
@@ -243,6 +309,34 @@ class ServeSettings(BaseModel):
     job_retention_seconds: float = Field(
         default=3600.0, gt=0, description="A finished job is kept this long for its status."
     )
+
+    @model_validator(mode="after")
+    def _one_tenant_per_key(self) -> ServeSettings:
+        if self.api_keys and DEFAULT_TENANT in self.tenants:
+            raise ValueError(
+                f"serve.api_keys are the keys of tenant {DEFAULT_TENANT!r}: name it once, "
+                "in serve.tenants or as serve.api_keys"
+            )
+        for name in self.tenants:
+            if not TENANT_NAME.fullmatch(name):
+                raise ValueError(
+                    f"tenant name {name!r}: letters, digits, '.', '_' and '-' only, "
+                    "starting with a letter or digit"
+                )
+        owners: dict[str, str] = {}
+        for name, tenant in self.tenant_list():
+            for key in tenant.keys:
+                other = owners.setdefault(key.get_secret_value(), name)
+                if other != name or tenant.keys.count(key) > 1:
+                    raise ValueError(f"a key of tenant {name!r} is also a key of {other!r}")
+        return self
+
+    def tenant_list(self) -> list[tuple[str, TenantSettings]]:
+        """Every tenant by name, with ``api_keys``' holders as the tenant ``default``."""
+        named = list(self.tenants.items())
+        if self.api_keys:
+            named.append((DEFAULT_TENANT, TenantSettings(keys=self.api_keys)))
+        return named
 
 
 class CacheSettings(BaseModel):

@@ -60,7 +60,6 @@ async def makespan(
             ResultsFile(Path(directory) / "out.jsonl"),
             settings,
             manager=manager,
-            priority=5,
             progress_out=io.StringIO(),
         )
 

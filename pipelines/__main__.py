@@ -38,6 +38,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help=f"priority of every call of this run (default {DEFAULT_PRIORITY})",
     )
     run.add_argument(
+        "--tenant",
+        metavar="NAME",
+        help="whose run this is: its calls share the queue fairly with other tenants' at "
+        "one priority, with the weight of serve.tenants.NAME if that is set "
+        "(default: this driver's Ray job)",
+    )
+    run.add_argument(
         "--retry-failed", action="store_true", help="run services with a failed record again"
     )
     stats = commands.add_parser("stats", help="print the queue of a running cluster's manager")
@@ -101,12 +108,13 @@ def run_job(args: argparse.Namespace) -> int:
 
     with ray_running(args.address):
         from actors.client import ManagerClient
-        from pipelines.job import run_pipeline, summary
+        from pipelines.job import run_options, run_pipeline, summary
 
         try:
             manager = ManagerClient.connect(settings) if settings.queue.enabled else None
+            asking = run_options(args.priority, args.tenant, settings)
             outcome = asyncio.run(
-                run_pipeline(pending, results, settings, manager=manager, priority=args.priority)
+                run_pipeline(pending, results, settings, manager=manager, asking=asking)
             )
         except RaygateError as error:
             print(f"raygate: {error}", file=sys.stderr)

@@ -17,9 +17,8 @@ from ray.actor import ActorHandle
 
 from actors.calls import cancellable_stream, unwrap
 from actors.names import named_actor, this_node
-from actors.options import CallOptions
+from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import PipelineSettings
-from actors.waitqueue import DEFAULT_PRIORITY
 from pipelines.chain import Span, together
 from pipelines.plateau import PlateauJob, Service, ServiceRecord
 from providers.client import ProviderClient
@@ -60,13 +59,15 @@ class ServiceDone:
 @dataclass(frozen=True)
 class RunSpec:
     """Everything one run needs besides its services. ``model``: the name the backend
-    is asked for; ``sequential``: one call at a time, in order (parity mode)."""
+    is asked for; ``asking``: the priority of the run's calls and whose they are (flow
+    and weight; a flow of None is the Ray job of the run's driver); ``sequential``: one
+    call at a time, in order (parity mode)."""
 
     provider: ProviderClient
     settings: PipelineSettings
     model: str
     run_id: str
-    priority: int = DEFAULT_PRIORITY
+    asking: CallOptions = DEFAULT_OPTIONS
     sequential: bool = False
 
 
@@ -77,7 +78,7 @@ class PipelineActor:
     def __init__(self, spec: RunSpec) -> None:
         self._provider = spec.provider
         self._run_id = spec.run_id
-        self._priority = spec.priority
+        self._asking = spec.asking
         self._sequential = spec.sequential
         self._group: str | None = None
         self._calls: list[CallRecord] = []
@@ -119,7 +120,9 @@ class PipelineActor:
         # starts new ones, so records are written along the way, not all at the end.
         options = replace(
             options,
-            priority=self._priority,
+            priority=self._asking.priority,
+            flow=self._asking.flow,
+            weight=self._asking.weight,
             unit=f"{self._run_id}:{service_id}",
             request_id=f"{self._run_id}:{service_id}:{labels.call_id()}",
             labels=replace(labels, run=self._run_id),

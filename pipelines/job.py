@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from actors.client import ManagerClient
+from actors.options import DEFAULT_OPTIONS, CallOptions, tenant_flow
 from actors.settings import PipelineSettings, Settings
 from actors.stats import percentile
 from pipelines.actor import CallDone, CallRecord, PipelineRun, RunSpec, ServiceDone
@@ -126,19 +127,30 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
+def run_options(priority: int, tenant: str | None, settings: Settings) -> CallOptions:
+    """How a run's calls ask: at ``priority``, as the tenant ``tenant``'s (with its weight
+    in ``serve.tenants`` if it is named there), or else as its driver's Ray job's."""
+    if tenant is None:
+        return CallOptions(priority=priority)
+    named = settings.serve.tenants.get(tenant)
+    weight = named.weight if named is not None else 1.0
+    return CallOptions(priority=priority, flow=tenant_flow(tenant), weight=weight)
+
+
 async def run_pipeline(
     services: Sequence[Service],
     results: ResultsFile,
     settings: Settings,
     *,
     manager: ManagerClient | None,
-    priority: int,
+    asking: CallOptions = DEFAULT_OPTIONS,
     progress_out: TextIO = sys.stderr,
     progress: Progress | None = None,
     run_id: str | None = None,
 ) -> Outcome:
     """Run the job for ``services`` through ``manager`` (None: parity mode, no gating).
 
+    ``asking``: the priority of every call and whose they are (see :class:`RunSpec`).
     ``run_id`` names the run's calls in the queue (one is drawn when None).
 
     Progress goes to ``progress_out``, or to ``progress`` when given (made by
@@ -156,7 +168,7 @@ async def run_pipeline(
             job,
             model,
             run_id=run_id or uuid.uuid4().hex[:8],
-            priority=priority,
+            asking=asking,
             sequential=not settings.queue.enabled,
         )
     )

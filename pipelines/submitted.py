@@ -1,13 +1,15 @@
 """Pipeline runs submitted over HTTP: one detached actor per run, which runs it and keeps
 its state, so that a run outlives the Serve replica that started it.
 
-    job = PipelineJobClient.submit(job_id, services, settings, manager, priority)
+    job = PipelineJobClient.submit(job_id, services, settings, manager, asking, owner)
     await job.status()          # state, per-stage progress, estimated completion
     await job.records()         # the records written so far
     await job.cancel()          # its waiters leave the queue, its calls are cancelled
 
-The actor is named ``pipeline-job:<id>`` in the ``raygate`` namespace; any
-replica finds it by name. It runs the plateau job as the command line does
+The actor is named ``pipeline-job:<owner>:<id>`` in the ``raygate`` namespace
+(``pipeline-job:<id>`` without tenants): a replica finds it by name, and only
+for the tenant that submitted it (see :mod:`serve.tenants`); for any other
+it does not exist. It runs the plateau job as the command line does
 (:func:`pipelines.job.run_pipeline`, so its calls go through the manager
 like every other caller's), writes each record to ``<results_dir>/<id>.jsonl``
 on its node, and exits ``job_retention_seconds`` after the run ended.
@@ -28,6 +30,7 @@ from ray.actor import ActorHandle
 from actors.calls import unwrap
 from actors.client import ManagerClient
 from actors.names import NAMESPACE, named_actor, this_node
+from actors.options import CallOptions
 from actors.settings import Settings
 from pipelines.job import progress_for, run_pipeline
 from pipelines.plateau import Service, ServiceRecord
@@ -57,8 +60,9 @@ class JobStatus(BaseModel):
     error: str | None = None
 
 
-def job_name(job_id: str) -> str:
-    return f"pipeline-job:{job_id}"
+def job_name(job_id: str, owner: str) -> str:
+    """The run's actor's name: ``owner`` is its tenant's name, "" without tenants."""
+    return f"pipeline-job:{owner}:{job_id}" if owner else f"pipeline-job:{job_id}"
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -69,7 +73,7 @@ class PipelineJob:
         services: Sequence[Service],
         settings: Settings,
         manager: ManagerClient | None,
-        priority: int,
+        asking: CallOptions,
     ) -> None:
         self._id = job_id
         self._settings = settings
@@ -84,11 +88,11 @@ class PipelineJob:
         self._done = asyncio.Event()
         # __init__ runs on the actor's event loop.
         self._run = asyncio.get_running_loop().create_task(
-            self._execute(list(services), manager, priority)
+            self._execute(list(services), manager, asking)
         )
 
     async def _execute(
-        self, services: list[Service], manager: ManagerClient | None, priority: int
+        self, services: list[Service], manager: ManagerClient | None, asking: CallOptions
     ) -> None:
         try:
             await run_pipeline(
@@ -96,7 +100,7 @@ class PipelineJob:
                 self._results,
                 self._settings,
                 manager=manager,
-                priority=priority,
+                asking=asking,
                 progress=self._progress,
                 run_id=self._id,
             )
@@ -153,35 +157,44 @@ class PipelineJobClient:
         services: Sequence[Service],
         settings: Settings,
         manager: ManagerClient | None,
-        priority: int,
+        asking: CallOptions,
+        owner: str,
     ) -> PipelineJobClient:
-        """Start a run on this node (where "local" servers without a host are)."""
+        """Start a run on this node (where "local" servers without a host are), its calls
+        asking as ``asking`` says (see :class:`pipelines.actor.RunSpec`), owned by the
+        tenant ``owner``."""
         handle = named_actor(
             PipelineJob,
-            job_name(job_id),
+            job_name(job_id, owner),
             job_id,
             list(services),
             settings,
             manager,
-            priority,
+            asking,
             placement=this_node(),
         )
         return cls(handle)
 
     @classmethod
-    def find(cls, job_id: str) -> PipelineJobClient | None:
-        """The run's actor, or None if there is none (unknown, or its retention is over)."""
+    def find(cls, job_id: str, owner: str) -> PipelineJobClient | None:
+        """The run's actor, or None if ``owner`` has none of that id (unknown, another
+        tenant's, or its retention is over)."""
+        return cls._named(job_name(job_id, owner))
+
+    @classmethod
+    def _named(cls, name: str) -> PipelineJobClient | None:
         try:
-            return cls(ray.get_actor(job_name(job_id), namespace=NAMESPACE))
+            return cls(ray.get_actor(name, namespace=NAMESPACE))
         except ValueError:
             return None
 
     @classmethod
-    def all(cls) -> list[PipelineJobClient]:
-        """The runs whose actors are there now (blocks for a round trip to Ray's GCS)."""
-        prefix = job_name("")
+    def all(cls, owner: str) -> list[PipelineJobClient]:
+        """The runs of ``owner`` whose actors are there now, every run's for "" (blocks
+        for a round trip to Ray's GCS)."""
+        prefix = job_name("", owner)
         found = (
-            cls.find(actor["name"].removeprefix(prefix))
+            cls._named(actor["name"])
             for actor in ray.util.list_named_actors(all_namespaces=True)
             if actor["namespace"] == NAMESPACE and actor["name"].startswith(prefix)
         )

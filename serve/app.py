@@ -21,10 +21,12 @@ is an actor of its own, see :mod:`pipelines.submitted`, so it outlives the repli
 the queue page: ``GET /``, its stream ``GET /v1/queue/events``, ``POST /login``
 and ``GET /static/{name}`` (see :mod:`serve.page`). Every route but the two
 health checks, the login and the page's static files needs ``Authorization:
-Bearer <key>`` with a key of ``serve.api_keys``, or the page's session cookie
-(see :mod:`serve.guard`). Every error is answered in OpenAI's error shape,
-and the OpenAPI document (``/openapi.json``) names each status a route may
-answer.
+Bearer <key>`` with a key of a tenant, or the page's session cookie (see
+:mod:`serve.guard`). The key's tenant (see :mod:`serve.tenants`) decides the
+request's flow, weight, priority ceiling, models and quota (see
+:mod:`serve.quota`), and whose pipeline runs it sees. Every error is answered
+in OpenAI's error shape, and the OpenAPI document (``/openapi.json``) names
+each status a route may answer.
 
 No ``from __future__ import annotations`` here: FastAPI reads the handlers'
 annotations, which Serve's class ingress leaves unresolved when they are strings.
@@ -37,7 +39,8 @@ import logging
 import math
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -51,6 +54,7 @@ from actors.client import ManagerClient
 from actors.errors import ConfigError, RaygateError
 from actors.options import CallOptions
 from actors.settings import Settings, load_settings
+from actors.waitqueue import check_priority
 from pipelines.plateau import Service, read_services
 from pipelines.submitted import PipelineJobClient
 from providers.client import ChatProvider
@@ -58,7 +62,7 @@ from providers.errors import ProviderActorLost
 from providers.gated import GatedProvider
 from providers.inprocess import provider_in_reach
 from providers.llamacpp import EMBEDDED_MODEL_ID
-from providers.models import StreamDelta
+from providers.models import StreamDelta, Usage
 from serve.errors import HTTPAnswer, answer_for, documented, invalid, retry_after
 from serve.guard import Guard, client_of, json_answer, not_allowed
 from serve.page import (
@@ -69,8 +73,9 @@ from serve.page import (
     queue_events,
     session_cookie,
     session_token,
-    valid_key,
 )
+from serve.quota import OverQuota, TenantQuotas
+from serve.tenants import Tenant, Tenants, no_such_model, served_priority
 from serve.throttle import KeyGuesses
 from serve.wire import (
     ChatCompletionBody,
@@ -89,11 +94,12 @@ READY_TIMEOUT_SECONDS = 5.0
 
 def check_keys(settings: Settings) -> None:
     """Refuse to serve with auth on and no key to check it against."""
-    if settings.serve.auth and not settings.serve.api_keys:
+    if settings.serve.auth and not settings.serve.tenant_list():
         raise ConfigError(
             "serve settings",
             (
-                "serve.api_keys is empty: set RAYGATE_SERVE__API_KEYS='[\"<key>\"]', or "
+                "serve.api_keys is empty and there are no serve.tenants: set "
+                "RAYGATE_SERVE__API_KEYS='[\"<key>\"]', name tenants, or "
                 "serve.auth: false to serve without keys",
             ),
         )
@@ -123,6 +129,29 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 def invalid_header() -> HTTPAnswer:
     message = "X-Priority must be an integer 1..10 and X-Queue-Timeout a positive number of seconds"
     return HTTPAnswer(422, error(message, "invalid_request_error", param="headers"))
+
+
+def model_not_found(model: str) -> HTTPAnswer:
+    body = error(
+        no_such_model(model), "invalid_request_error", param="model", code="model_not_found"
+    )
+    return HTTPAnswer(404, body)
+
+
+def tenant_of(request: Request) -> Tenant | None:
+    """The tenant whose key the request showed (None with ``serve.auth`` off)."""
+    tenant: Tenant | None = getattr(request.state, "tenant", None)
+    return tenant
+
+
+def over_quota(tenant: Tenant, over: OverQuota) -> HTTPAnswer:
+    body = error(over.message(tenant.name), "rate_limit_error", code="tenant_quota_exceeded")
+    return HTTPAnswer(429, body, retry_after(over.retry_after))
+
+
+def owner_of(tenant: Tenant | None) -> str:
+    """Whose pipeline runs a request sees: its tenant's, or everyone's without tenants."""
+    return tenant.name if tenant is not None else ""
 
 
 def no_queue() -> HTTPAnswer:
@@ -169,25 +198,30 @@ async def _sse(
     completion_id: str,
     *,
     usage: bool,
+    ended: Callable[[Usage | None], None],
 ) -> AsyncIterator[str]:
     """The stream as server-sent events; an error after the first piece ends it with an
-    ``error`` event, as OpenAI's streams do."""
+    ``error`` event, as OpenAI's streams do. ``ended`` hears of its end, however it
+    ends (the client may hang up), with the usage the backend reported."""
 
     def event(data: object) -> str:
         return f"data: {json.dumps(data)}\n\n"
 
     last = first
-    yield event(chunk(first, model, completion_id, first=True))
     try:
-        async for delta in rest:
-            last = delta
-            yield event(chunk(delta, model, completion_id))
-    except Exception as exc:
-        yield event(answer_for(exc).body)
-        return
-    if usage:
-        yield event(usage_chunk(last, model, completion_id))
-    yield "data: [DONE]\n\n"
+        yield event(chunk(first, model, completion_id, first=True))
+        try:
+            async for delta in rest:
+                last = delta
+                yield event(chunk(delta, model, completion_id))
+        except Exception as exc:
+            yield event(answer_for(exc).body)
+            return
+        if usage:
+            yield event(usage_chunk(last, model, completion_id))
+        yield "data: [DONE]\n\n"
+    finally:
+        ended(last.usage)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
@@ -198,6 +232,8 @@ class Gateway:
         if not settings.serve.auth:
             log.warning("serve.auth is false: every route answers without an API key")
         api.state.settings = settings
+        self._tenants = api.state.tenants = Tenants(settings.serve)
+        self._quotas = TenantQuotas()
         serving = settings.serve
         self._guesses = api.state.guesses = KeyGuesses(
             serving.auth_failure_limit, serving.auth_failure_window_seconds
@@ -242,23 +278,37 @@ class Gateway:
     async def chat_completions(
         self, body: ChatCompletionBody, request: Request
     ) -> JSONResponse | StreamingResponse:
+        tenant = tenant_of(request)
+        if tenant is not None and not tenant.may_use(body.model):
+            return json_answer(model_not_found(body.model))
         try:
-            options = self._options(request, body)
+            options = self._options(request, body, tenant)
         except RaygateError as exc:
             return json_answer(answer_for(exc))
         except ValueError:
             return json_answer(invalid_header())
-        headers = {"X-Request-Id": options.request_id or ""}
+        if tenant is not None:
+            over = self._quotas.admit(tenant.name, tenant.settings)
+            if over is not None:
+                return json_answer(over_quota(tenant, over))
+        headers = {"X-Request-Id": options.request_id or "", "X-Priority": str(options.priority)}
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        ended = partial(self._answered, tenant)
+        used: Usage | None = None
+        streaming = False
         try:
             provider, backend_model = await self._provider(body.model)
             chat = body.chat_request(backend_model)
             if not body.stream:
-                done = completion(await provider.chat(chat, options), body.model, completion_id)
-                return JSONResponse(done, headers=headers)
+                response = await provider.chat(chat, options)
+                used = response.usage
+                return JSONResponse(
+                    completion(response, body.model, completion_id), headers=headers
+                )
             pieces = provider.stream(chat, options)
             # Errors before the first piece (a full queue, an unknown model) are HTTP errors.
             first = await anext(pieces)
+            streaming = True
         except ValidationError as exc:  # e.g. a system message that does not come first
             return json_answer(invalid(exc.errors()))
         except Exception as exc:
@@ -266,15 +316,30 @@ class Gateway:
                 self._providers.pop(body.model, None)  # the next request gets a new actor
             answer = answer_for(exc)
             return JSONResponse(answer.body, answer.status, {**answer.headers, **headers})
+        finally:
+            if not streaming:
+                ended(used)
         usage = body.stream_options is not None and body.stream_options.include_usage
-        events = _sse(first, pieces, body.model, completion_id, usage=usage)
+        events = _sse(first, pieces, body.model, completion_id, usage=usage, ended=ended)
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
-    def _options(self, request: Request, body: ChatCompletionBody) -> CallOptions:
-        """Priority from the body or ``X-Priority``; ``X-Queue-Timeout``, ``X-Request-Id``;
-        the response cache if ``serve.cache``, unless ``Cache-Control`` says no."""
+    def _answered(self, tenant: Tenant | None, usage: Usage | None) -> None:
+        """A request ended: its tenant's quota counts its tokens and frees its place."""
+        if tenant is not None:
+            tokens = usage.input_tokens + usage.output_tokens if usage is not None else 0
+            self._quotas.answered(tenant.name, tokens)
+
+    def _options(
+        self, request: Request, body: ChatCompletionBody, tenant: Tenant | None
+    ) -> CallOptions:
+        """Priority from the body or ``X-Priority`` (else the tenant's default, never above
+        its ceiling); ``X-Queue-Timeout``, ``X-Request-Id``; the tenant as the flow; the
+        response cache if ``serve.cache``, unless ``Cache-Control`` says no."""
         header = request.headers.get("x-priority")
-        priority = body.priority if body.priority is not None else int(header or 5)
+        asked = body.priority if body.priority is not None else int(header) if header else None
+        if asked is not None:
+            check_priority(asked)
+        priority = served_priority(tenant, asked)
         timeout = request.headers.get("x-queue-timeout")
         seconds = float(timeout) if timeout else None
         if seconds is not None and not 0 < seconds < math.inf:
@@ -284,15 +349,23 @@ class Gateway:
             request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
             queue_timeout=seconds,
             cache=wants_cache(request.headers.get("cache-control"), self._settings.serve.cache),
+            flow=tenant.flow if tenant is not None else None,
+            weight=tenant.settings.weight if tenant is not None else 1.0,
         )
 
     @api.post(
         "/v1/pipelines", status_code=202, response_model=None, responses=documented(400, 404, 422)
     )
     async def submit_pipeline(
-        self, submission: PipelineSubmission
+        self, submission: PipelineSubmission, request: Request
     ) -> dict[str, object] | JSONResponse:
-        """Start a run of the plateau job; its id names it from then on."""
+        """Start a run of the plateau job; its id names it from then on. It runs at the
+        priority asked for, or the tenant's default, never above the tenant's ceiling."""
+        tenant = tenant_of(request)
+        model = self._settings.pipeline.model or EMBEDDED_MODEL_ID
+        if tenant is not None and not tenant.may_use(model):
+            return json_answer(model_not_found(model))
+        priority = served_priority(tenant, submission.priority)
         services = submission.services
         if services is None:
             read = read_input(self._settings, submission.file or "")
@@ -300,13 +373,22 @@ class Gateway:
                 return json_answer(read)
             services = read
         job_id = uuid.uuid4().hex[:12]
-        priority = submission.priority
-        job = PipelineJobClient.submit(job_id, services, self._settings, self._manager, priority)
+        asking = CallOptions(
+            priority=priority,
+            flow=tenant.flow if tenant is not None else None,
+            weight=tenant.settings.weight if tenant is not None else 1.0,
+        )
+        job = PipelineJobClient.submit(
+            job_id, services, self._settings, self._manager, asking, owner_of(tenant)
+        )
         return (await job.status()).model_dump(mode="json")
 
     @api.get("/v1/pipelines/{job_id}", response_model=None, responses=documented(404, 422))
-    async def pipeline_status(self, job_id: str) -> dict[str, object] | JSONResponse:
-        job = PipelineJobClient.find(job_id)
+    async def pipeline_status(
+        self, job_id: str, request: Request
+    ) -> dict[str, object] | JSONResponse:
+        """A run's state and progress (404 for another tenant's run)."""
+        job = PipelineJobClient.find(job_id, owner_of(tenant_of(request)))
         if job is None:
             return json_answer(no_job(job_id))
         return (await job.status()).model_dump(mode="json")
@@ -322,9 +404,11 @@ class Gateway:
             **documented(404, 422),
         },
     )
-    async def pipeline_results(self, job_id: str) -> StreamingResponse | JSONResponse:
+    async def pipeline_results(
+        self, job_id: str, request: Request
+    ) -> StreamingResponse | JSONResponse:
         """The records written so far, one JSON line each."""
-        job = PipelineJobClient.find(job_id)
+        job = PipelineJobClient.find(job_id, owner_of(tenant_of(request)))
         if job is None:
             return json_answer(no_job(job_id))
         records = await job.records()
@@ -332,16 +416,21 @@ class Gateway:
         return StreamingResponse(lines, media_type="application/x-ndjson")
 
     @api.delete("/v1/pipelines/{job_id}", response_model=None, responses=documented(404, 422))
-    async def cancel_pipeline(self, job_id: str) -> dict[str, object] | JSONResponse:
+    async def cancel_pipeline(
+        self, job_id: str, request: Request
+    ) -> dict[str, object] | JSONResponse:
         """Cancel a running run: its waiters leave the queue, its calls are cancelled."""
-        job = PipelineJobClient.find(job_id)
+        job = PipelineJobClient.find(job_id, owner_of(tenant_of(request)))
         if job is None:
             return json_answer(no_job(job_id))
         return (await job.cancel()).model_dump(mode="json")
 
     @api.get("/v1/models", responses=documented())
-    async def models(self) -> dict[str, object]:
-        ids = [*self._settings.models, EMBEDDED_MODEL_ID]
+    async def models(self, request: Request) -> dict[str, object]:
+        """The models this key's tenant may call."""
+        tenant = tenant_of(request)
+        every = [*self._settings.models, EMBEDDED_MODEL_ID]
+        ids = [i for i in every if tenant is None or tenant.may_use(i)]
         listed = [{"id": i, "object": "model", "created": 0, "owned_by": "raygate"} for i in ids]
         return {"object": "list", "data": listed}
 
@@ -353,13 +442,13 @@ class Gateway:
         return stats.model_dump(mode="json", by_alias=True)
 
     @api.get("/v1/queue/events", include_in_schema=False, response_model=None)
-    async def queue_stream(self) -> StreamingResponse | JSONResponse:
+    async def queue_stream(self, request: Request) -> StreamingResponse | JSONResponse:
         """The queue page's stream of server-sent events (see :mod:`serve.page`). Declared
         before ``/v1/queue/{request_id}``, which would take "events" for a request id."""
         if self._manager is None:
             return json_answer(no_queue())
         return StreamingResponse(
-            queue_events(self._manager),
+            queue_events(self._manager, owner_of(tenant_of(request))),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -395,15 +484,14 @@ class Gateway:
             headers = {**SECURITY_HEADERS, **retry_after(wait)}
             return HTMLResponse(login_page(problem), 429, headers)
         form = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
-        key = form.get("key", [""])[0]
-        for known in self._settings.serve.api_keys:
-            if valid_key(key, (known,)):
-                self._guesses.succeeded(client)
-                https = "https" in (request.url.scheme, request.headers.get("x-forwarded-proto"))
-                cookie = session_cookie(session_token(known), secure=https)
-                return Response(status_code=303, headers={"Location": "/", "Set-Cookie": cookie})
+        holder = self._tenants.by_key(form.get("key", [""])[0])
+        if holder is not None:
+            self._guesses.succeeded(client)
+            https = "https" in (request.url.scheme, request.headers.get("x-forwarded-proto"))
+            cookie = session_cookie(session_token(holder.key), secure=https)
+            return Response(status_code=303, headers={"Location": "/", "Set-Cookie": cookie})
         self._guesses.failed(client)
-        problem = "No such key: use one of the server's serve.api_keys."
+        problem = "No such key: use one of the server's keys."
         return HTMLResponse(login_page(problem), 401, SECURITY_HEADERS)
 
     @api.get("/healthz", responses=documented(guarded=False))

@@ -3,11 +3,12 @@
 A pure ASGI middleware, not Starlette's BaseHTTPMiddleware, so that a
 client's disconnect still reaches the handler and cancels its call.
 
-- The key: ``Authorization: Bearer <key>`` with a key of ``serve.api_keys``,
-  or the queue page's session cookie (a change made with it must also send
-  the page's header), on every route but the health checks, the login and
-  the page's files. A client that keeps showing wrong keys is slowed down
-  (see :mod:`serve.throttle`).
+- The key: ``Authorization: Bearer <key>`` with a key of a tenant (see
+  :mod:`serve.tenants`), or the queue page's session cookie (a change made
+  with it must also send the page's header), on every route but the health
+  checks, the login and the page's files; the handlers find the key's tenant
+  in ``request.state.tenant``. A client that keeps showing wrong keys is
+  slowed down (see :mod:`serve.throttle`).
 - The size: a body over ``serve.max_body_bytes`` gets 413 before it is read.
 - The method: a path that exists but not with this method gets 405 with
   ``Allow`` naming every method of that path (:func:`not_allowed`, which the
@@ -26,7 +27,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from actors.settings import Settings
 from serve.errors import HTTPAnswer, retry_after
-from serve.page import PAGE_HEADER, SECURITY_HEADERS, login_page, valid_key, valid_session
+from serve.page import PAGE_HEADER, SECURITY_HEADERS, login_page
+from serve.tenants import Tenants
 from serve.throttle import KeyGuesses
 from serve.wire import error
 
@@ -66,24 +68,28 @@ class Guard:
     def _check(scope: Scope) -> Response | None:
         settings: Settings = scope["app"].state.settings
         guesses: KeyGuesses = scope["app"].state.guesses
+        tenants: Tenants = scope["app"].state.tenants
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path: str = scope["path"]
         if settings.serve.auth and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIX):
-            keys = settings.serve.api_keys
             scheme, _, key = headers.get("authorization", "").partition(" ")
             client = client_of(scope)
             if scheme.lower() == "bearer" and key:
                 wait = guesses.retry_after(client)
                 if wait is not None:
                     return json_answer(too_many_guesses(wait))
-                if valid_key(key, keys):
+                holder = tenants.by_key(key)
+                if holder is not None:
                     guesses.succeeded(client)
+                    scope.setdefault("state", {})["tenant"] = holder.tenant
                     return Guard._size(headers, settings)
                 guesses.failed(client)
-            if valid_session(headers.get("cookie", ""), keys):
+            holder = tenants.by_session(headers.get("cookie", ""))
+            if holder is not None:
                 if scope["method"] not in ("GET", "HEAD") and PAGE_HEADER not in headers:
                     message = f"a change made with the page's session must send {PAGE_HEADER}"
                     return json_answer(HTTPAnswer(403, error(message, "invalid_request_error")))
+                scope.setdefault("state", {})["tenant"] = holder.tenant
                 return Guard._size(headers, settings)
             if path == "/":
                 return HTMLResponse(login_page(), 401, SECURITY_HEADERS)

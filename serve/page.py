@@ -25,7 +25,7 @@ import hmac
 import html
 import json
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from http.cookies import CookieError, SimpleCookie
 from importlib import resources
 
@@ -80,32 +80,27 @@ def session_cookie(token: str, *, secure: bool) -> str:
     return f"{COOKIE}={token}; {flags}" + ("; Secure" if secure else "")
 
 
-def valid_key(given: str, keys: Iterable[SecretStr]) -> bool:
-    return any(hmac.compare_digest(given.encode(), k.get_secret_value().encode()) for k in keys)
-
-
-def valid_session(cookie_header: str, keys: Iterable[SecretStr]) -> bool:
-    """Whether the ``Cookie`` header carries the session cookie of one of ``keys``."""
+def session_in(cookie_header: str) -> str | None:
+    """The session token the ``Cookie`` header carries, if any."""
     try:
         morsel = SimpleCookie(cookie_header).get(COOKIE)
     except CookieError:
-        return False
-    if morsel is None:
-        return False
-    token = morsel.value.encode()
-    return any(hmac.compare_digest(token, session_token(k).encode()) for k in keys)
+        return None
+    return None if morsel is None else morsel.value
 
 
 class RunList:
-    """The pipeline runs' statuses, read again at most every RUNS_REFRESH_SECONDS."""
+    """The statuses of ``owner``'s pipeline runs (every run's for ""), read again at
+    most every RUNS_REFRESH_SECONDS."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str) -> None:
+        self._owner = owner
         self._read_at = -float("inf")
         self._runs: list[JobStatus] = []
 
     async def statuses(self) -> list[JobStatus]:
         if time.monotonic() - self._read_at >= RUNS_REFRESH_SECONDS:
-            jobs = await asyncio.to_thread(PipelineJobClient.all)
+            jobs = await asyncio.to_thread(PipelineJobClient.all, self._owner)
             found = await asyncio.gather(*(job.status() for job in jobs), return_exceptions=True)
             # A run whose actor exits between the listing and its status is gone.
             runs = [status for status in found if isinstance(status, JobStatus)]
@@ -114,10 +109,11 @@ class RunList:
         return self._runs
 
 
-async def queue_events(manager: ManagerClient) -> AsyncIterator[str]:
-    """The page's stream: the whole state at once, then again after each change."""
+async def queue_events(manager: ManagerClient, owner: str) -> AsyncIterator[str]:
+    """The page's stream: the whole state at once, then again after each change; the
+    pipeline runs shown are ``owner``'s (see :class:`RunList`)."""
     yield f"retry: {RECONNECT_MILLISECONDS}\n\n"
-    runs = RunList()
+    runs = RunList(owner)
     version = -1
     while True:
         view = await manager.view(version, FIRST_WAITERS, HEARTBEAT_SECONDS)

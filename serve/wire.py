@@ -196,7 +196,9 @@ class PipelineSubmission(BaseModel):
 
     services: list[Service] | None = Field(default=None, min_length=1)
     file: str | None = Field(default=None, min_length=1)
-    priority: int = Field(default=5, ge=1, le=10)
+    priority: int | None = Field(
+        default=None, ge=1, le=10, description="The run's priority; none: the tenant's default."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> PipelineSubmission:

@@ -20,6 +20,7 @@ from actors.client import ManagerClient
 from actors.groups import GroupSpec, classify
 from actors.manager import get_or_create_manager
 from actors.names import NAMESPACE
+from actors.options import CallOptions
 from actors.settings import QueueSettings, Settings
 from pipelines.job import Outcome, run_pipeline
 from pipelines.plateau import Service
@@ -93,7 +94,7 @@ async def run(
         out if isinstance(out, ResultsFile) else ResultsFile(out),
         settings,
         manager=manager,
-        priority=priority,
+        asking=CallOptions(priority=priority),
         progress_out=io.StringIO(),
     )
 

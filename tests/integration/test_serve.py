@@ -24,13 +24,24 @@ from pydantic import SecretStr
 from actors.client import ManagerClient
 from actors.groups import ModelEntry, classify
 from actors.names import MANAGER_NAME, NAMESPACE
-from actors.settings import PipelineSettings, QueueSettings, ServeSettings, Settings
+from actors.settings import (
+    PipelineSettings,
+    QueueSettings,
+    ServeSettings,
+    Settings,
+    TenantSettings,
+)
+from providers.llamacpp import EMBEDDED_MODEL_ID
 from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
 from tests.support.polling import eventually
 from tests.support.serve_app import RELEASE, ask, respond, serve_app, the_replica
 
 REPO = Path(__file__).parents[2]
 KEY = "sk-test-raygate"
+# A tenant's key: priorities up to 3, the model "local" only.
+TEAM_KEY = "sk-test-team-a"
+# A tenant with a quota: 3 requests a minute, 1 at once.
+QUOTA_KEY = "sk-test-quota"
 MAX_PENDING = 100
 
 
@@ -77,6 +88,12 @@ def gateway(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 ),
                 serve=ServeSettings(
                     api_keys=(SecretStr(KEY),),
+                    tenants={
+                        "team-a": TenantSettings(
+                            keys=(SecretStr(TEAM_KEY),), max_priority=3, models=("local",)
+                        ),
+                        "quota": TenantSettings(keys=(SecretStr(QUOTA_KEY),), rpm=3, max_pending=1),
+                    },
                     max_body_bytes=64 * 1024,
                     data_dir=data,
                     results_dir=data / "results",
@@ -245,6 +262,74 @@ async def test_priority_over_http_with_one_slot(gateway: Gateway) -> None:
     served = [b["messages"][-1]["content"] for b in gateway.local.bodies[received + 1 :]]
     expected = sorted(range(20), key=lambda i: (-priorities[i], i))
     assert served == [f"p{priorities[i]}-{i}" for i in expected]
+    assert gateway.local.max_in_flight == 1
+
+
+async def test_a_tenant_is_served_at_its_ceiling_and_sees_and_calls_only_its_models(
+    gateway: Gateway,
+) -> None:
+    ask_local = {"model": "local", "messages": ask("ceiling")}
+    async with gateway.http(TEAM_KEY) as team, gateway.http() as default:
+        capped = await team.post(
+            "/v1/chat/completions", json=ask_local, headers={"X-Priority": "9"}
+        )
+        asked = await team.post("/v1/chat/completions", json=ask_local, headers={"X-Priority": "2"})
+        free = await default.post(
+            "/v1/chat/completions", json=ask_local, headers={"X-Priority": "9"}
+        )
+        listed = (await team.get("/v1/models")).raise_for_status().json()
+        everything = (await default.get("/v1/models")).raise_for_status().json()
+        other = await team.post(
+            "/v1/chat/completions", json={"model": EMBEDDED_MODEL_ID, "messages": ask("no")}
+        )
+        invalid = await team.post(
+            "/v1/chat/completions", json=ask_local, headers={"X-Priority": "11"}
+        )
+
+    assert [r.headers["X-Priority"] for r in (capped, asked, free)] == ["3", "2", "9"]
+    assert [m["id"] for m in listed["data"]] == ["local"]
+    assert len(everything["data"]) > 1
+    assert other.status_code == 404
+    assert other.json()["error"]["code"] == "model_not_found"
+    assert "local" not in other.json()["error"]["message"]  # the others stay unnamed
+    assert invalid.status_code == 422  # above 10 is invalid, not capped
+
+
+async def test_at_one_priority_a_tenant_waits_beside_another_tenants_flood_not_behind_it(
+    gateway: Gateway,
+) -> None:
+    """A cap-1 group held busy; the default tenant queues 10 requests, then team-a 2, all
+    at priority 3: team-a's are served among the first four, not after the ten."""
+    received = len(gateway.local.received)
+    async with gateway.client() as default, gateway.client(TEAM_KEY) as team:
+
+        async def one(client: openai.AsyncOpenAI, text: str) -> None:
+            await client.chat.completions.create(
+                model="local", messages=ask(text), extra_headers={"X-Priority": "3"}
+            )
+
+        RELEASE.clear()
+        try:
+            holder = asyncio.create_task(one(default, "hold"))
+            await eventually(lambda: _is(gateway.active, 1), "the held call to take the slot")
+            calls = []
+            senders = [(default, f"flood-{i}") for i in range(10)]
+            senders += [(team, f"team-{i}") for i in range(2)]
+            for n, (client, text) in enumerate(senders):
+                calls.append(asyncio.create_task(one(client, text)))
+                await eventually(lambda n=n + 1: _is(gateway.pending, n), f"{text} queued")
+        finally:
+            RELEASE.set()
+        await asyncio.gather(holder, *calls)
+
+    served = [b["messages"][-1]["content"] for b in gateway.local.bodies[received + 1 :]]
+    assert sorted(served) == sorted(text for _, text in senders)
+    team_served_at = [n for n, text in enumerate(served) if text.startswith("team-")]
+    assert len(team_served_at) == 2
+    assert max(team_served_at) < 4  # with first come first served: 10 and 11
+    assert [text for text in served if text.startswith("flood-")] == [
+        f"flood-{i}" for i in range(10)
+    ]
     assert gateway.local.max_in_flight == 1
 
 
@@ -473,6 +558,80 @@ async def test_a_pipeline_job_over_http_runs_to_the_end(gateway: Gateway) -> Non
     assert [r.status_code for r in refused] == [404, 404, 422]
     assert [r.json()["error"]["code"] for r in refused[:2]] == ["file_not_found"] * 2
     assert unknown.status_code == 404
+
+
+async def test_a_tenant_over_its_quota_gets_429_and_nobody_else_does(gateway: Gateway) -> None:
+    local = {"model": "local", "messages": ask("hold")}
+    async with gateway.http(QUOTA_KEY) as quota, gateway.http() as other:
+        RELEASE.clear()
+        try:
+            first = asyncio.create_task(quota.post("/v1/chat/completions", json=local))
+            await eventually(lambda: _is(gateway.active, 1), "its first request to hold the slot")
+            at_once = await quota.post("/v1/chat/completions", json=local)
+            others = asyncio.create_task(other.post("/v1/chat/completions", json=local))
+            await eventually(lambda: _is(gateway.pending, 1), "another tenant's to queue")
+        finally:
+            RELEASE.set()
+        answered = [await first, await others]
+        echo = {"model": "local", "messages": ask("quota")}
+        in_the_minute = [await quota.post("/v1/chat/completions", json=echo) for _ in range(3)]
+
+    assert [r.status_code for r in answered] == [200, 200]
+    assert at_once.status_code == 429
+    assert at_once.json()["error"]["code"] == "tenant_quota_exceeded"
+    assert "max_pending" in at_once.json()["error"]["message"]
+    assert at_once.headers["Retry-After"] == "1"
+    # Admitted: the first and two more; the fourth of the minute is refused until the
+    # first leaves the minute.
+    assert [r.status_code for r in in_the_minute] == [200, 200, 429]
+    assert "rpm of 3" in in_the_minute[2].json()["error"]["message"]
+    assert 1 <= int(in_the_minute[2].headers["Retry-After"]) <= 60
+
+
+async def test_a_pipeline_job_is_its_tenants_alone_and_waits_at_its_tenants_ceiling(
+    gateway: Gateway,
+) -> None:
+    manager = ManagerClient(ray.get_actor(MANAGER_NAME, namespace=NAMESPACE))
+    inline = [{"id": "svc-team", "name": "Team service"}]
+    async with gateway.http(TEAM_KEY) as team, gateway.http() as other:
+        RELEASE.clear()
+        try:
+            holder = asyncio.create_task(
+                other.post("/v1/chat/completions", json={"model": "local", "messages": ask("hold")})
+            )
+            await eventually(lambda: _is(gateway.active, 1), "the held call to take the slot")
+            submitted = await team.post("/v1/pipelines", json={"services": inline, "priority": 9})
+            assert submitted.status_code == 202
+            job = submitted.json()["id"]
+
+            async def the_jobs_call_waits() -> bool:
+                view = await manager.view(first=50)
+                return any(w.run == job for w in view.groups[gateway.group].waiting)
+
+            await eventually(the_jobs_call_waits, "the job's first call to queue")
+            view = await manager.view(first=50)
+            waiting = [w for w in view.groups[gateway.group].waiting if w.run == job]
+            seen_by_other = [
+                await other.get(f"/v1/pipelines/{job}"),
+                await other.get(f"/v1/pipelines/{job}/results"),
+                await other.delete(f"/v1/pipelines/{job}"),
+            ]
+        finally:
+            RELEASE.set()
+        await holder
+
+        async def ended() -> bool:
+            state = (await team.get(f"/v1/pipelines/{job}")).json()["state"]
+            return bool(state != "running")
+
+        await eventually(ended, "the team's job to end")
+        status = (await team.get(f"/v1/pipelines/{job}")).json()
+
+    # The tenant's ceiling, not the 9 it asked for.
+    assert {call.priority for call in waiting} == {3}
+    assert [r.status_code for r in seen_by_other] == [404, 404, 404]
+    assert all(r.json()["error"]["code"] == "job_not_found" for r in seen_by_other)
+    assert status["state"] == "finished"  # the other tenant's DELETE cancelled nothing
 
 
 async def test_a_pipeline_job_cancelled_over_http_starts_no_call_after_the_cancel(

@@ -1,0 +1,95 @@
+"""Who asks: the tenant a request's key belongs to, and what it may ask for.
+
+Each tenant of ``serve.tenants`` (and ``serve.api_keys``' holders, the tenant
+``default``) is a flow of the manager's fair share (see
+:mod:`actors.waitqueue`): at one priority, each waiting tenant gets its
+weight's share of a group, however many requests another one sends. A
+tenant's requests get its default priority when they name none and never
+more than its ceiling, and may call only its models; another model answers
+404 as an unknown one does, without naming the others.
+
+A key is compared with every key configured, each in constant time, and the
+lookup does not stop at the first match: how long it takes says nothing
+about which key, or whose, came close.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import SecretStr
+
+from actors.options import tenant_flow
+from actors.settings import ServeSettings, TenantSettings
+from actors.waitqueue import DEFAULT_PRIORITY
+from serve.page import session_in, session_token
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    settings: TenantSettings
+
+    @property
+    def flow(self) -> str:
+        """The tenant's flow id in the manager's queue."""
+        return tenant_flow(self.name)
+
+    def priority(self, asked: int | None) -> int:
+        """The priority a request that asked for ``asked`` (None: named none) is served at."""
+        default = self.settings.priority or DEFAULT_PRIORITY
+        return min(default if asked is None else asked, self.settings.max_priority)
+
+    def may_use(self, model: str) -> bool:
+        return self.settings.models is None or model in self.settings.models
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A key and the tenant it belongs to."""
+
+    key: SecretStr
+    tenant: Tenant
+
+
+class Tenants:
+    def __init__(self, serve: ServeSettings) -> None:
+        self._holders = [
+            Holder(key, Tenant(name, tenant))
+            for name, tenant in serve.tenant_list()
+            for key in tenant.keys
+        ]
+
+    def by_key(self, given: str) -> Holder | None:
+        """Who holds the bearer key ``given``, if anyone."""
+        return self._find(given.encode(), lambda key: key.get_secret_value().encode())
+
+    def by_session(self, cookie_header: str) -> Holder | None:
+        """Whose session the ``Cookie`` header carries (see :mod:`serve.page`), if anyone's."""
+        token = session_in(cookie_header)
+        if token is None:
+            return None
+        return self._find(token.encode(), lambda key: session_token(key).encode())
+
+    def _find(self, given: bytes, form: Callable[[SecretStr], bytes]) -> Holder | None:
+        found = None
+        for holder in self._holders:
+            if hmac.compare_digest(given, form(holder.key)):
+                found = holder
+        return found
+
+
+def served_priority(tenant: Tenant | None, asked: int | None) -> int:
+    """The priority a request that asked for ``asked`` (None: named none) is served at:
+    its tenant's say, or as asked where there are no tenants (``serve.auth`` off)."""
+    if tenant is not None:
+        return tenant.priority(asked)
+    return DEFAULT_PRIORITY if asked is None else asked
+
+
+def no_such_model(model: str) -> str:
+    """What a tenant that may not call ``model`` is told: what OpenAI says of a model that
+    does not exist or that the key has no access to."""
+    return f"The model `{model}` does not exist or you do not have access to it."
