@@ -39,9 +39,11 @@ class Calls:
     def __init__(self, manager: Any) -> None:
         self.client = ManagerClient(manager)
 
-    async def post_in_slot(self, group: str, priority: int, url: str, tag: int = 0) -> int:
+    async def post_in_slot(
+        self, group: str, priority: int, url: str, tag: int = 0, flow: str | None = None
+    ) -> int:
         async with (
-            self.client.slot(group, CallOptions(priority=priority)),
+            self.client.slot(group, CallOptions(priority=priority, flow=flow)),
             httpx.AsyncClient() as http,
         ):
             response = await http.post(url, json={"priority": priority, "tag": tag})
@@ -220,6 +222,44 @@ async def test_a_killed_manager_restarts_without_losing_a_call_or_breaking_the_l
     stats = await client.stats()
     assert stats.epoch != epoch
     assert (stats.total_active, stats.total_pending) == (0, 0)
+
+
+async def test_a_restarted_manager_keeps_each_flows_waiters_in_order_and_shares_between_flows(
+    make_manager: ManagerFactory,
+) -> None:
+    client = make_manager(LOCAL_SERVER)
+    callers = [Caller.remote(client.handle) for _ in range(2)]
+    epoch = (await client.stats()).epoch
+    # Flow a's six calls all ask before flow b's six, at one priority.
+    flows = ["tenant:a"] * 6 + ["tenant:b"] * 6
+    with ProbeServer(hold=0.05) as server:
+        async with client.slot(LOCAL_SERVER.id):
+            calls = []
+            for tag, flow in enumerate(flows):
+                caller = callers[tag % 2]
+                calls.append(caller.post_in_slot.remote(LOCAL_SERVER.id, 5, server.url, tag, flow))
+                await eventually(pending_is(client, LOCAL_SERVER.id, tag + 1), f"call {tag} queued")
+            client.kill(restart=True)
+
+            async def back() -> bool:
+                stats = await client.stats()
+                return stats.epoch != epoch and stats.total_pending == 12
+
+            await eventually(back, "the restarted manager to queue all 12 again")
+        await asyncio.gather(*calls)
+
+    served = [body["tag"] for body in server.bodies]
+    assert sorted(served) == list(range(12))
+    # Within each flow, the order in which its calls asked.
+    assert [t for t in served if t < 6] == list(range(6))
+    assert [t for t in served if t >= 6] == list(range(6, 12))
+    # Between the flows, turns: b's calls do not wait behind all of a's (first come first
+    # served would serve six of a's before any of b's).
+    imbalance = max(
+        abs(sum(t < 6 for t in served[:n]) - sum(t >= 6 for t in served[:n])) for n in range(13)
+    )
+    assert imbalance <= 2, served
+    assert server.max_in_flight == 1
 
 
 async def test_a_killed_callers_slot_and_waits_end_at_once_not_after_the_ttl(
