@@ -91,6 +91,7 @@ class Holdings:
         if (charged := group.charged.pop(lease_id, None)) is not None:
             flow, estimate = charged
             group.queue.charge(flow, held - estimate)
+            group.tally.served_to(flow, held)
             group.queue.estimate = group.tally.avg_hold or estimate
         self._groups.changed(group)
         now = self._clock()

@@ -9,7 +9,7 @@ build the snapshots of :mod:`actors.stats` and :mod:`actors.queueview`.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from actors.budget import Budget
 from actors.queueview import GroupActivity, LevelHistory, QueueView, WaitingCall
-from actors.stats import GroupStats, QueuePosition, QueueStats, percentile
+from actors.stats import FlowStats, GroupStats, QueuePosition, QueueStats, percentile
+from actors.waitqueue import FLOW_MEMORY
 
 if TYPE_CHECKING:
     from actors.engine import SlotEngine
@@ -52,6 +53,8 @@ class GroupTally:
     avg_hold: float | None = None
     waits: deque[float] = field(default_factory=lambda: deque(maxlen=WAIT_WINDOW))
     history: LevelHistory = field(default_factory=LevelHistory)
+    # Call-seconds served by flow, the least recently served forgotten past FLOW_MEMORY.
+    served: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
     def grant(self, waited: float) -> None:
         self.granted += 1
@@ -63,6 +66,11 @@ class GroupTally:
             if self.avg_hold is None
             else (1 - HOLD_SMOOTHING) * self.avg_hold + HOLD_SMOOTHING * seconds
         )
+
+    def served_to(self, flow: str, seconds: float) -> None:
+        self.served[flow] = self.served.pop(flow, 0.0) + seconds
+        if len(self.served) > FLOW_MEMORY:
+            self.served.popitem(last=False)
 
     def levels(self, now: float, active: int, pending: int) -> None:
         self.peak_active = max(self.peak_active, active)
@@ -204,7 +212,24 @@ def group_stats(group: Group, now: float) -> GroupStats:
         granted=tally.granted,
         handed_over=tally.handed_over,
         **{outcome.value: tally.ended[outcome] for outcome in Outcome},
+        flows=flow_stats(group),
     )
+
+
+def flow_stats(group: Group) -> dict[str, FlowStats]:
+    waiting = group.queue.waiting_by_flow()
+    running = Counter(flow for flow, _ in group.charged.values())
+    served = group.tally.served
+    total = sum(served.values())
+    return {
+        flow: FlowStats(
+            waiting=waiting.get(flow, 0),
+            running=running.get(flow, 0),
+            served_seconds=served.get(flow, 0.0),
+            share=served.get(flow, 0.0) / total if total else 0.0,
+        )
+        for flow in sorted({*waiting, *running, *served})
+    }
 
 
 def _paused(budget: Budget | None, now: float) -> float:

@@ -38,6 +38,17 @@ class GroupInfo(Snapshot):
         return self.limit is not None or self.global_limit is not None or self.budgeted
 
 
+class FlowStats(Snapshot):
+    """One flow's part of a group (a tenant's, or a Ray job's; see actors.waitqueue)."""
+
+    waiting: int
+    running: int
+    # Call-seconds its calls held the group's slots, since the manager started.
+    served_seconds: float
+    # Of the served seconds of the flows listed with it.
+    share: float
+
+
 class GroupStats(Snapshot):
     kind: ResourceKind
     limit: int | None
@@ -70,6 +81,8 @@ class GroupStats(Snapshot):
     rejected: int
     # Waiters dropped and leases freed because the process that asked died.
     abandoned: int
+    # By flow: those waiting or running now, and the last FLOW_MEMORY that were served.
+    flows: dict[str, FlowStats] = {}
 
 
 class QueueStats(Snapshot):

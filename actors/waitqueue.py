@@ -226,6 +226,10 @@ class WaitQueue:
         if not state.live:
             del self._waiting[flow]
 
+    def waiting_by_flow(self) -> dict[str, int]:
+        """How many waiters each flow with a waiter has."""
+        return {flow: state.live for flow, state in self._waiting.items()}
+
     def first(self, count: int) -> list[str]:
         """The ``count`` waiters granted first, in grant order, each grant charged the
         current estimate (O(n + count * flows))."""

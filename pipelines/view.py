@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from actors.stats import GroupStats, QueueStats
 
 COLUMNS = (
@@ -17,7 +19,12 @@ COLUMNS = (
 )
 
 
+FLOW_COLUMNS = ("flow", "waiting", "running", "served", "share")
+
+
 def render(stats: QueueStats) -> str:
+    """The groups, one row each, the totals, then the flows of each group where one waits
+    or runs now."""
     rows = [
         (
             group,
@@ -32,19 +39,39 @@ def render(stats: QueueStats) -> str:
         )
         for group, g in sorted(stats.groups.items())
     ]
-    widths = [max(len(cell) for cell in column) for column in zip(COLUMNS, *rows, strict=False)]
-    lines = [
-        "  ".join(
-            cell.ljust(width) if i < 2 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in (COLUMNS, *rows)
-    ]
+    lines = table(COLUMNS, rows, left=2)
     cap = "none" if stats.global_limit is None else str(stats.global_limit)
     lines.append(
         f"total active {stats.total_active}, pending {stats.total_pending}; global cap {cap}"
     )
+    for group, g in sorted(stats.groups.items()):
+        if any(flow.waiting or flow.running for flow in g.flows.values()):
+            lines.append(f"flows of {group}")
+            flows = [
+                (
+                    name,
+                    str(flow.waiting),
+                    str(flow.running),
+                    f"{flow.served_seconds:.1f}s",
+                    f"{flow.share:.0%}",
+                )
+                for name, flow in sorted(g.flows.items(), key=lambda f: -f[1].served_seconds)
+            ]
+            lines.extend(table(FLOW_COLUMNS, flows, left=1))
     return "\n".join(lines)
+
+
+def table(columns: tuple[str, ...], rows: Sequence[tuple[str, ...]], *, left: int) -> list[str]:
+    """``rows`` under ``columns``, each column as wide as its widest cell; the first
+    ``left`` columns aligned left, the others right."""
+    widths = [max(len(cell) for cell in column) for column in zip(columns, *rows, strict=False)]
+    return [
+        "  ".join(
+            cell.ljust(width) if i < left else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in (columns, *rows)
+    ]
 
 
 def budget_left(group: GroupStats) -> str:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import pytest
+
+from pipelines.view import render
 from tests.unit.conftest import LOCAL_OLLAMA, Harness
 
 CALL = 0.02  # seconds a call holds its slot
@@ -225,3 +228,26 @@ def test_the_queue_views_show_the_order_grants_then_take() -> None:
 
     assert shown == order
     assert [p.ahead for p in positions if p is not None] == list(range(12))
+
+
+def test_the_stats_show_each_flows_waiters_calls_running_service_and_share() -> None:
+    harness = Harness()
+    asks = [Ask(0.0, f"a{i}", "tenant:a", seconds=0.3) for i in range(2)]
+    asks += [Ask(0.0, "b0", "tenant:b", seconds=0.1)]
+    simulate(harness, asks)  # all three ran: a 0.6 s, b 0.1 s
+    harness.ask(LOCAL_OLLAMA, "a-holds", flow="tenant:a")
+    harness.ask(LOCAL_OLLAMA, "b-waits", flow="tenant:b")
+
+    flows = harness.engine.stats().groups[LOCAL_OLLAMA.id].flows
+
+    assert {name: (f.waiting, f.running) for name, f in flows.items()} == {
+        "tenant:a": (0, 1),
+        "tenant:b": (1, 0),
+    }
+    assert flows["tenant:a"].served_seconds == pytest.approx(0.6)
+    assert flows["tenant:b"].served_seconds == pytest.approx(0.1)
+    assert flows["tenant:a"].share == pytest.approx(6 / 7)
+    table = render(harness.engine.stats())
+    assert f"flows of {LOCAL_OLLAMA.id}" in table
+    [b_row] = [line for line in table.splitlines() if line.startswith("tenant:b")]
+    assert b_row.split() == ["tenant:b", "1", "0", "0.1s", "14%"]
