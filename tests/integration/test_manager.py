@@ -490,7 +490,7 @@ async def test_stats_command_prints_the_running_clusters_queue(ray_session: None
             capture_output=True, text=True, timeout=120, check=True,
         )  # fmt: skip
 
-    header, row, total = out.stdout.strip().splitlines()
+    header, row, total, flows_of, flows_header, flow = out.stdout.strip().splitlines()
     assert header.split()[:3] == ["group", "kind", "limit"]
     assert row.split() == [
         LOCAL_SERVER.id,
@@ -504,3 +504,8 @@ async def test_stats_command_prints_the_running_clusters_queue(ray_session: None
         "-",
     ]
     assert total == "total active 1, pending 0; global cap none"
+    # The slot is this driver's: its Ray job's flow runs one call and has waited none.
+    assert flows_of == f"flows of {LOCAL_SERVER.id}"
+    assert flows_header.split() == ["flow", "waiting", "running", "served", "share"]
+    job = f"job:{ray.get_runtime_context().get_job_id()}"
+    assert flow.split()[:3] == [job, "0", "1"]
