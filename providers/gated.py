@@ -123,9 +123,15 @@ class GatedProvider:
                 async with self._acquired(attributes, charged(request, options)) as (lease, wait):
                     waited += wait
                     started_at = time.time()
-                    with tracer().start_as_current_span("raygate.call", attributes=attributes):
+                    with tracer().start_as_current_span(
+                        "raygate.call", attributes=attributes
+                    ) as span:
                         async with self._throttling(lease):
                             response = await self.backend.chat(request)
+                        span.set_attributes(answered_attributes(response.usage))
+                        span.set_attribute(
+                            "gen_ai.response.finish_reasons", (response.finish_reason,)
+                        )
                     self._report(lease, response.usage)
                     return response
 
@@ -135,11 +141,17 @@ class GatedProvider:
         return response.model_copy(update={"queue_wait_seconds": waited, "started_at": started_at})
 
     def _attributes(self, request: ChatRequest, options: CallOptions) -> dict[str, str | int]:
-        """What every span of a call carries."""
+        """What every span of a call carries: OpenTelemetry's GenAI attributes (the
+        operation, the provider, the model and the tokens asked for) and raygate's (the
+        group, the flow, that is the tenant or Ray job, the priority, and the labels)."""
         labels = options.labels
         attributes: dict[str, str | int] = {
-            "raygate.group": self.spec.id,
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": self.spec.provider.value,
             "gen_ai.request.model": request.model,
+            "gen_ai.request.max_tokens": request.max_tokens,
+            "raygate.group": self.spec.id,
+            "raygate.flow": options.flow or "",
             "raygate.stage": labels.stage,
             "raygate.service_id": labels.service_id,
             "raygate.priority": options.priority,
@@ -182,11 +194,12 @@ class GatedProvider:
         with self._observed(request, options) as answered, self.breaker.guard():
             async with self._acquired(attributes, charged(request, options)) as (lease, _):
                 started = self._clock()
-                with tracer().start_as_current_span("raygate.call", attributes=attributes):
+                with tracer().start_as_current_span("raygate.call", attributes=attributes) as span:
                     async with self._throttling(lease):
                         async for delta in self.backend.stream(request):
                             if delta.usage is not None:
                                 self._report(lease, delta.usage)
+                                span.set_attributes(answered_attributes(delta.usage))
                             yield delta
                 answered(self._clock() - started)
 
@@ -237,3 +250,11 @@ def charged(request: ChatRequest, options: CallOptions) -> CallOptions:
     """The options with what the request may use at most, for its group's token budget."""
     prompt = sum(len(message.content) for message in request.messages)
     return replace(options, tokens=estimate_tokens(prompt, request.max_tokens))
+
+
+def answered_attributes(usage: Usage) -> dict[str, int]:
+    """A call span's GenAI attributes once its answer says what it used."""
+    return {
+        "gen_ai.usage.input_tokens": usage.input_tokens,
+        "gen_ai.usage.output_tokens": usage.output_tokens,
+    }

@@ -46,31 +46,43 @@ def provider() -> Iterator[tuple[GatedProvider, SlotGate]]:
         gate.close()
 
 
-async def test_acquire_and_call_spans_carry_group_model_stage_plateau_service_request_priority(
+async def test_acquire_and_call_spans_carry_genai_and_raygate_attributes_and_the_usage(
     provider: tuple[GatedProvider, SlotGate],
 ) -> None:
     gated, _ = provider
 
     labels = CallLabels(stage="features", service_id="svc-1", plateau=2)
-    options = CallOptions(priority=7, request_id="run:svc-1:features:2:1", labels=labels)
-    await gated.chat(REQUEST, options)
+    options = CallOptions(
+        priority=7, request_id="run:svc-1:features:2:1", flow="tenant:team-a", labels=labels
+    )
+    response = await gated.chat(REQUEST, options)
     await gated.backend.aclose()
 
     acquire, call = sorted(EXPORTER.get_finished_spans(), key=lambda s: s.start_time or 0)
     assert (acquire.name, call.name) == ("raygate.acquire", "raygate.call")
-    for span in (acquire, call):
-        assert span.attributes is not None
-        assert {k: span.attributes[k] for k in span.attributes if k != "raygate.wait_seconds"} == {
-            "raygate.group": gated.spec.id,
-            "gen_ai.request.model": "llama3",
-            "raygate.stage": "features",
-            "raygate.service_id": "svc-1",
-            "raygate.plateau": 2,
-            "raygate.request_id": "run:svc-1:features:2:1",
-            "raygate.priority": 7,
-        }
     assert acquire.attributes is not None
-    assert acquire.attributes["raygate.wait_seconds"] >= 0
+    assert call.attributes is not None
+    common = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "ollama",
+        "gen_ai.request.model": "llama3",
+        "gen_ai.request.max_tokens": 1024,
+        "raygate.group": gated.spec.id,
+        "raygate.flow": "tenant:team-a",
+        "raygate.stage": "features",
+        "raygate.service_id": "svc-1",
+        "raygate.plateau": 2,
+        "raygate.request_id": "run:svc-1:features:2:1",
+        "raygate.priority": 7,
+    }
+    assert {**acquire.attributes} == {**common, "raygate.wait_seconds": pytest.approx(0, abs=5)}
+    assert {**call.attributes} == {
+        **common,
+        "gen_ai.usage.input_tokens": response.usage.input_tokens,
+        "gen_ai.usage.output_tokens": response.usage.output_tokens,
+        "gen_ai.response.finish_reasons": (response.finish_reason,),
+    }
+    assert response.usage.output_tokens > 0
 
 
 async def test_an_acquire_that_times_out_is_an_error_span(
@@ -100,6 +112,14 @@ async def test_a_stream_gets_the_same_acquire_and_call_spans(
     spans = sorted(EXPORTER.get_finished_spans(), key=lambda s: s.start_time or 0)
     assert [s.name for s in spans] == ["raygate.acquire", "raygate.call"]
     assert all(s.attributes and s.attributes["raygate.group"] == gated.spec.id for s in spans)
+    call = spans[1].attributes
+    assert call is not None
+    last = pieces[-1].usage
+    assert last is not None
+    assert (call["gen_ai.usage.input_tokens"], call["gen_ai.usage.output_tokens"]) == (
+        last.input_tokens,
+        last.output_tokens,
+    )
 
 
 class Recorder:
