@@ -66,7 +66,7 @@ class Holdings:
         group.charged[lease.id] = (flow, estimate)
         if group.budget is not None:
             group.budget.spend(lease.id, tokens, self._clock())
-        self._recorder.granted(group, waited)
+        self._recorder.granted(group, waited, flow)
         return lease
 
     def hold(self, group: Group, lease: Lease, *, restored: bool = False) -> None:
@@ -91,7 +91,7 @@ class Holdings:
         if (charged := group.charged.pop(lease_id, None)) is not None:
             flow, estimate = charged
             group.queue.charge(flow, held - estimate)
-            group.tally.served_to(flow, held)
+            self._recorder.served(group, flow, held)
             group.queue.estimate = group.tally.avg_hold or estimate
         self._groups.changed(group)
         now = self._clock()

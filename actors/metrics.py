@@ -18,6 +18,8 @@ from ray.util import metrics as ray_metrics
 from actors.telemetry import meter
 
 GROUP = ("group", "kind")
+# A tenant's name, "" for calls that are no tenant's (a driver's job): a bounded label.
+TENANT = (*GROUP, "tenant")
 WAIT_BUCKETS = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0]
 Labels = dict[str, str]
 
@@ -27,9 +29,9 @@ class Counter:
         self._ray = ray_metrics.Counter(name, description, tag_keys=tuple(labels))
         self._otel = meter().create_counter(name, description=description)
 
-    def inc(self, labels: Labels) -> None:
-        self._ray.inc(tags=labels)
-        self._otel.add(1, attributes=labels)
+    def inc(self, labels: Labels, amount: float = 1.0) -> None:
+        self._ray.inc(amount, tags=labels)
+        self._otel.add(amount, attributes=labels)
 
 
 class Gauge:
@@ -106,12 +108,28 @@ class QueueMetrics:
             GROUP,
             WAIT_BUCKETS,
         )
+        self._tenant_wait = Histogram(
+            "llm_queue_tenant_wait_seconds",
+            "Time from a request's arrival to its grant, by tenant.",
+            TENANT,
+            WAIT_BUCKETS,
+        )
+        self._tenant_served = Counter(
+            "llm_queue_tenant_served_seconds",
+            "Seconds the calls of each tenant held a group's slots (its fair share's service).",
+            TENANT,
+        )
 
     def submitted(self, group: str, kind: str) -> None:
         self._submitted.inc({"group": group, "kind": kind})
 
-    def granted(self, group: str, kind: str, waited: float) -> None:
+    def granted(self, group: str, kind: str, waited: float, tenant: str) -> None:
         self._wait.observe(waited, {"group": group, "kind": kind})
+        self._tenant_wait.observe(waited, {"group": group, "kind": kind, "tenant": tenant})
+
+    def served(self, group: str, kind: str, tenant: str, seconds: float) -> None:
+        if seconds > 0:  # a counter only grows
+            self._tenant_served.inc({"group": group, "kind": kind, "tenant": tenant}, seconds)
 
     def finished(self, group: str, kind: str, outcome: str) -> None:
         self._completed.inc({"group": group, "kind": kind, "outcome": outcome})

@@ -102,7 +102,12 @@ class CallOptions:
 
 def tenant_flow(name: str) -> str:
     """The flow of the tenant ``name``'s calls (see :mod:`serve.tenants`)."""
-    return f"tenant:{name}"
+    return TENANT_FLOW + name
+
+
+def tenant_of(flow: str) -> str:
+    """The tenant whose flow ``flow`` is, "" if it is no tenant's (a Ray job's)."""
+    return flow.removeprefix(TENANT_FLOW) if flow.startswith(TENANT_FLOW) else ""
 
 
 def _this_job() -> str:
@@ -113,3 +118,4 @@ def _this_job() -> str:
 
 
 DEFAULT_OPTIONS = CallOptions()
+TENANT_FLOW = "tenant:"

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
 from actors.budget import Budget
+from actors.options import tenant_of
 from actors.queueview import GroupActivity, LevelHistory, QueueView, WaitingCall
 from actors.stats import FlowStats, GroupStats, QueuePosition, QueueStats, percentile
 from actors.waitqueue import FLOW_MEMORY
@@ -82,7 +83,11 @@ class Observer(Protocol):
 
     def submitted(self, group: str, kind: str) -> None: ...
 
-    def granted(self, group: str, kind: str, waited: float) -> None: ...
+    def granted(self, group: str, kind: str, waited: float, tenant: str) -> None:
+        """A grant after ``waited`` seconds, to a call of ``tenant`` ("" for no tenant's)."""
+
+    def served(self, group: str, kind: str, tenant: str, seconds: float) -> None:
+        """A call of ``tenant`` ended, having held its slot ``seconds``."""
 
     def finished(self, group: str, kind: str, outcome: Outcome) -> None: ...
 
@@ -114,13 +119,18 @@ class Recorder:
         if self._observer is not None:
             self._observer.submitted(group.spec.id, group.spec.kind)
 
-    def granted(self, group: Group, waited: float) -> None:
+    def granted(self, group: Group, waited: float, flow: str) -> None:
         group.tally.grant(waited)
         group.throttle.granted(self._clock())
         if self._observer is not None:
-            self._observer.granted(group.spec.id, group.spec.kind, waited)
+            self._observer.granted(group.spec.id, group.spec.kind, waited, tenant_of(flow))
         self.budget_left(group)
         self.levels(group)
+
+    def served(self, group: Group, flow: str, seconds: float) -> None:
+        group.tally.served_to(flow, seconds)
+        if self._observer is not None:
+            self._observer.served(group.spec.id, group.spec.kind, tenant_of(flow), seconds)
 
     def finished(self, group: Group, outcome: Outcome) -> None:
         group.tally.ended[outcome] += 1

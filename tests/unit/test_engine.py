@@ -502,8 +502,11 @@ class Recorder:
     def submitted(self, group: str, kind: str) -> None:
         self.events.append(("submitted", kind))
 
-    def granted(self, group: str, kind: str, waited: float) -> None:
-        self.events.append(("granted", waited))
+    def granted(self, group: str, kind: str, waited: float, tenant: str) -> None:
+        self.events.append(("granted", waited, tenant))
+
+    def served(self, group: str, kind: str, tenant: str, seconds: float) -> None:
+        self.events.append(("served", tenant, seconds))
 
     def finished(self, group: str, kind: str, outcome: str) -> None:
         self.events.append(("finished", outcome))
@@ -518,19 +521,19 @@ class Recorder:
 def test_observer_sees_every_change_in_order() -> None:
     recorder = Recorder()
     h = Harness(observer=recorder, max_pending_per_group=1)
-    h.ask(LOCAL_OLLAMA, "a")
-    h.ask(LOCAL_OLLAMA, "b")
+    h.ask(LOCAL_OLLAMA, "a", flow="tenant:team-a")
+    h.ask(LOCAL_OLLAMA, "b", flow="job:01000000")
     with pytest.raises(QueueFull):
         h.ask(LOCAL_OLLAMA, "c")
     h.clock.advance(2.0)
     h.done("a")
 
     assert recorder.events == [
-        ("submitted", "local-server"), ("granted", 0.0), ("levels", 1, 0),
+        ("submitted", "local-server"), ("granted", 0.0, "team-a"), ("levels", 1, 0),
         ("submitted", "local-server"), ("levels", 1, 1),
         ("submitted", "local-server"), ("finished", "rejected"), ("levels", 1, 1),
-        ("finished", "released"), ("levels", 0, 1),
-        ("granted", 2.0), ("levels", 1, 0),
+        ("served", "team-a", 2.0), ("finished", "released"), ("levels", 0, 1),
+        ("granted", 2.0, ""), ("levels", 1, 0),
     ]  # fmt: skip
 
 

@@ -74,7 +74,7 @@ def test_queue_submissions_grants_outcomes_and_levels() -> None:
     now = [0.0]
     engine = SlotEngine(epoch=1, clock=lambda: now[0], observer=QueueMetrics())
     engine.register(SPEC)
-    first = engine.acquire(SPEC.id, "l1", CallOptions(request_id="r1"))
+    first = engine.acquire(SPEC.id, "l1", CallOptions(request_id="r1", flow="tenant:team-a"))
     assert first is not None
     assert engine.acquire(SPEC.id, "l2", CallOptions(request_id="r2")) is None
 
@@ -88,6 +88,9 @@ def test_queue_submissions_grants_outcomes_and_levels() -> None:
     assert point("llm_queue_completed", **QUEUE, outcome="released").value == 2
     waits = point("llm_queue_wait_seconds", **QUEUE)
     assert (waits.count, waits.sum) == (2, 4.0)
+    by_tenant = point("llm_queue_tenant_wait_seconds", **QUEUE, tenant="")
+    assert (by_tenant.count, by_tenant.sum) == (1, 4.0)  # r2: no tenant's, waited 4 s
+    assert point("llm_queue_tenant_served_seconds", **QUEUE, tenant="team-a").value == 4.0
     assert point("llm_queue_inflight", **QUEUE).value == 0
     assert point("llm_queue_pending", **QUEUE).value == 0
 
