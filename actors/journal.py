@@ -106,7 +106,7 @@ class FileStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
         self._compact_at = compact_at
-        self._latest = self.load()
+        self._latest = self._read()
         self._fd = -1
         self._rewrite()
 
@@ -117,6 +117,10 @@ class FileStore:
             self._rewrite()
 
     def load(self) -> dict[str, bytes]:
+        """Each key's last value: what the file held when opened, and every put since."""
+        return dict(self._latest)
+
+    def _read(self) -> dict[str, bytes]:
         try:
             data = self._path.read_bytes()
         except FileNotFoundError:
