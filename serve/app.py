@@ -40,6 +40,7 @@ import math
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from functools import partial
 
 from fastapi import FastAPI, Request
@@ -75,7 +76,7 @@ from serve.page import (
     session_token,
 )
 from serve.quota import OverQuota, TenantQuotas
-from serve.tenants import Tenant, Tenants, no_such_model, served_priority
+from serve.tenants import Tenant, Tenants, asking, no_such_model, served_priority
 from serve.throttle import KeyGuesses
 from serve.wire import (
     ChatCompletionBody,
@@ -344,13 +345,11 @@ class Gateway:
         seconds = float(timeout) if timeout else None
         if seconds is not None and not 0 < seconds < math.inf:
             raise ValueError(timeout)
-        return CallOptions(
-            priority=priority,
+        return replace(
+            asking(tenant, priority),
             request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
             queue_timeout=seconds,
             cache=wants_cache(request.headers.get("cache-control"), self._settings.serve.cache),
-            flow=tenant.flow if tenant is not None else None,
-            weight=tenant.settings.weight if tenant is not None else 1.0,
         )
 
     @api.post(
@@ -365,7 +364,6 @@ class Gateway:
         model = self._settings.pipeline.model or EMBEDDED_MODEL_ID
         if tenant is not None and not tenant.may_use(model):
             return json_answer(model_not_found(model))
-        priority = served_priority(tenant, submission.priority)
         services = submission.services
         if services is None:
             read = read_input(self._settings, submission.file or "")
@@ -373,13 +371,9 @@ class Gateway:
                 return json_answer(read)
             services = read
         job_id = uuid.uuid4().hex[:12]
-        asking = CallOptions(
-            priority=priority,
-            flow=tenant.flow if tenant is not None else None,
-            weight=tenant.settings.weight if tenant is not None else 1.0,
-        )
+        run = asking(tenant, served_priority(tenant, submission.priority))
         job = PipelineJobClient.submit(
-            job_id, services, self._settings, self._manager, asking, owner_of(tenant)
+            job_id, services, self._settings, self._manager, run, owner_of(tenant)
         )
         return (await job.status()).model_dump(mode="json")
 

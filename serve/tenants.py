@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
-from actors.options import tenant_flow
+from actors.options import CallOptions, tenant_flow
 from actors.settings import ServeSettings, TenantSettings
 from actors.waitqueue import DEFAULT_PRIORITY
 from serve.page import session_in, session_token
@@ -87,6 +87,14 @@ def served_priority(tenant: Tenant | None, asked: int | None) -> int:
     if tenant is not None:
         return tenant.priority(asked)
     return DEFAULT_PRIORITY if asked is None else asked
+
+
+def asking(tenant: Tenant | None, priority: int) -> CallOptions:
+    """A call of ``tenant`` at ``priority``: its flow and weight (without a tenant, the
+    flow is stamped with the caller's Ray job where the call starts)."""
+    if tenant is None:
+        return CallOptions(priority=priority)
+    return CallOptions(priority=priority, flow=tenant.flow, weight=tenant.settings.weight)
 
 
 def no_such_model(model: str) -> str:
