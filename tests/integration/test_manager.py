@@ -7,11 +7,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import httpx
 import pytest
 import ray
+from ray import ObjectRef
 
 from actors.client import ManagerClient
 from actors.errors import AcquireTimeout, InvalidPriority, QueueFull, UnknownGroup, UnknownModel
@@ -183,6 +186,27 @@ async def test_a_live_holder_keeps_its_slot_past_its_ttl_and_frees_it_when_kille
     assert (group.abandoned, group.expired, group.active) == (1, 0, 0)
 
 
+async def queued_through_a_restart(
+    client: ManagerClient, asks: list[Callable[[], ObjectRef[int]]]
+) -> list[ObjectRef[int]]:
+    """Make each call of ``asks`` in turn, once the one before waits in ``client``'s
+    manager (all in ``LOCAL_SERVER``'s group, whose slot is held), then kill the manager
+    and return once the restarted one has them all waiting again."""
+    epoch = (await client.stats()).epoch
+    calls = []
+    for n, ask in enumerate(asks):
+        calls.append(ask())
+        await eventually(pending_is(client, LOCAL_SERVER.id, n + 1), f"call {n} queued")
+    client.kill(restart=True)
+
+    async def back() -> bool:
+        stats = await client.stats()
+        return stats.epoch != epoch and stats.total_pending == len(asks)
+
+    await eventually(back, f"the restarted manager to queue all {len(asks)} again")
+    return calls
+
+
 async def test_a_killed_manager_restarts_without_losing_a_call_or_breaking_the_limit(
     make_manager: ManagerFactory,
 ) -> None:
@@ -194,19 +218,13 @@ async def test_a_killed_manager_restarts_without_losing_a_call_or_breaking_the_l
     priorities = [3 if i % 2 else 7 for i in range(20)]
     with ProbeServer(hold=0.05) as server:
         async with client.slot(LOCAL_SERVER.id):
-            calls = []
-            for i, priority in enumerate(priorities):  # asked in this order
-                calls.append(
-                    callers[i % 4].post_in_slot.remote(LOCAL_SERVER.id, priority, server.url, i)
-                )
-                await eventually(pending_is(client, LOCAL_SERVER.id, i + 1), f"caller {i} queued")
-            client.kill(restart=True)
-
-            async def back_and_fenced() -> bool:
-                stats = await client.stats()
-                return stats.epoch != epoch and stats.total_pending == 20
-
-            await eventually(back_and_fenced, "the restarted manager to queue all 20 again")
+            calls = await queued_through_a_restart(
+                client,
+                [  # asked in this order
+                    partial(callers[i % 4].post_in_slot.remote, LOCAL_SERVER.id, p, server.url, i)
+                    for i, p in enumerate(priorities)
+                ],
+            )
             # This slot, granted by the old manager, still holds the new one's only slot.
             assert (await client.stats()).active_by_group[LOCAL_SERVER.id] == 1
             assert server.received == []
@@ -229,23 +247,19 @@ async def test_a_restarted_manager_keeps_each_flows_waiters_in_order_and_shares_
 ) -> None:
     client = make_manager(LOCAL_SERVER)
     callers = [Caller.remote(client.handle) for _ in range(2)]
-    epoch = (await client.stats()).epoch
     # Flow a's six calls all ask before flow b's six, at one priority.
     flows = ["tenant:a"] * 6 + ["tenant:b"] * 6
     with ProbeServer(hold=0.05) as server:
         async with client.slot(LOCAL_SERVER.id):
-            calls = []
-            for tag, flow in enumerate(flows):
-                caller = callers[tag % 2]
-                calls.append(caller.post_in_slot.remote(LOCAL_SERVER.id, 5, server.url, tag, flow))
-                await eventually(pending_is(client, LOCAL_SERVER.id, tag + 1), f"call {tag} queued")
-            client.kill(restart=True)
-
-            async def back() -> bool:
-                stats = await client.stats()
-                return stats.epoch != epoch and stats.total_pending == 12
-
-            await eventually(back, "the restarted manager to queue all 12 again")
+            calls = await queued_through_a_restart(
+                client,
+                [
+                    partial(
+                        callers[t % 2].post_in_slot.remote, LOCAL_SERVER.id, 5, server.url, t, f
+                    )
+                    for t, f in enumerate(flows)
+                ],
+            )
         await asyncio.gather(*calls)
 
     served = [body["tag"] for body in server.bodies]
