@@ -10,6 +10,7 @@ the seed "LLM Queue Migration Plan".
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 
@@ -21,11 +22,16 @@ GROUP = ("group", "kind")
 # A tenant's name, "" for calls that are no tenant's (a driver's job): a bounded label.
 TENANT = (*GROUP, "tenant")
 WAIT_BUCKETS = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0]
+# How often the queue's metrics noted since are recorded (see QueueMetrics).
+EXPORT_SECONDS = 1.0
 Labels = dict[str, str]
+# A metric's label values, in the order of its label names.
+Key = tuple[str, ...]
 
 
 class Counter:
     def __init__(self, name: str, description: str, labels: Sequence[str]) -> None:
+        self.labels = tuple(labels)
         self._ray = ray_metrics.Counter(name, description, tag_keys=tuple(labels))
         self._otel = meter().create_counter(name, description=description)
 
@@ -36,6 +42,7 @@ class Counter:
 
 class Gauge:
     def __init__(self, name: str, description: str, labels: Sequence[str]) -> None:
+        self.labels = tuple(labels)
         self._ray = ray_metrics.Gauge(name, description, tag_keys=tuple(labels))
         self._otel = meter().create_gauge(name, description=description)
 
@@ -50,6 +57,7 @@ class Histogram:
     def __init__(
         self, name: str, description: str, labels: Sequence[str], buckets: Sequence[float]
     ) -> None:
+        self.labels = tuple(labels)
         self._ray = ray_metrics.Histogram(
             name, description, boundaries=list(buckets), tag_keys=tuple(labels)
         )
@@ -63,9 +71,21 @@ class Histogram:
 
 
 class QueueMetrics:
-    """An engine observer (see actors.reports.Observer) recording the queue's metrics."""
+    """An engine observer (see actors.reports.Observer) recording the queue's metrics.
 
-    def __init__(self) -> None:
+    The engine tells it of every change on the path of a grant, under the
+    gate's lock, about nine times an acquire and release, and recording a Ray
+    metric costs about 10 us. So a change is only noted here (a counter's sum,
+    a gauge's last value, a histogram's observations) and a thread records
+    what was noted every ``export_seconds`` (None: only :meth:`flush` does);
+    Ray exports its metrics every few seconds anyway.
+    """
+
+    def __init__(self, export_seconds: float | None = EXPORT_SECONDS) -> None:
+        self._lock = threading.Lock()
+        self._sums: dict[tuple[Counter, Key], float] = {}
+        self._last: dict[tuple[Gauge, Key], float] = {}
+        self._observed: list[tuple[Histogram, Key, float]] = []
         self._submitted = Counter(
             "llm_queue_submitted", "Slot requests that reached the manager.", GROUP
         )
@@ -119,37 +139,65 @@ class QueueMetrics:
             "Seconds the calls of each tenant held a group's slots (its fair share's service).",
             TENANT,
         )
+        if export_seconds is not None:
+            threading.Thread(
+                target=self._export, args=(export_seconds,), name="raygate-metrics", daemon=True
+            ).start()
 
     def submitted(self, group: str, kind: str) -> None:
-        self._submitted.inc({"group": group, "kind": kind})
+        self._add(self._submitted, (group, kind))
 
     def granted(self, group: str, kind: str, waited: float, tenant: str) -> None:
-        self._wait.observe(waited, {"group": group, "kind": kind})
-        self._tenant_wait.observe(waited, {"group": group, "kind": kind, "tenant": tenant})
+        with self._lock:
+            self._observed.append((self._wait, (group, kind), waited))
+            self._observed.append((self._tenant_wait, (group, kind, tenant), waited))
 
     def served(self, group: str, kind: str, tenant: str, seconds: float) -> None:
         if seconds > 0:  # a counter only grows
-            self._tenant_served.inc({"group": group, "kind": kind, "tenant": tenant}, seconds)
+            self._add(self._tenant_served, (group, kind, tenant), seconds)
 
     def finished(self, group: str, kind: str, outcome: str) -> None:
-        self._completed.inc({"group": group, "kind": kind, "outcome": outcome})
+        self._add(self._completed, (group, kind, outcome))
 
     def levels(self, group: str, kind: str, active: int, pending: int) -> None:
-        labels = {"group": group, "kind": kind}
-        self._inflight.set(active, labels)
-        self._pending.set(pending, labels)
+        with self._lock:
+            self._last[self._inflight, (group, kind)] = active
+            self._last[self._pending, (group, kind)] = pending
 
     def budget_left(self, group: str, kind: str, requests: int | None, tokens: int | None) -> None:
-        labels = {"group": group, "kind": kind}
-        if requests is not None:
-            self._requests_left.set(requests, labels)
-        if tokens is not None:
-            self._tokens_left.set(tokens, labels)
+        with self._lock:
+            if requests is not None:
+                self._last[self._requests_left, (group, kind)] = requests
+            if tokens is not None:
+                self._last[self._tokens_left, (group, kind)] = tokens
 
     def throttled(self, group: str, kind: str, pause_seconds: float) -> None:
-        labels = {"group": group, "kind": kind}
-        self._throttled.inc(labels)
-        self._paused_until.set(time.time() + pause_seconds, labels)
+        self._add(self._throttled, (group, kind))
+        with self._lock:
+            self._last[self._paused_until, (group, kind)] = time.time() + pause_seconds
 
     def learned_rpm(self, group: str, kind: str, rpm: float) -> None:
-        self._learned_rpm.set(rpm, {"group": group, "kind": kind})
+        with self._lock:
+            self._last[self._learned_rpm, (group, kind)] = rpm
+
+    def flush(self) -> None:
+        """Record what was noted since the last flush."""
+        with self._lock:
+            sums, self._sums = self._sums, {}
+            last, self._last = self._last, {}
+            observed, self._observed = self._observed, []
+        for (counter, key), amount in sums.items():
+            counter.inc(dict(zip(counter.labels, key, strict=True)), amount)
+        for (gauge, key), value in last.items():
+            gauge.set(value, dict(zip(gauge.labels, key, strict=True)))
+        for histogram, key, seconds in observed:
+            histogram.observe(seconds, dict(zip(histogram.labels, key, strict=True)))
+
+    def _add(self, counter: Counter, key: Key, amount: float = 1.0) -> None:
+        with self._lock:
+            self._sums[counter, key] = self._sums.get((counter, key), 0.0) + amount
+
+    def _export(self, every: float) -> None:
+        while True:
+            time.sleep(every)
+            self.flush()

@@ -72,17 +72,21 @@ def test_call_latency_per_stage_model_and_service_and_calls_per_stage_and_outcom
 
 def test_queue_submissions_grants_outcomes_and_levels() -> None:
     now = [0.0]
-    engine = SlotEngine(epoch=1, clock=lambda: now[0], observer=QueueMetrics())
+    queue_metrics = QueueMetrics(export_seconds=None)
+    engine = SlotEngine(epoch=1, clock=lambda: now[0], observer=queue_metrics)
     engine.register(SPEC)
     first = engine.acquire(SPEC.id, "l1", CallOptions(request_id="r1", flow="tenant:team-a"))
     assert first is not None
     assert engine.acquire(SPEC.id, "l2", CallOptions(request_id="r2")) is None
 
+    assert points("llm_queue_inflight") == []  # noted, recorded at the next flush
+    queue_metrics.flush()
     assert point("llm_queue_inflight", **QUEUE).value == 1
     assert point("llm_queue_pending", **QUEUE).value == 1
     now[0] = 4.0
     (second,) = engine.release("l1", first.epoch)
     engine.release("l2", second.epoch)
+    queue_metrics.flush()
 
     assert point("llm_queue_submitted", **QUEUE).value == 2
     assert point("llm_queue_completed", **QUEUE, outcome="released").value == 2
