@@ -1,18 +1,21 @@
 """The gated pair (acquire + release, nothing inside) against another checkout's, in one run.
 
-    python -m benchmarks.pair [--against PATH] [--seconds 5] [--rounds 3]
+    python -m benchmarks.pair [--against PATH] [--seconds 1] [--rounds 20]
 
 Callers (1 and 64) loop ``async with client.slot(group)`` on a capped group
-(limit above the callers: nobody waits) for ``--seconds`` each, on an
-embedded Ray of their own; pairs per second. With ``--against PATH`` (a
-checkout of another commit, e.g. ``git worktree add /tmp/base 3512c50``)
-the same measurement runs with that checkout's code, alternating with this
-one's, ``--rounds`` times each, so that both see the same machine (these
-drift by 2x from one day to the next, and by 1.5x from one minute to the
-next); then the ratio of the medians, and the ratio within each round.
+(limit above the callers: nobody waits); pairs per second. With
+``--against PATH`` (a checkout of another commit, e.g. ``git worktree add
+/tmp/base 3512c50``) both checkouts' code runs at once, each in a process of
+its own on an embedded Ray of its own, set up and warmed once; then they
+take turns: one measures for ``--seconds`` while the other idles, then the
+other, the one going first alternating, ``--rounds`` times for each number
+of callers. Each round's two windows are a second apart, so a round's ratio
+compares the two on nearly the same machine (these machines drift by 2x
+from one day to the next, and by 1.5x from one minute to the next); the
+result is the median of the rounds' ratios, beside the ratio of the medians.
 
-Each measurement is a subprocess with the checkout on ``PYTHONPATH``: the
-script below uses only what both have (``ManagerClient.slot``,
+Each checkout's process runs the script below with that checkout on
+``PYTHONPATH``: it uses only what both have (``ManagerClient.slot``,
 ``get_or_create_manager``, ``Settings``).
 """
 
@@ -29,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).parents[1]
 CALLERS = (1, 64)
 
+# Reads "<callers> <seconds>" lines; measures; answers each with the pairs per second.
 MEASURE = """
 import asyncio, json, os, sys, time, uuid
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -38,85 +42,118 @@ from actors.groups import classify
 from actors.manager import get_or_create_manager
 from actors.settings import QueueSettings, Settings
 
-seconds, callers = float(sys.argv[1]), [int(c) for c in sys.argv[2].split(",")]
 group = classify("openai-compatible", "http://gpu-box:8000")
 
 
-async def main() -> dict[int, float]:
+async def rate(client: ManagerClient, callers: int, seconds: float) -> float:
+    done = 0
+    end = time.monotonic() + seconds
+
+    async def loop() -> None:
+        nonlocal done
+        while time.monotonic() < end:
+            async with client.slot(group.id):
+                pass
+            done += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(loop() for _ in range(callers)))
+    return done / (time.monotonic() - started)
+
+
+async def main() -> None:
     settings = Settings(queue=QueueSettings(group_limits={group.id: 1_000}))
     client = ManagerClient(get_or_create_manager(settings, name=f"pair-{uuid.uuid4().hex[:6]}"))
     await client.register(group)
-    for _ in range(200):  # warm up: workers, connections, the caller's watch
-        async with client.slot(group.id):
-            pass
-    rates = {}
-    for count in callers:
-        done = 0
-        end = time.monotonic() + seconds
-
-        async def loop() -> None:
-            nonlocal done
-            while time.monotonic() < end:
-                async with client.slot(group.id):
-                    pass
-                done += 1
-
-        started = time.monotonic()
-        await asyncio.gather(*(loop() for _ in range(count)))
-        rates[count] = done / (time.monotonic() - started)
-    return rates
+    await rate(client, 64, 1.0)  # warm up: workers, connections, the caller's watch
+    print("ready", flush=True)
+    while line := await asyncio.to_thread(sys.stdin.readline):
+        callers, seconds = line.split()
+        print(json.dumps(await rate(client, int(callers), float(seconds))), flush=True)
 
 
 ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 try:
-    print(json.dumps(asyncio.run(main())))
+    asyncio.run(main())
 finally:
     ray.shutdown()
 """
 
 
-def measure(checkout: Path, seconds: float) -> dict[int, float]:
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
-    args = [str(seconds), ",".join(map(str, CALLERS))]
-    run = subprocess.run(
-        [sys.executable, "-c", MEASURE, *args],
-        cwd=checkout, env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    rates: dict[str, float] = json.loads(run.stdout.strip().splitlines()[-1])
-    return {int(callers): rate for callers, rate in rates.items()}
+class Measurer:
+    """A process measuring the pair with one checkout's code, on its own embedded Ray."""
+
+    def __init__(self, checkout: Path) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", MEASURE],
+            cwd=checkout,
+            env={**os.environ, "PYTHONPATH": str(checkout)},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self._answer()  # "ready"
+
+    def rate(self, callers: int, seconds: float) -> float:
+        assert self._process.stdin is not None
+        self._process.stdin.write(f"{callers} {seconds}\n")
+        self._process.stdin.flush()
+        pairs: float = json.loads(self._answer())
+        return pairs
+
+    def close(self) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        if self._process.wait(timeout=60) != 0:
+            raise RuntimeError(f"the measuring process exited {self._process.returncode}")
+
+    def _answer(self) -> str:
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the measuring process exited {self._process.wait()}")
+        return line
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.pair")
     parser.add_argument("--against", type=Path, help="a checkout of another commit")
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
     checkouts = {"this checkout": REPO}
     if args.against is not None:
         checkouts["--against"] = args.against.resolve()
-    results: dict[str, list[dict[int, float]]] = {name: [] for name in checkouts}
-    for n in range(args.rounds):
-        # Each checkout goes first in every other round: neither always meets a warmer machine.
-        for name in sorted(checkouts, reverse=n % 2 == 1):
-            results[name].append(measure(checkouts[name], args.seconds))
-    print(f"gated pairs per second, {args.rounds} rounds of {args.seconds:g} s, alternating")
+    measurers = {name: Measurer(path) for name, path in checkouts.items()}
+    try:
+        rates: dict[str, dict[int, list[float]]] = {
+            name: {count: [] for count in CALLERS} for name in checkouts
+        }
+        for n in range(args.rounds):
+            for count in CALLERS:
+                # Each checkout goes first in every other round: neither always meets a
+                # warmer machine.
+                for name in sorted(checkouts, reverse=n % 2 == 1):
+                    rates[name][count].append(measurers[name].rate(count, args.seconds))
+    finally:
+        for measurer in measurers.values():
+            measurer.close()
+    print(f"gated pairs per second, {args.rounds} rounds of {args.seconds:g} s, interleaved")
     for count in CALLERS:
-        medians = {}
-        for name, rounds in results.items():
-            rates = [r[count] for r in rounds]
-            medians[name] = statistics.median(rates)
-            listed = " ".join(f"{rate:.0f}" for rate in rates)
-            print(f"{count:>3} callers  {name:<14} {listed:<32} median {medians[name]:.0f}")
+        medians = {name: statistics.median(rates[name][count]) for name in checkouts}
+        for name in checkouts:
+            listed = " ".join(f"{rate:.0f}" for rate in rates[name][count])
+            print(f"{count:>3} callers  {name:<14} median {medians[name]:>5.0f}  ({listed})")
         if "--against" in medians:
-            ratio = medians["--against"] / medians["this checkout"]
-            pairs = zip(results["this checkout"], results["--against"], strict=True)
-            paired = [against[count] / this[count] for this, against in pairs]
-            listed = " ".join(f"{r:.2f}" for r in paired)
-            print(f"{count:>3} callers  time per pair, this / --against: {ratio:.2f}x")
+            pairs = zip(rates["this checkout"][count], rates["--against"][count], strict=True)
+            paired = sorted(against / this for this, against in pairs)
+            quartiles = statistics.quantiles(paired, n=4)
             print(
-                f"{count:>3} callers  the same round by round: {listed}, "
-                f"median {statistics.median(paired):.2f}x"
+                f"{count:>3} callers  time per pair, this / --against: "
+                f"median of the rounds {statistics.median(paired):.2f}x "
+                f"(quartiles {quartiles[0]:.2f}x-{quartiles[2]:.2f}x), "
+                f"of the medians {medians['--against'] / medians['this checkout']:.2f}x"
             )
 
 
