@@ -25,9 +25,14 @@ async def unwrap(call: Awaitable[T]) -> T:
     try:
         return await call
     except RayTaskError as exc:
-        if isinstance(exc.cause, RaygateError):
-            raise exc.cause from None
-        raise
+        raise unwrapped(exc) from None
+
+
+def unwrapped(error: BaseException) -> BaseException:
+    """An actor call's error as :func:`unwrap` raises it: raygate's own as itself."""
+    if isinstance(error, RayTaskError) and isinstance(error.cause, RaygateError):
+        return error.cause
+    return error
 
 
 async def cancellable(ref: ObjectRef[T]) -> T:

@@ -25,19 +25,19 @@ to the manager in batches (see :mod:`actors.outbox`).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
-from functools import partial
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import ray
 from ray import ObjectRef
 from ray.actor import ActorHandle
 
-from actors.calls import cancellable, unwrap
+from actors.calls import cancellable, unwrap, unwrapped
 from actors.engine import Lease
 from actors.groups import GroupSpec
 from actors.manager import get_or_create_manager
@@ -56,11 +56,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def _settle_first(passed: asyncio.Future[Lease], acquired: asyncio.Future[Lease]) -> None:
+def _settle_first(
+    passed: asyncio.Future[Lease], acquired: concurrent.futures.Future[Lease]
+) -> None:
     """The acquire's answer, for a waiter whose slot no release here passed on first."""
     if acquired.cancelled():
         return
     error = acquired.exception()
+    if error is not None:
+        error = unwrapped(error)
     if passed.done():
         if error is not None:
             log.debug("an acquire answered %r after its slot was passed on", error)
@@ -148,18 +152,29 @@ class ManagerClient:
 
     # -- slots -------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def slot(
+    def slot(
         self, group: str, options: CallOptions = DEFAULT_OPTIONS
-    ) -> AsyncIterator[Lease]:
+    ) -> AbstractAsyncContextManager[Lease]:
         """Hold one slot of ``group`` for the body of the ``async with``.
 
         ``options`` say how the call waits (priority, unit, critical, request
         id, queue timeout; see :mod:`actors.options`).
         """
-        info = await self.group_info(group)
+        info = self._groups.get(group)
+        if info is None:
+            return self._first_slot(group, options)
+        return self._slot(group, options, info)
+
+    def _slot(
+        self, group: str, options: CallOptions, info: GroupInfo
+    ) -> AbstractAsyncContextManager[Lease]:
         held = self._held if info.gated else self._sent
-        async with held(group, uuid.uuid4().hex, options.identified(), info) as lease:
+        return held(group, uuid.uuid4().hex, options.identified(), info)
+
+    @asynccontextmanager
+    async def _first_slot(self, group: str, options: CallOptions) -> AsyncIterator[Lease]:
+        """A slot of a group this client has not asked about yet: its info first."""
+        async with self._slot(group, options, await self.group_info(group)) as lease:
             yield lease
 
     @asynccontextmanager
@@ -169,7 +184,8 @@ class ManagerClient:
         """A gated group: wait for the grant (the manager's, or a slot passed on here),
         keep it alive, give it back."""
         passed = self._successors.waiter(lease_id, options)
-        call = self.handle.acquire.remote(group, lease_id, options, caller_of(self.handle))
+        caller = caller_of(self.handle).id
+        call = self.handle.acquire.remote(group, lease_id, options.packed(), caller)
         try:
             lease = await self._granted(call, passed)
         except asyncio.CancelledError:
@@ -221,7 +237,7 @@ class ManagerClient:
         if successor is None:
             await unwrap(self.handle.release.remote(lease.id, lease.epoch, used))
             return
-        caller = caller_of(self.handle)
+        caller = caller_of(self.handle).id
         await unwrap(
             self.handle.hand_over.remote(
                 lease.group, lease.id, lease.epoch, successor, caller, used
@@ -231,14 +247,18 @@ class ManagerClient:
     async def _granted(self, call: ObjectRef[Lease], passed: asyncio.Future[Lease]) -> Lease:
         """The acquire's lease, or the slot a release here passed on first (the acquire's
         answer, which the manager sends once it hears of that, is then let go). One
-        future is awaited, so that a release here wakes this waiter at once."""
-        acquired: asyncio.Future[Lease] = asyncio.ensure_future(unwrap(call))
-        acquired.add_done_callback(partial(_settle_first, passed))
-        try:
-            return await passed
-        except asyncio.CancelledError:
-            acquired.cancel()
-            raise
+        future is awaited, so that a release here wakes this waiter at once; the
+        acquire's answer settles it straight from Ray's thread (a task or a future
+        between would each cost the event loop a turn, a tenth of a pair's time)."""
+        loop = asyncio.get_running_loop()
+
+        def answered(acquired: concurrent.futures.Future[Lease]) -> None:
+            # The loop may have closed meanwhile: then nobody waits for this answer.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle_first, passed, acquired)
+
+        call.future().add_done_callback(answered)
+        return await passed
 
     def named_next(self, group: str) -> str | None:
         """See :meth:`actors.successors.Successors.named_next`."""
@@ -312,7 +332,8 @@ class ManagerClient:
         self._outbox.release(await grant)
 
     async def _count(self, batch: Batch) -> list[Lease | Exception]:
-        counted: Counted = await unwrap(self.handle.count.remote(batch, caller_of(self.handle)))
+        caller = caller_of(self.handle).id
+        counted: Counted = await unwrap(self.handle.count.remote(batch, caller))
         for info in counted.gated:
             self._groups[info.id] = info
         return counted.answers

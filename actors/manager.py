@@ -53,7 +53,7 @@ from actors.groups import GroupSpec, resolve_model
 from actors.journal import FileStore, Journal, recorded
 from actors.metrics import QueueMetrics
 from actors.names import HEAD_NODE, MANAGER_NAME, NAMESPACE, named_actor
-from actors.options import DEFAULT_OPTIONS, CallOptions
+from actors.options import DEFAULT_OPTIONS, CallOptions, Packed
 from actors.outbox import Batch, Counted
 from actors.queueview import QueueView
 from actors.settings import Settings
@@ -125,21 +125,24 @@ class ConcurrencyManager(LifelineHost):
         self,
         group: str,
         lease_id: str,
-        options: CallOptions = DEFAULT_OPTIONS,
-        caller: Caller | None = None,
+        options: CallOptions | Packed = DEFAULT_OPTIONS,
+        caller: str | None = None,
     ) -> Lease:
-        caller_id = caller.id if caller is not None else None
-        return await self._gate.acquire(group, lease_id, options, caller_id)
+        """A slot of ``group`` for the lease ``lease_id``, asked with ``options`` (as
+        :class:`CallOptions`, or packed: see :meth:`CallOptions.packed`) by the process
+        whose :class:`Caller` id is ``caller``, once it is granted."""
+        if not isinstance(options, CallOptions):
+            options = CallOptions.unpacked(options)
+        return await self._gate.acquire(group, lease_id, options, caller)
 
-    async def count(self, batch: Batch, caller: Caller | None = None) -> Counted:
+    async def count(self, batch: Batch, caller: str | None = None) -> Counted:
         """Releases and acquires of groups where nobody waits, many in one call (see
         :mod:`actors.outbox`); each acquire answered, in order, with its lease or its error.
         The calls already run: each is counted even if its group waits by now."""
         for lease_id, epoch in batch.releases:
             self._gate.release(lease_id, epoch)
-        caller_id = caller.id if caller is not None else None
         asks = (
-            self._gate.acquire(a.group, a.lease_id, a.options, caller_id, started=True)
+            self._gate.acquire(a.group, a.lease_id, a.options, caller, started=True)
             for a in batch.acquires
         )
         answers = await asyncio.gather(*asks, return_exceptions=True)
@@ -181,21 +184,21 @@ class ConcurrencyManager(LifelineHost):
         lease_id: str,
         epoch: int,
         successor: str,
-        caller: Caller | None = None,
+        caller: str | None = None,
         used_tokens: int | None = None,
     ) -> None:
-        """Release ``lease_id``, whose process passed its slot straight to ``successor``,
-        the waiter :meth:`next_in_line` named (see :meth:`SlotEngine.hand_over`)."""
-        caller_id = caller.id if caller is not None else None
-        self._gate.hand_over(group, lease_id, epoch, successor, caller_id, used_tokens)
+        """Release ``lease_id``, whose process (``caller``, its id) passed its slot
+        straight to ``successor``, the waiter :meth:`next_in_line` named (see
+        :meth:`SlotEngine.hand_over`)."""
+        self._gate.hand_over(group, lease_id, epoch, successor, caller, used_tokens)
 
     async def next_in_line(
-        self, caller: Caller, known: dict[str, str], wait: float = NEXT_IN_LINE_WAIT_SECONDS
+        self, caller: str, known: dict[str, str], wait: float = NEXT_IN_LINE_WAIT_SECONDS
     ) -> dict[str, str]:
-        """By group, the caller's own waiter that a slot it holds may pass straight to,
-        once that differs from ``known`` (or after ``wait`` seconds). Not in the control
+        """By group, the caller's (by id) own waiter that a slot it holds may pass straight
+        to, once that differs from ``known`` (or after ``wait`` seconds). Not in the control
         group: a call of every caller process waits here."""
-        return await self._gate.next_in_line(caller.id, known, wait)
+        return await self._gate.next_in_line(caller, known, wait)
 
     @ray.method(concurrency_group=CONTROL)
     async def cancel(self, lease_id: str) -> None:

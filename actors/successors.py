@@ -81,7 +81,7 @@ class Successors:
         known: dict[str, str] = {}
         try:
             while True:
-                caller = caller_of(self._manager)
+                caller = caller_of(self._manager).id
                 known = await unwrap(self._manager.next_in_line.remote(caller, known))
                 self._next = dict(known)
         except Exception:

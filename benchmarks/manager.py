@@ -32,10 +32,9 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import ray
 
-from actors.callers import Caller
 from actors.client import ManagerClient
 from actors.groups import classify
-from actors.options import CallOptions
+from actors.options import CallOptions, Packed
 from actors.settings import QueueSettings, Settings
 from actors.watch import caller_of
 from benchmarks import on_embedded_ray
@@ -59,7 +58,7 @@ class Noop:
         return None
 
     async def noop_acquire(
-        self, group: str, lease_id: str, options: CallOptions, caller: Caller
+        self, group: str, lease_id: str, options: Packed, caller: str | None
     ) -> None:
         return None
 
@@ -179,7 +178,8 @@ async def main(pairs: int, pending: int) -> None:
         lease_id = uuid.uuid4().hex
         options = CallOptions(request_id=uuid.uuid4().hex)
         # The caller the manager gets, lifeline ref and all.
-        await noop.noop_acquire.remote(CAPPED.id, lease_id, options, caller_of(client.handle))
+        caller = caller_of(client.handle).id
+        await noop.noop_acquire.remote(CAPPED.id, lease_id, options.packed(), caller)
         await noop.noop_release.remote(lease_id, 1)
 
     async def gated(group: str) -> None:

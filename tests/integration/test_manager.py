@@ -124,7 +124,7 @@ async def test_a_live_holder_keeps_its_slot_while_5000_acquires_arrive_past_its_
     client = make_manager(LOCAL_SERVER, lease_ttl_seconds=6.0)
     handle = client.handle
     holder = await handle.acquire.remote(
-        LOCAL_SERVER.id, "holder", CallOptions(request_id="holder"), caller_of(handle)
+        LOCAL_SERVER.id, "holder", CallOptions(request_id="holder"), caller_of(handle).id
     )
     granted_at = time.monotonic()
     waiting = [
