@@ -40,6 +40,7 @@ from ray.actor import ActorHandle
 from actors.calls import cancellable, unwrap, unwrapped
 from actors.engine import Lease
 from actors.groups import GroupSpec
+from actors.leases import TokensUsed
 from actors.manager import get_or_create_manager
 from actors.names import MANAGER_NAME, NAMESPACE
 from actors.options import DEFAULT_OPTIONS, CallOptions
@@ -86,7 +87,7 @@ class ManagerClient:
         self._in_flight: set[asyncio.Future[Any]] = set()
         self._outbox = Outbox(self._count)
         # Tokens used by calls that hold a slot of a gated group, sent with their release.
-        self._used: dict[str, int] = {}
+        self._used: dict[str, TokensUsed] = {}
         self._successors = Successors(handle)
         # Leases a release here handed over, each with the hand-over call telling the
         # manager (their own release waits for it).
@@ -224,7 +225,7 @@ class ManagerClient:
     async def _give_back(
         self,
         lease: Lease,
-        used: int | None,
+        used: TokensUsed | None,
         successor: str | None,
         after: asyncio.Future[None] | None,
     ) -> None:
@@ -290,10 +291,10 @@ class ManagerClient:
             self._used.pop(lease_id, None)
             self._note(self._release_when_granted(grant))
 
-    def report_usage(self, lease: Lease, tokens: int) -> None:
+    def report_usage(self, lease: Lease, used: TokensUsed) -> None:
         """The tokens the call holding ``lease`` used, sent with its release (a group where
         nobody waits has no budget to correct: they are dropped)."""
-        self._used[lease.id] = tokens
+        self._used[lease.id] = used
 
     async def throttled(self, lease: Lease, retry_after: float | None) -> None:
         """The call holding ``lease`` got a 429: the manager pauses and slows its group,

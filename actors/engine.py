@@ -45,7 +45,7 @@ from actors.groupstate import Group, GroupTable, Waiter
 from actors.handover import HandOvers
 from actors.holdings import Holdings
 from actors.journal import GroupRecord
-from actors.leases import Lease, LeaseTable
+from actors.leases import Lease, LeaseTable, TokensUsed
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.queueview import QueueView
 from actors.reports import Observer, Outcome, Recorder
@@ -184,19 +184,18 @@ class SlotEngine:
         self.holdings.queue(group, Waiter.of(lease_id, group_id, options, key, self.clock()))
         return None
 
-    def release(self, lease_id: str, epoch: int, used_tokens: int | None = None) -> list[Lease]:
+    def release(self, lease_id: str, epoch: int, used: TokensUsed | None = None) -> list[Lease]:
         """Give a slot back (idempotent); returns the leases this hands to waiters.
-        ``used_tokens``: what the call used, as its answer said, corrects its group's
-        budget. A release that frees nothing is counted (see LeaseTable.releasable)."""
-        return self._dispatch() if self._released(lease_id, epoch, used_tokens) else []
+        ``used``: what the call used, as its answer said: corrects its group's budget
+        and its flow's service. A release that frees nothing is counted (see
+        LeaseTable.releasable)."""
+        return self._dispatch() if self._released(lease_id, epoch, used) else []
 
-    def _released(self, lease_id: str, epoch: int, used_tokens: int | None) -> bool:
+    def _released(self, lease_id: str, epoch: int, used: TokensUsed | None) -> bool:
         """Free the slot of a release, without granting it again; False if not held."""
         if not self.leases.releasable(lease_id, epoch, self.epoch):
             return False
-        self.recorder.finished(
-            self.holdings.free(lease_id, used_tokens, released=True), Outcome.RELEASED
-        )
+        self.recorder.finished(self.holdings.free(lease_id, used, released=True), Outcome.RELEASED)
         return True
 
     def next_in_line(self) -> dict[str, tuple[str, str]]:
@@ -210,7 +209,7 @@ class SlotEngine:
         epoch: int,
         successor: str,
         caller: str | None = None,
-        used_tokens: int | None = None,
+        used: TokensUsed | None = None,
     ) -> list[Lease]:
         """Release ``lease_id``, whose caller has already started ``successor`` in its slot
         (the hand-over, see docs/architecture.md), under ``epoch``. Returns the leases
@@ -219,7 +218,7 @@ class SlotEngine:
         counted; so does one whose wait ended here (a queue timeout) meanwhile; one its
         caller cancelled does not."""
         group = self.groups[group_id]
-        self._released(lease_id, epoch, used_tokens)
+        self._released(lease_id, epoch, used)
         granted = []
         if (waiter := self.waiters.get(successor)) is not None:
             self.hand_overs.note(group.queue.peek(), successor)

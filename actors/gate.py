@@ -35,6 +35,7 @@ from actors.engine import Lease, SlotEngine
 from actors.errors import AcquireTimeout
 from actors.groups import GroupSpec
 from actors.journal import Journal
+from actors.leases import TokensUsed
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.queueview import QueueView
 from actors.stats import GroupInfo, QueuePosition, QueueStats
@@ -101,9 +102,9 @@ class SlotGate:
             with self.lock:
                 self._waiters.pop(lease_id, None)
 
-    def release(self, lease_id: str, epoch: int, used_tokens: int | None = None) -> None:
+    def release(self, lease_id: str, epoch: int, used: TokensUsed | None = None) -> None:
         with self.lock:
-            self._deliver_locked(self.engine.release(lease_id, epoch, used_tokens))
+            self._deliver_locked(self.engine.release(lease_id, epoch, used))
             self._budget_changed_locked()
 
     def hand_over(
@@ -113,13 +114,13 @@ class SlotGate:
         epoch: int,
         successor: str,
         caller: str | None = None,
-        used_tokens: int | None = None,
+        used: TokensUsed | None = None,
     ) -> None:
         """Release a slot its holder's process passed on (see :meth:`SlotEngine.hand_over`);
         a restarted manager knows the successor holds it once this returns."""
         with self.lock:
             self._deliver_locked(
-                self.engine.hand_over(group, lease_id, epoch, successor, caller, used_tokens)
+                self.engine.hand_over(group, lease_id, epoch, successor, caller, used)
             )
             self._budget_changed_locked()
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from actors.callers import CallerIndex
 from actors.groupstate import Group, GroupTable, Waiter
-from actors.leases import Lease, LeaseTable
+from actors.leases import Lease, LeaseTable, TokensUsed
 from actors.reports import Recorder
 
 
@@ -58,8 +58,8 @@ class Holdings:
         weight: float = 1.0,
     ) -> Lease:
         """Hold ``lease`` for a call of ``flow`` that waited ``waited`` seconds, charged
-        ``tokens`` to the budget and the group's estimated call time to the flow's share
-        (corrected by :meth:`free` with the time it held the slot)."""
+        ``tokens`` to the budget and the group's estimated cost of a call to the flow's
+        share (corrected by :meth:`free` with its true cost)."""
         self.hold(group, lease)
         estimate = group.queue.estimate
         group.queue.charge(flow, estimate, weight)
@@ -77,10 +77,10 @@ class Holdings:
         self._groups.changed(group)
 
     def free(
-        self, lease_id: str, used_tokens: int | None = None, *, released: bool = False
+        self, lease_id: str, used: TokensUsed | None = None, *, released: bool = False
     ) -> Group:
-        """Forget a held lease (see LeaseTable.free); ``used_tokens``: what its call used,
-        if its answer said; ``released``: by its holder."""
+        """Forget a held lease (see LeaseTable.free); ``used``: what its call used, if its
+        answer said; ``released``: by its holder."""
         lease, held = self._leases.free(lease_id)
         self._callers.forget(lease_id)
         group = self._groups[lease.group]
@@ -90,13 +90,12 @@ class Holdings:
         group.tally.held(held)
         if (charged := group.charged.pop(lease_id, None)) is not None:
             flow, estimate = charged
-            group.queue.charge(flow, held - estimate)
+            group.queue.settle(flow, estimate, held, used)
             self._recorder.served(group, flow, held)
-            group.queue.estimate = group.tally.avg_hold or estimate
         self._groups.changed(group)
         now = self._clock()
         if group.budget is not None:
-            group.budget.returned(lease_id, used_tokens, now)
+            group.budget.returned(lease_id, used.total if used is not None else None, now)
             self._recorder.budget_left(group)
         if group.throttle.freed(lease_id, group.budget, now, released=released):
             self._recorder.learned(group)

@@ -33,6 +33,25 @@ class Lease:
     ttl: float
 
 
+@dataclass(frozen=True, slots=True)
+class TokensUsed:
+    """What a call's answer said it used, sent with the release of its slot."""
+
+    input: int
+    output: int
+
+    @property
+    def total(self) -> int:
+        """What the group's tokens-per-minute budget counts."""
+        return self.input + self.output
+
+    @property
+    def cost(self) -> int:
+        """What its flow's fair share counts: prompt + 2 x completion, as the Virtual Token
+        Counter weighs them (generating a token costs a server about twice reading one)."""
+        return self.input + 2 * self.output
+
+
 def remember(memory: OrderedDict[str, None], key: str) -> None:
     """Add ``key`` to a bounded memory of ids, forgetting the oldest past RETIRED_MEMORY."""
     memory[key] = None

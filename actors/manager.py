@@ -51,6 +51,7 @@ from actors.engine import Lease, SlotEngine
 from actors.gate import SlotGate
 from actors.groups import GroupSpec, resolve_model
 from actors.journal import FileStore, Journal, recorded
+from actors.leases import TokensUsed
 from actors.metrics import QueueMetrics
 from actors.names import HEAD_NODE, MANAGER_NAME, NAMESPACE, named_actor
 from actors.options import DEFAULT_OPTIONS, CallOptions, Packed
@@ -174,8 +175,8 @@ class ConcurrencyManager(LifelineHost):
             await asyncio.to_thread(self._lifelines.delete, caller.id)
 
     @ray.method(concurrency_group=CONTROL)
-    async def release(self, lease_id: str, epoch: int, used_tokens: int | None = None) -> None:
-        self._gate.release(lease_id, epoch, used_tokens)
+    async def release(self, lease_id: str, epoch: int, used: TokensUsed | None = None) -> None:
+        self._gate.release(lease_id, epoch, used)
 
     @ray.method(concurrency_group=CONTROL)
     async def hand_over(
@@ -185,12 +186,12 @@ class ConcurrencyManager(LifelineHost):
         epoch: int,
         successor: str,
         caller: str | None = None,
-        used_tokens: int | None = None,
+        used: TokensUsed | None = None,
     ) -> None:
         """Release ``lease_id``, whose process (``caller``, its id) passed its slot
         straight to ``successor``, the waiter :meth:`next_in_line` named (see
         :meth:`SlotEngine.hand_over`)."""
-        self._gate.hand_over(group, lease_id, epoch, successor, caller, used_tokens)
+        self._gate.hand_over(group, lease_id, epoch, successor, caller, used)
 
     async def next_in_line(
         self, caller: str, known: dict[str, str], wait: float = NEXT_IN_LINE_WAIT_SECONDS

@@ -16,6 +16,7 @@ from typing import Protocol
 from actors.engine import Lease
 from actors.gate import SlotGate
 from actors.groups import GroupSpec
+from actors.leases import TokensUsed
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.stats import GroupInfo
 
@@ -31,9 +32,10 @@ class SlotSource(Protocol):
         """Would a call of ``group`` get its slot now, without waiting?"""
         ...
 
-    def report_usage(self, lease: Lease, tokens: int) -> None:
+    def report_usage(self, lease: Lease, used: TokensUsed) -> None:
         """The tokens the call holding ``lease`` used, sent with its release to correct
-        its group's budget (see :mod:`actors.budget`)."""
+        its group's budget (see :mod:`actors.budget`) and its flow's service (see
+        :mod:`actors.waitqueue`)."""
         ...
 
     async def throttled(self, lease: Lease, retry_after: float | None) -> None:
@@ -47,10 +49,10 @@ class LocalSlots:
 
     def __init__(self, gate: SlotGate) -> None:
         self.gate = gate
-        self._used: dict[str, int] = {}
+        self._used: dict[str, TokensUsed] = {}
 
-    def report_usage(self, lease: Lease, tokens: int) -> None:
-        self._used[lease.id] = tokens
+    def report_usage(self, lease: Lease, used: TokensUsed) -> None:
+        self._used[lease.id] = used
 
     async def throttled(self, lease: Lease, retry_after: float | None) -> None:
         self.gate.throttled(lease.group, lease.id, retry_after)
@@ -83,8 +85,8 @@ class NoSlots:
     async def can_group_run_immediately(self, group: str) -> bool:
         return True
 
-    def report_usage(self, lease: Lease, tokens: int) -> None:
-        """Without a queue there is no budget to correct."""
+    def report_usage(self, lease: Lease, used: TokensUsed) -> None:
+        """Without a queue there is no budget or share to correct."""
 
     async def throttled(self, lease: Lease, retry_after: float | None) -> None:
         """Without a queue nobody else waits: each call retries after its own 429."""

@@ -32,6 +32,7 @@ import itertools
 from collections import OrderedDict
 
 from actors.errors import InvalidPriority
+from actors.leases import TokensUsed
 
 MIN_PRIORITY = 1
 MAX_PRIORITY = 10
@@ -42,6 +43,8 @@ GrantKey = tuple[int, int, int, int]
 UNIT_MEMORY = 65_536
 # Past this many flows known to a group, idle flows with no service owed are forgotten.
 FLOW_MEMORY = 1_024
+# Weight of the newest call in a group's averages of a call's cost and of its tokens a second.
+COST_SMOOTHING = 0.2
 
 
 def check_priority(priority: object) -> None:
@@ -134,7 +137,14 @@ class WaitQueue:
     next: the Virtual Token Counter of "Fairness in Serving Large Language
     Models" (Sheng et al., OSDI 2024). Each grant charges its flow the call's
     cost divided by the flow's weight (:meth:`charge`; the engine charges an
-    estimate at the grant and the difference when the call ends), and a flow
+    estimate at the grant, the average cost of the group's calls, and the rest
+    when the call ends, :meth:`settle`). A call's cost is VTC's: its tokens
+    weighted as prompt + 2 x completion, where its answer reported them; where
+    not (a stream without usage), its seconds in the slot at the group's rate
+    of weighted tokens a second, learned from its calls that reported usage. A
+    group none of whose calls has reported usage shares call-seconds; once one
+    has, counters move in tokens, so the seconds charged before weigh next to
+    nothing, alike for every flow. And a flow
     that starts waiting after it had nothing queued is lifted to the least
     service among the flows waiting (or, with none waiting, to that of the last
     grant), so idling banks no credit. Within a flow, :func:`grant_key`'s
@@ -157,9 +167,11 @@ class WaitQueue:
         self._live: dict[str, tuple[GrantKey, str]] = {}
         # The service of the flow granted last: where a flow that comes back starts.
         self._floor = 0.0
-        # The cost a grant is charged before its call ends: the engine's estimate, 0
-        # until a call of the group has ended.
+        # The cost a grant is charged before its call ends: the average cost of the
+        # group's calls, 0 until one has ended.
         self.estimate = 0.0
+        # Weighted tokens a second held, from the calls that reported usage.
+        self._per_second: float | None = None
 
     def __len__(self) -> int:
         return len(self._live)
@@ -191,6 +203,20 @@ class WaitQueue:
             state = self._flows[flow] = _Flow()
             state.service, state.weight = self._floor, weight
         state.service += cost / state.weight
+
+    def settle(self, flow: str, charged: float, held: float, used: TokensUsed | None) -> None:
+        """A call of ``flow``, charged ``charged`` at its grant, ended after holding its
+        slot ``held`` seconds, having used ``used`` if its answer said: the flow is
+        charged the rest of the call's cost (see the class), which the group's
+        estimate then averages in."""
+        if used is not None and used.cost > 0:
+            cost = float(used.cost)
+            if held > 0:
+                self._per_second = _averaged(self._per_second, cost / held)
+        else:
+            cost = held * (self._per_second if self._per_second is not None else 1.0)
+        self.charge(flow, cost - charged)
+        self.estimate = _averaged(self.estimate or None, cost)
 
     def peek(self) -> tuple[GrantKey, str] | None:
         best: tuple[int, float, GrantKey, str] | None = None
@@ -271,3 +297,7 @@ class WaitQueue:
             idle = [f for f, s in self._flows.items() if not s.live and s.service <= self._floor]
             for flow in idle:
                 del self._flows[flow]
+
+
+def _averaged(average: float | None, value: float) -> float:
+    return value if average is None else (1 - COST_SMOOTHING) * average + COST_SMOOTHING * value

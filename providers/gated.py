@@ -24,6 +24,7 @@ from opentelemetry.trace import StatusCode
 from actors.budget import estimate_tokens
 from actors.engine import Lease
 from actors.groups import GroupSpec
+from actors.leases import TokensUsed
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.slots import SlotSource
 from actors.stats import GroupInfo
@@ -236,7 +237,7 @@ class GatedProvider:
             raise
 
     def _report(self, lease: Lease, usage: Usage) -> None:
-        self.slots.report_usage(lease, usage.input_tokens + usage.output_tokens)
+        self.slots.report_usage(lease, TokensUsed(usage.input_tokens, usage.output_tokens))
 
     async def aclose(self) -> None:
         """Close the backend's connections, once the answers on their way to the cache are

@@ -7,6 +7,7 @@ import pytest
 
 from actors.engine import Lease, SlotEngine
 from actors.groups import GroupSpec, classify
+from actors.leases import TokensUsed
 from actors.options import CallOptions
 
 EPOCH = 7
@@ -55,10 +56,11 @@ class Harness:
     def granted_now(self, request: str) -> bool:
         return request in self.leases
 
-    def done(self, request: str) -> list[str]:
-        """Release ``request``'s lease; return the requests granted as a result, in order."""
+    def done(self, request: str, used: TokensUsed | None = None) -> list[str]:
+        """Release ``request``'s lease, its call having ``used`` tokens if its answer said;
+        return the requests granted as a result, in order."""
         lease = self.leases.pop(request)
-        return self._record(self.engine.release(lease.id, lease.epoch))
+        return self._record(self.engine.release(lease.id, lease.epoch, used))
 
     def grant_order(self, first: str) -> list[str]:
         """Release ``first``, then each request it hands the slot to, until none is left."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actors.budget import MARGIN_SECONDS, TRIP_SECONDS, Bucket, BudgetLimits, estimate_tokens
+from actors.leases import TokensUsed
 from pipelines.view import render
 from providers.testing.fake_llm import Say
 from providers.testing.probe_server import Received
@@ -139,7 +140,8 @@ def test_the_usage_an_answer_reports_corrects_the_estimate() -> None:
 
     lease = h.leases.pop("a")
     # It used 100 of the 600 it was charged: 500 come back, and "b" fits now.
-    assert h._record(h.engine.release(lease.id, lease.epoch, used_tokens=100)) == ["b"]
+    used = TokensUsed(input=60, output=40)
+    assert h._record(h.engine.release(lease.id, lease.epoch, used)) == ["b"]
     stats = h.engine.stats().groups[OPENAI.id]
     assert (stats.tpm, stats.tokens_left) == (1_000, int(Bucket.full(1_000, 0).capacity) - 700)
 

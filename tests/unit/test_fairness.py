@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from actors.leases import TokensUsed
 from pipelines.view import render
 from tests.unit.conftest import LOCAL_OLLAMA, Harness
 
@@ -26,6 +27,7 @@ class Ask:
     priority: int = 5
     unit: str | None = None
     weight: float = 1.0
+    used: TokensUsed | None = None
 
 
 @dataclass
@@ -43,6 +45,7 @@ def simulate(harness: Harness, asks: list[Ask]) -> Run:
     start = harness.clock.now
     pending = sorted(asks, key=lambda a: a.at)
     seconds = {a.request: a.seconds for a in asks}
+    used = {a.request: a.used for a in asks}
     ends: dict[str, float] = {}
     run = Run([], {})
 
@@ -70,7 +73,7 @@ def simulate(harness: Harness, asks: list[Ask]) -> Run:
         else:
             request = min(ends, key=lambda r: ends[r])
             harness.clock.now = ends.pop(request)
-            started(harness.done(request))
+            started(harness.done(request, used[request]))
     return run
 
 
@@ -134,9 +137,35 @@ def test_weights_divide_the_slot_in_their_ratio() -> None:
     assert abs(heavy - 40) <= 1
 
 
+def test_calls_that_report_usage_share_weighted_tokens_not_calls_or_time() -> None:
+    """Both flows' calls hold the slot alike; one's use 4x the weighted tokens (prompt +
+    2 x completion: 100 + 2 x 150 against 50 + 2 x 25): it gets a quarter as many."""
+    asks = [Ask(0.0, f"h{i}", "heavy", used=TokensUsed(100, 150)) for i in range(100)]
+    asks += [Ask(0.0, f"l{i}", "light", used=TokensUsed(50, 25)) for i in range(100)]
+
+    run = simulate(capped(1), asks)
+
+    first = run.order[:100]
+    heavy = sum(1 for r in first if r.startswith("h"))
+    assert abs(heavy - 20) <= 2
+
+
+def test_a_call_without_usage_is_charged_its_seconds_at_the_groups_token_rate() -> None:
+    """ "streamed" reports no usage; its calls hold the slot as long as "reported"'s, whose
+    usage sets the group's rate: both get as many grants."""
+    asks = [Ask(0.0, f"r{i}", "reported", used=TokensUsed(300, 50)) for i in range(100)]
+    asks += [Ask(0.0, f"s{i}", "streamed") for i in range(100)]
+
+    run = simulate(capped(1), asks)
+
+    first = run.order[:100]
+    reported = sum(1 for r in first if r.startswith("r"))
+    assert abs(reported - 50) <= 2
+
+
 def test_different_call_lengths_share_time_not_calls() -> None:
-    """Service is the time a call held its slot: a flow of calls 4x as long gets a
-    quarter as many."""
+    """Without usage, service is the time a call held its slot: a flow of calls 4x as
+    long gets a quarter as many."""
     asks = [Ask(0.0, f"s{i}", "short", seconds=0.01) for i in range(100)]
     asks += [Ask(0.0, f"l{i}", "long", seconds=0.04) for i in range(40)]
 
