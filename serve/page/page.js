@@ -118,12 +118,38 @@ function updateGroup(node, [id, g, activity, stepSeconds]) {
       text(div.children[1], value);
     },
   );
+  const flows = node.querySelector(".flows");
+  const serving = Object.entries(g.flows).filter(([, f]) => f.waiting || f.running);
+  flows.hidden = serving.length === 0;
+  reconcile(flows.tBodies[0], serving, ([flow]) => flow, makeFlow, updateFlow);
   const shown = activity.waiting.length;
   const table = node.querySelector(".waiters");
   table.hidden = shown === 0;
   reconcile(table.tBodies[0], activity.waiting, (w) => w.requestId, makeWaiter, updateWaiter);
   const more = g.pending - shown;
   text(node.querySelector(".more"), more > 0 ? `and ${count(more)} more waiting (${count(g.pending)} in all)` : "");
+}
+
+// A flow is a tenant ("tenant:NAME") or, for a driver's calls, its Ray job ("job:ID").
+function who(flow) {
+  const [kind, ...name] = flow.split(":");
+  return name.length ? `${kind} ${name.join(":")}` : flow || "—";
+}
+
+function makeFlow() {
+  const row = document.createElement("tr");
+  cells(row, 5);
+  return row;
+}
+
+function updateFlow(row, [flow, f]) {
+  const [name, waiting, running, served, share] = row.cells;
+  row.dataset.flow = flow;
+  text(name, who(flow));
+  text(waiting, count(f.waiting));
+  text(running, count(f.running));
+  text(served, seconds(f.servedSeconds));
+  text(share, `${Math.round(f.share * 100)}%`);
 }
 
 function makeWaiter() {

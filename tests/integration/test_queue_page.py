@@ -162,6 +162,7 @@ async def test_the_page_shows_the_queue_live_and_cancels_a_run(app: App) -> None
     expect.set_options(timeout=30_000)
     manager = app.manager
     rows_of_group = f'article[data-group="{app.group}"] .waiters tbody tr'
+    flows_of_group = f'article[data-group="{app.group}"] .flows tbody tr'
     async with app.http() as http, chromium() as page:
         await page.goto(app.url)
         await page.fill("#key", KEY)
@@ -170,6 +171,7 @@ async def test_the_page_shows_the_queue_live_and_cancels_a_run(app: App) -> None
         await expect(status).to_have_attribute("data-state", "live")
         await page.evaluate("window.notReloaded = true")
         rows = page.locator(rows_of_group)
+        flows = page.locator(flows_of_group)
 
         # A cap-1 group held busy; six calls of mixed priority queued one by one, then a
         # pipeline run of priority 2 whose three services' first two calls each (ambitions,
@@ -189,6 +191,11 @@ async def test_the_page_shows_the_queue_live_and_cancels_a_run(app: App) -> None
             await eventually(app.levels_are(1, 12), "the run's six calls queued")
 
             await expect(rows).to_have_count(12)
+            # Every call so far is the default tenant's (its key is serve.api_keys).
+            await expect(flows).to_have_count(1)
+            await expect(flows.first.locator("td")).to_have_text(
+                ["tenant default", "12", "1", re.compile(r"[\d.]+ s"), re.compile(r"\d+%")]
+            )
             shown = await rows.evaluate_all(
                 "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
             )
@@ -249,13 +256,19 @@ async def test_the_page_shows_the_queue_live_and_cancels_a_run(app: App) -> None
         held = await handle.acquire.remote(app.group, _lease(), CallOptions(request_id="hold"))
         late_labels = CallLabels("features", "svc-late", plateau=1, run="driver")
         late_id = _lease()
-        late = handle.acquire.remote(
-            app.group, late_id, CallOptions(request_id="late", priority=8, labels=late_labels)
-        )
+        late_options = CallOptions(request_id="late", priority=8, labels=late_labels)
+        late = handle.acquire.remote(app.group, late_id, late_options.identified())
         await eventually(app.levels_are(1, 1), "a call queued while the page reconnects")
         await expect(status).to_have_attribute("data-state", "live", timeout=90_000)
         await expect(rows).to_have_count(1)
         await expect(rows.first).to_have_attribute("data-request-id", "late")
+        # The late call is this driver's Ray job's; the held one said no flow.
+        job = ray.get_runtime_context().get_job_id()
+        await expect(flows).to_have_count(2)
+        await expect(page.locator(f'{flows_of_group}[data-flow="job:{job}"] td')).to_have_text(
+            [f"job {job}", "1", "0", re.compile(r"[\d.]+ s"), re.compile(r"\d+%")]
+        )
+        await expect(page.locator(f'{flows_of_group}[data-flow=""] td').first).to_have_text("—")
         await expect(rows.first.locator("td").nth(3)).to_have_text(
             "run driver · svc-late · features of plateau 1"
         )
