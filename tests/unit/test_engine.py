@@ -19,6 +19,7 @@ from actors.options import CallOptions
 from tests.unit.conftest import (
     ANTHROPIC,
     EPOCH,
+    FAIRNESS,
     LOCAL_OLLAMA,
     OPENAI,
     REMOTE_OLLAMA,
@@ -26,6 +27,13 @@ from tests.unit.conftest import (
 )
 
 # -- the three scenarios of the seed "Parallel LLM Execution System" ------------
+
+
+@pytest.fixture(autouse=True, params=["fair", "fifo"])
+def fairness(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test here under ``queue.fairness: fair`` and under ``fifo``: today's order
+    holds under both."""
+    monkeypatch.setitem(FAIRNESS, "fair", request.param == "fair")
 
 
 def test_remote_api_requests_all_run_immediately(harness: Harness) -> None:
