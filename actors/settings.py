@@ -227,15 +227,19 @@ class TenantSettings(BaseModel):
         "do); none: every model.",
     )
     rpm: PositiveInt | None = Field(
-        default=None, description="Its requests per minute, per replica; over them: 429."
+        default=None,
+        description="Its requests per minute; over them: 429. Each of `serve.replicas` "
+        "admits its equal share (rounded down).",
     )
     tpm: PositiveInt | None = Field(
         default=None,
-        description="Its tokens (prompt and completion) per minute, per replica; over them: 429.",
+        description="Its tokens (prompt and completion) per minute; over them: 429. Each "
+        "of `serve.replicas` admits its equal share (rounded down).",
     )
     max_pending: PositiveInt | None = Field(
         default=None,
-        description="Its requests waiting or running at once, per replica; over them: 429.",
+        description="Its requests waiting or running at once; over them: 429. Each of "
+        "`serve.replicas` admits its equal share (rounded down).",
     )
 
     @model_validator(mode="after")
@@ -323,6 +327,14 @@ class ServeSettings(BaseModel):
                     f"tenant name {name!r}: letters, digits, '.', '_' and '-' only, "
                     "starting with a letter or digit"
                 )
+        for name, tenant in self.tenants.items():
+            for bound in ("rpm", "tpm", "max_pending"):
+                value = getattr(tenant, bound)
+                if value is not None and value < self.replicas:
+                    raise ValueError(
+                        f"serve.tenants.{name}.{bound}: {value} is less than serve.replicas "
+                        f"({self.replicas}): each replica admits an equal share of it"
+                    )
         owners: dict[str, str] = {}
         for name, tenant in self.tenant_list():
             for key in tenant.keys:

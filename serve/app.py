@@ -234,7 +234,7 @@ class Gateway:
             log.warning("serve.auth is false: every route answers without an API key")
         api.state.settings = settings
         self._tenants = api.state.tenants = Tenants(settings.serve)
-        self._quotas = TenantQuotas()
+        self._quotas = TenantQuotas(settings.serve.replicas)
         serving = settings.serve
         self._guesses = api.state.guesses = KeyGuesses(
             serving.auth_failure_limit, serving.auth_failure_window_seconds

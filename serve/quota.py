@@ -8,8 +8,12 @@ requests of the last minute count when they are admitted, their tokens
 answered; ``max_pending`` bounds the requests admitted and not yet answered,
 waiting or running.
 
-Counted per replica, like the key guesses of :mod:`serve.throttle`: with
-``serve.replicas: N``, each replica lets a tenant have its whole quota.
+Counted in each replica, which admits an equal share of each bound (rounded
+down; the settings refuse a bound below ``serve.replicas``): so a tenant's
+requests across the cluster never exceed its quota, whichever replica each
+lands on. A tenant whose requests crowd one replica may be refused there
+before its whole quota is used; Serve's router spreads requests over the
+replicas, so that is at most the unevenness of one minute's spread.
 """
 
 from __future__ import annotations
@@ -44,7 +48,10 @@ class OverQuota:
 
 
 class TenantQuotas:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    """The quotas one of ``replicas`` replicas keeps."""
+
+    def __init__(self, replicas: int = 1, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._replicas = replicas
         self._clock = clock
         self._use: dict[str, _Use] = {}
 
@@ -54,13 +61,19 @@ class TenantQuotas:
         use = self._use.setdefault(tenant, _Use())
         now = self._clock()
         self._forget(use, now)
-        if quota.max_pending is not None and use.pending >= quota.max_pending:
+        max_pending, rpm, tpm = (
+            None if bound is None else bound // self._replicas
+            for bound in (quota.max_pending, quota.rpm, quota.tpm)
+        )
+        if max_pending is not None and use.pending >= max_pending:
             # A slot of its own frees when one of its requests is answered: soon, or not.
-            return OverQuota(f"max_pending of {quota.max_pending}", 1.0)
-        if quota.rpm is not None and len(use.requests) >= quota.rpm:
-            return OverQuota(f"rpm of {quota.rpm}", use.requests[0] + WINDOW_SECONDS - now)
-        if quota.tpm is not None and use.token_total >= quota.tpm:
-            return OverQuota(f"tpm of {quota.tpm}", self._tokens_fall_below(use, quota.tpm, now))
+            return OverQuota(self._bound("max_pending", quota.max_pending), 1.0)
+        if rpm is not None and len(use.requests) >= rpm:
+            retry_after = use.requests[0] + WINDOW_SECONDS - now
+            return OverQuota(self._bound("rpm", quota.rpm), retry_after)
+        if tpm is not None and use.token_total >= tpm:
+            retry_after = self._tokens_fall_below(use, tpm, now)
+            return OverQuota(self._bound("tpm", quota.tpm), retry_after)
         use.requests.append(now)
         use.pending += 1
         return None
@@ -72,6 +85,11 @@ class TenantQuotas:
         if tokens:
             use.tokens.append((self._clock(), tokens))
             use.token_total += tokens
+
+    def _bound(self, name: str, value: int | None) -> str:
+        if self._replicas == 1:
+            return f"{name} of {value}"
+        return f"{name} of {value} (its share at each of {self._replicas} replicas)"
 
     def _forget(self, use: _Use, now: float) -> None:
         horizon = now - WINDOW_SECONDS

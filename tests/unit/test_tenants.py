@@ -112,7 +112,7 @@ def quota(**bounds: int) -> TenantSettings:
 
 def test_a_tenant_over_its_requests_per_minute_waits_for_its_oldest_to_leave_the_minute() -> None:
     clock = Clock()
-    quotas = TenantQuotas(clock)
+    quotas = TenantQuotas(clock=clock)
     bounds = quota(rpm=3)
     for _ in range(3):
         assert quotas.admit("team-a", bounds) is None
@@ -130,7 +130,7 @@ def test_a_tenant_over_its_requests_per_minute_waits_for_its_oldest_to_leave_the
 
 def test_a_tenant_over_its_tokens_per_minute_waits_until_enough_tokens_age_out() -> None:
     clock = Clock()
-    quotas = TenantQuotas(clock)
+    quotas = TenantQuotas(clock=clock)
     bounds = quota(tpm=1_000)
     for tokens in (600, 300, 200):  # 1,100 in the minute once the third is answered
         assert quotas.admit("team-a", bounds) is None
@@ -147,7 +147,7 @@ def test_a_tenant_over_its_tokens_per_minute_waits_until_enough_tokens_age_out()
 
 
 def test_a_tenant_at_its_pending_bound_gets_a_place_when_one_of_its_requests_ends() -> None:
-    quotas = TenantQuotas(Clock())
+    quotas = TenantQuotas(clock=Clock())
     bounds = quota(max_pending=2)
     assert quotas.admit("team-a", bounds) is None
     assert quotas.admit("team-a", bounds) is None
@@ -159,6 +159,31 @@ def test_a_tenant_at_its_pending_bound_gets_a_place_when_one_of_its_requests_end
     assert "team-a" in over.message("team-a")
     quotas.answered("team-a", 10)
     assert quotas.admit("team-a", bounds) is None
+
+
+def test_each_replica_admits_its_share_so_the_tenant_never_exceeds_its_quota() -> None:
+    clock = Clock()
+    replicas = [TenantQuotas(3, clock=clock) for _ in range(3)]
+    bounds = quota(rpm=10, max_pending=7)
+
+    # Requests land on the replicas in turn: each admits 3 a minute (10 // 3).
+    admitted = [quotas.admit("team-a", bounds) is None for _ in range(4) for quotas in replicas]
+
+    assert sum(admitted) == 6  # max_pending 7 // 3 = 2 at once at each replica, nothing answered
+    for quotas in replicas:
+        for _ in range(2):
+            quotas.answered("team-a", 0)
+    assert sum(quotas.admit("team-a", bounds) is None for quotas in replicas for _ in range(2)) == 3
+    over = replicas[0].admit("team-a", bounds)
+    assert over is not None
+    assert over.bound == "rpm of 10 (its share at each of 3 replicas)"
+
+
+def test_a_quota_below_the_replicas_cannot_be_split_among_them() -> None:
+    tenant = {"keys": [A_KEY], "rpm": 2}
+    with pytest.raises(ValidationError, match=r"serve.tenants.team-a.rpm: 2 is less than "):
+        ServeSettings.model_validate({"tenants": {"team-a": tenant}, "replicas": 3})
+    ServeSettings.model_validate({"tenants": {"team-a": tenant}, "replicas": 2})
 
 
 def test_a_run_of_the_main_job_asks_as_the_tenant_it_names() -> None:
