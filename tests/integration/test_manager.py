@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -310,8 +312,11 @@ async def test_a_holder_that_dies_with_the_manager_frees_its_restored_slot_withi
 
     # The holder dies while the manager is down (a manager that heard of the death
     # first would have written the slot free); Ray retries no call of the dead
-    # holder's, so nothing tells the new manager but itself.
-    client.kill(restart=True)
+    # holder's, so nothing tells the new manager but itself. The manager's process is
+    # gone when os.kill returns (ray.kill would race the holder's death): a crash, which
+    # Ray restarts it from.
+    manager_pid = await client.handle.__ray_call__.remote(lambda _: os.getpid())
+    os.kill(manager_pid, signal.SIGKILL)
     ray.kill(holder)
 
     async with asyncio.timeout(20):  # a third of the ttl
