@@ -21,6 +21,7 @@ from ray import ObjectRef
 from actors.client import ManagerClient
 from actors.errors import AcquireTimeout, InvalidPriority, QueueFull, UnknownGroup, UnknownModel
 from actors.groups import ModelEntry
+from actors.leases import TokensUsed
 from actors.manager import get_or_create_manager
 from actors.names import NAMESPACE
 from actors.options import CallOptions
@@ -45,14 +46,23 @@ class Calls:
         self.client = ManagerClient(manager)
 
     async def post_in_slot(
-        self, group: str, priority: int, url: str, tag: int = 0, flow: str | None = None
+        self,
+        group: str,
+        priority: int,
+        url: str,
+        tag: int = 0,
+        flow: str | None = None,
+        used: TokensUsed | None = None,
     ) -> int:
+        """Post ``tag`` to ``url`` holding a slot; ``used``: the tokens the call reports."""
         async with (
-            self.client.slot(group, CallOptions(priority=priority, flow=flow)),
+            self.client.slot(group, CallOptions(priority=priority, flow=flow)) as lease,
             httpx.AsyncClient() as http,
         ):
             response = await http.post(url, json={"priority": priority, "tag": tag})
             response.raise_for_status()
+            if used is not None:
+                self.client.report_usage(lease, used)
         return priority
 
     async def hold_forever(self, group: str) -> None:
@@ -249,17 +259,21 @@ async def test_a_restarted_manager_keeps_each_flows_waiters_in_order_and_shares_
 ) -> None:
     client = make_manager(LOCAL_SERVER)
     callers = [Caller.remote(client.handle) for _ in range(2)]
-    # Flow a's six calls all ask before flow b's six, at one priority.
+    # Flow a's six calls all ask before flow b's six, at one priority. Each reports the
+    # same tokens, so each costs its flow the same share whatever its time in the slot
+    # (which a busy machine stretches unevenly).
     flows = ["tenant:a"] * 6 + ["tenant:b"] * 6
+    used = TokensUsed(input=100, output=50)
     with ProbeServer(hold=0.05) as server:
         async with client.slot(LOCAL_SERVER.id):
             calls = await queued_through_a_restart(
                 client,
                 [
                     partial(
-                        callers[t % 2].post_in_slot.remote, LOCAL_SERVER.id, 5, server.url, t, f
+                        callers[t % 2].post_in_slot.remote,
+                        *(LOCAL_SERVER.id, 5, server.url, t, flow, used),
                     )
-                    for t, f in enumerate(flows)
+                    for t, flow in enumerate(flows)
                 ],
             )
         await asyncio.gather(*calls)
