@@ -271,7 +271,12 @@ async def test_a_restarted_manager_keeps_each_flows_waiters_in_order_and_shares_
                 [
                     partial(
                         callers[t % 2].post_in_slot.remote,
-                        *(LOCAL_SERVER.id, 5, server.url, t, flow, used),
+                        LOCAL_SERVER.id,
+                        5,
+                        server.url,
+                        t,
+                        flow,
+                        used,
                     )
                     for t, flow in enumerate(flows)
                 ],
