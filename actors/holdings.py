@@ -90,8 +90,8 @@ class Holdings:
         group.tally.held(held)
         if (charged := group.charged.pop(lease_id, None)) is not None:
             flow, estimate = charged
-            group.queue.settle(flow, estimate, held, used)
-            self._recorder.served(group, flow, held)
+            cost = group.queue.settle(flow, estimate, held, used)
+            self._recorder.served(group, flow, held, cost)
         self._groups.changed(group)
         now = self._clock()
         if group.budget is not None:

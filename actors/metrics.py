@@ -136,7 +136,13 @@ class QueueMetrics:
         )
         self._tenant_served = Counter(
             "llm_queue_tenant_served_seconds",
-            "Seconds the calls of each tenant held a group's slots (its fair share's service).",
+            "Seconds the calls of each tenant held a group's slots.",
+            TENANT,
+        )
+        self._tenant_service = Counter(
+            "llm_queue_tenant_service",
+            "What each tenant's fair share counted: weighted tokens (prompt + 2 x "
+            "completion), or call-seconds in a group whose calls report no usage.",
             TENANT,
         )
         if export_seconds is not None:
@@ -152,9 +158,12 @@ class QueueMetrics:
             self._observed.append((self._wait, (group, kind), waited))
             self._observed.append((self._tenant_wait, (group, kind, tenant), waited))
 
-    def served(self, group: str, kind: str, tenant: str, seconds: float) -> None:
-        if seconds > 0:  # a counter only grows
+    def served(self, group: str, kind: str, tenant: str, seconds: float, cost: float) -> None:
+        # A counter only grows.
+        if seconds > 0:
             self._add(self._tenant_served, (group, kind, tenant), seconds)
+        if cost > 0:
+            self._add(self._tenant_service, (group, kind, tenant), cost)
 
     def finished(self, group: str, kind: str, outcome: str) -> None:
         self._add(self._completed, (group, kind, outcome))

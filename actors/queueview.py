@@ -71,7 +71,9 @@ class WaitingCall(Snapshot):
     waited_seconds: float
     # None until the group has released a slot (no hold time measured yet).
     estimated_wait_seconds: float | None
-    # Who asked: the pipeline run, its service and what the call is for ("" if not said).
+    # Who asked: its flow (see actors.waitqueue), the pipeline run, its service and what
+    # the call is for ("" if not said).
+    flow: str = ""
     run: str
     service_id: str
     stage: str

@@ -44,6 +44,15 @@ class Outcome(StrEnum):
 
 
 @dataclass(slots=True)
+class Served:
+    """What one flow's ended calls had of a group: seconds in its slots, and the cost
+    its fair share counted (see actors.waitqueue)."""
+
+    seconds: float = 0.0
+    service: float = 0.0
+
+
+@dataclass(slots=True)
 class GroupTally:
     """What one group did: grants, outcomes, hold times, waits and recent levels."""
 
@@ -54,8 +63,8 @@ class GroupTally:
     avg_hold: float | None = None
     waits: deque[float] = field(default_factory=lambda: deque(maxlen=WAIT_WINDOW))
     history: LevelHistory = field(default_factory=LevelHistory)
-    # Call-seconds served by flow, the least recently served forgotten past FLOW_MEMORY.
-    served: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    # What each flow was served, the least recently served forgotten past FLOW_MEMORY.
+    served: OrderedDict[str, Served] = field(default_factory=OrderedDict)
 
     def grant(self, waited: float) -> None:
         self.granted += 1
@@ -68,8 +77,11 @@ class GroupTally:
             else (1 - HOLD_SMOOTHING) * self.avg_hold + HOLD_SMOOTHING * seconds
         )
 
-    def served_to(self, flow: str, seconds: float) -> None:
-        self.served[flow] = self.served.pop(flow, 0.0) + seconds
+    def served_to(self, flow: str, seconds: float, cost: float) -> None:
+        served = self.served.pop(flow, None) or Served()
+        served.seconds += seconds
+        served.service += cost
+        self.served[flow] = served
         if len(self.served) > FLOW_MEMORY:
             self.served.popitem(last=False)
 
@@ -86,8 +98,9 @@ class Observer(Protocol):
     def granted(self, group: str, kind: str, waited: float, tenant: str) -> None:
         """A grant after ``waited`` seconds, to a call of ``tenant`` ("" for no tenant's)."""
 
-    def served(self, group: str, kind: str, tenant: str, seconds: float) -> None:
-        """A call of ``tenant`` ended, having held its slot ``seconds``."""
+    def served(self, group: str, kind: str, tenant: str, seconds: float, cost: float) -> None:
+        """A call of ``tenant`` ended, having held its slot ``seconds``, and cost its
+        fair share ``cost`` (see actors.waitqueue)."""
 
     def finished(self, group: str, kind: str, outcome: Outcome) -> None: ...
 
@@ -127,10 +140,10 @@ class Recorder:
         self.budget_left(group)
         self.levels(group)
 
-    def served(self, group: Group, flow: str, seconds: float) -> None:
-        group.tally.served_to(flow, seconds)
+    def served(self, group: Group, flow: str, seconds: float, cost: float) -> None:
+        group.tally.served_to(flow, seconds, cost)
         if self._observer is not None:
-            self._observer.served(group.spec.id, group.spec.kind, tenant_of(flow), seconds)
+            self._observer.served(group.spec.id, group.spec.kind, tenant_of(flow), seconds, cost)
 
     def finished(self, group: Group, outcome: Outcome) -> None:
         group.tally.ended[outcome] += 1
@@ -191,6 +204,7 @@ def position(engine: SlotEngine, request_id: str) -> QueuePosition | None:
                 request_id=request_id,
                 group=waiter.group,
                 priority=waiter.priority,
+                flow=waiter.flow,
                 ahead=ahead,
                 waited_seconds=now - waiter.queued_at,
                 estimated_wait_seconds=estimate(
@@ -230,13 +244,15 @@ def flow_stats(group: Group) -> dict[str, FlowStats]:
     waiting = group.queue.waiting_by_flow()
     running = Counter(flow for flow, _ in group.charged.values())
     served = group.tally.served
-    total = sum(served.values())
+    total = sum(s.service for s in served.values())
+    none = Served()
     return {
         flow: FlowStats(
             waiting=waiting.get(flow, 0),
             running=running.get(flow, 0),
-            served_seconds=served.get(flow, 0.0),
-            share=served.get(flow, 0.0) / total if total else 0.0,
+            served_seconds=served.get(flow, none).seconds,
+            service=served.get(flow, none).service,
+            share=served.get(flow, none).service / total if total else 0.0,
         )
         for flow in sorted({*waiting, *running, *served})
     }
@@ -285,6 +301,7 @@ def view(engine: SlotEngine, first: int) -> QueueView:
                     estimated_wait_seconds=estimate(
                         group, engine.global_limit, ahead, waiter.tokens, now
                     ),
+                    flow=waiter.flow,
                     run=waiter.labels.run,
                     service_id=waiter.labels.service_id,
                     stage=waiter.labels.describe(),

@@ -45,7 +45,11 @@ class FlowStats(Snapshot):
     running: int
     # Call-seconds its calls held the group's slots, since the manager started.
     served_seconds: float
-    # Of the served seconds of the flows listed with it.
+    # What its fair share counted of them (see actors.waitqueue): weighted tokens
+    # (prompt + 2 x completion), a call without usage at the group's learned tokens a
+    # second; call-seconds in a group none of whose calls reported usage.
+    service: float
+    # Of the service of the flows listed with it.
     share: float
 
 
@@ -111,6 +115,8 @@ class QueuePosition(Snapshot):
     request_id: str
     group: str
     priority: int
+    # Its flow (see actors.waitqueue): a tenant's, a Ray job's, "" for none.
+    flow: str = ""
     # Waiters that will be granted before this one.
     ahead: int
     waited_seconds: float

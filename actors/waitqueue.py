@@ -204,11 +204,11 @@ class WaitQueue:
             state.service, state.weight = self._floor, weight
         state.service += cost / state.weight
 
-    def settle(self, flow: str, charged: float, held: float, used: TokensUsed | None) -> None:
+    def settle(self, flow: str, charged: float, held: float, used: TokensUsed | None) -> float:
         """A call of ``flow``, charged ``charged`` at its grant, ended after holding its
         slot ``held`` seconds, having used ``used`` if its answer said: the flow is
         charged the rest of the call's cost (see the class), which the group's
-        estimate then averages in."""
+        estimate then averages in. Returns the cost."""
         if used is not None and used.cost > 0:
             cost = float(used.cost)
             if held > 0:
@@ -217,6 +217,7 @@ class WaitQueue:
             cost = held * (self._per_second if self._per_second is not None else 1.0)
         self.charge(flow, cost - charged)
         self.estimate = _averaged(self.estimate or None, cost)
+        return cost
 
     def peek(self) -> tuple[GrantKey, str] | None:
         best: tuple[int, float, GrantKey, str] | None = None

@@ -19,7 +19,7 @@ COLUMNS = (
 )
 
 
-FLOW_COLUMNS = ("flow", "waiting", "running", "served", "share")
+FLOW_COLUMNS = ("flow", "waiting", "running", "held", "service", "share")
 
 
 def render(stats: QueueStats) -> str:
@@ -53,9 +53,10 @@ def render(stats: QueueStats) -> str:
                     str(flow.waiting),
                     str(flow.running),
                     f"{flow.served_seconds:.1f}s",
+                    f"{flow.service:,.0f}",
                     f"{flow.share:.0%}",
                 )
-                for name, flow in sorted(g.flows.items(), key=lambda f: -f[1].served_seconds)
+                for name, flow in sorted(g.flows.items(), key=lambda f: -f[1].service)
             ]
             lines.extend(table(FLOW_COLUMNS, flows, left=1))
     return "\n".join(lines)

@@ -138,17 +138,18 @@ function who(flow) {
 
 function makeFlow() {
   const row = document.createElement("tr");
-  cells(row, 5);
+  cells(row, 6);
   return row;
 }
 
 function updateFlow(row, [flow, f]) {
-  const [name, waiting, running, served, share] = row.cells;
+  const [name, waiting, running, served, service, share] = row.cells;
   row.dataset.flow = flow;
   text(name, who(flow));
   text(waiting, count(f.waiting));
   text(running, count(f.running));
   text(served, seconds(f.servedSeconds));
+  text(service, count(Math.round(f.service)));
   text(share, `${Math.round(f.share * 100)}%`);
 }
 

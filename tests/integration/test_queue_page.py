@@ -194,7 +194,14 @@ async def test_the_page_shows_the_queue_live_and_cancels_a_run(app: App) -> None
             # Every call so far is the default tenant's (its key is serve.api_keys).
             await expect(flows).to_have_count(1)
             await expect(flows.first.locator("td")).to_have_text(
-                ["tenant default", "12", "1", re.compile(r"[\d.]+ s"), re.compile(r"\d+%")]
+                [
+                    "tenant default",
+                    "12",
+                    "1",
+                    re.compile(r"[\d.]+ s"),
+                    re.compile(r"[\d,]+"),
+                    re.compile(r"\d+%"),
+                ]
             )
             shown = await rows.evaluate_all(
                 "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
@@ -266,7 +273,14 @@ async def test_the_page_shows_the_queue_live_and_cancels_a_run(app: App) -> None
         job = ray.get_runtime_context().get_job_id()
         await expect(flows).to_have_count(2)
         await expect(page.locator(f'{flows_of_group}[data-flow="job:{job}"] td')).to_have_text(
-            [f"job {job}", "1", "0", re.compile(r"[\d.]+ s"), re.compile(r"\d+%")]
+            [
+                f"job {job}",
+                "1",
+                "0",
+                re.compile(r"[\d.]+ s"),
+                re.compile(r"[\d,]+"),
+                re.compile(r"\d+%"),
+            ]
         )
         await expect(page.locator(f'{flows_of_group}[data-flow=""] td').first).to_have_text("—")
         await expect(rows.first.locator("td").nth(3)).to_have_text(

@@ -513,7 +513,7 @@ class Recorder:
     def granted(self, group: str, kind: str, waited: float, tenant: str) -> None:
         self.events.append(("granted", waited, tenant))
 
-    def served(self, group: str, kind: str, tenant: str, seconds: float) -> None:
+    def served(self, group: str, kind: str, tenant: str, seconds: float, cost: float) -> None:
         self.events.append(("served", tenant, seconds))
 
     def finished(self, group: str, kind: str, outcome: str) -> None:

@@ -275,8 +275,27 @@ def test_the_stats_show_each_flows_waiters_calls_running_service_and_share() -> 
     }
     assert flows["tenant:a"].served_seconds == pytest.approx(0.6)
     assert flows["tenant:b"].served_seconds == pytest.approx(0.1)
+    # No call reported usage: the service is call-seconds.
+    assert flows["tenant:a"].service == pytest.approx(0.6)
     assert flows["tenant:a"].share == pytest.approx(6 / 7)
     table = render(harness.engine.stats())
     assert f"flows of {LOCAL_OLLAMA.id}" in table
     [b_row] = [line for line in table.splitlines() if line.startswith("tenant:b")]
-    assert b_row.split() == ["tenant:b", "1", "0", "0.1s", "14%"]
+    assert b_row.split() == ["tenant:b", "1", "0", "0.1s", "0", "14%"]
+
+
+def test_the_stats_count_service_in_weighted_tokens_where_calls_report_usage() -> None:
+    harness = Harness()
+    asks = [Ask(0.0, f"a{i}", "tenant:a", seconds=0.3, used=TokensUsed(10, 5)) for i in range(2)]
+    asks += [Ask(0.0, "b0", "tenant:b", seconds=0.1, used=TokensUsed(100, 50))]
+    simulate(harness, asks)
+    harness.ask(LOCAL_OLLAMA, "b-holds", flow="tenant:b")
+
+    flows = harness.engine.stats().groups[LOCAL_OLLAMA.id].flows
+
+    assert flows["tenant:a"].service == 2 * (10 + 2 * 5)
+    assert flows["tenant:b"].service == 100 + 2 * 50
+    # b held its slot a sixth as long as a, and was served five times as much.
+    assert flows["tenant:b"].share == pytest.approx(200 / 240)
+    [b_row] = [line for line in render(harness.engine.stats()).splitlines() if "tenant:b" in line]
+    assert b_row.split() == ["tenant:b", "0", "1", "0.1s", "200", "83%"]

@@ -95,6 +95,8 @@ def test_queue_submissions_grants_outcomes_and_levels() -> None:
     by_tenant = point("llm_queue_tenant_wait_seconds", **QUEUE, tenant="")
     assert (by_tenant.count, by_tenant.sum) == (1, 4.0)  # r2: no tenant's, waited 4 s
     assert point("llm_queue_tenant_served_seconds", **QUEUE, tenant="team-a").value == 4.0
+    # No call reported usage: its service is counted in call-seconds.
+    assert point("llm_queue_tenant_service", **QUEUE, tenant="team-a").value == 4.0
     assert point("llm_queue_inflight", **QUEUE).value == 0
     assert point("llm_queue_pending", **QUEUE).value == 0
 
