@@ -242,6 +242,14 @@ class TenantSettings(BaseModel):
         "`serve.replicas` admits its equal share (rounded down).",
     )
 
+    sees_all: bool = Field(
+        default=False,
+        description="Whether its keys see every caller's flows and waiting calls on the "
+        "queue page and `/v1/queue` (true for `serve.api_keys`, the operator's); false: "
+        "its own by name, everyone else's summed as `others`, and others' waiting calls "
+        "without their request ids or labels.",
+    )
+
     @model_validator(mode="after")
     def _default_within_ceiling(self) -> TenantSettings:
         if self.priority is not None and self.priority > self.max_priority:
@@ -344,10 +352,11 @@ class ServeSettings(BaseModel):
         return self
 
     def tenant_list(self) -> list[tuple[str, TenantSettings]]:
-        """Every tenant by name, with ``api_keys``' holders as the tenant ``default``."""
+        """Every tenant by name, with ``api_keys``' holders as the tenant ``default``, who
+        sees all of the queue."""
         named = list(self.tenants.items())
         if self.api_keys:
-            named.append((DEFAULT_TENANT, TenantSettings(keys=self.api_keys)))
+            named.append((DEFAULT_TENANT, TenantSettings(keys=self.api_keys, sees_all=True)))
         return named
 
 

@@ -76,7 +76,17 @@ from serve.page import (
     session_token,
 )
 from serve.quota import OverQuota, TenantQuotas
-from serve.tenants import Tenant, Tenants, asking, no_such_model, served_priority
+from serve.tenants import (
+    Tenant,
+    Tenants,
+    asking,
+    may_use,
+    no_such_model,
+    sees,
+    served_priority,
+    stats_seen_by,
+    view_seen_by,
+)
 from serve.throttle import KeyGuesses
 from serve.wire import (
     ChatCompletionBody,
@@ -280,7 +290,7 @@ class Gateway:
         self, body: ChatCompletionBody, request: Request
     ) -> JSONResponse | StreamingResponse:
         tenant = tenant_of(request)
-        if tenant is not None and not tenant.may_use(body.model):
+        if not may_use(tenant, body.model):
             return json_answer(model_not_found(body.model))
         try:
             options = self._options(request, body, tenant)
@@ -362,7 +372,7 @@ class Gateway:
         priority asked for, or the tenant's default, never above the tenant's ceiling."""
         tenant = tenant_of(request)
         model = self._settings.pipeline.model or EMBEDDED_MODEL_ID
-        if tenant is not None and not tenant.may_use(model):
+        if not may_use(tenant, model):
             return json_answer(model_not_found(model))
         services = submission.services
         if services is None:
@@ -424,15 +434,16 @@ class Gateway:
         """The models this key's tenant may call."""
         tenant = tenant_of(request)
         every = [*self._settings.models, EMBEDDED_MODEL_ID]
-        ids = [i for i in every if tenant is None or tenant.may_use(i)]
+        ids = [i for i in every if may_use(tenant, i)]
         listed = [{"id": i, "object": "model", "created": 0, "owned_by": "raygate"} for i in ids]
         return {"object": "list", "data": listed}
 
     @api.get("/v1/queue", response_model=None, responses=documented(404))
-    async def queue(self) -> dict[str, object] | JSONResponse:
+    async def queue(self, request: Request) -> dict[str, object] | JSONResponse:
+        """The queue's stats, as this key's tenant may see them (see serve.tenants)."""
         if self._manager is None:
             return json_answer(no_queue())
-        stats = await self._manager.stats()
+        stats = stats_seen_by(tenant_of(request), await self._manager.stats())
         return stats.model_dump(mode="json", by_alias=True)
 
     @api.get("/v1/queue/events", include_in_schema=False, response_model=None)
@@ -442,17 +453,24 @@ class Gateway:
         if self._manager is None:
             return json_answer(no_queue())
         return StreamingResponse(
-            queue_events(self._manager, owner_of(tenant_of(request))),
+            queue_events(
+                self._manager,
+                owner_of(tenant_of(request)),
+                partial(view_seen_by, tenant_of(request)),
+            ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
     @api.get("/v1/queue/{request_id}", response_model=None, responses=documented(404, 422))
-    async def position(self, request_id: str) -> dict[str, object] | JSONResponse:
+    async def position(self, request: Request, request_id: str) -> dict[str, object] | JSONResponse:
+        """Where a waiting request stands (404 for another tenant's, as for one not
+        waiting, unless this key's tenant sees all)."""
         if self._manager is None:
             return json_answer(no_queue())
         position = await self._manager.position(request_id)
-        if position is None:
+        tenant = tenant_of(request)
+        if position is None or not sees(tenant, position.flow):
             message = f"request {request_id!r} is not waiting (granted, finished or unknown)"
             return JSONResponse(error(message, "invalid_request_error", code="not_waiting"), 404)
         return position.model_dump(mode="json", by_alias=True)

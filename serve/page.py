@@ -25,13 +25,14 @@ import hmac
 import html
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from http.cookies import CookieError, SimpleCookie
 from importlib import resources
 
 from pydantic import SecretStr
 
 from actors.client import ManagerClient
+from actors.queueview import QueueView
 from pipelines.submitted import JobStatus, PipelineJobClient
 
 COOKIE = "raygate_session"
@@ -109,9 +110,12 @@ class RunList:
         return self._runs
 
 
-async def queue_events(manager: ManagerClient, owner: str) -> AsyncIterator[str]:
-    """The page's stream: the whole state at once, then again after each change; the
-    pipeline runs shown are ``owner``'s (see :class:`RunList`)."""
+async def queue_events(
+    manager: ManagerClient, owner: str, seen: Callable[[QueueView], QueueView]
+) -> AsyncIterator[str]:
+    """The page's stream: the whole state at once, then again after each change, as
+    ``seen`` shows it to the reader; the pipeline runs shown are ``owner``'s (see
+    :class:`RunList`)."""
     yield f"retry: {RECONNECT_MILLISECONDS}\n\n"
     runs = RunList(owner)
     version = -1
@@ -119,7 +123,7 @@ async def queue_events(manager: ManagerClient, owner: str) -> AsyncIterator[str]
         view = await manager.view(version, FIRST_WAITERS, HEARTBEAT_SECONDS)
         state: dict[str, object] = {
             "now": time.time(),
-            "queue": view.model_dump(mode="json", by_alias=True),
+            "queue": seen(view).model_dump(mode="json", by_alias=True),
             "runs": [run.model_dump(mode="json") for run in await runs.statuses()],
         }
         yield f"event: state\ndata: {json.dumps(state, separators=(',', ':'))}\n\n"

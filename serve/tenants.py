@@ -8,6 +8,12 @@ tenant's requests get its default priority when they name none and never
 more than its ceiling, and may call only its models; another model answers
 404 as an unknown one does, without naming the others.
 
+Of the queue, a tenant sees its own flow and waiting calls by name, and the
+rest summed as one flow, ``others``, whose waiting calls keep their place,
+priority, age and ETA but not their request ids or labels; a tenant with
+``sees_all`` (``serve.api_keys``' holders, the operator's) sees everything,
+as does every caller with ``serve.auth`` off.
+
 A key is compared with every key configured, each in constant time, and the
 lookup does not stop at the first match: how long it takes says nothing
 about which key, or whose, came close.
@@ -15,16 +21,26 @@ about which key, or whose, came close.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pydantic import SecretStr
 
 from actors.options import CallOptions, tenant_flow
+from actors.queueview import QueueView, WaitingCall
 from actors.settings import ServeSettings, TenantSettings
+from actors.stats import FlowStats, QueueStats
 from actors.waitqueue import DEFAULT_PRIORITY
 from serve.page import session_in, session_token
+
+# The flow that everyone else's calls are summed into for a tenant without sees_all.
+OTHERS = "others"
+# Keys the digests that stand for others' request ids: stable in this process, and
+# no use for guessing an id.
+_ID_MASK = secrets.token_bytes(16)
 
 
 @dataclass(frozen=True)
@@ -41,9 +57,6 @@ class Tenant:
         """The priority a request that asked for ``asked`` (None: named none) is served at."""
         default = self.settings.priority or DEFAULT_PRIORITY
         return min(default if asked is None else asked, self.settings.max_priority)
-
-    def may_use(self, model: str) -> bool:
-        return self.settings.models is None or model in self.settings.models
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,16 @@ class Tenants:
         return found
 
 
+def may_use(tenant: Tenant | None, model: str) -> bool:
+    """Whether ``tenant`` may call ``model`` (without tenants, ``serve.auth`` off: any)."""
+    return tenant is None or tenant.settings.models is None or model in tenant.settings.models
+
+
+def sees(tenant: Tenant | None, flow: str) -> bool:
+    """Whether ``tenant`` is shown the calls of ``flow`` by name (without tenants: all)."""
+    return tenant is None or tenant.settings.sees_all or flow == tenant.flow
+
+
 def served_priority(tenant: Tenant | None, asked: int | None) -> int:
     """The priority a request that asked for ``asked`` (None: named none) is served at:
     its tenant's say, or as asked where there are no tenants (``serve.auth`` off)."""
@@ -101,3 +124,45 @@ def no_such_model(model: str) -> str:
     """What a tenant that may not call ``model`` is told: what OpenAI says of a model that
     does not exist or that the key has no access to."""
     return f"The model `{model}` does not exist or you do not have access to it."
+
+
+def stats_seen_by(tenant: Tenant | None, stats: QueueStats) -> QueueStats:
+    """``stats`` as ``tenant`` may see them (see the module)."""
+    if tenant is None or tenant.settings.sees_all:
+        return stats
+    groups = {
+        gid: group.model_copy(update={"flows": _flows_seen_by(tenant, group.flows)})
+        for gid, group in stats.groups.items()
+    }
+    return stats.model_copy(update={"groups": groups})
+
+
+def view_seen_by(tenant: Tenant | None, view: QueueView) -> QueueView:
+    """``view`` as ``tenant`` may see it (see the module)."""
+    if tenant is None or tenant.settings.sees_all:
+        return view
+    groups = {
+        gid: activity.model_copy(
+            update={"waiting": [_seen_call(tenant, call) for call in activity.waiting]}
+        )
+        for gid, activity in view.groups.items()
+    }
+    return view.model_copy(update={"stats": stats_seen_by(tenant, view.stats), "groups": groups})
+
+
+def _flows_seen_by(tenant: Tenant, flows: Mapping[str, FlowStats]) -> dict[str, FlowStats]:
+    seen = {flow: stats for flow, stats in flows.items() if sees(tenant, flow)}
+    others = [stats for flow, stats in flows.items() if not sees(tenant, flow)]
+    if others:
+        seen[OTHERS] = FlowStats(
+            **{name: sum(getattr(o, name) for o in others) for name in FlowStats.model_fields}
+        )
+    return seen
+
+
+def _seen_call(tenant: Tenant, call: WaitingCall) -> WaitingCall:
+    if sees(tenant, call.flow):
+        return call
+    digest = hashlib.blake2b(call.request_id.encode(), key=_ID_MASK, digest_size=8)
+    unnamed = dict.fromkeys(("run", "service_id", "stage"), "")
+    return call.model_copy(update={"request_id": digest.hexdigest(), "flow": OTHERS, **unnamed})

@@ -130,8 +130,10 @@ function updateGroup(node, [id, g, activity, stepSeconds]) {
   text(node.querySelector(".more"), more > 0 ? `and ${count(more)} more waiting (${count(g.pending)} in all)` : "");
 }
 
-// A flow is a tenant ("tenant:NAME") or, for a driver's calls, its Ray job ("job:ID").
+// A flow is a tenant ("tenant:NAME") or, for a driver's calls, its Ray job ("job:ID");
+// "others" sums the flows this reader's tenant does not see by name.
 function who(flow) {
+  if (flow === "others") return "everyone else";
   const [kind, ...name] = flow.split(":");
   return name.length ? `${kind} ${name.join(":")}` : flow || "—";
 }
@@ -169,7 +171,8 @@ function updateWaiter(row, w) {
   age.dataset.at = String(w.waitedSeconds);
   eta.dataset.at = w.estimatedWaitSeconds === null ? "" : String(w.estimatedWaitSeconds);
   const asked = [w.run && `run ${w.run}`, w.serviceId, w.stage].filter(Boolean).join(" · ");
-  text(who, asked || "—");
+  // Another tenant's call, shown without its names (see serve/tenants.py).
+  text(who, w.flow === "others" ? "another tenant's" : asked || "—");
   text(request, w.requestId);
 }
 

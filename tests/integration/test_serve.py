@@ -299,13 +299,17 @@ async def test_at_one_priority_a_tenant_waits_beside_another_tenants_flood_not_b
     gateway: Gateway,
 ) -> None:
     """A cap-1 group held busy; the default tenant queues 10 requests, then team-a 2, all
-    at priority 3: team-a's are served among the first four, not after the ten."""
+    at priority 3: team-a's are served among the first four, not after the ten. Meanwhile
+    team-a sees its own flow by name and the default tenant's as others'; the operator's
+    keys (the default tenant's) see both."""
     received = len(gateway.local.received)
     async with gateway.client() as default, gateway.client(TEAM_KEY) as team:
 
         async def one(client: openai.AsyncOpenAI, text: str) -> None:
             await client.chat.completions.create(
-                model="local", messages=ask(text), extra_headers={"X-Priority": "3"}
+                model="local",
+                messages=ask(text),
+                extra_headers={"X-Priority": "3", "X-Request-Id": f"{text}-{received}"},
             )
 
         RELEASE.clear()
@@ -318,9 +322,28 @@ async def test_at_one_priority_a_tenant_waits_beside_another_tenants_flood_not_b
             for n, (client, text) in enumerate(senders):
                 calls.append(asyncio.create_task(one(client, text)))
                 await eventually(lambda n=n + 1: _is(gateway.pending, n), f"{text} queued")
+            async with gateway.http(TEAM_KEY) as team_http, gateway.http() as operator:
+                by_team = (await team_http.get("/v1/queue")).json()["groups"][gateway.group]
+                by_operator = (await operator.get("/v1/queue")).json()["groups"][gateway.group]
+                floods = [
+                    await h.get(f"/v1/queue/flood-9-{received}") for h in (team_http, operator)
+                ]
         finally:
             RELEASE.set()
         await asyncio.gather(holder, *calls)
+
+    def waiting_running(flows: dict[str, Any]) -> dict[str, tuple[int, int]]:
+        """The flows with calls waiting or running (the others were served earlier)."""
+        levels = {name: (f["waiting"], f["running"]) for name, f in flows.items()}
+        return {name: level for name, level in levels.items() if level != (0, 0)}
+
+    assert waiting_running(by_team["flows"]) == {"tenant:team-a": (2, 0), "others": (10, 1)}
+    assert waiting_running(by_operator["flows"]) == {
+        "tenant:default": (10, 1),
+        "tenant:team-a": (2, 0),
+    }
+    assert [flood.status_code for flood in floods] == [404, 200]
+    assert floods[1].json()["flow"] == "tenant:default"
 
     served = [b["messages"][-1]["content"] for b in gateway.local.bodies[received + 1 :]]
     assert sorted(served) == sorted(text for _, text in senders)

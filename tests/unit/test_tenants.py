@@ -5,12 +5,22 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from actors.options import CallLabels
 from actors.settings import ServeSettings, Settings, TenantSettings
 from pipelines.__main__ import parse
 from pipelines.job import run_options
 from serve.page import COOKIE, session_token
 from serve.quota import TenantQuotas
-from serve.tenants import Tenants, served_priority
+from serve.tenants import (
+    OTHERS,
+    Tenant,
+    Tenants,
+    may_use,
+    served_priority,
+    stats_seen_by,
+    view_seen_by,
+)
+from tests.unit.conftest import LOCAL_OLLAMA, Harness
 
 A_KEY, B_KEY, OLD_KEY = "sk-team-a-0123", "sk-team-b-4567", "sk-default-89"
 SERVE = ServeSettings(
@@ -71,10 +81,11 @@ def test_a_tenant_may_call_only_its_models() -> None:
     assert a is not None
     assert b is not None
 
-    assert a.tenant.may_use("local")
-    assert a.tenant.may_use("openai/gpt-4o")
-    assert b.tenant.may_use("local")
-    assert not b.tenant.may_use("openai/gpt-4o")
+    assert may_use(a.tenant, "local")
+    assert may_use(a.tenant, "openai/gpt-4o")
+    assert may_use(b.tenant, "local")
+    assert not may_use(b.tenant, "openai/gpt-4o")
+    assert may_use(None, "openai/gpt-4o")  # serve.auth off: no tenants
 
 
 def test_tenant_settings_refuse_a_shared_key_a_default_above_the_ceiling_and_two_defaults() -> None:
@@ -197,3 +208,42 @@ def test_a_run_of_the_main_job_asks_as_the_tenant_it_names() -> None:
     assert (as_unknown.flow, as_unknown.weight) == ("tenant:newcomer", 1.0)
     assert as_driver.flow is None  # stamped with the driver's Ray job where the call starts
     assert parse(["run", "in.jsonl", "--out", "o.jsonl", "--tenant", "team-a"]).tenant == "team-a"
+
+
+def tenant(key: str) -> Tenant:
+    holder = Tenants(SERVE).by_key(key)
+    assert holder is not None
+    return holder.tenant
+
+
+def test_a_tenant_sees_its_own_flow_and_calls_by_name_and_everyone_elses_summed() -> None:
+    harness = Harness(group_limits={LOCAL_OLLAMA.id: 1})
+    harness.ask(LOCAL_OLLAMA, "b-runs", flow="tenant:team-b")
+    harness.ask(LOCAL_OLLAMA, "a-waits", flow="tenant:team-a", labels=CallLabels("map", "svc-a"))
+    harness.ask(LOCAL_OLLAMA, "b-waits", flow="tenant:team-b", labels=CallLabels("map", "svc-b"))
+    harness.ask(LOCAL_OLLAMA, "job-waits", flow="job:01000000")
+    engine = harness.engine
+
+    flows = stats_seen_by(tenant(A_KEY), engine.stats()).groups[LOCAL_OLLAMA.id].flows
+    view = view_seen_by(tenant(A_KEY), engine.view(50))
+
+    assert {name: (f.waiting, f.running) for name, f in flows.items()} == {
+        "tenant:team-a": (1, 0),
+        OTHERS: (2, 1),
+    }
+    shown = view.groups[LOCAL_OLLAMA.id].waiting
+    assert [(c.position, c.flow, c.service_id) for c in shown] == [
+        (1, "tenant:team-a", "svc-a"),
+        (2, OTHERS, ""),
+        (3, OTHERS, ""),
+    ]
+    assert {c.request_id for c in shown[1:]}.isdisjoint({"b-waits", "job-waits"})
+    assert view.stats.groups[LOCAL_OLLAMA.id].flows == flows
+    # The operator's keys, and no keys at all, see every flow and call.
+    assert view_seen_by(tenant(OLD_KEY), engine.view(50)) == engine.view(50)
+    assert view_seen_by(None, engine.view(50)) == engine.view(50)
+    assert set(stats_seen_by(tenant(OLD_KEY), engine.stats()).groups[LOCAL_OLLAMA.id].flows) == {
+        "tenant:team-a",
+        "tenant:team-b",
+        "job:01000000",
+    }
