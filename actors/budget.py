@@ -36,7 +36,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 MARGIN_SECONDS = 0.5
 # How long after its grant a call may still be on its way to the provider.
@@ -51,8 +51,13 @@ class BudgetLimits(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    rpm: PositiveInt | None = None
-    tpm: PositiveInt | None = None
+    rpm: PositiveInt | None = Field(default=None, description="Requests a minute; none: unlimited.")
+    tpm: PositiveInt | None = Field(
+        default=None,
+        description="Tokens (prompt and completion) a minute, charged at the grant from the "
+        "prompt's length and `max_tokens` and corrected by the answer's usage; none: "
+        "unlimited.",
+    )
 
 
 def estimate_tokens(prompt_chars: int, max_tokens: int) -> int:

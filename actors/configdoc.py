@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import typing
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -50,7 +51,7 @@ def markdown() -> str:
             top.append((name, info))
             continue
         sections.append(_section(name, model))
-    rows = "".join(_row(name, info) for name, info in top)
+    rows = "".join(_field_rows(name, info) for name, info in top)
     sections.append(f"## Top level\n\n{_TABLE}{rows}")
     return "\n".join(sections)
 
@@ -60,12 +61,34 @@ _TABLE = "| setting | default | what it does |\n|---|---|---|\n"
 
 def _section(name: str, model: type[BaseModel]) -> str:
     doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-    rows = "".join(_row(f"{name}.{field}", info) for field, info in model.model_fields.items())
-    return f"## `{name}`\n\n{doc}\n\n{_TABLE}{rows}"
+    return f"## `{name}`\n\n{doc}\n\n{_TABLE}{_rows(name, model)}"
+
+
+def _rows(name: str, model: type[BaseModel]) -> str:
+    return "".join(
+        _field_rows(f"{name}.{field}", info) for field, info in model.model_fields.items()
+    )
+
+
+def _field_rows(name: str, info: FieldInfo) -> str:
+    """The field's row; a mapping of names to models (``serve.tenants``) gets a row per
+    field of its entries too (``serve.tenants.<name>.keys``)."""
+    entry = _entry_of(info)
+    return _row(name, info) + ("" if entry is None else _rows(f"{name}.<name>", entry))
 
 
 def _model_of(info: FieldInfo) -> type[BaseModel] | None:
-    annotation = info.annotation
+    return _a_model(info.annotation)
+
+
+def _entry_of(info: FieldInfo) -> type[BaseModel] | None:
+    """The model of a ``dict[str, Model]`` field's values."""
+    if typing.get_origin(info.annotation) is not dict:
+        return None
+    return _a_model(typing.get_args(info.annotation)[1])
+
+
+def _a_model(annotation: object) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     return None
@@ -78,6 +101,8 @@ def _row(name: str, info: FieldInfo) -> str:
 
 
 def _default(info: FieldInfo) -> str:
+    if info.is_required():
+        return "required"
     value = info.get_default(call_default_factory=True)
     if value is None or value == () or value == {}:
         return "none"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actors.errors import ClassificationError, InvalidBaseURL, UnknownModel, UnknownProvider
 
@@ -139,11 +139,21 @@ class ModelEntry(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    provider: Provider
-    base_url: str | None = None
-    host: str | None = None
-    # The name the backend knows the model by, when it differs from the id.
-    name: str | None = None
+    provider: Provider = Field(
+        description="The backend's API: `openai`, `anthropic`, `ollama`, `lmstudio`, or "
+        "`openai-compatible` (vLLM, llama.cpp's server)."
+    )
+    base_url: str | None = Field(
+        default=None, description="The server's address; none: the provider's usual one."
+    )
+    host: str | None = Field(
+        default=None,
+        description="The GPU host of a server on loopback: its provider actor runs on the "
+        "node with the resource `gpu_host:<host>`; none: the caller's node.",
+    )
+    name: str | None = Field(
+        default=None, description="The name the backend knows the model by; none: the id."
+    )
 
     @model_validator(mode="after")
     def _classifiable(self) -> ModelEntry:

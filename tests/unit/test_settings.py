@@ -172,4 +172,7 @@ def test_the_configuration_page_is_the_one_the_settings_describe() -> None:
     page = Path(__file__).parents[2] / "docs" / "configuration.md"
 
     assert configdoc.main(["--check", str(page)]) == 0
-    assert all(f"`{name}`" in configdoc.markdown() for name in ("queue.hand_over", "models"))
+    assert all(
+        f"`{name}`" in configdoc.markdown()
+        for name in ("queue.hand_over", "models", "serve.tenants.<name>.sees_all")
+    )
