@@ -17,8 +17,10 @@ It prints how every call ended (ok, or the error it ended with), the calls
 lost (no answer and no error by the end: must be 0), the leases left held
 or waiting in the manager once all calls ended (must be 0), the most
 requests each capped server saw at once (must be <= its limit, restarts
-included), and the time to recover after each manager kill: until the
-restarted manager answers, and until the next call completes.
+included; past it, the requests it worked on then, with when each arrived
+and ended in seconds from the start, the events being at 1, 2, ... s, and
+whether its client had hung up), and the time to recover after each manager
+kill: until the restarted manager answers, and until the next call completes.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import random
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -39,9 +41,10 @@ from benchmarks import kill_manager, on_embedded_ray
 
 if TYPE_CHECKING:
     from actors.client import ManagerClient
+    from actors.groups import GroupSpec
     from actors.stats import QueueStats
     from providers.testing.fake_llm import Script
-    from providers.testing.probe_server import Received
+    from providers.testing.probe_server import ProbeServer, Received
 
 SERVER_HOLD = 0.2
 
@@ -174,6 +177,7 @@ async def chaos(calls: int, seed: int, every: float, stack: contextlib.ExitStack
             name = type(error).__name__
             ended.note(spec.id, "caller killed" if name == "ActorDiedError" else name)
 
+    started = time.monotonic()
     tasks = [asyncio.create_task(one(i)) for i in range(calls)]
     provider = f"provider:{specs[1].id}"
 
@@ -198,13 +202,7 @@ async def chaos(calls: int, seed: int, every: float, stack: contextlib.ExitStack
 
     print(f"{calls} calls: a third each on a cap-1, a cap-4 and an unlimited group (seed {seed})")
     report(calls, ended, len(lost), stats, settled, recoveries)
-    for spec, server in zip(specs, servers, strict=True):
-        limit = limits[spec.id]
-        print(
-            f"  {'no limit' if limit is None else f'cap {limit}':>8}: most at once at its "
-            f"server {server.max_in_flight}; requests {len(server.received)}, "
-            f"dropped by their client {server.abandoned}; calls ended: {ended.of(spec.id)}"
-        )
+    report_servers(zip(specs, servers, strict=True), limits, ended, started)
     for task in lost:
         task.cancel()
 
@@ -218,6 +216,36 @@ def chaotic(rng: random.Random) -> Callable[[Received], Script]:
         return Fail(503, "overloaded") if roll < 0.08 else Slow(3.0) if roll < 0.12 else Say("ok")
 
     return answer
+
+
+def report_servers(
+    served: Iterable[tuple[GroupSpec, ProbeServer]],
+    limits: dict[str, int | None],
+    ended: Ended,
+    started: float,
+) -> None:
+    for spec, server in served:
+        limit = limits[spec.id]
+        print(
+            f"  {'no limit' if limit is None else f'cap {limit}':>8}: most at once at its "
+            f"server {server.max_in_flight}; requests {len(server.received)}, "
+            f"dropped by their client {server.abandoned}; calls ended: {ended.of(spec.id)}"
+        )
+        if limit is not None:
+            report_crowding(server, limit, started)
+
+
+def report_crowding(server: ProbeServer, limit: int, started: float) -> None:
+    """Each moment the server worked on more than ``limit`` requests, with when each of them
+    arrived and ended (seconds from the run's start), and whether its client hung up."""
+    for live in server.crowded(limit):
+        spans = "; ".join(
+            f"request {s.request} {s.arrived - started:.3f}-"
+            + ("..." if s.ended is None else f"{s.ended - started:.3f}")
+            + (" (client hung up)" if s.hung_up else "")
+            for s in live
+        )
+        print(f"    over its limit: {spans}")
 
 
 def report(

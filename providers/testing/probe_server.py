@@ -34,6 +34,17 @@ class Received:
     body: Any
 
 
+@dataclass
+class Span:
+    """The server's work on one request: from its arrival (the ``request``-th) until its
+    answer went out or the server saw its client hang up (``hung_up``)."""
+
+    request: int
+    arrived: float
+    ended: float | None = None
+    hung_up: bool = False
+
+
 class _Server(ThreadingHTTPServer):
     # The default backlog of 5 drops connections when many callers start at
     # once, and a dropped SYN is retried only after a second. A provider actor
@@ -64,6 +75,7 @@ class ProbeServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.received: list[Received] = []
+        self.spans: list[Span] = []
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -83,6 +95,22 @@ class ProbeServer:
 
     def respond(self, request: Received) -> Reply:
         return Reply()
+
+    def crowded(self, limit: int) -> list[list[Span]]:
+        """Each moment a request arrived while ``limit`` others were worked on: the spans
+        of the requests worked on then, in arrival order."""
+        with self._lock:
+            spans = list(self.spans)
+        moments = []
+        for span in spans:
+            live = [
+                s
+                for s in spans
+                if s.arrived <= span.arrived and (s.ended is None or s.ended > span.arrived)
+            ]
+            if len(live) > limit:
+                moments.append(live)
+        return moments
 
     def __enter__(self) -> ProbeServer:
         self._thread.start()
@@ -109,6 +137,8 @@ class ProbeServer:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.received.append(request)
+            span = Span(len(self.received) - 1, time.monotonic())
+            self.spans.append(span)
         working = True
 
         def done() -> None:
@@ -119,10 +149,12 @@ class ProbeServer:
                 working = False
                 with self._lock:
                     self.in_flight -= 1
+                    span.ended = time.monotonic()
 
         try:
             reply = self.respond(request)
             if not self._work(handler, self.hold + reply.delay):
+                span.hung_up = True
                 handler.close_connection = True
                 return
             handler.send_response(reply.status)
@@ -145,6 +177,7 @@ class ProbeServer:
                     handler.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             handler.close_connection = True  # the caller gave up (its timeout, a hang-up)
+            span.hung_up = True
             with self._lock:
                 self.abandoned += 1
         finally:

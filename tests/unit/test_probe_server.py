@@ -1,0 +1,42 @@
+"""The loopback server the tests measure concurrency with: what it counts at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from providers.testing.probe_server import ProbeServer
+from tests.support.polling import eventually
+
+
+async def test_two_requests_at_once_are_one_crowded_moment_past_a_limit_of_one() -> None:
+    with ProbeServer(hold=0.3) as server:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            await asyncio.gather(http.post("/a", json={}), http.post("/b", json={}))
+            await http.post("/c", json={})
+
+    assert server.max_in_flight == 2
+    [moment] = server.crowded(1)
+    assert [span.request for span in moment] == [0, 1]
+    assert server.crowded(2) == []
+    assert all(span.ended is not None and not span.hung_up for span in server.spans)
+
+
+async def test_a_request_whose_client_hangs_up_ends_there_marked_hung_up() -> None:
+    with ProbeServer(hold=10.0, stop_on_disconnect=True) as server:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            with pytest.raises(httpx.ReadTimeout):
+                await http.post("/", json={}, timeout=0.2)
+        await eventually(lambda: _ended(server), "the server to see the hang-up")
+
+    [span] = server.spans
+    assert span.hung_up
+    assert span.ended is not None
+    assert span.ended - span.arrived < 5.0
+    assert server.abandoned == 1
+
+
+async def _ended(server: ProbeServer) -> bool:
+    return all(span.ended is not None for span in server.spans)
