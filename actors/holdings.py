@@ -61,7 +61,7 @@ class Holdings:
         ``tokens`` to the budget and the group's estimated cost of a call to the flow's
         share (corrected by :meth:`free` with its true cost)."""
         self.hold(group, lease)
-        estimate = group.queue.estimate
+        estimate = group.queue.estimate_for(flow)
         group.queue.charge(flow, estimate, weight)
         group.charged[lease.id] = (flow, estimate)
         if group.budget is not None:

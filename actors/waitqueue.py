@@ -110,13 +110,15 @@ class Arrivals:
 class _Flow:
     """One flow's waiters in a group, and the weighted service it has received there."""
 
-    __slots__ = ("heap", "live", "service", "weight")
+    __slots__ = ("cost", "heap", "live", "service", "weight")
 
     def __init__(self) -> None:
         self.heap: list[tuple[GrantKey, str]] = []
         self.live = 0
         self.service = 0.0
         self.weight = 1.0
+        # The average cost of the flow's calls; None until one ended.
+        self.cost: float | None = None
 
     def head(self, live: dict[str, tuple[GrantKey, str]]) -> tuple[GrantKey, str] | None:
         """The flow's best live waiter; stale heap entries are dropped on the way."""
@@ -137,8 +139,11 @@ class WaitQueue:
     next: the Virtual Token Counter of "Fairness in Serving Large Language
     Models" (Sheng et al., OSDI 2024). Each grant charges its flow the call's
     cost divided by the flow's weight (:meth:`charge`; the engine charges an
-    estimate at the grant, the average cost of the group's calls, and the rest
-    when the call ends, :meth:`settle`). A call's cost is VTC's: its tokens
+    estimate at the grant, the average cost of the flow's calls, or of the
+    group's until one of the flow's ended, and the rest when the call ends,
+    :meth:`settle`: with several calls in flight, a flow of short calls
+    charged the group's average would be held back, one of long calls let
+    ahead). A call's cost is VTC's: its tokens
     weighted as prompt + 2 x completion, where its answer reported them; where
     not (a stream without usage), its seconds in the slot at the group's rate
     of weighted tokens a second, learned from its calls that reported usage. A
@@ -167,8 +172,8 @@ class WaitQueue:
         self._live: dict[str, tuple[GrantKey, str]] = {}
         # The service of the flow granted last: where a flow that comes back starts.
         self._floor = 0.0
-        # The cost a grant is charged before its call ends: the average cost of the
-        # group's calls, 0 until one has ended.
+        # The average cost of the group's calls, 0 until one has ended: what a grant to a
+        # flow none of whose calls has ended is charged before its call ends.
         self.estimate = 0.0
         # Weighted tokens a second held, from the calls that reported usage.
         self._per_second: float | None = None
@@ -215,9 +220,18 @@ class WaitQueue:
                 self._per_second = _averaged(self._per_second, cost / held)
         else:
             cost = held * (self._per_second if self._per_second is not None else 1.0)
+        flow = flow if self.fair else ""
         self.charge(flow, cost - charged)
+        state = self._flows[flow]
+        state.cost = _averaged(state.cost, cost)
         self.estimate = _averaged(self.estimate or None, cost)
         return cost
+
+    def estimate_for(self, flow: str) -> float:
+        """What a grant to ``flow`` is charged before its call ends: the average cost of the
+        flow's calls, or of the group's while the flow has had none."""
+        state = self._flows.get(flow if self.fair else "")
+        return self.estimate if state is None or state.cost is None else state.cost
 
     def peek(self) -> tuple[GrantKey, str] | None:
         best: tuple[int, float, GrantKey, str] | None = None
@@ -286,7 +300,7 @@ class WaitQueue:
             flow = min(queues, key=lambda f: (queues[f][-1][0][0], service[f], queues[f][-1][0]))
             _, lease_id = queues[flow].pop()
             order.append(lease_id)
-            service[flow] += self.estimate / self._flows[flow].weight
+            service[flow] += self.estimate_for(flow) / self._flows[flow].weight
             if not queues[flow]:
                 del queues[flow]
         return order

@@ -182,6 +182,33 @@ def test_different_call_lengths_share_time_not_calls() -> None:
     assert abs(busy["s"] - busy["l"]) <= 2 * 0.04
 
 
+def test_with_calls_in_flight_each_flow_is_charged_its_own_calls_cost_at_the_grant() -> None:
+    """Four slots, four backlogged flows whose calls take 0.8/0.4/0.2/0.1 s at weights
+    4:2:1:1 (each call 0.2 s of weighted service but the last, 0.1 s). Counted as it
+    accrues, weighted service stays within 2 of the largest call's (0.4 s) once each
+    flow's first call ended: a grant is charged its flow's average cost, not the group's,
+    which overcharged the short calls' flows and undercharged the long ones': 0.525 s."""
+    flows = {"a": (0.8, 4.0), "b": (0.4, 2.0), "c": (0.2, 1.0), "d": (0.1, 1.0)}
+    asks = [
+        Ask(0.0, f"{flow}{i}", flow, seconds=seconds, weight=weight)
+        for i in range(200)
+        for flow, (seconds, weight) in flows.items()
+    ]
+
+    run = simulate(capped(4), asks)
+
+    def weighted(flow: str, at: float) -> float:
+        seconds, weight = flows[flow]
+        started = [run.granted_at[a.request] for a in asks if a.flow == flow]
+        return sum(min(seconds, max(0.0, at - t)) for t in started) / weight
+
+    drift = 0.0
+    for tenth in range(10, 200):  # from 1 s, once every flow's first call ended, to 20 s
+        served = [weighted(flow, tenth / 10) for flow in flows]
+        drift = max(drift, max(served) - min(served))
+    assert drift <= 2 * 0.2
+
+
 def test_a_flow_that_idled_gets_no_run_of_grants_on_its_return() -> None:
     asks = [Ask(0.0, "b-early", "B")]
     asks += [Ask(0.0, f"a{i}", "A") for i in range(100)]
