@@ -16,11 +16,14 @@ every event meets work in flight).
 It prints how every call ended (ok, or the error it ended with), the calls
 lost (no answer and no error by the end: must be 0), the leases left held
 or waiting in the manager once all calls ended (must be 0), the most
-requests each capped server saw at once (must be <= its limit, restarts
-included; past it, the requests it worked on then, with when each arrived
-and ended in seconds from the start, the events being at 1, 2, ... s, and
-whether its client had hung up), and the time to recover after each manager
-kill: until the restarted manager answers, and until the next call completes.
+requests each server worked on at once and, of those, the most whose
+clients were still connected (must be <= its limit, restarts included: a
+server sees a hang-up a moment after the client closed, so a call sent in
+that moment may meet the work it replaces; past the limit the run prints
+the requests worked on then, with when each arrived and ended in seconds
+from the start, the events being at 1, 2, ... s, and which clients had
+gone), and the time to recover after each manager kill: until the restarted
+manager answers, and until the next call completes.
 """
 
 from __future__ import annotations
@@ -228,7 +231,8 @@ def report_servers(
         limit = limits[spec.id]
         print(
             f"  {'no limit' if limit is None else f'cap {limit}':>8}: most at once at its "
-            f"server {server.max_in_flight}; requests {len(server.received)}, "
+            f"server {server.max_in_flight} ({server.max_connected} with their clients "
+            f"connected); requests {len(server.received)}, "
             f"dropped by their client {server.abandoned}; calls ended: {ended.of(spec.id)}"
         )
         if limit is not None:
@@ -237,12 +241,14 @@ def report_servers(
 
 def report_crowding(server: ProbeServer, limit: int, started: float) -> None:
     """Each moment the server worked on more than ``limit`` requests, with when each of them
-    arrived and ended (seconds from the run's start), and whether its client hung up."""
+    arrived and ended (seconds from the run's start), and whether its client had hung up
+    by the time the last of them arrived."""
     for live in server.crowded(limit):
+        arrival = live[-1]
         spans = "; ".join(
             f"request {s.request} {s.arrived - started:.3f}-"
             + ("..." if s.ended is None else f"{s.ended - started:.3f}")
-            + (" (client hung up)" if s.hung_up else "")
+            + ("" if s is arrival or s.request in arrival.beside else " (client gone)")
             for s in live
         )
         print(f"    over its limit: {spans}")

@@ -43,6 +43,8 @@ class Span:
     arrived: float
     ended: float | None = None
     hung_up: bool = False
+    # The requests worked on when this one arrived whose clients were still connected.
+    beside: tuple[int, ...] = ()
 
 
 class _Server(ThreadingHTTPServer):
@@ -62,8 +64,11 @@ class ProbeServer:
     """Answers every POST after ``hold`` seconds; remembers requests in arrival order.
 
     ``max_in_flight`` is measured by the server itself, so it is what a real
-    backend would have seen, whoever the callers were. Subclasses decide the
-    reply in :meth:`respond`.
+    backend would have seen, whoever the callers were. A request whose client
+    hung up counts until the server's thread sees the hang-up, a moment later;
+    ``max_connected`` counts only the requests whose clients were still
+    connected (what the callers had open at once). Subclasses decide the reply
+    in :meth:`respond`.
     """
 
     def __init__(self, hold: float = 0.0, *, stop_on_disconnect: bool = False) -> None:
@@ -74,8 +79,11 @@ class ProbeServer:
         self.abandoned = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.max_connected = 0
         self.received: list[Received] = []
         self.spans: list[Span] = []
+        # The requests worked on now, by arrival number, with their connections.
+        self._live: dict[int, socket.socket] = {}
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -137,8 +145,11 @@ class ProbeServer:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.received.append(request)
-            span = Span(len(self.received) - 1, time.monotonic())
+            beside = tuple(n for n, other in self._live.items() if _connected(other))
+            span = Span(len(self.received) - 1, time.monotonic(), beside=beside)
             self.spans.append(span)
+            self._live[span.request] = handler.connection
+            self.max_connected = max(self.max_connected, len(beside) + 1)
         working = True
 
         def done() -> None:
@@ -150,6 +161,7 @@ class ProbeServer:
                 with self._lock:
                     self.in_flight -= 1
                     span.ended = time.monotonic()
+                    del self._live[span.request]
 
         try:
             reply = self.respond(request)
@@ -214,3 +226,12 @@ class ProbeServer:
                 pass  # keep test output clean
 
         return Handler
+
+
+def _connected(connection: socket.socket) -> bool:
+    """False once the client closed its side: readable, with nothing to read."""
+    try:
+        readable, _, _ = select.select([connection], [], [], 0)
+        return not readable or bool(connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:
+        return False

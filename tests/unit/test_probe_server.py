@@ -17,7 +17,7 @@ async def test_two_requests_at_once_are_one_crowded_moment_past_a_limit_of_one()
             await asyncio.gather(http.post("/a", json={}), http.post("/b", json={}))
             await http.post("/c", json={})
 
-    assert server.max_in_flight == 2
+    assert (server.max_in_flight, server.max_connected) == (2, 2)
     [moment] = server.crowded(1)
     assert [span.request for span in moment] == [0, 1]
     assert server.crowded(2) == []
@@ -40,3 +40,18 @@ async def test_a_request_whose_client_hangs_up_ends_there_marked_hung_up() -> No
 
 async def _ended(server: ProbeServer) -> bool:
     return all(span.ended is not None for span in server.spans)
+
+
+async def test_work_left_by_a_client_that_hung_up_is_not_counted_as_its_connected() -> None:
+    """A server that finishes the work of a client gone (no stop on disconnect) works on
+    two requests at once when the next comes; only one of their clients is connected."""
+    with ProbeServer(hold=1.0) as server:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            with pytest.raises(httpx.ReadTimeout):
+                await http.post("/gone", json={}, timeout=0.2)
+            await http.post("/next", json={})
+
+    assert (server.max_in_flight, server.max_connected) == (2, 1)
+    gone, following = server.spans
+    assert following.beside == ()
+    assert following.arrived < (gone.ended or 0.0)
