@@ -1,6 +1,6 @@
 """Fair share within a priority against first come first served, side by side in one run.
 
-    python -m benchmarks.fairness [--rounds 2] [--pairs 1000]
+    python -m benchmarks.fairness [--rounds 2]
 
 The noisy neighbour of the issue "Tenants and fair share": on a cap-1 group
 whose calls hold their slot 20 ms, flow A queues 100 calls at priority 5 and
@@ -15,9 +15,7 @@ retries and with 8 (see :func:`through_litellm`): it rejects a call past its
 deployment's limit, and its waits run to the start of each call at a
 loopback server, so they include its HTTP hop (a millisecond or two).
 
-Then the grant path's cost: the gated pair (acquire + release of a capped
-group, nobody waits) at 1 and 64 callers, each caller its own flow, on each
-manager.
+The grant path's cost of fair share is ``python -m benchmarks.pair --fifo``.
 """
 
 from __future__ import annotations
@@ -45,7 +43,6 @@ from benchmarks.compare import LITELLM_RETRIES, Request, calls_at, litellm_route
 from benchmarks.serve import backend
 
 CAP_ONE = classify("openai-compatible", "http://gpu-box:8000")
-WIDE = classify("openai-compatible", "http://gpu-box:8001")
 CALL_SECONDS = 0.02
 MODES = ("fifo", "fair")
 LITELLM = "LiteLLM Router"
@@ -141,19 +138,6 @@ async def through_litellm(retries: int) -> Noisy:
         return await noisy_neighbour(call, starts)
 
 
-async def pairs(client: ManagerClient, callers: int, count: int) -> float:
-    """Seconds per acquire + release, per caller, each caller a flow of its own."""
-
-    async def loop(flow: str) -> None:
-        for _ in range(count // callers):
-            async with client.slot(WIDE.id, CallOptions(flow=flow)):
-                pass
-
-    started = time.perf_counter()
-    await asyncio.gather(*(loop(f"flow-{i}") for i in range(callers)))
-    return (time.perf_counter() - started) / (count // callers)
-
-
 def p95(values: list[float]) -> float:
     return sorted(values)[max(0, round(0.95 * len(values)) - 1)]
 
@@ -164,27 +148,22 @@ def median_of(figure: Callable[[list[float]], float], runs: list[list[float]]) -
     return statistics.median(figures) if figures else math.nan
 
 
-async def main(rounds: int, pair_count: int) -> None:
+async def main(rounds: int) -> None:
     clients = {}
     for mode in MODES:
-        queue = QueueSettings(fairness=mode, group_limits={CAP_ONE.id: 1, WIDE.id: 1_000})
+        queue = QueueSettings(fairness=mode, group_limits={CAP_ONE.id: 1})
         client = ManagerClient.create(
             Settings(queue=queue), name=f"fairness-{mode}-{uuid.uuid4().hex[:6]}"
         )
-        for spec in (CAP_ONE, WIDE):
-            await client.register(spec)
+        await client.register(CAP_ONE)
         clients[mode] = client
     noisy: dict[str, list[Noisy]] = {mode: [] for mode in MODES}
     with_litellm = importlib.util.find_spec("litellm") is not None
-    pair: dict[tuple[str, int], list[float]] = {}
     for round_ in range(rounds):
         # Each mode goes first in every other round: neither always runs on a warmer Ray.
         for mode in MODES if round_ % 2 == 0 else MODES[::-1]:
             client = clients[mode]
             noisy[mode].append(await through_raygate(client))
-            for callers in (1, 64):
-                seconds = await pairs(client, callers, pair_count)
-                pair.setdefault((mode, callers), []).append(seconds)
         if with_litellm:
             for retries in (0, LITELLM_RETRIES):
                 name = f"{LITELLM}, {retries} retries"
@@ -221,20 +200,10 @@ async def main(rounds: int, pair_count: int) -> None:
     print()
     span_ratio = medians["fair"]["span"] / medians["fifo"]["span"]
     print(f"makespan fair / fifo: {span_ratio:.3f}x")
-    print()
-    print(f"## the gated pair, {pair_count} pairs, each caller its own flow (medians, per caller)")
-    print()
-    print("| callers | fifo | fair | fair / fifo |")
-    print("|---:|---:|---:|---:|")
-    for callers in (1, 64):
-        fifo = statistics.median(pair[("fifo", callers)])
-        fair = statistics.median(pair[("fair", callers)])
-        print(f"| {callers} | {fifo * 1e3:.2f} ms | {fair * 1e3:.2f} ms | {fair / fifo:.2f}x |")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fairness")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--pairs", type=int, default=1_000)
     args = parser.parse_args()
-    on_embedded_ray(main(args.rounds, args.pairs))
+    on_embedded_ray(main(args.rounds))

@@ -1,6 +1,6 @@
 """The gated pair (acquire + release, nothing inside) against another checkout's, in one run.
 
-    python -m benchmarks.pair [--against PATH] [--seconds 1] [--rounds 20]
+    python -m benchmarks.pair [--against PATH | --fifo] [--seconds 1] [--rounds 20]
 
 Callers (1 and 64) loop ``async with client.slot(group)`` on a capped group
 (limit above the callers: nobody waits); pairs per second. With
@@ -13,6 +13,10 @@ of callers. Each round's two windows are a second apart, so a round's ratio
 compares the two on nearly the same machine (these machines drift by 2x
 from one day to the next, and by 1.5x from one minute to the next); the
 result is the median of the rounds' ratios, beside the ratio of the medians.
+
+With ``--fifo`` instead, this checkout against itself, one process with
+``queue.fairness: fair`` and one with ``fifo``, each caller a flow of its
+own in both: the cost of fair share on the grant path.
 
 Each checkout's process runs the script below with that checkout on
 ``PYTHONPATH``: it uses only what both have (``ManagerClient.slot``,
@@ -43,26 +47,37 @@ from actors.manager import get_or_create_manager
 from actors.settings import QueueSettings, Settings
 
 group = classify("openai-compatible", "http://gpu-box:8000")
+fairness = os.environ.get("PAIR_FAIRNESS")
+
+
+def options(caller: int) -> tuple[object, ...]:
+    """With a fairness set, each caller is a flow of its own."""
+    if fairness is None:
+        return ()
+    from actors.options import CallOptions
+    return (CallOptions(flow=f"caller-{caller}"),)
 
 
 async def rate(client: ManagerClient, callers: int, seconds: float) -> float:
     done = 0
     end = time.monotonic() + seconds
 
-    async def loop() -> None:
+    async def loop(caller: int) -> None:
         nonlocal done
+        asked = options(caller)
         while time.monotonic() < end:
-            async with client.slot(group.id):
+            async with client.slot(group.id, *asked):
                 pass
             done += 1
 
     started = time.monotonic()
-    await asyncio.gather(*(loop() for _ in range(callers)))
+    await asyncio.gather(*(loop(caller) for caller in range(callers)))
     return done / (time.monotonic() - started)
 
 
 async def main() -> None:
-    settings = Settings(queue=QueueSettings(group_limits={group.id: 1_000}))
+    fair = {} if fairness is None else {"fairness": fairness}
+    settings = Settings(queue=QueueSettings(group_limits={group.id: 1_000}, **fair))
     client = ManagerClient(get_or_create_manager(settings, name=f"pair-{uuid.uuid4().hex[:6]}"))
     await client.register(group)
     await rate(client, 64, 1.0)  # warm up: workers, connections, the caller's watch
@@ -83,11 +98,11 @@ finally:
 class Measurer:
     """A process measuring the pair with one checkout's code, on its own embedded Ray."""
 
-    def __init__(self, checkout: Path) -> None:
+    def __init__(self, checkout: Path, env: dict[str, str]) -> None:
         self._process = subprocess.Popen(
             [sys.executable, "-c", MEASURE],
             cwd=checkout,
-            env={**os.environ, "PYTHONPATH": str(checkout)},
+            env={**os.environ, **env, "PYTHONPATH": str(checkout)},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -118,14 +133,24 @@ class Measurer:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.pair")
-    parser.add_argument("--against", type=Path, help="a checkout of another commit")
+    runs = parser.add_mutually_exclusive_group()
+    runs.add_argument("--against", type=Path, help="a checkout of another commit")
+    runs.add_argument(
+        "--fifo", action="store_true", help="this checkout with fair share against fifo"
+    )
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
-    checkouts = {"this checkout": REPO}
+    # Each run: its checkout and its environment; the first is "this", the second the base.
+    checkouts: dict[str, tuple[Path, dict[str, str]]] = {"this checkout": (REPO, {})}
     if args.against is not None:
-        checkouts["--against"] = args.against.resolve()
-    measurers = {name: Measurer(path) for name, path in checkouts.items()}
+        checkouts["--against"] = (args.against.resolve(), {})
+    if args.fifo:
+        checkouts = {
+            "fair": (REPO, {"PAIR_FAIRNESS": "fair"}),
+            "fifo": (REPO, {"PAIR_FAIRNESS": "fifo"}),
+        }
+    measurers = {name: Measurer(*run) for name, run in checkouts.items()}
     try:
         rates: dict[str, dict[int, list[float]]] = {
             name: {count: [] for count in CALLERS} for name in checkouts
@@ -145,15 +170,16 @@ def main() -> None:
         for name in checkouts:
             listed = " ".join(f"{rate:.0f}" for rate in rates[name][count])
             print(f"{count:>3} callers  {name:<14} median {medians[name]:>5.0f}  ({listed})")
-        if "--against" in medians:
-            pairs = zip(rates["this checkout"][count], rates["--against"][count], strict=True)
-            paired = sorted(against / this for this, against in pairs)
+        if len(checkouts) == 2:
+            this, base = checkouts
+            pairs = zip(rates[this][count], rates[base][count], strict=True)
+            paired = sorted(against / measured for measured, against in pairs)
             quartiles = statistics.quantiles(paired, n=4)
             print(
-                f"{count:>3} callers  time per pair, this / --against: "
+                f"{count:>3} callers  time per pair, {this} / {base}: "
                 f"median of the rounds {statistics.median(paired):.2f}x "
                 f"(quartiles {quartiles[0]:.2f}x-{quartiles[2]:.2f}x), "
-                f"of the medians {medians['--against'] / medians['this checkout']:.2f}x"
+                f"of the medians {medians[base] / medians[this]:.2f}x"
             )
 
 
