@@ -50,8 +50,8 @@ group = classify("openai-compatible", "http://gpu-box:8000")
 fairness = os.environ.get("PAIR_FAIRNESS")
 
 
+# With a fairness set, each caller is a flow of its own.
 def options(caller: int) -> tuple[object, ...]:
-    """With a fairness set, each caller is a flow of its own."""
     if fairness is None:
         return ()
     from actors.options import CallOptions
