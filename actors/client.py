@@ -39,7 +39,7 @@ from ray.actor import ActorHandle
 
 from actors.calls import cancellable, unwrap, unwrapped
 from actors.engine import Lease
-from actors.groups import GroupSpec
+from actors.groups import GroupSpec, Pool, pool_of
 from actors.leases import TokensUsed
 from actors.manager import get_or_create_manager
 from actors.names import MANAGER_NAME, NAMESPACE
@@ -154,13 +154,20 @@ class ManagerClient:
     # -- slots -------------------------------------------------------------------
 
     def slot(
-        self, group: str, options: CallOptions = DEFAULT_OPTIONS
+        self, group: str | Pool, options: CallOptions = DEFAULT_OPTIONS
     ) -> AbstractAsyncContextManager[Lease]:
-        """Hold one slot of ``group`` for the body of the ``async with``.
+        """Hold one slot of ``group`` for the body of the ``async with``; of a pool (a tuple
+        of group ids), one slot of whichever group has room for the call first: the
+        lease's ``group`` says which.
 
         ``options`` say how the call waits (priority, unit, critical, request
         id, queue timeout; see :mod:`actors.options`).
         """
+        if not isinstance(group, str):
+            pool = pool_of(group)
+            if len(pool) > 1:
+                return self._held(pool, uuid.uuid4().hex, options.identified())
+            group = pool[0]
         info = self._groups.get(group)
         if info is None:
             return self._first_slot(group, options)
@@ -169,8 +176,9 @@ class ManagerClient:
     def _slot(
         self, group: str, options: CallOptions, info: GroupInfo
     ) -> AbstractAsyncContextManager[Lease]:
-        held = self._held if info.gated else self._sent
-        return held(group, uuid.uuid4().hex, options.identified(), info)
+        if info.gated:
+            return self._held(group, uuid.uuid4().hex, options.identified())
+        return self._sent(group, uuid.uuid4().hex, options.identified(), info)
 
     @asynccontextmanager
     async def _first_slot(self, group: str, options: CallOptions) -> AsyncIterator[Lease]:
@@ -180,10 +188,10 @@ class ManagerClient:
 
     @asynccontextmanager
     async def _held(
-        self, group: str, lease_id: str, options: CallOptions, info: GroupInfo
+        self, group: str | Pool, lease_id: str, options: CallOptions
     ) -> AsyncIterator[Lease]:
-        """A gated group: wait for the grant (the manager's, or a slot passed on here),
-        keep it alive, give it back."""
+        """A gated group, or a pool: wait for the grant (the manager's, or a slot passed on
+        here), keep it alive, give it back."""
         passed = self._successors.waiter(lease_id, options)
         caller = caller_of(self.handle).id
         call = self.handle.acquire.remote(group, lease_id, options.packed(), caller)

@@ -40,7 +40,7 @@ from actors.adaptive import DEFAULT_PAUSE_SECONDS
 from actors.budget import BudgetLimits
 from actors.callers import Caller, CallerIndex
 from actors.errors import CallerGone, DuplicateLease, LeaseRetired, QueueFull
-from actors.groups import GroupSpec
+from actors.groups import GroupSpec, Pool, pool_of
 from actors.groupstate import Group, GroupTable, Waiter
 from actors.handover import HandOvers
 from actors.holdings import Holdings
@@ -135,7 +135,7 @@ class SlotEngine:
 
     def acquire(
         self,
-        group_id: str,
+        group_id: str | Pool,
         lease_id: str,
         options: CallOptions = DEFAULT_OPTIONS,
         caller: str | None = None,
@@ -145,12 +145,17 @@ class SlotEngine:
         """Grant a slot now and return its lease, or queue the request and return None
         (whichever call frees a slot later returns its lease).
 
-        ``caller``: the id of the process that asked, whose waiters and leases
-        :meth:`drop_caller` ends. ``started``: the call already runs (its caller
-        took a group where nobody waits, see :mod:`actors.outbox`): it is counted,
-        past any limit or budget.
+        ``group_id``: a group, or a pool of groups: the call waits once, in each
+        of their queues with one key, and takes a slot of the first that has
+        room for it (the lease names which); a new arrival that finds room in
+        several takes the least busy. ``caller``: the id of the process that
+        asked, whose waiters and leases :meth:`drop_caller` ends. ``started``:
+        the call already runs (its caller took a group where nobody waits, see
+        :mod:`actors.outbox`): it is counted, past any limit or budget.
         """
-        group = self.groups[group_id]
+        pool = pool_of(group_id)
+        groups = [self.groups[g] for g in pool]
+        group = groups[0]
         if caller is not None and self.callers.gone(caller):
             raise CallerGone(str(Caller(caller)))
         if (restored := self.leases.claim_restored(lease_id)) is not None:
@@ -163,7 +168,10 @@ class SlotEngine:
         arrival = self.arrivals.arrival(options.asked_at)
         unit = self.arrivals.unit(options.unit, arrival)
         self.callers.note(lease_id, caller)
-        if started or (self._global_room() and group.fits_now(options.tokens, self.clock())):
+        now = self.clock()
+        free = [g for g in groups if g.fits_now(options.tokens, now)] if self._global_room() else []
+        if started or free:
+            group = group if started else min(free, key=_busy)
             lease = self._lease(group, lease_id, options.request_id, options.priority)
             return self.holdings.grant(
                 group,
@@ -173,15 +181,16 @@ class SlotEngine:
                 flow=options.flow or "",
                 weight=options.weight,
             )
-        if len(group.queue) >= self.max_pending_per_group:
+        full = max(groups, key=lambda g: len(g.queue))
+        if len(full.queue) >= self.max_pending_per_group:
             self.callers.forget(lease_id)
-            self.recorder.finished(group, Outcome.REJECTED)
-            ahead = len(group.queue)
-            wait = reports.estimate(group, self.global_limit, ahead, options.tokens, self.clock())
-            raise QueueFull(group_id, ahead, self.max_pending_per_group, wait)
-        room = width(group.limit, self.global_limit)
+            self.recorder.finished(full, Outcome.REJECTED)
+            ahead = len(full.queue)
+            wait = reports.estimate(full, self.global_limit, ahead, options.tokens, now)
+            raise QueueFull(full.spec.id, ahead, self.max_pending_per_group, wait)
+        room = width(_pool_limit(groups), self.global_limit)
         key = grant_key(options.priority, arrival, unit=unit, critical=options.critical, width=room)
-        self.holdings.queue(group, Waiter.of(lease_id, group_id, options, key, self.clock()))
+        self.holdings.queue(Waiter.of(lease_id, pool, options, key, now))
         return None
 
     def release(self, lease_id: str, epoch: int, used: TokensUsed | None = None) -> list[Lease]:
@@ -360,8 +369,8 @@ class SlotEngine:
         )
 
     def _grant_waiter(self, group: Group, waiter: Waiter, epoch: int | None = None) -> Lease:
-        """Grant a waiter just taken out of its group's queue (its caller stays noted)."""
-        del self.waiters[waiter.lease_id]
+        """Grant a waiter just taken out of ``group``'s queue (its caller stays noted)."""
+        self.holdings.taken(waiter, group)
         lease = self._lease(group, waiter.lease_id, waiter.request_id, waiter.priority, epoch)
         waited = self.clock() - waiter.queued_at
         return self.holdings.grant(
@@ -391,3 +400,16 @@ class SlotEngine:
             group.queue.pop()
             granted.append(self._grant_waiter(group, self.waiters[lease_id]))
         return granted
+
+
+def _busy(group: Group) -> tuple[float, float]:
+    """Which of a pool's groups with room a new arrival takes: the least full, then the
+    one whose calls end soonest."""
+    full = 0.0 if group.limit is None else group.active / group.limit
+    return full, group.tally.avg_hold or 0.0
+
+
+def _pool_limit(groups: list[Group]) -> int | None:
+    """How many calls a pool's groups run at once (None: no limit)."""
+    limits = [g.limit for g in groups]
+    return None if None in limits else sum(limit for limit in limits if limit is not None)

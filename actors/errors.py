@@ -97,6 +97,11 @@ class QueueError(RaygateError):
     """A request for a slot was refused or did not complete."""
 
 
+class EmptyPool(QueueError, ValueError):
+    def __str__(self) -> str:
+        return "a pool names no group: ask for one group's id, or a tuple of at least one"
+
+
 class InvalidPriority(QueueError, ValueError):
     def __init__(self, priority: object, low: int, high: int) -> None:
         super().__init__(priority, low, high)
@@ -166,15 +171,20 @@ class QueueFull(QueueError):
 
 
 class AcquireTimeout(QueueError):
-    def __init__(self, group: str, request_id: str, timeout: float) -> None:
+    def __init__(self, group: str | tuple[str, ...], request_id: str, timeout: float) -> None:
         super().__init__(group, request_id, timeout)
         self.group = group
         self.request_id = request_id
         self.timeout = timeout
 
     def __str__(self) -> str:
+        where = (
+            f"group {self.group!r}"
+            if isinstance(self.group, str)
+            else "any group of the pool " + ", ".join(map(repr, self.group))
+        )
         return (
-            f"request {self.request_id!r} got no slot in group {self.group!r} "
+            f"request {self.request_id!r} got no slot in {where} "
             f"within {self.timeout:g}s; it left the queue"
         )
 

@@ -33,7 +33,7 @@ from typing import TypeVar
 
 from actors.engine import Lease, SlotEngine
 from actors.errors import AcquireTimeout
-from actors.groups import GroupSpec
+from actors.groups import GroupSpec, Pool
 from actors.journal import Journal
 from actors.leases import TokensUsed
 from actors.options import DEFAULT_OPTIONS, CallOptions
@@ -63,19 +63,24 @@ class SlotGate:
 
     async def acquire(
         self,
-        group: str,
+        group: str | Pool,
         lease_id: str,
         options: CallOptions = DEFAULT_OPTIONS,
         caller: str | None = None,
         *,
         started: bool = False,
     ) -> Lease:
-        """A slot of ``group``, waiting at most ``options.queue_timeout`` for it
-        (``started``: see :meth:`SlotEngine.acquire`)."""
+        """A slot of ``group`` (or of a pool's groups), waiting at most
+        ``options.queue_timeout`` for it (``started``: see :meth:`SlotEngine.acquire`)."""
         return await self._granted(group, lease_id, options, caller, started)
 
     async def _granted(
-        self, group: str, lease_id: str, options: CallOptions, caller: str | None, started: bool
+        self,
+        group: str | Pool,
+        lease_id: str,
+        options: CallOptions,
+        caller: str | None,
+        started: bool,
     ) -> Lease:
         loop = asyncio.get_running_loop()
         with self.lock:

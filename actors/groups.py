@@ -18,7 +18,13 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from actors.errors import ClassificationError, InvalidBaseURL, UnknownModel, UnknownProvider
+from actors.errors import (
+    ClassificationError,
+    EmptyPool,
+    InvalidBaseURL,
+    UnknownModel,
+    UnknownProvider,
+)
 
 
 class ResourceKind(StrEnum):
@@ -47,6 +53,19 @@ DEFAULT_BASE_URLS: Mapping[Provider, str] = {
 }
 
 LOCAL_SERVER_LIMIT = 1
+
+# The groups of a pool: a call asked of a pool waits once, and takes a slot of
+# whichever of them has room for it first (see actors.engine).
+Pool = tuple[str, ...]
+
+
+def pool_of(group: str | Pool) -> Pool:
+    """The groups a call of ``group`` (one group's id, or a pool) may take, each once, in
+    the order given."""
+    pool = (group,) if isinstance(group, str) else tuple(dict.fromkeys(group))
+    if not pool:
+        raise EmptyPool()
+    return pool
 
 
 @dataclass(frozen=True, slots=True)

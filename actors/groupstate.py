@@ -28,7 +28,8 @@ from actors.waitqueue import GrantKey, WaitQueue
 @dataclass(slots=True)
 class Waiter:
     lease_id: str
-    group: str
+    # The groups whose slot it may take: one, or a pool's (see actors.groups.Pool).
+    groups: tuple[str, ...]
     request_id: str
     priority: int
     key: GrantKey
@@ -40,14 +41,19 @@ class Waiter:
 
     @classmethod
     def of(
-        cls, lease_id: str, group: str, options: CallOptions, key: GrantKey, now: float
+        cls,
+        lease_id: str,
+        groups: tuple[str, ...],
+        options: CallOptions,
+        key: GrantKey,
+        now: float,
     ) -> Waiter:
         """A call without a request id is known by its lease id."""
         request_id = options.request_id or lease_id
         flow = options.flow or ""
         return cls(
             lease_id,
-            group,
+            groups,
             request_id,
             options.priority,
             key,

@@ -32,20 +32,39 @@ class Holdings:
         self.waiters: dict[str, Waiter] = {}
         self.total_active = 0
 
-    def queue(self, group: Group, waiter: Waiter) -> None:
+    def queue(self, waiter: Waiter) -> None:
+        """Queue ``waiter`` in each of its groups: whichever frees a slot first for it
+        grants it (see :meth:`taken`)."""
         self.waiters[waiter.lease_id] = waiter
-        group.queue.push(waiter.lease_id, waiter.key, waiter.flow, waiter.weight)
-        self._recorder.levels(group)
+        for group_id in waiter.groups:
+            group = self._groups[group_id]
+            group.queue.push(waiter.lease_id, waiter.key, waiter.flow, waiter.weight)
+            self._recorder.levels(group)
 
     def unqueue(self, lease_id: str) -> Group | None:
-        """Take a waiter out of its group's queue; the group, or None if it was not waiting."""
+        """Take a waiter out of its groups' queues; its first group (where its outcome is
+        counted), or None if it was not waiting."""
         waiter = self.waiters.pop(lease_id, None)
         if waiter is None:
             return None
-        group = self._groups[waiter.group]
-        group.queue.remove(lease_id)
+        first, *others = (self._groups[group_id] for group_id in waiter.groups)
+        first.queue.remove(lease_id)
+        self._leave(others, lease_id)
         self._callers.forget(lease_id)
-        return group
+        return first
+
+    def taken(self, waiter: Waiter, group: Group) -> None:
+        """``waiter``, out of ``group``'s queue, is granted there: it leaves the queues of
+        its pool's other groups (its caller stays noted)."""
+        del self.waiters[waiter.lease_id]
+        others = [self._groups[g] for g in waiter.groups if g != group.spec.id]
+        self._leave(others, waiter.lease_id)
+
+    def _leave(self, groups: list[Group], lease_id: str) -> None:
+        """A waiter left these queues too: the other groups of its pool."""
+        for group in groups:
+            group.queue.remove(lease_id)
+            self._recorder.levels(group)
 
     def grant(
         self,

@@ -49,7 +49,7 @@ from ray.experimental import internal_kv
 from actors.callers import Caller
 from actors.engine import Lease, SlotEngine
 from actors.gate import SlotGate
-from actors.groups import GroupSpec, resolve_model
+from actors.groups import GroupSpec, Pool, resolve_model
 from actors.journal import FileStore, Journal, recorded
 from actors.leases import TokensUsed
 from actors.metrics import QueueMetrics
@@ -124,12 +124,13 @@ class ConcurrencyManager(LifelineHost):
 
     async def acquire(
         self,
-        group: str,
+        group: str | Pool,
         lease_id: str,
         options: CallOptions | Packed = DEFAULT_OPTIONS,
         caller: str | None = None,
     ) -> Lease:
-        """A slot of ``group`` for the lease ``lease_id``, asked with ``options`` (as
+        """A slot of ``group``, or of any group of a pool (the lease names which), for the
+        lease ``lease_id``, asked with ``options`` (as
         :class:`CallOptions`, or packed: see :meth:`CallOptions.packed`) by the process
         whose :class:`Caller` id is ``caller``, once it is granted."""
         if not isinstance(options, CallOptions):

@@ -9,6 +9,7 @@ build the snapshots of :mod:`actors.stats` and :mod:`actors.queueview`.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -194,22 +195,26 @@ def estimate(
 
 
 def position(engine: SlotEngine, request_id: str) -> QueuePosition | None:
-    """Where a waiting request stands in its group's queue, or None if it is not waiting."""
+    """Where a waiting request stands in its group's queue (a pool's waiter: in the
+    group of its pool it would be granted soonest), or None if it is not waiting."""
     for waiter in engine.waiters.values():
         if waiter.request_id == request_id:
-            group = engine.groups[waiter.group]
-            ahead = group.queue.ahead_of(waiter.lease_id)
             now = engine.clock()
+            places = []
+            for group_id in waiter.groups:
+                group = engine.groups[group_id]
+                ahead = group.queue.ahead_of(waiter.lease_id)
+                wait = estimate(group, engine.global_limit, ahead, waiter.tokens, now)
+                places.append((math.inf if wait is None else wait, ahead, group_id, wait))
+            _, ahead, group_id, wait = min(places)
             return QueuePosition(
                 request_id=request_id,
-                group=waiter.group,
+                group=group_id,
                 priority=waiter.priority,
                 flow=waiter.flow,
                 ahead=ahead,
                 waited_seconds=now - waiter.queued_at,
-                estimated_wait_seconds=estimate(
-                    group, engine.global_limit, ahead, waiter.tokens, now
-                ),
+                estimated_wait_seconds=wait,
             )
     return None
 

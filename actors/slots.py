@@ -15,7 +15,7 @@ from typing import Protocol
 
 from actors.engine import Lease
 from actors.gate import SlotGate
-from actors.groups import GroupSpec
+from actors.groups import GroupSpec, Pool, pool_of
 from actors.leases import TokensUsed
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.stats import GroupInfo
@@ -25,8 +25,10 @@ class SlotSource(Protocol):
     async def register(self, spec: GroupSpec) -> GroupInfo: ...
 
     def slot(
-        self, group: str, options: CallOptions = DEFAULT_OPTIONS
-    ) -> AbstractAsyncContextManager[Lease]: ...
+        self, group: str | Pool, options: CallOptions = DEFAULT_OPTIONS
+    ) -> AbstractAsyncContextManager[Lease]:
+        """One slot of ``group``, or of any group of a pool (the lease names which)."""
+        ...
 
     async def can_group_run_immediately(self, group: str) -> bool:
         """Would a call of ``group`` get its slot now, without waiting?"""
@@ -65,7 +67,7 @@ class LocalSlots:
 
     @asynccontextmanager
     async def slot(
-        self, group: str, options: CallOptions = DEFAULT_OPTIONS
+        self, group: str | Pool, options: CallOptions = DEFAULT_OPTIONS
     ) -> AsyncIterator[Lease]:
         lease = await self.gate.acquire(group, uuid.uuid4().hex, options.identified())
         try:
@@ -93,11 +95,11 @@ class NoSlots:
 
     @asynccontextmanager
     async def slot(
-        self, group: str, options: CallOptions = DEFAULT_OPTIONS
+        self, group: str | Pool, options: CallOptions = DEFAULT_OPTIONS
     ) -> AsyncIterator[Lease]:
         yield Lease(
             id=uuid.uuid4().hex,
-            group=group,
+            group=pool_of(group)[0],
             request_id=options.request_id or "",
             priority=options.priority,
             epoch=0,

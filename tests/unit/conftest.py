@@ -49,11 +49,19 @@ class Harness:
     def lease_id(self) -> str:
         return f"lease-{next(self._ids)}"
 
-    def ask(self, spec: GroupSpec, request: str, priority: int = 5, **options: Any) -> str:
-        """Acquire for ``request`` (``options``: critical, unit); return its lease id."""
+    def ask(
+        self,
+        spec: GroupSpec | tuple[GroupSpec, ...],
+        request: str,
+        priority: int = 5,
+        **options: Any,
+    ) -> str:
+        """Acquire for ``request`` a slot of ``spec``'s group, or of any group of a pool
+        (``options``: critical, unit); return its lease id."""
         lease_id = self.lease_id()
+        group = spec.id if isinstance(spec, GroupSpec) else tuple(s.id for s in spec)
         lease = self.engine.acquire(
-            spec.id, lease_id, CallOptions(priority=priority, request_id=request, **options)
+            group, lease_id, CallOptions(priority=priority, request_id=request, **options)
         )
         if lease is not None:
             self.leases[request] = lease

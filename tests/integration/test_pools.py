@@ -1,0 +1,102 @@
+"""A pool through the real manager: calls wait once on two servers' groups and each runs
+on the server whose slot it was granted."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import ray
+
+from actors.client import ManagerClient
+from actors.groups import GroupSpec, classify
+from actors.options import CallOptions
+from providers.testing.probe_server import ProbeServer
+from tests.integration.conftest import ManagerFactory, active_is, pending_is
+from tests.support.polling import eventually
+
+
+@ray.remote(num_cpus=0)
+class PoolCaller:
+    """Calls on its own worker process, as a provider or pipeline actor would."""
+
+    def __init__(self, manager: Any) -> None:
+        self.client = ManagerClient(manager)
+
+    async def post(self, pool: tuple[str, ...], urls: dict[str, str], priority: int) -> str:
+        """Post to the server of the group granted; the group's id."""
+        async with (
+            self.client.slot(pool, CallOptions(priority=priority)) as lease,
+            httpx.AsyncClient() as http,
+        ):
+            body = {"priority": priority, "group": lease.group}
+            (await http.post(urls[lease.group], json=body)).raise_for_status()
+        return lease.group
+
+    async def wait_forever(self, pool: tuple[str, ...]) -> None:
+        async with self.client.slot(pool):
+            await asyncio.Event().wait()
+
+
+def servers_pool(servers: list[ProbeServer]) -> tuple[list[GroupSpec], dict[str, str]]:
+    """A cap-1 local-server group per server, and each group's server URL."""
+    specs = [classify("openai-compatible", server.url) for server in servers]
+    return specs, {spec.id: server.url for spec, server in zip(specs, servers, strict=True)}
+
+
+async def test_a_pool_of_two_cap_one_servers_keeps_each_at_one_and_the_order_across_both(
+    make_manager: ManagerFactory,
+) -> None:
+    priorities = [1 + (i * 7) % 10 for i in range(40)]
+    with ProbeServer(hold=0.01) as a, ProbeServer(hold=0.01) as b:
+        specs, urls = servers_pool([a, b])
+        pool = tuple(urls)
+        client = make_manager(*specs)
+        callers = [PoolCaller.remote(client.handle) for _ in range(4)]  # type: ignore[attr-defined]
+        async with client.slot(specs[0].id), client.slot(specs[1].id):
+            calls = [callers[i % 4].post.remote(pool, urls, p) for i, p in enumerate(priorities)]
+            for spec in specs:  # each waiter waits in both groups' queues
+                await eventually(pending_is(client, spec.id, 40), f"40 waiting on {spec.id}")
+        granted = await asyncio.gather(*calls)
+
+    assert (a.max_in_flight, b.max_in_flight) == (1, 1)
+    assert len(a.received) + len(b.received) == 40
+    assert min(len(a.received), len(b.received)) > 0
+    for spec, server in zip(specs, (a, b), strict=True):
+        assert {body["group"] for body in server.bodies} == {spec.id}
+        # Grants go out in priority order across the pool: so do each server's calls.
+        served = [body["priority"] for body in server.bodies]
+        assert served == sorted(served, reverse=True)
+    assert sorted(granted) == sorted(body["group"] for body in a.bodies + b.bodies)
+    stats = await client.stats()
+    assert (stats.total_active, stats.total_pending) == (0, 0)
+
+
+async def test_a_killed_callers_pool_waits_leave_both_queues_at_once(
+    make_manager: ManagerFactory,
+) -> None:
+    # Two cap-1 servers on loopback; nothing is called there.
+    specs = [classify("openai-compatible", f"http://127.0.0.1:{port}") for port in (9101, 9102)]
+    client = make_manager(*specs)
+    pool = tuple(spec.id for spec in specs)
+    holder, waiter = (PoolCaller.remote(client.handle) for _ in range(2))  # type: ignore[attr-defined]
+    for _ in range(2):
+        holder.wait_forever.remote(pool)
+    for spec in specs:
+        await eventually(active_is(client, spec.id, 1), f"the holder's slot of {spec.id}")
+    for _ in range(3):
+        waiter.wait_forever.remote(pool)
+    for spec in specs:
+        await eventually(pending_is(client, spec.id, 3), f"three waiting on {spec.id}")
+
+    ray.kill(waiter)
+    for spec in specs:
+        await eventually(pending_is(client, spec.id, 0), f"the dead caller's waits on {spec.id}")
+    ray.kill(holder)
+    for spec in specs:
+        await eventually(active_is(client, spec.id, 0), f"the dead holder's slot of {spec.id}")
+
+    stats = await client.stats()
+    assert sum(stats.groups[spec.id].abandoned for spec in specs) == 3 + 2
+    assert stats.total_pending == 0

@@ -1,0 +1,129 @@
+"""Pools in the slot engine: a call waits once on several groups and takes the first slot
+it is best for (actors.engine, actors.holdings)."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.errors import EmptyPool, QueueFull
+from actors.groups import classify, pool_of
+from tests.unit.conftest import Harness
+
+GPU_A = classify("openai-compatible", "http://gpu-a:8000")
+GPU_B = classify("openai-compatible", "http://gpu-b:8000")
+POOL = (GPU_A, GPU_B)
+
+
+def pool(limit: int = 1, **engine: object) -> Harness:
+    harness = Harness(group_limits={GPU_A.id: limit, GPU_B.id: limit}, **engine)
+    harness.engine.register(GPU_A)
+    harness.engine.register(GPU_B)
+    return harness
+
+
+def held_group(harness: Harness, request: str) -> str:
+    return harness.leases[request].group
+
+
+def test_a_better_waiter_takes_whichever_server_frees_first() -> None:
+    harness = pool()
+    harness.ask(POOL, "a-busy")
+    harness.ask(POOL, "b-busy")
+    harness.ask(POOL, "low", priority=3)
+    harness.ask(POOL, "high", priority=8)
+
+    assert harness.done("b-busy") == ["high"]
+    assert held_group(harness, "high") == GPU_B.id
+    assert harness.done("a-busy") == ["low"]
+    assert held_group(harness, "low") == GPU_A.id
+    assert harness.engine.stats().total_pending == 0
+
+
+def test_the_order_holds_across_a_pool_and_a_servers_own_callers() -> None:
+    """A call that can use only server B, and pool calls that can use either: each freed
+    slot goes to the best waiter that can use it."""
+    harness = pool()
+    harness.ask(POOL, "a-busy")
+    harness.ask(POOL, "b-busy")
+    harness.ask(POOL, "pool-3", priority=3)
+    harness.ask(GPU_B, "b-only-5", priority=5)
+    harness.ask(POOL, "pool-7", priority=7)
+
+    assert harness.done("a-busy") == ["pool-7"]  # b-only-5 cannot use A
+    assert harness.done("b-busy") == ["b-only-5"]
+    assert harness.done("pool-7") == ["pool-3"]
+    assert held_group(harness, "pool-3") == GPU_A.id
+
+
+def test_a_new_call_takes_the_least_busy_server_with_room() -> None:
+    harness = pool(limit=2)
+    harness.ask(GPU_A, "on-a")
+
+    harness.ask(POOL, "new")
+
+    assert held_group(harness, "new") == GPU_B.id
+    harness.ask(POOL, "next")
+    assert held_group(harness, "next") == GPU_A.id  # a tie: the first named
+
+
+def test_a_pool_waiter_cancelled_or_of_a_dead_caller_leaves_every_servers_queue() -> None:
+    harness = pool()
+    harness.ask(POOL, "a-busy")
+    harness.ask(POOL, "b-busy")
+    gone = harness.ask(POOL, "cancelled")
+    harness.engine.acquire(pool_of((GPU_A.id, GPU_B.id)), "of-dead", caller="dead")
+    waiting = harness.engine.stats().pending_by_group
+    assert (waiting[GPU_A.id], waiting[GPU_B.id]) == (2, 2)
+
+    harness.cancel(gone)
+    harness.engine.drop_caller("dead")
+
+    stats = harness.engine.stats()
+    assert (stats.pending_by_group[GPU_A.id], stats.pending_by_group[GPU_B.id]) == (0, 0)
+    assert harness.done("a-busy") == []
+
+
+def test_a_slot_handed_over_to_a_pool_waiter_takes_it_out_of_the_other_queue() -> None:
+    harness = pool()
+    harness.ask(POOL, "a-busy")
+    harness.ask(POOL, "b-busy")
+    successor = harness.ask(POOL, "next")
+    held = harness.leases["a-busy"]
+
+    granted = harness.engine.hand_over(GPU_A.id, held.id, held.epoch, successor)
+
+    assert [(lease.request_id, lease.group) for lease in granted] == [("next", GPU_A.id)]
+    assert harness.engine.stats().pending_by_group[GPU_B.id] == 0
+    assert harness.done("b-busy") == []
+
+
+def test_a_full_queue_of_one_server_refuses_the_pool_naming_it() -> None:
+    harness = pool(max_pending_per_group=1)
+    harness.ask(POOL, "a-busy")
+    harness.ask(POOL, "b-busy")
+    harness.ask(GPU_B, "b-waits")
+
+    with pytest.raises(QueueFull) as refused:
+        harness.ask(POOL, "refused")
+
+    assert refused.value.group == GPU_B.id
+
+
+def test_a_pool_waiters_position_is_where_it_is_granted_soonest() -> None:
+    harness = pool()
+    harness.ask(POOL, "a-busy")
+    harness.ask(POOL, "b-busy")
+    harness.ask(GPU_A, "a-only", priority=9)
+    harness.ask(POOL, "pooled")
+
+    position = harness.engine.position("pooled")
+
+    assert position is not None
+    assert (position.group, position.ahead) == (GPU_B.id, 0)
+
+
+def test_a_pool_names_at_least_one_group_and_each_once() -> None:
+    assert pool_of((GPU_A.id, GPU_B.id, GPU_A.id)) == (GPU_A.id, GPU_B.id)
+    assert pool_of(GPU_A.id) == (GPU_A.id,)
+    with pytest.raises(EmptyPool, match="names no group"):
+        pool_of(())
