@@ -304,6 +304,12 @@ class ManagerClient:
         nobody waits has no budget to correct: they are dropped)."""
         self._used[lease.id] = used
 
+    async def mark_out(self, group: str, reason: str, seconds: float) -> None:
+        """The server of ``group`` is down: out of rotation for ``seconds`` (see
+        :meth:`actors.engine.SlotEngine.mark_out`)."""
+        self._successors.forget(group)
+        await unwrap(self.handle.mark_out.remote(group, reason, seconds))
+
     async def throttled(self, lease: Lease, retry_after: float | None) -> None:
         """The call holding ``lease`` got a 429: the manager pauses and slows its group,
         whose next calls from here then ask and wait."""

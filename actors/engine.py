@@ -39,9 +39,9 @@ from actors import reports
 from actors.adaptive import DEFAULT_PAUSE_SECONDS
 from actors.budget import BudgetLimits
 from actors.callers import Caller, CallerIndex
-from actors.errors import CallerGone, DuplicateLease, LeaseRetired, QueueFull
+from actors.errors import CallerGone, DuplicateLease, LeaseRetired, PoolUnavailable, QueueFull
 from actors.groups import GroupSpec, Pool, pool_of
-from actors.groupstate import Group, GroupTable, Waiter
+from actors.groupstate import Group, GroupTable, Outage, Waiter
 from actors.handover import HandOvers
 from actors.holdings import Holdings
 from actors.journal import GroupRecord
@@ -158,6 +158,8 @@ class SlotEngine:
         group = groups[0]
         if caller is not None and self.callers.gone(caller):
             raise CallerGone(str(Caller(caller)))
+        if not started and (unavailable := self._unavailable(groups)) is not None:
+            raise unavailable
         if (restored := self.leases.claim_restored(lease_id)) is not None:
             return restored  # granted before a restart, its answer lost: Ray retried it
         if self.leases.refuse_late(lease_id):
@@ -240,6 +242,29 @@ class SlotEngine:
         group.tally.handed_over += 1
         return granted + self._dispatch()
 
+    def mark_out(
+        self, group_id: str, reason: str, seconds: float
+    ) -> tuple[dict[str, PoolUnavailable], list[Lease]]:
+        """A caller found the group's server down (its circuit open, its server gone, its
+        node lost): it takes no grant for ``seconds``, then it is back in rotation and
+        its next call is the probe (a failure there puts it out again). Its waiters
+        that may use no other group in rotation fail at once, with each group's reason:
+        returned by lease id, with the leases granted meanwhile."""
+        group = self.groups[group_id]
+        group.outage = Outage(reason, self.clock() + seconds)
+        failed: dict[str, PoolUnavailable] = {}
+        for lease_id in group.queue.lease_ids():
+            waiter = self.waiters[lease_id]
+            unavailable = self._unavailable([self.groups[g] for g in waiter.groups])
+            if unavailable is not None:
+                failed[lease_id] = unavailable
+        for lease_id in failed:
+            first = self.holdings.unqueue(lease_id)
+            assert first is not None
+            self.recorder.finished(first, Outcome.REJECTED)
+        self.recorder.levels(group)
+        return failed, self._dispatch()
+
     def throttled(self, group_id: str, lease_id: str, retry_after: float | None) -> GroupInfo:
         """The call holding ``lease_id`` got a 429, to be tried again ``retry_after``
         seconds from now: pause the group until then and learn from it (see
@@ -319,13 +344,15 @@ class SlotEngine:
         return self.reclaim_expired() + self._dispatch()
 
     def next_wake(self) -> float | None:
-        """When :meth:`tick` next has something to do: a lease's deadline, or the time
-        a budgeted group's best waiter fits its budget. None: nothing until a call."""
+        """When :meth:`tick` next has something to do: a lease's deadline, the time a
+        budgeted group's best waiter fits its budget, or a group's return to rotation.
+        None: nothing until a call."""
         times = [self.next_expiry()]
         if self._global_room():  # else a release comes first, and dispatches
             now = self.clock()
             for group in self.groups.values():
-                top = group.next_waiter() if group.budget is not None else None
+                waits = group.budget is not None or group.out(now)
+                top = group.next_waiter() if waits else None
                 if top is not None:
                     times.append(group.ready_at(self.waiters[top[1]], now))
         return min((t for t in times if t is not None and t < math.inf), default=None)
@@ -349,6 +376,13 @@ class SlotEngine:
         return reports.view(self, first)
 
     # -- internals ------------------------------------------------------------
+
+    def _unavailable(self, groups: list[Group]) -> PoolUnavailable | None:
+        """The error of a call none of whose ``groups`` is in rotation; None if one is."""
+        now = self.clock()
+        if any(not group.out(now) for group in groups):
+            return None
+        return PoolUnavailable({g.spec.id: g.outage.reason for g in groups if g.outage})
 
     def _global_room(self) -> bool:
         return self.global_limit is None or self.holdings.total_active < self.global_limit

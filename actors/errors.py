@@ -97,6 +97,19 @@ class QueueError(RaygateError):
     """A request for a slot was refused or did not complete."""
 
 
+class PoolUnavailable(QueueError):
+    """No group a call may use is in rotation: each one's server is out, for the reason
+    given by group."""
+
+    def __init__(self, reasons: dict[str, str]) -> None:
+        super().__init__(reasons)
+        self.reasons = reasons
+
+    def __str__(self) -> str:
+        out = "; ".join(f"{group}: {reason}" for group, reason in self.reasons.items())
+        return f"no server this call may use takes calls now ({out})"
+
+
 class EmptyPool(QueueError, ValueError):
     def __str__(self) -> str:
         return "a pool names no group: ask for one group's id, or a tuple of at least one"

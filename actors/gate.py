@@ -156,6 +156,17 @@ class SlotGate:
             self._changed_locked()
             return info
 
+    def mark_out(self, group: str, reason: str, seconds: float) -> None:
+        """See :meth:`SlotEngine.mark_out`: the waiters left without a group in rotation
+        fail with its error."""
+        with self.lock:
+            failed, granted = self.engine.mark_out(group, reason, seconds)
+            waiters = [(self._waiters.pop(i), e) for i, e in failed.items() if i in self._waiters]
+            self._deliver_locked(granted)
+            self._budget_changed_locked()
+        for waiter, error in waiters:
+            waiter.get_loop().call_soon_threadsafe(_fail, waiter, error)
+
     def cancel(self, lease_id: str) -> None:
         """A caller gave up on ``lease_id``: whether it waits, holds, or has not arrived yet."""
         with self.lock:
@@ -304,6 +315,12 @@ def _resolve(future: asyncio.Future[T], value: T) -> None:
     """Run on the future's own loop; it may have ended meanwhile (cancelled, timed out)."""
     if not future.done():
         future.set_result(value)
+
+
+def _fail(future: asyncio.Future[T], error: BaseException) -> None:
+    """As :func:`_resolve`, with an error."""
+    if not future.done():
+        future.set_exception(error)
 
 
 class _Reaper(threading.Thread):

@@ -65,6 +65,15 @@ class Waiter:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """Why a group's server takes no calls (its circuit open, its server or its node
+    gone), and until when; then it is back in rotation, its next call the probe."""
+
+    reason: str
+    until: float
+
+
 @dataclass(slots=True)
 class Group:
     spec: GroupSpec
@@ -79,13 +88,19 @@ class Group:
     charged: dict[str, tuple[str, float]] = field(default_factory=dict)
     active: int = 0
     tally: GroupTally = field(default_factory=GroupTally)
+    outage: Outage | None = None
 
     def has_room(self) -> bool:
         return self.limit is None or self.active < self.limit
 
+    def out(self, now: float) -> bool:
+        """Whether the group's server is out of rotation at ``now``."""
+        return self.outage is not None and now < self.outage.until
+
     def fits_now(self, tokens: int, now: float) -> bool:
-        """Whether a new arrival may start now: room, and budget with nobody waiting."""
-        if not self.has_room():
+        """Whether a new arrival may start now: in rotation, room, and budget with nobody
+        waiting."""
+        if not self.has_room() or self.out(now):
             return False
         return self.budget is None or (
             len(self.queue) == 0 and self.budget.ready_at(tokens, now) <= now
@@ -96,9 +111,13 @@ class Group:
         return self.queue.peek() if self.has_room() else None
 
     def ready_at(self, waiter: Waiter, now: float) -> float:
-        """When the group's budget allows ``waiter`` (``now`` without a budget; inf: the
-        budget is paused for good or the call never fits)."""
-        return now if self.budget is None else self.budget.ready_at(waiter.tokens, now)
+        """When the group may grant ``waiter``: once back in rotation, when its budget
+        allows the call (``now`` without a budget; inf: the budget is paused for good or
+        the call never fits)."""
+        ready = now if self.budget is None else self.budget.ready_at(waiter.tokens, now)
+        if self.outage is not None and now < self.outage.until:
+            return max(ready, self.outage.until)
+        return ready
 
     def info(self, *, epoch: int, lease_ttl: float, global_limit: int | None) -> GroupInfo:
         return GroupInfo(

@@ -156,6 +156,11 @@ class ConcurrencyManager(LifelineHost):
         )
 
     @ray.method(concurrency_group=CONTROL)
+    async def mark_out(self, group: str, reason: str, seconds: float) -> None:
+        """A caller found the server of ``group`` down (see :meth:`SlotEngine.mark_out`)."""
+        self._gate.mark_out(group, reason, seconds)
+
+    @ray.method(concurrency_group=CONTROL)
     async def throttled(self, group: str, lease_id: str, retry_after: float | None) -> GroupInfo:
         """A call of ``group`` got a 429 (see :mod:`actors.adaptive`)."""
         return self._gate.throttled(group, lease_id, retry_after)

@@ -230,6 +230,8 @@ def group_stats(group: Group, now: float) -> GroupStats:
         learned_rpm=None if throttle.adaptation is None else round(throttle.adaptation.rpm),
         paused_seconds=_paused(budget, now),
         throttled=throttle.count,
+        out_reason=group.outage.reason if group.outage and group.out(now) else None,
+        out_seconds=max(0.0, group.outage.until - now) if group.outage else 0.0,
         requests_left=left[0],
         tokens_left=left[1],
         active=group.active,

@@ -45,6 +45,11 @@ class SlotSource(Protocol):
         from now (see :mod:`actors.adaptive`)."""
         ...
 
+    async def mark_out(self, group: str, reason: str, seconds: float) -> None:
+        """The server of ``group`` is down: no grants there for ``seconds`` (see
+        :meth:`actors.engine.SlotEngine.mark_out`)."""
+        ...
+
 
 class LocalSlots:
     """Slots from a gate in this process: the manager's rules without Ray."""
@@ -58,6 +63,9 @@ class LocalSlots:
 
     async def throttled(self, lease: Lease, retry_after: float | None) -> None:
         self.gate.throttled(lease.group, lease.id, retry_after)
+
+    async def mark_out(self, group: str, reason: str, seconds: float) -> None:
+        self.gate.mark_out(group, reason, seconds)
 
     async def register(self, spec: GroupSpec) -> GroupInfo:
         return self.gate.register(spec)
@@ -92,6 +100,9 @@ class NoSlots:
 
     async def throttled(self, lease: Lease, retry_after: float | None) -> None:
         """Without a queue nobody else waits: each call retries after its own 429."""
+
+    async def mark_out(self, group: str, reason: str, seconds: float) -> None:
+        """Without a queue there is no rotation: a pool's caller skips the server itself."""
 
     @asynccontextmanager
     async def slot(

@@ -66,6 +66,10 @@ class GroupStats(Snapshot):
     learned_rpm: int | None = None
     paused_seconds: float = 0.0
     throttled: int = 0
+    # Why the group's server is out of rotation (see SlotEngine.mark_out), and for how
+    # many seconds more; None: in rotation.
+    out_reason: str | None = None
+    out_seconds: float = 0.0
     active: int
     # The most calls of this group that ever held a slot at once.
     peak_active: int

@@ -267,6 +267,10 @@ class WaitQueue:
         if not state.live:
             del self._waiting[flow]
 
+    def lease_ids(self) -> list[str]:
+        """The waiters' lease ids, in no particular order."""
+        return list(self._live)
+
     def waiting_by_flow(self) -> dict[str, int]:
         """How many waiters each flow with a waiter has."""
         return {flow: state.live for flow, state in self._waiting.items()}

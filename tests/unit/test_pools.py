@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.errors import EmptyPool, QueueFull
+from actors.errors import EmptyPool, PoolUnavailable, QueueFull
 from actors.groups import classify, pool_of
 from tests.unit.conftest import Harness
 
@@ -127,3 +127,61 @@ def test_a_pool_names_at_least_one_group_and_each_once() -> None:
     assert pool_of(GPU_A.id) == (GPU_A.id,)
     with pytest.raises(EmptyPool, match="names no group"):
         pool_of(())
+
+
+# -- health: a server out of rotation ----------------------------------------------------
+
+
+def test_a_server_out_of_rotation_is_skipped_and_its_pool_waiters_go_to_the_other() -> None:
+    harness = pool()
+    harness.ask(POOL, "a-busy")
+    harness.ask(POOL, "b-busy")
+    harness.ask(POOL, "waits")
+
+    failed, granted = harness.engine.mark_out(GPU_A.id, "connection refused", 30.0)
+
+    assert (failed, granted) == ({}, [])  # it may still use B
+    assert harness.done("a-busy") == []  # A is out: its freed slot goes to nobody
+    assert harness.done("b-busy") == ["waits"]
+    assert held_group(harness, "waits") == GPU_B.id
+    stats = harness.engine.stats().groups
+    assert (stats[GPU_A.id].out_reason, stats[GPU_A.id].out_seconds) == ("connection refused", 30)
+    assert stats[GPU_B.id].out_reason is None
+
+
+def test_waiters_left_without_a_server_in_rotation_fail_at_once_naming_each_reason() -> None:
+    harness = pool()
+    harness.ask(POOL, "a-busy")
+    harness.ask(POOL, "b-busy")
+    pooled = harness.ask(POOL, "pooled")
+    a_only = harness.ask(GPU_A, "a-only")
+    harness.engine.mark_out(GPU_A.id, "circuit open", 30.0)
+
+    failed, _ = harness.engine.mark_out(GPU_B.id, "node lost", 30.0)
+
+    assert set(failed) == {pooled}  # a-only failed when A went out
+    assert str(failed[pooled]) == (
+        "no server this call may use takes calls now "
+        f"({GPU_A.id}: circuit open; {GPU_B.id}: node lost)"
+    )
+    assert a_only not in harness.engine.waiters
+    assert harness.engine.stats().total_pending == 0
+    with pytest.raises(PoolUnavailable, match="node lost"):
+        harness.ask(POOL, "refused")
+
+
+def test_a_server_is_back_in_rotation_after_its_time_out_and_takes_its_waiter() -> None:
+    harness = pool()
+    harness.ask(GPU_A, "a-busy")
+    harness.ask(GPU_B, "b-busy")
+    harness.ask(GPU_A, "waits-for-a")
+    harness.engine.mark_out(GPU_B.id, "server exited", 5.0)
+    harness.done("b-busy")
+
+    # A is full and B has nobody waiting: only the held leases' deadlines wake the engine.
+    assert harness.engine.next_wake() == harness.clock.now + harness.engine.lease_ttl
+    harness.ask(POOL, "pooled")
+    assert harness.engine.next_wake() == harness.clock.now + 5.0
+    harness.clock.advance(5.0)
+    assert harness._record(harness.engine.tick()) == ["pooled"]
+    assert held_group(harness, "pooled") == GPU_B.id
