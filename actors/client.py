@@ -146,11 +146,6 @@ class ManagerClient:
             self._groups[group_id] = await unwrap(self.handle.group_info.remote(group_id))
         return self._groups[group_id]
 
-    async def model_group(self, model_id: str) -> GroupInfo:
-        info: GroupInfo = await unwrap(self.handle.model_group.remote(model_id))
-        self._groups[info.id] = info
-        return info
-
     # -- slots -------------------------------------------------------------------
 
     def slot(

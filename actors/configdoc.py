@@ -71,21 +71,25 @@ def _rows(name: str, model: type[BaseModel]) -> str:
 
 
 def _field_rows(name: str, info: FieldInfo) -> str:
-    """The field's row; a mapping of names to models (``serve.tenants``) gets a row per
-    field of its entries too (``serve.tenants.<name>.keys``)."""
-    entry = _entry_of(info)
-    return _row(name, info) + ("" if entry is None else _rows(f"{name}.<name>", entry))
+    """The field's row; a mapping of names to models (``serve.tenants``) or a list of
+    models (``models.<name>.deployments``) gets a row per field of its entries too
+    (``serve.tenants.<name>.keys``, ``models.<name>.deployments.<n>.limit``)."""
+    entries = _entries_of(info)
+    return _row(name, info) + ("" if entries is None else _rows(f"{name}.{entries[0]}", entries[1]))
 
 
 def _model_of(info: FieldInfo) -> type[BaseModel] | None:
     return _a_model(info.annotation)
 
 
-def _entry_of(info: FieldInfo) -> type[BaseModel] | None:
-    """The model of a ``dict[str, Model]`` field's values."""
-    if typing.get_origin(info.annotation) is not dict:
+def _entries_of(info: FieldInfo) -> tuple[str, type[BaseModel]] | None:
+    """How the entries of a ``dict[str, Model]`` or ``tuple[Model, ...]`` field are named,
+    and their model."""
+    origin, args = typing.get_origin(info.annotation), typing.get_args(info.annotation)
+    model = _a_model(args[1]) if origin is dict else _a_model(args[0]) if origin is tuple else None
+    if model is None:
         return None
-    return _a_model(typing.get_args(info.annotation)[1])
+    return ("<name>" if origin is dict else "<n>"), model
 
 
 def _a_model(annotation: object) -> type[BaseModel] | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from actors.errors import (
     ClassificationError,
@@ -153,8 +153,8 @@ def classify(
     )
 
 
-class ModelEntry(BaseModel):
-    """One model id users ask for, and the backend that serves it."""
+class Deployment(BaseModel):
+    """One server of a model: its API, address, GPU host and limit."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -170,13 +170,16 @@ class ModelEntry(BaseModel):
         description="The GPU host of a server on loopback: its provider actor runs on the "
         "node with the resource `gpu_host:<host>`; none: the caller's node.",
     )
-    name: str | None = Field(
-        default=None, description="The name the backend knows the model by; none: the id."
+    limit: PositiveInt | None = Field(
+        default=None,
+        description="The calls the server takes at once (its group's limit, as "
+        "`queue.group_limits` would set it); none: the group's default (1 for a local "
+        "server).",
     )
 
     @model_validator(mode="after")
-    def _classifiable(self) -> ModelEntry:
-        # Fail at load, not at the first request, when the entry names no usable backend.
+    def _classifiable(self) -> Deployment:
+        # Fail at load, not at the first request, when it names no usable backend.
         try:
             self.spec()
         except ClassificationError as exc:
@@ -185,6 +188,58 @@ class ModelEntry(BaseModel):
 
     def spec(self) -> GroupSpec:
         return classify(self.provider, self.base_url, self.host)
+
+
+class ModelEntry(BaseModel):
+    """One model id users ask for, and the server or servers that serve it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: Provider | None = Field(
+        default=None,
+        description="The backend's API: `openai`, `anthropic`, `ollama`, `lmstudio`, or "
+        "`openai-compatible` (vLLM, llama.cpp's server); or name `deployments`.",
+    )
+    base_url: str | None = Field(
+        default=None, description="The server's address; none: the provider's usual one."
+    )
+    host: str | None = Field(
+        default=None,
+        description="The GPU host of a server on loopback: its provider actor runs on the "
+        "node with the resource `gpu_host:<host>`; none: the caller's node.",
+    )
+    name: str | None = Field(
+        default=None, description="The name the backend knows the model by; none: the id."
+    )
+    deployments: tuple[Deployment, ...] = Field(
+        default=(),
+        description="The servers of a pool, instead of `provider`, `base_url` and `host`: "
+        "a call waits once, for a slot of whichever server has room for it first, and a "
+        "server that is down takes no calls while the others serve.",
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ModelEntry:
+        if self.deployments and (self.provider, self.base_url, self.host) != (None,) * 3:
+            raise ValueError("name either deployments or provider, base_url and host, not both")
+        if not self.deployments and self.provider is None:
+            raise ValueError("name its provider (or its deployments)")
+        first: dict[str, int] = {}
+        for n, spec in enumerate(self.specs()):
+            if (before := first.setdefault(spec.id, n)) != n:
+                raise ValueError(f"deployments {before} and {n} are one server ({spec.id})")
+        return self
+
+    def servers(self) -> tuple[Deployment, ...]:
+        """Its deployments; the single form as one."""
+        if self.deployments:
+            return self.deployments
+        assert self.provider is not None
+        return (Deployment(provider=self.provider, base_url=self.base_url, host=self.host),)
+
+    def specs(self) -> tuple[GroupSpec, ...]:
+        """The group of each of its servers: one, or a pool's."""
+        return tuple(server.spec() for server in self.servers())
 
 
 def model_entry(models: Mapping[str, ModelEntry], model_id: str) -> ModelEntry:
@@ -198,5 +253,6 @@ def model_entry(models: Mapping[str, ModelEntry], model_id: str) -> ModelEntry:
     raise UnknownModel(model_id, tuple(models))
 
 
-def resolve_model(models: Mapping[str, ModelEntry], model_id: str) -> GroupSpec:
-    return model_entry(models, model_id).spec()
+def resolve_model(models: Mapping[str, ModelEntry], model_id: str) -> tuple[GroupSpec, ...]:
+    """The groups of the servers of ``model_id``: one, or a pool's."""
+    return model_entry(models, model_id).specs()

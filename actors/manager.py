@@ -90,7 +90,7 @@ class ConcurrencyManager(LifelineHost):
             lease_ttl=queue.lease_ttl_seconds,
             global_limit=queue.concurrency,
             max_pending_per_group=queue.max_pending_per_group,
-            group_limits=queue.group_limits,
+            group_limits=settings.group_limits(),
             group_budgets=queue.group_budgets,
             adaptive=queue.adaptive,
             hand_over=queue.hand_over,
@@ -110,7 +110,8 @@ class ConcurrencyManager(LifelineHost):
             for store in (ahead, behind, self._lifelines):
                 store.clear()
         for entry in settings.models.values():
-            engine.register(entry.spec())
+            for spec in entry.specs():
+                engine.register(spec)
         self._gate = SlotGate(engine, Journal(ahead, behind))
         self._watch = CallerWatch(lambda caller: self._gate.drop_caller(caller.id))
         # Callers of the manager before the restart, some of which died meanwhile
@@ -224,14 +225,12 @@ class ConcurrencyManager(LifelineHost):
         return self._gate.group_info(group_id)
 
     @ray.method(concurrency_group=CONTROL)
-    async def model_group(self, model_id: str) -> GroupInfo:
-        spec = resolve_model(self._settings.models, model_id)
-        return self._gate.register(spec)
-
-    @ray.method(concurrency_group=CONTROL)
     async def can_run_immediately(self, model_id: str) -> bool:
-        info = await self.model_group(model_id)
-        return self._gate.can_run_immediately(info.id)
+        """Would a call of ``model_id`` (on any server of its pool) get a slot now?"""
+        groups = [
+            self._gate.register(spec) for spec in resolve_model(self._settings.models, model_id)
+        ]
+        return any(self._gate.can_run_immediately(info.id) for info in groups)
 
     @ray.method(concurrency_group=CONTROL)
     async def can_group_run_immediately(self, group_id: str) -> bool:

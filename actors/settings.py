@@ -394,7 +394,8 @@ class Settings(BaseSettings):
     models: dict[str, ModelEntry] = Field(
         default_factory=dict,
         description="Model ids users ask for, each with the backend serving it "
-        "(`provider`, `base_url`, `host`, `name`).",
+        "(`provider`, `base_url`, `host`, `name`), or the servers of its pool "
+        "(`deployments`).",
     )
     providers: ProviderSettings = Field(default_factory=ProviderSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
@@ -406,6 +407,36 @@ class Settings(BaseSettings):
         description="Keys of remote APIs by provider; else each provider's usual "
         "variable (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`).",
     )
+
+    @model_validator(mode="after")
+    def _one_limit_per_server(self) -> Settings:
+        """A server named by several deployments (one Ollama serving two pooled models) is
+        one group with one limit: they may not disagree, nor with `queue.group_limits`."""
+        said = {
+            group: (limit, "queue.group_limits") for group, limit in self.queue.group_limits.items()
+        }
+        for model_id, entry in self.models.items():
+            for n, server in enumerate(entry.deployments):
+                if server.limit is None:
+                    continue
+                where = f"models.{model_id}.deployments.{n}.limit"
+                group = server.spec().id
+                before = said.setdefault(group, (server.limit, where))
+                if before[0] != server.limit:
+                    raise ValueError(
+                        f"{where} is {server.limit}, but {before[1]} gives {group} the "
+                        f"limit {before[0]}: one server, one limit"
+                    )
+        return self
+
+    def group_limits(self) -> dict[str, int | None]:
+        """Each group's configured limit: `queue.group_limits`, and each deployment's."""
+        limits = dict(self.queue.group_limits)
+        for entry in self.models.values():
+            for server in entry.deployments:
+                if server.limit is not None:
+                    limits.setdefault(server.spec().id, server.limit)
+        return limits
 
     @classmethod
     def settings_customise_sources(

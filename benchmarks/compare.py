@@ -394,7 +394,7 @@ async def raygate_driver(
     from actors.options import CallOptions
     from actors.settings import QueueSettings, Settings
     from providers.actor import provider_for_model
-    from providers.client import ChatProvider
+    from providers.client import ChatProvider, ProviderClient
     from providers.gated import GatedProvider
     from providers.inprocess import provider_in_reach
     from providers.models import ChatMessage, ChatRequest
@@ -407,6 +407,7 @@ async def raygate_driver(
     name = f"compare-{os.getpid()}-{time.time_ns()}"
     manager = ManagerClient.create(settings, name=name)
     actor, model = provider_for_model(settings, "bench", manager)
+    assert isinstance(actor, ProviderClient)  # "bench" is one server's
     await actor.ready()
     provider: ChatProvider = actor
     if in_process:

@@ -21,7 +21,7 @@ from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import PipelineSettings
 from pipelines.chain import Span, together
 from pipelines.plateau import PlateauJob, Service, ServiceRecord
-from providers.client import ProviderClient
+from providers.client import ModelProvider
 from providers.models import ChatRequest, ChatResponse
 
 
@@ -63,7 +63,7 @@ class RunSpec:
     and weight; a flow of None is the Ray job of the run's driver); ``sequential``: one
     call at a time, in order (parity mode)."""
 
-    provider: ProviderClient
+    provider: ModelProvider
     settings: PipelineSettings
     model: str
     run_id: str
@@ -87,7 +87,7 @@ class PipelineActor:
 
     async def run(self, services: Sequence[Service]) -> AsyncIterator[CallDone | ServiceDone]:
         """Call as ``actor.run.options(num_returns="streaming").remote(services)``."""
-        self._group = (await self._provider.group()).id
+        self._group = await self._provider.group_id()
         events: asyncio.Queue[CallDone | ServiceDone] = asyncio.Queue()
         self._events = events
 
@@ -137,6 +137,7 @@ class PipelineActor:
         self._calls.append(
             replace(
                 call,
+                group=response.group,  # of a pool, the server that answered
                 ok=True,
                 queue_wait=response.queue_wait_seconds,
                 started_at=response.started_at,

@@ -25,6 +25,7 @@ from pydantic import SecretStr
 
 from actors.callers import Caller
 from actors.client import ManagerClient
+from actors.engine import Lease
 from actors.groups import GroupSpec, Provider, ResourceKind, classify, model_entry
 from actors.names import named_actor, this_node
 from actors.options import DEFAULT_OPTIONS, CallOptions
@@ -34,7 +35,7 @@ from actors.telemetry import configure_telemetry
 from actors.watch import CallerCalls, LifelineHost
 from providers.breaker import CircuitBreaker
 from providers.cache import ResponseCache, get_or_create_cache
-from providers.client import EmbeddedModelClient, ProviderClient
+from providers.client import EmbeddedModelClient, ModelProvider, ProviderClient
 from providers.factory import api_key_for, build_backend
 from providers.gated import GatedProvider
 from providers.http import Backend
@@ -42,6 +43,7 @@ from providers.llamacpp import EMBEDDED_MODEL_ID, LlamaCppServer, embedded_model
 from providers.metrics import CallMetrics
 from providers.models import ChatRequest, ChatResponse, StreamDelta
 from providers.openai import LLAMA_CPP_GEMMA, Quirks
+from providers.pool import PooledProvider
 from providers.retry import RetryPolicy
 from providers.supervisor import RestartPolicy, ServerSupervisor, SupervisedBackend
 
@@ -143,20 +145,22 @@ class _ProviderShell(LifelineHost):
         request: ChatRequest,
         options: CallOptions = DEFAULT_OPTIONS,
         caller: Caller | None = None,
+        held: Lease | None = None,
     ) -> ChatResponse:
-        """One gated call."""
+        """One gated call (``held``: in a slot its caller holds, see GatedProvider.chat)."""
         with self._calls.running(caller):
-            return await self._provider.chat(request, options)
+            return await self._provider.chat(request, options, held)
 
     async def stream(
         self,
         request: ChatRequest,
         options: CallOptions = DEFAULT_OPTIONS,
         caller: Caller | None = None,
+        held: Lease | None = None,
     ) -> AsyncIterator[StreamDelta]:
         """Call as ``actor.stream.options(num_returns="streaming").remote(...)``."""
         with self._calls.running(caller):
-            async for delta in self._provider.stream(request, options):
+            async for delta in self._provider.stream(request, options, held):
                 yield delta
 
     async def ready(self) -> None:
@@ -277,8 +281,9 @@ def get_or_create_embedded_model(
 
 def provider_for_model(
     settings: Settings, model_id: str | None, manager: ManagerClient | None
-) -> tuple[ProviderClient, str]:
-    """The provider actor that serves ``model_id``, and the name its backend knows it by.
+) -> tuple[ModelProvider, str]:
+    """The provider that serves ``model_id``: its server's provider actor, or a pool of
+    them (see :mod:`providers.pool`); and the name its backends know it by.
 
     ``model_id``: None or the embedded model's id (the embedded model, on
     ``pipeline.embedded_host``), a model of the registry, or ``provider/model``
@@ -290,6 +295,15 @@ def provider_for_model(
         host = settings.pipeline.embedded_host
         return get_or_create_embedded_model(options, manager, host), EMBEDDED_MODEL_ID
     entry = model_entry(settings.models, model_id)
-    spec = entry.spec()
-    provider = get_or_create_provider(spec, options_for(spec.provider, settings), manager)
-    return provider, entry.name or model_id
+    name = entry.name or model_id
+    servers = {}
+    for spec in entry.specs():
+        options = options_for(spec.provider, settings)
+        servers[spec.id] = get_or_create_provider(spec, options, manager)
+    if len(servers) == 1:
+        return servers[spec.id], name
+    slots = manager if manager is not None else NoSlots()
+    pool = PooledProvider(
+        model_id, servers, slots, retry=options.retry, cooldown=options.breaker_cooldown
+    )
+    return pool, name

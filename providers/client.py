@@ -19,6 +19,7 @@ from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
 from actors.calls import cancellable, cancellable_stream, unwrap
+from actors.engine import Lease
 from actors.groups import GroupSpec
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.watch import caller_of
@@ -38,25 +39,50 @@ class ChatProvider(Protocol):
     ) -> AsyncIterator[StreamDelta]: ...
 
 
+class ModelProvider(ChatProvider, Protocol):
+    """What a run of the main job needs of its model: a provider actor's client, or a
+    pool's (see :mod:`providers.pool`)."""
+
+    async def ready(self) -> None:
+        """Return once calls can be served; raise what keeps them from it."""
+        ...
+
+    async def server_restarts(self) -> list[str]:
+        """How each restart of a model server it runs came about."""
+        ...
+
+    async def group_id(self) -> str:
+        """The group its calls take slots of (a pool: the pool's name)."""
+        ...
+
+
 class ProviderClient:
     def __init__(self, handle: ActorHandle, name: str) -> None:
         self.handle = handle
         self.name = name
 
     async def chat(
-        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
+        self,
+        request: ChatRequest,
+        options: CallOptions = DEFAULT_OPTIONS,
+        held: Lease | None = None,
     ) -> ChatResponse:
+        """``held``: a slot of the actor's group this caller holds (see providers.pool)."""
         with self._actor_lost():
-            call = self.handle.chat.remote(request, options.flowing(), caller_of(self.handle))
+            caller = caller_of(self.handle)
+            call = self.handle.chat.remote(request, options.flowing(), caller, held)
             response: ChatResponse = await cancellable(call)
         return response
 
     async def stream(
-        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
+        self,
+        request: ChatRequest,
+        options: CallOptions = DEFAULT_OPTIONS,
+        held: Lease | None = None,
     ) -> AsyncIterator[StreamDelta]:
         with self._actor_lost():
             pieces = self.handle.stream.options(num_returns="streaming").remote(
-                request, options.flowing(), caller_of(self.handle)
+                request, options.flowing(), caller_of(self.handle), held
             )
             async for delta in cancellable_stream(pieces):
                 yield delta
@@ -74,10 +100,10 @@ class ProviderClient:
         except RayActorError as exc:
             raise ProviderActorLost(self.name, type(exc).__name__) from exc
 
-    async def group(self) -> GroupSpec:
+    async def group_id(self) -> str:
         with self._actor_lost():
             spec: GroupSpec = await unwrap(self.handle.group.remote())
-        return spec
+        return spec.id
 
     async def can_run_immediately(self) -> bool:
         with self._actor_lost():

@@ -88,11 +88,20 @@ class GatedProvider:
         await asyncio.shield(started)
 
     async def chat(
-        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
+        self,
+        request: ChatRequest,
+        options: CallOptions = DEFAULT_OPTIONS,
+        held: Lease | None = None,
     ) -> ChatResponse:
         """Answer from the response cache if the call allows it and it has the answer
-        (no slot, no backend); else through a slot, and keep the answer there."""
-        key = cache_key(self.identity, request) if options.cache and self.cache else None
+        (no slot, no backend); else through a slot, and keep the answer there.
+
+        ``held``: a slot of this group that the caller holds already (a pool's call, see
+        :mod:`providers.pool`): the call runs in it, once, without the cache; the
+        caller retries, maybe on another server, and reports the tokens used.
+        """
+        caching = options.cache and self.cache and held is None
+        key = cache_key(self.identity, request) if caching else None
         if key is not None and self.cache is not None:
             asked, looked = time.time(), self._clock()
             if (cached := await self.cache.get(key)) is not None:
@@ -107,13 +116,15 @@ class GatedProvider:
                 )
         await self.start()
         with self._observed(request, options) as answered:
-            response = await self._chat(request, options)
+            response = await self._chat(request, options, held)
             answered(response.latency_seconds)
         if key is not None and self.cache is not None:
             self.cache.put(key, response)
         return response
 
-    async def _chat(self, request: ChatRequest, options: CallOptions) -> ChatResponse:
+    async def _chat(
+        self, request: ChatRequest, options: CallOptions, held: Lease | None
+    ) -> ChatResponse:
         attributes = self._attributes(request, options)
         waited = 0.0
         started_at = 0.0
@@ -121,7 +132,8 @@ class GatedProvider:
         async def attempt() -> ChatResponse:
             nonlocal waited, started_at
             with self.breaker.guard():
-                async with self._acquired(attributes, charged(request, options)) as (lease, wait):
+                asked = charged(request, options)
+                async with self._acquired(attributes, asked, held) as (lease, wait):
                     waited += wait
                     started_at = time.time()
                     with tracer().start_as_current_span(
@@ -133,12 +145,16 @@ class GatedProvider:
                         span.set_attribute(
                             "gen_ai.response.finish_reasons", (response.finish_reason,)
                         )
-                    self._report(lease, response.usage)
+                    if held is None:
+                        self._report(lease, response.usage)
                     return response
 
-        response = await with_retries(
-            attempt, self.retry, clock=self._clock, sleep=self._sleep, rng=self._rng
-        )
+        if held is not None:
+            response = await attempt()
+        else:
+            response = await with_retries(
+                attempt, self.retry, clock=self._clock, sleep=self._sleep, rng=self._rng
+            )
         return response.model_copy(update={"queue_wait_seconds": waited, "started_at": started_at})
 
     def _attributes(self, request: ChatRequest, options: CallOptions) -> dict[str, str | int]:
@@ -165,9 +181,13 @@ class GatedProvider:
 
     @asynccontextmanager
     async def _acquired(
-        self, attributes: dict[str, str | int], options: CallOptions
+        self, attributes: dict[str, str | int], options: CallOptions, held: Lease | None
     ) -> AsyncIterator[tuple[Lease, float]]:
-        """Hold a slot of the group; the wait for it is a span of its own, and yielded."""
+        """Hold a slot of the group (``held``, if the caller holds one already); the wait
+        for it is a span of its own, and yielded."""
+        if held is not None:
+            yield held, 0.0
+            return
         span = tracer().start_span("raygate.acquire", attributes=attributes)
         asked = self._clock()
         try:
@@ -184,22 +204,28 @@ class GatedProvider:
             raise
 
     async def stream(
-        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
+        self,
+        request: ChatRequest,
+        options: CallOptions = DEFAULT_OPTIONS,
+        held: Lease | None = None,
     ) -> AsyncIterator[StreamDelta]:
-        """Stream one answer, holding the slot until its last piece.
+        """Stream one answer, holding the slot until its last piece (``held``: see
+        :meth:`chat`).
 
         Not retried: a caller may already have used the pieces it got.
         """
         await self.start()
         attributes = self._attributes(request, options)
         with self._observed(request, options) as answered, self.breaker.guard():
-            async with self._acquired(attributes, charged(request, options)) as (lease, _):
+            asked = charged(request, options)
+            async with self._acquired(attributes, asked, held) as (lease, _):
                 started = self._clock()
                 with tracer().start_as_current_span("raygate.call", attributes=attributes) as span:
                     async with self._throttling(lease):
                         async for delta in self.backend.stream(request):
                             if delta.usage is not None:
-                                self._report(lease, delta.usage)
+                                if held is None:
+                                    self._report(lease, delta.usage)
                                 span.set_attributes(answered_attributes(delta.usage))
                             yield delta
                 answered(self._clock() - started)

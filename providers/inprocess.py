@@ -38,10 +38,10 @@ async def provider_in_reach(
 
     Raises UnknownModel, or MissingAPIKey for a remote API without a key.
     """
-    if model_id == EMBEDDED_MODEL_ID:
+    entry = None if model_id == EMBEDDED_MODEL_ID else model_entry(settings.models, model_id)
+    if entry is None or len(entry.specs()) > 1:  # the embedded model, a pool
         return provider_for_model(settings, model_id, manager)
-    entry = model_entry(settings.models, model_id)
-    spec = entry.spec()
+    [spec] = entry.specs()
     options = options_for(spec.provider, settings)
     name = entry.name or model_id
     if spec.kind is ResourceKind.LOCAL_SERVER:

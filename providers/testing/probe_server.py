@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -54,9 +56,26 @@ class _Server(ThreadingHTTPServer):
     # on a busy machine overran 128, and its calls failed to read their answers.
     request_queue_size = 1_024
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connections: set[socket.socket] = set()
+        self.killed = False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if self.killed:
+            request.close()
+            return
+        self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        self.connections.discard(request)
+        super().shutdown_request(request)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that went away (a killed caller) is no error of the server's.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
+        # A client that went away (a killed caller), or a server killed under its calls,
+        # is no error of the server's.
+        if not isinstance(sys.exc_info()[1], ConnectionError | OSError):
             super().handle_error(request, client_address)
 
 
@@ -130,9 +149,23 @@ class ProbeServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if not self._server.killed:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join()
+
+    def kill(self) -> None:
+        """Die as a killed process does: new connections are refused, and every open one
+        (its calls in flight, its idle keep-alive ones) is reset."""
+        self._server.killed = True
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
+        for connection in list(self._server.connections):
+            # Its handler's files hold the socket open: shut the connection itself.
+            with contextlib.suppress(OSError):
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                connection.shutdown(socket.SHUT_RDWR)
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
         raw = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))

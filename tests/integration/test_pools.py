@@ -1,20 +1,27 @@
 """A pool through the real manager: calls wait once on two servers' groups and each runs
-on the server whose slot it was granted."""
+on the server whose slot it was granted; a server killed mid-run hands its calls over."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
 import ray
 
 from actors.client import ManagerClient
-from actors.groups import GroupSpec, classify
+from actors.groups import Deployment, GroupSpec, ModelEntry, classify
 from actors.options import CallOptions
+from actors.settings import PipelineSettings, ProviderSettings, Settings
+from pipelines.plateau import Service
+from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
+from providers.testing.plateau_backend import plateau_answer
 from providers.testing.probe_server import ProbeServer
-from tests.integration.conftest import ManagerFactory, active_is, pending_is
+from tests.integration.conftest import ManagerFactory, active_is, pending_is, records, run
 from tests.support.polling import eventually
+
+SERVICES = [Service(id=f"svc-{i}", name=f"Service {i}") for i in range(4)]
 
 
 @ray.remote(num_cpus=0)
@@ -100,3 +107,62 @@ async def test_a_killed_callers_pool_waits_leave_both_queues_at_once(
     stats = await client.stats()
     assert sum(stats.groups[spec.id].abandoned for spec in specs) == 3 + 2
     assert stats.total_pending == 0
+
+
+def pooled(servers: list[FakeLLMServer]) -> Settings:
+    """The main job on model "pooled": one deployment per server, each a cap-1 group."""
+    deployments = tuple(
+        Deployment(provider="openai-compatible", base_url=server.url + "/v1") for server in servers
+    )
+    return Settings(
+        models={"pooled": ModelEntry(deployments=deployments)},
+        pipeline=PipelineSettings(model="pooled", plateaus=2, mapping_types=("data",)),
+        providers=ProviderSettings(retry_attempts=2, retry_deadline_seconds=10),
+    )
+
+
+async def test_the_main_job_on_a_pool_of_two_servers_writes_every_service_using_both(
+    make_manager: ManagerFactory, tmp_path: Path
+) -> None:
+    with (
+        FakeLLMServer(OpenAIDialect(), hold=0.05, responder=plateau_answer) as a,
+        FakeLLMServer(OpenAIDialect(), hold=0.05, responder=plateau_answer) as b,
+    ):
+        settings = pooled([a, b])
+        client = make_manager(*settings.models["pooled"].specs())
+
+        outcome = await run(SERVICES, settings, tmp_path / "out.jsonl", client)
+
+    assert [r["status"] for r in records(tmp_path / "out.jsonl")] == ["ok"] * len(SERVICES)
+    assert (a.max_in_flight, b.max_in_flight) == (1, 1)
+    assert min(len(a.received), len(b.received)) > 0
+    by_group = {call.group for call in outcome.calls}
+    assert by_group == {spec.id for spec in settings.models["pooled"].specs()}
+
+
+async def test_a_server_killed_mid_run_takes_no_more_calls_and_its_calls_move_over(
+    make_manager: ManagerFactory, tmp_path: Path
+) -> None:
+    """Server b is killed once it has taken some calls: the run ends with every service
+    written, b's call in flight answered by a, and b out of rotation, named."""
+    with (
+        FakeLLMServer(OpenAIDialect(), hold=0.1, responder=plateau_answer) as a,
+        FakeLLMServer(OpenAIDialect(), hold=0.1, responder=plateau_answer) as b,
+    ):
+        settings = pooled([a, b])
+        specs = settings.models["pooled"].specs()
+        client = make_manager(*specs)
+        job = asyncio.ensure_future(run(SERVICES, settings, tmp_path / "out.jsonl", client))
+        await eventually(lambda: b.in_flight == 1 and len(b.received) >= 3, "b mid-call")
+        b.kill()
+        taken_by_b = len(b.received)
+
+        outcome = await job
+
+    assert [r["status"] for r in records(tmp_path / "out.jsonl")] == ["ok"] * len(SERVICES)
+    assert len(b.received) == taken_by_b  # none after it died
+    assert all(call.ok for call in outcome.calls)
+    assert a.max_in_flight == 1
+    stats = (await client.stats()).groups[specs[1].id]
+    assert "cannot reach" in (stats.out_reason or "")
+    assert stats.active == 0

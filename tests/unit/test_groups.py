@@ -115,8 +115,8 @@ def test_registry_maps_a_model_id_to_its_group() -> None:
         "claude-sonnet": ModelEntry(provider="anthropic"),
     }
 
-    assert resolve_model(models, "gpt-oss:20b").id == "local-ollama-http://localhost:11434@gpu-a"
-    assert resolve_model(models, "claude-sonnet").id == "remote-api-anthropic"
+    assert resolve_model(models, "gpt-oss:20b")[0].id == "local-ollama-http://localhost:11434@gpu-a"
+    assert resolve_model(models, "claude-sonnet")[0].id == "remote-api-anthropic"
 
 
 def test_unknown_model_names_the_known_ones() -> None:
@@ -136,10 +136,10 @@ def test_a_provider_slash_model_id_resolves_without_configuration() -> None:
     assert model_entry(models, "openai/gpt-4o-mini") == ModelEntry(
         provider="openai", name="gpt-4o-mini"
     )
-    assert resolve_model(models, "ollama/llama3.2").id == "local-ollama-http://localhost:11434"
-    assert resolve_model(models, "lmstudio/qwen").id == "local-lmstudio-http://localhost:1234"
+    assert resolve_model(models, "ollama/llama3.2")[0].id == "local-ollama-http://localhost:11434"
+    assert resolve_model(models, "lmstudio/qwen")[0].id == "local-lmstudio-http://localhost:1234"
     # The registry comes first, also for ids with a slash.
-    assert resolve_model(models, "meta/llama").id == "local-ollama-http://localhost:11434@gpu-a"
+    assert resolve_model(models, "meta/llama")[0].id == "local-ollama-http://localhost:11434@gpu-a"
     # A provider without a usual address, or none at all, needs the registry.
     for model_id in ("openai-compatible/qwen", "vllm/qwen", "gpt-4o-mini/"):
         with pytest.raises(UnknownModel):

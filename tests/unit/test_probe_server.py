@@ -55,3 +55,15 @@ async def test_work_left_by_a_client_that_hung_up_is_not_counted_as_its_connecte
     gone, following = server.spans
     assert following.beside == ()
     assert following.arrived < (gone.ended or 0.0)
+
+
+async def test_a_killed_server_resets_its_calls_and_refuses_new_ones() -> None:
+    with ProbeServer(hold=5.0) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            in_flight = asyncio.ensure_future(http.post("/", json={}))
+            await eventually(lambda: server.in_flight == 1, "the call to arrive")
+            server.kill()
+            with pytest.raises(httpx.TransportError):
+                await in_flight
+            with pytest.raises(httpx.ConnectError):
+                await http.post("/", json={})

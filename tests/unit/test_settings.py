@@ -57,7 +57,9 @@ models:
         "local-ollama-http://localhost:11434@gpu-a": 2,
         "remote-api-openai": 50,
     }
-    assert settings.models["gpt-oss:20b"].spec().id == "local-ollama-http://localhost:11434@gpu-a"
+    assert (
+        settings.models["gpt-oss:20b"].specs()[0].id == "local-ollama-http://localhost:11434@gpu-a"
+    )
 
 
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,6 +102,35 @@ def test_config_path_can_come_from_the_environment(
             "models: {m: {provider: cohere}}",
             "models.m.provider: Input should be 'anthropic', 'openai', 'ollama', 'lmstudio' "
             "or 'openai-compatible'",
+        ),
+        (
+            "models: {m: {deployments: [{base_url: 'http://gpu-a:8000'}]}}",
+            "models.m.deployments.0.provider: Field required",
+        ),
+        (
+            "models: {m: {provider: ollama, deployments: [{provider: ollama}]}}",
+            "models.m: Value error, name either deployments or provider, base_url and host, "
+            "not both",
+        ),
+        ("models: {m: {}}", "models.m: Value error, name its provider (or its deployments)"),
+        (
+            "models: {m: {deployments: [{provider: ollama}, "
+            "{provider: ollama, base_url: 'http://localhost:11434'}]}}",
+            "models.m: Value error, deployments 0 and 1 are one server "
+            "(local-ollama-http://localhost:11434)",
+        ),
+        (
+            "models: {m: {deployments: [{provider: vllm-like}]}}",
+            "models.m.deployments.0.provider: Input should be 'anthropic', 'openai', 'ollama', "
+            "'lmstudio' or 'openai-compatible'",
+        ),
+        (
+            "models:\n"
+            "  m: {deployments: [{provider: ollama, base_url: 'http://gpu-a:11434', limit: 2}]}\n"
+            "  n: {deployments: [{provider: ollama, base_url: 'http://gpu-a:11434', limit: 3}]}",
+            "(top level): Value error, models.n.deployments.0.limit is 3, but "
+            "models.m.deployments.0.limit gives remote-ollama-http://gpu-a:11434 the limit 2: "
+            "one server, one limit",
         ),
     ],
 )
@@ -176,3 +207,25 @@ def test_the_configuration_page_is_the_one_the_settings_describe() -> None:
         f"`{name}`" in configdoc.markdown()
         for name in ("queue.hand_over", "models", "serve.tenants.<name>.sees_all")
     )
+
+
+def test_a_pools_servers_are_its_groups_and_their_limits_the_groups_limits(tmp_path: Path) -> None:
+    """A server shared by two pooled models (one Ollama) is one group, counted once."""
+    settings = load_settings(
+        write(
+            tmp_path,
+            "models:\n"
+            "  llama:\n"
+            "    deployments:\n"
+            "      - {provider: ollama, base_url: 'http://gpu-a:11434', limit: 2}\n"
+            "      - {provider: ollama, base_url: 'http://gpu-b:11434'}\n"
+            "  qwen:\n"
+            "    deployments: [{provider: ollama, base_url: 'http://gpu-a:11434', limit: 2}]\n",
+        )
+    )
+
+    assert [spec.id for spec in settings.models["llama"].specs()] == [
+        "remote-ollama-http://gpu-a:11434",
+        "remote-ollama-http://gpu-b:11434",
+    ]
+    assert settings.group_limits() == {"remote-ollama-http://gpu-a:11434": 2}

@@ -1,0 +1,154 @@
+"""A pooled model: one queue in front of its servers, and a downed server's calls moved on.
+
+    provider, name = provider_for_model(settings, "llama", manager)   # a pool's model
+    response = await provider.chat(request, CallOptions(priority=8))
+    response.group                                   # the server that answered
+
+A call asks the manager for a slot of the pool (the groups of its servers,
+see :mod:`actors.engine`: it waits once, in each of their queues, and takes
+the first slot it is the best waiter for), then runs on the server of the
+group it was granted, through that server's provider actor (pinned to its
+GPU host), in the slot the caller holds.
+
+A server found down (its provider actor lost with its node, its server
+refusing connections, its circuit open) is taken out of rotation in the
+manager for the breaker's cooldown: the pool's waiters go to its other
+servers, and the call it failed is tried again at once, with the same
+request id, on the others, once. Other retryable errors (429, 503, a
+timeout) are retried as any call's are, each try waiting for a slot of the
+pool again, so a retry may run on another server. With every server out,
+calls fail at once with :class:`actors.errors.PoolUnavailable`, which names
+each server's reason. Pooled calls do not use the response cache: the
+servers of a pool may differ in what they answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from actors.engine import Lease
+from actors.leases import TokensUsed
+from actors.options import DEFAULT_OPTIONS, CallOptions
+from actors.slots import SlotSource
+from providers.client import ProviderClient
+from providers.errors import CircuitOpen, ProviderActorLost, ProviderError, ProviderUnavailable
+from providers.gated import charged
+from providers.models import ChatRequest, ChatResponse, StreamDelta, Usage
+from providers.retry import RetryPolicy, with_retries
+
+log = logging.getLogger(__name__)
+
+
+def server_down(error: BaseException) -> bool:
+    """Whether ``error`` says its server takes no calls (not just that it is busy, slow or
+    was asked something wrong)."""
+    unreachable = isinstance(error, ProviderUnavailable) and error.status is None
+    return unreachable or isinstance(error, ProviderActorLost | CircuitOpen)
+
+
+class PooledProvider:
+    def __init__(
+        self,
+        model: str,
+        servers: Mapping[str, ProviderClient],
+        slots: SlotSource,
+        *,
+        retry: RetryPolicy,
+        cooldown: float,
+    ) -> None:
+        self.model = model
+        # By group id, in the order the settings name them.
+        self.servers = dict(servers)
+        self.slots = slots
+        self.retry = retry
+        self.cooldown = cooldown
+
+    @property
+    def pool(self) -> tuple[str, ...]:
+        return tuple(self.servers)
+
+    async def chat(
+        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
+    ) -> ChatResponse:
+        asking = charged(request, options)
+        failed_over = False
+
+        async def attempt() -> ChatResponse:
+            nonlocal failed_over
+            try:
+                return await self._call(request, asking)
+            except ProviderError as error:
+                if failed_over or not server_down(error):
+                    raise
+                failed_over = True
+            return await self._call(request, asking)
+
+        return await with_retries(attempt, self.retry)
+
+    async def _call(self, request: ChatRequest, options: CallOptions) -> ChatResponse:
+        """One try: a slot of the pool, and the call on the server of its group."""
+        asked = asyncio.get_running_loop().time()
+        async with self.slots.slot(self.pool, options) as lease:
+            waited = asyncio.get_running_loop().time() - asked
+            async with self._out_if_down(lease):
+                response = await self.servers[lease.group].chat(request, options, held=lease)
+            self._report(lease, response.usage)
+        return response.model_copy(update={"queue_wait_seconds": waited})
+
+    async def stream(
+        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
+    ) -> AsyncIterator[StreamDelta]:
+        """One answer piece by piece, on the server granted; not retried (the caller may
+        have used the pieces it got)."""
+        asking = charged(request, options)
+        async with self.slots.slot(self.pool, asking) as lease, self._out_if_down(lease):
+            server = self.servers[lease.group]
+            async for delta in server.stream(request, options, held=lease):
+                if delta.usage is not None:
+                    self._report(lease, delta.usage)
+                yield delta
+
+    async def ready(self) -> None:
+        """Return once a server of the pool can serve; those that cannot are taken out of
+        rotation. Raises the first server's error if none can."""
+        answers = await asyncio.gather(
+            *(server.ready() for server in self.servers.values()), return_exceptions=True
+        )
+        errors = {g: a for g, a in zip(self.servers, answers, strict=True) if a is not None}
+        for group, error in errors.items():
+            if not isinstance(error, ProviderError):
+                raise error
+            await self._mark_out(group, error)
+        if len(errors) == len(self.servers):
+            raise next(iter(errors.values()))
+
+    async def server_restarts(self) -> list[str]:
+        """The pool runs no server of its own."""
+        return []
+
+    async def group_id(self) -> str:
+        """What a failed call names as its group: the pool."""
+        return f"pool:{self.model}"
+
+    @asynccontextmanager
+    async def _out_if_down(self, lease: Lease) -> AsyncIterator[None]:
+        """Around a call on a server: if it says the server is down, the server leaves the
+        rotation before the slot is given back (so no waiter is granted a slot there)."""
+        try:
+            yield
+        except ProviderError as error:
+            if server_down(error):
+                await self._mark_out(lease.group, error)
+            raise
+
+    async def _mark_out(self, group: str, error: ProviderError) -> None:
+        try:
+            await self.slots.mark_out(group, str(error), self.cooldown)
+        except Exception:
+            log.warning("taking %s out of rotation failed", group, exc_info=True)
+
+    def _report(self, lease: Lease, usage: Usage) -> None:
+        self.slots.report_usage(lease, TokensUsed(usage.input_tokens, usage.output_tokens))
