@@ -356,21 +356,29 @@ async def wait_pubsub(connection: Any, key: str, request_id: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def litellm_router(url: str, cap: int | None, *, retries: int) -> AsyncIterator[Send]:
+async def litellm_router(
+    url: str | list[str], cap: int | None, *, retries: int, routing: str | None = None
+) -> AsyncIterator[Send]:
+    """LiteLLM's Router with one deployment of model "bench" per URL, each of at most
+    ``cap`` calls at once, routed by its ``routing`` strategy (its default if None)."""
     # Its table of model prices from the package, not from GitHub (no network here).
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
     from litellm import Router
 
     litellm.suppress_debug_info = True
-    params: dict[str, Any] = {"model": "openai/bench", "api_base": url, "api_key": "sk-bench"}
-    if cap is not None:
-        params["max_parallel_requests"] = cap
+    deployments = []
+    for base in [url] if isinstance(url, str) else url:
+        params: dict[str, Any] = {"model": "openai/bench", "api_base": base, "api_key": "sk-bench"}
+        if cap is not None:
+            params["max_parallel_requests"] = cap
+        deployments.append({"model_name": "bench", "litellm_params": params})
     router = Router(
-        model_list=[{"model_name": "bench", "litellm_params": params}],
+        model_list=deployments,
         num_retries=retries,
         polling_interval=0.03,  # the scheduler's documented example
         timeout=RUN_TIMEOUT_SECONDS,
+        **({} if routing is None else {"routing_strategy": routing}),
     )
 
     async def send(request: Request) -> None:

@@ -108,6 +108,15 @@ async def backend(
 ) -> AsyncIterator[str]:
     """The base URL of a backend process (``target(port, latency)``), once it answers; the
     process is ended on the way out."""
+    async with backend_process(latency, target) as (url, _):
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def backend_process(
+    latency: float, target: Callable[[int, float], None] = answer_after
+) -> AsyncIterator[tuple[str, multiprocessing.process.BaseProcess]]:
+    """As :func:`backend`, with the process (to kill it mid-run)."""
     import httpx
 
     from providers.supervisor import free_loopback_port
@@ -127,7 +136,7 @@ async def backend(
                     (await http.post(url + "/chat/completions", json=BODY)).raise_for_status()
                     break
                 await asyncio.sleep(0.1)  # the process is still starting
-        yield url
+        yield url, process
     finally:
         process.terminate()
         process.join()

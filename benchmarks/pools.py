@@ -1,0 +1,300 @@
+"""A model on two servers behind one queue (a pool), beside one server and LiteLLM's router.
+
+    python -m benchmarks.pools [--calls 200] [--seed 7]
+
+On an embedded Ray, loopback servers of cap 1, each a process of its own that
+answers a call after its call time and records when each call started and
+ended there. ``--calls`` calls of random priority go to model "pooled"
+(``models.pooled.deployments``, see :mod:`providers.pool`) through its
+provider; the run holds every server's slot until all of them wait in the
+manager, then lets go, so every call could have been granted in any order.
+
+1. Equal servers, calls of 50 ms and of 200 ms: the pool of two against one
+   server alone: throughput, and the ratio (the goal: at least 1.9x).
+2. Unequal servers (50 and 100 ms): the pool's makespan against the best
+   split of the calls between the two (the goal: at most 1.10x).
+3. Two 50 ms servers, one killed (SIGKILL) at half time: calls lost (must be
+   0), calls failed, calls the other server answered after the kill, and the
+   time until the manager had the dead one out of rotation (the goal: 2 s).
+4. With the ``compare`` extra (``.venv/bin/pip install -e '.[compare]'``),
+   LiteLLM's Router over the same two 50 ms servers: two deployments of one
+   model name, ``max_parallel_requests: 1`` each, ``least-busy`` routing,
+   its priority scheduler; without retries and with 8.
+
+Priority inversions: pairs of calls where the less urgent one started at its
+server more than 2 ms before the more urgent one (every call waited from the
+start; two grants to two servers in one millisecond may reach them in either
+order). The most calls each server had at once, from its own records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from benchmarks import on_embedded_ray
+from benchmarks.compare import Call, Request, calls_at, litellm_router, peak, record_calls
+from benchmarks.serve import backend_process
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    from actors.client import ManagerClient
+
+# A later start of a more urgent call within this is no inversion (see the module).
+SAME_MOMENT = 0.002
+LITELLM_RETRIES = 8
+
+
+@dataclass
+class Run:
+    """How one scenario's calls went."""
+
+    system: str
+    servers: int
+    ok: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    lost: int = 0
+    seconds: float = 0.0
+    calls: dict[str, list[Call]] = field(default_factory=dict)  # by server URL
+    notes: list[str] = field(default_factory=list)
+
+    def inversions(self, priority: dict[str, int]) -> int:
+        started = sorted(
+            (call.started, priority[call.tag]) for calls in self.calls.values() for call in calls
+        )
+        return sum(
+            1
+            for i, (at, low) in enumerate(started)
+            for later, high in started[i + 1 :]
+            if high > low and later - at > SAME_MOMENT
+        )
+
+    def peaks(self) -> list[int]:
+        return [peak(calls) for calls in self.calls.values()]
+
+
+def requests(count: int, rng: random.Random) -> list[Request]:
+    return [Request(f"call-{i}", rng.randint(1, 10)) for i in range(count)]
+
+
+@contextlib.asynccontextmanager
+async def servers(latencies: list[float]) -> AsyncIterator[list[tuple[str, BaseProcess]]]:
+    async with contextlib.AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(backend_process(latency, record_calls))
+            for latency in latencies
+        ]
+
+
+async def through_raygate(
+    urls: list[str],
+    asked: list[Request],
+    *,
+    during: Callable[[ManagerClient, float], Awaitable[None]] | None = None,
+) -> Run:
+    """``asked`` through model "pooled" on ``urls``; ``during(manager, started)`` runs
+    beside the calls once the slots are let go."""
+    from actors.client import ManagerClient
+    from actors.groups import Deployment, ModelEntry
+    from actors.options import CallOptions
+    from actors.settings import ProviderSettings, QueueSettings, Settings
+    from providers.actor import provider_for_model
+    from providers.models import ChatMessage, ChatRequest
+
+    deployments = tuple(Deployment(provider="openai-compatible", base_url=url) for url in urls)
+    settings = Settings(
+        models={"pooled": ModelEntry(deployments=deployments)},
+        queue=QueueSettings(max_pending_per_group=100_000),
+        providers=ProviderSettings(timeout_seconds=30, retry_deadline_seconds=60),
+    )
+    manager = ManagerClient.create(settings, name=f"pools-{uuid.uuid4().hex[:6]}")
+    provider, model = provider_for_model(settings, "pooled", manager)
+    await provider.ready()
+    specs = settings.models["pooled"].specs()
+
+    def chat(request: Request) -> Awaitable[Any]:
+        message = ChatMessage(role="user", content=request.tag)
+        call = ChatRequest(model=model, messages=(message,), max_tokens=8)
+        return provider.chat(call, CallOptions(priority=request.priority, request_id=request.tag))
+
+    for url in urls:
+        await chat(Request("warm-up", 5))
+        await calls_at(url)  # forget the warm-up
+    run = Run("raygate pool" if len(urls) > 1 else "raygate, one server", len(urls))
+    async with contextlib.AsyncExitStack() as held:
+        for spec in specs:
+            await held.enter_async_context(manager.slot(spec.id))
+        tasks = [asyncio.ensure_future(chat(request)) for request in asked]
+        while (await manager.stats()).total_pending < len(asked):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    started = time.monotonic()
+    beside = asyncio.ensure_future(during(manager, started)) if during else None
+    done, lost = await asyncio.wait(tasks, timeout=300)
+    run.seconds = time.monotonic() - started
+    if beside is not None:
+        await beside
+    for task in done:
+        if task.exception() is None:
+            run.ok += 1
+        else:
+            name = type(task.exception()).__name__
+            run.failed[name] = run.failed.get(name, 0) + 1
+    run.lost = len(lost)
+    for task in lost:
+        task.cancel()
+    for url in urls:
+        with contextlib.suppress(Exception):  # a killed server has no records to give
+            run.calls[url] = await calls_at(url)
+    manager.kill()
+    return run
+
+
+async def through_litellm(urls: list[str], asked: list[Request], retries: int) -> Run:
+    """``asked`` through LiteLLM's Router, one deployment per URL (see the module)."""
+    async with litellm_router(urls, 1, retries=retries, routing="least-busy") as send:
+        for _ in urls:
+            await send(Request("warm-up", 5))
+        for url in urls:
+            await calls_at(url)
+        run = Run(f"LiteLLM Router, {retries} retries", len(urls))
+        started = time.monotonic()
+        answers = await asyncio.gather(*(send(r) for r in asked), return_exceptions=True)
+        run.seconds = time.monotonic() - started
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            name = type(answer).__name__
+            run.failed[name] = run.failed.get(name, 0) + 1
+        else:
+            run.ok += 1
+    for url in urls:
+        run.calls[url] = await calls_at(url)
+    return run
+
+
+def best_split(latencies: list[float], count: int) -> float:
+    """The shortest makespan of ``count`` calls split between two servers of these call
+    times, one call at a time each."""
+    fast, slow = latencies
+    return min(max(k * fast, (count - k) * slow) for k in range(count + 1))
+
+
+def row(run: Run, priority: dict[str, int], baseline: float | None = None) -> str:
+    failed = ", ".join(f"{n} {name}" for name, n in sorted(run.failed.items())) or "0"
+    rate = run.ok / run.seconds if run.seconds else 0.0
+    ratio = f"{rate / baseline:.2f}x" if baseline else "-"
+    peaks = "/".join(str(p) for p in run.peaks())
+    return (
+        f"| {run.system} | {run.servers} | {run.ok} | {failed} | {run.lost} | "
+        f"{run.seconds:.2f} s | {rate:.1f}/s | {ratio} | {run.inversions(priority)} | {peaks} |"
+    )
+
+
+HEADER = (
+    "| system | servers | ok | failed | lost | makespan | throughput | vs one server "
+    "| inversions | most at once (each server) |\n" + "|---" + "|---:" * 9 + "|"
+)
+
+
+async def equal_servers(asked: list[Request], latency: float) -> list[str]:
+    priority = {r.tag: r.priority for r in asked}
+    async with servers([latency, latency]) as pair:
+        urls = [url for url, _ in pair]
+        one = await through_raygate(urls[:1], asked)
+        two = await through_raygate(urls, asked)
+    rate = one.ok / one.seconds
+    return [row(one, priority), row(two, priority, rate)]
+
+
+async def unequal_servers(asked: list[Request], latencies: list[float]) -> list[str]:
+    priority = {r.tag: r.priority for r in asked}
+    async with servers(latencies) as pair:
+        run = await through_raygate([url for url, _ in pair], asked)
+    best = best_split(latencies, len(asked))
+    return [
+        row(run, priority),
+        f"\nmakespan {run.seconds:.2f} s; best split {best:.2f} s: {run.seconds / best:.3f}x",
+    ]
+
+
+async def killed_server(asked: list[Request], latency: float) -> list[str]:
+    priority = {r.tag: r.priority for r in asked}
+    out_after: list[float] = []
+    killed_at: list[float] = []  # monotonic time
+    half_time: list[float] = []  # seconds after the slots were let go
+
+    async with servers([latency, latency]) as pair:
+        (survivor, _), (doomed, process) = pair
+        doomed_group = _group_of(doomed)
+
+        async def kill_at_half_time(manager: ManagerClient, started: float) -> None:
+            await asyncio.sleep(len(asked) * latency / 2 / 2)
+            process.kill()
+            killed_at.append(time.monotonic())
+            half_time.append(killed_at[0] - started)
+            while (await manager.stats()).groups[doomed_group].out_reason is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            out_after.append(time.monotonic() - killed_at[0])
+
+        run = await through_raygate([survivor, doomed], asked, during=kill_at_half_time)
+    after = sum(1 for call in run.calls.get(survivor, []) if call.started > killed_at[0])
+    return [
+        row(run, priority),
+        f"\nkilled {half_time[0]:.2f} s in: the other server answered {after} calls after "
+        f"the kill; out of rotation {out_after[0]:.2f} s after it",
+    ]
+
+
+def _group_of(url: str) -> str:
+    from actors.groups import classify
+
+    return classify("openai-compatible", url).id
+
+
+async def beside_litellm(asked: list[Request], latency: float) -> list[str]:
+    priority = {r.tag: r.priority for r in asked}
+    if importlib.util.find_spec("litellm") is None:
+        return ["| LiteLLM Router | not installed: .venv/bin/pip install -e '.[compare]' |"]
+    lines = []
+    async with servers([latency, latency]) as pair:
+        urls = [url for url, _ in pair]
+        lines.append(row(await through_raygate(urls, asked), priority))
+        for retries in (0, LITELLM_RETRIES):
+            lines.append(row(await through_litellm(urls, asked, retries), priority))
+    return lines
+
+
+async def main(count: int, seed: int) -> None:
+    asked = requests(count, random.Random(seed))
+    for latency in (0.05, 0.2):
+        print(f"## equal servers, cap 1, {latency * 1e3:.0f} ms calls, {count} calls\n")
+        print(HEADER)
+        print("\n".join(await equal_servers(asked, latency)))
+        print()
+    print(f"## unequal servers, cap 1, 50 and 100 ms calls, {count} calls\n")
+    print(HEADER)
+    print("\n".join(await unequal_servers(asked, [0.05, 0.1])))
+    print()
+    print(f"## one of two 50 ms servers killed at half time, {count} calls\n")
+    print(HEADER)
+    print("\n".join(await killed_server(asked, 0.05)))
+    print()
+    print(f"## beside LiteLLM's router, two 50 ms servers, {count} calls\n")
+    print(HEADER)
+    print("\n".join(await beside_litellm(asked, 0.05)))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pools")
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    on_embedded_ray(main(args.calls, args.seed))
