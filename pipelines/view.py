@@ -23,8 +23,8 @@ FLOW_COLUMNS = ("flow", "waiting", "running", "held", "service", "share")
 
 
 def render(stats: QueueStats) -> str:
-    """The groups, one row each, the totals, then the flows of each group where one waits
-    or runs now."""
+    """The groups, one row each, the totals and the groups out of rotation, then the flows
+    of each group where one waits or runs now."""
     rows = [
         (
             group,
@@ -44,6 +44,9 @@ def render(stats: QueueStats) -> str:
     lines.append(
         f"total active {stats.total_active}, pending {stats.total_pending}; global cap {cap}"
     )
+    for group, g in sorted(stats.groups.items()):
+        if g.out_reason is not None:
+            lines.append(f"out of rotation for {g.out_seconds:.1f} s more: {group}: {g.out_reason}")
     for group, g in sorted(stats.groups.items()):
         if any(flow.waiting or flow.running for flow in g.flows.values()):
             lines.append(f"flows of {group}")

@@ -76,6 +76,8 @@ function figures(g) {
     ["wait p50 / p95", `${seconds(g.waitP50Seconds)} / ${seconds(g.waitP95Seconds)}`],
   ];
   if (g.pausedSeconds > 0) list.push(["paused", `${seconds(g.pausedSeconds)} (a 429)`]);
+  // Its server is down: no grants here until then (see actors/engine.py, mark_out).
+  if (g.outReason) list.push(["out of rotation", `${seconds(g.outSeconds)} more: ${g.outReason}`]);
   return list;
 }
 

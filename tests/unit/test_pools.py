@@ -7,6 +7,7 @@ import pytest
 
 from actors.errors import EmptyPool, PoolUnavailable, QueueFull
 from actors.groups import classify, pool_of
+from pipelines.view import render
 from tests.unit.conftest import Harness
 
 GPU_A = classify("openai-compatible", "http://gpu-a:8000")
@@ -147,6 +148,9 @@ def test_a_server_out_of_rotation_is_skipped_and_its_pool_waiters_go_to_the_othe
     stats = harness.engine.stats().groups
     assert (stats[GPU_A.id].out_reason, stats[GPU_A.id].out_seconds) == ("connection refused", 30)
     assert stats[GPU_B.id].out_reason is None
+    assert f"out of rotation for 30.0 s more: {GPU_A.id}: connection refused" in render(
+        harness.engine.stats()
+    )
 
 
 def test_waiters_left_without_a_server_in_rotation_fail_at_once_naming_each_reason() -> None:
