@@ -211,7 +211,9 @@ class SlotEngine:
 
     def next_in_line(self) -> dict[str, tuple[str, str]]:
         """See :meth:`actors.handover.HandOvers.next_in_line`."""
-        return self.hand_overs.next_in_line(self.groups, self.callers, self.global_limit)
+        return self.hand_overs.next_in_line(
+            self.groups, self.callers, self.waiters, self.global_limit
+        )
 
     def hand_over(
         self,

@@ -7,6 +7,7 @@ import pytest
 
 from actors.errors import EmptyPool, PoolUnavailable, QueueFull
 from actors.groups import classify, pool_of
+from actors.options import CallOptions
 from pipelines.view import render
 from tests.unit.conftest import Harness
 
@@ -189,3 +190,18 @@ def test_a_server_is_back_in_rotation_after_its_time_out_and_takes_its_waiter() 
     harness.clock.advance(5.0)
     assert harness._record(harness.engine.tick()) == ["pooled"]
     assert held_group(harness, "pooled") == GPU_B.id
+
+
+def test_a_slot_is_never_handed_over_to_a_pools_waiter_inside_its_holders_process() -> None:
+    """The manager could grant that waiter a slot of the pool's other server while the
+    notice is on its way: the slot passed on would then send a second call to a server
+    at its limit. A waiter of the one group is named next as before."""
+    harness = pool()
+    harness.engine.acquire(GPU_A.id, "held", caller="p1")
+    harness.engine.acquire(GPU_B.id, "b-held", caller="p2")
+    harness.engine.acquire((GPU_A.id, GPU_B.id), "pooled", CallOptions(priority=9), caller="p1")
+    assert harness.engine.next_in_line() == {}
+
+    harness.engine.acquire(GPU_A.id, "a-only", CallOptions(priority=10), caller="p1")
+
+    assert harness.engine.next_in_line() == {GPU_A.id: ("a-only", "p1")}
