@@ -43,7 +43,7 @@ from providers.llamacpp import EMBEDDED_MODEL_ID, LlamaCppServer, embedded_model
 from providers.metrics import CallMetrics
 from providers.models import ChatRequest, ChatResponse, StreamDelta
 from providers.openai import LLAMA_CPP_GEMMA, Quirks
-from providers.pool import PooledProvider
+from providers.pool import PooledProvider, Server
 from providers.retry import RetryPolicy
 from providers.supervisor import RestartPolicy, ServerSupervisor, SupervisedBackend
 
@@ -296,13 +296,16 @@ def provider_for_model(
         return get_or_create_embedded_model(options, manager, host), EMBEDDED_MODEL_ID
     entry = model_entry(settings.models, model_id)
     name = entry.name or model_id
-    servers = {}
-    for spec in entry.specs():
-        options = options_for(spec.provider, settings)
-        servers[spec.id] = get_or_create_provider(spec, options, manager)
-    if len(servers) == 1:
-        return servers[spec.id], name
+    specs = entry.specs()
+    if len(specs) == 1:
+        options = options_for(specs[0].provider, settings)
+        return get_or_create_provider(specs[0], options, manager), name
     slots = manager if manager is not None else NoSlots()
+    servers = {}
+    for spec in specs:
+        options = options_for(spec.provider, settings)
+        actor = get_or_create_provider(spec, options, manager)
+        servers[spec.id] = Server(actor, spec.kind, partial(gated_provider, spec, options, slots))
     pool = PooledProvider(
         model_id, servers, slots, retry=options.retry, cooldown=options.breaker_cooldown
     )

@@ -7,8 +7,10 @@
 A call asks the manager for a slot of the pool (the groups of its servers,
 see :mod:`actors.engine`: it waits once, in each of their queues, and takes
 the first slot it is the best waiter for), then runs on the server of the
-group it was granted, through that server's provider actor (pinned to its
-GPU host), in the slot the caller holds.
+group it was granted, in the slot the caller holds: from the caller's own
+process where the server is in reach (a remote server; a server on loopback
+of the caller's node), else through the server's provider actor, pinned to
+its GPU host (see :mod:`providers.inprocess`).
 
 A server found down (its provider actor lost with its node, its server
 refusing connections, its circuit open) is taken out of rotation in the
@@ -26,16 +28,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import ray
 
 from actors.engine import Lease
+from actors.groups import ResourceKind
 from actors.leases import TokensUsed
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.slots import SlotSource
 from providers.client import ProviderClient
 from providers.errors import CircuitOpen, ProviderActorLost, ProviderError, ProviderUnavailable
-from providers.gated import charged
+from providers.gated import GatedProvider, charged
 from providers.models import ChatRequest, ChatResponse, StreamDelta, Usage
 from providers.retry import RetryPolicy, with_retries
 
@@ -49,11 +56,21 @@ def server_down(error: BaseException) -> bool:
     return unreachable or isinstance(error, ProviderActorLost | CircuitOpen)
 
 
+@dataclass(frozen=True)
+class Server:
+    """One server of a pool: its provider actor, its kind, and how to build its backend's
+    provider in the caller's own process."""
+
+    actor: ProviderClient
+    kind: ResourceKind
+    nearby: Callable[[], GatedProvider]
+
+
 class PooledProvider:
     def __init__(
         self,
         model: str,
-        servers: Mapping[str, ProviderClient],
+        servers: Mapping[str, Server],
         slots: SlotSource,
         *,
         retry: RetryPolicy,
@@ -65,6 +82,12 @@ class PooledProvider:
         self.slots = slots
         self.retry = retry
         self.cooldown = cooldown
+        # By group, the server's provider in this process; None: reached through its actor.
+        self._near: dict[str, GatedProvider | None] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Another process finds its own way to each server.
+        return {**self.__dict__, "_near": {}}
 
     @property
     def pool(self) -> tuple[str, ...]:
@@ -94,7 +117,8 @@ class PooledProvider:
         async with self.slots.slot(self.pool, options) as lease:
             waited = asyncio.get_running_loop().time() - asked
             async with self._out_if_down(lease):
-                response = await self.servers[lease.group].chat(request, options, held=lease)
+                server = await self._reach(lease.group)
+                response = await server.chat(request, options, held=lease)
             self._report(lease, response.usage)
         return response.model_copy(update={"queue_wait_seconds": waited})
 
@@ -105,7 +129,7 @@ class PooledProvider:
         have used the pieces it got)."""
         asking = charged(request, options)
         async with self.slots.slot(self.pool, asking) as lease, self._out_if_down(lease):
-            server = self.servers[lease.group]
+            server = await self._reach(lease.group)
             async for delta in server.stream(request, options, held=lease):
                 if delta.usage is not None:
                     self._report(lease, delta.usage)
@@ -115,7 +139,7 @@ class PooledProvider:
         """Return once a server of the pool can serve; those that cannot are taken out of
         rotation. Raises the first server's error if none can."""
         answers = await asyncio.gather(
-            *(server.ready() for server in self.servers.values()), return_exceptions=True
+            *(server.actor.ready() for server in self.servers.values()), return_exceptions=True
         )
         errors = {g: a for g, a in zip(self.servers, answers, strict=True) if a is not None}
         for group, error in errors.items():
@@ -132,6 +156,17 @@ class PooledProvider:
     async def group_id(self) -> str:
         """What a failed call names as its group: the pool."""
         return f"pool:{self.model}"
+
+    async def _reach(self, group: str) -> GatedProvider | ProviderClient:
+        """Who calls the server of ``group`` from here: this process, when it can reach the
+        server, else the server's provider actor."""
+        server = self.servers[group]
+        if group not in self._near:
+            far = server.kind is ResourceKind.LOCAL_SERVER and (
+                await server.actor.node_id() != ray.get_runtime_context().get_node_id()
+            )
+            self._near[group] = None if far else server.nearby()
+        return self._near[group] or server.actor
 
     @asynccontextmanager
     async def _out_if_down(self, lease: Lease) -> AsyncIterator[None]:
