@@ -211,9 +211,7 @@ class SlotEngine:
 
     def next_in_line(self) -> dict[str, tuple[str, str]]:
         """See :meth:`actors.handover.HandOvers.next_in_line`."""
-        return self.hand_overs.next_in_line(
-            self.groups, self.callers, self.waiters, self.global_limit
-        )
+        return self.hand_overs.next_in_line(self.groups, self.callers, self.global_limit)
 
     def hand_over(
         self,
@@ -229,7 +227,8 @@ class SlotEngine:
         granted: the successor's (unless it held one already) and any the release
         leaves room for. An overtaken successor keeps the slot (its call runs), and is
         counted; so does one whose wait ended here (a queue timeout) meanwhile; one its
-        caller cancelled does not."""
+        caller cancelled does not. A pool's waiter granted a slot of another of its
+        groups meanwhile moves here, where its call runs, and frees that one."""
         group = self.groups[group_id]
         self._released(lease_id, epoch, used)
         granted = []
@@ -237,6 +236,14 @@ class SlotEngine:
             self.hand_overs.note(group.queue.peek(), successor)
             group.queue.remove(successor)
             granted.append(self._grant_waiter(group, waiter, epoch))
+        elif (held := self.leases.get(successor)) is not None and held.group != group_id:
+            # A pool's waiter granted a slot of another of its groups while this was on
+            # its way: it runs in the slot passed on here, and that other slot is free.
+            self.hand_overs.overtaken += 1
+            self.recorder.finished(self.holdings.free(successor), Outcome.RELEASED)
+            self.callers.note(successor, caller)
+            lease = self._lease(group, successor, held.request_id, held.priority, epoch)
+            granted.append(self.holdings.grant(group, lease, waited=0.0, tokens=0))
         elif successor not in self.leases and not self.leases.retired(successor):
             self.callers.note(successor, caller)
             lease = self._lease(group, successor, epoch=epoch)

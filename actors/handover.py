@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from actors.callers import CallerIndex
-from actors.groupstate import Group, Waiter
+from actors.groupstate import Group
 from actors.waitqueue import GrantKey
 
 
@@ -27,18 +27,12 @@ class HandOvers:
         self.answers = 0
 
     def next_in_line(
-        self,
-        groups: Mapping[str, Group],
-        callers: CallerIndex,
-        waiters: Mapping[str, Waiter],
-        global_limit: int | None,
+        self, groups: Mapping[str, Group], callers: CallerIndex, global_limit: int | None
     ) -> dict[str, tuple[str, str]]:
         """By group: the waiter a slot freed now would go to, and its caller, where that
         caller holds a slot of the group itself and may pass it straight on. Only groups
         whose next grant waits for a release and nothing else: capped, under no global
-        cap, with no budget or pause; and only a waiter of that group alone: a pool's
-        waiter may be granted a slot of another of its groups while the notice is on its
-        way, and would then run in the slot passed on, on the wrong server."""
+        cap, with no budget or pause."""
         if not self.enabled or global_limit is not None:
             return {}
         named = {}
@@ -46,7 +40,7 @@ class HandOvers:
             if group.limit is None or group.budget is not None:
                 continue
             top = group.queue.peek()
-            if top is None or len(waiters[top[1]].groups) > 1:
+            if top is None:
                 continue
             caller = callers.of(top[1])
             if caller is not None and any(callers.of(i) == caller for i in group.leases):

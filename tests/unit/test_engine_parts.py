@@ -162,18 +162,14 @@ def test_only_a_caller_holding_a_slot_of_the_group_is_told_its_waiter_is_next() 
     key = grant_key(5, 0, unit=0)
     callers.note("waits", "p2")
     holdings.queue(Waiter.of("waits", (GROUP,), CallOptions(), key, clock.now))
-    assert (
-        hand_overs.next_in_line(groups, callers, holdings.waiters, None) == {}
-    )  # p2 holds nothing
+    assert hand_overs.next_in_line(groups, callers, None) == {}  # p2 holds nothing
 
     callers.note("better", "p1")
     better = grant_key(9, 1, unit=1)
     holdings.queue(Waiter.of("better", (GROUP,), CallOptions(priority=9), better, clock.now))
-    assert hand_overs.next_in_line(groups, callers, holdings.waiters, None) == {
-        GROUP: ("better", "p1")
-    }
-    assert hand_overs.next_in_line(groups, callers, holdings.waiters, global_limit=4) == {}
-    assert HandOvers(enabled=False).next_in_line(groups, callers, holdings.waiters, None) == {}
+    assert hand_overs.next_in_line(groups, callers, None) == {GROUP: ("better", "p1")}
+    assert hand_overs.next_in_line(groups, callers, global_limit=4) == {}
+    assert HandOvers(enabled=False).next_in_line(groups, callers, None) == {}
 
 
 # -- actors/groupstate.py and actors/holdings.py ----------------------------------------

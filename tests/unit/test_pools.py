@@ -192,16 +192,24 @@ def test_a_server_is_back_in_rotation_after_its_time_out_and_takes_its_waiter() 
     assert held_group(harness, "pooled") == GPU_B.id
 
 
-def test_a_slot_is_never_handed_over_to_a_pools_waiter_inside_its_holders_process() -> None:
-    """The manager could grant that waiter a slot of the pool's other server while the
-    notice is on its way: the slot passed on would then send a second call to a server
-    at its limit. A waiter of the one group is named next as before."""
+def test_a_pool_waiter_granted_elsewhere_while_a_slot_was_handed_to_it_moves_there() -> None:
+    """Its process passed it the slot of A while the manager granted it B: its call runs
+    on A, so it holds A, and B is free again (else B would let in a second call)."""
     harness = pool()
-    harness.engine.acquire(GPU_A.id, "held", caller="p1")
+    harness.engine.acquire(GPU_A.id, "a-held", caller="p1")
     harness.engine.acquire(GPU_B.id, "b-held", caller="p2")
     harness.engine.acquire((GPU_A.id, GPU_B.id), "pooled", CallOptions(priority=9), caller="p1")
-    assert harness.engine.next_in_line() == {}
+    assert harness.engine.next_in_line() == {GPU_A.id: ("pooled", "p1")}
+    b = harness.engine.leases.get("b-held")
+    assert b is not None
+    [granted] = harness.engine.release("b-held", b.epoch)  # the manager grants it B
+    assert (granted.id, granted.group) == ("pooled", GPU_B.id)
+    a = harness.engine.leases.get("a-held")
+    assert a is not None
 
-    harness.engine.acquire(GPU_A.id, "a-only", CallOptions(priority=10), caller="p1")
+    moved = harness.engine.hand_over(GPU_A.id, "a-held", a.epoch, "pooled", caller="p1")
 
-    assert harness.engine.next_in_line() == {GPU_A.id: ("a-only", "p1")}
+    assert [(lease.id, lease.group) for lease in moved] == [("pooled", GPU_A.id)]
+    stats = harness.engine.stats()
+    assert (stats.active_by_group[GPU_A.id], stats.active_by_group[GPU_B.id]) == (1, 0)
+    assert harness.engine.can_run_immediately(GPU_B.id)
