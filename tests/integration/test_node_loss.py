@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import ray
 
-from actors.groups import ModelEntry, classify
+from actors.groups import Deployment, ModelEntry, classify
 from actors.names import NAMESPACE
 from actors.settings import PipelineSettings, ProviderSettings, Settings
 from pipelines.plateau import Service
 from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
 from providers.testing.plateau_backend import plateau_answer
 from tests.integration.conftest import (
+    GPU_HOST,
     ManagerFactory,
     Nodes,
     active_is,
@@ -70,3 +71,45 @@ async def test_a_lost_gpu_host_fails_its_calls_clearly_and_the_run_still_ends(
     finally:
         with contextlib.suppress(ValueError):  # dead with its node, as it should be
             ray.kill(ray.get_actor(f"provider:{group}", namespace=NAMESPACE))
+
+
+async def test_a_pools_server_on_a_lost_gpu_host_hands_its_calls_to_the_other(
+    cluster: Nodes, make_manager: ManagerFactory, tmp_path: Path
+) -> None:
+    """Model "pooled" on two GPU hosts' servers, a (the cluster's) and b (removed mid-run):
+    the call running on b fails over to a, b leaves the rotation naming its lost actor,
+    and every service is written."""
+    node = cluster.cluster.add_node(num_cpus=1, resources={f"gpu_host:{LOST_HOST}": 1})
+    cluster.cluster.wait_for_nodes()
+    with (
+        FakeLLMServer(OpenAIDialect(), hold=0.5, responder=plateau_answer) as on_a,
+        FakeLLMServer(OpenAIDialect(), hold=0.5, responder=plateau_answer) as on_b,
+    ):
+        deployments = (
+            Deployment(provider="openai-compatible", base_url=on_a.url + "/v1", host=GPU_HOST),
+            Deployment(provider="openai-compatible", base_url=on_b.url + "/v1", host=LOST_HOST),
+        )
+        settings = Settings(
+            models={"pooled": ModelEntry(deployments=deployments)},
+            pipeline=PipelineSettings(model="pooled", plateaus=1, mapping_types=("data",)),
+            providers=ProviderSettings(retry_attempts=2, retry_deadline_seconds=30),
+        )
+        a, b = (spec.id for spec in settings.models["pooled"].specs())
+        client = make_manager()
+        services = [Service(id=f"svc-{i}", name=f"Service {i}") for i in range(3)]
+        job = asyncio.create_task(run(services, settings, tmp_path / "out.jsonl", client))
+        await eventually(lambda: on_b.in_flight == 1, "a call running on host b")
+        cluster.cluster.remove_node(node)
+        async with asyncio.timeout(60):  # nothing hangs: every service ends
+            outcome = await job
+
+    try:
+        assert sorted(r.status for r in outcome.records) == ["ok"] * len(services)
+        assert all(call.ok for call in outcome.calls)
+        stats = (await client.stats()).groups
+        assert "the provider actor is unavailable" in (stats[b].out_reason or "")
+        assert stats[a].out_reason is None
+        assert (stats[a].active, stats[b].active) == (0, 0)
+    finally:
+        with contextlib.suppress(ValueError):  # dead with its node, as it should be
+            ray.kill(ray.get_actor(f"provider:{b}", namespace=NAMESPACE))
