@@ -113,12 +113,12 @@ class PooledProvider:
 
     async def _call(self, request: ChatRequest, options: CallOptions) -> ChatResponse:
         """One try: a slot of the pool, and the call on the server of its group."""
+        await self._locate()
         asked = asyncio.get_running_loop().time()
         async with self.slots.slot(self.pool, options) as lease:
             waited = asyncio.get_running_loop().time() - asked
             async with self._out_if_down(lease):
-                server = await self._reach(lease.group)
-                response = await server.chat(request, options, held=lease)
+                response = await self._reach(lease.group).chat(request, options, held=lease)
             self._report(lease, response.usage)
         return response.model_copy(update={"queue_wait_seconds": waited})
 
@@ -128,9 +128,9 @@ class PooledProvider:
         """One answer piece by piece, on the server granted; not retried (the caller may
         have used the pieces it got)."""
         asking = charged(request, options)
+        await self._locate()
         async with self.slots.slot(self.pool, asking) as lease, self._out_if_down(lease):
-            server = await self._reach(lease.group)
-            async for delta in server.stream(request, options, held=lease):
+            async for delta in self._reach(lease.group).stream(request, options, held=lease):
                 if delta.usage is not None:
                     self._report(lease, delta.usage)
                 yield delta
@@ -149,6 +149,12 @@ class PooledProvider:
         if len(errors) == len(self.servers):
             raise next(iter(errors.values()))
 
+    async def aclose(self) -> None:
+        """Close the connections this process opened to the pool's servers."""
+        for near in self._near.values():
+            if near is not None:
+                await near.aclose()
+
     async def server_restarts(self) -> list[str]:
         """The pool runs no server of its own."""
         return []
@@ -157,16 +163,34 @@ class PooledProvider:
         """What a failed call names as its group: the pool."""
         return f"pool:{self.model}"
 
-    async def _reach(self, group: str) -> GatedProvider | ProviderClient:
-        """Who calls the server of ``group`` from here: this process, when it can reach the
-        server, else the server's provider actor."""
-        server = self.servers[group]
-        if group not in self._near:
-            far = server.kind is ResourceKind.LOCAL_SERVER and (
-                await server.actor.node_id() != ray.get_runtime_context().get_node_id()
-            )
-            self._near[group] = None if far else server.nearby()
-        return self._near[group] or server.actor
+    async def _locate(self) -> None:
+        """Learn, before holding a slot, which servers this process reaches itself: a
+        loopback server's, from its provider actor's node (which may first have to start;
+        one that does not answer is called through, and asked again next time)."""
+        unknown = [group for group in self.servers if group not in self._near]
+        if not unknown:
+            return
+        here = ray.get_runtime_context().get_node_id()
+        nodes = await asyncio.gather(
+            *(self._node_of(self.servers[group]) for group in unknown), return_exceptions=True
+        )
+        for group, node in zip(unknown, nodes, strict=True):
+            if isinstance(node, BaseException) and not isinstance(node, Exception):
+                raise node
+            if not isinstance(node, Exception):
+                self._near[group] = self.servers[group].nearby() if node in (here, None) else None
+
+    @staticmethod
+    async def _node_of(server: Server) -> str | None:
+        """The node a loopback server's address means; None: any node reaches it."""
+        if server.kind is not ResourceKind.LOCAL_SERVER:
+            return None
+        return await server.actor.node_id()
+
+    def _reach(self, group: str) -> GatedProvider | ProviderClient:
+        """Who calls the server of ``group`` from here: this process, when it reaches the
+        server (see :meth:`_locate`), else the server's provider actor."""
+        return self._near.get(group) or self.servers[group].actor
 
     @asynccontextmanager
     async def _out_if_down(self, lease: Lease) -> AsyncIterator[None]:

@@ -64,6 +64,7 @@ from providers.gated import GatedProvider
 from providers.inprocess import provider_in_reach
 from providers.llamacpp import EMBEDDED_MODEL_ID
 from providers.models import StreamDelta, Usage
+from providers.pool import PooledProvider
 from serve.errors import HTTPAnswer, answer_for, documented, invalid, retry_after
 from serve.guard import Guard, client_of, json_answer, not_allowed
 from serve.page import (
@@ -272,7 +273,7 @@ class Gateway:
         for found in self._providers.values():
             if found.done() and not found.cancelled() and found.exception() is None:
                 provider, _ = found.result()
-                if isinstance(provider, GatedProvider):
+                if isinstance(provider, GatedProvider | PooledProvider):
                     await provider.aclose()
 
     @api.post(

@@ -8,20 +8,24 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import ray
+from pydantic import SecretStr
 
 from actors.client import ManagerClient
 from actors.groups import Deployment, GroupSpec, ModelEntry, classify
 from actors.options import CallOptions
-from actors.settings import PipelineSettings, ProviderSettings, Settings
+from actors.settings import PipelineSettings, ProviderSettings, ServeSettings, Settings
 from pipelines.plateau import Service
 from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
 from providers.testing.plateau_backend import plateau_answer
 from providers.testing.probe_server import ProbeServer
 from tests.integration.conftest import ManagerFactory, active_is, pending_is, records, run
 from tests.support.polling import eventually
+from tests.support.serve_app import ask, respond, serve_app
 
 SERVICES = [Service(id=f"svc-{i}", name=f"Service {i}") for i in range(4)]
+KEY = "sk-test-pools"
 
 
 @ray.remote(num_cpus=0)
@@ -166,3 +170,44 @@ async def test_a_server_killed_mid_run_takes_no_more_calls_and_its_calls_move_ov
     stats = (await client.stats()).groups[specs[1].id]
     assert "cannot reach" in (stats.out_reason or "")
     assert stats.active == 0
+
+
+@pytest.mark.slow
+async def test_a_pooled_model_over_http_runs_on_both_servers_one_call_at_a_time(
+    ray_session: None,
+) -> None:
+    """The endpoint serves model "pooled" on two servers; its first server also serves
+    model "local": one server, one group, one call at a time for both models."""
+    with (
+        FakeLLMServer(OpenAIDialect(), responder=respond) as a,
+        FakeLLMServer(OpenAIDialect(), responder=respond) as b,
+    ):
+        servers = tuple(
+            Deployment(provider="openai-compatible", base_url=s.url + "/v1") for s in (a, b)
+        )
+        settings = Settings(
+            models={
+                "local": ModelEntry(provider="openai-compatible", base_url=a.url + "/v1"),
+                "pooled": ModelEntry(deployments=servers),
+            },
+            serve=ServeSettings(api_keys=(SecretStr(KEY),)),
+        )
+        with serve_app(settings, KEY) as url:
+            headers = {"Authorization": f"Bearer {KEY}"}
+            async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as http:
+                listed = (await http.get("/v1/models")).raise_for_status().json()
+                asks = [("pooled", "slow:0.2")] * 6 + [("local", "slow:0.2")] * 2
+                answers = await asyncio.gather(
+                    *(
+                        http.post(
+                            "/v1/chat/completions",
+                            json={"model": model, "messages": ask(text)},
+                        )
+                        for model, text in asks
+                    )
+                )
+
+    assert "pooled" in [m["id"] for m in listed["data"]]
+    assert [answer.status_code for answer in answers] == [200] * len(asks)
+    assert (a.max_in_flight, b.max_in_flight) == (1, 1)
+    assert min(len(a.received), len(b.received)) >= 2
