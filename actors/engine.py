@@ -39,7 +39,14 @@ from actors import reports
 from actors.adaptive import DEFAULT_PAUSE_SECONDS
 from actors.budget import BudgetLimits
 from actors.callers import Caller, CallerIndex
-from actors.errors import CallerGone, DuplicateLease, LeaseRetired, PoolUnavailable, QueueFull
+from actors.errors import (
+    CallerGone,
+    DuplicateLease,
+    LeaseRetired,
+    PoolUnavailable,
+    QueueFull,
+    WaitTooLong,
+)
 from actors.groups import GroupSpec, Pool, pool_of
 from actors.groupstate import Group, GroupTable, Outage, Waiter
 from actors.handover import HandOvers
@@ -192,6 +199,10 @@ class SlotEngine:
             raise QueueFull(full.spec.id, ahead, self.max_pending_per_group, wait)
         room = width(_pool_limit(groups), self.global_limit)
         key = grant_key(options.priority, arrival, unit=unit, critical=options.critical, width=room)
+        if options.max_wait is not None and (late := self._too_long(groups, key, options)):
+            self.callers.forget(lease_id)
+            self.recorder.finished(group, Outcome.REJECTED)
+            raise late
         self.holdings.queue(Waiter.of(lease_id, pool, options, key, now))
         return None
 
@@ -385,6 +396,28 @@ class SlotEngine:
         return reports.view(self, first)
 
     # -- internals ------------------------------------------------------------
+
+    def _too_long(
+        self, groups: list[Group], key: GrantKey, options: CallOptions
+    ) -> WaitTooLong | None:
+        """The error of a call whose estimated wait, at its best group, is past its
+        ``max_wait``; None if it is not, or nothing is known to estimate it by yet."""
+        now = self.clock()
+        waits = [
+            (wait, g.spec.id)
+            for g in groups
+            if (
+                wait := reports.estimate(
+                    g, self.global_limit, g.queue.ahead_of_key(key), options.tokens, now
+                )
+            )
+            is not None
+        ]
+        if len(waits) < len(groups):
+            return None  # a group with no call ended yet: no estimate to go by
+        wait, group_id = min(waits)
+        assert options.max_wait is not None
+        return WaitTooLong(group_id, wait, options.max_wait) if wait > options.max_wait else None
 
     def _unavailable(self, groups: list[Group]) -> PoolUnavailable | None:
         """The error of a call none of whose ``groups`` is in rotation; None if one is."""

@@ -110,6 +110,22 @@ class PoolUnavailable(QueueError):
         return f"no server this call may use takes calls now ({out})"
 
 
+class WaitTooLong(QueueError):
+    """A call that may not wait as long as the manager estimates: not queued."""
+
+    def __init__(self, group: str, estimate: float, max_wait: float) -> None:
+        super().__init__(group, estimate, max_wait)
+        self.group = group
+        self.estimate = estimate
+        self.max_wait = max_wait
+
+    def __str__(self) -> str:
+        return (
+            f"group {self.group!r} would take an estimated {self.estimate:.1f}s to grant "
+            f"this call, past the {self.max_wait:g}s it may wait"
+        )
+
+
 class EmptyPool(QueueError, ValueError):
     def __str__(self) -> str:
         return "a pool names no group: ask for one group's id, or a tuple of at least one"

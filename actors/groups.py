@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 from actors.errors import (
     ClassificationError,
@@ -216,6 +216,17 @@ class ModelEntry(BaseModel):
         description="The servers of a pool, instead of `provider`, `base_url` and `host`: "
         "a call waits once, for a slot of whichever server has room for it first, and a "
         "server that is down takes no calls while the others serve.",
+    )
+    fallbacks: tuple[str, ...] = Field(
+        default=(),
+        description="Models that answer, in order, a call this one cannot: one whose wait "
+        "would pass `fallback_after_seconds`, one whose servers are all down, one too long "
+        "for its context window. Their own fallbacks are not followed.",
+    )
+    fallback_after_seconds: PositiveFloat | None = Field(
+        default=None,
+        description="A call whose wait for this model the manager estimates past this goes "
+        "to the fallbacks at once; none: calls wait for this model however long.",
     )
 
     @model_validator(mode="after")

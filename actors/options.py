@@ -67,6 +67,11 @@ class CallOptions:
     (see :mod:`providers.cache`). ``flow``: who the call is for (a tenant; by
     default the Ray job that asked, stamped by :meth:`identified`), whose share
     of a group at one priority is ``weight`` (see :mod:`actors.waitqueue`).
+    ``max_wait``: rather than queue for longer than this many seconds, as the
+    manager estimates the wait, fail at once with WaitTooLong (None: queue
+    whatever the wait); a model's fallbacks set it (see
+    :mod:`providers.fallback`). ``fallbacks``: whether the model's fallbacks may
+    answer the call.
     """
 
     priority: int = DEFAULT_PRIORITY
@@ -79,6 +84,8 @@ class CallOptions:
     cache: bool = False
     flow: str | None = None
     weight: float = 1.0
+    max_wait: float | None = None
+    fallbacks: bool = True
     labels: CallLabels = field(default_factory=CallLabels)
 
     def __post_init__(self) -> None:

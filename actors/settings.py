@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,8 +30,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from actors.budget import BudgetLimits
-from actors.errors import ConfigError
-from actors.groups import ModelEntry, Provider
+from actors.errors import ConfigError, UnknownModel
+from actors.groups import ModelEntry, Provider, model_entry
 
 CONFIG_ENV = "RAYGATE_CONFIG"
 
@@ -429,6 +430,23 @@ class Settings(BaseSettings):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _fallbacks_known_and_acyclic(self) -> Settings:
+        """A fallback names a model there is (not the one it is for), and following
+        fallbacks from any model never comes back to it."""
+        for model_id, entry in self.models.items():
+            for n, fallback in enumerate(entry.fallbacks):
+                where = f"models.{model_id}.fallbacks.{n}"
+                if fallback == model_id:
+                    raise ValueError(f"{where} names the model itself")
+                try:
+                    model_entry(self.models, fallback)
+                except UnknownModel as exc:
+                    raise ValueError(f"{where}: {exc}") from None
+        if (cycle := _fallback_cycle(self.models)) is not None:
+            raise ValueError(f"models' fallbacks go round: {' -> '.join(cycle)}")
+        return self
+
     def group_limits(self) -> dict[str, int | None]:
         """Each group's configured limit: `queue.group_limits`, and each deployment's."""
         limits = dict(self.queue.group_limits)
@@ -449,6 +467,28 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The YAML file arrives as init kwargs; the environment overrides it.
         return (env_settings, init_settings)
+
+
+def _fallback_cycle(models: Mapping[str, ModelEntry]) -> list[str] | None:
+    """Models whose fallbacks lead back to the first of them (named again at the end), if
+    any do."""
+    done: set[str] = set()
+
+    def visit(model: str, path: list[str]) -> list[str] | None:
+        if model in path:
+            return [*path[path.index(model) :], model]
+        if model in done or model not in models:
+            return None
+        for fallback in models[model].fallbacks:
+            if (cycle := visit(fallback, [*path, model])) is not None:
+                return cycle
+        done.add(model)
+        return None
+
+    for model in models:
+        if (cycle := visit(model, [])) is not None:
+            return cycle
+    return None
 
 
 def load_settings(path: str | Path | None = None) -> Settings:

@@ -267,6 +267,11 @@ class WaitQueue:
         if not state.live:
             del self._waiting[flow]
 
+    def ahead_of_key(self, key: GrantKey) -> int:
+        """How many waiters would go before a new one with ``key`` (O(n); by key alone, as
+        in one flow)."""
+        return sum(1 for other, _ in self._live.values() if other < key)
+
     def lease_ids(self) -> list[str]:
         """The waiters' lease ids, in no particular order."""
         return list(self._live)

@@ -26,7 +26,7 @@ from pydantic import SecretStr
 from actors.callers import Caller
 from actors.client import ManagerClient
 from actors.engine import Lease
-from actors.groups import GroupSpec, Provider, ResourceKind, classify, model_entry
+from actors.groups import GroupSpec, ModelEntry, Provider, ResourceKind, classify, model_entry
 from actors.names import named_actor, this_node
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import PROVIDER_DEFAULTS, CacheSettings, Settings, TelemetrySettings
@@ -37,6 +37,7 @@ from providers.breaker import CircuitBreaker
 from providers.cache import ResponseCache, get_or_create_cache
 from providers.client import EmbeddedModelClient, ModelProvider, ProviderClient
 from providers.factory import api_key_for, build_backend
+from providers.fallback import FallbackProvider, Step
 from providers.gated import GatedProvider
 from providers.http import Backend
 from providers.llamacpp import EMBEDDED_MODEL_ID, LlamaCppServer, embedded_model_path
@@ -283,7 +284,8 @@ def provider_for_model(
     settings: Settings, model_id: str | None, manager: ManagerClient | None
 ) -> tuple[ModelProvider, str]:
     """The provider that serves ``model_id``: its server's provider actor, or a pool of
-    them (see :mod:`providers.pool`); and the name its backends know it by.
+    them (see :mod:`providers.pool`), with its fallbacks when it names some (see
+    :mod:`providers.fallback`); and the name its backends know it by.
 
     ``model_id``: None or the embedded model's id (the embedded model, on
     ``pipeline.embedded_host``), a model of the registry, or ``provider/model``
@@ -295,6 +297,21 @@ def provider_for_model(
         host = settings.pipeline.embedded_host
         return get_or_create_embedded_model(options, manager, host), EMBEDDED_MODEL_ID
     entry = model_entry(settings.models, model_id)
+    provider, name = _servers_of(settings, model_id, entry, manager)
+    if not entry.fallbacks:
+        return provider, name
+    steps = [Step(model_id, provider, name, entry.fallback_after_seconds)]
+    for fallback in entry.fallbacks:
+        then = model_entry(settings.models, fallback)
+        provider, backend_name = _servers_of(settings, fallback, then, manager)
+        steps.append(Step(fallback, provider, backend_name, then.fallback_after_seconds))
+    return FallbackProvider(steps), name
+
+
+def _servers_of(
+    settings: Settings, model_id: str, entry: ModelEntry, manager: ManagerClient | None
+) -> tuple[ModelProvider, str]:
+    """The provider of ``entry``'s server or pool (see :func:`provider_for_model`)."""
     name = entry.name or model_id
     specs = entry.specs()
     if len(specs) == 1:
@@ -305,7 +322,7 @@ def provider_for_model(
     for spec in specs:
         options = options_for(spec.provider, settings)
         actor = get_or_create_provider(spec, options, manager)
-        servers[spec.id] = Server(actor, spec.kind, partial(gated_provider, spec, options, slots))
+        servers[spec.id] = Server(spec, actor, partial(gated_provider, spec, options, slots))
     pool = PooledProvider(
         model_id, servers, slots, retry=options.retry, cooldown=options.breaker_cooldown
     )

@@ -11,6 +11,7 @@ key. ``retryable`` says whether the retry loop may try again.
         ├── ProviderTimeout         no answer in time (retryable)
         ├── ProviderUnavailable     5xx, 529, connection refused (retryable)
         ├── BadRequest              400, 404, 422: the request itself is wrong
+        │   └── ContextTooLong      for this model's context window
         ├── AuthenticationFailed    401, 403
         ├── BadResponse             the answer is not what the wire format promises,
         │                           or not JSON when a schema was asked
@@ -77,6 +78,11 @@ class ProviderUnavailable(ProviderError):
 
 class BadRequest(ProviderError):
     pass
+
+
+class ContextTooLong(BadRequest):
+    """The request does not fit the model's context window (a model with a larger one may
+    take it: see :mod:`providers.fallback`)."""
 
 
 class AuthenticationFailed(ProviderError):

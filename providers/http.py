@@ -26,6 +26,7 @@ from providers.errors import (
     AuthenticationFailed,
     BadRequest,
     BadResponse,
+    ContextTooLong,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
@@ -193,6 +194,8 @@ class Backend(ABC):
             kind = ProviderTimeout
         elif status >= 500:
             kind = ProviderUnavailable  # includes Anthropic's 529 "overloaded"
+        elif status == 400 and _too_long(response.content, detail):
+            kind = ContextTooLong
         else:
             kind = BadRequest
         raise kind(self.provider, detail, status)
@@ -268,3 +271,14 @@ async def read_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
 def _excerpt(text: str, most: int = 80) -> str:
     text = " ".join(text.split())
     return repr(text if len(text) <= most else text[:most] + "...")
+
+
+# How servers say a prompt does not fit: OpenAI's error code, and the messages of
+# Anthropic ("prompt is too long"), llama.cpp's server ("exceeds the available context
+# size"), vLLM and Ollama ("maximum context length", "context length").
+_TOO_LONG = ("context_length_exceeded", "context length", "context size", "prompt is too long")
+
+
+def _too_long(content: bytes, detail: str) -> bool:
+    text = (content[: ERROR_EXCERPT * 4].decode(errors="replace") + " " + detail).lower()
+    return any(sign in text for sign in _TOO_LONG)

@@ -89,6 +89,8 @@ class ChatResponse(BaseModel):
     data: Any = None
     # Answered from the response cache (see providers.cache), not by the backend now.
     cached: bool = False
+    # The model asked for, when one of its fallbacks answered (see providers.fallback).
+    fallback_from: str | None = None
 
 
 class StreamDelta(BaseModel):

@@ -36,7 +36,7 @@ from typing import Any
 import ray
 
 from actors.engine import Lease
-from actors.groups import ResourceKind
+from actors.groups import GroupSpec, ResourceKind
 from actors.leases import TokensUsed
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.slots import SlotSource
@@ -58,11 +58,11 @@ def server_down(error: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class Server:
-    """One server of a pool: its provider actor, its kind, and how to build its backend's
+    """One server of a pool: its group, its provider actor, and how to build its backend's
     provider in the caller's own process."""
 
+    spec: GroupSpec
     actor: ProviderClient
-    kind: ResourceKind
     nearby: Callable[[], GatedProvider]
 
 
@@ -164,12 +164,14 @@ class PooledProvider:
         return f"pool:{self.model}"
 
     async def _locate(self) -> None:
-        """Learn, before holding a slot, which servers this process reaches itself: a
-        loopback server's, from its provider actor's node (which may first have to start;
-        one that does not answer is called through, and asked again next time)."""
+        """Before holding a slot: make the pool's groups known to the manager, and learn
+        which servers this process reaches itself: a loopback server's, from its provider
+        actor's node (which may first have to start; one that does not answer is called
+        through, and asked again next time)."""
         unknown = [group for group in self.servers if group not in self._near]
         if not unknown:
             return
+        await asyncio.gather(*(self.slots.register(self.servers[g].spec) for g in unknown))
         here = ray.get_runtime_context().get_node_id()
         nodes = await asyncio.gather(
             *(self._node_of(self.servers[group]) for group in unknown), return_exceptions=True
@@ -183,7 +185,7 @@ class PooledProvider:
     @staticmethod
     async def _node_of(server: Server) -> str | None:
         """The node a loopback server's address means; None: any node reaches it."""
-        if server.kind is not ResourceKind.LOCAL_SERVER:
+        if server.spec.kind is not ResourceKind.LOCAL_SERVER:
             return None
         return await server.actor.node_id()
 

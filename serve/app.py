@@ -314,9 +314,12 @@ class Gateway:
             if not body.stream:
                 response = await provider.chat(chat, options)
                 used = response.usage
-                return JSONResponse(
-                    completion(response, body.model, completion_id), headers=headers
-                )
+                if response.fallback_from is not None:  # a fallback answered: say which
+                    headers["X-Fallback-From"] = response.fallback_from
+                    model = response.model
+                else:
+                    model = body.model
+                return JSONResponse(completion(response, model, completion_id), headers=headers)
             pieces = provider.stream(chat, options)
             # Errors before the first piece (a full queue, an unknown model) are HTTP errors.
             first = await anext(pieces)
@@ -346,7 +349,8 @@ class Gateway:
     ) -> CallOptions:
         """Priority from the body or ``X-Priority`` (else the tenant's default, never above
         its ceiling); ``X-Queue-Timeout``, ``X-Request-Id``; the tenant as the flow; the
-        response cache if ``serve.cache``, unless ``Cache-Control`` says no."""
+        response cache if ``serve.cache``, unless ``Cache-Control`` says no; the model's
+        fallbacks unless ``X-Fallback: off`` or the body's ``fallbacks: []``."""
         header = request.headers.get("x-priority")
         asked = body.priority if body.priority is not None else int(header) if header else None
         if asked is not None:
@@ -361,6 +365,7 @@ class Gateway:
             request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
             queue_timeout=seconds,
             cache=wants_cache(request.headers.get("cache-control"), self._settings.serve.cache),
+            fallbacks=body.fallbacks != [] and request.headers.get("x-fallback") != "off",
         )
 
     @api.post(

@@ -74,6 +74,11 @@ class ChatCompletionBody(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     priority: int | None = Field(default=None, ge=1, le=10)
+    fallbacks: list[str] | None = Field(
+        default=None,
+        max_length=0,
+        description="[]: only the model asked may answer, not its fallbacks.",
+    )
 
     def chat_request(self, backend_model: str) -> ChatRequest:
         """The request for the backend (raises pydantic's ValidationError, e.g. for a

@@ -17,7 +17,10 @@ from actors.groups import Deployment, GroupSpec, ModelEntry, classify
 from actors.options import CallOptions
 from actors.settings import PipelineSettings, ProviderSettings, ServeSettings, Settings
 from pipelines.plateau import Service
-from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
+from providers.actor import provider_for_model
+from providers.errors import ContextTooLong
+from providers.models import ChatMessage, ChatRequest
+from providers.testing.fake_llm import Fail, FakeLLMServer, OpenAIDialect
 from providers.testing.plateau_backend import plateau_answer
 from providers.testing.probe_server import ProbeServer
 from tests.integration.conftest import ManagerFactory, active_is, pending_is, records, run
@@ -211,3 +214,99 @@ async def test_a_pooled_model_over_http_runs_on_both_servers_one_call_at_a_time(
     assert [answer.status_code for answer in answers] == [200] * len(asks)
     assert (a.max_in_flight, b.max_in_flight) == (1, 1)
     assert min(len(a.received), len(b.received)) >= 2
+
+
+# -- fallbacks ---------------------------------------------------------------------------
+
+
+def chat(text: str) -> ChatRequest:
+    return ChatRequest(model="m", messages=(ChatMessage(role="user", content=text),))
+
+
+def with_fallback(primary: ModelEntry, fallback: FakeLLMServer) -> Settings:
+    """Model "primary" falls back to "remote" (``fallback``'s server, no limit)."""
+    return Settings(
+        models={
+            "primary": primary,
+            "remote": ModelEntry(provider="openai-compatible", base_url=fallback.url + "/v1"),
+        },
+        providers=ProviderSettings(retry_attempts=2, retry_deadline_seconds=10),
+    )
+
+
+async def test_a_call_that_would_wait_past_fallback_after_goes_to_the_fallback_at_once(
+    make_manager: ManagerFactory,
+) -> None:
+    with (
+        FakeLLMServer(OpenAIDialect(), responder=respond) as local,
+        FakeLLMServer(OpenAIDialect(), responder=respond) as remote,
+    ):
+        primary = ModelEntry(
+            provider="openai-compatible",
+            base_url=local.url + "/v1",
+            fallbacks=("remote",),
+            fallback_after_seconds=0.5,
+        )
+        settings = with_fallback(primary, remote)
+        remote_group = classify("openai-compatible", remote.url + "/v1").id
+        client = make_manager(group_limits={remote_group: None})
+        provider, _ = provider_for_model(settings, "primary", client)
+        await provider.chat(chat("slow:0.3"))  # the manager learns a call takes 0.3 s
+
+        answers = await asyncio.gather(*(provider.chat(chat("slow:0.3")) for _ in range(6)))
+
+    # The first runs, the second waits about 0.3 s; the others would wait 0.6 s and more.
+    by = [answer.fallback_from for answer in answers]
+    assert (by.count("primary"), by.count(None)) == (4, 2)
+    assert local.max_in_flight == 1
+    assert (len(local.received), len(remote.received)) == (1 + 2, 4)
+    assert {answer.group for answer in answers if answer.fallback_from} == {remote_group}
+
+
+async def test_a_pool_with_no_server_up_hands_its_calls_to_the_fallback(
+    make_manager: ManagerFactory,
+) -> None:
+    with (
+        FakeLLMServer(OpenAIDialect(), responder=respond) as a,
+        FakeLLMServer(OpenAIDialect(), responder=respond) as b,
+        FakeLLMServer(OpenAIDialect(), responder=respond) as remote,
+    ):
+        servers = tuple(
+            Deployment(provider="openai-compatible", base_url=s.url + "/v1") for s in (a, b)
+        )
+        settings = with_fallback(ModelEntry(deployments=servers, fallbacks=("remote",)), remote)
+        client = make_manager()
+        provider, _ = provider_for_model(settings, "primary", client)
+        a.kill()
+        b.kill()
+
+        answers = [await provider.chat(chat(f"call {i}")) for i in range(3)]
+
+    assert [answer.fallback_from for answer in answers] == ["primary"] * 3
+    assert [answer.text for answer in answers] == [f"echo: call {i}" for i in range(3)]
+    stats = (await client.stats()).groups
+    for spec in settings.models["primary"].specs():
+        assert "cannot reach" in (stats[spec.id].out_reason or "")
+
+
+async def test_a_prompt_too_long_for_the_model_goes_to_the_fallback_unless_the_call_says_no(
+    make_manager: ManagerFactory,
+) -> None:
+    with (
+        FakeLLMServer(OpenAIDialect()) as small,
+        FakeLLMServer(OpenAIDialect(), responder=respond) as remote,
+    ):
+        too_long = "This model's maximum context length is 2048 tokens."
+        small.script(Fail(400, too_long), Fail(400, too_long))
+        primary = ModelEntry(
+            provider="openai-compatible", base_url=small.url + "/v1", fallbacks=("remote",)
+        )
+        settings = with_fallback(primary, remote)
+        provider, _ = provider_for_model(settings, "primary", make_manager())
+
+        answered = await provider.chat(chat("a long prompt"))
+        with pytest.raises(ContextTooLong):
+            await provider.chat(chat("a long prompt"), CallOptions(fallbacks=False))
+
+    assert (answered.fallback_from, answered.text) == ("primary", "echo: a long prompt")
+    assert (len(small.received), len(remote.received)) == (2, 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.errors import EmptyPool, PoolUnavailable, QueueFull
+from actors.errors import EmptyPool, PoolUnavailable, QueueFull, WaitTooLong
 from actors.groups import classify, pool_of
 from actors.options import CallOptions
 from pipelines.view import render
@@ -213,3 +213,38 @@ def test_a_pool_waiter_granted_elsewhere_while_a_slot_was_handed_to_it_moves_the
     stats = harness.engine.stats()
     assert (stats.active_by_group[GPU_A.id], stats.active_by_group[GPU_B.id]) == (1, 0)
     assert harness.engine.can_run_immediately(GPU_B.id)
+
+
+# -- fallbacks' cue: a wait estimated past what the call may wait -----------------------
+
+
+def test_a_call_that_may_not_wait_as_long_as_estimated_is_not_queued() -> None:
+    harness = pool()
+    harness.ask(GPU_A, "first")
+    harness.clock.advance(2.0)
+    harness.done("first")  # the group's calls take 2 s
+    harness.ask(GPU_A, "busy")
+    patient = harness.ask(GPU_A, "patient", max_wait=3.0)  # granted in about 2 s
+
+    with pytest.raises(WaitTooLong) as refused:
+        harness.ask(GPU_A, "hurried", max_wait=3.0)  # behind one: about 4 s
+
+    assert str(refused.value) == (
+        f"group {GPU_A.id!r} would take an estimated 4.0s to grant this call, past the 3s "
+        "it may wait"
+    )
+    assert list(harness.engine.waiters) == [patient]
+    assert harness.engine.stats().groups[GPU_A.id].rejected == 1
+
+
+def test_a_call_waits_while_a_server_it_may_use_has_no_estimate_yet() -> None:
+    harness = pool()
+    harness.ask(GPU_A, "a-busy")
+    harness.ask(GPU_A, "no-estimate-yet", max_wait=0.001)  # no call of A has ended
+    harness.clock.advance(2.0)
+    harness.done("a-busy")
+    harness.ask(GPU_B, "b-busy")
+
+    harness.ask(POOL, "pooled", max_wait=0.001)
+
+    assert harness.engine.stats().total_pending == 1  # B has no estimate: it may be soon

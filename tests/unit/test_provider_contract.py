@@ -23,7 +23,9 @@ from actors.groups import GroupSpec, classify
 from actors.slots import LocalSlots
 from providers.errors import (
     AuthenticationFailed,
+    BadRequest,
     BadResponse,
+    ContextTooLong,
     ProviderTimeout,
     ProviderUnavailable,
     RateLimited,
@@ -288,6 +290,30 @@ async def test_unauthorized_is_not_retried_and_never_shows_the_key(started: Rig)
     for secret in (OPENAI_KEY, ANTHROPIC_KEY):
         assert secret not in str(caught.value)
         assert secret not in repr(started.provider.backend)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "This model's maximum context length is 8192 tokens. However, your messages resulted "
+        "in 9000 tokens.",  # OpenAI, vLLM
+        "prompt is too long: 210000 tokens > 200000 maximum",  # Anthropic
+        "the request exceeds the available context size, try increasing it",  # llama.cpp
+    ],
+)
+async def test_a_prompt_too_long_for_the_model_is_context_too_long_not_retried(
+    started: Rig, message: str
+) -> None:
+    started.server.script(Fail(400, message))
+
+    with pytest.raises(ContextTooLong):
+        await started.provider.chat(started.request())
+
+    assert len(started.server.received) == 1
+    started.server.script(Fail(400, "unknown field 'temprature'"))
+    with pytest.raises(BadRequest) as other:
+        await started.provider.chat(started.request())
+    assert not isinstance(other.value, ContextTooLong)
 
 
 async def test_llama_cpp_quirks_fold_the_system_prompt_and_ask_json_object() -> None:

@@ -132,6 +132,26 @@ def test_config_path_can_come_from_the_environment(
             "models.m.deployments.0.limit gives remote-ollama-http://gpu-a:11434 the limit 2: "
             "one server, one limit",
         ),
+        (
+            "models: {m: {provider: ollama, fallbacks: [m]}}",
+            "(top level): Value error, models.m.fallbacks.0 names the model itself",
+        ),
+        (
+            "models: {m: {provider: ollama, fallbacks: [gpt-9]}}",
+            "(top level): Value error, models.m.fallbacks.0: unknown model 'gpt-9'; known "
+            "models: 'm'. Name a model as provider/model (openai/gpt-4o-mini, "
+            "anthropic/claude-sonnet-4-5, ollama/llama3.2, lmstudio/qwen2.5-7b-instruct), or "
+            "add it under `models:` in the settings",
+        ),
+        (
+            "models:\n  a: {provider: ollama, fallbacks: [b]}\n"
+            "  b: {provider: openai, fallbacks: [c]}\n  c: {provider: anthropic, fallbacks: [a]}",
+            "(top level): Value error, models' fallbacks go round: a -> b -> c -> a",
+        ),
+        (
+            "models: {m: {provider: ollama, fallback_after_seconds: 0}}",
+            "models.m.fallback_after_seconds: Input should be greater than 0 (got 0)",
+        ),
     ],
 )
 def test_invalid_value_fails_at_load_naming_the_field(

@@ -1,0 +1,117 @@
+"""A model's fallbacks: the models that answer the calls this one cannot.
+
+    models:
+      llama:
+        deployments: [...]
+        fallbacks: [openai/gpt-4o-mini]
+        fallback_after_seconds: 2
+
+A call of ``llama`` goes to the next model of its fallbacks, at once, when
+the manager estimates its wait for llama past ``fallback_after_seconds`` (it
+is then not queued for llama at all: see ``CallOptions.max_wait``), when
+none of llama's servers takes calls (``PoolUnavailable``), or when llama's
+server says the request does not fit its context window
+(``ContextTooLong``). A fallback with a ``fallback_after_seconds`` of its
+own hands on the same way; the last one waits. The call keeps its options
+(priority, flow, request id, labels); its request names the fallback's
+model, so the call's span (``gen_ai.request.model``) and metrics
+(``model_name``) name the model that answered, and the answer says which
+model was asked (``ChatResponse.fallback_from``). ``CallOptions.fallbacks =
+False`` (over HTTP, ``X-Fallback: off``) keeps a call on the model asked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+
+from actors.errors import PoolUnavailable, WaitTooLong
+from actors.options import DEFAULT_OPTIONS, CallOptions
+from providers.client import ModelProvider
+from providers.errors import ContextTooLong
+from providers.models import ChatRequest, ChatResponse, StreamDelta
+
+log = logging.getLogger(__name__)
+
+# What a model's fallbacks answer instead of it.
+HANDED_ON = (WaitTooLong, PoolUnavailable, ContextTooLong)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One model of the chain: its id, its provider, the name its backends know it by,
+    and how long a call may wait for it before the next one answers (None: as long as it
+    takes)."""
+
+    model: str
+    provider: ModelProvider
+    name: str
+    after: float | None
+
+
+class FallbackProvider:
+    def __init__(self, steps: Sequence[Step]) -> None:
+        # The model asked for first, then its fallbacks in order.
+        self.steps = tuple(steps)
+
+    async def chat(
+        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
+    ) -> ChatResponse:
+        asked = self.steps[0].model
+        for n, step in enumerate(self.steps):
+            last = n == len(self.steps) - 1 or not options.fallbacks
+            try:
+                response = await step.provider.chat(
+                    request.model_copy(update={"model": step.name}),
+                    options if last else replace(options, max_wait=step.after),
+                )
+            except HANDED_ON as error:
+                if last:
+                    raise
+                log.info("%s's call %s goes to its fallback: %s", asked, options.request_id, error)
+                continue
+            return response if n == 0 else response.model_copy(update={"fallback_from": asked})
+        raise AssertionError("the last step raises or answers")
+
+    async def stream(
+        self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
+    ) -> AsyncIterator[StreamDelta]:
+        """Streamed by the first model that takes the call (before its first piece: a
+        stream that failed midway is not started again elsewhere)."""
+        for n, step in enumerate(self.steps):
+            last = n == len(self.steps) - 1 or not options.fallbacks
+            pieces = step.provider.stream(
+                request.model_copy(update={"model": step.name}),
+                options if last else replace(options, max_wait=step.after),
+            )
+            try:
+                first = await anext(aiter(pieces))
+            except HANDED_ON:
+                if last:
+                    raise
+                continue
+            except StopAsyncIteration:
+                return
+            yield first
+            async for delta in pieces:
+                yield delta
+            return
+
+    async def ready(self) -> None:
+        """Return once the model asked for, or else one of its fallbacks, can serve."""
+        for n, step in enumerate(self.steps):
+            try:
+                await step.provider.ready()
+            except Exception:
+                if n == len(self.steps) - 1:
+                    raise
+                log.warning("%s cannot serve; its fallbacks will", step.model, exc_info=True)
+            else:
+                return
+
+    async def server_restarts(self) -> list[str]:
+        return await self.steps[0].provider.server_restarts()
+
+    async def group_id(self) -> str:
+        return await self.steps[0].provider.group_id()
