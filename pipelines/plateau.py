@@ -87,6 +87,9 @@ class ServiceRecord(_Strict):
     ambitions: list[str] = []
     plateaus: list[PlateauResult] = []
     error: str | None = None
+    # The answers a fallback of the run's model gave (see providers.fallback), each as
+    # "<what it answered>: <the model that answered>"; the others are the run's model's.
+    fallbacks: list[str] = []
 
 
 # ask(request, options) -> the response; the caller gates and records it. The job sets
@@ -130,6 +133,8 @@ class PlateauJob:
         self.model = model
         self.sequential = sequential
         self.spans: list[tuple[str, Span]] = []  # (service id, span), for tests and reports
+        # By service: the answers a fallback model gave (see ServiceRecord.fallbacks).
+        self._fallbacks: dict[str, list[str]] = {}
 
     async def run(self, service: Service) -> ServiceRecord:
         """The service's record: its results, or the error that stopped it (never raised)."""
@@ -148,12 +153,18 @@ class PlateauJob:
             cause = _root_cause(raised)
             if not isinstance(cause, RaygateError):
                 raise
-            return ServiceRecord(service_id=service.id, status="failed", error=str(cause))
+            return ServiceRecord(
+                service_id=service.id,
+                status="failed",
+                error=str(cause),
+                fallbacks=sorted(self._fallbacks.pop(service.id, [])),
+            )
         finally:
             self.spans.extend((service.id, span) for span in chain.spans)
         return ServiceRecord(
             service_id=service.id,
             status="ok",
+            fallbacks=sorted(self._fallbacks.pop(service.id, [])),
             ambitions=ambitions.ambitions,
             plateaus=[
                 PlateauResult(
@@ -232,6 +243,9 @@ class PlateauJob:
                     labels=replace(labels, attempt=attempt),
                 )
                 response = await self.ask(request, options)
+                if response.fallback_from is not None:
+                    answered = f"{labels.describe()}: {response.model}"
+                    self._fallbacks.setdefault(labels.service_id, []).append(answered)
                 return model.model_validate(response.data)
             except ValidationError as invalid:
                 reason = _first_error(invalid)

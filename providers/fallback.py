@@ -9,8 +9,9 @@
 A call of ``llama`` goes to the next model of its fallbacks, at once, when
 the manager estimates its wait for llama past ``fallback_after_seconds`` (it
 is then not queued for llama at all: see ``CallOptions.max_wait``), when
-none of llama's servers takes calls (``PoolUnavailable``), or when llama's
-server says the request does not fit its context window
+none of llama's servers takes calls (``PoolUnavailable``, or a call that
+found its one server down: see :func:`providers.pool.server_down`), or when
+llama's server says the request does not fit its context window
 (``ContextTooLong``). A fallback with a ``fallback_after_seconds`` of its
 own hands on the same way; the last one waits. The call keeps its options
 (priority, flow, request id, labels); its request names the fallback's
@@ -31,11 +32,17 @@ from actors.options import DEFAULT_OPTIONS, CallOptions
 from providers.client import ModelProvider
 from providers.errors import ContextTooLong
 from providers.models import ChatRequest, ChatResponse, StreamDelta
+from providers.pool import server_down
 
 log = logging.getLogger(__name__)
 
-# What a model's fallbacks answer instead of it.
+# What a model's fallbacks answer instead of it (and a server found down).
 HANDED_ON = (WaitTooLong, PoolUnavailable, ContextTooLong)
+
+
+def handed_on(error: Exception) -> bool:
+    """Whether a fallback answers a call that failed with ``error``."""
+    return isinstance(error, HANDED_ON) or server_down(error)
 
 
 @dataclass(frozen=True)
@@ -66,8 +73,8 @@ class FallbackProvider:
                     request.model_copy(update={"model": step.name}),
                     options if last else replace(options, max_wait=step.after),
                 )
-            except HANDED_ON as error:
-                if last:
+            except Exception as error:
+                if last or not handed_on(error):
                     raise
                 log.info("%s's call %s goes to its fallback: %s", asked, options.request_id, error)
                 continue
@@ -87,12 +94,12 @@ class FallbackProvider:
             )
             try:
                 first = await anext(aiter(pieces))
-            except HANDED_ON:
-                if last:
-                    raise
-                continue
             except StopAsyncIteration:
                 return
+            except Exception as error:
+                if last or not handed_on(error):
+                    raise
+                continue
             yield first
             async for delta in pieces:
                 yield delta

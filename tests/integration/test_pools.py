@@ -310,3 +310,33 @@ async def test_a_prompt_too_long_for_the_model_goes_to_the_fallback_unless_the_c
 
     assert (answered.fallback_from, answered.text) == ("primary", "echo: a long prompt")
     assert (len(small.received), len(remote.received)) == (2, 1)
+
+
+async def test_the_main_job_records_which_answers_its_models_fallback_gave(
+    make_manager: ManagerFactory, tmp_path: Path
+) -> None:
+    """The run's model has no server up: every answer is the fallback's, and each
+    service's record says so, stage by stage."""
+    with (
+        FakeLLMServer(OpenAIDialect(), responder=plateau_answer) as down,
+        FakeLLMServer(OpenAIDialect(), responder=plateau_answer) as remote,
+    ):
+        server = Deployment(provider="openai-compatible", base_url=down.url + "/v1")
+        primary = ModelEntry(deployments=(server,), fallbacks=("remote",))
+        settings = with_fallback(primary, remote)
+        settings = settings.model_copy(
+            update={
+                "pipeline": PipelineSettings(model="primary", plateaus=1, mapping_types=("data",))
+            }
+        )
+        down.kill()
+
+        await run(SERVICES[:1], settings, tmp_path / "out.jsonl", make_manager())
+
+    [record] = records(tmp_path / "out.jsonl")
+    assert record["status"] == "ok"
+    assert record["fallbacks"] == [
+        "ambitions: remote",
+        "features of plateau 1: remote",
+        "mappings (data) of plateau 1: remote",
+    ]
