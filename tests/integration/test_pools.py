@@ -176,23 +176,31 @@ async def test_a_server_killed_mid_run_takes_no_more_calls_and_its_calls_move_ov
 
 
 @pytest.mark.slow
-async def test_a_pooled_model_over_http_runs_on_both_servers_one_call_at_a_time(
-    ray_session: None,
-) -> None:
+async def test_pools_and_fallbacks_over_http(ray_session: None) -> None:
     """The endpoint serves model "pooled" on two servers; its first server also serves
-    model "local": one server, one group, one call at a time for both models."""
+    model "local": one server, one group, one call at a time for both models. Model
+    "primary", whose server is down, is answered by its fallback "local", and says so,
+    unless the request says ``X-Fallback: off`` or ``"fallbacks": []``."""
     with (
         FakeLLMServer(OpenAIDialect(), responder=respond) as a,
         FakeLLMServer(OpenAIDialect(), responder=respond) as b,
+        FakeLLMServer(OpenAIDialect(), responder=respond) as down,
     ):
         servers = tuple(
             Deployment(provider="openai-compatible", base_url=s.url + "/v1") for s in (a, b)
         )
+        down.kill()
         settings = Settings(
             models={
                 "local": ModelEntry(provider="openai-compatible", base_url=a.url + "/v1"),
                 "pooled": ModelEntry(deployments=servers),
+                "primary": ModelEntry(
+                    provider="openai-compatible",
+                    base_url=down.url + "/v1",
+                    fallbacks=("local",),
+                ),
             },
+            providers=ProviderSettings(retry_attempts=1),
             serve=ServeSettings(api_keys=(SecretStr(KEY),)),
         )
         with serve_app(settings, KEY) as url:
@@ -209,8 +217,21 @@ async def test_a_pooled_model_over_http_runs_on_both_servers_one_call_at_a_time(
                         for model, text in asks
                     )
                 )
+                primary = {"model": "primary", "messages": ask("hi")}
+                fell_back = await http.post("/v1/chat/completions", json=primary)
+                off = {"X-Fallback": "off"}
+                kept = [
+                    await http.post("/v1/chat/completions", json=primary, headers=off),
+                    await http.post("/v1/chat/completions", json={**primary, "fallbacks": []}),
+                ]
 
     assert "pooled" in [m["id"] for m in listed["data"]]
+    assert fell_back.status_code == 200
+    assert fell_back.headers["X-Fallback-From"] == "primary"
+    assert fell_back.json()["model"] == "local"
+    assert fell_back.json()["choices"][0]["message"]["content"] == "echo: hi"
+    assert [answer.status_code for answer in kept] == [503, 503]
+    assert all("cannot reach" in answer.json()["error"]["message"] for answer in kept)
     assert [answer.status_code for answer in answers] == [200] * len(asks)
     assert (a.max_in_flight, b.max_in_flight) == (1, 1)
     assert min(len(a.received), len(b.received)) >= 2
