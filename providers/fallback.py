@@ -26,11 +26,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from actors.errors import PoolUnavailable, WaitTooLong
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from providers.client import ModelProvider
 from providers.errors import ContextTooLong
+from providers.metrics import FallbackMetrics
 from providers.models import ChatRequest, ChatResponse, StreamDelta
 from providers.pool import server_down
 
@@ -61,6 +63,18 @@ class FallbackProvider:
     def __init__(self, steps: Sequence[Step]) -> None:
         # The model asked for first, then its fallbacks in order.
         self.steps = tuple(steps)
+        self._metrics: FallbackMetrics | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_metrics": None}  # each process records its own
+
+    def _handed_on(self, n: int, error: BaseException) -> None:
+        """The call of step ``n`` goes to the next step, because of ``error``."""
+        if self._metrics is None:
+            self._metrics = FallbackMetrics()
+        asked, fallback = self.steps[0].model, self.steps[n + 1].model
+        self._metrics.handed_on(asked, fallback, error)
+        log.info("a call of %s goes to its fallback %s: %s", asked, fallback, error)
 
     async def chat(
         self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
@@ -76,7 +90,7 @@ class FallbackProvider:
             except Exception as error:
                 if last or not handed_on(error):
                     raise
-                log.info("%s's call %s goes to its fallback: %s", asked, options.request_id, error)
+                self._handed_on(n, error)
                 continue
             return response if n == 0 else response.model_copy(update={"fallback_from": asked})
         raise AssertionError("the last step raises or answers")
@@ -99,6 +113,7 @@ class FallbackProvider:
             except Exception as error:
                 if last or not handed_on(error):
                     raise
+                self._handed_on(n, error)
                 continue
             yield first
             async for delta in pieces:

@@ -35,3 +35,18 @@ class CallMetrics:
 
     def failed(self, error: BaseException, call: Labels) -> None:
         self._calls.inc({**call, "outcome": type(error).__name__})
+
+
+class FallbackMetrics:
+    """Calls a model's fallback took over, by the model asked, the one that took it and
+    why (the error's type)."""
+
+    def __init__(self) -> None:
+        self._taken = Counter(
+            "llm_fallbacks",
+            "Calls handed to a model's fallback, by the model asked, the fallback, and why.",
+            ("model", "fallback", "reason"),
+        )
+
+    def handed_on(self, model: str, fallback: str, error: BaseException) -> None:
+        self._taken.inc({"model": model, "fallback": fallback, "reason": type(error).__name__})

@@ -14,14 +14,16 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from actors.engine import SlotEngine
-from actors.errors import ConfigError
+from actors.errors import ConfigError, WaitTooLong
 from actors.groups import classify
 from actors.metrics import QueueMetrics
 from actors.options import CallOptions
 from actors.settings import TelemetrySettings
 from actors.telemetry import configure_telemetry
 from providers.errors import RateLimited
+from providers.fallback import FallbackProvider, Step
 from providers.metrics import CALL_BUCKETS, CallMetrics
+from providers.models import ChatMessage, ChatRequest, ChatResponse, Usage
 
 READER = InMemoryMetricReader()
 SPEC = classify("ollama", "http://localhost:11434")
@@ -140,3 +142,36 @@ def test_otlp_without_its_package_is_a_config_error_naming_the_setting(
     with pytest.raises(ConfigError, match="opentelemetry-exporter-otlp") as raised:
         configure_telemetry(settings)
     assert raised.value.source == field
+
+
+async def test_a_call_handed_to_a_fallback_is_counted_by_model_fallback_and_reason() -> None:
+    class Busy:
+        async def chat(self, request: ChatRequest, options: CallOptions) -> ChatResponse:
+            raise WaitTooLong("local-ollama", 9.0, options.max_wait or 0.0)
+
+    class Answers:
+        async def chat(self, request: ChatRequest, options: CallOptions) -> ChatResponse:
+            assert options.max_wait is None  # the last step waits
+            return ChatResponse(
+                text="ok",
+                finish_reason="stop",
+                usage=Usage(),
+                latency_seconds=0.1,
+                provider="openai",
+                group="remote-api-openai",
+                model=request.model,
+            )
+
+    provider = FallbackProvider(
+        [
+            Step("llama", Busy(), "llama3.2", 2.0),  # type: ignore[arg-type]
+            Step("gpt", Answers(), "gpt-4o-mini", None),  # type: ignore[arg-type]
+        ]
+    )
+    message = (ChatMessage(role="user", content="hi"),)
+
+    answer = await provider.chat(ChatRequest(model="llama3.2", messages=message))
+
+    assert (answer.model, answer.fallback_from) == ("gpt-4o-mini", "llama")
+    taken = point("llm_fallbacks", model="llama", fallback="gpt", reason="WaitTooLong")
+    assert taken.value == 1
