@@ -16,7 +16,11 @@ manager, then lets go, so every call could have been granted in any order.
 3. Two 50 ms servers, one killed (SIGKILL) at half time: calls lost (must be
    0), calls failed, calls the other server answered after the kill, and the
    time until the manager had the dead one out of rotation (the goal: 2 s).
-4. With the ``compare`` extra (``.venv/bin/pip install -e '.[compare]'``),
+4. Fallback: a cap-1 server of 50 ms calls whose model falls back to a
+   "remote" server (loopback, no limit) past ``fallback_after_seconds: 2``; a
+   burst of 100 calls: those the manager estimates would wait past 2 s go
+   to the remote at once, the others wait; the local server never above 1.
+5. With the ``compare`` extra (``.venv/bin/pip install -e '.[compare]'``),
    LiteLLM's Router over the same two 50 ms servers: two deployments of one
    model name, ``max_parallel_requests: 1`` each, ``least-busy`` routing,
    its priority scheduler; without retries and with 8.
@@ -259,6 +263,57 @@ def _group_of(url: str) -> str:
     return classify("openai-compatible", url).id
 
 
+async def fallback_burst(count: int, latency: float, after: float) -> list[str]:
+    """``count`` calls at once to a cap-1 server's model that falls back after ``after``
+    seconds to an unlimited one (see the module)."""
+    from actors.client import ManagerClient
+    from actors.groups import ModelEntry
+    from actors.options import CallOptions
+    from actors.settings import QueueSettings, Settings
+    from providers.actor import provider_for_model
+    from providers.models import ChatMessage, ChatRequest
+
+    async with servers([latency, latency]) as pair:
+        (local, _), (remote, _) = pair
+        settings = Settings(
+            models={
+                "local": ModelEntry(
+                    provider="openai-compatible",
+                    base_url=local,
+                    fallbacks=("remote",),
+                    fallback_after_seconds=after,
+                ),
+                "remote": ModelEntry(provider="openai-compatible", base_url=remote),
+            },
+            queue=QueueSettings(group_limits={_group_of(remote): None}),
+        )
+        manager = ManagerClient.create(settings, name=f"pools-{uuid.uuid4().hex[:6]}")
+        provider, model = provider_for_model(settings, "local", manager)
+        await provider.ready()
+
+        async def one(n: int) -> tuple[float, str | None]:
+            message = ChatMessage(role="user", content=f"call-{n}")
+            request = ChatRequest(model=model, messages=(message,), max_tokens=8)
+            started = time.monotonic()
+            answer = await provider.chat(request, CallOptions(request_id=f"call-{n}"))
+            return time.monotonic() - started, answer.fallback_from
+
+        for n in range(-10, 0):  # the manager learns how long a call takes
+            await one(n)
+        for url in (local, remote):
+            await calls_at(url)
+        answers = await asyncio.gather(*(one(n) for n in range(count)))
+        at_local, at_remote = await calls_at(local), await calls_at(remote)
+        manager.kill()
+    stayed = sorted(seconds for seconds, by in answers if by is None)
+    moved = sorted(seconds for seconds, by in answers if by is not None)
+    return [
+        f"{len(stayed)} calls stayed on the local server (took at most {stayed[-1]:.2f} s; "
+        f"most at once there: {peak(at_local)}), {len(moved)} went to the fallback (took at "
+        f"most {moved[-1] if moved else 0:.2f} s; {len(at_remote)} calls reached it)"
+    ]
+
+
 async def beside_litellm(asked: list[Request], latency: float) -> list[str]:
     priority = {r.tag: r.priority for r in asked}
     if importlib.util.find_spec("litellm") is None:
@@ -286,6 +341,9 @@ async def main(count: int, seed: int) -> None:
     print(f"## one of two 50 ms servers killed at half time, {count} calls\n")
     print(HEADER)
     print("\n".join(await killed_server(asked, 0.05)))
+    print()
+    print("## fallback after 2 s: a cap-1 server of 50 ms calls, a burst of 100\n")
+    print("\n".join(await fallback_burst(100, 0.05, 2.0)))
     print()
     print(f"## beside LiteLLM's router, two 50 ms servers, {count} calls\n")
     print(HEADER)
