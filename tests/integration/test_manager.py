@@ -544,6 +544,6 @@ async def test_stats_command_prints_the_running_clusters_queue(ray_session: None
     assert total == "total active 1, pending 0; global cap none"
     # The slot is this driver's: its Ray job's flow runs one call and has waited none.
     assert flows_of == f"flows of {LOCAL_SERVER.id}"
-    assert flows_header.split() == ["flow", "waiting", "running", "served", "share"]
+    assert flows_header.split() == ["flow", "waiting", "running", "held", "service", "share"]
     job = f"job:{ray.get_runtime_context().get_job_id()}"
     assert flow.split()[:3] == [job, "0", "1"]
