@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Protocol
 
+import ray
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
@@ -119,6 +120,12 @@ class ProviderClient:
         with self._actor_lost():
             node: str = await unwrap(self.handle.node_id.remote())
         return node
+
+    async def on_this_node(self) -> bool:
+        """Whether the actor runs on the caller's node: where a loopback address means
+        the server it is pinned beside (see :mod:`providers.inprocess`)."""
+        here: str = ray.get_runtime_context().get_node_id()
+        return await self.node_id() == here
 
 
 class EmbeddedModelClient(ProviderClient):

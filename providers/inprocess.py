@@ -19,8 +19,6 @@ the caller's lifeline, as for any caller; see :mod:`actors.watch`).
 
 from __future__ import annotations
 
-import ray
-
 from actors.client import ManagerClient
 from actors.groups import ResourceKind, model_entry
 from actors.settings import Settings
@@ -47,7 +45,7 @@ async def provider_in_reach(
     name = entry.name or model_id
     if spec.kind is ResourceKind.LOCAL_SERVER:
         actor = get_or_create_provider(spec, options, manager)
-        if await actor.node_id() != ray.get_runtime_context().get_node_id():
+        if not await actor.on_this_node():
             return actor, name
     slots = manager if manager is not None else NoSlots()
     return gated_provider(spec, options, slots), name

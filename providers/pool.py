@@ -33,8 +33,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import ray
-
 from actors.engine import Lease
 from actors.groups import GroupSpec, ResourceKind
 from actors.leases import TokensUsed
@@ -172,22 +170,21 @@ class PooledProvider:
         if not unknown:
             return
         await asyncio.gather(*(self.slots.register(self.servers[g].spec) for g in unknown))
-        here = ray.get_runtime_context().get_node_id()
-        nodes = await asyncio.gather(
-            *(self._node_of(self.servers[group]) for group in unknown), return_exceptions=True
+        reached = await asyncio.gather(
+            *(self._in_reach(self.servers[group]) for group in unknown), return_exceptions=True
         )
-        for group, node in zip(unknown, nodes, strict=True):
-            if isinstance(node, BaseException) and not isinstance(node, Exception):
-                raise node
-            if not isinstance(node, Exception):
-                self._near[group] = self.servers[group].nearby() if node in (here, None) else None
+        for group, near in zip(unknown, reached, strict=True):
+            if isinstance(near, BaseException) and not isinstance(near, Exception):
+                raise near
+            if not isinstance(near, Exception):
+                self._near[group] = self.servers[group].nearby() if near else None
 
     @staticmethod
-    async def _node_of(server: Server) -> str | None:
-        """The node a loopback server's address means; None: any node reaches it."""
-        if server.spec.kind is not ResourceKind.LOCAL_SERVER:
-            return None
-        return await server.actor.node_id()
+    async def _in_reach(server: Server) -> bool:
+        """A remote server is in reach from any node; one on loopback from its actor's."""
+        return (
+            server.spec.kind is not ResourceKind.LOCAL_SERVER or await server.actor.on_this_node()
+        )
 
     def _reach(self, group: str) -> GatedProvider | ProviderClient:
         """Who calls the server of ``group`` from here: this process, when it reaches the
