@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -413,21 +413,14 @@ class Settings(BaseSettings):
     def _one_limit_per_server(self) -> Settings:
         """A server named by several deployments (one Ollama serving two pooled models) is
         one group with one limit: they may not disagree, nor with `queue.group_limits`."""
-        said = {
-            group: (limit, "queue.group_limits") for group, limit in self.queue.group_limits.items()
-        }
-        for model_id, entry in self.models.items():
-            for n, server in enumerate(entry.deployments):
-                if server.limit is None:
-                    continue
-                where = f"models.{model_id}.deployments.{n}.limit"
-                group = server.spec().id
-                before = said.setdefault(group, (server.limit, where))
-                if before[0] != server.limit:
-                    raise ValueError(
-                        f"{where} is {server.limit}, but {before[1]} gives {group} the "
-                        f"limit {before[0]}: one server, one limit"
-                    )
+        said: dict[str, tuple[int | None, str]] = {}
+        for group, limit, where in self._limits_said():
+            before = said.setdefault(group, (limit, where))
+            if before[0] != limit:
+                raise ValueError(
+                    f"{where} is {limit}, but {before[1]} gives {group} the limit "
+                    f"{before[0]}: one server, one limit"
+                )
         return self
 
     @model_validator(mode="after")
@@ -449,12 +442,20 @@ class Settings(BaseSettings):
 
     def group_limits(self) -> dict[str, int | None]:
         """Each group's configured limit: `queue.group_limits`, and each deployment's."""
-        limits = dict(self.queue.group_limits)
-        for entry in self.models.values():
-            for server in entry.deployments:
-                if server.limit is not None:
-                    limits.setdefault(server.spec().id, server.limit)
+        limits: dict[str, int | None] = {}
+        for group, limit, _ in self._limits_said():
+            limits.setdefault(group, limit)
         return limits
+
+    def _limits_said(self) -> Iterator[tuple[str, int | None, str]]:
+        """Each limit the settings give a group, with the field that gives it:
+        `queue.group_limits` first, then the deployments' `limit`."""
+        for group, limit in self.queue.group_limits.items():
+            yield group, limit, "queue.group_limits"
+        for model_id, entry in self.models.items():
+            for n, server in enumerate(entry.deployments):
+                if server.limit is not None:
+                    yield server.spec().id, server.limit, f"models.{model_id}.deployments.{n}.limit"
 
     @classmethod
     def settings_customise_sources(
