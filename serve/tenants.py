@@ -101,7 +101,13 @@ def may_use(tenant: Tenant | None, model: str) -> bool:
 
 def sees(tenant: Tenant | None, flow: str) -> bool:
     """Whether ``tenant`` is shown the calls of ``flow`` by name (without tenants: all)."""
-    return tenant is None or tenant.settings.sees_all or flow == tenant.flow
+    return sees_all(tenant) or (tenant is not None and flow == tenant.flow)
+
+
+def sees_all(tenant: Tenant | None) -> bool:
+    """Whether ``tenant`` is shown every flow by name: one with ``sees_all``, or anyone
+    with ``serve.auth`` off (no tenant)."""
+    return tenant is None or tenant.settings.sees_all
 
 
 def served_priority(tenant: Tenant | None, asked: int | None) -> int:
@@ -128,7 +134,7 @@ def no_such_model(model: str) -> str:
 
 def stats_seen_by(tenant: Tenant | None, stats: QueueStats) -> QueueStats:
     """``stats`` as ``tenant`` may see them (see the module)."""
-    if tenant is None or tenant.settings.sees_all:
+    if sees_all(tenant):
         return stats
     groups = {
         gid: group.model_copy(update={"flows": _flows_seen_by(tenant, group.flows)})
@@ -139,7 +145,7 @@ def stats_seen_by(tenant: Tenant | None, stats: QueueStats) -> QueueStats:
 
 def view_seen_by(tenant: Tenant | None, view: QueueView) -> QueueView:
     """``view`` as ``tenant`` may see it (see the module)."""
-    if tenant is None or tenant.settings.sees_all:
+    if sees_all(tenant):
         return view
     groups = {
         gid: activity.model_copy(
@@ -150,7 +156,7 @@ def view_seen_by(tenant: Tenant | None, view: QueueView) -> QueueView:
     return view.model_copy(update={"stats": stats_seen_by(tenant, view.stats), "groups": groups})
 
 
-def _flows_seen_by(tenant: Tenant, flows: Mapping[str, FlowStats]) -> dict[str, FlowStats]:
+def _flows_seen_by(tenant: Tenant | None, flows: Mapping[str, FlowStats]) -> dict[str, FlowStats]:
     seen = {flow: stats for flow, stats in flows.items() if sees(tenant, flow)}
     others = [stats for flow, stats in flows.items() if not sees(tenant, flow)]
     if others:
@@ -160,7 +166,7 @@ def _flows_seen_by(tenant: Tenant, flows: Mapping[str, FlowStats]) -> dict[str, 
     return seen
 
 
-def _seen_call(tenant: Tenant, call: WaitingCall) -> WaitingCall:
+def _seen_call(tenant: Tenant | None, call: WaitingCall) -> WaitingCall:
     if sees(tenant, call.flow):
         return call
     digest = hashlib.blake2b(call.request_id.encode(), key=_ID_MASK, digest_size=8)
