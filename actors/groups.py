@@ -153,23 +153,26 @@ def classify(
     )
 
 
+# What a server's settings mean, for a model of one server and for a pool's deployments.
+_PROVIDER_DOC = (
+    "The backend's API: `openai`, `anthropic`, `ollama`, `lmstudio`, or `openai-compatible` "
+    "(vLLM, llama.cpp's server)."
+)
+_BASE_URL_DOC = "The server's address; none: the provider's usual one."
+_HOST_DOC = (
+    "The GPU host of a server on loopback: its provider actor runs on the node with the "
+    "resource `gpu_host:<host>`; none: the caller's node."
+)
+
+
 class Deployment(BaseModel):
     """One server of a model: its API, address, GPU host and limit."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    provider: Provider = Field(
-        description="The backend's API: `openai`, `anthropic`, `ollama`, `lmstudio`, or "
-        "`openai-compatible` (vLLM, llama.cpp's server)."
-    )
-    base_url: str | None = Field(
-        default=None, description="The server's address; none: the provider's usual one."
-    )
-    host: str | None = Field(
-        default=None,
-        description="The GPU host of a server on loopback: its provider actor runs on the "
-        "node with the resource `gpu_host:<host>`; none: the caller's node.",
-    )
+    provider: Provider = Field(description=_PROVIDER_DOC)
+    base_url: str | None = Field(default=None, description=_BASE_URL_DOC)
+    host: str | None = Field(default=None, description=_HOST_DOC)
     limit: PositiveInt | None = Field(
         default=None,
         description="The calls the server takes at once (its group's limit, as "
@@ -196,18 +199,10 @@ class ModelEntry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     provider: Provider | None = Field(
-        default=None,
-        description="The backend's API: `openai`, `anthropic`, `ollama`, `lmstudio`, or "
-        "`openai-compatible` (vLLM, llama.cpp's server); or name `deployments`.",
+        default=None, description=_PROVIDER_DOC.removesuffix(".") + "; or name `deployments`."
     )
-    base_url: str | None = Field(
-        default=None, description="The server's address; none: the provider's usual one."
-    )
-    host: str | None = Field(
-        default=None,
-        description="The GPU host of a server on loopback: its provider actor runs on the "
-        "node with the resource `gpu_host:<host>`; none: the caller's node.",
-    )
+    base_url: str | None = Field(default=None, description=_BASE_URL_DOC)
+    host: str | None = Field(default=None, description=_HOST_DOC)
     name: str | None = Field(
         default=None, description="The name the backend knows the model by; none: the id."
     )
