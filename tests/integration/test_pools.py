@@ -116,13 +116,15 @@ async def test_a_killed_callers_pool_waits_leave_both_queues_at_once(
     assert stats.total_pending == 0
 
 
+def deployed(*servers: FakeLLMServer) -> tuple[Deployment, ...]:
+    """A deployment of each loopback server (a cap-1 group each)."""
+    return tuple(Deployment(provider="openai-compatible", base_url=s.url + "/v1") for s in servers)
+
+
 def pooled(servers: list[FakeLLMServer]) -> Settings:
     """The main job on model "pooled": one deployment per server, each a cap-1 group."""
-    deployments = tuple(
-        Deployment(provider="openai-compatible", base_url=server.url + "/v1") for server in servers
-    )
     return Settings(
-        models={"pooled": ModelEntry(deployments=deployments)},
+        models={"pooled": ModelEntry(deployments=deployed(*servers))},
         pipeline=PipelineSettings(model="pooled", plateaus=2, mapping_types=("data",)),
         providers=ProviderSettings(retry_attempts=2, retry_deadline_seconds=10),
     )
@@ -186,9 +188,7 @@ async def test_pools_and_fallbacks_over_http(ray_session: None) -> None:
         FakeLLMServer(OpenAIDialect(), responder=respond) as b,
         FakeLLMServer(OpenAIDialect(), responder=respond) as down,
     ):
-        servers = tuple(
-            Deployment(provider="openai-compatible", base_url=s.url + "/v1") for s in (a, b)
-        )
+        servers = deployed(a, b)
         down.kill()
         settings = Settings(
             models={
@@ -292,9 +292,7 @@ async def test_a_pool_with_no_server_up_hands_its_calls_to_the_fallback(
         FakeLLMServer(OpenAIDialect(), responder=respond) as b,
         FakeLLMServer(OpenAIDialect(), responder=respond) as remote,
     ):
-        servers = tuple(
-            Deployment(provider="openai-compatible", base_url=s.url + "/v1") for s in (a, b)
-        )
+        servers = deployed(a, b)
         settings = with_fallback(ModelEntry(deployments=servers, fallbacks=("remote",)), remote)
         client = make_manager()
         provider, _ = provider_for_model(settings, "primary", client)
@@ -342,8 +340,7 @@ async def test_the_main_job_records_which_answers_its_models_fallback_gave(
         FakeLLMServer(OpenAIDialect(), responder=plateau_answer) as down,
         FakeLLMServer(OpenAIDialect(), responder=plateau_answer) as remote,
     ):
-        server = Deployment(provider="openai-compatible", base_url=down.url + "/v1")
-        primary = ModelEntry(deployments=(server,), fallbacks=("remote",))
+        primary = ModelEntry(deployments=deployed(down), fallbacks=("remote",))
         settings = with_fallback(primary, remote)
         settings = settings.model_copy(
             update={
