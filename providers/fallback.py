@@ -24,7 +24,7 @@ False`` (over HTTP, ``X-Fallback: off``) keeps a call on the model asked.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -68,8 +68,22 @@ class FallbackProvider:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_metrics": None}  # each process records its own
 
-    def _handed_on(self, n: int, error: BaseException) -> None:
-        """The call of step ``n`` goes to the next step, because of ``error``."""
+    def _tries(
+        self, request: ChatRequest, options: CallOptions
+    ) -> Iterator[tuple[int, bool, ModelProvider, ChatRequest, CallOptions]]:
+        """Each step a call tries, in order: its number, whether it is the last (its error
+        is the call's), its provider, and the request and options it is asked with."""
+        for n, step in enumerate(self.steps):
+            last = n == len(self.steps) - 1 or not options.fallbacks
+            asking = options if last else replace(options, max_wait=step.after)
+            yield n, last, step.provider, request.model_copy(update={"model": step.name}), asking
+            if last:
+                return
+
+    def _hand_on(self, n: int, last: bool, error: Exception) -> None:
+        """Step ``n`` failed with ``error``: raise it, unless the next step takes the call."""
+        if last or not handed_on(error):
+            raise error
         if self._metrics is None:
             self._metrics = FallbackMetrics()
         asked, fallback = self.steps[0].model, self.steps[n + 1].model
@@ -79,20 +93,15 @@ class FallbackProvider:
     async def chat(
         self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
     ) -> ChatResponse:
-        asked = self.steps[0].model
-        for n, step in enumerate(self.steps):
-            last = n == len(self.steps) - 1 or not options.fallbacks
+        for n, last, provider, asked, asking in self._tries(request, options):
             try:
-                response = await step.provider.chat(
-                    request.model_copy(update={"model": step.name}),
-                    options if last else replace(options, max_wait=step.after),
-                )
+                response = await provider.chat(asked, asking)
             except Exception as error:
-                if last or not handed_on(error):
-                    raise
-                self._handed_on(n, error)
+                self._hand_on(n, last, error)
                 continue
-            return response if n == 0 else response.model_copy(update={"fallback_from": asked})
+            if n == 0:
+                return response
+            return response.model_copy(update={"fallback_from": self.steps[0].model})
         raise AssertionError("the last step raises or answers")
 
     async def stream(
@@ -100,20 +109,14 @@ class FallbackProvider:
     ) -> AsyncIterator[StreamDelta]:
         """Streamed by the first model that takes the call (before its first piece: a
         stream that failed midway is not started again elsewhere)."""
-        for n, step in enumerate(self.steps):
-            last = n == len(self.steps) - 1 or not options.fallbacks
-            pieces = step.provider.stream(
-                request.model_copy(update={"model": step.name}),
-                options if last else replace(options, max_wait=step.after),
-            )
+        for n, last, provider, asked, asking in self._tries(request, options):
+            pieces = provider.stream(asked, asking)
             try:
                 first = await anext(aiter(pieces))
             except StopAsyncIteration:
                 return
             except Exception as error:
-                if last or not handed_on(error):
-                    raise
-                self._handed_on(n, error)
+                self._hand_on(n, last, error)
                 continue
             yield first
             async for delta in pieces:
