@@ -163,9 +163,10 @@ class SlotEngine:
         pool = pool_of(group_id)
         groups = [self.groups[g] for g in pool]
         group = groups[0]
+        now = self.clock()
         if caller is not None and self.callers.gone(caller):
             raise CallerGone(str(Caller(caller)))
-        if not started and (unavailable := self._unavailable(groups)) is not None:
+        if not started and (unavailable := self._unavailable(groups, now)) is not None:
             raise unavailable
         if (restored := self.leases.claim_restored(lease_id)) is not None:
             return restored  # granted before a restart, its answer lost: Ray retried it
@@ -177,7 +178,6 @@ class SlotEngine:
         arrival = self.arrivals.arrival(options.asked_at)
         unit = self.arrivals.unit(options.unit, arrival)
         self.callers.note(lease_id, caller)
-        now = self.clock()
         free = [g for g in groups if g.fits_now(options.tokens, now)] if self._global_room() else []
         if started or free:
             group = group if started else min(free, key=_busy)
@@ -199,7 +199,7 @@ class SlotEngine:
             raise QueueFull(full.spec.id, ahead, self.max_pending_per_group, wait)
         room = width(_pool_limit(groups), self.global_limit)
         key = grant_key(options.priority, arrival, unit=unit, critical=options.critical, width=room)
-        if options.max_wait is not None and (late := self._too_long(groups, key, options)):
+        if options.max_wait is not None and (late := self._too_long(groups, key, options, now)):
             self.callers.forget(lease_id)
             self.recorder.finished(group, Outcome.REJECTED)
             raise late
@@ -271,11 +271,12 @@ class SlotEngine:
         that may use no other group in rotation fail at once, with each group's reason:
         returned by lease id, with the leases granted meanwhile."""
         group = self.groups[group_id]
-        group.outage = Outage(reason, self.clock() + seconds)
+        now = self.clock()
+        group.outage = Outage(reason, now + seconds)
         failed: dict[str, PoolUnavailable] = {}
         for lease_id in group.queue.lease_ids():
             waiter = self.waiters[lease_id]
-            unavailable = self._unavailable([self.groups[g] for g in waiter.groups])
+            unavailable = self._unavailable([self.groups[g] for g in waiter.groups], now)
             if unavailable is not None:
                 failed[lease_id] = unavailable
         for lease_id in failed:
@@ -398,11 +399,10 @@ class SlotEngine:
     # -- internals ------------------------------------------------------------
 
     def _too_long(
-        self, groups: list[Group], key: GrantKey, options: CallOptions
+        self, groups: list[Group], key: GrantKey, options: CallOptions, now: float
     ) -> WaitTooLong | None:
         """The error of a call whose estimated wait, at its best group, is past its
         ``max_wait``; None if it is not, or nothing is known to estimate it by yet."""
-        now = self.clock()
         waits = [
             (wait, g.spec.id)
             for g in groups
@@ -419,9 +419,9 @@ class SlotEngine:
         assert options.max_wait is not None
         return WaitTooLong(group_id, wait, options.max_wait) if wait > options.max_wait else None
 
-    def _unavailable(self, groups: list[Group]) -> PoolUnavailable | None:
-        """The error of a call none of whose ``groups`` is in rotation; None if one is."""
-        now = self.clock()
+    def _unavailable(self, groups: list[Group], now: float) -> PoolUnavailable | None:
+        """The error of a call none of whose ``groups`` is in rotation at ``now``; None if
+        one is."""
         if any(not group.out(now) for group in groups):
             return None
         return PoolUnavailable({g.spec.id: g.outage.reason for g in groups if g.outage})
