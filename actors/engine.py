@@ -166,10 +166,10 @@ class SlotEngine:
         now = self.clock()
         if caller is not None and self.callers.gone(caller):
             raise CallerGone(str(Caller(caller)))
-        if not started and (unavailable := self._unavailable(groups, now)) is not None:
-            raise unavailable
         if (restored := self.leases.claim_restored(lease_id)) is not None:
             return restored  # granted before a restart, its answer lost: Ray retried it
+        if not started and (unavailable := self._unavailable(groups, now)) is not None:
+            raise unavailable
         if self.leases.refuse_late(lease_id):
             raise LeaseRetired(lease_id)
         if lease_id in self.waiters or lease_id in self.leases:
@@ -266,13 +266,15 @@ class SlotEngine:
         self, group_id: str, reason: str, seconds: float
     ) -> tuple[dict[str, PoolUnavailable], list[Lease]]:
         """A caller found the group's server down (its circuit open, its server gone, its
-        node lost): it takes no grant for ``seconds``, then it is back in rotation and
-        its next call is the probe (a failure there puts it out again). Its waiters
-        that may use no other group in rotation fail at once, with each group's reason:
-        returned by lease id, with the leases granted meanwhile."""
+        node lost): it takes no grant for ``seconds``. Its waiters that may use no other
+        group in rotation fail at once, with each group's reason: returned by lease id,
+        with the leases granted meanwhile. Then one call is let in, the probe; the group
+        is back in rotation when it ends without finding the server down (see
+        :class:`actors.groupstate.Outage`)."""
         group = self.groups[group_id]
         now = self.clock()
         group.outage = Outage(reason, now + seconds)
+        self.recorder.rotation(group)
         failed: dict[str, PoolUnavailable] = {}
         for lease_id in group.queue.lease_ids():
             waiter = self.waiters[lease_id]
@@ -283,7 +285,6 @@ class SlotEngine:
             first = self.holdings.unqueue(lease_id)
             assert first is not None
             self.recorder.finished(first, Outcome.REJECTED)
-        self.recorder.levels(group)
         return failed, self._dispatch()
 
     def throttled(self, group_id: str, lease_id: str, retry_after: float | None) -> GroupInfo:

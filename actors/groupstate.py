@@ -65,13 +65,17 @@ class Waiter:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outage:
     """Why a group's server takes no calls (its circuit open, its server or its node
-    gone), and until when; then it is back in rotation, its next call the probe."""
+    gone), and until when. Then it is half-open: one call is let in, the *probe*, and
+    none beside it; once the probe ends without finding the server down, the group is
+    back in rotation (see :class:`actors.holdings.Holdings`)."""
 
     reason: str
     until: float
+    # The lease of the probe in flight; None: none yet (or the last one never ended).
+    probe: str | None = None
 
 
 @dataclass(slots=True)
@@ -91,11 +95,19 @@ class Group:
     outage: Outage | None = None
 
     def has_room(self) -> bool:
+        """Below its limit, and no probe in flight (see :class:`Outage`)."""
+        if self.outage is not None and self.outage.probe is not None:
+            return False
         return self.limit is None or self.active < self.limit
 
     def out(self, now: float) -> bool:
         """Whether the group's server is out of rotation at ``now``."""
         return self.outage is not None and now < self.outage.until
+
+    def probing(self, now: float) -> bool:
+        """Whether its outage has passed at ``now`` and its next grant is the probe, or
+        the probe is in flight."""
+        return self.outage is not None and now >= self.outage.until
 
     def fits_now(self, tokens: int, now: float) -> bool:
         """Whether a new arrival may start now: in rotation, room, and budget with nobody

@@ -78,8 +78,11 @@ class Holdings:
     ) -> Lease:
         """Hold ``lease`` for a call of ``flow`` that waited ``waited`` seconds, charged
         ``tokens`` to the budget and the group's estimated cost of a call to the flow's
-        share (corrected by :meth:`free` with its true cost)."""
+        share (corrected by :meth:`free` with its true cost). The first grant of a group
+        whose outage has passed is its probe (see :class:`actors.groupstate.Outage`)."""
         self.hold(group, lease)
+        if (outage := group.outage) is not None and group.probing(self._clock()):
+            outage.probe = outage.probe or lease.id
         estimate = group.queue.estimate_for(flow)
         group.queue.charge(flow, estimate, weight)
         group.charged[lease.id] = (flow, estimate)
@@ -99,10 +102,17 @@ class Holdings:
         self, lease_id: str, used: TokensUsed | None = None, *, released: bool = False
     ) -> Group:
         """Forget a held lease (see LeaseTable.free); ``used``: what its call used, if its
-        answer said; ``released``: by its holder."""
+        answer said; ``released``: by its holder. A probe released ends its group's
+        outage (its caller marks the group out first if the probe found the server down);
+        one that expired or whose caller died or gave up lets in another."""
         lease, held = self._leases.free(lease_id)
         self._callers.forget(lease_id)
         group = self._groups[lease.group]
+        if (outage := group.outage) is not None and outage.probe == lease_id:
+            outage.probe = None
+            if released:
+                group.outage = None
+                self._recorder.rotation(group)
         group.leases.discard(lease_id)
         group.active -= 1
         self.total_active -= 1

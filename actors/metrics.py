@@ -122,6 +122,12 @@ class QueueMetrics:
             "The requests per minute a group learned from its provider's 429s.",
             GROUP,
         )
+        self._out_of_rotation = Gauge(
+            "llm_queue_out_of_rotation",
+            "1 while a group's server is out of rotation (found down, or its probe not yet "
+            "back), else 0.",
+            GROUP,
+        )
         self._wait = Histogram(
             "llm_queue_wait_seconds",
             "Time from a request's arrival to its grant.",
@@ -188,6 +194,10 @@ class QueueMetrics:
     def learned_rpm(self, group: str, kind: str, rpm: float) -> None:
         with self._lock:
             self._last[self._learned_rpm, (group, kind)] = rpm
+
+    def rotation(self, group: str, kind: str, out: bool) -> None:
+        with self._lock:
+            self._last[self._out_of_rotation, (group, kind)] = int(out)
 
     def flush(self) -> None:
         """Record what was noted since the last flush."""

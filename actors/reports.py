@@ -116,6 +116,9 @@ class Observer(Protocol):
     def learned_rpm(self, group: str, kind: str, rpm: float) -> None:
         """The group's rate, as learned from its 429s, after each change."""
 
+    def rotation(self, group: str, kind: str, out: bool) -> None:
+        """The group's server left the rotation (``out``), or its probe brought it back."""
+
 
 class Recorder:
     """Notes the engine's changes in each group's tally and tells the observer.
@@ -168,6 +171,11 @@ class Recorder:
         self.learned(group)
         if self._observer is not None:
             self._observer.throttled(group.spec.id, group.spec.kind, pause)
+
+    def rotation(self, group: Group) -> None:
+        self.levels(group)
+        if self._observer is not None:
+            self._observer.rotation(group.spec.id, group.spec.kind, group.outage is not None)
 
     def learned(self, group: Group) -> None:
         adaptation = group.throttle.adaptation
@@ -230,8 +238,9 @@ def group_stats(group: Group, now: float) -> GroupStats:
         learned_rpm=None if throttle.adaptation is None else round(throttle.adaptation.rpm),
         paused_seconds=_paused(budget, now),
         throttled=throttle.count,
-        out_reason=group.outage.reason if group.outage and group.out(now) else None,
+        out_reason=group.outage.reason if group.outage else None,
         out_seconds=max(0.0, group.outage.until - now) if group.outage else 0.0,
+        probing=group.probing(now),
         requests_left=left[0],
         tokens_left=left[1],
         active=group.active,

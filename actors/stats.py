@@ -67,9 +67,12 @@ class GroupStats(Snapshot):
     paused_seconds: float = 0.0
     throttled: int = 0
     # Why the group's server is out of rotation (see SlotEngine.mark_out), and for how
-    # many seconds more; None: in rotation.
+    # many seconds more; None: in rotation. Once those pass it is ``probing``: one call is
+    # let in, and the group is back in rotation when it ends without finding the server
+    # down.
     out_reason: str | None = None
     out_seconds: float = 0.0
+    probing: bool = False
     active: int
     # The most calls of this group that ever held a slot at once.
     peak_active: int

@@ -45,7 +45,9 @@ def render(stats: QueueStats) -> str:
         f"total active {stats.total_active}, pending {stats.total_pending}; global cap {cap}"
     )
     for group, g in sorted(stats.groups.items()):
-        if g.out_reason is not None:
+        if g.probing:
+            lines.append(f"probing (one call let in): {group}: {g.out_reason}")
+        elif g.out_reason is not None:
             lines.append(f"out of rotation for {g.out_seconds:.1f} s more: {group}: {g.out_reason}")
     for group, g in sorted(stats.groups.items()):
         if any(flow.waiting or flow.running for flow in g.flows.values()):

@@ -76,8 +76,10 @@ function figures(g) {
     ["wait p50 / p95", `${seconds(g.waitP50Seconds)} / ${seconds(g.waitP95Seconds)}`],
   ];
   if (g.pausedSeconds > 0) list.push(["paused", `${seconds(g.pausedSeconds)} (a 429)`]);
-  // Its server is down: no grants here until then (see actors/engine.py, mark_out).
-  if (g.outReason) list.push(["out of rotation", `${seconds(g.outSeconds)} more: ${g.outReason}`]);
+  // Its server is down: no grants here until then, then one call, the probe (see
+  // actors/engine.py, mark_out).
+  if (g.probing) list.push(["probing", `one call let in after: ${g.outReason}`]);
+  else if (g.outReason) list.push(["out of rotation", `${seconds(g.outSeconds)} more: ${g.outReason}`]);
   return list;
 }
 

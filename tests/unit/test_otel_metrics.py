@@ -103,6 +103,25 @@ def test_queue_submissions_grants_outcomes_and_levels() -> None:
     assert point("llm_queue_pending", **QUEUE).value == 0
 
 
+def test_a_group_out_of_rotation_is_1_until_its_probe_answers() -> None:
+    now = [0.0]
+    queue_metrics = QueueMetrics(export_seconds=None)
+    engine = SlotEngine(epoch=1, clock=lambda: now[0], observer=queue_metrics)
+    engine.register(SPEC)
+
+    engine.mark_out(SPEC.id, "connection refused", 5.0)
+    queue_metrics.flush()
+    assert point("llm_queue_out_of_rotation", **QUEUE).value == 1
+    now[0] = 5.0
+    probe = engine.acquire(SPEC.id, "probe")
+    assert probe is not None
+    queue_metrics.flush()
+    assert point("llm_queue_out_of_rotation", **QUEUE).value == 1  # not back before it answers
+    engine.release("probe", probe.epoch)
+    queue_metrics.flush()
+    assert point("llm_queue_out_of_rotation", **QUEUE).value == 0
+
+
 CONSOLE = """
 from providers.metrics import CallMetrics
 from actors.settings import TelemetrySettings

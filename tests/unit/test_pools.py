@@ -7,6 +7,7 @@ import pytest
 
 from actors.errors import EmptyPool, PoolUnavailable, QueueFull, WaitTooLong
 from actors.groups import classify, pool_of
+from actors.journal import GroupRecord, HeldLease
 from actors.options import CallOptions
 from pipelines.view import render
 from tests.unit.conftest import Harness
@@ -190,6 +191,73 @@ def test_a_server_is_back_in_rotation_after_its_time_out_and_takes_its_waiter() 
     harness.clock.advance(5.0)
     assert harness._record(harness.engine.tick()) == ["pooled"]
     assert held_group(harness, "pooled") == GPU_B.id
+
+
+def probing(limit: int = 2) -> Harness:
+    """A pool whose server B was out for 5 s, which have passed; A is busy."""
+    harness = pool(limit=limit)
+    for n in range(limit):
+        harness.ask(GPU_A, f"a-busy-{n}")
+    harness.engine.mark_out(GPU_B.id, "connection refused", 5.0)
+    harness.clock.advance(5.0)
+    return harness
+
+
+def test_a_server_back_from_its_time_out_takes_one_call_the_probe_until_it_answers() -> None:
+    harness = probing(limit=2)
+
+    harness.ask(POOL, "probe")
+    harness.ask(POOL, "held-back")
+
+    assert held_group(harness, "probe") == GPU_B.id
+    assert not harness.granted_now("held-back")  # B has room, but its probe is out
+    stats = harness.engine.stats()
+    assert stats.groups[GPU_B.id].probing
+    assert f"probing (one call let in): {GPU_B.id}: connection refused" in render(stats)
+    assert harness.done("probe") == ["held-back"]  # answered: B is back in rotation
+    after = harness.engine.stats().groups[GPU_B.id]
+    assert (after.probing, after.out_reason) == (False, None)
+    harness.ask(POOL, "beside")
+    assert held_group(harness, "beside") == GPU_B.id  # B's limit of 2 again
+
+
+def test_a_probe_that_finds_the_server_down_keeps_it_out_for_another_time_out() -> None:
+    harness = probing()
+    harness.ask(GPU_B, "probe")
+    harness.ask(POOL, "waits")
+
+    harness.engine.mark_out(GPU_B.id, "connection refused again", 5.0)  # then it releases
+
+    assert harness.done("probe") == []
+    assert harness.engine.stats().groups[GPU_B.id].out_reason == "connection refused again"
+    harness.clock.advance(5.0)
+    assert harness._record(harness.engine.tick()) == ["waits"]  # the next probe
+    assert held_group(harness, "waits") == GPU_B.id
+
+
+def test_a_probe_whose_caller_died_lets_in_another() -> None:
+    harness = probing()
+    harness.engine.acquire(GPU_B.id, "probe", caller="dead")
+    harness.ask(GPU_B, "waits")
+
+    _, granted = harness.engine.drop_caller("dead")
+
+    assert [lease.request_id for lease in granted] == ["waits"]
+    assert harness.engine.stats().groups[GPU_B.id].probing  # its answer is the one awaited
+
+
+def test_a_lease_restored_after_a_restart_is_found_again_though_its_pool_went_out() -> None:
+    """Ray retried an acquire across a manager restart; its servers went out meanwhile:
+    it holds its restored slot all the same (its call may be running)."""
+    harness = pool()
+    harness.engine.restore(GroupRecord(GPU_A, {"granted": HeldLease(7, "p1")}))
+    harness.engine.mark_out(GPU_A.id, "circuit open", 30.0)
+    harness.engine.mark_out(GPU_B.id, "circuit open", 30.0)
+
+    again = harness.engine.acquire((GPU_A.id, GPU_B.id), "granted", caller="p1")
+
+    assert again is not None
+    assert again.group == GPU_A.id
 
 
 def test_a_pool_waiter_granted_elsewhere_while_a_slot_was_handed_to_it_moves_there() -> None:
