@@ -72,6 +72,7 @@ class SlotEngine:
         max_pending_per_group: int = 10_000,
         group_limits: Mapping[str, int | None] | None = None,
         group_budgets: Mapping[str, BudgetLimits] | None = None,
+        group_weights: Mapping[str, float] | None = None,
         adaptive: bool = True,
         hand_over: bool = True,
         fair: bool = True,
@@ -86,7 +87,12 @@ class SlotEngine:
         self.clock = clock
         limits, budgets = group_limits or {}, group_budgets or {}
         self.groups = GroupTable(
-            limits=limits, budgets=budgets, global_limit=global_limit, clock=clock, fair=fair
+            limits=limits,
+            budgets=budgets,
+            global_limit=global_limit,
+            clock=clock,
+            fair=fair,
+            weights=group_weights,
         )
         # Whether any group has a budget (whose waiters wait for time, not a release).
         self.budgeted = bool(budgets)
@@ -155,8 +161,9 @@ class SlotEngine:
         ``group_id``: a group, or a pool of groups: the call waits once, in each
         of their queues with one key, and takes a slot of the first that has
         room for it (the lease names which); a new arrival that finds room in
-        several takes the least busy. ``caller``: the id of the process that
-        asked, whose waiters and leases :meth:`drop_caller` ends. ``started``:
+        several takes the least busy for its weight (see :func:`_least_busy`).
+        ``caller``: the id of the process that asked, whose waiters and leases
+        :meth:`drop_caller` ends. ``started``:
         the call already runs (its caller took a group where nobody waits, see
         :mod:`actors.outbox`): it is counted, past any limit or budget.
         """
@@ -180,7 +187,7 @@ class SlotEngine:
         self.callers.note(lease_id, caller)
         free = [g for g in groups if g.fits_now(options.tokens, now)] if self._global_room() else []
         if started or free:
-            group = group if started else min(free, key=_busy)
+            group = group if started else _least_busy(free)
             lease = self._lease(group, lease_id, options.request_id, options.priority)
             return self.holdings.grant(
                 group,
@@ -479,11 +486,20 @@ class SlotEngine:
         return granted
 
 
-def _busy(group: Group) -> tuple[float, float]:
-    """Which of a pool's groups with room a new arrival takes: the least full, then the
-    one whose calls end soonest."""
-    full = 0.0 if group.limit is None else group.active / group.limit
-    return full, group.tally.avg_hold or 0.0
+def _least_busy(free: list[Group]) -> Group:
+    """Which of a pool's groups with room a new arrival takes: the one with the fewest
+    calls per weight (weighted least connections); those alike take turns by weight
+    (smooth weighted round robin, as nginx's: each adds its weight to its turn, the
+    highest is taken and gives back the weights of all)."""
+    least = min(g.active / g.weight for g in free)
+    alike = [g for g in free if g.active / g.weight == least]
+    if len(alike) == 1:
+        return alike[0]
+    for g in alike:
+        g.turn += g.weight
+    taken = max(alike, key=lambda g: g.turn)
+    taken.turn -= sum(g.weight for g in alike)
+    return taken
 
 
 def _pool_limit(groups: list[Group]) -> int | None:

@@ -179,6 +179,13 @@ class Deployment(BaseModel):
         "`queue.group_limits` would set it); none: the group's default (1 for a local "
         "server).",
     )
+    weight: PositiveFloat | None = Field(
+        default=None,
+        description="Its share of the calls that find several of the pool's servers with "
+        "room: a new call goes to the server with the fewest calls per weight, servers "
+        "alike taking turns by weight (2: twice the calls of a server of weight 1); none: "
+        "1.",
+    )
 
     @model_validator(mode="after")
     def _classifiable(self) -> Deployment:

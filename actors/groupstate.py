@@ -1,8 +1,9 @@
 """The slot engine's groups: each group's live state, and the table that registers them.
 
 A group is known by the id of its :class:`~actors.groups.GroupSpec`; a configured
-limit overrides the spec's default, and a configured budget gives it requests-
-and tokens-per-minute buckets. A group whose held leases a restarted manager
+limit overrides the spec's default, a configured budget gives it requests-
+and tokens-per-minute buckets, and a configured weight its share of a pool's
+new calls. A group whose held leases a restarted manager
 must know (a capped group, or any under a global cap) is *journaled*: every
 change of its held leases marks it for :mod:`actors.journal`.
 """
@@ -93,6 +94,9 @@ class Group:
     active: int = 0
     tally: GroupTally = field(default_factory=GroupTally)
     outage: Outage | None = None
+    # Its share of a pool's new calls (see actors.engine), and its place in their turns.
+    weight: float = 1.0
+    turn: float = 0.0
 
     def has_room(self) -> bool:
         """Below its limit, and no probe in flight (see :class:`Outage`)."""
@@ -154,9 +158,11 @@ class GroupTable(Mapping[str, Group]):
         global_limit: int | None,
         clock: Callable[[], float],
         fair: bool = True,
+        weights: Mapping[str, float] | None = None,
     ) -> None:
         self._fair = fair
         self._limits = dict(limits)
+        self._weights = dict(weights or {})
         self._budgets = dict(budgets)
         self._global_limit = global_limit
         self._clock = clock
@@ -200,6 +206,7 @@ class GroupTable(Mapping[str, Group]):
                 throttle=Throttle(None if budget is None else budget.rpm),
                 budget=None if budget is None else Budget.of(budget, self._clock()),
                 queue=WaitQueue(fair=self._fair),
+                weight=self._weights.get(spec.id, 1.0),
             )
             self._changed.add(spec.id)
         return group

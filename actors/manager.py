@@ -92,6 +92,7 @@ class ConcurrencyManager(LifelineHost):
             max_pending_per_group=queue.max_pending_per_group,
             group_limits=settings.group_limits(),
             group_budgets=queue.group_budgets,
+            group_weights=settings.group_weights(),
             adaptive=queue.adaptive,
             hand_over=queue.hand_over,
             fair=queue.fairness == "fair",

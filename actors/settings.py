@@ -31,7 +31,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from actors.budget import BudgetLimits
 from actors.errors import ConfigError, UnknownModel
-from actors.groups import ModelEntry, Provider, model_entry
+from actors.groups import Deployment, ModelEntry, Provider, model_entry
 
 CONFIG_ENV = "RAYGATE_CONFIG"
 
@@ -412,15 +412,18 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _one_limit_per_server(self) -> Settings:
         """A server named by several deployments (one Ollama serving two pooled models) is
-        one group with one limit: they may not disagree, nor with `queue.group_limits`."""
-        said: dict[str, tuple[int | None, str]] = {}
-        for group, limit, where in self._limits_said():
-            before = said.setdefault(group, (limit, where))
-            if before[0] != limit:
-                raise ValueError(
-                    f"{where} is {limit}, but {before[1]} gives {group} the limit "
-                    f"{before[0]}: one server, one limit"
-                )
+        one group with one limit and one weight: they may not disagree, nor with
+        `queue.group_limits`."""
+        for said in (self._limits_said(), self._weights_said()):
+            first: dict[str, tuple[float | None, str]] = {}
+            for group, value, where in said:
+                before = first.setdefault(group, (value, where))
+                if before[0] != value:
+                    field = where.rpartition(".")[2]
+                    raise ValueError(
+                        f"{where} is {value}, but {before[1]} gives {group} the {field} "
+                        f"{before[0]}: one server, one {field}"
+                    )
         return self
 
     @model_validator(mode="after")
@@ -442,20 +445,32 @@ class Settings(BaseSettings):
 
     def group_limits(self) -> dict[str, int | None]:
         """Each group's configured limit: `queue.group_limits`, and each deployment's."""
-        limits: dict[str, int | None] = {}
-        for group, limit, _ in self._limits_said():
-            limits.setdefault(group, limit)
-        return limits
+        return {group: limit for group, limit, _ in self._limits_said()}
+
+    def group_weights(self) -> dict[str, float]:
+        """Each group's share of a pool's new calls: each deployment's `weight`."""
+        return {group: weight for group, weight, _ in self._weights_said()}
 
     def _limits_said(self) -> Iterator[tuple[str, int | None, str]]:
         """Each limit the settings give a group, with the field that gives it:
         `queue.group_limits` first, then the deployments' `limit`."""
         for group, limit in self.queue.group_limits.items():
             yield group, limit, "queue.group_limits"
+        for group, server, where in self._deployments():
+            if server.limit is not None:
+                yield group, server.limit, f"{where}.limit"
+
+    def _weights_said(self) -> Iterator[tuple[str, float, str]]:
+        """Each weight the deployments give a group, with the field that gives it."""
+        for group, server, where in self._deployments():
+            if server.weight is not None:
+                yield group, server.weight, f"{where}.weight"
+
+    def _deployments(self) -> Iterator[tuple[str, Deployment, str]]:
+        """Each deployment of a pool: its group, itself, and where the settings name it."""
         for model_id, entry in self.models.items():
             for n, server in enumerate(entry.deployments):
-                if server.limit is not None:
-                    yield server.spec().id, server.limit, f"models.{model_id}.deployments.{n}.limit"
+                yield server.spec().id, server, f"models.{model_id}.deployments.{n}"
 
     @classmethod
     def settings_customise_sources(

@@ -69,6 +69,29 @@ def test_a_new_call_takes_the_least_busy_server_with_room() -> None:
     assert held_group(harness, "next") == GPU_A.id  # a tie: the first named
 
 
+def test_calls_that_find_both_servers_free_are_shared_by_weight() -> None:
+    harness = pool(limit=4, group_weights={GPU_A.id: 3.0})
+
+    taken = []
+    for n in range(8):  # one at a time: each call ends before the next
+        harness.ask(POOL, f"call-{n}")
+        taken.append(held_group(harness, f"call-{n}"))
+        harness.done(f"call-{n}")
+
+    assert taken.count(GPU_A.id) == 6
+    assert taken[:4] == [GPU_A.id, GPU_A.id, GPU_B.id, GPU_A.id]  # turns, not runs
+
+
+def test_under_load_a_new_call_goes_to_the_server_with_the_fewest_calls_per_weight() -> None:
+    harness = pool(limit=4, group_weights={GPU_A.id: 3.0})
+
+    for n in range(4):
+        harness.ask(POOL, f"call-{n}")
+
+    held = harness.engine.stats().active_by_group
+    assert (held[GPU_A.id], held[GPU_B.id]) == (3, 1)  # A, then B (1/3 against 0/1), A, A
+
+
 def test_a_pool_waiter_cancelled_or_of_a_dead_caller_leaves_every_servers_queue() -> None:
     harness = pool()
     harness.ask(POOL, "a-busy")

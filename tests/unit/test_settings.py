@@ -133,6 +133,18 @@ def test_config_path_can_come_from_the_environment(
             "one server, one limit",
         ),
         (
+            "models:\n"
+            "  m: {deployments: [{provider: ollama, base_url: 'http://gpu-a:11434', weight: 2}]}\n"
+            "  n: {deployments: [{provider: ollama, base_url: 'http://gpu-a:11434', weight: 1}]}",
+            "(top level): Value error, models.n.deployments.0.weight is 1.0, but "
+            "models.m.deployments.0.weight gives remote-ollama-http://gpu-a:11434 the weight "
+            "2.0: one server, one weight",
+        ),
+        (
+            "models: {m: {deployments: [{provider: ollama, weight: 0}]}}",
+            "models.m.deployments.0.weight: Input should be greater than 0 (got 0)",
+        ),
+        (
             "models: {m: {provider: ollama, fallbacks: [m]}}",
             "(top level): Value error, models.m.fallbacks.0 names the model itself",
         ),
@@ -238,7 +250,7 @@ def test_a_pools_servers_are_its_groups_and_their_limits_the_groups_limits(tmp_p
             "  llama:\n"
             "    deployments:\n"
             "      - {provider: ollama, base_url: 'http://gpu-a:11434', limit: 2}\n"
-            "      - {provider: ollama, base_url: 'http://gpu-b:11434'}\n"
+            "      - {provider: ollama, base_url: 'http://gpu-b:11434', weight: 3}\n"
             "  qwen:\n"
             "    deployments: [{provider: ollama, base_url: 'http://gpu-a:11434', limit: 2}]\n",
         )
@@ -249,3 +261,4 @@ def test_a_pools_servers_are_its_groups_and_their_limits_the_groups_limits(tmp_p
         "remote-ollama-http://gpu-b:11434",
     ]
     assert settings.group_limits() == {"remote-ollama-http://gpu-a:11434": 2}
+    assert settings.group_weights() == {"remote-ollama-http://gpu-b:11434": 3}
