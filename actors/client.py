@@ -305,6 +305,11 @@ class ManagerClient:
         self._successors.forget(group)
         await unwrap(self.handle.mark_out.remote(group, reason, seconds))
 
+    async def fell_back(self, model: str, fallback: str, reason: str) -> None:
+        """A call of ``model`` went to its ``fallback``, for the stats (see
+        :meth:`actors.engine.SlotEngine.fell_back`)."""
+        await unwrap(self.handle.fell_back.remote(model, fallback, reason))
+
     async def throttled(self, lease: Lease, retry_after: float | None) -> None:
         """The call holding ``lease`` got a 429: the manager pauses and slows its group,
         whose next calls from here then ask and wait."""

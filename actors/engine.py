@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 
 from actors import reports
@@ -47,7 +48,7 @@ from actors.errors import (
     QueueFull,
     WaitTooLong,
 )
-from actors.groups import GroupSpec, Pool, pool_of
+from actors.groups import GroupSpec, ModelEntry, Pool, pool_of
 from actors.groupstate import Group, GroupTable, Outage, Waiter
 from actors.handover import HandOvers
 from actors.holdings import Holdings
@@ -79,6 +80,7 @@ class SlotEngine:
         clock: Callable[[], float] = time.monotonic,
         observer: Observer | None = None,
         restarted_at: float | None = None,
+        models: Mapping[str, ModelEntry] | None = None,
     ) -> None:
         self.epoch = epoch
         self.lease_ttl = lease_ttl
@@ -105,6 +107,14 @@ class SlotEngine:
         self.recorder = Recorder(observer, clock)
         self.holdings = Holdings(self.groups, self.leases, self.callers, self.recorder, clock)
         self.waiters = self.holdings.waiters
+        # The settings' models of several servers or with fallbacks, for the stats; and by
+        # model asked and fallback, why the calls each fallback took over went to it.
+        self.models = {
+            model: entry
+            for model, entry in (models or {}).items()
+            if len(entry.servers()) > 1 or entry.fallbacks
+        }
+        self.fallbacks_taken: defaultdict[tuple[str, str], Counter[str]] = defaultdict(Counter)
 
     @property
     def version(self) -> int:
@@ -293,6 +303,12 @@ class SlotEngine:
             assert first is not None
             self.recorder.finished(first, Outcome.REJECTED)
         return failed, self._dispatch()
+
+    def fell_back(self, model: str, fallback: str, reason: str) -> None:
+        """A call of ``model`` went to its ``fallback``: ``reason``, the error's type (see
+        :mod:`providers.fallback`)."""
+        self.fallbacks_taken[model, fallback][reason] += 1
+        self.recorder.version += 1
 
     def throttled(self, group_id: str, lease_id: str, retry_after: float | None) -> GroupInfo:
         """The call holding ``lease_id`` got a 429, to be tried again ``retry_after``

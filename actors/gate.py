@@ -167,6 +167,12 @@ class SlotGate:
         for waiter, error in waiters:
             waiter.get_loop().call_soon_threadsafe(_fail, waiter, error)
 
+    def fell_back(self, model: str, fallback: str, reason: str) -> None:
+        """See :meth:`SlotEngine.fell_back`."""
+        with self.lock:
+            self.engine.fell_back(model, fallback, reason)
+            self._changed_locked()
+
     def cancel(self, lease_id: str) -> None:
         """A caller gave up on ``lease_id``: whether it waits, holds, or has not arrived yet."""
         with self.lock:

@@ -98,6 +98,7 @@ class ConcurrencyManager(LifelineHost):
             fair=queue.fairness == "fair",
             observer=QueueMetrics(),
             restarted_at=time.time() if restarted else None,
+            models=settings.models,
         )
         name = context.get_actor_name() or MANAGER_NAME
         ahead, behind = FileStore(_journal_file(name)), GcsStore(f"{name}/groups/")
@@ -161,6 +162,11 @@ class ConcurrencyManager(LifelineHost):
     async def mark_out(self, group: str, reason: str, seconds: float) -> None:
         """A caller found the server of ``group`` down (see :meth:`SlotEngine.mark_out`)."""
         self._gate.mark_out(group, reason, seconds)
+
+    @ray.method(concurrency_group=CONTROL)
+    async def fell_back(self, model: str, fallback: str, reason: str) -> None:
+        """A call of ``model`` went to its ``fallback`` (see :meth:`SlotEngine.fell_back`)."""
+        self._gate.fell_back(model, fallback, reason)
 
     @ray.method(concurrency_group=CONTROL)
     async def throttled(self, group: str, lease_id: str, retry_after: float | None) -> GroupInfo:

@@ -19,11 +19,19 @@ from typing import TYPE_CHECKING, Protocol
 from actors.budget import Budget
 from actors.options import tenant_of
 from actors.queueview import GroupActivity, LevelHistory, QueueView, WaitingCall
-from actors.stats import FlowStats, GroupStats, QueuePosition, QueueStats, percentile
+from actors.stats import (
+    FlowStats,
+    GroupStats,
+    ModelStats,
+    QueuePosition,
+    QueueStats,
+    percentile,
+)
 from actors.waitqueue import FLOW_MEMORY
 
 if TYPE_CHECKING:
     from actors.engine import SlotEngine
+    from actors.groups import ModelEntry
     from actors.groupstate import Group
 
 # Weight of the newest hold time in a group's moving average (for wait estimates).
@@ -296,6 +304,20 @@ def stats(engine: SlotEngine) -> QueueStats:
         renewed=leases.renewed,
         overtaken=engine.hand_overs.overtaken,
         next_in_line_answers=engine.hand_overs.answers,
+        models={model: model_stats(engine, model, entry) for model, entry in engine.models.items()},
+    )
+
+
+def model_stats(engine: SlotEngine, model: str, entry: ModelEntry) -> ModelStats:
+    taken: dict[str, dict[str, int]] = {}
+    for (asked, fallback), reasons in engine.fallbacks_taken.items():
+        if asked == model:
+            taken[fallback] = dict(reasons)
+    return ModelStats(
+        groups=[spec.id for spec in entry.specs()],
+        fallbacks=list(entry.fallbacks),
+        fallback_after_seconds=entry.fallback_after_seconds,
+        fallbacks_taken=taken,
     )
 
 

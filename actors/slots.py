@@ -50,6 +50,11 @@ class SlotSource(Protocol):
         :meth:`actors.engine.SlotEngine.mark_out`)."""
         ...
 
+    async def fell_back(self, model: str, fallback: str, reason: str) -> None:
+        """A call of ``model`` went to its ``fallback``: ``reason``, the error's type (see
+        :meth:`actors.engine.SlotEngine.fell_back`)."""
+        ...
+
 
 class LocalSlots:
     """Slots from a gate in this process: the manager's rules without Ray."""
@@ -66,6 +71,9 @@ class LocalSlots:
 
     async def mark_out(self, group: str, reason: str, seconds: float) -> None:
         self.gate.mark_out(group, reason, seconds)
+
+    async def fell_back(self, model: str, fallback: str, reason: str) -> None:
+        self.gate.fell_back(model, fallback, reason)
 
     async def register(self, spec: GroupSpec) -> GroupInfo:
         return self.gate.register(spec)
@@ -103,6 +111,9 @@ class NoSlots:
 
     async def mark_out(self, group: str, reason: str, seconds: float) -> None:
         """Without a queue there is no rotation: a pool's caller skips the server itself."""
+
+    async def fell_back(self, model: str, fallback: str, reason: str) -> None:
+        """Without a queue there are no stats: the metric ``llm_fallbacks`` counts them."""
 
     @asynccontextmanager
     async def slot(

@@ -96,6 +96,19 @@ class GroupStats(Snapshot):
     flows: dict[str, FlowStats] = {}
 
 
+class ModelStats(Snapshot):
+    """A model of several servers (a pool) or with fallbacks, as the settings name it."""
+
+    # Its servers' groups, in the settings' order (each group's figures, its health and
+    # grants among them, are the queue stats' ``groups``).
+    groups: list[str]
+    fallbacks: list[str] = []
+    fallback_after_seconds: float | None = None
+    # By fallback, then why (the error's type): the calls it took over since the manager
+    # started.
+    fallbacks_taken: dict[str, dict[str, int]] = {}
+
+
 class QueueStats(Snapshot):
     epoch: int
     global_limit: int | None
@@ -116,6 +129,8 @@ class QueueStats(Snapshot):
     # docs/architecture.md).
     overtaken: int = 0
     next_in_line_answers: int = 0
+    # By id, the models of several servers or with fallbacks.
+    models: dict[str, ModelStats] = {}
 
 
 class QueuePosition(Snapshot):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from actors.stats import GroupStats, QueueStats
@@ -20,11 +21,13 @@ COLUMNS = (
 
 
 FLOW_COLUMNS = ("flow", "waiting", "running", "held", "service", "share")
+MODEL_COLUMNS = ("model", "servers", "granted", "fallbacks", "fell back")
 
 
 def render(stats: QueueStats) -> str:
-    """The groups, one row each, the totals and the groups out of rotation, then the flows
-    of each group where one waits or runs now."""
+    """The groups, one row each, the totals and the groups out of rotation, the models of
+    several servers or with fallbacks, then the flows of each group where one waits or
+    runs now."""
     rows = [
         (
             group,
@@ -49,6 +52,10 @@ def render(stats: QueueStats) -> str:
             lines.append(f"probing (one call let in): {group}: {g.out_reason}")
         elif g.out_reason is not None:
             lines.append(f"out of rotation for {g.out_seconds:.1f} s more: {group}: {g.out_reason}")
+    if stats.models:
+        lines.extend(
+            table(MODEL_COLUMNS, [model_row(m, stats) for m in sorted(stats.models)], left=2)
+        )
     for group, g in sorted(stats.groups.items()):
         if any(flow.waiting or flow.running for flow in g.flows.values()):
             lines.append(f"flows of {group}")
@@ -65,6 +72,24 @@ def render(stats: QueueStats) -> str:
             ]
             lines.extend(table(FLOW_COLUMNS, flows, left=1))
     return "\n".join(lines)
+
+
+def model_row(model: str, stats: QueueStats) -> tuple[str, ...]:
+    """E.g. ("llama", "gpu-a, gpu-b", "57 / 43", "gpt after 2.0 s", "12: WaitTooLong 12")."""
+    m = stats.models[model]
+    granted = [stats.groups[g].granted if g in stats.groups else 0 for g in m.groups]
+    after = "" if m.fallback_after_seconds is None else f" after {m.fallback_after_seconds} s"
+    why: Counter[str] = Counter()
+    for reasons in m.fallbacks_taken.values():
+        why.update(reasons)
+    fell = ", ".join(f"{reason} {n}" for reason, n in why.most_common())
+    return (
+        model,
+        ", ".join(m.groups),
+        " / ".join(map(str, granted)),
+        ", ".join(m.fallbacks) + after if m.fallbacks else "-",
+        f"{why.total()}: {fell}" if why else "0" if m.fallbacks else "-",
+    )
 
 
 def table(columns: tuple[str, ...], rows: Sequence[tuple[str, ...]], *, left: int) -> list[str]:

@@ -138,7 +138,7 @@ class _ProviderShell(LifelineHost):
     ) -> None:
         self._calls = CallerCalls()
         self._watch = self._calls.watch
-        self._slots = manager if manager is not None else NoSlots()
+        self._slots = slots_of(manager)
         self._provider = gated_provider(spec, options, self._slots, backend, identity)
 
     async def chat(
@@ -280,6 +280,11 @@ def get_or_create_embedded_model(
     return EmbeddedModelClient(handle, name)
 
 
+def slots_of(manager: ManagerClient | None) -> SlotSource:
+    """Where a provider gets its slots: the manager, or none (``queue.enabled: false``)."""
+    return manager if manager is not None else NoSlots()
+
+
 def provider_for_model(
     settings: Settings, model_id: str | None, manager: ManagerClient | None
 ) -> tuple[ModelProvider, str]:
@@ -305,7 +310,7 @@ def provider_for_model(
         then = model_entry(settings.models, fallback)
         provider, backend_name = _servers_of(settings, fallback, then, manager)
         steps.append(Step(fallback, provider, backend_name, then.fallback_after_seconds))
-    return FallbackProvider(steps), name
+    return FallbackProvider(steps, slots_of(manager)), name
 
 
 def _servers_of(
@@ -317,7 +322,7 @@ def _servers_of(
     if len(specs) == 1:
         options = options_for(specs[0].provider, settings)
         return get_or_create_provider(specs[0], options, manager), name
-    slots = manager if manager is not None else NoSlots()
+    slots = slots_of(manager)
     servers = {}
     for spec in specs:
         options = options_for(spec.provider, settings)

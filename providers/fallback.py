@@ -30,6 +30,7 @@ from typing import Any
 
 from actors.errors import PoolUnavailable, WaitTooLong
 from actors.options import DEFAULT_OPTIONS, CallOptions
+from actors.slots import SlotSource
 from providers.client import ModelProvider
 from providers.errors import ContextTooLong
 from providers.metrics import FallbackMetrics
@@ -60,9 +61,11 @@ class Step:
 
 
 class FallbackProvider:
-    def __init__(self, steps: Sequence[Step]) -> None:
+    def __init__(self, steps: Sequence[Step], slots: SlotSource) -> None:
         # The model asked for first, then its fallbacks in order.
         self.steps = tuple(steps)
+        # Told of each call handed on, for the queue's stats.
+        self.slots = slots
         self._metrics: FallbackMetrics | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -80,15 +83,20 @@ class FallbackProvider:
             if last:
                 return
 
-    def _hand_on(self, n: int, last: bool, error: Exception) -> None:
-        """Step ``n`` failed with ``error``: raise it, unless the next step takes the call."""
+    async def _hand_on(self, n: int, last: bool, error: Exception) -> None:
+        """Step ``n`` failed with ``error``: raise it, unless the next step takes the call
+        (counted in the metric ``llm_fallbacks`` and the queue's stats)."""
         if last or not handed_on(error):
             raise error
         if self._metrics is None:
             self._metrics = FallbackMetrics()
-        asked, fallback = self.steps[0].model, self.steps[n + 1].model
-        self._metrics.handed_on(asked, fallback, error)
+        asked, fallback, reason = self.steps[0].model, self.steps[n + 1].model, type(error).__name__
+        self._metrics.handed_on(asked, fallback, reason)
         log.info("a call of %s goes to its fallback %s: %s", asked, fallback, error)
+        try:
+            await self.slots.fell_back(asked, fallback, reason)
+        except Exception:
+            log.warning("counting a fallback of %s in the stats failed", asked, exc_info=True)
 
     async def chat(
         self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
@@ -97,7 +105,7 @@ class FallbackProvider:
             try:
                 response = await provider.chat(asked, asking)
             except Exception as error:
-                self._hand_on(n, last, error)
+                await self._hand_on(n, last, error)
                 continue
             if n == 0:
                 return response
@@ -116,7 +124,7 @@ class FallbackProvider:
             except StopAsyncIteration:
                 return
             except Exception as error:
-                self._hand_on(n, last, error)
+                await self._hand_on(n, last, error)
                 continue
             yield first
             async for delta in pieces:

@@ -95,6 +95,7 @@ from serve.wire import (
     chunk,
     completion,
     error,
+    model_object,
     usage_chunk,
     wants_cache,
 )
@@ -437,11 +438,13 @@ class Gateway:
 
     @api.get("/v1/models", responses=documented())
     async def models(self, request: Request) -> dict[str, object]:
-        """The models this key's tenant may call."""
+        """The models this key's tenant may call, each with its servers and fallbacks (see
+        serve.wire.model_object)."""
         tenant = tenant_of(request)
-        every = [*self._settings.models, EMBEDDED_MODEL_ID]
-        ids = [i for i in every if may_use(tenant, i)]
-        listed = [{"id": i, "object": "model", "created": 0, "owned_by": "raygate"} for i in ids]
+        groups = None if self._manager is None else (await self._manager.stats()).groups
+        models = self._settings.models
+        every = [*models, EMBEDDED_MODEL_ID]
+        listed = [model_object(i, models.get(i), groups) for i in every if may_use(tenant, i)]
         return {"object": "list", "data": listed}
 
     @api.get("/v1/queue", response_model=None, responses=documented(404))

@@ -10,7 +10,8 @@ more than its ceiling, and may call only its models; another model answers
 
 Of the queue, a tenant sees its own flow and waiting calls by name, and the
 rest summed as one flow, ``others``, whose waiting calls keep their place,
-priority, age and ETA but not their request ids or labels; a tenant with
+priority, age and ETA but not their request ids or labels, and of the models
+(pools, fallbacks) those it may call; a tenant with
 ``sees_all`` (``serve.api_keys``' holders, the operator's) sees everything,
 as does every caller with ``serve.auth`` off.
 
@@ -140,7 +141,8 @@ def stats_seen_by(tenant: Tenant | None, stats: QueueStats) -> QueueStats:
         gid: group.model_copy(update={"flows": _flows_seen_by(tenant, group.flows)})
         for gid, group in stats.groups.items()
     }
-    return stats.model_copy(update={"groups": groups})
+    models = {m: model for m, model in stats.models.items() if may_use(tenant, m)}
+    return stats.model_copy(update={"groups": groups, "models": models})
 
 
 def view_seen_by(tenant: Tenant | None, view: QueueView) -> QueueView:

@@ -9,13 +9,18 @@ acts on are validated, and a bad one is named in the 422.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from actors.groups import ModelEntry
+from actors.stats import GroupStats
 from pipelines.plateau import Service
 from providers.models import ChatMessage, ChatRequest, ChatResponse, JsonSchemaFormat, StreamDelta
 
+# What /v1/models shows of each server's group (see actors.stats.GroupStats).
+SERVER_FIGURES = {"limit", "active", "pending", "granted", "out_reason", "out_seconds", "probing"}
 FINISH_REASONS = {"stop": "stop", "length": "length", "content_filter": "content_filter"}
 
 
@@ -160,6 +165,35 @@ def usage_chunk(delta: StreamDelta, model: str, completion_id: str) -> dict[str,
         "model": model,
         "choices": [],
         "usage": _usage(usage.input_tokens, usage.output_tokens) if usage else _usage(0, 0),
+    }
+
+
+def model_object(
+    model_id: str, entry: ModelEntry | None, groups: Mapping[str, GroupStats] | None
+) -> dict[str, object]:
+    """A model as ``GET /v1/models`` lists it: OpenAI's fields, then raygate's: its servers
+    (``deployments``: each one's group, provider and weight, and with the queue on, its
+    limit, calls held, waiting and granted, and why it is out of rotation) and its
+    fallbacks. The embedded model (``entry`` None) has OpenAI's fields only."""
+    listed: dict[str, object] = {
+        "id": model_id,
+        "object": "model",
+        "created": 0,
+        "owned_by": "raygate",
+    }
+    if entry is None:
+        return listed
+    servers = []
+    for server in entry.servers():
+        group = server.spec().id
+        shown = {"group": group, "provider": server.provider.value, "weight": server.weight or 1.0}
+        if groups is not None and (figures := groups.get(group)) is not None:
+            shown |= figures.model_dump(include=SERVER_FIGURES)
+        servers.append(shown)
+    return listed | {
+        "deployments": servers,
+        "fallbacks": list(entry.fallbacks),
+        "fallback_after_seconds": entry.fallback_after_seconds,
     }
 
 

@@ -180,6 +180,33 @@ function updateWaiter(row, w) {
   text(request, w.requestId);
 }
 
+// -- pools and fallbacks ------------------------------------------------------
+
+function makeModel() {
+  const row = document.createElement("tr");
+  cells(row, 4);
+  return row;
+}
+
+function serverText(id, g) {
+  if (!g) return id;
+  const state = g.probing ? "probing" : g.outReason ? `out ${seconds(g.outSeconds)}: ${g.outReason}` : "in rotation";
+  return `${id}: ${count(g.granted)} granted, ${count(g.active)} held · ${state}`;
+}
+
+function updateModel(row, [id, m, groups]) {
+  const [model, servers, fallbacks, fell] = row.cells;
+  row.dataset.model = id;
+  text(model, id);
+  text(servers, m.groups.map((g) => serverText(g, groups[g])).join("\n"));
+  const after = m.fallbackAfterSeconds === null ? "" : ` (after ${seconds(m.fallbackAfterSeconds)})`;
+  text(fallbacks, m.fallbacks.length ? m.fallbacks.join(", ") + after : "—");
+  const taken = Object.entries(m.fallbacksTaken).map(
+    ([to, why]) => `${to}: ${Object.entries(why).map(([reason, n]) => `${count(n)} ${reason}`).join(", ")}`,
+  );
+  text(fell, taken.length ? taken.join("\n") : m.fallbacks.length ? "none" : "—");
+}
+
 // -- runs ---------------------------------------------------------------------
 
 function makeRun() {
@@ -267,6 +294,9 @@ function render(state) {
     $("totals"),
     ids.length ? `${count(queue.stats.totalActive)} held, ${count(queue.stats.totalPending)} waiting` : "No group has had a call yet.",
   );
+  const models = Object.keys(queue.stats.models).sort().map((id) => [id, queue.stats.models[id], queue.stats.groups]);
+  reconcile($("models").tBodies[0], models, ([id]) => id, makeModel, updateModel);
+  $("models-section").hidden = models.length === 0;
   reconcile($("runs").tBodies[0], state.runs, (run) => run.id, makeRun, updateRun);
   $("runs").hidden = state.runs.length === 0;
   $("no-runs").hidden = state.runs.length > 0;

@@ -224,8 +224,22 @@ async def test_pools_and_fallbacks_over_http(ray_session: None) -> None:
                     await http.post("/v1/chat/completions", json=primary, headers=off),
                     await http.post("/v1/chat/completions", json={**primary, "fallbacks": []}),
                 ]
+                after = (await http.get("/v1/models")).raise_for_status().json()
+                queue = (await http.get("/v1/queue")).raise_for_status().json()
 
-    assert "pooled" in [m["id"] for m in listed["data"]]
+    by_id = {m["id"]: m for m in listed["data"]}
+    assert [s["group"] for s in by_id["pooled"]["deployments"]] == [s.spec().id for s in servers]
+    assert by_id["primary"]["fallbacks"] == ["local"]
+    pooled = {s["group"]: s for s in {m["id"]: m for m in after["data"]}["pooled"]["deployments"]}
+    group_a, group_b = (s.spec().id for s in servers)
+    assert (pooled[group_a]["limit"], pooled[group_b]["out_reason"]) == (1, None)
+    # Each call a server received was granted a slot of its group (a's: model "local"'s
+    # and the fallback's calls too); a pool's waiter moved to a slot passed on to it
+    # counts a grant in each of the two groups.
+    assert pooled[group_a]["granted"] >= len(a.received)
+    assert pooled[group_b]["granted"] >= len(b.received) >= 2
+    assert queue["models"]["pooled"]["groups"] == [group_a, group_b]
+    assert queue["models"]["primary"]["fallbacksTaken"] == {"local": {"ProviderUnavailable": 1}}
     assert fell_back.status_code == 200
     assert fell_back.headers["X-Fallback-From"] == "primary"
     assert fell_back.json()["model"] == "local"

@@ -1,6 +1,7 @@
 """The live queue page, in a real headless Chromium against the running Serve app: rows in
 grant order with who asked and their ETAs, updates pushed without a reload, a run cancelled
-from the page, a reconnect after the replica dies, and 10,000 waiters."""
+from the page, a reconnect after the replica dies, 10,000 waiters, and a pool's servers'
+health and the calls its fallback took."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from playwright.async_api import Page, async_playwright, expect
 from pydantic import SecretStr
 
 from actors.client import ManagerClient
-from actors.groups import ModelEntry, classify
+from actors.groups import Deployment, ModelEntry, classify
 from actors.names import MANAGER_NAME, NAMESPACE
 from actors.options import CallLabels, CallOptions
 from actors.settings import PipelineSettings, QueueSettings, ServeSettings, Settings
@@ -34,6 +35,8 @@ from tests.support.serve_app import RELEASE, ask, respond, serve_app, the_replic
 pytestmark = pytest.mark.slow
 
 KEY = "sk-page-0123"
+# A server of the page's pool that no call reaches (port 9, discard).
+IDLE = "http://127.0.0.1:9/v1"
 # Where the run leaves its screenshot of the page under load (docs/ has one of them).
 SCREENSHOTS = Path(__file__).resolve().parents[2] / ".artifacts"
 # As the machine's own check starts Debian's Chromium: no sandbox as root, and no
@@ -80,8 +83,15 @@ def app(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     data = tmp_path_factory.mktemp("page")
     with FakeLLMServer(OpenAIDialect(), responder=respond, stop_on_disconnect=True) as local:
         base_url = local.url + "/v1"
+        # A pool of the local server and one nobody calls, handing on to the local server.
+        servers = tuple(
+            Deployment(provider="openai-compatible", base_url=url) for url in (base_url, IDLE)
+        )
         settings = Settings(
-            models={"local": ModelEntry(provider="openai-compatible", base_url=base_url)},
+            models={
+                "local": ModelEntry(provider="openai-compatible", base_url=base_url),
+                "pool": ModelEntry(deployments=servers, fallbacks=("local",)),
+            },
             queue=QueueSettings(max_pending_per_group=20_000),
             pipeline=PipelineSettings(
                 model="local", plateaus=1, mapping_types=("data",), cache=False
@@ -307,6 +317,33 @@ async def test_the_page_shows_the_queue_live_and_cancels_a_run(app: App) -> None
         assert await page.evaluate("window.notReloaded") is True
 
     assert _slowpoke_calls(app) == started_by_the_run  # the cancelled run started no more
+
+
+async def test_the_page_shows_a_pools_servers_health_and_fallbacks_taken(app: App) -> None:
+    expect.set_options(timeout=30_000)
+    idle = classify("openai-compatible", IDLE).id
+    async with chromium() as page:
+        await page.goto(app.url)
+        await page.fill("#key", KEY)
+        await page.click("button[type=submit]")
+        await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+        pool = page.locator('#models tr[data-model="pool"] td')
+        in_rotation = rf"^{re.escape(app.group)}: \d+ granted, 0 held · in rotation\n"
+        await expect(pool).to_have_text(
+            [
+                "pool",
+                re.compile(in_rotation + rf"{re.escape(idle)}: 0 granted, 0 held · in rotation$"),
+                "local",
+                "none",
+            ]
+        )
+
+        await app.manager.handle.mark_out.remote(idle, "connection refused", 600.0)
+        await app.manager.handle.fell_back.remote("pool", "local", "PoolUnavailable")
+
+        out = rf"{re.escape(idle)}: 0 granted, 0 held · out \d+ min \d+ s: connection refused$"
+        await expect(pool.nth(1)).to_have_text(re.compile(in_rotation + out))
+        await expect(pool.nth(3)).to_have_text("local: 1 PoolUnavailable")
 
 
 async def _chat(http: httpx.AsyncClient, text: str, priority: int, request_id: str) -> None:

@@ -15,10 +15,12 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from actors.engine import SlotEngine
 from actors.errors import ConfigError, WaitTooLong
-from actors.groups import classify
+from actors.gate import SlotGate
+from actors.groups import ModelEntry, Provider, classify
 from actors.metrics import QueueMetrics
 from actors.options import CallOptions
 from actors.settings import TelemetrySettings
+from actors.slots import LocalSlots
 from actors.telemetry import configure_telemetry
 from providers.errors import RateLimited
 from providers.fallback import FallbackProvider, Step
@@ -163,7 +165,7 @@ def test_otlp_without_its_package_is_a_config_error_naming_the_setting(
     assert raised.value.source == field
 
 
-async def test_a_call_handed_to_a_fallback_is_counted_by_model_fallback_and_reason() -> None:
+async def test_a_call_handed_to_a_fallback_is_counted_in_the_metric_and_the_stats() -> None:
     class Busy:
         async def chat(self, request: ChatRequest, options: CallOptions) -> ChatResponse:
             raise WaitTooLong("local-ollama", 9.0, options.max_wait or 0.0)
@@ -181,11 +183,14 @@ async def test_a_call_handed_to_a_fallback_is_counted_by_model_fallback_and_reas
                 model=request.model,
             )
 
+    llama = ModelEntry(provider=Provider.OLLAMA, fallbacks=("gpt",), fallback_after_seconds=2)
+    engine = SlotEngine(epoch=1, models={"llama": llama})
     provider = FallbackProvider(
         [
             Step("llama", Busy(), "llama3.2", 2.0),  # type: ignore[arg-type]
             Step("gpt", Answers(), "gpt-4o-mini", None),  # type: ignore[arg-type]
-        ]
+        ],
+        LocalSlots(SlotGate(engine)),
     )
     message = (ChatMessage(role="user", content="hi"),)
 
@@ -194,3 +199,7 @@ async def test_a_call_handed_to_a_fallback_is_counted_by_model_fallback_and_reas
     assert (answer.model, answer.fallback_from) == ("gpt-4o-mini", "llama")
     taken = point("llm_fallbacks", model="llama", fallback="gpt", reason="WaitTooLong")
     assert taken.value == 1
+    stats = engine.stats().models["llama"]
+    assert stats.groups == ["local-ollama-http://localhost:11434"]
+    assert (stats.fallbacks, stats.fallback_after_seconds) == (["gpt"], 2.0)
+    assert stats.fallbacks_taken == {"gpt": {"WaitTooLong": 1}}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from actors.errors import EmptyPool, PoolUnavailable, QueueFull, WaitTooLong
-from actors.groups import classify, pool_of
+from actors.groups import Deployment, ModelEntry, classify, pool_of
 from actors.journal import GroupRecord, HeldLease
 from actors.options import CallOptions
 from pipelines.view import render
@@ -304,6 +304,27 @@ def test_a_pool_waiter_granted_elsewhere_while_a_slot_was_handed_to_it_moves_the
     stats = harness.engine.stats()
     assert (stats.active_by_group[GPU_A.id], stats.active_by_group[GPU_B.id]) == (1, 0)
     assert harness.engine.can_run_immediately(GPU_B.id)
+
+
+def test_the_stats_name_each_pools_servers_grants_and_the_fallbacks_taken() -> None:
+    servers = tuple(Deployment(provider="openai-compatible", base_url=s.base_url) for s in POOL)
+    llama = ModelEntry(deployments=servers, fallbacks=("gpt",), fallback_after_seconds=2)
+    harness = pool(models={"llama": llama, "gpt": ModelEntry(provider="openai")})
+    harness.ask(POOL, "first")
+    harness.ask(POOL, "second")
+    harness.engine.fell_back("llama", "gpt", "WaitTooLong")
+    harness.engine.fell_back("llama", "gpt", "WaitTooLong")
+    harness.engine.fell_back("llama", "gpt", "PoolUnavailable")
+
+    stats = harness.engine.stats()
+
+    assert list(stats.models) == ["llama"]  # gpt: one server, no fallbacks
+    assert stats.models["llama"].groups == [GPU_A.id, GPU_B.id]
+    assert stats.models["llama"].fallbacks_taken == {
+        "gpt": {"WaitTooLong": 2, "PoolUnavailable": 1}
+    }
+    row = next(line for line in render(stats).splitlines() if line.startswith("llama"))
+    assert row.endswith("1 / 1  gpt after 2.0 s  3: WaitTooLong 2, PoolUnavailable 1")
 
 
 # -- fallbacks' cue: a wait estimated past what the call may wait -----------------------
