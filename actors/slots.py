@@ -8,12 +8,14 @@ single process (and tests without Ray), :class:`NoSlots` when
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
 from actors.engine import Lease
+from actors.errors import PoolUnavailable
 from actors.gate import SlotGate
 from actors.groups import GroupSpec, Pool, pool_of
 from actors.leases import TokensUsed
@@ -93,7 +95,15 @@ class LocalSlots:
 
 
 class NoSlots:
-    """No gating at all (``queue.enabled = false``): every call runs at once."""
+    """No gating at all (``queue.enabled = false``): every call runs at once. A pool's
+    calls take its servers in turn (weights apart), skipping a server found down until its
+    time out passes; with all of them out, a call fails at once with
+    :class:`actors.errors.PoolUnavailable`, as it would with the queue on."""
+
+    def __init__(self) -> None:
+        self._turn = 0
+        # By group found down: why, and until when (time.monotonic()).
+        self._out: dict[str, tuple[str, float]] = {}
 
     async def register(self, spec: GroupSpec) -> GroupInfo:
         return GroupInfo(
@@ -110,7 +120,7 @@ class NoSlots:
         """Without a queue nobody else waits: each call retries after its own 429."""
 
     async def mark_out(self, group: str, reason: str, seconds: float) -> None:
-        """Without a queue there is no rotation: a pool's caller skips the server itself."""
+        self._out[group] = (reason, time.monotonic() + seconds)
 
     async def fell_back(self, model: str, fallback: str, reason: str) -> None:
         """Without a queue there are no stats: the metric ``llm_fallbacks`` counts them."""
@@ -119,9 +129,15 @@ class NoSlots:
     async def slot(
         self, group: str | Pool, options: CallOptions = DEFAULT_OPTIONS
     ) -> AsyncIterator[Lease]:
+        pool = pool_of(group)
+        now = time.monotonic()
+        up = [g for g in pool if g not in self._out or self._out[g][1] <= now]
+        if not up:
+            raise PoolUnavailable({g: self._out[g][0] for g in pool})
+        taken, self._turn = up[self._turn % len(up)], self._turn + 1
         yield Lease(
             id=uuid.uuid4().hex,
-            group=pool_of(group)[0],
+            group=taken,
             request_id=options.request_id or "",
             priority=options.priority,
             epoch=0,

@@ -9,6 +9,7 @@ from actors.errors import EmptyPool, PoolUnavailable, QueueFull, WaitTooLong
 from actors.groups import Deployment, ModelEntry, classify, pool_of
 from actors.journal import GroupRecord, HeldLease
 from actors.options import CallOptions
+from actors.slots import NoSlots
 from pipelines.view import render
 from tests.unit.conftest import Harness
 
@@ -360,3 +361,24 @@ def test_a_call_waits_while_a_server_it_may_use_has_no_estimate_yet() -> None:
     harness.ask(POOL, "pooled", max_wait=0.001)
 
     assert harness.engine.stats().total_pending == 1  # B has no estimate: it may be soon
+
+
+# -- without the queue (queue.enabled: false) ---------------------------------------------
+
+
+async def test_without_the_queue_a_pool_takes_its_servers_in_turn_skipping_one_found_down() -> None:
+    slots = NoSlots()
+    groups = (GPU_A.id, GPU_B.id)
+
+    async def taken() -> str:
+        async with slots.slot(groups) as lease:
+            return lease.group
+
+    assert [await taken() for _ in range(4)] == [GPU_A.id, GPU_B.id, GPU_A.id, GPU_B.id]
+    await slots.mark_out(GPU_B.id, "connection refused", 30.0)
+    assert [await taken() for _ in range(2)] == [GPU_A.id, GPU_A.id]
+    await slots.mark_out(GPU_A.id, "circuit open", 30.0)
+    with pytest.raises(PoolUnavailable, match=r"circuit open; .*: connection refused"):
+        await taken()
+    await slots.mark_out(GPU_A.id, "circuit open", 0.0)  # its time out over
+    assert await taken() == GPU_A.id
