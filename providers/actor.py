@@ -329,6 +329,11 @@ def _servers_of(
         actor = get_or_create_provider(spec, options, manager)
         servers[spec.id] = Server(spec, actor, partial(gated_provider, spec, options, slots))
     pool = PooledProvider(
-        model_id, servers, slots, retry=options.retry, cooldown=options.breaker_cooldown
+        model_id,
+        servers,
+        slots,
+        retry=options.retry,
+        cooldown=options.breaker_cooldown,
+        cache=options.cache,
     )
     return pool, name

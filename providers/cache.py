@@ -6,7 +6,9 @@ and the whole request: model, messages, ``max_tokens``, ``stop``, response
 format. The identity is the backend's group (its provider, the server's
 address and GPU host: two servers may serve different models under one name),
 except for the embedded model, whose port is new each run: its model file
-names it (:class:`providers.gated.GatedProvider` ``identity``). A call
+names it (:class:`providers.gated.GatedProvider` ``identity``), and for a
+pool, whose servers serve one model: its model id and its servers' groups
+(:class:`providers.pool.PooledProvider` ``identity``). A call
 uses the cache only if its options say so (:class:`actors.options.CallOptions`
 ``cache``): the pipeline job's calls do by default, the Serve endpoint's do
 not (``pipeline.cache``, ``serve.cache``), and either can be turned off per
@@ -39,7 +41,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -278,6 +280,29 @@ class ResponseCache:
             self._warn(exc)
             self._keep(handle.discard.remote(key))
             return None
+
+    async def through(
+        self, key: str | None, call: Callable[[], Awaitable[ChatResponse]]
+    ) -> ChatResponse:
+        """The answer kept under ``key`` (no slot, no backend), marked cached; else
+        ``call``'s, kept there. ``key`` None (the call's answer may differ each time, or it
+        does not use the cache): ``call``'s."""
+        if key is None:
+            return await call()
+        asked, looked = time.time(), self._clock()
+        if (cached := await self.get(key)) is not None:
+            latency = self._clock() - looked
+            return cached.model_copy(
+                update={
+                    "cached": True,
+                    "queue_wait_seconds": 0.0,
+                    "started_at": asked,
+                    "latency_seconds": latency,
+                }
+            )
+        response = await call()
+        self.put(key, response)
+        return response
 
     def put(self, key: str, response: ChatResponse) -> None:
         """Store in the background: the caller has its answer already."""

@@ -97,30 +97,21 @@ class GatedProvider:
         (no slot, no backend); else through a slot, and keep the answer there.
 
         ``held``: a slot of this group that the caller holds already (a pool's call, see
-        :mod:`providers.pool`): the call runs in it, once, without the cache; the
-        caller retries, maybe on another server, and reports the tokens used.
+        :mod:`providers.pool`): the call runs in it, once, without this group's cache;
+        the caller keeps the pool's answers, retries, maybe on another server, and
+        reports the tokens used.
         """
-        caching = options.cache and self.cache and held is None
-        key = cache_key(self.identity, request) if caching else None
-        if key is not None and self.cache is not None:
-            asked, looked = time.time(), self._clock()
-            if (cached := await self.cache.get(key)) is not None:
-                latency = self._clock() - looked
-                return cached.model_copy(
-                    update={
-                        "cached": True,
-                        "queue_wait_seconds": 0.0,
-                        "started_at": asked,
-                        "latency_seconds": latency,
-                    }
-                )
-        await self.start()
-        with self._observed(request, options) as answered:
-            response = await self._chat(request, options, held)
-            answered(response.latency_seconds)
-        if key is not None and self.cache is not None:
-            self.cache.put(key, response)
-        return response
+
+        async def call() -> ChatResponse:
+            await self.start()
+            with self._observed(request, options) as answered:
+                response = await self._chat(request, options, held)
+                answered(response.latency_seconds)
+            return response
+
+        if self.cache is None or not options.cache or held is not None:
+            return await call()
+        return await self.cache.through(cache_key(self.identity, request), call)
 
     async def _chat(
         self, request: ChatRequest, options: CallOptions, held: Lease | None

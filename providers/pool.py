@@ -20,8 +20,9 @@ request id, on the others, once. Other retryable errors (429, 503, a
 timeout) are retried as any call's are, each try waiting for a slot of the
 pool again, so a retry may run on another server. With every server out,
 calls fail at once with :class:`actors.errors.PoolUnavailable`, which names
-each server's reason. Pooled calls do not use the response cache: the
-servers of a pool may differ in what they answer.
+each server's reason. A call that uses the response cache is answered from it
+when any server of the pool gave that answer before: the pool is one model (its
+cache key names the pool, see :mod:`providers.cache`).
 """
 
 from __future__ import annotations
@@ -31,13 +32,16 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from actors.engine import Lease
 from actors.groups import GroupSpec, ResourceKind
 from actors.leases import TokensUsed
 from actors.options import DEFAULT_OPTIONS, CallOptions
+from actors.settings import CacheSettings
 from actors.slots import SlotSource
+from providers.cache import ResponseCache, cache_key, get_or_create_cache
 from providers.client import ProviderClient
 from providers.errors import CircuitOpen, ProviderActorLost, ProviderError, ProviderUnavailable
 from providers.gated import GatedProvider, charged
@@ -73,6 +77,7 @@ class PooledProvider:
         *,
         retry: RetryPolicy,
         cooldown: float,
+        cache: CacheSettings | None = None,
     ) -> None:
         self.model = model
         # By group id, in the order the settings name them.
@@ -80,12 +85,17 @@ class PooledProvider:
         self.slots = slots
         self.retry = retry
         self.cooldown = cooldown
+        # The cluster's response cache, for calls that ask for it; None: none.
+        self.cache_settings = cache
+        # What names the pool in cache keys: its model and its servers' groups.
+        self.identity = f"pool:{model}:{','.join(self.servers)}"
         # By group, the server's provider in this process; None: reached through its actor.
         self._near: dict[str, GatedProvider | None] = {}
+        self._cache: ResponseCache | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        # Another process finds its own way to each server.
-        return {**self.__dict__, "_near": {}}
+        # Another process finds its own way to each server and to the cache.
+        return {**self.__dict__, "_near": {}, "_cache": None}
 
     @property
     def pool(self) -> tuple[str, ...]:
@@ -94,6 +104,9 @@ class PooledProvider:
     async def chat(
         self, request: ChatRequest, options: CallOptions = DEFAULT_OPTIONS
     ) -> ChatResponse:
+        """Answer from the response cache if the call allows it and it has the answer of
+        any of the pool's servers (no slot, no server); else on the server granted, and
+        keep the answer there."""
         asking = charged(request, options)
         failed_over = False
 
@@ -107,7 +120,14 @@ class PooledProvider:
                 failed_over = True
             return await self._call(request, asking)
 
-        return await with_retries(attempt, self.retry)
+        async def call() -> ChatResponse:
+            return await with_retries(attempt, self.retry)
+
+        if self.cache_settings is None or not options.cache:
+            return await call()
+        if self._cache is None:
+            self._cache = ResponseCache(partial(get_or_create_cache, self.cache_settings))
+        return await self._cache.through(cache_key(self.identity, request), call)
 
     async def _call(self, request: ChatRequest, options: CallOptions) -> ChatResponse:
         """One try: a slot of the pool, and the call on the server of its group."""
@@ -148,7 +168,10 @@ class PooledProvider:
             raise next(iter(errors.values()))
 
     async def aclose(self) -> None:
-        """Close the connections this process opened to the pool's servers."""
+        """Close the connections this process opened to the pool's servers, once the
+        answers on their way to the cache are there."""
+        if self._cache is not None:
+            await self._cache.drain()
         for near in self._near.values():
             if near is not None:
                 await near.aclose()

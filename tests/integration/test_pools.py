@@ -177,6 +177,34 @@ async def test_a_server_killed_mid_run_takes_no_more_calls_and_its_calls_move_ov
     assert stats.active == 0
 
 
+async def test_a_pools_answer_is_kept_for_the_pool_whichever_server_gave_it(
+    make_manager: ManagerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deterministic requests asked twice of a pool: the second time each is answered from
+    the cache (no slot, no server), though the pool has two servers."""
+    monkeypatch.setenv("RAYGATE_CACHE__ENABLED", "true")
+    monkeypatch.setenv("RAYGATE_CACHE__PATH", str(tmp_path / "answers.sqlite3"))
+    with (
+        FakeLLMServer(OpenAIDialect(), responder=respond) as a,
+        FakeLLMServer(OpenAIDialect(), responder=respond) as b,
+    ):
+        settings = Settings(models={"pooled": ModelEntry(deployments=deployed(a, b))})
+        client = make_manager(*settings.models["pooled"].specs())
+        provider, _ = provider_for_model(settings, "pooled", client)
+        requests = [chat(f"question {i}").model_copy(update={"temperature": 0.0}) for i in range(4)]
+        cached = CallOptions(cache=True)
+
+        first = [await provider.chat(request, cached) for request in requests]
+        again = [await provider.chat(request, cached) for request in requests]
+        opted_out = await provider.chat(requests[0], CallOptions(cache=False))
+
+    assert [answer.cached for answer in first + again] == [False] * 4 + [True] * 4
+    assert [answer.text for answer in again] == [answer.text for answer in first]
+    assert not opted_out.cached
+    assert len(a.received) + len(b.received) == 4 + 1
+    assert min(len(a.received), len(b.received)) >= 1
+
+
 @pytest.mark.slow
 async def test_pools_and_fallbacks_over_http(ray_session: None) -> None:
     """The endpoint serves model "pooled" on two servers; its first server also serves
