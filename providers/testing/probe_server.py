@@ -104,7 +104,11 @@ class ProbeServer:
         # The requests worked on now, by arrival number, with their connections.
         self._live: dict[int, socket.socket] = {}
         self._lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), self._handler())
+        self._listen(0)
+
+    def _listen(self, port: int) -> None:
+        """Listen on ``port`` of loopback (0: any free one); served from __enter__ on."""
+        self._server = _Server(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         # serve_forever checks for shutdown() every poll_interval (default 0.5 s).
         self._thread = threading.Thread(
@@ -166,6 +170,12 @@ class ProbeServer:
             with contextlib.suppress(OSError):
                 connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 connection.shutdown(socket.SHUT_RDWR)
+
+    def revive(self) -> None:
+        """After :meth:`kill`: serve again at the same address, as a restarted server does
+        (what it received before stays counted)."""
+        self._listen(self._server.server_address[1])
+        self._thread.start()
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
         raw = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))

@@ -177,6 +177,50 @@ async def test_a_server_killed_mid_run_takes_no_more_calls_and_its_calls_move_ov
     assert stats.active == 0
 
 
+async def test_a_server_back_after_its_cooldown_takes_a_probe_then_its_share(
+    make_manager: ManagerFactory,
+) -> None:
+    """Server b dies: its call moves to a, and b is out for the 1 s cooldown. Still dead
+    after it, the probe finds it down and it is out again; the probe's call moves to a
+    too. Restarted, its next probe answers and b is back in rotation. No call fails."""
+    with (
+        FakeLLMServer(OpenAIDialect(), responder=respond) as a,
+        FakeLLMServer(OpenAIDialect(), responder=respond) as b,
+    ):
+        settings = Settings(
+            models={"pooled": ModelEntry(deployments=deployed(a, b))},
+            providers=ProviderSettings(breaker_cooldown_seconds=1.0),
+        )
+        group_a, group_b = (spec.id for spec in settings.models["pooled"].specs())
+        client = make_manager(*settings.models["pooled"].specs())
+        provider, _ = provider_for_model(settings, "pooled", client)
+
+        async def b_is(state: str) -> bool:
+            stats = (await client.stats()).groups[group_b]
+            probing, out = stats.probing, stats.out_reason is not None
+            return {"out": out and not probing, "probing": probing, "in": not out}[state]
+
+        async def calls(n: int) -> list[str]:
+            return [(await provider.chat(chat(f"call {i}"))).group for i in range(n)]
+
+        assert set(await calls(2)) == {group_a, group_b}  # both free: they take turns
+        b.kill()
+        assert set(await calls(4)) == {group_a}
+        assert await b_is("out")
+        await eventually(lambda: b_is("probing"), "b's cooldown to pass")
+        before = len(a.received)
+        assert set(await calls(4)) == {group_a}
+        assert len(a.received) == before + 4
+        assert await b_is("out")  # the probe found it down again
+
+        b.revive()
+        await eventually(lambda: b_is("probing"), "b's second cooldown to pass")
+        answered_by = await calls(4)
+
+    assert group_b in answered_by
+    assert await b_is("in")
+
+
 async def test_a_pools_answer_is_kept_for_the_pool_whichever_server_gave_it(
     make_manager: ManagerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

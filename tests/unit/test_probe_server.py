@@ -67,3 +67,18 @@ async def test_a_killed_server_resets_its_calls_and_refuses_new_ones() -> None:
                 await in_flight
             with pytest.raises(httpx.ConnectError):
                 await http.post("/", json={})
+
+
+def test_a_killed_server_revived_serves_again_at_its_address() -> None:
+    with ProbeServer() as server:
+        url = server.url
+        httpx.post(url, json={"n": 1}).raise_for_status()
+        server.kill()
+        with pytest.raises(httpx.ConnectError):
+            httpx.post(url, json={"n": 2})
+
+        server.revive()
+
+        httpx.post(url, json={"n": 3}).raise_for_status()
+        assert server.url == url
+        assert server.bodies == [{"n": 1}, {"n": 3}]
