@@ -173,9 +173,9 @@ class SlotEngine:
         room for it (the lease names which); a new arrival that finds room in
         several takes the least busy for its weight (see :func:`_least_busy`).
         ``caller``: the id of the process that asked, whose waiters and leases
-        :meth:`drop_caller` ends. ``started``:
-        the call already runs (its caller took a group where nobody waits, see
-        :mod:`actors.outbox`): it is counted, past any limit or budget.
+        :meth:`drop_caller` ends. ``started``: the call already runs (its caller
+        took a group where nobody waits, see :mod:`actors.outbox`): it is
+        counted, past any limit or budget.
         """
         pool = pool_of(group_id)
         groups = [self.groups[g] for g in pool]

@@ -1,11 +1,11 @@
 """The slot engine's groups: each group's live state, and the table that registers them.
 
 A group is known by the id of its :class:`~actors.groups.GroupSpec`; a configured
-limit overrides the spec's default, a configured budget gives it requests-
-and tokens-per-minute buckets, and a configured weight its share of a pool's
-new calls. A group whose held leases a restarted manager
-must know (a capped group, or any under a global cap) is *journaled*: every
-change of its held leases marks it for :mod:`actors.journal`.
+limit overrides the spec's default, a configured budget gives it requests- and
+tokens-per-minute buckets, and a configured weight its share of a pool's new
+calls. A group whose held leases a restarted manager must know (a capped group,
+or any under a global cap) is *journaled*: every change of its held leases
+marks it for :mod:`actors.journal`.
 """
 
 from __future__ import annotations

@@ -309,15 +309,12 @@ def stats(engine: SlotEngine) -> QueueStats:
 
 
 def model_stats(engine: SlotEngine, model: str, entry: ModelEntry) -> ModelStats:
-    taken: dict[str, dict[str, int]] = {}
-    for (asked, fallback), reasons in engine.fallbacks_taken.items():
-        if asked == model:
-            taken[fallback] = dict(reasons)
+    taken = engine.fallbacks_taken.items()
     return ModelStats(
         groups=[spec.id for spec in entry.specs()],
         fallbacks=list(entry.fallbacks),
         fallback_after_seconds=entry.fallback_after_seconds,
-        fallbacks_taken=taken,
+        fallbacks_taken={to: dict(why) for (asked, to), why in taken if asked == model},
     )
 
 
