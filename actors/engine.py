@@ -57,7 +57,7 @@ from actors.leases import Lease, LeaseTable, TokensUsed
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.queueview import QueueView
 from actors.reports import Observer, Outcome, Recorder
-from actors.stats import GroupInfo, QueuePosition, QueueStats
+from actors.stats import GroupInfo, ModelStats, QueuePosition, QueueStats
 from actors.waitqueue import Arrivals, GrantKey, grant_key, width
 
 __all__ = ["Lease", "Observer", "Outcome", "SlotEngine"]
@@ -107,12 +107,17 @@ class SlotEngine:
         self.recorder = Recorder(observer, clock)
         self.holdings = Holdings(self.groups, self.leases, self.callers, self.recorder, clock)
         self.waiters = self.holdings.waiters
-        # The settings' models of several servers or with fallbacks, for the stats; and by
-        # model asked and fallback, why the calls each fallback took over went to it.
+        # The settings' models of several servers or with fallbacks, as the stats show
+        # them; and by model asked and fallback, why the calls each fallback took over
+        # went to it.
         self.models = {
-            model: entry
+            model: ModelStats(
+                groups=[spec.id for spec in entry.specs()],
+                fallbacks=list(entry.fallbacks),
+                fallback_after_seconds=entry.fallback_after_seconds,
+            )
             for model, entry in (models or {}).items()
-            if len(entry.servers()) > 1 or entry.fallbacks
+            if entry.routed
         }
         self.fallbacks_taken: defaultdict[tuple[str, str], Counter[str]] = defaultdict(Counter)
 

@@ -243,6 +243,12 @@ class ModelEntry(BaseModel):
                 raise ValueError(f"deployments {before} and {n} are one server ({spec.id})")
         return self
 
+    @property
+    def routed(self) -> bool:
+        """Whether its calls may go elsewhere than one server: a pool, or a model with
+        fallbacks."""
+        return len(self.servers()) > 1 or bool(self.fallbacks)
+
     def servers(self) -> tuple[Deployment, ...]:
         """Its deployments; the single form as one."""
         if self.deployments:

@@ -31,7 +31,6 @@ from actors.waitqueue import FLOW_MEMORY
 
 if TYPE_CHECKING:
     from actors.engine import SlotEngine
-    from actors.groups import ModelEntry
     from actors.groupstate import Group
 
 # Weight of the newest hold time in a group's moving average (for wait estimates).
@@ -304,17 +303,15 @@ def stats(engine: SlotEngine) -> QueueStats:
         renewed=leases.renewed,
         overtaken=engine.hand_overs.overtaken,
         next_in_line_answers=engine.hand_overs.answers,
-        models={model: model_stats(engine, model, entry) for model, entry in engine.models.items()},
+        models={model: model_stats(engine, model, m) for model, m in engine.models.items()},
     )
 
 
-def model_stats(engine: SlotEngine, model: str, entry: ModelEntry) -> ModelStats:
+def model_stats(engine: SlotEngine, model: str, described: ModelStats) -> ModelStats:
+    """``described`` (see SlotEngine.models), with the fallbacks ``model``'s calls took."""
     taken = engine.fallbacks_taken.items()
-    return ModelStats(
-        groups=[spec.id for spec in entry.specs()],
-        fallbacks=list(entry.fallbacks),
-        fallback_after_seconds=entry.fallback_after_seconds,
-        fallbacks_taken={to: dict(why) for (asked, to), why in taken if asked == model},
+    return described.model_copy(
+        update={"fallbacks_taken": {to: dict(why) for (asked, to), why in taken if asked == model}}
     )
 
 

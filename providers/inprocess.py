@@ -37,7 +37,7 @@ async def provider_in_reach(
     Raises UnknownModel, or MissingAPIKey for a remote API without a key.
     """
     entry = None if model_id == EMBEDDED_MODEL_ID else model_entry(settings.models, model_id)
-    if entry is None or len(entry.specs()) > 1 or entry.fallbacks:
+    if entry is None or entry.routed:
         # The embedded model, a pool, a model with fallbacks.
         return provider_for_model(settings, model_id, manager)
     [spec] = entry.specs()
