@@ -10,8 +10,8 @@ A thin shell over :class:`providers.gated.GatedProvider`. Where it runs:
 
 Actors are named ``provider:<group id>`` in the ``raygate`` namespace and got
 with get-if-exists, so every driver and job shares one per backend. The
-embedded default model (:class:`EmbeddedModelActor`) runs its own llama.cpp
-server and is named ``provider:embedded-gemma-3-270m@<host>``.
+embedded models (:class:`EmbeddedModelActor`) each run their own llama.cpp
+server, named ``provider:embedded-<model id>@<host>``.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from providers.factory import api_key_for, build_backend
 from providers.fallback import FallbackProvider, Step
 from providers.gated import GatedProvider
 from providers.http import Backend
-from providers.llamacpp import EMBEDDED_MODEL_ID, LlamaCppServer, embedded_model_path
+from providers.llamacpp import DEFAULT_EMBEDDED, EmbeddedModel, LlamaCppServer, embedded_model
 from providers.metrics import CallMetrics
 from providers.models import ChatRequest, ChatResponse, StreamDelta
-from providers.openai import LLAMA_CPP_GEMMA, Quirks
+from providers.openai import Quirks
 from providers.pool import PooledProvider, Server
 from providers.retry import RetryPolicy
 from providers.supervisor import RestartPolicy, ServerSupervisor, SupervisedBackend
@@ -194,23 +194,27 @@ class ProviderActor(_ProviderShell):
 
 @ray.remote(num_cpus=0)
 class EmbeddedModelActor(_ProviderShell):
-    """The embedded default: a llama.cpp server this actor starts, owns and stops.
+    """An embedded model: a llama.cpp server this actor starts, owns and stops.
 
     Served as an openai-compatible local-server group (limit 1) at the
     server's loopback port, on the GPU host the actor is pinned to.
     """
 
     def __init__(
-        self, options: ProviderOptions, manager: ManagerClient | None, host: str | None
+        self,
+        embedded: EmbeddedModel,
+        options: ProviderOptions,
+        manager: ManagerClient | None,
+        host: str | None,
     ) -> None:
-        model = embedded_model_path()
-        server = LlamaCppServer(model)
+        model = embedded.path()
+        server = LlamaCppServer(embedded, model)
         # Started by the first call (or ready()), on this actor's event loop, which
         # lives as long as the actor: the server dies with the thread that started it.
         self._supervisor = ServerSupervisor(server, options.restarts)
         spec = classify(Provider.OPENAI_COMPATIBLE, server.base_url, host=host)
         backend = SupervisedBackend(
-            self._supervisor, group=spec.id, timeout=options.timeout, quirks=LLAMA_CPP_GEMMA
+            self._supervisor, group=spec.id, timeout=options.timeout, quirks=embedded.quirks
         )
         # Its answers are the model file's, whatever port the server has this run.
         identity = f"embedded:{model.name}:{model.stat().st_size}"
@@ -268,16 +272,23 @@ def get_or_create_provider(
 
 
 def get_or_create_embedded_model(
-    options: ProviderOptions, manager: ManagerClient | None, host: str | None = None
+    options: ProviderOptions,
+    manager: ManagerClient | None,
+    host: str | None = None,
+    model: EmbeddedModel = DEFAULT_EMBEDDED,
 ) -> EmbeddedModelClient:
-    """The cluster's embedded model server on ``host`` (the caller's node when None)."""
-    name = f"provider:embedded-{EMBEDDED_MODEL_ID}@{host or 'local'}" + (
-        "" if manager is not None else ":direct"
-    )
+    """The cluster's server of the embedded ``model`` on ``host`` (the caller's node when
+    None)."""
+    name = embedded_actor_name(model.id, host) + ("" if manager is not None else ":direct")
     handle = named_actor(
-        EmbeddedModelActor, name, options, manager, host, placement=local_placement(host)
+        EmbeddedModelActor, name, model, options, manager, host, placement=local_placement(host)
     )
     return EmbeddedModelClient(handle, name)
+
+
+def embedded_actor_name(model_id: str, host: str | None) -> str:
+    """The name of the (gated) actor that serves the embedded model ``model_id`` on ``host``."""
+    return f"provider:embedded-{model_id}@{host or 'local'}"
 
 
 def slots_of(manager: ManagerClient | None) -> SlotSource:
@@ -292,15 +303,18 @@ def provider_for_model(
     them (see :mod:`providers.pool`), with its fallbacks when it names some (see
     :mod:`providers.fallback`); and the name its backends know it by.
 
-    ``model_id``: None or the embedded model's id (the embedded model, on
-    ``pipeline.embedded_host``), a model of the registry, or ``provider/model``
-    (see :func:`actors.groups.model_entry`). Raises UnknownModel, or
-    MissingAPIKey for a remote API without a key.
+    ``model_id``: None (the default embedded model) or an embedded model's id
+    (served on ``pipeline.embedded_host``), a model of the registry, or
+    ``provider/model`` (see :func:`actors.groups.model_entry`). Raises
+    UnknownModel, ModelNotInstalled for an embedded model whose package is not
+    installed, or MissingAPIKey for a remote API without a key.
     """
-    if model_id is None or model_id == EMBEDDED_MODEL_ID:
+    if model_id is None:
+        model_id = DEFAULT_EMBEDDED.id
+    if (embedded := embedded_model(model_id)) is not None:
         options = options_for(Provider.OPENAI_COMPATIBLE, settings)
         host = settings.pipeline.embedded_host
-        return get_or_create_embedded_model(options, manager, host), EMBEDDED_MODEL_ID
+        return get_or_create_embedded_model(options, manager, host, embedded), embedded.id
     entry = model_entry(settings.models, model_id)
     provider, name = _servers_of(settings, model_id, entry, manager)
     if not entry.fallbacks:

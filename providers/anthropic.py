@@ -43,7 +43,7 @@ class AnthropicBackend(Backend):
     def body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
         body: dict[str, object] = {
             "model": request.model,
-            "max_tokens": request.max_tokens,
+            "max_tokens": self.max_tokens(request),
             "messages": [m.model_dump() for m in request.turns],
         }
         if request.system is not None:

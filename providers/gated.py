@@ -33,7 +33,7 @@ from providers.breaker import CircuitBreaker
 from providers.cache import ResponseCache, cache_key
 from providers.errors import RateLimited
 from providers.http import Backend
-from providers.models import ChatRequest, ChatResponse, StreamDelta, Usage
+from providers.models import DEFAULT_MAX_TOKENS, ChatRequest, ChatResponse, StreamDelta, Usage
 from providers.retry import RetryPolicy, with_retries
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class GatedProvider:
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": self.spec.provider.value,
             "gen_ai.request.model": request.model,
-            "gen_ai.request.max_tokens": request.max_tokens,
+            "gen_ai.request.max_tokens": self.backend.max_tokens(request),
             "raygate.group": self.spec.id,
             "raygate.flow": options.flow or "",
             "raygate.stage": labels.stage,
@@ -267,7 +267,8 @@ class GatedProvider:
 def charged(request: ChatRequest, options: CallOptions) -> CallOptions:
     """The options with what the request may use at most, for its group's token budget."""
     prompt = sum(len(message.content) for message in request.messages)
-    return replace(options, tokens=estimate_tokens(prompt, request.max_tokens))
+    limit = DEFAULT_MAX_TOKENS if request.max_tokens is None else request.max_tokens
+    return replace(options, tokens=estimate_tokens(prompt, limit))
 
 
 def answered_attributes(usage: Usage) -> dict[str, int]:

@@ -32,7 +32,14 @@ from providers.errors import (
     ProviderUnavailable,
     RateLimited,
 )
-from providers.models import ChatRequest, ChatResponse, FinishReason, StreamDelta, Usage
+from providers.models import (
+    DEFAULT_MAX_TOKENS,
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    StreamDelta,
+    Usage,
+)
 
 # How much of a provider's own error message is kept in ours.
 ERROR_EXCERPT = 300
@@ -59,6 +66,7 @@ class Answer:
 class Backend(ABC):
     provider: str
     path: str
+    default_max_tokens = DEFAULT_MAX_TOKENS
 
     def __init__(
         self,
@@ -92,6 +100,10 @@ class Backend(ABC):
     async def aclose(self) -> None:
         for pool in self._pools:
             await pool.aclose()
+
+    def max_tokens(self, request: ChatRequest) -> int:
+        """The tokens an answer may take: the request's limit, else this backend's default."""
+        return self.default_max_tokens if request.max_tokens is None else request.max_tokens
 
     # -- what a wire format defines ----------------------------------------------
 

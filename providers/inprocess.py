@@ -25,7 +25,7 @@ from actors.settings import Settings
 from actors.slots import NoSlots
 from providers.actor import gated_provider, get_or_create_provider, options_for, provider_for_model
 from providers.client import ChatProvider
-from providers.llamacpp import EMBEDDED_MODEL_ID
+from providers.llamacpp import embedded_model
 
 
 async def provider_in_reach(
@@ -36,9 +36,9 @@ async def provider_in_reach(
 
     Raises UnknownModel, or MissingAPIKey for a remote API without a key.
     """
-    entry = None if model_id == EMBEDDED_MODEL_ID else model_entry(settings.models, model_id)
+    entry = None if embedded_model(model_id) else model_entry(settings.models, model_id)
     if entry is None or entry.routed:
-        # The embedded model, a pool, a model with fallbacks.
+        # An embedded model, a pool, a model with fallbacks.
         return provider_for_model(settings, model_id, manager)
     [spec] = entry.specs()
     options = options_for(spec.provider, settings)

@@ -10,6 +10,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# Tokens an answer may take when its request names no limit, unless its backend says
+# otherwise (an embedded model's own default: see providers.llamacpp).
+DEFAULT_MAX_TOKENS = 1024
+
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length", "content_filter", "other"]
 
@@ -37,7 +41,8 @@ class ChatRequest(BaseModel):
     model: str = Field(min_length=1)
     messages: tuple[ChatMessage, ...] = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int = Field(default=1024, gt=0)
+    # None: the backend's default (see Backend.max_tokens).
+    max_tokens: int | None = Field(default=None, gt=0)
     stop: tuple[str, ...] = ()
     response_format: JsonSchemaFormat | None = None
     stream: bool = False

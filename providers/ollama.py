@@ -30,7 +30,7 @@ class OllamaBackend(Backend):
         return {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
 
     def body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
-        options: dict[str, object] = {"num_predict": request.max_tokens}
+        options: dict[str, object] = {"num_predict": self.max_tokens(request)}
         if request.temperature is not None:
             options["temperature"] = request.temperature
         if request.stop:

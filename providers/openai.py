@@ -45,7 +45,7 @@ class OpenAIBackend(Backend):
         body: dict[str, object] = {
             "model": request.model,
             "messages": [m.model_dump() for m in request.messages],
-            self.max_tokens_field: request.max_tokens,
+            self.max_tokens_field: self.max_tokens(request),
         }
         if request.temperature is not None:
             body["temperature"] = request.temperature
@@ -118,10 +118,9 @@ class Quirks:
     # Put the system prompt at the head of the first user turn, for chat
     # formats that drop system messages (Gemma's).
     fold_system_prompt: bool = False
-
-
-# llama-cpp-python's server running a Gemma model.
-LLAMA_CPP_GEMMA = Quirks(schema_style="json_object", fold_system_prompt=True)
+    # The tokens an answer may take when its request names no limit; None: the default of
+    # every backend.
+    max_tokens: int | None = None
 
 
 class OpenAICompatibleBackend(OpenAIBackend):
@@ -134,6 +133,8 @@ class OpenAICompatibleBackend(OpenAIBackend):
         super().__init__(*args, **kwargs)
         self.schema_style = quirks.schema_style
         self.quirks = quirks
+        if quirks.max_tokens is not None:
+            self.default_max_tokens = quirks.max_tokens
 
     def body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
         body = super().body(request, stream=stream)

@@ -62,7 +62,7 @@ from providers.client import ChatProvider
 from providers.errors import ProviderActorLost
 from providers.gated import GatedProvider
 from providers.inprocess import provider_in_reach
-from providers.llamacpp import EMBEDDED_MODEL_ID
+from providers.llamacpp import EMBEDDED_MODEL_ID, EMBEDDED_MODELS
 from providers.models import StreamDelta, Usage
 from providers.pool import PooledProvider
 from serve.errors import HTTPAnswer, answer_for, documented, invalid, retry_after
@@ -443,7 +443,8 @@ class Gateway:
         tenant = tenant_of(request)
         groups = None if self._manager is None else (await self._manager.stats()).groups
         models = self._settings.models
-        every = [*models, EMBEDDED_MODEL_ID]
+        embedded = [model.id for model in EMBEDDED_MODELS.values() if model.installed]
+        every = [*models, *embedded]
         listed = [model_object(i, models.get(i), groups) for i in every if may_use(tenant, i)]
         return {"object": "list", "data": listed}
 

@@ -422,5 +422,6 @@ def test_the_serve_config_deploys_the_endpoint_on_the_cluster(
             [serve_cli, "shutdown", "--address", started_cluster.dashboard, "--yes"],
             env=env, check=True, capture_output=True, timeout=120,
         )  # fmt: skip
-    assert [m["id"] for m in models.raise_for_status().json()["data"]] == ["gemma-3-270m"]
+    listed = [m["id"] for m in models.raise_for_status().json()["data"]]
+    assert listed == ["smollm2-135m-instruct", "gemma-3-270m"]  # the embedded models
     assert anonymous.status_code == 401

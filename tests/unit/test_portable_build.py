@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from providers.llamacpp import PORTABLE_REINSTALL, LlamaCppServer, system_info
+from providers.llamacpp import DEFAULT_EMBEDDED, PORTABLE_REINSTALL, LlamaCppServer, system_info
 from providers.supervisor import Exit
 
 if importlib.util.find_spec("llama_cpp") is None:
@@ -30,7 +30,7 @@ def test_the_installed_llama_cpp_is_built_for_the_avx2_baseline_without_avx512_o
 
 @pytest.mark.parametrize("how", [signal.SIGILL, signal.SIGSEGV, signal.SIGBUS])
 def test_a_server_dying_of_a_cpu_fault_points_to_the_portable_build(how: signal.Signals) -> None:
-    server = LlamaCppServer(Path("model.gguf"))
+    server = LlamaCppServer(DEFAULT_EMBEDDED, Path("model.gguf"))
 
     assert PORTABLE_REINSTALL in server.hint(Exit(pid=1, returncode=-how, output="", at=0.0))
     assert server.hint(Exit(pid=1, returncode=-signal.SIGKILL, output="", at=0.0)) == ""

@@ -32,8 +32,9 @@ from providers.errors import (
 )
 from providers.factory import build_backend
 from providers.gated import GatedProvider
+from providers.llamacpp import GEMMA, SMOLLM2
 from providers.models import ChatMessage, ChatRequest, JsonSchemaFormat
-from providers.openai import LLAMA_CPP_GEMMA, Quirks
+from providers.openai import Quirks
 from providers.retry import RetryPolicy
 from providers.testing.fake_llm import (
     AnthropicDialect,
@@ -319,7 +320,7 @@ async def test_a_prompt_too_long_for_the_model_is_context_too_long_not_retried(
 async def test_llama_cpp_quirks_fold_the_system_prompt_and_ask_json_object() -> None:
     with FakeLLMServer(OpenAIDialect()) as server:
         spec = classify("openai-compatible", server.url + "/v1")
-        backend = build_backend(spec, api_key=None, timeout=5, quirks=LLAMA_CPP_GEMMA)
+        backend = build_backend(spec, api_key=None, timeout=5, quirks=GEMMA.quirks)
         server.script(SayJson({"city": "Paris"}))
         request = ChatRequest(
             model="gemma",
@@ -339,6 +340,25 @@ async def test_llama_cpp_quirks_fold_the_system_prompt_and_ask_json_object() -> 
     ]
     assert body["response_format"] == {"type": "json_object", "schema": CITY_SCHEMA}
     assert response.data == {"city": "Paris"}
+
+
+async def test_an_embedded_models_request_without_a_limit_takes_the_models_own() -> None:
+    # SmolLM2's chat template keeps the system prompt; a request that names no limit
+    # stops at the embedded model's default, one that names one at its own.
+    with FakeLLMServer(OpenAIDialect()) as server:
+        spec = classify("openai-compatible", server.url + "/v1")
+        backend = build_backend(spec, api_key=None, timeout=5, quirks=SMOLLM2.quirks)
+        system = ChatMessage(role="system", content="Be brief.")
+        hello = ChatMessage(role="user", content="Hello")
+        server.script(Say("Hi!"), Say("Hi!"))
+
+        await backend.chat(ChatRequest(model=SMOLLM2.id, messages=(system, hello)))
+        await backend.chat(ChatRequest(model=SMOLLM2.id, messages=(hello,), max_tokens=9))
+        await backend.aclose()
+
+    unlimited, limited = server.bodies
+    assert unlimited["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert (unlimited["max_tokens"], limited["max_tokens"]) == (SMOLLM2.quirks.max_tokens, 9)
 
 
 async def test_raw_newline_inside_a_json_string_is_accepted() -> None:
