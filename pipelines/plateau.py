@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from actors.errors import RaygateError
 from actors.options import CallLabels, CallOptions
@@ -42,24 +42,54 @@ class Service(_Strict):
 
 # The bounds are also in the JSON schema the model gets, which keeps answers
 # short enough to finish within the token budget (llama.cpp's grammar and
-# OpenAI's structured output both enforce them).
-Name = Annotated[str, Field(min_length=1, max_length=40)]
-Sentence = Annotated[str, Field(max_length=100)]
+# OpenAI's structured output both enforce them); the patterns keep a small
+# model's names to words and its sentences to one line, where it would
+# otherwise write "{", "]\n#1:" or a timestamp.
+Name = Annotated[str, Field(max_length=40, pattern=r"^[A-Za-z][A-Za-z0-9 &'/.+-]{0,39}$")]
+Sentence = Annotated[str, Field(max_length=100, pattern=r"^[A-Za-z][^\n\\\"{}\[\]]{0,99}$")]
+
+
+def _once(names: list[str]) -> list[str]:
+    """Each name once, in the order first given (any case): small models repeat themselves,
+    and a list that names one thing twice tells its reader nothing more."""
+    seen: set[str] = set()
+    kept = []
+    for name in names:
+        if (key := name.casefold().strip()) not in seen:
+            seen.add(key)
+            kept.append(name)
+    return kept
 
 
 class Feature(_Strict):
+    """A feature as the job records it (and reads it back from an output file, maybe one
+    that an earlier version wrote)."""
+
+    name: str = Field(min_length=1, max_length=40)
+    description: str = Field(max_length=100)
+
+
+class AskedFeature(Feature):
+    """A feature as a model must answer it."""
+
     name: Name
     description: Sentence
 
 
 class FeatureSet(_Strict):
-    features: list[Feature] = Field(min_length=1, max_length=3)
+    features: list[AskedFeature] = Field(min_length=1, max_length=3)
+
+    @field_validator("features")
+    @classmethod
+    def _each_once(cls, features: list[AskedFeature]) -> list[AskedFeature]:
+        kept = _once([feature.name for feature in features])
+        return [next(f for f in features if f.name == name) for name in kept]
 
 
 class MappingSet(_Strict):
     """What a plateau's features rely on, of one mapping type (e.g. the data)."""
 
-    items: list[Name] = Field(min_length=1, max_length=5)
+    items: Annotated[list[Name], AfterValidator(_once)] = Field(min_length=1, max_length=5)
 
 
 @dataclass(frozen=True)
@@ -70,7 +100,7 @@ class Mappings:
 
 
 class Ambitions(_Strict):
-    ambitions: list[Sentence] = Field(min_length=1, max_length=3)
+    ambitions: Annotated[list[Sentence], AfterValidator(_once)] = Field(min_length=1, max_length=3)
 
 
 class PlateauResult(_Strict):
@@ -179,23 +209,13 @@ class PlateauJob:
     # -- stages ---------------------------------------------------------------------
 
     async def _ambitions(self, service: Service) -> Ambitions:
-        prompt = (
-            f"Service: {service.name}\n{service.description}\n\n"
-            "List up to 3 short ambitions for how this service should evolve."
-        )
+        prompt = ambitions_prompt(service)
         return await self._structured(CallLabels("ambitions", service.id), prompt, Ambitions)
 
     async def _features(self, service: Service, plateau: int, upstream: Upstream) -> FeatureSet:
         previous = upstream.previous_as(FeatureSet)
         before = previous.features if previous is not None else []
-        known = ", ".join(f.name for f in before) or "none yet"
-        prompt = (
-            f"Service: {service.name}\n{service.description}\n\n"
-            f"Plateau {plateau} of {self.settings.plateaus} (a higher plateau is more mature). "
-            f"Features at the previous plateau: {known}.\n"
-            f"List up to 3 features the service has at plateau {plateau}, each with a short "
-            "name and one short sentence."
-        )
+        prompt = features_prompt(service, plateau, self.settings.plateaus, before)
         # The chain of features is the job's critical path: among calls of equal
         # priority, the manager grants these first (mappings can wait a round).
         labels = CallLabels("features", service.id, plateau=plateau)
@@ -203,13 +223,9 @@ class PlateauJob:
 
     async def _mappings(self, service: Service, plateau: int, upstream: Upstream) -> Mappings:
         features = upstream.inputs_as(FeatureSet)
-        listing = "\n".join(f"- {f.name}: {f.description}" for f in features.features)
 
         async def one(kind: str) -> MappingSet:
-            prompt = (
-                f"Service: {service.name}, plateau {plateau}. Its features:\n{listing}\n\n"
-                f"Name up to 5 {kind} these features rely on, as short nouns."
-            )
+            prompt = mappings_prompt(service, features.features, kind)
             labels = CallLabels("mappings", service.id, plateau=plateau, mapping_type=kind)
             return await self._structured(labels, prompt, MappingSet)
 
@@ -222,20 +238,10 @@ class PlateauJob:
     async def _structured(
         self, labels: CallLabels, prompt: str, model: type[Model], *, critical: bool = False
     ) -> Model:
-        messages = [
-            ChatMessage(role="system", content="Answer with JSON only, matching the schema."),
-            ChatMessage(role="user", content=prompt),
-        ]
-        fmt = answer_format(model)
+        messages = [ChatMessage(role="user", content=prompt)]
         reason = ""
         for attempt in range(1, self.settings.output_attempts + 1):
-            request = ChatRequest(
-                model=self.model,
-                messages=tuple(messages),
-                max_tokens=self.settings.max_tokens,
-                temperature=0.0,
-                response_format=fmt,
-            )
+            request = structured_request(self.model, messages, model, self.settings.max_tokens)
             try:
                 options = CallOptions(
                     critical=critical,
@@ -258,6 +264,52 @@ class PlateauJob:
         raise InvalidOutput(
             labels.describe(), labels.service_id, self.settings.output_attempts, reason
         )
+
+
+# -- the prompts: the job's, and the answer-quality check's (pipelines.answers) ----------
+
+
+def ambitions_prompt(service: Service) -> str:
+    return (
+        f"Service: {service.name}\n{service.description}\n\n"
+        "List up to 3 short ambitions for how this service should evolve."
+    )
+
+
+def features_prompt(
+    service: Service, plateau: int, plateaus: int, before: Sequence[Feature]
+) -> str:
+    """The features at ``plateau`` of ``plateaus``, given those at the one ``before``."""
+    known = ", ".join(f.name for f in before) or "none yet"
+    return (
+        f"Service: {service.name}\n{service.description}\n\n"
+        f"Features it already has: {known}.\n"
+        f"What features could it add next (stage {plateau} of {plateaus})? Give each a name "
+        "of two or three words and a sentence of at most ten words."
+    )
+
+
+def mappings_prompt(service: Service, features: Sequence[Feature], kind: str) -> str:
+    """What ``features`` rely on, of the mapping type ``kind``."""
+    listing = "\n".join(f"- {f.name}: {f.description}" for f in features)
+    return (
+        f"Service: {service.name}. Its features:\n{listing}\n\n"
+        f"Which {kind} do these features rely on? Give up to 5, each a short noun."
+    )
+
+
+def structured_request(
+    model: str, turns: list[ChatMessage], answer: type[BaseModel], max_tokens: int
+) -> ChatRequest:
+    """A request for a JSON answer of ``answer``'s schema, after a system prompt that says so."""
+    system = ChatMessage(role="system", content="Answer with JSON only, matching the schema.")
+    return ChatRequest(
+        model=model,
+        messages=(system, *turns),
+        max_tokens=max_tokens,
+        temperature=0.0,
+        response_format=answer_format(answer),
+    )
 
 
 def _root_cause(raised: BaseException) -> BaseException:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,21 @@ def test_rewrite_puts_records_in_input_order(tmp_path: Path) -> None:
     out.rewrite_in_order(["a", "b", "c"])
 
     assert list(out.load()) == ["a", "b", "c", "old"]
+
+
+def test_records_an_earlier_model_wrote_load_though_the_job_now_asks_for_plainer_ones(
+    tmp_path: Path,
+) -> None:
+    # Gemma 3 270M's answers, before names had to be words and sentences one line.
+    path = tmp_path / "out.jsonl"
+    feature = {"name": "Customer support", "description": "The payment is made\n"}
+    plateau = {"plateau": 1, "features": [feature], "mappings": {"data": ["1"]}}
+    path.write_text(
+        json.dumps({"service_id": "a", "status": "ok", "ambitions": ["1"], "plateaus": [plateau]})
+        + "\n"
+    )
+
+    assert ResultsFile(path).load()["a"].plateaus[0].features[0].name == "Customer support"
 
 
 def test_a_file_that_is_not_results_is_refused(tmp_path: Path) -> None:
