@@ -12,18 +12,21 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import ray
 import yaml
+from pydantic import SecretStr
 
 from actors.client import ManagerClient
 from actors.names import MANAGER_NAME, NAMESPACE
-from actors.settings import PipelineSettings, ProviderSettings, Settings
+from actors.settings import PipelineSettings, ProviderSettings, ServeSettings, Settings
+from pipelines.answers import GREETINGS, check_record, judged, prompts, says_any
 from pipelines.job import summary
-from pipelines.plateau import Service
-from providers.actor import ProviderOptions, get_or_create_embedded_model
+from pipelines.plateau import Service, read_services
+from providers.actor import ProviderOptions, embedded_actor_name, get_or_create_embedded_model
 from providers.client import EmbeddedModelClient
-from providers.llamacpp import EMBEDDED_MODEL_ID
+from providers.llamacpp import DEFAULT_EMBEDDED, EMBEDDED_MODEL_ID, GEMMA, served
 from providers.models import ChatMessage, ChatRequest, JsonSchemaFormat
 from tests.integration.conftest import (
     GPU_HOST,
@@ -35,6 +38,9 @@ from tests.integration.conftest import (
     write_services,
 )
 from tests.support.polling import eventually
+from tests.support.serve_app import serve_app
+
+KEY = "sk-test-embedded"
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +53,12 @@ CITY = JsonSchemaFormat(
     name="city",
     json_schema={
         "type": "object",
-        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+        # Bounded, as the job's are: a small model's string may otherwise run on to the
+        # token limit, and its JSON with it.
+        "properties": {
+            "city": {"type": "string", "maxLength": 30},
+            "country": {"type": "string", "maxLength": 30},
+        },
         "required": ["city", "country"],
     },
 )
@@ -55,7 +66,7 @@ CITY = JsonSchemaFormat(
 
 def ask(question: str) -> ChatRequest:
     return ChatRequest(
-        model="gemma-3-270m",
+        model=EMBEDDED_MODEL_ID,
         messages=(ChatMessage(role="user", content=question),),
         max_tokens=48,
         temperature=0.0,
@@ -145,7 +156,7 @@ def small_job(**providers: Any) -> Settings:
 
 
 def embedded_actor() -> EmbeddedModelClient:
-    name = f"provider:embedded-{EMBEDDED_MODEL_ID}@{GPU_HOST}"
+    name = embedded_actor_name(EMBEDDED_MODEL_ID, GPU_HOST)
     return EmbeddedModelClient(ray.get_actor(name, namespace=NAMESPACE), name)
 
 
@@ -235,3 +246,60 @@ async def test_past_the_restart_bound_the_job_exits_1_and_each_service_names_the
         )
     stats = await client.stats()
     assert (stats.total_active, stats.total_pending) == (0, 0)
+
+
+# -- its answers make sense (see pipelines.answers) ------------------------------------------
+
+# Measured on this project's machine (docs/benchmarks.md, "The embedded models' answers"),
+# at temperature 0: the default must not do worse.
+DEFAULT_MODEL_PASSES = 11  # of the 15 prompts
+JOB_RECORDS_PASSING = 3  # of the 5 services of examples/services.jsonl
+REPO = Path(__file__).parents[2]
+
+
+async def test_the_default_model_passes_the_answer_check_as_it_measured() -> None:
+    async with served(DEFAULT_EMBEDDED) as backend:
+        verdicts = [await judged(backend.chat, p) for p in prompts(DEFAULT_EMBEDDED.id)]
+
+    failed = {v.prompt: v.problems for v in verdicts if not v.passed}
+    assert len(verdicts) - len(failed) >= DEFAULT_MODEL_PASSES, failed
+
+
+@pytest.mark.timeout(900)
+async def test_the_main_job_from_an_empty_cache_writes_records_that_read_as_answers(
+    make_manager: ManagerFactory, tmp_path: Path
+) -> None:
+    lines = (REPO / "examples" / "services.jsonl").read_text().splitlines()
+    services, _ = read_services(lines)
+    settings = Settings(pipeline=PipelineSettings(embedded_host=GPU_HOST, cache=False))
+
+    outcome = await run(services, settings, tmp_path / "out.jsonl", make_manager())
+
+    by_id = {record.service_id: record for record in outcome.records}
+    problems = {s.id: check_record(s, by_id[s.id]) for s in services}
+    assert [r.status for r in outcome.records] == ["ok"] * len(services)
+    assert sum(not found for found in problems.values()) >= JOB_RECORDS_PASSING, problems
+
+
+async def test_the_readme_http_example_answers_hello_and_gemma_stays_callable_by_its_id(
+    ray_session: None,
+) -> None:
+    settings = Settings(serve=ServeSettings(api_keys=(SecretStr(KEY),)))
+    hello = [{"role": "user", "content": "Hello"}]
+    with serve_app(settings, KEY, EMBEDDED_MODEL_ID) as url:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120) as http:
+            greeted = await http.post(
+                "/v1/chat/completions", json={"model": EMBEDDED_MODEL_ID, "messages": hello}
+            )
+            pinned = await http.post(
+                "/v1/chat/completions",
+                json={"model": GEMMA.id, "messages": hello, "max_tokens": 4},
+            )
+
+    answer = greeted.raise_for_status().json()
+    assert says_any(answer["choices"][0]["message"]["content"], *GREETINGS), answer
+    assert answer["choices"][0]["finish_reason"] == "stop"
+    # The pretrained model answers by its id, from a server of its own.
+    assert pinned.raise_for_status().json()["model"] == GEMMA.id
+    assert pinned.json()["choices"][0]["finish_reason"] == "length"

@@ -67,9 +67,9 @@ def the_replica() -> str:
 
 
 @contextlib.contextmanager
-def serve_app(settings: Settings, key: str) -> Iterator[str]:
+def serve_app(settings: Settings, key: str, model: str = "local") -> Iterator[str]:
     """The app on a free loopback port, with a manager of ``settings``; yields its URL once
-    a completion of model "local" went through (its provider actor started)."""
+    a completion of ``model`` went through (its provider actor started)."""
     kill_the_clusters_manager()
     port = free_loopback_port()
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
@@ -78,7 +78,7 @@ def serve_app(settings: Settings, key: str) -> Iterator[str]:
         url = f"http://127.0.0.1:{port}"
         httpx.post(
             f"{url}/v1/chat/completions",
-            json={"model": "local", "messages": ask("warm-up")},
+            json={"model": model, "messages": ask("warm-up")},
             headers={"Authorization": f"Bearer {key}"},
             timeout=60,
         ).raise_for_status()
