@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
-from actors.leases import remember
+from actors.bounded import Bounded
+from actors.leases import RETIRED_MEMORY
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +32,7 @@ class CallerIndex:
     def __init__(self) -> None:
         self._of: dict[str, str] = {}
         self._leases: dict[str, set[str]] = {}
-        self._gone: OrderedDict[str, None] = OrderedDict()
+        self._gone: Bounded[str, None] = Bounded(RETIRED_MEMORY)
         # Callers whose lifelines are followed, by count (a restarted manager may follow
         # one twice): their leases outlive the ttl, which only backs up a death nobody
         # reports.
@@ -60,7 +60,7 @@ class CallerIndex:
         return sorted(self._leases.get(caller, ()))
 
     def died(self, caller: str) -> None:
-        remember(self._gone, caller)
+        self._gone.add(caller)
 
     def gone(self, caller: str) -> bool:
         return caller in self._gone

@@ -13,9 +13,10 @@ Plain Python on an injected clock, like the rest of the slot engine.
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from actors.bounded import Bounded
 
 # How many lease ids released or cancelled before their acquire arrived are remembered.
 RETIRED_MEMORY = 65_536
@@ -52,13 +53,6 @@ class TokensUsed:
         return self.input + 2 * self.output
 
 
-def remember(memory: OrderedDict[str, None], key: str) -> None:
-    """Add ``key`` to a bounded memory of ids, forgetting the oldest past RETIRED_MEMORY."""
-    memory[key] = None
-    if len(memory) > RETIRED_MEMORY:
-        memory.popitem(last=False)
-
-
 class LeaseTable:
     """Held leases with their deadlines; retired ids; leases restored after a restart."""
 
@@ -70,7 +64,7 @@ class LeaseTable:
         self._expires_at: dict[str, float] = {}
         # (deadline, lease id); renewals push a new entry and stale ones are skipped.
         self._deadlines: list[tuple[float, str]] = []
-        self._retired: OrderedDict[str, None] = OrderedDict()
+        self._retired: Bounded[str, None] = Bounded(RETIRED_MEMORY)
         # Leases held again after a restart whose holder has not asked for them yet.
         self._restored: set[str] = set()
         self.stale_epoch_releases = 0
@@ -110,7 +104,7 @@ class LeaseTable:
         return self._granted_at.get(lease_id)
 
     def retire(self, lease_id: str) -> None:
-        remember(self._retired, lease_id)
+        self._retired.add(lease_id)
 
     def retired(self, lease_id: str) -> bool:
         return lease_id in self._retired

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import OrderedDict
 
+from actors.bounded import Bounded
 from actors.errors import InvalidPriority
 from actors.leases import TokensUsed
 
@@ -83,7 +83,7 @@ class Arrivals:
         self._arrivals = itertools.count()
         # unit -> its number, least recently used first. Kept past the unit's last
         # waiter: a unit often has a gap between one call and its next.
-        self._units: OrderedDict[str, int] = OrderedDict()
+        self._units: Bounded[str, int] = Bounded(UNIT_MEMORY)
         self._unit_numbers = itertools.count()
 
     def arrival(self, asked_at: float | None) -> int:
@@ -99,12 +99,10 @@ class Arrivals:
         drawn = arrival if arrival < 0 else None
         if unit is None:
             return drawn if drawn is not None else next(self._unit_numbers)
-        if unit not in self._units:
-            self._units[unit] = drawn if drawn is not None else next(self._unit_numbers)
-            if len(self._units) > UNIT_MEMORY:
-                self._units.popitem(last=False)
-        self._units.move_to_end(unit)
-        return self._units[unit]
+        number = self._units.get(unit)
+        if number is None:
+            number = self._units[unit] = drawn if drawn is not None else next(self._unit_numbers)
+        return number
 
 
 class _Flow:

@@ -38,7 +38,6 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 import ray
@@ -46,6 +45,7 @@ from ray import ActorID, ObjectRef
 from ray.actor import ActorHandle
 from ray.exceptions import OwnerDiedError
 
+from actors.bounded import Bounded
 from actors.callers import Caller
 from actors.errors import CallerGone
 from actors.exits import WorkerExits
@@ -115,7 +115,7 @@ class CallerWatch:
         self._on_death = on_death
         self._lock = threading.Lock()
         self._lifelines: dict[str, concurrent.futures.Future[None]] = {}
-        self._dead: OrderedDict[str, None] = OrderedDict()
+        self._dead: Bounded[str, None] = Bounded(DEAD_MEMORY)
         self._exits = WorkerExits(self.exited)
 
     def gone(self, caller_id: str) -> bool:
@@ -154,9 +154,7 @@ class CallerWatch:
         with self._lock:
             if caller.id in self._dead:
                 return  # told by both the worker channel and the lifeline
-            self._dead[caller.id] = None
-            if len(self._dead) > DEAD_MEMORY:
-                self._dead.popitem(last=False)
+            self._dead.add(caller.id)
             end = self._lifelines.pop(caller.id, None)
         self._on_death(caller)
         if end is not None:
