@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from pipelines.answers import PAYMENTS, check_record, naming_problems, prompts, repeats, says_any
 from pipelines.plateau import (
+    AskedFeature,
     Feature,
     FeatureSet,
     MappingSet,
@@ -95,13 +96,13 @@ def test_a_structured_answer_is_checked_as_it_came_not_as_the_job_keeps_it() -> 
 
 def test_the_jobs_names_are_words_and_its_sentences_one_line() -> None:
     with pytest.raises(ValidationError):
-        Feature(name="]\n#1: Refunds", description="Fast.")
+        AskedFeature(name="]\n#1: Refunds", description="Fast.")
     with pytest.raises(ValidationError):
-        Feature(name="Refunds", description="Fast.\nAnd more")
+        AskedFeature(name="Refunds", description="Fast.\nAnd more")
     kept = FeatureSet(
         features=[
-            Feature(name="Refunds", description="Pays back."),
-            Feature(name="refunds", description="Again."),
+            AskedFeature(name="Refunds", description="Pays back."),
+            AskedFeature(name="refunds", description="Again."),
         ]
     )
     assert [f.description for f in kept.features] == ["Pays back."]
