@@ -4,18 +4,21 @@ Precedence, highest first: environment (``RAYGATE_QUEUE__CONCURRENCY=8``; ``__``
 nests), the YAML file, the defaults here. The file is the ``path`` given to
 :func:`load_settings`, else ``$RAYGATE_CONFIG``, else none. Everything is
 validated at load and frozen; a bad value fails with the field's dotted name.
+
+This module holds :class:`Settings`, its sections, the rules that span sections
+(one limit and one weight per server, fallbacks known and acyclic) and
+:func:`load_settings`. Two parts live next door, and are imported from here as
+before: the HTTP endpoint's section, with its tenants and their rules
+(:mod:`actors.servesettings`), and reading the file and wording its errors
+(:mod:`actors.settingsfile`).
 """
 
 from __future__ import annotations
 
-import os
-import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -32,8 +35,21 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from actors.budget import BudgetLimits
 from actors.errors import ConfigError, UnknownModel
 from actors.groups import Deployment, ModelEntry, Provider, model_entry
+from actors.servesettings import ServeSettings, TenantSettings
+from actors.settingsfile import describe, read_source
 
-CONFIG_ENV = "RAYGATE_CONFIG"
+__all__ = [
+    "PROVIDER_DEFAULTS",
+    "CacheSettings",
+    "PipelineSettings",
+    "ProviderSettings",
+    "QueueSettings",
+    "ServeSettings",
+    "Settings",
+    "TelemetrySettings",
+    "TenantSettings",
+    "load_settings",
+]
 
 
 class QueueSettings(BaseModel):
@@ -194,173 +210,6 @@ class TelemetrySettings(BaseModel):
     )
 
 
-class TenantSettings(BaseModel):
-    """One tenant of the HTTP endpoint: who holds which keys, and what it may ask for."""
-
-    # Its errors never echo what was given: keys are among it.
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
-
-    keys: tuple[SecretStr, ...] = Field(
-        min_length=1, description="The tenant's bearer keys (`Authorization: Bearer <key>`)."
-    )
-    weight: PositiveFloat = Field(
-        default=1.0,
-        description="The tenant's share of a group at one priority, against the other "
-        "tenants waiting there (`queue.fairness`).",
-    )
-    priority: int | None = Field(
-        default=None,
-        ge=1,
-        le=10,
-        description="Its requests' priority when they name none; none: 5, or "
-        "`max_priority` if that is lower.",
-    )
-    max_priority: int = Field(
-        default=10,
-        ge=1,
-        le=10,
-        description="The highest priority it gets: a request above it is served at it, "
-        "and its answer's `X-Priority` says so.",
-    )
-    models: tuple[str, ...] | None = Field(
-        default=None,
-        description="The model ids it may call (others answer 404, as unknown models "
-        "do); none: every model.",
-    )
-    rpm: PositiveInt | None = Field(
-        default=None,
-        description="Its requests per minute; over them: 429. Each of `serve.replicas` "
-        "admits its equal share (rounded down).",
-    )
-    tpm: PositiveInt | None = Field(
-        default=None,
-        description="Its tokens (prompt and completion) per minute; over them: 429. Each "
-        "of `serve.replicas` admits its equal share (rounded down).",
-    )
-    max_pending: PositiveInt | None = Field(
-        default=None,
-        description="Its requests waiting or running at once; over them: 429. Each of "
-        "`serve.replicas` admits its equal share (rounded down).",
-    )
-
-    sees_all: bool = Field(
-        default=False,
-        description="Whether its keys see every caller's flows and waiting calls on the "
-        "queue page and `/v1/queue` (true for `serve.api_keys`, the operator's); false: "
-        "its own by name, everyone else's summed as `others`, and others' waiting calls "
-        "without their request ids or labels.",
-    )
-
-    @model_validator(mode="after")
-    def _default_within_ceiling(self) -> TenantSettings:
-        if self.priority is not None and self.priority > self.max_priority:
-            raise ValueError(f"priority {self.priority} is above max_priority {self.max_priority}")
-        return self
-
-
-# The tenant that serve.api_keys' holders are.
-DEFAULT_TENANT = "default"
-TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-class ServeSettings(BaseModel):
-    """The HTTP endpoint (``serve run serve.app:build``)."""
-
-    # Its errors never echo what was given: keys are among it.
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
-
-    api_keys: tuple[SecretStr, ...] = Field(
-        default=(),
-        description="Bearer keys clients present (`Authorization: Bearer <key>`): the "
-        "keys of the tenant `default` (every model, priorities 1-10, weight 1).",
-    )
-    tenants: dict[str, TenantSettings] = Field(
-        default_factory=dict,
-        description="Tenants by name, each with its keys, weight, default and highest "
-        "priority, and models.",
-    )
-    auth: bool = Field(
-        default=True,
-        description="false serves without keys, with a warning at start; otherwise "
-        "keys are required.",
-    )
-    max_body_bytes: PositiveInt = Field(
-        default=4 * 1024 * 1024, description="Request bodies over this many bytes get 413."
-    )
-    auth_failure_limit: PositiveInt = Field(
-        default=10,
-        description="A client that shows this many wrong keys (bearer or the page's "
-        "login) within the window gets 429 for its next attempts, until the oldest "
-        "leaves the window (per replica; behind a proxy every client has the proxy's "
-        "address, so raise it there).",
-    )
-    auth_failure_window_seconds: float = Field(
-        default=60.0, gt=0, description="The window of `auth_failure_limit`."
-    )
-    max_ongoing_requests: PositiveInt = Field(
-        default=20_000,
-        description="Requests each replica takes at once. Every waiting request must "
-        "reach the manager, where priority decides: a lower bound would queue them in "
-        "Serve, first come first served.",
-    )
-    cache: bool = Field(
-        default=False,
-        description="Whether requests use the response cache, unless one says "
-        "`Cache-Control: no-cache` or `no-store`.",
-    )
-    replicas: PositiveInt = Field(default=1, description="Serve replicas of the endpoint.")
-    data_dir: Path | None = Field(
-        default=None,
-        description="Input files named by a pipeline job over HTTP are read under it; "
-        "none: inline services only.",
-    )
-    results_dir: Path = Field(
-        default=Path(tempfile.gettempdir()) / "raygate-results",
-        description="Each HTTP pipeline job's records go to `<results_dir>/<id>.jsonl` "
-        "on the node that runs it.",
-    )
-    job_retention_seconds: float = Field(
-        default=3600.0, gt=0, description="A finished job is kept this long for its status."
-    )
-
-    @model_validator(mode="after")
-    def _one_tenant_per_key(self) -> ServeSettings:
-        if self.api_keys and DEFAULT_TENANT in self.tenants:
-            raise ValueError(
-                f"serve.api_keys are the keys of tenant {DEFAULT_TENANT!r}: name it once, "
-                "in serve.tenants or as serve.api_keys"
-            )
-        for name in self.tenants:
-            if not TENANT_NAME.fullmatch(name):
-                raise ValueError(
-                    f"tenant name {name!r}: letters, digits, '.', '_' and '-' only, "
-                    "starting with a letter or digit"
-                )
-        for name, tenant in self.tenants.items():
-            for bound in ("rpm", "tpm", "max_pending"):
-                value = getattr(tenant, bound)
-                if value is not None and value < self.replicas:
-                    raise ValueError(
-                        f"serve.tenants.{name}.{bound}: {value} is less than serve.replicas "
-                        f"({self.replicas}): each replica admits an equal share of it"
-                    )
-        owners: dict[str, str] = {}
-        for name, tenant in self.tenant_list():
-            for key in tenant.keys:
-                other = owners.setdefault(key.get_secret_value(), name)
-                if other != name or tenant.keys.count(key) > 1:
-                    raise ValueError(f"a key of tenant {name!r} is also a key of {other!r}")
-        return self
-
-    def tenant_list(self) -> list[tuple[str, TenantSettings]]:
-        """Every tenant by name, with ``api_keys``' holders as the tenant ``default``, who
-        sees all of the queue."""
-        named = list(self.tenants.items())
-        if self.api_keys:
-            named.append((DEFAULT_TENANT, TenantSettings(keys=self.api_keys, sees_all=True)))
-        return named
-
-
 class CacheSettings(BaseModel):
     """The response cache (see providers.cache)."""
 
@@ -509,45 +358,8 @@ def _fallback_cycle(models: Mapping[str, ModelEntry]) -> list[str] | None:
 
 def load_settings(path: str | Path | None = None) -> Settings:
     """Read, validate and freeze the settings; raise ConfigError naming each bad field."""
-    if path is None and os.environ.get(CONFIG_ENV):
-        path = os.environ[CONFIG_ENV]
-    source = str(path) if path is not None else "the environment"
-    data = _read_yaml(Path(path)) if path is not None else {}
+    source, data = read_source(path)
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(source, _describe(exc)) from None
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(path), (f"cannot read the file: {exc.strerror}",)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError(str(path), (f"malformed YAML{where}: {problem}",)) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            str(path), (f"the top level must be a mapping, got {type(data).__name__}",)
-        )
-    return data
-
-
-def _describe(exc: ValidationError) -> tuple[str, ...]:
-    problems = []
-    for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        # Echo numbers and flags back; never echo strings, which may be secrets.
-        got = error.get("input")
-        shown = f" (got {got!r})" if isinstance(got, int | float | bool) else ""
-        problems.append(f"{field}: {error['msg']}{shown}")
-    return tuple(problems)
+        raise ConfigError(source, describe(exc)) from None
