@@ -4,75 +4,44 @@
     async with client.slot(group, CallOptions(priority=8)) as lease:
         ...                                                   # the gated call
 
-``slot`` makes exactly two manager calls: acquire and release. While the
-caller holds the slot, a background task renews the lease every third of its
-ttl; the release runs in ``finally`` whatever happens; a caller cancelled
-while waiting tells the manager, which drops the waiter or, if the grant was
-already on its way back, passes the slot on.
-
-A freed slot whose next waiter is one of this client's own is handed over here,
-without the manager's round trip (the hand-over: docs/architecture.md tells how
-it works and why it keeps the manager's order).
-
-A group with no limit under no global cap can never make anyone wait, so the
-caller does not wait for its acquire: the call starts at once, the manager
-still counts it, and the renewals and the release follow the grant when its
-answer is back (so a release can never overtake its own acquire, and uses
-the epoch of the manager that granted it). Those acquires and releases go
-to the manager in batches (see :mod:`actors.outbox`).
+How a slot is waited for, kept and given back is :mod:`actors.slotkeeper`'s. Every
+other operation is a message (see :mod:`actors.ops`) that :meth:`ManagerClient.ask`
+sends; the friendly methods (``register``, ``stats``, ...) make one each.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
 import logging
-import uuid
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, TypeVar
+from contextlib import AbstractAsyncContextManager
+from typing import TypeVar, cast
 
 import ray
-from ray import ObjectRef
 from ray.actor import ActorHandle
 
-from actors.calls import cancellable, unwrap, unwrapped
-from actors.engine import Lease
-from actors.groups import GroupSpec, Pool, pool_of
-from actors.leases import TokensUsed
+from actors.calls import cancellable, unwrap
+from actors.groups import GroupSpec, Pool
+from actors.leases import Lease, TokensUsed
 from actors.manager import get_or_create_manager
 from actors.names import MANAGER_NAME, NAMESPACE
+from actors.ops import (
+    CanRun,
+    GroupInfoOf,
+    Op,
+    Position,
+    Register,
+    Stats,
+    TakeOut,
+    Throttled,
+)
 from actors.options import DEFAULT_OPTIONS, CallOptions
-from actors.outbox import Ask, Batch, Counted, Outbox
 from actors.queueview import QueueView
 from actors.settings import Settings, load_settings
+from actors.slotkeeper import SlotKeeper
 from actors.stats import GroupInfo, QueuePosition, QueueStats
-from actors.successors import Successors
-from actors.watch import caller_of
 
 log = logging.getLogger(__name__)
 
-
-T = TypeVar("T")
-
-
-def _settle_first(
-    passed: asyncio.Future[Lease], acquired: concurrent.futures.Future[Lease]
-) -> None:
-    """The acquire's answer, for a waiter whose slot no release here passed on first."""
-    if acquired.cancelled():
-        return
-    error = acquired.exception()
-    if error is not None:
-        error = unwrapped(error)
-    if passed.done():
-        if error is not None:
-            log.debug("an acquire answered %r after its slot was passed on", error)
-    elif error is not None:
-        passed.set_exception(error)
-    else:
-        passed.set_result(acquired.result())
+A = TypeVar("A")
 
 
 class ManagerClient:
@@ -81,17 +50,9 @@ class ManagerClient:
 
     def __init__(self, handle: ActorHandle) -> None:
         self.handle = handle
+        # What this client last heard of each group (a throttled group waits from then on).
         self._groups: dict[str, GroupInfo] = {}
-        # Calls no caller waits for (fast-path grants, releases, cancels): kept so
-        # that their errors are logged and drain() can wait for them.
-        self._in_flight: set[asyncio.Future[Any]] = set()
-        self._outbox = Outbox(self._count)
-        # Tokens used by calls that hold a slot of a gated group, sent with their release.
-        self._used: dict[str, TokensUsed] = {}
-        self._successors = Successors(handle)
-        # Leases a release here handed over, each with the hand-over call telling the
-        # manager (their own release waits for it).
-        self._handed_over: dict[str, asyncio.Future[None]] = {}
+        self._slots = SlotKeeper(handle, self._groups, self.ask)
 
     @classmethod
     def connect(
@@ -134,263 +95,73 @@ class ManagerClient:
         benchmarks of crash safety)."""
         ray.kill(self.handle, no_restart=not restart)
 
-    # -- groups ------------------------------------------------------------------
+    # -- operations -----------------------------------------------------------------
+
+    async def ask(self, op: Op[A]) -> A:
+        """One operation (see :mod:`actors.ops`): its answer; raises its error. A group
+        taken out of rotation or throttled waits for time too: its next grant is the
+        manager's to make, not a hand-over here's, and after a 429 its calls from here
+        ask and wait (its info, asked in the same call, says so)."""
+        ops: list[Op[object]] = [op]
+        if isinstance(op, TakeOut | Throttled):
+            self._slots.forget(op.group_id)
+            ops.append(GroupInfoOf(op.group_id))
+        answers: list[object] = await unwrap(self.handle.apply.remote(ops))
+        for answer in answers:
+            if isinstance(answer, GroupInfo):
+                self._groups[answer.id] = answer
+        if isinstance(answers[0], Exception):
+            raise answers[0]
+        return cast(A, answers[0])
 
     async def register(self, spec: GroupSpec) -> GroupInfo:
-        info: GroupInfo = await unwrap(self.handle.register.remote(spec))
-        self._groups[info.id] = info
-        return info
+        return await self.ask(Register(spec))
 
     async def group_info(self, group_id: str) -> GroupInfo:
-        if group_id not in self._groups:
-            self._groups[group_id] = await unwrap(self.handle.group_info.remote(group_id))
-        return self._groups[group_id]
+        info = self._groups.get(group_id)
+        return info if info is not None else await self.ask(GroupInfoOf(group_id))
+
+    async def take_out(self, group_id: str, reason: str, seconds: float) -> None:
+        """The server of ``group_id`` is down: out of rotation for ``seconds``."""
+        await self.ask(TakeOut(group_id, reason, seconds))
+
+    async def stats(self) -> QueueStats:
+        return await self.ask(Stats())
+
+    async def position(self, request_id: str) -> QueuePosition | None:
+        return await self.ask(Position(request_id))
+
+    async def can_group_run_immediately(self, group_id: str) -> bool:
+        return await self.ask(CanRun(group_id))
+
+    async def can_run_immediately(self, model_id: str) -> bool:
+        """Would a call of ``model_id`` (on any server of its pool) get a slot now?"""
+        return await unwrap(self.handle.can_run_immediately.remote(model_id))
 
     # -- slots -------------------------------------------------------------------
 
     def slot(
         self, group: str | Pool, options: CallOptions = DEFAULT_OPTIONS
     ) -> AbstractAsyncContextManager[Lease]:
-        """Hold one slot of ``group`` for the body of the ``async with``; of a pool (a tuple
-        of group ids), one slot of whichever group has room for the call first: the
-        lease's ``group`` says which.
-
-        ``options`` say how the call waits (priority, unit, critical, request
-        id, queue timeout; see :mod:`actors.options`).
-        """
-        if not isinstance(group, str):
-            pool = pool_of(group)
-            if len(pool) > 1:
-                return self._held(pool, uuid.uuid4().hex, options.identified())
-            group = pool[0]
-        info = self._groups.get(group)
-        if info is None:
-            return self._first_slot(group, options)
-        return self._slot(group, options, info)
-
-    def _slot(
-        self, group: str, options: CallOptions, info: GroupInfo
-    ) -> AbstractAsyncContextManager[Lease]:
-        if info.gated:
-            return self._held(group, uuid.uuid4().hex, options.identified())
-        return self._sent(group, uuid.uuid4().hex, options.identified(), info)
-
-    @asynccontextmanager
-    async def _first_slot(self, group: str, options: CallOptions) -> AsyncIterator[Lease]:
-        """A slot of a group this client has not asked about yet: its info first."""
-        async with self._slot(group, options, await self.group_info(group)) as lease:
-            yield lease
-
-    @asynccontextmanager
-    async def _held(
-        self, group: str | Pool, lease_id: str, options: CallOptions
-    ) -> AsyncIterator[Lease]:
-        """A gated group, or a pool: wait for the grant (the manager's, or a slot passed on
-        here), keep it alive, give it back."""
-        passed = self._successors.waiter(lease_id, options)
-        caller = caller_of(self.handle).id
-        call = self.handle.acquire.remote(group, lease_id, options.packed(), caller)
-        try:
-            lease = await self._granted(call, passed)
-        except asyncio.CancelledError:
-            # ray.cancel cannot reach a grant already on its way back; an explicit
-            # cancel drops the waiter, or releases the slot granted meanwhile (a cancel
-            # that overtakes the hand-over naming it is refused there).
-            self._handed_over.pop(lease_id, None)
-            self._note(self.handle.cancel.remote(lease_id))
-            raise
-        finally:
-            self._successors.gone(lease_id)
-        grant: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        grant.set_result(lease)
-        keeper = asyncio.create_task(self._keep_alive(grant))
-        cancelled = False
-        try:
-            yield lease
-        except asyncio.CancelledError:
-            # Work being cancelled, maybe with the calls waiting behind it here: the
-            # slot goes back through the manager, not to one of them.
-            cancelled = True
-            raise
-        finally:
-            keeper.cancel()
-            used = self._used.pop(lease.id, None)
-            after = self._handed_over.pop(lease.id, None)
-            successor = self._successors.hand_over(lease, cancelled=cancelled)
-            # A task of its own, shielded: a caller cancelled right here still gives its
-            # slot back, and a successor woken just now starts its call before this one
-            # takes the loop to tell the manager.
-            ended = asyncio.ensure_future(self._give_back(lease, used, successor, after))
-            if successor is not None:
-                self._handed_over[successor] = ended
-            await asyncio.shield(ended)
-
-    async def _give_back(
-        self,
-        lease: Lease,
-        used: TokensUsed | None,
-        successor: str | None,
-        after: asyncio.Future[None] | None,
-    ) -> None:
-        """Release ``lease``, or hand it over to ``successor``, once the manager has heard of
-        the hand-over ``after`` that gave it to this process, if one did: a release that
-        overtook it would find the lease not yet held, and the hand-over then hold it."""
-        if after is not None:
-            with contextlib.suppress(Exception):
-                await after
-        if successor is None:
-            await unwrap(self.handle.release.remote(lease.id, lease.epoch, used))
-            return
-        caller = caller_of(self.handle).id
-        await unwrap(
-            self.handle.hand_over.remote(
-                lease.group, lease.id, lease.epoch, successor, caller, used
-            )
-        )
-
-    async def _granted(self, call: ObjectRef[Lease], passed: asyncio.Future[Lease]) -> Lease:
-        """The acquire's lease, or the slot a release here passed on first (the acquire's
-        answer, which the manager sends once it hears of that, is then let go). One
-        future is awaited, so that a release here wakes this waiter at once; the
-        acquire's answer settles it straight from Ray's thread (a task or a future
-        between would each cost the event loop a turn, a tenth of a pair's time)."""
-        loop = asyncio.get_running_loop()
-
-        def answered(acquired: concurrent.futures.Future[Lease]) -> None:
-            # The loop may have closed meanwhile: then nobody waits for this answer.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle_first, passed, acquired)
-
-        call.future().add_done_callback(answered)
-        return await passed
-
-    def named_next(self, group: str) -> str | None:
-        """See :meth:`actors.successors.Successors.named_next`."""
-        return self._successors.named_next(group)
-
-    @asynccontextmanager
-    async def _sent(
-        self, group: str, lease_id: str, options: CallOptions, info: GroupInfo
-    ) -> AsyncIterator[Lease]:
-        """A group where nobody waits: the call starts at once, the manager still counts it.
-
-        Nobody waits for the acquire's answer but the renewals and the release,
-        which then act on the lease the manager really granted. The caller gets
-        the lease as asked for, its epoch the group's as last seen by this client.
-        """
-        grant = self._outbox.acquire(Ask(group, lease_id, options))
-        keeper = asyncio.create_task(self._keep_alive(grant))
-        try:
-            yield Lease(
-                id=lease_id,
-                group=group,
-                request_id=options.request_id or lease_id,
-                priority=options.priority,
-                epoch=info.epoch,
-                ttl=info.lease_ttl,
-            )
-        finally:
-            keeper.cancel()
-            self._used.pop(lease_id, None)
-            self._note(self._release_when_granted(grant))
+        """See :meth:`actors.slotkeeper.SlotKeeper.slot`."""
+        return self._slots.slot(group, options)
 
     def report_usage(self, lease: Lease, used: TokensUsed) -> None:
-        """The tokens the call holding ``lease`` used, sent with its release (a group where
-        nobody waits has no budget to correct: they are dropped)."""
-        self._used[lease.id] = used
+        """See :meth:`actors.slotkeeper.SlotKeeper.report_usage`."""
+        self._slots.report_usage(lease, used)
 
-    async def mark_out(self, group: str, reason: str, seconds: float) -> None:
-        """The server of ``group`` is down: out of rotation for ``seconds`` (see
-        :meth:`actors.engine.SlotEngine.mark_out`)."""
-        self._successors.forget(group)
-        await unwrap(self.handle.mark_out.remote(group, reason, seconds))
-
-    async def fell_back(self, model: str, fallback: str, reason: str) -> None:
-        """A call of ``model`` went to its ``fallback``, for the stats (see
-        :meth:`actors.engine.SlotEngine.fell_back`)."""
-        await unwrap(self.handle.fell_back.remote(model, fallback, reason))
-
-    async def throttled(self, lease: Lease, retry_after: float | None) -> None:
-        """The call holding ``lease`` got a 429: the manager pauses and slows its group,
-        whose next calls from here then ask and wait."""
-        # The group now waits for time too: its next grant is the manager's to make.
-        self._successors.forget(lease.group)
-        info: GroupInfo = await unwrap(
-            self.handle.throttled.remote(lease.group, lease.id, retry_after)
-        )
-        self._groups[info.id] = info
-
-    async def _keep_alive(self, grant: asyncio.Future[Lease]) -> None:
-        try:
-            # Shielded: cancelling the keeper at the end of the slot must not
-            # cancel the grant that the release is still waiting for.
-            lease = await asyncio.shield(grant)
-        except Exception:
-            return  # nothing is held; _release_when_granted reports the failure
-        try:
-            while True:
-                await asyncio.sleep(lease.ttl / 3)
-                if not await unwrap(self.handle.renew.remote(lease.id, lease.epoch)):
-                    log.warning(
-                        "lease %s of group %r is no longer held (reclaimed, or the manager "
-                        "restarted); the call goes on without a slot",
-                        lease.id,
-                        lease.group,
-                    )
-                    return
-        except Exception:
-            log.warning(
-                "renewing lease %s failed; it expires after its ttl", lease.id, exc_info=True
-            )
-
-    async def _release_when_granted(self, grant: asyncio.Future[Lease]) -> None:
-        self._outbox.release(await grant)
-
-    async def _count(self, batch: Batch) -> list[Lease | Exception]:
-        caller = caller_of(self.handle).id
-        counted: Counted = await unwrap(self.handle.count.remote(batch, caller))
-        for info in counted.gated:
-            self._groups[info.id] = info
-        return counted.answers
-
-    def _track(self, call: Awaitable[T]) -> asyncio.Future[T]:
-        future = asyncio.ensure_future(call)
-        self._in_flight.add(future)
-        future.add_done_callback(self._in_flight.discard)
-        return future
-
-    def _note(self, call: Awaitable[object]) -> None:
-        self._track(self._settle(call))
-
-    @staticmethod
-    async def _settle(call: Awaitable[object]) -> None:
-        try:
-            await unwrap(call)
-        except Exception:
-            log.warning("a fire-and-forget manager call failed", exc_info=True)
+    def named_next(self, group: str) -> str | None:
+        """See :meth:`actors.slotkeeper.SlotKeeper.named_next`."""
+        return self._slots.named_next(group)
 
     async def drain(self) -> None:
         """Wait until every call this client sent without waiting has been answered."""
-        while self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
-        await self._outbox.drain()
+        await self._slots.drain()
 
     # -- queries -------------------------------------------------------------------
-
-    async def stats(self) -> QueueStats:
-        return await unwrap(self.handle.stats.remote())
 
     async def view(self, after: int = -1, first: int = 50, wait: float = 0.0) -> QueueView:
         """The queue page's view, once it differs from version ``after`` (at most
         ``wait`` seconds later); see :mod:`actors.queueview`."""
         view: QueueView = await cancellable(self.handle.view.remote(after, first, wait))
         return view
-
-    async def position(self, request_id: str) -> QueuePosition | None:
-        return await unwrap(self.handle.position.remote(request_id))
-
-    async def can_run_immediately(self, model_id: str) -> bool:
-        return await unwrap(self.handle.can_run_immediately.remote(model_id))
-
-    async def can_group_run_immediately(self, group_id: str) -> bool:
-        return await unwrap(self.handle.can_group_run_immediately.remote(group_id))

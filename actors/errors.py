@@ -14,11 +14,14 @@ say what was wrong and what to do.
     │   └── UnknownModel
     └── QueueError                  a slot request was refused or did not complete
         ├── InvalidPriority         (also a ValueError)
+        ├── EmptyPool               a pool that names no group (also a ValueError)
         ├── UnknownGroup
         ├── DuplicateLease
         ├── LeaseRetired            the lease id was cancelled or released before it arrived
         ├── QueueFull               the group's pending bound is reached
-        └── AcquireTimeout          no slot within the caller's timeout
+        ├── OutOfRotation           no server the call may use takes calls now
+        ├── WaitTooLong             the wait would pass, or passed, the call's max_wait
+        └── AcquireTimeout          no slot within the caller's queue timeout
 """
 
 from __future__ import annotations
@@ -97,9 +100,9 @@ class QueueError(RaygateError):
     """A request for a slot was refused or did not complete."""
 
 
-class PoolUnavailable(QueueError):
-    """No group a call may use is in rotation: each one's server is out, for the reason
-    given by group."""
+class OutOfRotation(QueueError):
+    """No group a call may use is in rotation (see :mod:`actors.rotation`): each one's
+    server is out, for the reason given by group."""
 
     def __init__(self, reasons: dict[str, str]) -> None:
         super().__init__(reasons)
@@ -111,18 +114,27 @@ class PoolUnavailable(QueueError):
 
 
 class WaitTooLong(QueueError):
-    """A call that may not wait as long as the manager estimates: not queued."""
+    """A call that may not wait as long as the manager estimates (``estimate``: not
+    queued), or that waited its ``max_wait`` out (``estimate`` None: it left the queue)."""
 
-    def __init__(self, group: str, estimate: float, max_wait: float) -> None:
-        super().__init__(group, estimate, max_wait)
+    def __init__(
+        self, group: str | tuple[str, ...], max_wait: float, estimate: float | None = None
+    ) -> None:
+        super().__init__(group, max_wait, estimate)
         self.group = group
-        self.estimate = estimate
         self.max_wait = max_wait
+        self.estimate = estimate
 
     def __str__(self) -> str:
+        where = repr(self.group) if isinstance(self.group, str) else ", ".join(self.group)
+        if self.estimate is None:
+            return (
+                f"{where} granted this call no slot within the {self.max_wait:g}s it may "
+                "wait; it left the queue"
+            )
         return (
-            f"group {self.group!r} would take an estimated {self.estimate:.1f}s to grant "
-            f"this call, past the {self.max_wait:g}s it may wait"
+            f"group {where} would take an estimated {self.estimate:.1f}s to grant this "
+            f"call, past the {self.max_wait:g}s it may wait"
         )
 
 

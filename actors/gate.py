@@ -12,7 +12,11 @@ thread. A future is only ever resolved on its own loop
 (``call_soon_threadsafe``); a ``set_result`` from another loop's thread would
 never wake its waiter. Expiry and budget are a reaper thread that sleeps
 until the earliest lease deadline or the time a budgeted group's best waiter
-fits its budget (:meth:`SlotEngine.next_wake`).
+fits its budget (:meth:`actors.timekeeper.Timekeeper.next_wake`).
+
+Every operation but the two that wait (an acquire, a process's question of its
+next in line) and the queue view reaches the engine through :meth:`SlotGate.apply`,
+as a message (see :mod:`actors.ops`): a list of them under one lock.
 
 A queue view (:mod:`actors.queueview`) waits the same way: a future that the
 next change of the engine's version resolves; and so does a process's
@@ -29,16 +33,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from typing import TypeVar
+from collections.abc import Sequence
+from typing import TypeVar, cast
 
-from actors.engine import Lease, SlotEngine
-from actors.errors import AcquireTimeout
-from actors.groups import GroupSpec, Pool
+from actors.engine import SlotEngine
+from actors.errors import AcquireTimeout, WaitTooLong
 from actors.journal import Journal
-from actors.leases import TokensUsed
-from actors.options import DEFAULT_OPTIONS, CallOptions
+from actors.leases import Lease
+from actors.ops import Acquire, Op
 from actors.queueview import QueueView
-from actors.stats import GroupInfo, QueuePosition, QueueStats
 
 T = TypeVar("T")
 
@@ -61,73 +64,61 @@ class SlotGate:
         self._reaper = _Reaper(self)
         self._reaper.start()
 
-    async def acquire(
-        self,
-        group: str | Pool,
-        lease_id: str,
-        options: CallOptions = DEFAULT_OPTIONS,
-        caller: str | None = None,
-        *,
-        started: bool = False,
-    ) -> Lease:
-        """A slot of ``group`` (or of a pool's groups), waiting at most
-        ``options.queue_timeout`` for it (``started``: see :meth:`SlotEngine.acquire`)."""
-        return await self._granted(group, lease_id, options, caller, started)
+    def apply(self, ops: Sequence[Op[object]]) -> list[object]:
+        """Apply ``ops`` in order under one lock (see :mod:`actors.ops`); each one's answer,
+        or the error it raised. A restarted manager knows of every grant and registration
+        once this returns (journaled before the answers go)."""
+        answers: list[object] = []
+        granted: list[Lease] = []
+        with self.lock:
+            for op in ops:
+                try:
+                    answer = self.engine.apply(op)
+                except Exception as error:
+                    answers.append(error)
+                    continue
+                if op.grants:
+                    granted.extend(cast("list[Lease]", answer))
+                    answer = None
+                elif isinstance(answer, Lease):  # an acquire's: its expiry must be timed
+                    granted.append(answer)
+                answers.append(answer)
+            self._settle_locked(granted)
+        return answers
 
-    async def _granted(
-        self,
-        group: str | Pool,
-        lease_id: str,
-        options: CallOptions,
-        caller: str | None,
-        started: bool,
-    ) -> Lease:
+    async def acquire(self, op: Acquire) -> Lease:
+        """A slot of ``op.group_id`` (or of a pool's groups), waiting at most
+        ``options.queue_timeout`` for it (then AcquireTimeout), and at most
+        ``options.max_wait`` (then WaitTooLong: the estimate at its arrival had nothing
+        to go by, or was wrong)."""
         loop = asyncio.get_running_loop()
         with self.lock:
-            lease = self.engine.acquire(group, lease_id, options, caller, started=started)
-            self._changed_locked()
+            lease = self.engine.acquire(
+                op.group_id, op.lease_id, op.options, op.caller, started=op.started
+            )
             if lease is not None:
-                self._journal_changes_locked()
-                self._reaper.wake_if_idle_locked()
+                self._settle_locked([lease])
                 return lease
             waiter: asyncio.Future[Lease] = loop.create_future()
-            self._waiters[lease_id] = waiter
-            self._budget_changed_locked()
-        timeout = options.queue_timeout
+            self._waiters[op.lease_id] = waiter
+            self._settle_locked([])
+        options = op.options
+        limits = [t for t in (options.queue_timeout, options.max_wait) if t is not None]
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(min(limits, default=None)):
                 return await waiter
         except TimeoutError:
-            self._abandon(lease_id, timed_out=True)
-            raise AcquireTimeout(group, options.request_id or lease_id, timeout or 0.0) from None
+            self._abandon(op.lease_id, timed_out=True)
+            if options.max_wait is not None and options.max_wait == min(limits):
+                raise WaitTooLong(op.group_id, options.max_wait) from None
+            asked = options.request_id or op.lease_id
+            raise AcquireTimeout(op.group_id, asked, options.queue_timeout or 0.0) from None
         except asyncio.CancelledError:
-            self._abandon(lease_id)
+            self._abandon(op.lease_id)
             raise
         finally:
             with self.lock:
-                self._waiters.pop(lease_id, None)
-
-    def release(self, lease_id: str, epoch: int, used: TokensUsed | None = None) -> None:
-        with self.lock:
-            self._deliver_locked(self.engine.release(lease_id, epoch, used))
-            self._budget_changed_locked()
-
-    def hand_over(
-        self,
-        group: str,
-        lease_id: str,
-        epoch: int,
-        successor: str,
-        caller: str | None = None,
-        used: TokensUsed | None = None,
-    ) -> None:
-        """Release a slot its holder's process passed on (see :meth:`SlotEngine.hand_over`);
-        a restarted manager knows the successor holds it once this returns."""
-        with self.lock:
-            self._deliver_locked(
-                self.engine.hand_over(group, lease_id, epoch, successor, caller, used)
-            )
-            self._budget_changed_locked()
+                self._waiters.pop(op.lease_id, None)
 
     async def next_in_line(self, caller: str, known: dict[str, str], wait: float) -> dict[str, str]:
         """By group, the waiter of ``caller`` that a slot it holds would pass to
@@ -149,89 +140,9 @@ class SlotGate:
             with self.lock:
                 self._lines = [line for line in self._lines if line[2] is not changed]
 
-    def throttled(self, group: str, lease_id: str, retry_after: float | None) -> GroupInfo:
-        with self.lock:
-            info = self.engine.throttled(group, lease_id, retry_after)
-            self._budget_changed_locked()
-            self._changed_locked()
-            return info
-
-    def mark_out(self, group: str, reason: str, seconds: float) -> None:
-        """See :meth:`SlotEngine.mark_out`: the waiters left without a group in rotation
-        fail with its error."""
-        with self.lock:
-            failed, granted = self.engine.mark_out(group, reason, seconds)
-            waiters = [(self._waiters.pop(i), e) for i, e in failed.items() if i in self._waiters]
-            self._deliver_locked(granted)
-            self._budget_changed_locked()
-        for waiter, error in waiters:
-            waiter.get_loop().call_soon_threadsafe(_fail, waiter, error)
-
-    def fell_back(self, model: str, fallback: str, reason: str) -> None:
-        """See :meth:`SlotEngine.fell_back`."""
-        with self.lock:
-            self.engine.fell_back(model, fallback, reason)
-            self._changed_locked()
-
-    def cancel(self, lease_id: str) -> None:
-        """A caller gave up on ``lease_id``: whether it waits, holds, or has not arrived yet."""
-        with self.lock:
-            waiter = self._waiters.pop(lease_id, None)
-            self._deliver_locked(self.engine.cancel(lease_id))
-            self._budget_changed_locked()
-        if waiter is not None:
-            waiter.get_loop().call_soon_threadsafe(waiter.cancel)
-
-    def drop_caller(self, caller: str) -> None:
-        """``caller`` died: its waiters leave, its slots pass on."""
-        with self.lock:
-            dropped, granted = self.engine.drop_caller(caller)
-            waiters = [self._waiters.pop(i) for i in dropped if i in self._waiters]
-            self._deliver_locked(granted)
-            self._budget_changed_locked()
-        for waiter in waiters:
-            waiter.get_loop().call_soon_threadsafe(waiter.cancel)
-
-    def watched(self, caller: str) -> None:
-        """See :meth:`SlotEngine.watched`."""
-        with self.lock:
-            self.engine.watched(caller)
-
-    def unwatched(self, caller: str) -> None:
-        """See :meth:`SlotEngine.unwatched`."""
-        with self.lock:
-            self.engine.unwatched(caller)
-
-    def renew(self, lease_id: str, epoch: int) -> bool:
-        with self.lock:
-            return self.engine.renew(lease_id, epoch)
-
     def tick(self) -> None:
         with self.lock:
-            self._deliver_locked(self.engine.tick())
-
-    def register(self, spec: GroupSpec) -> GroupInfo:
-        """Register ``spec``; a restarted manager knows the group once this returns."""
-        with self.lock:
-            info = self.engine.register(spec)
-            self._journal_changes_locked()
-            return info
-
-    def group_info(self, group_id: str) -> GroupInfo:
-        with self.lock:
-            return self.engine.group_info(group_id)
-
-    def can_run_immediately(self, group_id: str) -> bool:
-        with self.lock:
-            return self.engine.can_run_immediately(group_id)
-
-    def stats(self) -> QueueStats:
-        with self.lock:
-            return self.engine.stats()
-
-    def position(self, request_id: str) -> QueuePosition | None:
-        with self.lock:
-            return self.engine.position(request_id)
+            self._deliver_locked(self.engine.timekeeper.tick())
 
     async def view(self, after: int, first: int, wait: float) -> QueueView:
         """The queue view (``first`` waiters a group) once the engine's version differs
@@ -262,14 +173,27 @@ class SlotGate:
     def _abandon(self, lease_id: str, *, timed_out: bool = False) -> None:
         with self.lock:
             if self._waiters.pop(lease_id, None) is not None:
-                self._deliver_locked(self.engine.cancel(lease_id, timed_out=timed_out))
-                self._budget_changed_locked()
+                granted = self.engine.cancel(lease_id, timed_out=timed_out)
+                self._settle_locked(granted)
+
+    def _settle_locked(self, granted: list[Lease]) -> None:
+        """After the engine changed: end the waits of waiters that left the queue, wake
+        those granted, the views and the callers whose next in line changed; journal;
+        and let the reaper plan again, budgets may have moved."""
+        for lease_id, error in self.engine.take_left().items():
+            waiter = self._waiters.pop(lease_id, None)
+            if waiter is not None:
+                waiter.get_loop().call_soon_threadsafe(_end, waiter, error)
+        self._deliver_locked(granted)
+        self._budget_changed_locked()
 
     def _journal_changes_locked(self) -> None:
         """After anything that may change a group's record."""
-        changed = self.engine.take_changed()
+        groups = self.engine.groups
+        changed = groups.take_changed()
         if self._journal is not None and changed:
-            self._journal.write({group: self.engine.record(group) for group in changed})
+            leases, callers = self.engine.leases, self.engine.callers
+            self._journal.write({g: groups.record(g, leases, callers) for g in changed})
 
     def _budget_changed_locked(self) -> None:
         """After a change that may move a budgeted group's next grant sooner (a waiter
@@ -323,9 +247,14 @@ def _resolve(future: asyncio.Future[T], value: T) -> None:
         future.set_result(value)
 
 
-def _fail(future: asyncio.Future[T], error: BaseException) -> None:
-    """As :func:`_resolve`, with an error."""
-    if not future.done():
+def _end(future: asyncio.Future[T], error: BaseException | None) -> None:
+    """End a wait on the future's own loop: with ``error``, or cancelled if None (its
+    caller died, or gave it up through a message)."""
+    if future.done():
+        return
+    if error is None:
+        future.cancel()
+    else:
         future.set_exception(error)
 
 
@@ -358,7 +287,7 @@ class _Reaper(threading.Thread):
 
     def _plan_locked(self) -> float | None:
         """The next wake; with none, a grant must wake this thread."""
-        deadline = self._gate.engine.next_wake()
+        deadline = self._gate.engine.timekeeper.next_wake()
         self._idle = deadline is None
         return deadline
 

@@ -21,8 +21,9 @@ from actors.groups import GroupSpec
 from actors.journal import GroupRecord, HeldLease
 from actors.leases import LeaseTable
 from actors.options import CallLabels, CallOptions
-from actors.reports import GroupTally
+from actors.rotation import Out
 from actors.stats import GroupInfo
+from actors.tally import GroupTally
 from actors.waitqueue import GrantKey, WaitQueue
 
 
@@ -67,19 +68,6 @@ class Waiter:
 
 
 @dataclass(slots=True)
-class Outage:
-    """Why a group's server takes no calls (its circuit open, its server or its node
-    gone), and until when. Then it is half-open: one call is let in, the *probe*, and
-    none beside it; once the probe ends without finding the server down, the group is
-    back in rotation (see :class:`actors.holdings.Holdings`)."""
-
-    reason: str
-    until: float
-    # The lease of the probe in flight; None: none yet (or the last one never ended).
-    probe: str | None = None
-
-
-@dataclass(slots=True)
 class Group:
     spec: GroupSpec
     limit: int | None
@@ -89,34 +77,33 @@ class Group:
     budget: Budget | None = None
     queue: WaitQueue = field(default_factory=WaitQueue)
     leases: set[str] = field(default_factory=set)
-    # By held lease: its flow and the service charged to it at the grant.
-    charged: dict[str, tuple[str, float]] = field(default_factory=dict)
     active: int = 0
     tally: GroupTally = field(default_factory=GroupTally)
-    outage: Outage | None = None
-    # Its share of a pool's new calls (see actors.engine), and its place in their turns.
+    # Its time out of rotation, if its server was found down (see actors.rotation).
+    out: Out | None = None
+    # Its share of a pool's new calls, and its place in their turns (see actors.rotation).
     weight: float = 1.0
     turn: float = 0.0
 
     def has_room(self) -> bool:
-        """Below its limit, and no probe in flight (see :class:`Outage`)."""
-        if self.outage is not None and self.outage.probe is not None:
+        """Below its limit, and no probe in flight (see :mod:`actors.rotation`)."""
+        if self.out is not None and not self.out.admits():
             return False
         return self.limit is None or self.active < self.limit
 
-    def out(self, now: float) -> bool:
+    def is_out(self, now: float) -> bool:
         """Whether the group's server is out of rotation at ``now``."""
-        return self.outage is not None and now < self.outage.until
+        return self.out is not None and self.out.excludes(now)
 
     def probing(self, now: float) -> bool:
-        """Whether its outage has passed at ``now`` and its next grant is the probe, or
+        """Whether its cooldown has passed at ``now`` and its next grant is the probe, or
         the probe is in flight."""
-        return self.outage is not None and now >= self.outage.until
+        return self.out is not None and self.out.probing(now)
 
     def fits_now(self, tokens: int, now: float) -> bool:
         """Whether a new arrival may start now: in rotation, room, and budget with nobody
         waiting."""
-        if not self.has_room() or self.out(now):
+        if not self.has_room() or self.is_out(now):
             return False
         return self.budget is None or (
             len(self.queue) == 0 and self.budget.ready_at(tokens, now) <= now
@@ -131,8 +118,8 @@ class Group:
         allows the call (``now`` without a budget; inf: the budget is paused for good or
         the call never fits)."""
         ready = now if self.budget is None else self.budget.ready_at(waiter.tokens, now)
-        if self.outage is not None and now < self.outage.until:
-            return max(ready, self.outage.until)
+        if self.out is not None and self.out.excludes(now):
+            return max(ready, self.out.until)
         return ready
 
     def info(self, *, epoch: int, lease_ttl: float, global_limit: int | None) -> GroupInfo:

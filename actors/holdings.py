@@ -1,8 +1,12 @@
-"""Who waits and who holds: the moves of a request between waiting, holding and gone.
+"""Who waits and who holds: the moves of a request between waiting, holding and gone,
+and the grant of the waiters that can run.
 
 Each move keeps every count in step: the group's held leases and active count,
-the total, its budget, the journal's mark, the caller index and the tally. The
-engine (:mod:`actors.engine`) decides which move and when; this makes it.
+the total, its budget, its flows' fair share, the journal's mark, the caller
+index and the tally. The engine (:mod:`actors.engine`) decides which move and
+when; this makes it. :meth:`Holdings.dispatch` grants waiters while any can run,
+best key first across all groups: the engine's invariant (see there) is
+restored by it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from actors.callers import CallerIndex
 from actors.groupstate import Group, GroupTable, Waiter
 from actors.leases import Lease, LeaseTable, TokensUsed
 from actors.reports import Recorder
+from actors.tally import Outcome
+from actors.waitqueue import DEFAULT_PRIORITY, GrantKey
 
 
 class Holdings:
@@ -23,12 +29,16 @@ class Holdings:
         callers: CallerIndex,
         recorder: Recorder,
         clock: Callable[[], float],
+        epoch: int,
+        global_limit: int | None,
     ) -> None:
-        self._clock = clock
-        self._groups = groups
-        self._leases = leases
-        self._callers = callers
-        self._recorder = recorder
+        self.clock = clock
+        self._epoch = epoch
+        self._global_limit = global_limit
+        self.groups = groups
+        self.leases = leases
+        self.callers = callers
+        self.recorder = recorder
         self.waiters: dict[str, Waiter] = {}
         self.total_active = 0
 
@@ -37,9 +47,9 @@ class Holdings:
         grants it (see :meth:`taken`)."""
         self.waiters[waiter.lease_id] = waiter
         for group_id in waiter.groups:
-            group = self._groups[group_id]
+            group = self.groups[group_id]
             group.queue.push(waiter.lease_id, waiter.key, waiter.flow, waiter.weight)
-            self._recorder.levels(group)
+            self.recorder.levels(group)
 
     def unqueue(self, lease_id: str) -> Group | None:
         """Take a waiter out of its groups' queues; its first group (where its outcome is
@@ -47,24 +57,24 @@ class Holdings:
         waiter = self.waiters.pop(lease_id, None)
         if waiter is None:
             return None
-        first, *others = (self._groups[group_id] for group_id in waiter.groups)
+        first, *others = (self.groups[group_id] for group_id in waiter.groups)
         first.queue.remove(lease_id)
         self._leave(others, lease_id)
-        self._callers.forget(lease_id)
+        self.callers.forget(lease_id)
         return first
 
     def taken(self, waiter: Waiter, group: Group) -> None:
         """``waiter``, out of ``group``'s queue, is granted there: it leaves the queues of
         its pool's other groups (its caller stays noted)."""
         del self.waiters[waiter.lease_id]
-        others = [self._groups[g] for g in waiter.groups if g != group.spec.id]
+        others = [self.groups[g] for g in waiter.groups if g != group.spec.id]
         self._leave(others, waiter.lease_id)
 
     def _leave(self, groups: list[Group], lease_id: str) -> None:
         """A waiter left these queues too: the other groups of its pool."""
         for group in groups:
             group.queue.remove(lease_id)
-            self._recorder.levels(group)
+            self.recorder.levels(group)
 
     def grant(
         self,
@@ -77,55 +87,112 @@ class Holdings:
         weight: float = 1.0,
     ) -> Lease:
         """Hold ``lease`` for a call of ``flow`` that waited ``waited`` seconds, charged
-        ``tokens`` to the budget and the group's estimated cost of a call to the flow's
-        share (corrected by :meth:`free` with its true cost). The first grant of a group
-        whose outage has passed is its probe (see :class:`actors.groupstate.Outage`)."""
+        ``tokens`` to the budget and its flow's estimated cost to the flow's fair share
+        (corrected by :meth:`free` with its true cost, see :mod:`actors.fairshare`). The
+        first grant of a group out of rotation whose cooldown has passed is its probe
+        (see :mod:`actors.rotation`)."""
         self.hold(group, lease)
-        if (outage := group.outage) is not None and group.probing(self._clock()):
-            outage.probe = outage.probe or lease.id
-        estimate = group.queue.estimate_for(flow)
-        group.queue.charge(flow, estimate, weight)
-        group.charged[lease.id] = (flow, estimate)
+        if group.out is not None:
+            group.out.granted(lease.id, self.clock())
+        group.queue.share.granted(lease.id, flow, weight)
         if group.budget is not None:
-            group.budget.spend(lease.id, tokens, self._clock())
-        self._recorder.granted(group, waited, flow)
+            group.budget.spend(lease.id, tokens, self.clock())
+        self.recorder.granted(group, waited, flow)
         return lease
 
     def hold(self, group: Group, lease: Lease, *, restored: bool = False) -> None:
-        self._leases.hold(lease, restored=restored)
+        self.leases.hold(lease, restored=restored)
         group.leases.add(lease.id)
         group.active += 1
         self.total_active += 1
-        self._groups.changed(group)
+        self.groups.changed(group)
 
     def free(
         self, lease_id: str, used: TokensUsed | None = None, *, released: bool = False
     ) -> Group:
         """Forget a held lease (see LeaseTable.free); ``used``: what its call used, if its
-        answer said; ``released``: by its holder. A probe released ends its group's
-        outage (its caller marks the group out first if the probe found the server down);
-        one that expired or whose caller died or gave up lets in another."""
-        lease, held = self._leases.free(lease_id)
-        self._callers.forget(lease_id)
-        group = self._groups[lease.group]
-        if (outage := group.outage) is not None and outage.probe == lease_id:
-            outage.probe = None
-            if released:
-                group.outage = None
-                self._recorder.rotation(group)
+        answer said; ``released``: by its holder. A probe released brings its group back
+        in rotation (its caller takes the group out again first if the probe found the
+        server down); one that expired or whose caller died or gave up lets in another."""
+        lease, held = self.leases.free(lease_id)
+        self.callers.forget(lease_id)
+        group = self.groups[lease.group]
+        if group.out is not None and group.out.ended(lease_id, released=released):
+            group.out = None
+            self.recorder.rotation(group)
         group.leases.discard(lease_id)
         group.active -= 1
         self.total_active -= 1
         group.tally.held(held)
-        if (charged := group.charged.pop(lease_id, None)) is not None:
-            flow, estimate = charged
-            cost = group.queue.settle(flow, estimate, held, used)
-            self._recorder.served(group, flow, held, cost)
-        self._groups.changed(group)
-        now = self._clock()
+        if (ended := group.queue.share.ended(lease_id, held, used)) is not None:
+            flow, cost = ended
+            self.recorder.served(group, flow, held, cost)
+        self.groups.changed(group)
+        now = self.clock()
         if group.budget is not None:
             group.budget.returned(lease_id, used.total if used is not None else None, now)
-            self._recorder.budget_left(group)
+            self.recorder.budget_left(group)
         if group.throttle.freed(lease_id, group.budget, now, released=released):
-            self._recorder.learned(group)
+            self.recorder.learned(group)
         return group
+
+    # -- grants ---------------------------------------------------------------------
+
+    def room(self) -> bool:
+        """Below the global cap, if there is one."""
+        return self._global_limit is None or self.total_active < self._global_limit
+
+    def lease(
+        self,
+        group: Group,
+        lease_id: str,
+        request_id: str | None = None,
+        priority: int = DEFAULT_PRIORITY,
+        epoch: int | None = None,
+    ) -> Lease:
+        """A lease of ``group``; by default of this epoch, known by its lease id, at the
+        default priority (a lease restored or handed over, whose options are not here)."""
+        epoch = self._epoch if epoch is None else epoch
+        ttl = self.leases.ttl
+        return Lease(lease_id, group.spec.id, request_id or lease_id, priority, epoch, ttl)
+
+    def grant_waiter(self, group: Group, waiter: Waiter, epoch: int | None = None) -> Lease:
+        """Grant a waiter just taken out of ``group``'s queue (its caller stays noted)."""
+        self.taken(waiter, group)
+        lease = self.lease(group, waiter.lease_id, waiter.request_id, waiter.priority, epoch)
+        waited = self.clock() - waiter.queued_at
+        return self.grant(
+            group,
+            lease,
+            waited=waited,
+            tokens=waiter.tokens,
+            flow=waiter.flow,
+            weight=waiter.weight,
+        )
+
+    def dispatch(self) -> list[Lease]:
+        """Grant waiters while any can run, best key first across all groups."""
+        granted: list[Lease] = []
+        now = self.clock()
+        while self.room():
+            best: tuple[GrantKey, str, Group] | None = None
+            for group in self.groups.values():
+                top = group.next_waiter()
+                if top is None or (best is not None and top[0] >= best[0]):
+                    continue
+                if group.ready_at(self.waiters[top[1]], now) <= now:
+                    best = (top[0], top[1], group)
+            if best is None:
+                break
+            _, lease_id, group = best
+            group.queue.pop()
+            granted.append(self.grant_waiter(group, self.waiters[lease_id]))
+        return granted
+
+    def released(self, lease_id: str, epoch: int, used: TokensUsed | None) -> bool:
+        """Free the slot of a release under ``epoch``, without granting it again; False if
+        it is not held (see LeaseTable.releasable)."""
+        if not self.leases.releasable(lease_id, epoch, self._epoch):
+            return False
+        self.recorder.finished(self.free(lease_id, used, released=True), Outcome.RELEASED)
+        return True

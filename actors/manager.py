@@ -39,6 +39,7 @@ import asyncio
 import time
 import warnings
 from pathlib import Path
+from typing import cast
 from urllib.parse import quote
 
 import ray
@@ -47,18 +48,18 @@ from ray.actor import ActorHandle
 from ray.experimental import internal_kv
 
 from actors.callers import Caller
-from actors.engine import Lease, SlotEngine
+from actors.engine import SlotEngine
 from actors.gate import SlotGate
-from actors.groups import GroupSpec, Pool, resolve_model
+from actors.groups import resolve_model
 from actors.journal import FileStore, Journal, recorded
-from actors.leases import TokensUsed
+from actors.leases import Lease
 from actors.metrics import QueueMetrics
 from actors.names import HEAD_NODE, MANAGER_NAME, NAMESPACE, named_actor
-from actors.options import DEFAULT_OPTIONS, CallOptions, Packed
-from actors.outbox import Batch, Counted
+from actors.ops import Acquire, CanRun, DropCaller, Op, Register, Unwatched, Watched
+from actors.options import Packed
 from actors.queueview import QueueView
 from actors.settings import Settings
-from actors.stats import GroupInfo, QueuePosition, QueueStats
+from actors.stats import GroupInfo
 from actors.telemetry import configure_telemetry
 from actors.watch import CallerWatch, LifelineHost
 
@@ -115,7 +116,7 @@ class ConcurrencyManager(LifelineHost):
             for spec in entry.specs():
                 engine.register(spec)
         self._gate = SlotGate(engine, Journal(ahead, behind))
-        self._watch = CallerWatch(lambda caller: self._gate.drop_caller(caller.id))
+        self._watch = CallerWatch(self._dropped)
         # Callers of the manager before the restart, some of which died meanwhile
         # (Ray retries no call for a dead caller). __init__ runs on the actor's loop.
         self._following = {
@@ -125,53 +126,21 @@ class ConcurrencyManager(LifelineHost):
             for caller_id, data in lifelines.items()
         }
 
-    async def acquire(
-        self,
-        group: str | Pool,
-        lease_id: str,
-        options: CallOptions | Packed = DEFAULT_OPTIONS,
-        caller: str | None = None,
-    ) -> Lease:
-        """A slot of ``group``, or of any group of a pool (the lease names which), for the
-        lease ``lease_id``, asked with ``options`` (as
-        :class:`CallOptions`, or packed: see :meth:`CallOptions.packed`) by the process
-        whose :class:`Caller` id is ``caller``, once it is granted."""
-        if not isinstance(options, CallOptions):
-            options = CallOptions.unpacked(options)
-        return await self._gate.acquire(group, lease_id, options, caller)
+    def _dropped(self, caller: Caller) -> None:
+        """Ray reported ``caller`` dead."""
+        self._gate.apply([DropCaller(caller.id)])
 
-    async def count(self, batch: Batch, caller: str | None = None) -> Counted:
-        """Releases and acquires of groups where nobody waits, many in one call (see
-        :mod:`actors.outbox`); each acquire answered, in order, with its lease or its error.
-        The calls already run: each is counted even if its group waits by now."""
-        for lease_id, epoch in batch.releases:
-            self._gate.release(lease_id, epoch)
-        asks = (
-            self._gate.acquire(a.group, a.lease_id, a.options, caller, started=True)
-            for a in batch.acquires
-        )
-        answers = await asyncio.gather(*asks, return_exceptions=True)
-        infos = (self._gate.group_info(g) for g in {a.group for a in batch.acquires})
-        return Counted(
-            # Only a cancelled count ends an acquire with less than an Exception.
-            [a if isinstance(a, Lease | Exception) else RuntimeError(repr(a)) for a in answers],
-            tuple(info for info in infos if info.gated),
-        )
+    async def acquire(self, packed: Packed) -> Lease:
+        """The slot an :class:`~actors.ops.Acquire` asks for (packed: see
+        :meth:`Acquire.packed`), once it is granted. Not in the control group: waiting
+        acquires wait here."""
+        return await self._gate.acquire(Acquire.unpacked(packed))
 
     @ray.method(concurrency_group=CONTROL)
-    async def mark_out(self, group: str, reason: str, seconds: float) -> None:
-        """A caller found the server of ``group`` down (see :meth:`SlotEngine.mark_out`)."""
-        self._gate.mark_out(group, reason, seconds)
-
-    @ray.method(concurrency_group=CONTROL)
-    async def fell_back(self, model: str, fallback: str, reason: str) -> None:
-        """A call of ``model`` went to its ``fallback`` (see :meth:`SlotEngine.fell_back`)."""
-        self._gate.fell_back(model, fallback, reason)
-
-    @ray.method(concurrency_group=CONTROL)
-    async def throttled(self, group: str, lease_id: str, retry_after: float | None) -> GroupInfo:
-        """A call of ``group`` got a 429 (see :mod:`actors.adaptive`)."""
-        return self._gate.throttled(group, lease_id, retry_after)
+    async def apply(self, ops: list[Op[object]]) -> list[object]:
+        """Operations that never wait (see :mod:`actors.ops`), in order under one lock:
+        each one's answer, or the error it raised."""
+        return self._gate.apply(ops)
 
     async def watch(self, caller: Caller, lifeline: list[ObjectRef[None]]) -> None:
         # The lifeline is kept outside the actor too, for the manager's next life.
@@ -181,31 +150,12 @@ class ConcurrencyManager(LifelineHost):
 
     async def _follow(self, caller: Caller, lifeline: ObjectRef[None]) -> None:
         # While Ray would report this caller's death, its leases outlive their ttl.
-        self._gate.watched(caller.id)
+        self._gate.apply([Watched(caller.id)])
         try:
             await self._watch.follow(caller, lifeline)
         finally:
-            self._gate.unwatched(caller.id)
+            self._gate.apply([Unwatched(caller.id)])
             await asyncio.to_thread(self._lifelines.delete, caller.id)
-
-    @ray.method(concurrency_group=CONTROL)
-    async def release(self, lease_id: str, epoch: int, used: TokensUsed | None = None) -> None:
-        self._gate.release(lease_id, epoch, used)
-
-    @ray.method(concurrency_group=CONTROL)
-    async def hand_over(
-        self,
-        group: str,
-        lease_id: str,
-        epoch: int,
-        successor: str,
-        caller: str | None = None,
-        used: TokensUsed | None = None,
-    ) -> None:
-        """Release ``lease_id``, whose process (``caller``, its id) passed its slot
-        straight to ``successor``, the waiter :meth:`next_in_line` named (see
-        :meth:`SlotEngine.hand_over`)."""
-        self._gate.hand_over(group, lease_id, epoch, successor, caller, used)
 
     async def next_in_line(
         self, caller: str, known: dict[str, str], wait: float = NEXT_IN_LINE_WAIT_SECONDS
@@ -216,46 +166,18 @@ class ConcurrencyManager(LifelineHost):
         return await self._gate.next_in_line(caller, known, wait)
 
     @ray.method(concurrency_group=CONTROL)
-    async def cancel(self, lease_id: str) -> None:
-        self._gate.cancel(lease_id)
-
-    @ray.method(concurrency_group=CONTROL)
-    async def renew(self, lease_id: str, epoch: int) -> bool:
-        return self._gate.renew(lease_id, epoch)
-
-    @ray.method(concurrency_group=CONTROL)
-    async def register(self, spec: GroupSpec) -> GroupInfo:
-        return self._gate.register(spec)
-
-    @ray.method(concurrency_group=CONTROL)
-    async def group_info(self, group_id: str) -> GroupInfo:
-        return self._gate.group_info(group_id)
-
-    @ray.method(concurrency_group=CONTROL)
     async def can_run_immediately(self, model_id: str) -> bool:
         """Would a call of ``model_id`` (on any server of its pool) get a slot now?"""
-        groups = [
-            self._gate.register(spec) for spec in resolve_model(self._settings.models, model_id)
-        ]
-        return any(self._gate.can_run_immediately(info.id) for info in groups)
-
-    @ray.method(concurrency_group=CONTROL)
-    async def can_group_run_immediately(self, group_id: str) -> bool:
-        return self._gate.can_run_immediately(group_id)
-
-    @ray.method(concurrency_group=CONTROL)
-    async def stats(self) -> QueueStats:
-        return self._gate.stats()
+        specs = resolve_model(self._settings.models, model_id)
+        infos = self._gate.apply([Register(spec) for spec in specs])
+        answers = self._gate.apply([CanRun(cast(GroupInfo, info).id) for info in infos])
+        return any(answer is True for answer in answers)
 
     async def view(self, after: int = -1, first: int = 50, wait: float = 0.0) -> QueueView:
         """The queue as the queue page shows it, once it differs from version ``after``
         (see :meth:`SlotGate.view`). Not in the control group, whose 64 places a
         page's view, waiting for a change, must not take."""
         return await self._gate.view(after, first, wait)
-
-    @ray.method(concurrency_group=CONTROL)
-    async def position(self, request_id: str) -> QueuePosition | None:
-        return self._gate.position(request_id)
 
     @ray.method(concurrency_group=CONTROL)
     async def settings(self) -> Settings:

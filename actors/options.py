@@ -131,7 +131,7 @@ def tenant_flow(name: str) -> str:
     return TENANT_FLOW + name
 
 
-def tenant_of(flow: str) -> str:
+def flow_tenant(flow: str) -> str:
     """The tenant whose flow ``flow`` is, "" if it is no tenant's (a Ray job's)."""
     return flow.removeprefix(TENANT_FLOW) if flow.startswith(TENANT_FLOW) else ""
 

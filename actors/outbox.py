@@ -15,7 +15,9 @@ limit.
 
 A release is queued only once its acquire's grant is back (with the epoch
 of the manager that granted it), so it never overtakes its acquire,
-whichever batches the two travel in.
+whichever batches the two travel in. The batches are lists of the manager's
+operations (see :mod:`actors.ops`): acquires of calls already ``started``, and
+releases.
 """
 
 from __future__ import annotations
@@ -25,68 +27,41 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
-from actors.engine import Lease
-from actors.options import CallOptions
-from actors.stats import GroupInfo
+from actors.leases import Lease
+from actors.ops import Acquire, Op, Release
 
 log = logging.getLogger(__name__)
 
 BATCH_INTERVAL_SECONDS = 0.01
 
-
-@dataclass(frozen=True)
-class Ask:
-    group: str
-    lease_id: str
-    options: CallOptions
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Acquires to count and leases to give back; the manager answers each acquire, in order,
-    with its lease or the error that refused it."""
-
-    acquires: tuple[Ask, ...] = ()
-    # (lease id, epoch)
-    releases: tuple[tuple[str, int], ...] = ()
-
-
-@dataclass(frozen=True)
-class Counted:
-    """The manager's answer to a :class:`Batch`: each acquire's lease or error, in order,
-    and the info of the batch's groups where calls now wait (after a 429, see
-    :mod:`actors.adaptive`), whose next calls must ask and wait."""
-
-    answers: list[Lease | Exception]
-    gated: tuple[GroupInfo, ...] = ()
-
-
-Send = Callable[[Batch], Awaitable[list[Lease | Exception]]]
+# Sends operations to the manager; answers each, in order, with its answer or its error.
+Send = Callable[[list[Op[object]]], Awaitable[list[object]]]
 
 
 @dataclass
 class Outbox:
-    """Queues acquires and releases and sends them, one :class:`Batch` in flight at a time
-    and at most one per ``interval``."""
+    """Queues acquires and releases and sends them, one list in flight at a time and at most
+    one per ``interval``."""
 
     send: Send
     interval: float = BATCH_INTERVAL_SECONDS
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-    _asks: list[tuple[Ask, asyncio.Future[Lease]]] = field(default_factory=list)
-    _releases: list[tuple[str, int]] = field(default_factory=list)
+    # Each operation queued, with the future of an acquire's grant (None for a release).
+    _ops: list[tuple[Op[object], asyncio.Future[Lease] | None]] = field(default_factory=list)
     _sending: asyncio.Task[None] | None = None
 
-    def acquire(self, ask: Ask) -> asyncio.Future[Lease]:
-        """The grant, once the manager has answered."""
+    def acquire(self, op: Acquire) -> asyncio.Future[Lease]:
+        """The grant, once the manager has answered (``op.started``: it counts the call)."""
         grant: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        self._asks.append((ask, grant))
+        self._ops.append((op, grant))
         self._wake()
         return grant
 
     def release(self, lease: Lease) -> None:
-        self._releases.append((lease.id, lease.epoch))
+        self._ops.append((Release(lease.id, lease.epoch), None))
         self._wake()
 
     async def drain(self) -> None:
@@ -100,30 +75,26 @@ class Outbox:
 
     async def _send_all(self) -> None:
         try:
-            while self._asks or self._releases:
+            while self._ops:
                 started = self.clock()
-                asks, self._asks = self._asks, []
-                releases, self._releases = self._releases, []
-                await self._send_one(asks, Batch(tuple(a for a, _ in asks), tuple(releases)))
+                ops, self._ops = self._ops, []
+                await self._send_one(ops)
                 await self.sleep(self.interval - (self.clock() - started))
         finally:
             self._sending = None
 
-    async def _send_one(self, asks: list[tuple[Ask, asyncio.Future[Lease]]], batch: Batch) -> None:
+    async def _send_one(self, ops: list[tuple[Op[object], asyncio.Future[Lease] | None]]) -> None:
         try:
-            answers = await self.send(batch)
+            answers = await self.send([op for op, _ in ops])
         except Exception as exc:
-            if batch.releases:
-                log.warning(
-                    "giving back %d leases failed; they expire after their ttl",
-                    len(batch.releases),
-                    exc_info=True,
-                )
-            answers = [exc] * len(asks)
-        for (_, grant), answer in zip(asks, answers, strict=True):
-            if grant.done():  # cancelled by a caller that stopped waiting for it
+            answers = [exc] * len(ops)
+        released = [a for (_, grant), a in zip(ops, answers, strict=True) if grant is None]
+        if any(isinstance(answer, Exception) for answer in released):
+            log.warning("giving back leases failed; they expire after their ttl: %r", released)
+        for (_, grant), answer in zip(ops, answers, strict=True):
+            if grant is None or grant.done():  # a release, or a grant nobody awaits now
                 continue
             if isinstance(answer, Exception):
                 grant.set_exception(answer)
             else:
-                grant.set_result(answer)
+                grant.set_result(cast(Lease, answer))

@@ -10,92 +10,49 @@ build the snapshots of :mod:`actors.stats` and :mod:`actors.queueview`.
 from __future__ import annotations
 
 import math
-from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from actors.budget import Budget
-from actors.options import tenant_of
-from actors.queueview import GroupActivity, LevelHistory, QueueView, WaitingCall
-from actors.stats import (
-    FlowStats,
-    GroupStats,
-    ModelStats,
-    QueuePosition,
-    QueueStats,
-    percentile,
-)
-from actors.waitqueue import FLOW_MEMORY
-
-if TYPE_CHECKING:
-    from actors.engine import SlotEngine
-    from actors.groupstate import Group
-
-# Weight of the newest hold time in a group's moving average (for wait estimates).
-HOLD_SMOOTHING = 0.2
-# How many recent waits per group the wait percentiles are taken over.
-WAIT_WINDOW = 1_000
+from actors.groupstate import Group, Waiter
+from actors.leases import LeaseTable
+from actors.options import flow_tenant
+from actors.queueview import GroupActivity, QueueView, WaitingCall
+from actors.stats import GroupStats, QueuePosition, QueueStats, percentile
+from actors.tally import ModelTally, Outcome
 
 
-class Outcome(StrEnum):
-    """How a request ended."""
-
-    RELEASED = "released"
-    EXPIRED = "expired"
-    CANCELLED = "cancelled"
-    TIMED_OUT = "timed_out"
-    REJECTED = "rejected"
-    # Its caller died: a waiter dropped, or a lease freed.
-    ABANDONED = "abandoned"
+class HandOverCounts(Protocol):
+    @property
+    def overtaken(self) -> int: ...
+    @property
+    def answers(self) -> int: ...
 
 
-@dataclass(slots=True)
-class Served:
-    """What one flow's ended calls had of a group: seconds in its slots, and the cost
-    its fair share counted (see actors.waitqueue)."""
+class EngineState(Protocol):
+    """What the read models read of the slot engine (:class:`actors.engine.SlotEngine`),
+    under the gate's lock: nothing here changes it."""
 
-    seconds: float = 0.0
-    service: float = 0.0
-
-
-@dataclass(slots=True)
-class GroupTally:
-    """What one group did: grants, outcomes, hold times, waits and recent levels."""
-
-    granted: int = 0
-    handed_over: int = 0
-    ended: Counter[Outcome] = field(default_factory=Counter)
-    peak_active: int = 0
-    avg_hold: float | None = None
-    waits: deque[float] = field(default_factory=lambda: deque(maxlen=WAIT_WINDOW))
-    history: LevelHistory = field(default_factory=LevelHistory)
-    # What each flow was served, the least recently served forgotten past FLOW_MEMORY.
-    served: OrderedDict[str, Served] = field(default_factory=OrderedDict)
-
-    def grant(self, waited: float) -> None:
-        self.granted += 1
-        self.waits.append(waited)
-
-    def held(self, seconds: float) -> None:
-        self.avg_hold = (
-            seconds
-            if self.avg_hold is None
-            else (1 - HOLD_SMOOTHING) * self.avg_hold + HOLD_SMOOTHING * seconds
-        )
-
-    def served_to(self, flow: str, seconds: float, cost: float) -> None:
-        served = self.served.pop(flow, None) or Served()
-        served.seconds += seconds
-        served.service += cost
-        self.served[flow] = served
-        if len(self.served) > FLOW_MEMORY:
-            self.served.popitem(last=False)
-
-    def levels(self, now: float, active: int, pending: int) -> None:
-        self.peak_active = max(self.peak_active, active)
-        self.history.note(now, active, pending)
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def global_limit(self) -> int | None: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def clock(self) -> Callable[[], float]: ...
+    @property
+    def groups(self) -> Mapping[str, Group]: ...
+    @property
+    def waiters(self) -> Mapping[str, Waiter]: ...
+    @property
+    def total_active(self) -> int: ...
+    @property
+    def leases(self) -> LeaseTable: ...
+    @property
+    def hand_overs(self) -> HandOverCounts: ...
+    @property
+    def models(self) -> ModelTally: ...
 
 
 class Observer(Protocol):
@@ -147,14 +104,13 @@ class Recorder:
         group.tally.grant(waited)
         group.throttle.granted(self._clock())
         if self._observer is not None:
-            self._observer.granted(group.spec.id, group.spec.kind, waited, tenant_of(flow))
+            self._observer.granted(group.spec.id, group.spec.kind, waited, flow_tenant(flow))
         self.budget_left(group)
         self.levels(group)
 
     def served(self, group: Group, flow: str, seconds: float, cost: float) -> None:
-        group.tally.served_to(flow, seconds, cost)
         if self._observer is not None:
-            self._observer.served(group.spec.id, group.spec.kind, tenant_of(flow), seconds, cost)
+            self._observer.served(group.spec.id, group.spec.kind, flow_tenant(flow), seconds, cost)
 
     def finished(self, group: Group, outcome: Outcome) -> None:
         group.tally.ended[outcome] += 1
@@ -182,7 +138,7 @@ class Recorder:
     def rotation(self, group: Group) -> None:
         self.levels(group)
         if self._observer is not None:
-            self._observer.rotation(group.spec.id, group.spec.kind, group.outage is not None)
+            self._observer.rotation(group.spec.id, group.spec.kind, group.out is not None)
 
     def learned(self, group: Group) -> None:
         adaptation = group.throttle.adaptation
@@ -209,7 +165,7 @@ def estimate(
     return max(waits, default=None)
 
 
-def position(engine: SlotEngine, request_id: str) -> QueuePosition | None:
+def position(engine: EngineState, request_id: str) -> QueuePosition | None:
     """Where a waiting request stands in its group's queue (a pool's waiter: in the
     group of its pool it would be granted soonest), or None if it is not waiting."""
     for waiter in engine.waiters.values():
@@ -245,8 +201,8 @@ def group_stats(group: Group, now: float) -> GroupStats:
         learned_rpm=None if throttle.adaptation is None else round(throttle.adaptation.rpm),
         paused_seconds=_paused(budget, now),
         throttled=throttle.count,
-        out_reason=group.outage.reason if group.outage else None,
-        out_seconds=max(0.0, group.outage.until - now) if group.outage else 0.0,
+        out_reason=group.out.reason if group.out else None,
+        out_seconds=max(0.0, group.out.until - now) if group.out else 0.0,
         probing=group.probing(now),
         requests_left=left[0],
         tokens_left=left[1],
@@ -259,33 +215,15 @@ def group_stats(group: Group, now: float) -> GroupStats:
         granted=tally.granted,
         handed_over=tally.handed_over,
         **{outcome.value: tally.ended[outcome] for outcome in Outcome},
-        flows=flow_stats(group),
+        flows=group.queue.share.stats(),
     )
-
-
-def flow_stats(group: Group) -> dict[str, FlowStats]:
-    waiting = group.queue.waiting_by_flow()
-    running = Counter(flow for flow, _ in group.charged.values())
-    served = group.tally.served
-    total = sum(s.service for s in served.values())
-    none = Served()
-    return {
-        flow: FlowStats(
-            waiting=waiting.get(flow, 0),
-            running=running.get(flow, 0),
-            served_seconds=served.get(flow, none).seconds,
-            service=served.get(flow, none).service,
-            share=served.get(flow, none).service / total if total else 0.0,
-        )
-        for flow in sorted({*waiting, *running, *served})
-    }
 
 
 def _paused(budget: Budget | None, now: float) -> float:
     return 0.0 if budget is None else max(0.0, budget.paused_until - now)
 
 
-def stats(engine: SlotEngine) -> QueueStats:
+def stats(engine: EngineState) -> QueueStats:
     now = engine.clock()
     groups = {gid: group_stats(group, now) for gid, group in engine.groups.items()}
     leases = engine.leases
@@ -294,7 +232,7 @@ def stats(engine: SlotEngine) -> QueueStats:
         global_limit=engine.global_limit,
         active_by_group={gid: s.active for gid, s in groups.items()},
         pending_by_group={gid: s.pending for gid, s in groups.items()},
-        total_active=engine.holdings.total_active,
+        total_active=engine.total_active,
         total_pending=len(engine.waiters),
         groups=groups,
         stale_epoch_releases=leases.stale_epoch_releases,
@@ -303,19 +241,11 @@ def stats(engine: SlotEngine) -> QueueStats:
         renewed=leases.renewed,
         overtaken=engine.hand_overs.overtaken,
         next_in_line_answers=engine.hand_overs.answers,
-        models={model: model_stats(engine, model, m) for model, m in engine.models.items()},
+        models=engine.models.stats(),
     )
 
 
-def model_stats(engine: SlotEngine, model: str, described: ModelStats) -> ModelStats:
-    """``described`` (see SlotEngine.models), with the fallbacks ``model``'s calls took."""
-    taken = engine.fallbacks_taken.items()
-    return described.model_copy(
-        update={"fallbacks_taken": {to: dict(why) for (asked, to), why in taken if asked == model}}
-    )
-
-
-def view(engine: SlotEngine, first: int) -> QueueView:
+def view(engine: EngineState, first: int) -> QueueView:
     """The stats, each group's recent levels, and its first ``first`` waiters in grant
     order with their ETAs."""
     now = engine.clock()

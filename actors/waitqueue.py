@@ -32,7 +32,7 @@ import itertools
 
 from actors.bounded import Bounded
 from actors.errors import InvalidPriority
-from actors.leases import TokensUsed
+from actors.fairshare import FairShare
 
 MIN_PRIORITY = 1
 MAX_PRIORITY = 10
@@ -41,10 +41,6 @@ DEFAULT_PRIORITY = 5
 GrantKey = tuple[int, int, int, int]
 # How many units of work keep their number after their last call.
 UNIT_MEMORY = 65_536
-# Past this many flows known to a group, idle flows with no service owed are forgotten.
-FLOW_MEMORY = 1_024
-# Weight of the newest call in a group's averages of a call's cost and of its tokens a second.
-COST_SMOOTHING = 0.2
 
 
 def check_priority(priority: object) -> None:
@@ -106,17 +102,13 @@ class Arrivals:
 
 
 class _Flow:
-    """One flow's waiters in a group, and the weighted service it has received there."""
+    """One flow's waiters in a group: a heap of ``(key, lease_id)``, stale entries inside."""
 
-    __slots__ = ("cost", "heap", "live", "service", "weight")
+    __slots__ = ("heap", "live")
 
     def __init__(self) -> None:
         self.heap: list[tuple[GrantKey, str]] = []
         self.live = 0
-        self.service = 0.0
-        self.weight = 1.0
-        # The average cost of the flow's calls; None until one ended.
-        self.cost: float | None = None
 
     def head(self, live: dict[str, tuple[GrantKey, str]]) -> tuple[GrantKey, str] | None:
         """The flow's best live waiter; stale heap entries are dropped on the way."""
@@ -131,29 +123,14 @@ class _Flow:
 class WaitQueue:
     """The waiters of one group, in grant order.
 
-    Strict priority first. Within one priority, with ``fair`` (the default,
-    setting ``queue.fairness``), the backlogged *flow* (a tenant, or by default
-    a job) that has received the least weighted service in this group goes
-    next: the Virtual Token Counter of "Fairness in Serving Large Language
-    Models" (Sheng et al., OSDI 2024). Each grant charges its flow the call's
-    cost divided by the flow's weight (:meth:`charge`; the engine charges an
-    estimate at the grant, the average cost of the flow's calls, or of the
-    group's until one of the flow's ended, and the rest when the call ends,
-    :meth:`settle`: with several calls in flight, a flow of short calls
-    charged the group's average would be held back, one of long calls let
-    ahead). A call's cost is VTC's: its tokens
-    weighted as prompt + 2 x completion, where its answer reported them; where
-    not (a stream without usage), its seconds in the slot at the group's rate
-    of weighted tokens a second, learned from its calls that reported usage. A
-    group none of whose calls has reported usage shares call-seconds; once one
-    has, counters move in tokens, so the seconds charged before weigh next to
-    nothing, alike for every flow. And a flow
-    that starts waiting after it had nothing queued is lifted to the least
-    service among the flows waiting (or, with none waiting, to that of the last
-    grant), so idling banks no credit. Within a flow, :func:`grant_key`'s
-    order. Work-conserving: whenever the group has room and anyone waits,
-    somebody is granted. Without ``fair`` every waiter is of one flow: the
-    order is :func:`grant_key`'s alone.
+    Strict priority first. Within one priority, the backlogged *flow* with the
+    least weighted service in this group goes next, as its :class:`FairShare`
+    ledger counts it (``queue.fairness: fifo`` makes every call one flow).
+    Within a flow, :func:`grant_key`'s order. :meth:`_rank` is the one key
+    these are compared by: the grant (:meth:`peek`), the queue view
+    (:meth:`first`) and the wait a new call would have (:meth:`ahead_of_new`).
+    Work-conserving: whenever the group has room and anyone waits, somebody is
+    granted.
 
     Per flow a heap of ``(key, lease_id)``; arrival numbers are unique, so
     lease ids are never compared. Removal (cancel, timeout) only forgets the
@@ -163,18 +140,9 @@ class WaitQueue:
     """
 
     def __init__(self, *, fair: bool = True) -> None:
-        self.fair = fair
+        self.share = FairShare(fair=fair)
         self._flows: dict[str, _Flow] = {}
-        # The flows with a live waiter: the only ones a grant or a lift looks at.
-        self._waiting: dict[str, _Flow] = {}
         self._live: dict[str, tuple[GrantKey, str]] = {}
-        # The service of the flow granted last: where a flow that comes back starts.
-        self._floor = 0.0
-        # The average cost of the group's calls, 0 until one has ended: what a grant to a
-        # flow none of whose calls has ended is charged before its call ends.
-        self.estimate = 0.0
-        # Weighted tokens a second held, from the calls that reported usage.
-        self._per_second: float | None = None
 
     def __len__(self) -> int:
         return len(self._live)
@@ -183,143 +151,99 @@ class WaitQueue:
         return lease_id in self._live
 
     def push(self, lease_id: str, key: GrantKey, flow: str = "", weight: float = 1.0) -> None:
-        flow = flow if self.fair else ""
+        self.share.waits(flow, weight)
+        flow = self.share.flow(flow)
         state = self._flows.get(flow)
         if state is None:
             state = self._flows[flow] = _Flow()
-        if state.live == 0:
-            waiting = [f.service for f in self._waiting.values()]
-            state.service = max(state.service, min(waiting, default=self._floor))
-            self._waiting[flow] = state
-        state.weight = weight
         state.live += 1
         self._live[lease_id] = (key, flow)
         heapq.heappush(state.heap, (key, lease_id))
 
-    def charge(self, flow: str, cost: float, weight: float = 1.0) -> None:
-        """Count ``cost`` (negative: a correction) as service received by ``flow``; a flow
-        first seen here (granted without waiting) starts where a returning one would."""
-        flow = flow if self.fair else ""
-        state = self._flows.get(flow)
-        if state is None:
-            self._forget_idle()
-            state = self._flows[flow] = _Flow()
-            state.service, state.weight = self._floor, weight
-        state.service += cost / state.weight
-
-    def settle(self, flow: str, charged: float, held: float, used: TokensUsed | None) -> float:
-        """A call of ``flow``, charged ``charged`` at its grant, ended after holding its
-        slot ``held`` seconds, having used ``used`` if its answer said: the flow is
-        charged the rest of the call's cost (see the class), which the group's
-        estimate then averages in. Returns the cost."""
-        if used is not None and used.cost > 0:
-            cost = float(used.cost)
-            if held > 0:
-                self._per_second = _averaged(self._per_second, cost / held)
-        else:
-            cost = held * (self._per_second if self._per_second is not None else 1.0)
-        flow = flow if self.fair else ""
-        self.charge(flow, cost - charged)
-        state = self._flows[flow]
-        state.cost = _averaged(state.cost, cost)
-        self.estimate = _averaged(self.estimate or None, cost)
-        return cost
-
-    def estimate_for(self, flow: str) -> float:
-        """What a grant to ``flow`` is charged before its call ends: the average cost of the
-        flow's calls, or of the group's while the flow has had none."""
-        state = self._flows.get(flow if self.fair else "")
-        return self.estimate if state is None or state.cost is None else state.cost
+    def _rank(self, flow: str, key: GrantKey) -> tuple[int, float, GrantKey]:
+        """Smaller goes first: priority, then the flow's service, then the key."""
+        return key[0], self.share.rank(flow), key
 
     def peek(self) -> tuple[GrantKey, str] | None:
-        best: tuple[int, float, GrantKey, str] | None = None
-        for state in self._waiting.values():
+        best: tuple[tuple[int, float, GrantKey], str] | None = None
+        for flow, state in self._flows.items():
             head = state.head(self._live)
             assert head is not None
-            candidate = (head[0][0], state.service, *head)
-            if best is None or candidate < best:
-                best = candidate
-        return None if best is None else (best[2], best[3])
+            rank = self._rank(flow, head[0])
+            if best is None or rank < best[0]:
+                best = (rank, head[1])
+        return None if best is None else (best[0][2], best[1])
 
     def pop(self) -> str:
         top = self.peek()
         if top is None:
             raise IndexError("pop from an empty WaitQueue")
         _, flow = self._live.pop(top[1])
-        state = self._flows[flow]
-        heapq.heappop(state.heap)
-        self._left(flow, state)
-        self._floor = max(self._floor, state.service)
+        heapq.heappop(self._flows[flow].heap)
+        self._left(flow, granted=True)
         return top[1]
 
     def remove(self, lease_id: str) -> bool:
         entry = self._live.pop(lease_id, None)
         if entry is None:
             return False
-        self._left(entry[1], self._flows[entry[1]])
+        self._left(entry[1], granted=False)
         return True
 
-    def _left(self, flow: str, state: _Flow) -> None:
+    def _left(self, flow: str, *, granted: bool) -> None:
         """One waiter of ``flow`` left its queue (granted or removed)."""
+        self.share.left(flow, granted=granted)
+        state = self._flows[flow]
         state.live -= 1
         if not state.live:
-            del self._waiting[flow]
-
-    def ahead_of_key(self, key: GrantKey) -> int:
-        """How many waiters would go before a new one with ``key`` (O(n); by key alone, as
-        in one flow)."""
-        return sum(1 for other, _ in self._live.values() if other < key)
+            del self._flows[flow]
 
     def lease_ids(self) -> list[str]:
         """The waiters' lease ids, in no particular order."""
         return list(self._live)
 
-    def waiting_by_flow(self) -> dict[str, int]:
-        """How many waiters each flow with a waiter has."""
-        return {flow: state.live for flow, state in self._waiting.items()}
-
     def first(self, count: int) -> list[str]:
-        """The ``count`` waiters granted first, in grant order, each grant charged the
-        current estimate (O(n + count * flows))."""
-        if len(self._waiting) <= 1:
+        """The ``count`` waiters granted first, in grant order, each grant charged its
+        flow's estimate (O(n + count * flows))."""
+        if len(self._flows) <= 1:
             best = heapq.nsmallest(count, self._live.items(), key=lambda item: item[1][0])
             return [lease_id for lease_id, _ in best]
         return self._order(count)
 
     def ahead_of(self, lease_id: str) -> int:
         """How many waiters will be granted before this one (O(n log n); for status
-        queries), if every grant costs the current estimate."""
+        queries), if every grant costs its flow's estimate."""
         key = self._live[lease_id][0]
-        if len(self._waiting) <= 1:
+        if len(self._flows) <= 1:
             return sum(1 for other, _ in self._live.values() if other < key)
         return self._order(len(self._live)).index(lease_id)
 
-    def _order(self, count: int) -> list[str]:
-        """The grant order of the first ``count`` waiters, simulated."""
+    def ahead_of_new(self, key: GrantKey, flow: str) -> int:
+        """How many waiters would be granted before a new one of ``flow`` with ``key``, in
+        the order grants follow (a flow not waiting yet lifted as :meth:`push` would)."""
+        if not self._live:
+            return 0
+        return self._order(len(self._live) + 1, new=(key, self.share.flow(flow))).index("")
+
+    def _order(self, count: int, new: tuple[GrantKey, str] | None = None) -> list[str]:
+        """The grant order of the first ``count`` waiters, simulated: with a ``new`` one,
+        known by the lease id "", among them."""
         queues: dict[str, list[tuple[GrantKey, str]]] = {}
         for lease_id, (key, flow) in self._live.items():
             queues.setdefault(flow, []).append((key, lease_id))
+        service = {flow: self.share.rank(flow) for flow in queues}
+        if new is not None:
+            key, flow = new
+            service.setdefault(flow, self.share.standing(flow))
+            queues.setdefault(flow, []).append((key, ""))
         for waiting in queues.values():
             waiting.sort(reverse=True)  # best last: popped from the end
-        service = {flow: self._flows[flow].service for flow in queues}
         order: list[str] = []
         while queues and len(order) < count:
             flow = min(queues, key=lambda f: (queues[f][-1][0][0], service[f], queues[f][-1][0]))
             _, lease_id = queues[flow].pop()
             order.append(lease_id)
-            service[flow] += self.estimate_for(flow) / self._flows[flow].weight
+            service[flow] += self.share.estimate(flow) / self.share.weight(flow)
             if not queues[flow]:
                 del queues[flow]
         return order
-
-    def _forget_idle(self) -> None:
-        """Drop flows with nothing queued whose service a return would lift them to
-        anyway, so that a group's memory stays as large as its backlog."""
-        if len(self._flows) > FLOW_MEMORY:
-            idle = [f for f, s in self._flows.items() if not s.live and s.service <= self._floor]
-            for flow in idle:
-                del self._flows[flow]
-
-
-def _averaged(average: float | None, value: float) -> float:
-    return value if average is None else (1 - COST_SMOOTHING) * average + COST_SMOOTHING * value

@@ -34,6 +34,7 @@ import ray
 
 from actors.client import ManagerClient
 from actors.groups import classify
+from actors.ops import Acquire, Release
 from actors.options import CallOptions, Packed
 from actors.settings import QueueSettings, Settings
 from actors.watch import caller_of
@@ -127,18 +128,22 @@ async def bare_turnover_gaps(noop: Any, rounds: int) -> list[float]:
 async def grant_latency(client: ManagerClient, pending: int, rounds: int) -> float:
     """Median release -> grant time for a priority-10 request with ``pending`` others queued."""
     handle = client.handle
-    holder = await handle.acquire.remote(CAP_ONE.id, uuid.uuid4().hex)
+    holder = await handle.acquire.remote(Acquire(CAP_ONE.id, uuid.uuid4().hex).packed())
     background = [
-        handle.acquire.remote(CAP_ONE.id, uuid.uuid4().hex, CallOptions(priority=1))
+        handle.acquire.remote(
+            Acquire(CAP_ONE.id, uuid.uuid4().hex, CallOptions(priority=1)).packed()
+        )
         for _ in range(pending)
     ]
     await wait_pending(client, pending)
     samples = []
     for _ in range(rounds):
-        probe = handle.acquire.remote(CAP_ONE.id, uuid.uuid4().hex, CallOptions(priority=10))
+        probe = handle.acquire.remote(
+            Acquire(CAP_ONE.id, uuid.uuid4().hex, CallOptions(priority=10)).packed()
+        )
         await wait_pending(client, pending + 1)
         start = time.perf_counter()
-        await handle.release.remote(holder.id, holder.epoch)
+        await handle.apply.remote([Release(holder.id, holder.epoch)])
         holder = await probe
         samples.append(time.perf_counter() - start)
     for ref in background:

@@ -119,6 +119,7 @@ async def through_raygate(
     beside the calls once the slots are let go."""
     from actors.client import ManagerClient
     from actors.groups import Deployment, ModelEntry
+    from actors.ops import Acquire, Release
     from actors.options import CallOptions
     from actors.settings import ProviderSettings, QueueSettings, Settings
     from providers.actor import provider_for_model
@@ -147,12 +148,15 @@ async def through_raygate(
     # Held by no process's client: let go, each slot goes to the best waiter then (a
     # client's own release may pass it on in its process to the waiter it last heard was
     # next, which the last arrivals may have overtaken a moment before; see the module).
-    held = [await manager.handle.acquire.remote(spec.id, f"held-{spec.id}") for spec in specs]
+    held = [
+        await manager.handle.acquire.remote(Acquire(spec.id, f"held-{spec.id}").packed())
+        for spec in specs
+    ]
     tasks = [asyncio.ensure_future(chat(request)) for request in asked]
     while (await manager.stats()).total_pending < len(asked):  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     for lease in held:
-        await manager.handle.release.remote(lease.id, lease.epoch)
+        await manager.handle.apply.remote([Release(lease.id, lease.epoch)])
     started = time.monotonic()
     beside = asyncio.ensure_future(during(manager, started)) if during else None
     done, lost = await asyncio.wait(tasks, timeout=300)

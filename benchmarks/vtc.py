@@ -24,8 +24,9 @@ import heapq
 import itertools
 from dataclasses import dataclass
 
-from actors.engine import Lease, SlotEngine
+from actors.engine import SlotEngine
 from actors.groups import classify
+from actors.leases import Lease
 from actors.options import CallOptions
 
 GROUP = classify("openai-compatible", "http://gpu-box:8000")

@@ -25,9 +25,10 @@ from pydantic import SecretStr
 
 from actors.callers import Caller
 from actors.client import ManagerClient
-from actors.engine import Lease
 from actors.groups import GroupSpec, ModelEntry, Provider, ResourceKind, classify, model_entry
+from actors.leases import Lease
 from actors.names import named_actor, this_node
+from actors.ops import CanRun
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import PROVIDER_DEFAULTS, CacheSettings, Settings, TelemetrySettings
 from actors.slots import NoSlots, SlotSource
@@ -175,7 +176,7 @@ class _ProviderShell(LifelineHost):
     async def can_run_immediately(self) -> bool:
         """Would a call start now, without waiting for a slot?"""
         await self._provider.start()
-        return await self._slots.can_group_run_immediately(self._provider.spec.id)
+        return await self._slots.ask(CanRun(self._provider.spec.id))
 
     def group(self) -> GroupSpec:
         return self._provider.spec

@@ -20,8 +20,8 @@ from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
 from actors.calls import cancellable, cancellable_stream, unwrap
-from actors.engine import Lease
 from actors.groups import GroupSpec
+from actors.leases import Lease
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.watch import caller_of
 from providers.errors import ProviderActorLost

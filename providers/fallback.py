@@ -9,7 +9,7 @@
 A call of ``llama`` goes to the next model of its fallbacks, at once, when
 the manager estimates its wait for llama past ``fallback_after_seconds`` (it
 is then not queued for llama at all: see ``CallOptions.max_wait``), when
-none of llama's servers takes calls (``PoolUnavailable``, or a call that
+none of llama's servers takes calls (``OutOfRotation``, or a call that
 found its one server down: see :func:`providers.pool.server_down`), or when
 llama's server says the request does not fit its context window
 (``ContextTooLong``). A fallback with a ``fallback_after_seconds`` of its
@@ -28,7 +28,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from actors.errors import PoolUnavailable, WaitTooLong
+from actors.errors import OutOfRotation, WaitTooLong
+from actors.ops import FellBack
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.slots import SlotSource
 from providers.client import ModelProvider
@@ -40,7 +41,7 @@ from providers.pool import server_down
 log = logging.getLogger(__name__)
 
 # What a model's fallbacks answer instead of it (and a server found down).
-HANDED_ON = (WaitTooLong, PoolUnavailable, ContextTooLong)
+HANDED_ON = (WaitTooLong, OutOfRotation, ContextTooLong)
 
 
 def handed_on(error: Exception) -> bool:
@@ -94,7 +95,7 @@ class FallbackProvider:
         self._metrics.handed_on(asked, fallback, reason)
         log.info("a call of %s goes to its fallback %s: %s", asked, fallback, error)
         try:
-            await self.slots.fell_back(asked, fallback, reason)
+            await self.slots.ask(FellBack(asked, fallback, reason))
         except Exception:
             log.warning("counting a fallback of %s in the stats failed", asked, exc_info=True)
 

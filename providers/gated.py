@@ -22,9 +22,9 @@ from typing import Protocol
 from opentelemetry.trace import StatusCode
 
 from actors.budget import estimate_tokens
-from actors.engine import Lease
 from actors.groups import GroupSpec
-from actors.leases import TokensUsed
+from actors.leases import Lease, TokensUsed
+from actors.ops import Register, Throttled
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.slots import SlotSource
 from actors.stats import GroupInfo
@@ -84,7 +84,7 @@ class GatedProvider:
         it for the others); a registration that failed is tried again."""
         started = self._started
         if started is None or (started.done() and (started.cancelled() or started.exception())):
-            started = self._started = asyncio.ensure_future(self.slots.register(self.spec))
+            started = self._started = asyncio.ensure_future(self.slots.ask(Register(self.spec)))
         await asyncio.shield(started)
 
     async def chat(
@@ -248,7 +248,7 @@ class GatedProvider:
             yield
         except RateLimited as error:
             try:
-                await self.slots.throttled(lease, error.retry_after)
+                await self.slots.ask(Throttled(lease.group, lease.id, error.retry_after))
             except Exception:
                 log.warning("telling the manager of a 429 failed", exc_info=True)
             raise

@@ -19,7 +19,7 @@ servers, and the call it failed is tried again at once, with the same
 request id, on the others, once. Other retryable errors (429, 503, a
 timeout) are retried as any call's are, each try waiting for a slot of the
 pool again, so a retry may run on another server. With every server out,
-calls fail at once with :class:`actors.errors.PoolUnavailable`, which names
+calls fail at once with :class:`actors.errors.OutOfRotation`, which names
 each server's reason. A call that uses the response cache is answered from it
 when any server of the pool gave that answer before: the pool is one model (its
 cache key names the pool, see :mod:`providers.cache`).
@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from actors.engine import Lease
 from actors.groups import GroupSpec, ResourceKind
-from actors.leases import TokensUsed
+from actors.leases import Lease, TokensUsed
+from actors.ops import Register, TakeOut
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import CacheSettings
 from actors.slots import SlotSource
@@ -192,7 +192,7 @@ class PooledProvider:
         unknown = [group for group in self.servers if group not in self._near]
         if not unknown:
             return
-        await asyncio.gather(*(self.slots.register(self.servers[g].spec) for g in unknown))
+        await asyncio.gather(*(self.slots.ask(Register(self.servers[g].spec)) for g in unknown))
         reached = await asyncio.gather(
             *(self._in_reach(self.servers[group]) for group in unknown), return_exceptions=True
         )
@@ -227,7 +227,7 @@ class PooledProvider:
 
     async def _mark_out(self, group: str, error: ProviderError) -> None:
         try:
-            await self.slots.mark_out(group, str(error), self.cooldown)
+            await self.slots.ask(TakeOut(group, str(error), self.cooldown))
         except Exception:
             log.warning("taking %s out of rotation failed", group, exc_info=True)
 

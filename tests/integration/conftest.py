@@ -20,6 +20,7 @@ from actors.client import ManagerClient
 from actors.groups import GroupSpec, classify
 from actors.manager import get_or_create_manager
 from actors.names import NAMESPACE
+from actors.ops import Register
 from actors.options import CallOptions
 from actors.settings import QueueSettings, Settings
 from pipelines.job import Outcome, run_pipeline
@@ -73,7 +74,7 @@ def make_manager(ray_session: None) -> Iterator[ManagerFactory]:
         handle = get_or_create_manager(settings, name=f"manager-{uuid.uuid4().hex[:8]}")
         handles.append(handle)
         for spec in groups:
-            ray.get(handle.register.remote(spec))
+            ray.get(handle.apply.remote([Register(spec)]))
         return ManagerClient(handle)
 
     yield make

@@ -244,6 +244,7 @@ def test_submitted_pipeline_job_succeeds_with_its_local_server_on_the_gpu_host(
 OBSERVE = """
 import sys, time, ray
 from actors.names import MANAGER_NAME, NAMESPACE
+from actors.ops import Stats
 ray.init(address=sys.argv[1], log_to_driver=False)
 print("joined", flush=True)
 group = sys.argv[2]
@@ -255,7 +256,7 @@ while True:
         time.sleep(0.05)
 queued = False
 while True:
-    stats = ray.get(manager.stats.remote())
+    stats = ray.get(manager.apply.remote([Stats()]))[0]
     level = (stats.active_by_group.get(group, 0), stats.pending_by_group.get(group, 0))
     if not queued and level[0] == 1 and level[1] >= 3:
         print("queued", flush=True)

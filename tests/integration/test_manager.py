@@ -24,6 +24,7 @@ from actors.groups import ModelEntry
 from actors.leases import TokensUsed
 from actors.manager import get_or_create_manager
 from actors.names import NAMESPACE
+from actors.ops import Acquire, Cancel, Release, Stats
 from actors.options import CallOptions
 from actors.settings import QueueSettings, Settings
 from actors.watch import caller_of
@@ -104,10 +105,12 @@ async def test_release_and_stats_answer_while_5000_acquires_wait(
     client = make_manager(LOCAL_SERVER)
     handle = client.handle
     holder = await handle.acquire.remote(
-        LOCAL_SERVER.id, "holder", CallOptions(request_id="holder")
+        Acquire(LOCAL_SERVER.id, "holder", CallOptions(request_id="holder")).packed()
     )
     waiting = [
-        handle.acquire.remote(LOCAL_SERVER.id, f"w{i}", CallOptions(request_id=f"w{i}"))
+        handle.acquire.remote(
+            Acquire(LOCAL_SERVER.id, f"w{i}", CallOptions(request_id=f"w{i}")).packed()
+        )
         for i in range(5000)
     ]
     # All 5,000 are in the manager's own queue: Ray's 1,000-call default did not hold any back.
@@ -116,7 +119,7 @@ async def test_release_and_stats_answer_while_5000_acquires_wait(
     # These would hang if control calls shared the default group with the waiters.
     stats = await asyncio.wait_for(client.stats(), timeout=30)
     assert stats.total_pending == 5000
-    await asyncio.wait_for(handle.release.remote(holder.id, holder.epoch), timeout=30)
+    await asyncio.wait_for(handle.apply.remote([Release(holder.id, holder.epoch)]), timeout=30)
 
     ready, _ = await asyncio.to_thread(ray.wait, waiting, num_returns=1, timeout=30)
     assert len(ready) == 1
@@ -136,11 +139,15 @@ async def test_a_live_holder_keeps_its_slot_while_5000_acquires_arrive_past_its_
     client = make_manager(LOCAL_SERVER, lease_ttl_seconds=6.0)
     handle = client.handle
     holder = await handle.acquire.remote(
-        LOCAL_SERVER.id, "holder", CallOptions(request_id="holder"), caller_of(handle).id
+        Acquire(
+            LOCAL_SERVER.id, "holder", CallOptions(request_id="holder"), caller_of(handle).id
+        ).packed()
     )
     granted_at = time.monotonic()
     waiting = [
-        handle.acquire.remote(LOCAL_SERVER.id, f"w{i}", CallOptions(request_id=f"w{i}"))
+        handle.acquire.remote(
+            Acquire(LOCAL_SERVER.id, f"w{i}", CallOptions(request_id=f"w{i}")).packed()
+        )
         for i in range(5000)
     ]
     await eventually(pending_is(client, LOCAL_SERVER.id, 5000), "5,000 queued acquires")
@@ -150,7 +157,7 @@ async def test_a_live_holder_keeps_its_slot_while_5000_acquires_arrive_past_its_
     group = (await client.stats()).groups[LOCAL_SERVER.id]
     assert (len(ready), group.granted, group.active, group.expired) == (0, 1, 1, 0)
 
-    await handle.release.remote(holder.id, holder.epoch)
+    await handle.apply.remote([Release(holder.id, holder.epoch)])
     ready, _ = await asyncio.to_thread(ray.wait, waiting, num_returns=1, timeout=60)
     assert len(ready) == 1
     group = (await client.stats()).groups[LOCAL_SERVER.id]
@@ -165,7 +172,7 @@ async def test_slot_of_a_holder_nobody_watches_comes_back_after_the_ttl(
     client = make_manager(LOCAL_SERVER, lease_ttl_seconds=1.0)
     # Asked without naming its process, as a caller whose death Ray cannot report; never
     # renewed.
-    await client.handle.acquire.remote(LOCAL_SERVER.id, "orphan", CallOptions())
+    await client.handle.acquire.remote(Acquire(LOCAL_SERVER.id, "orphan", CallOptions()).packed())
 
     async with client.slot(LOCAL_SERVER.id, CallOptions(queue_timeout=30)) as lease:
         assert lease.group == LOCAL_SERVER.id
@@ -449,12 +456,14 @@ async def test_full_queue_refuses_through_the_actor(make_manager: ManagerFactory
     handle = client.handle
 
     async with client.slot(LOCAL_SERVER.id):
-        handle.acquire.remote(LOCAL_SERVER.id, "queued", CallOptions(request_id="queued"))
+        handle.acquire.remote(
+            Acquire(LOCAL_SERVER.id, "queued", CallOptions(request_id="queued")).packed()
+        )
         await eventually(pending_is(client, LOCAL_SERVER.id, 1), "one queued acquire")
         with pytest.raises(QueueFull) as caught:
             async with client.slot(LOCAL_SERVER.id):
                 pass
-        await handle.cancel.remote("queued")
+        await handle.apply.remote([Cancel("queued")])
 
     assert (caught.value.pending, caught.value.max_pending) == (1, 1)
 
@@ -489,10 +498,11 @@ async def test_can_run_immediately_answers_for_a_model_id(ray_session: None) -> 
 DRIVER = """
 import sys, ray
 from actors.manager import get_or_create_manager
+from actors.ops import Stats
 from actors.settings import Settings
 ray.init(address=sys.argv[1], namespace=sys.argv[2])
 handle = get_or_create_manager(Settings(), name=sys.argv[3])
-print(ray.get(handle.stats.remote()).epoch)
+print(ray.get(handle.apply.remote([Stats()]))[0].epoch)
 """
 
 
@@ -501,7 +511,7 @@ def test_get_if_exists_from_two_drivers_gives_the_same_manager(ray_session: None
     address = ray.get_runtime_context().gcs_address
     handle = get_or_create_manager(Settings(queue=QueueSettings()), name=name)
     try:
-        epoch = ray.get(handle.stats.remote()).epoch
+        epoch = ray.get(handle.apply.remote([Stats()]))[0].epoch
         for _ in range(2):
             out = subprocess.run(
                 [sys.executable, "-c", DRIVER, address, NAMESPACE, name],

@@ -157,7 +157,7 @@ async def test_the_grafana_dashboard_reads_series_and_labels_the_nodes_export(
             await actor.chat(REQUEST, labelled("features", "svc-dashboard"))
         finally:
             ray.kill(actor.handle)
-        await client.mark_out(spec.id, "gone for the dashboard", 60.0)
+        await client.take_out(spec.id, "gone for the dashboard", 60.0)
     ports = [node["MetricsExportPort"] for node in ray.nodes() if node["Alive"]]
 
     async def found() -> dict[str, set[str]]:

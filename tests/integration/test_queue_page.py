@@ -25,6 +25,7 @@ from pydantic import SecretStr
 from actors.client import ManagerClient
 from actors.groups import Deployment, ModelEntry, classify
 from actors.names import MANAGER_NAME, NAMESPACE
+from actors.ops import Acquire, Cancel, FellBack, Release, TakeOut
 from actors.options import CallLabels, CallOptions
 from actors.settings import PipelineSettings, QueueSettings, ServeSettings, Settings
 from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
@@ -270,11 +271,15 @@ async def test_the_page_shows_the_queue_live_and_cancels_a_run(app: App) -> None
         handle = manager.handle
         ray.kill(ray.get_actor(the_replica(), namespace="serve"))
         await expect(status).to_have_attribute("data-state", "reconnecting")
-        held = await handle.acquire.remote(app.group, _lease(), CallOptions(request_id="hold"))
+        held = await handle.acquire.remote(
+            Acquire(app.group, _lease(), CallOptions(request_id="hold")).packed()
+        )
         late_labels = CallLabels("features", "svc-late", plateau=1, run="driver")
         late_id = _lease()
         late_options = CallOptions(request_id="late", priority=8, labels=late_labels)
-        late = handle.acquire.remote(app.group, late_id, late_options.identified())
+        late = handle.acquire.remote(
+            Acquire(app.group, late_id, late_options.identified()).packed()
+        )
         await eventually(app.levels_are(1, 1), "a call queued while the page reconnects")
         await expect(status).to_have_attribute("data-state", "live", timeout=90_000)
         await expect(rows).to_have_count(1)
@@ -300,7 +305,9 @@ async def test_the_page_shows_the_queue_live_and_cancels_a_run(app: App) -> None
         # 10,000 more waiters: the first 50 rows and the count of the others.
         bulk = [_lease() for _ in range(10_000)]
         acquires = [
-            handle.acquire.remote(app.group, lease_id, CallOptions(request_id=lease_id))
+            handle.acquire.remote(
+                Acquire(app.group, lease_id, CallOptions(request_id=lease_id)).packed()
+            )
             for lease_id in bulk
         ]
         await eventually(app.levels_are(1, 10_001), "10,000 more waiters")
@@ -309,9 +316,9 @@ async def test_the_page_shows_the_queue_live_and_cancels_a_run(app: App) -> None
         await expect(more).to_have_text("and 9,951 more waiting (10,001 in all)")
         await page.screenshot(path=SCREENSHOTS / "queue-page-10000.png")
 
-        await asyncio.gather(*(handle.cancel.remote(i) for i in [late_id, *bulk]))
+        await asyncio.gather(*(handle.apply.remote([Cancel(i)]) for i in [late_id, *bulk]))
         await asyncio.gather(late, *acquires, return_exceptions=True)
-        await handle.release.remote(held.id, held.epoch)
+        await handle.apply.remote([Release(held.id, held.epoch)])
         await eventually(app.levels_are(0, 0), "the waiters cancelled and the slot released")
         await expect(rows).to_have_count(0)
         assert await page.evaluate("window.notReloaded") is True
@@ -338,12 +345,12 @@ async def test_the_page_shows_a_pools_servers_health_and_fallbacks_taken(app: Ap
             ]
         )
 
-        await app.manager.handle.mark_out.remote(idle, "connection refused", 600.0)
-        await app.manager.handle.fell_back.remote("pool", "local", "PoolUnavailable")
+        await app.manager.handle.apply.remote([TakeOut(idle, "connection refused", 600.0)])
+        await app.manager.handle.apply.remote([FellBack("pool", "local", "OutOfRotation")])
 
         out = rf"{re.escape(idle)}: 0 granted, 0 held · out \d+ min \d+ s: connection refused$"
         await expect(pool.nth(1)).to_have_text(re.compile(in_rotation + out))
-        await expect(pool.nth(3)).to_have_text("local: 1 PoolUnavailable")
+        await expect(pool.nth(3)).to_have_text("local: 1 OutOfRotation")
 
 
 async def _chat(http: httpx.AsyncClient, text: str, priority: int, request_id: str) -> None:

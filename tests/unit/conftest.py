@@ -5,9 +5,9 @@ from typing import Any
 
 import pytest
 
-from actors.engine import Lease, SlotEngine
+from actors.engine import SlotEngine
 from actors.groups import GroupSpec, classify
-from actors.leases import TokensUsed
+from actors.leases import Lease, TokensUsed
 from actors.options import CallOptions
 
 EPOCH = 7
@@ -94,7 +94,7 @@ class Harness:
         return self._record(self.engine.cancel(lease_id, timed_out=timed_out))
 
     def reclaim(self) -> list[str]:
-        return self._record(self.engine.reclaim_expired())
+        return self._record(self.engine.timekeeper.reclaim_expired())
 
 
 @pytest.fixture

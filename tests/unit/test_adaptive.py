@@ -35,9 +35,9 @@ def test_a_429_pauses_the_whole_group_until_its_retry_after() -> None:
     assert not h.granted_now("b")
     stats = h.engine.stats().groups[OPENAI.id]
     assert (stats.paused_seconds, stats.throttled, stats.learned_rpm) == (2.0, 1, None)
-    assert h.engine.next_wake() == h.clock.now + 2.0
+    assert h.engine.timekeeper.next_wake() == h.clock.now + 2.0
     h.clock.advance(2.0)
-    assert h._record(h.engine.tick()) == ["b"]
+    assert h._record(h.engine.timekeeper.tick()) == ["b"]
 
 
 def test_the_first_429_after_a_flood_sets_the_rate_to_the_last_minutes_grants() -> None:
@@ -51,11 +51,11 @@ def test_the_first_429_after_a_flood_sets_the_rate_to_the_last_minutes_grants() 
     rate = 40  # a minute: one in 1.5 s
     assert h.engine.stats().groups[OPENAI.id].learned_rpm == rate
     # The provider's bucket is empty: ours starts empty too (and the pause is shorter).
-    assert h.engine.next_wake() == pytest.approx(h.clock.now + 60 / rate)
+    assert h.engine.timekeeper.next_wake() == pytest.approx(h.clock.now + 60 / rate)
     h.clock.advance(60 / rate)
-    assert h._record(h.engine.tick()) == ["x"]
+    assert h._record(h.engine.timekeeper.tick()) == ["x"]
     h.clock.advance(60 / rate)
-    assert h._record(h.engine.tick()) == ["y"]
+    assert h._record(h.engine.timekeeper.tick()) == ["y"]
 
 
 def test_a_429_after_fewer_calls_than_the_sample_only_pauses() -> None:
@@ -131,7 +131,7 @@ def test_after_the_pause_the_highest_priority_goes_first() -> None:
 
     h.clock.advance(5.0)
 
-    assert h._record(h.engine.tick()) == ["high", "mid", "low"]
+    assert h._record(h.engine.timekeeper.tick()) == ["high", "mid", "low"]
 
 
 def test_the_stats_table_shows_the_learned_rate_and_the_pause() -> None:

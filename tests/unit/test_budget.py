@@ -41,13 +41,13 @@ def test_requests_past_the_rpm_wait_until_the_bucket_refills() -> None:
     assert [i for i in range(61) if not h.granted_now(f"r{i}")] == [59, 60]
     for i in range(59):
         h.done(f"r{i}")
-    assert h.engine.next_wake() == pytest.approx(h.clock.now + 0.5)
+    assert h.engine.timekeeper.next_wake() == pytest.approx(h.clock.now + 0.5)
     h.clock.advance(0.49)
-    assert h._record(h.engine.tick()) == []
+    assert h._record(h.engine.timekeeper.tick()) == []
     h.clock.advance(0.01)
-    assert h._record(h.engine.tick()) == ["r59"]
+    assert h._record(h.engine.timekeeper.tick()) == ["r59"]
     h.clock.advance(1.0)  # one a second from then on
-    assert h._record(h.engine.tick()) == ["r60"]
+    assert h._record(h.engine.timekeeper.tick()) == ["r60"]
 
 
 def test_with_the_bucket_empty_the_highest_priority_gets_the_next_tokens() -> None:
@@ -59,7 +59,7 @@ def test_with_the_bucket_empty_the_highest_priority_gets_the_next_tokens() -> No
     order = []
     for _ in range(4):
         h.clock.advance(30)
-        order += h._record(h.engine.tick())
+        order += h._record(h.engine.timekeeper.tick())
 
     # Budget, not slots, held them back; it goes by priority, first come within one.
     assert order == ["high", "high-2", "mid", "low"]
@@ -74,7 +74,7 @@ def test_a_small_call_does_not_pass_a_large_one_waiting_for_tokens() -> None:
 
     assert (h.granted_now("bigger"), h.granted_now("tiny")) == (False, False)
     h.clock.advance(42.5)  # 91.7 left + 708.3 refilled: "bigger" fits, "tiny" after it
-    assert h._record(h.engine.tick()) == ["bigger"]
+    assert h._record(h.engine.timekeeper.tick()) == ["bigger"]
 
 
 def test_a_call_on_its_way_holds_its_charge_until_it_answers() -> None:
@@ -86,12 +86,15 @@ def test_a_call_on_its_way_holds_its_charge_until_it_answers() -> None:
 
     # However long they take, the bucket does not refill what they were charged.
     h.clock.advance(TRIP_SECONDS / 2)
-    assert (h._record(h.engine.tick()), h.engine.next_wake()) == ([], start + TRIP_SECONDS)
+    assert (h._record(h.engine.timekeeper.tick()), h.engine.timekeeper.next_wake()) == (
+        [],
+        start + TRIP_SECONDS,
+    )
     # One answered: it reached the provider, whose bucket refills it from now.
     assert h.done("r0") == []
-    assert h.engine.next_wake() == pytest.approx(h.clock.now + 0.5)
+    assert h.engine.timekeeper.next_wake() == pytest.approx(h.clock.now + 0.5)
     h.clock.advance(0.5)
-    assert h._record(h.engine.tick()) == ["late"]
+    assert h._record(h.engine.timekeeper.tick()) == ["late"]
 
 
 def test_a_call_is_held_no_longer_than_its_trip_time() -> None:
@@ -102,11 +105,11 @@ def test_a_call_is_held_no_longer_than_its_trip_time() -> None:
     h.ask(OPENAI, "late")
 
     # None answers; by TRIP_SECONDS after their grant they have reached the provider.
-    assert h.engine.next_wake() == start + TRIP_SECONDS
+    assert h.engine.timekeeper.next_wake() == start + TRIP_SECONDS
     h.clock.advance(TRIP_SECONDS)
-    assert h._record(h.engine.tick()) == []  # 0.5 of a request: half a second to go
+    assert h._record(h.engine.timekeeper.tick()) == []  # 0.5 of a request: half a second to go
     h.clock.advance(0.5)
-    assert h._record(h.engine.tick()) == ["late"]
+    assert h._record(h.engine.timekeeper.tick()) == ["late"]
 
 
 def test_a_provider_idle_until_the_first_calls_reach_it_refuses_none_after_them() -> None:
@@ -124,10 +127,10 @@ def test_a_provider_idle_until_the_first_calls_reach_it_refuses_none_after_them(
         for request in sent:
             assert provider(call) == Say("ok", *USAGE), request
             h.done(request)  # answered at once
-        if (wake := h.engine.next_wake()) is None:
+        if (wake := h.engine.timekeeper.next_wake()) is None:
             break
         h.clock.now = wake
-        sent = h._record(h.engine.tick())
+        sent = h._record(h.engine.timekeeper.tick())
 
     assert (provider.served, provider.limited) == (69, 0)
 
@@ -157,7 +160,7 @@ def test_a_budget_wait_under_a_full_global_cap_waits_for_a_release_not_the_clock
     h.ask(OPENAI, "a")
     h.ask(OPENAI, "b")
 
-    assert h.engine.next_wake() == h.engine.next_expiry()  # the lease's ttl only
+    assert h.engine.timekeeper.next_wake() == h.engine.leases.next_expiry()  # the lease's ttl only
     h.clock.advance(5)
     assert h.done("a") == ["b"]
 

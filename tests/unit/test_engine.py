@@ -304,7 +304,7 @@ def test_expired_lease_is_reclaimed_and_its_slot_passed_on() -> None:
     h = Harness(lease_ttl=10.0)
     h.ask(LOCAL_OLLAMA, "crashed")
     h.ask(LOCAL_OLLAMA, "waiting")
-    assert h.engine.next_expiry() == h.clock.now + 10.0
+    assert h.engine.leases.next_expiry() == h.clock.now + 10.0
 
     h.clock.advance(9.99)
     assert h.reclaim() == []
@@ -328,11 +328,11 @@ def test_renewed_lease_outlives_its_first_deadline() -> None:
     lease = h.leases["long"]
 
     h.clock.advance(6)
-    assert h.engine.renew(lease.id, EPOCH)
+    assert h.engine.leases.renew(lease.id, EPOCH)
     h.clock.advance(6)
     assert h.reclaim() == []
     # The next deadline is the renewed one, not the stale first one.
-    assert h.engine.next_expiry() == h.clock.now + 4
+    assert h.engine.leases.next_expiry() == h.clock.now + 4
     h.clock.advance(4)
     assert h.reclaim() == ["waiting"]
     assert h.engine.stats().renewed == 1
@@ -345,16 +345,16 @@ def test_renew_of_a_lease_no_longer_held_says_so() -> None:
     h.clock.advance(1.0)
     h.reclaim()
 
-    assert not h.engine.renew(lease.id, EPOCH)
-    assert not h.engine.renew("never-granted", EPOCH)
-    assert h.engine.next_expiry() is None
+    assert not h.engine.leases.renew(lease.id, EPOCH)
+    assert not h.engine.leases.renew("never-granted", EPOCH)
+    assert h.engine.leases.next_expiry() is None
 
 
 def test_releases_leave_no_deadline_behind(harness: Harness) -> None:
     harness.ask(LOCAL_OLLAMA, "a")
     harness.done("a")
 
-    assert harness.engine.next_expiry() is None
+    assert harness.engine.leases.next_expiry() is None
 
 
 # -- bounds, estimates, stats ------------------------------------------------------
@@ -555,16 +555,16 @@ def test_a_dead_callers_waiters_leave_and_its_slots_pass_on(harness: Harness) ->
     engine.acquire(LOCAL_OLLAMA.id, "other", CallOptions(request_id="o"), "worker-alive")
     assert held is not None
 
-    dropped, handed_on = engine.drop_caller("worker-dead")
+    handed_on = engine.drop_caller("worker-dead")
 
-    assert dropped == ["waits"]
+    assert engine.take_left() == {"waits": None}
     assert [lease.id for lease in handed_on] == ["other"]
     stats = engine.stats()
     assert stats.groups[LOCAL_OLLAMA.id].abandoned == 2
     assert (stats.total_active, stats.total_pending) == (1, 0)
-    assert engine.drop_caller("worker-dead") == ([], [])
+    assert engine.drop_caller("worker-dead") == []
     # Only the dead process's work went: the living one's lease is still its own.
-    assert engine.drop_caller("worker-alive") == ([], [])
+    assert engine.drop_caller("worker-alive") == []
     assert engine.stats().total_active == 0
 
 

@@ -13,9 +13,10 @@ from actors.handover import HandOvers
 from actors.holdings import Holdings
 from actors.leases import Lease, LeaseTable
 from actors.options import CallLabels, CallOptions
-from actors.reports import GroupTally, Outcome, Recorder, estimate
+from actors.reports import Recorder, estimate
+from actors.tally import GroupTally, Outcome
 from actors.waitqueue import Arrivals, grant_key, width
-from tests.unit.conftest import ANTHROPIC, LOCAL_OLLAMA, FakeClock
+from tests.unit.conftest import ANTHROPIC, EPOCH, LOCAL_OLLAMA, FakeClock
 
 GROUP = LOCAL_OLLAMA.id
 
@@ -153,23 +154,23 @@ def test_only_a_caller_holding_a_slot_of_the_group_is_told_its_waiter_is_next() 
     clock = FakeClock()
     groups = GroupTable(limits={}, budgets={}, global_limit=None, clock=clock)
     leases, callers = LeaseTable(10.0, clock), CallerIndex()
-    holdings = Holdings(groups, leases, callers, Recorder(None, clock), clock)
+    holdings = Holdings(groups, leases, callers, Recorder(None, clock), clock, EPOCH, None)
     group = groups.register(LOCAL_OLLAMA)
-    hand_overs = HandOvers(enabled=True)
+    hand_overs = HandOvers(True, holdings)
 
     callers.note("held", "p1")
     holdings.hold(group, lease("held"))
     key = grant_key(5, 0, unit=0)
     callers.note("waits", "p2")
     holdings.queue(Waiter.of("waits", (GROUP,), CallOptions(), key, clock.now))
-    assert hand_overs.next_in_line(groups, callers, None) == {}  # p2 holds nothing
+    assert hand_overs.next_in_line(None) == {}  # p2 holds nothing
 
     callers.note("better", "p1")
     better = grant_key(9, 1, unit=1)
     holdings.queue(Waiter.of("better", (GROUP,), CallOptions(priority=9), better, clock.now))
-    assert hand_overs.next_in_line(groups, callers, None) == {GROUP: ("better", "p1")}
-    assert hand_overs.next_in_line(groups, callers, global_limit=4) == {}
-    assert HandOvers(enabled=False).next_in_line(groups, callers, None) == {}
+    assert hand_overs.next_in_line(None) == {GROUP: ("better", "p1")}
+    assert hand_overs.next_in_line(global_limit=4) == {}
+    assert HandOvers(False, holdings).next_in_line(None) == {}
 
 
 # -- actors/groupstate.py and actors/holdings.py ----------------------------------------
@@ -184,7 +185,7 @@ def test_the_group_table_registers_once_and_marks_journaled_groups_on_each_chang
     assert groups.take_changed() == {LOCAL_OLLAMA.id, ANTHROPIC.id}
 
     holdings = Holdings(
-        groups, LeaseTable(10.0, clock), CallerIndex(), Recorder(None, clock), clock
+        groups, LeaseTable(10.0, clock), CallerIndex(), Recorder(None, clock), clock, EPOCH, None
     )
     holdings.grant(local, lease("a"), waited=0.0, tokens=0)
     assert groups.take_changed() == {GROUP}

@@ -10,9 +10,11 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from actors.budget import BudgetLimits
-from actors.engine import Lease, SlotEngine
+from actors.engine import SlotEngine
 from actors.errors import AcquireTimeout
 from actors.gate import SlotGate
+from actors.leases import Lease
+from actors.ops import Acquire, Cancel, Release, Stats
 from actors.options import CallOptions
 from actors.stats import QueueStats
 from tests.unit.conftest import EPOCH, LOCAL_OLLAMA
@@ -40,17 +42,17 @@ def make_gate() -> Iterator[GateFactory]:
 
 
 def snapshot(gate: SlotGate) -> QueueStats:
-    return gate.stats()
+    return gate.apply([Stats()])[0]
 
 
 def acquire(gate: SlotGate, request: str, priority: int = 5) -> asyncio.Task[Lease]:
     options = CallOptions(priority=priority, request_id=request)
-    return asyncio.create_task(gate.acquire(GROUP, f"lease-{next(_ids)}", options))
+    return asyncio.create_task(gate.acquire(Acquire(GROUP, f"lease-{next(_ids)}", options)))
 
 
 async def held_with_one_waiter(gate: SlotGate) -> tuple[Lease, asyncio.Task[Lease]]:
     """The group's only slot held, and one request queued behind it."""
-    holder = await gate.acquire(GROUP, "h", CallOptions(request_id="holder"))
+    holder = await gate.acquire(Acquire(GROUP, "h", CallOptions(request_id="holder")))
     waiter = acquire(gate, "waiter")
     await queued(gate, 1)
     return holder, waiter
@@ -72,7 +74,7 @@ async def test_waiter_is_woken_by_the_release_that_frees_its_slot(
     holder, waiter = await held_with_one_waiter(gate)
     assert not waiter.done()
 
-    gate.release(holder.id, holder.epoch)
+    gate.apply([Release(holder.id, holder.epoch)])
 
     lease = await asyncio.wait_for(waiter, timeout=5)
     assert lease.request_id == "waiter"
@@ -83,10 +85,10 @@ async def test_timeout_raises_typed_error_and_leaves_the_queue(
     make_gate: GateFactory,
 ) -> None:
     gate = make_gate()
-    await gate.acquire(GROUP, "h", CallOptions(request_id="holder"))
+    await gate.acquire(Acquire(GROUP, "h", CallOptions(request_id="holder")))
 
     with pytest.raises(AcquireTimeout) as caught:
-        await gate.acquire(GROUP, "l", CallOptions(request_id="late", queue_timeout=0.01))
+        await gate.acquire(Acquire(GROUP, "l", CallOptions(request_id="late", queue_timeout=0.01)))
 
     assert str(caught.value) == (
         f"request 'late' got no slot in group '{GROUP}' within 0.01s; it left the queue"
@@ -105,7 +107,7 @@ async def test_cancelled_waiter_task_leaves_the_queue(make_gate: GateFactory) ->
 
     stats = snapshot(gate)
     assert (stats.total_pending, stats.groups[GROUP].cancelled) == (0, 1)
-    gate.release(holder.id, holder.epoch)
+    gate.apply([Release(holder.id, holder.epoch)])
     assert snapshot(gate).total_active == 0
 
 
@@ -113,11 +115,11 @@ async def test_explicit_cancel_ends_the_waiting_acquire_at_once(
     make_gate: GateFactory,
 ) -> None:
     gate = make_gate()
-    await gate.acquire(GROUP, "h", CallOptions(request_id="holder"))
-    waiter = asyncio.create_task(gate.acquire(GROUP, "w", CallOptions(request_id="w")))
+    await gate.acquire(Acquire(GROUP, "h", CallOptions(request_id="holder")))
+    waiter = asyncio.create_task(gate.acquire(Acquire(GROUP, "w", CallOptions(request_id="w"))))
     await queued(gate, 1)
 
-    gate.cancel("w")
+    gate.apply([Cancel("w")])
 
     # The engine forgot the waiter in the cancel call itself, before the task ran.
     assert snapshot(gate).total_pending == 0
@@ -130,13 +132,13 @@ async def test_waiter_cancelled_in_the_instant_of_its_grant_passes_the_slot_on(
     make_gate: GateFactory,
 ) -> None:
     gate = make_gate()
-    holder = await gate.acquire(GROUP, "h", CallOptions(request_id="holder"))
+    holder = await gate.acquire(Acquire(GROUP, "h", CallOptions(request_id="holder")))
     racer = acquire(gate, "racer", priority=9)
     nxt = acquire(gate, "next", priority=1)
     await queued(gate, 2)
 
     # The release resolves racer's future; racer is cancelled before it can run.
-    gate.release(holder.id, holder.epoch)
+    gate.apply([Release(holder.id, holder.epoch)])
     racer.cancel()
 
     with pytest.raises(asyncio.CancelledError):
@@ -151,10 +153,10 @@ async def test_unreleased_lease_is_reclaimed_by_the_expiry_timer(
     make_gate: GateFactory,
 ) -> None:
     gate = make_gate(lease_ttl=0.05)
-    await gate.acquire(GROUP, "c", CallOptions(request_id="crashed"))
+    await gate.acquire(Acquire(GROUP, "c", CallOptions(request_id="crashed")))
 
     lease = await asyncio.wait_for(
-        gate.acquire(GROUP, "n", CallOptions(request_id="next")), timeout=5
+        gate.acquire(Acquire(GROUP, "n", CallOptions(request_id="next"))), timeout=5
     )
 
     assert lease.request_id == "next"
@@ -163,7 +165,7 @@ async def test_unreleased_lease_is_reclaimed_by_the_expiry_timer(
 
 async def test_priorities_decide_the_order_of_wake_ups(make_gate: GateFactory) -> None:
     gate = make_gate()
-    holder = await gate.acquire(GROUP, "h", CallOptions(request_id="holder"))
+    holder = await gate.acquire(Acquire(GROUP, "h", CallOptions(request_id="holder")))
     priorities = [3, 9, 5, 9, 1, 7]
     waiters = [acquire(gate, f"p{p}-{i}", priority=p) for i, p in enumerate(priorities)]
     await queued(gate, len(priorities))
@@ -171,7 +173,7 @@ async def test_priorities_decide_the_order_of_wake_ups(make_gate: GateFactory) -
     served = []
     lease = holder
     for _ in priorities:
-        gate.release(lease.id, lease.epoch)
+        gate.apply([Release(lease.id, lease.epoch)])
         done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         (finished,) = done
         waiters.remove(finished)
@@ -193,7 +195,7 @@ async def test_release_from_another_threads_loop_wakes_the_waiter(
     holder, waiter = await held_with_one_waiter(gate)
 
     async def release() -> None:
-        gate.release(holder.id, holder.epoch)
+        gate.apply([Release(holder.id, holder.epoch)])
 
     go = threading.Event()
     other = threading.Thread(target=lambda: (go.wait(), asyncio.run(release())))
@@ -209,12 +211,14 @@ async def test_a_waiter_for_budget_is_granted_when_the_budget_refills_with_no_re
     make_gate: GateFactory,
 ) -> None:
     gate = make_gate(group_budgets={GROUP: BudgetLimits(tpm=600)})  # 10 tokens a second
-    spent = await gate.acquire(GROUP, "spender", CallOptions(request_id="spender", tokens=600))
-    gate.release(spent.id, spent.epoch)  # the slot is back; the tokens are not
+    spent = await gate.acquire(
+        Acquire(GROUP, "spender", CallOptions(request_id="spender", tokens=600))
+    )
+    gate.apply([Release(spent.id, spent.epoch)])  # the slot is back; the tokens are not
     asked = asyncio.get_running_loop().time()
 
     lease = await asyncio.wait_for(
-        gate.acquire(GROUP, "next", CallOptions(request_id="next", tokens=5)), timeout=10
+        gate.acquire(Acquire(GROUP, "next", CallOptions(request_id="next", tokens=5))), timeout=10
     )
 
     # 5 tokens at 10 a second: the reaper woke for it about half a second later.
@@ -226,13 +230,13 @@ async def test_a_waiter_that_a_release_leaves_short_of_budget_is_granted_once_it
     make_gate: GateFactory,
 ) -> None:
     gate = make_gate(group_budgets={GROUP: BudgetLimits(tpm=600)})  # one slot; 10 tokens/s
-    holder = await gate.acquire(GROUP, "h", CallOptions(request_id="holder", tokens=600))
+    holder = await gate.acquire(Acquire(GROUP, "h", CallOptions(request_id="holder", tokens=600)))
     waiter = asyncio.create_task(
-        gate.acquire(GROUP, "w", CallOptions(request_id="waiter", tokens=5))
+        gate.acquire(Acquire(GROUP, "w", CallOptions(request_id="waiter", tokens=5)))
     )
     await queued(gate, 1)
 
-    gate.release(holder.id, holder.epoch)  # the slot is free, the tokens are not yet
+    gate.apply([Release(holder.id, holder.epoch)])  # the slot is free, the tokens are not yet
 
     # Woken by the budget (about 0.5 s), not by the reaper's next lease deadline (60 s).
     lease = await asyncio.wait_for(waiter, timeout=10)

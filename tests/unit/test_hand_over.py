@@ -9,9 +9,11 @@ import itertools
 import pytest
 
 from actors.budget import BudgetLimits
-from actors.engine import Lease, SlotEngine
+from actors.engine import SlotEngine
 from actors.errors import LeaseRetired
 from actors.gate import SlotGate
+from actors.leases import Lease
+from actors.ops import Acquire, Release
 from actors.options import CallOptions
 from tests.unit.conftest import EPOCH, LOCAL_OLLAMA, FakeClock
 
@@ -85,7 +87,7 @@ def test_a_hand_over_gives_the_holders_slot_to_the_named_waiter_and_counts_both(
     successor, _ = p.ask("a", priority=8)
     p.ask("b", priority=5)
 
-    granted = p.engine.hand_over(GROUP, holder.id, holder.epoch, successor, "a")
+    granted = p.engine.hand_overs.hand_over(GROUP, holder.id, holder.epoch, successor, "a")
 
     assert [lease.id for lease in granted] == [successor]
     assert p.levels() == (1, 1)
@@ -102,7 +104,7 @@ def test_a_successor_overtaken_on_the_way_keeps_the_slot_and_the_limit_holds() -
     named, _ = p.ask("a", priority=5)
     better, _ = p.ask("b", priority=9)  # arrives while the notice naming `named` travels
 
-    granted = p.engine.hand_over(GROUP, holder.id, holder.epoch, named, "a")
+    granted = p.engine.hand_overs.hand_over(GROUP, holder.id, holder.epoch, named, "a")
 
     # The named call runs already in a's process: it is counted, past nobody's slot.
     assert [lease.id for lease in granted] == [named]
@@ -118,7 +120,7 @@ def test_a_successor_whose_wait_timed_out_meanwhile_is_counted_as_holding_the_sl
     successor, _ = p.ask("a")
     p.engine.cancel(successor, timed_out=True)
 
-    granted = p.engine.hand_over(GROUP, holder.id, holder.epoch, successor, "a")
+    granted = p.engine.hand_overs.hand_over(GROUP, holder.id, holder.epoch, successor, "a")
 
     assert [lease.id for lease in granted] == [successor]
     assert p.levels() == (1, 0)
@@ -133,7 +135,7 @@ def test_a_successor_its_process_cancelled_gets_no_slot_and_the_next_waiter_does
     other, _ = p.ask("b", priority=5)
     p.engine.cancel(successor)  # crossed the hand-over on its way
 
-    granted = p.engine.hand_over(GROUP, holder.id, holder.epoch, successor, "a")
+    granted = p.engine.hand_overs.hand_over(GROUP, holder.id, holder.epoch, successor, "a")
 
     assert [lease.id for lease in granted] == [other]
     assert p.levels() == (1, 0)
@@ -147,7 +149,7 @@ def test_a_successor_granted_by_the_manager_already_leaves_the_freed_slot_to_the
     (normal,) = p.engine.release(second.id, second.epoch)  # the manager granted it
     assert normal.id == successor
 
-    granted = p.engine.hand_over(GROUP, first.id, first.epoch, successor, "a")
+    granted = p.engine.hand_overs.hand_over(GROUP, first.id, first.epoch, successor, "a")
 
     assert [lease.id for lease in granted] == [other]
     assert p.levels() == (2, 0)
@@ -159,9 +161,9 @@ def test_the_successor_holds_its_slot_under_the_epoch_its_process_was_granted() 
     successor, _ = p.ask("a")
     old_epoch = holder.epoch - 1  # a lease restored by a restarted manager keeps its epoch
 
-    p.engine.hand_over(GROUP, holder.id, holder.epoch, successor, "a")
-    assert p.engine.renew(successor, holder.epoch)
-    assert not p.engine.renew(successor, old_epoch)
+    p.engine.hand_overs.hand_over(GROUP, holder.id, holder.epoch, successor, "a")
+    assert p.engine.leases.renew(successor, holder.epoch)
+    assert not p.engine.leases.renew(successor, old_epoch)
 
 
 async def test_a_process_is_told_when_a_better_waiter_of_another_takes_its_place() -> None:
@@ -169,18 +171,20 @@ async def test_a_process_is_told_when_a_better_waiter_of_another_takes_its_place
     engine.register(LOCAL_OLLAMA)
     gate = SlotGate(engine)
     try:
-        holder = await gate.acquire(GROUP, "a-holder", CallOptions(), "a")
-        mine = asyncio.create_task(gate.acquire(GROUP, "a-next", CallOptions(), "a"))
+        holder = await gate.acquire(Acquire(GROUP, "a-holder", CallOptions(), "a"))
+        mine = asyncio.create_task(gate.acquire(Acquire(GROUP, "a-next", CallOptions(), "a")))
         told = await asyncio.wait_for(gate.next_in_line("a", {}, wait=30), timeout=5)
         assert told == {GROUP: "a-next"}
 
         question = asyncio.create_task(gate.next_in_line("a", told, wait=30))
         await asyncio.sleep(0)
         assert not question.done()  # nothing changed for a
-        theirs = asyncio.create_task(gate.acquire(GROUP, "b-next", CallOptions(priority=9), "b"))
+        theirs = asyncio.create_task(
+            gate.acquire(Acquire(GROUP, "b-next", CallOptions(priority=9), "b"))
+        )
 
         assert await asyncio.wait_for(question, timeout=5) == {}
-        gate.release(holder.id, holder.epoch)
+        gate.apply([Release(holder.id, holder.epoch)])
         assert (await asyncio.wait_for(theirs, timeout=5)).id == "b-next"
         mine.cancel()
     finally:
@@ -193,7 +197,7 @@ def test_an_acquire_arriving_after_its_slot_was_handed_over_and_released_gets_no
     p = Processes()
     holder = p.held("a")
     successor = "a-late"
-    p.engine.hand_over(GROUP, holder.id, EPOCH, successor, "a")
+    p.engine.hand_overs.hand_over(GROUP, holder.id, EPOCH, successor, "a")
     p.engine.release(successor, EPOCH)
 
     with pytest.raises(LeaseRetired):

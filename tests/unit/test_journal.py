@@ -13,6 +13,7 @@ import pytest
 from actors.engine import SlotEngine
 from actors.gate import SlotGate
 from actors.journal import FileStore, GroupRecord, HeldLease, Journal, decode, encode, recorded
+from actors.ops import Acquire, Register, Release
 from actors.options import CallOptions
 from tests.unit.conftest import ANTHROPIC, EPOCH, LOCAL_OLLAMA, Harness
 
@@ -76,7 +77,9 @@ async def test_a_capped_lease_is_written_ahead_when_handed_out_and_copied_behind
 ) -> None:
     behind.open.clear()  # the copy behind stalls: no grant waits for it
 
-    lease = await asyncio.wait_for(gate.acquire(GROUP, "a", CallOptions(request_id="r")), 5)
+    lease = await asyncio.wait_for(
+        gate.acquire(Acquire(GROUP, "a", CallOptions(request_id="r"))), 5
+    )
 
     assert record(store, GROUP).held == {lease.id: HeldLease(EPOCH)}
     assert GROUP not in behind.records
@@ -88,18 +91,18 @@ async def test_a_capped_lease_is_written_ahead_when_handed_out_and_copied_behind
 async def test_a_waiter_granted_by_a_release_is_written_ahead_when_handed_out(
     gate: SlotGate, store: MemoryStore
 ) -> None:
-    first = await gate.acquire(GROUP, "a", CallOptions(request_id="r1"))
-    waiting = asyncio.create_task(gate.acquire(GROUP, "b", CallOptions(request_id="r2")))
+    first = await gate.acquire(Acquire(GROUP, "a", CallOptions(request_id="r1")))
+    waiting = asyncio.create_task(gate.acquire(Acquire(GROUP, "b", CallOptions(request_id="r2"))))
     await asyncio.sleep(0)
 
-    gate.release(first.id, first.epoch)
+    gate.apply([Release(first.id, first.epoch)])
     second = await asyncio.wait_for(waiting, 5)
 
     assert record(store, GROUP).held == {second.id: HeldLease(EPOCH)}
 
 
 def test_register_returns_once_the_group_is_written(gate: SlotGate, store: MemoryStore) -> None:
-    gate.register(ANTHROPIC)
+    gate.apply([Register(ANTHROPIC)])
 
     assert record(store, ANTHROPIC.id).spec == ANTHROPIC
 
@@ -109,14 +112,16 @@ async def test_a_burst_of_grants_and_releases_ends_written_as_it_is(
 ) -> None:
     leases = []
     for n in range(20):
-        task = asyncio.create_task(gate.acquire(GROUP, f"l{n}", CallOptions(request_id=f"r{n}")))
+        task = asyncio.create_task(
+            gate.acquire(Acquire(GROUP, f"l{n}", CallOptions(request_id=f"r{n}")))
+        )
         if n == 0:
             leases.append(await task)
         else:
             leases.append(task)
     for n in range(20):
         lease = leases[n] if n == 0 else await asyncio.wait_for(leases[n], 5)
-        gate.release(lease.id, lease.epoch)
+        gate.apply([Release(lease.id, lease.epoch)])
 
     assert record(store, GROUP).held == {}
     gate.close()
@@ -126,13 +131,13 @@ async def test_a_burst_of_grants_and_releases_ends_written_as_it_is(
 async def test_a_restarted_engine_holds_the_leases_until_their_holders_release(
     gate: SlotGate, store: MemoryStore
 ) -> None:
-    held = await gate.acquire(GROUP, "held", CallOptions(request_id="holder"))
+    held = await gate.acquire(Acquire(GROUP, "held", CallOptions(request_id="holder")))
 
     after = restarted(store)
     waiter = after.ask(LOCAL_OLLAMA, "new")
 
     assert not after.granted_now("new")  # the slot is still the old holder's
-    assert after.engine.renew(held.id, held.epoch)  # the holder lives on
+    assert after.engine.leases.renew(held.id, held.epoch)  # the holder lives on
     granted = after.engine.release(held.id, held.epoch)
     assert [lease.id for lease in granted] == [waiter]
     assert after.engine.stats().active_by_group[GROUP] == 1
@@ -141,7 +146,7 @@ async def test_a_restarted_engine_holds_the_leases_until_their_holders_release(
 async def test_a_restored_lease_whose_holder_died_expires_after_one_ttl(
     gate: SlotGate, store: MemoryStore
 ) -> None:
-    await gate.acquire(GROUP, "dead", CallOptions(request_id="holder"))
+    await gate.acquire(Acquire(GROUP, "dead", CallOptions(request_id="holder")))
 
     after = restarted(store, lease_ttl=10.0)
     after.ask(LOCAL_OLLAMA, "new")
@@ -156,7 +161,7 @@ async def test_a_restored_lease_whose_holder_died_expires_after_one_ttl(
 async def test_an_acquire_retried_after_its_grant_was_written_gets_that_lease(
     gate: SlotGate, store: MemoryStore
 ) -> None:
-    first = await gate.acquire(GROUP, "lost-answer", CallOptions(request_id="r"))
+    first = await gate.acquire(Acquire(GROUP, "lost-answer", CallOptions(request_id="r")))
 
     after = restarted(store)
     again = after.engine.acquire(GROUP, "lost-answer", CallOptions(request_id="r"))
@@ -170,8 +175,8 @@ async def test_an_acquire_retried_after_its_grant_was_written_gets_that_lease(
 def test_a_group_registered_at_run_time_is_known_after_a_restart(store: MemoryStore) -> None:
     engine = SlotEngine(epoch=EPOCH)
     engine.register(LOCAL_OLLAMA)
-    for group in engine.take_changed():
-        store.put(group, encode(engine.record(group)))
+    for group in engine.groups.take_changed():
+        store.put(group, encode(engine.groups.record(group, engine.leases, engine.callers)))
 
     after = SlotEngine(epoch=EPOCH + 1)
     for data in store.load().values():
@@ -183,12 +188,12 @@ def test_a_group_registered_at_run_time_is_known_after_a_restart(store: MemorySt
 async def test_a_restored_lease_keeps_its_caller_whose_death_frees_it(
     gate: SlotGate, store: MemoryStore
 ) -> None:
-    held = await gate.acquire(GROUP, "held", CallOptions(request_id="r"), "worker-1")
+    held = await gate.acquire(Acquire(GROUP, "held", CallOptions(request_id="r"), "worker-1"))
     assert record(store, GROUP).held == {held.id: HeldLease(EPOCH, "worker-1")}
 
     after = restarted(store)
     waiter = after.ask(LOCAL_OLLAMA, "new")
-    _, handed_on = after.engine.drop_caller("worker-1")
+    handed_on = after.engine.drop_caller("worker-1")
 
     assert [lease.id for lease in handed_on] == [waiter]
 

@@ -111,7 +111,7 @@ def test_a_group_out_of_rotation_is_1_until_its_probe_answers() -> None:
     engine = SlotEngine(epoch=1, clock=lambda: now[0], observer=queue_metrics)
     engine.register(SPEC)
 
-    engine.mark_out(SPEC.id, "connection refused", 5.0)
+    engine.take_out(SPEC.id, "connection refused", 5.0)
     queue_metrics.flush()
     assert point("llm_queue_out_of_rotation", **QUEUE).value == 1
     now[0] = 5.0
@@ -168,7 +168,7 @@ def test_otlp_without_its_package_is_a_config_error_naming_the_setting(
 async def test_a_call_handed_to_a_fallback_is_counted_in_the_metric_and_the_stats() -> None:
     class Busy:
         async def chat(self, request: ChatRequest, options: CallOptions) -> ChatResponse:
-            raise WaitTooLong("local-ollama", 9.0, options.max_wait or 0.0)
+            raise WaitTooLong("local-ollama", options.max_wait or 0.0, 9.0)
 
     class Answers:
         async def chat(self, request: ChatRequest, options: CallOptions) -> ChatResponse:

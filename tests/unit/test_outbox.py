@@ -6,15 +6,22 @@ import asyncio
 
 import pytest
 
-from actors.engine import Lease
 from actors.errors import CallerGone
+from actors.leases import Lease
+from actors.ops import Acquire, Op, Release
 from actors.options import CallOptions
-from actors.outbox import Ask, Batch, Outbox
+from actors.outbox import Outbox
 
 
-def lease(ask: Ask, epoch: int = 7) -> Lease:
+def lease(ask: Acquire, epoch: int = 7) -> Lease:
+    assert isinstance(ask.group_id, str)
     return Lease(
-        id=ask.lease_id, group=ask.group, request_id=ask.lease_id, priority=5, epoch=epoch, ttl=30
+        id=ask.lease_id,
+        group=ask.group_id,
+        request_id=ask.lease_id,
+        priority=5,
+        epoch=epoch,
+        ttl=30,
     )
 
 
@@ -22,21 +29,30 @@ class Manager:
     """Answers each batch when the test lets it; records every batch it got."""
 
     def __init__(self) -> None:
-        self.batches: list[Batch] = []
+        self.batches: list[list[Op[object]]] = []
         self.answer = asyncio.Event()
         self.refuse: set[str] = set()  # lease ids refused with CallerGone
 
-    async def count(self, batch: Batch) -> list[Lease | Exception]:
-        self.batches.append(batch)
+    async def count(self, ops: list[Op[object]]) -> list[object]:
+        self.batches.append(ops)
         await self.answer.wait()
         return [
-            CallerGone("worker-1") if a.lease_id in self.refuse else lease(a)
-            for a in batch.acquires
+            None
+            if isinstance(op, Release)
+            else CallerGone("worker-1")
+            if op.lease_id in self.refuse
+            else lease(op)
+            for op in ops
+            if isinstance(op, Acquire | Release)
         ]
 
 
-def ask(lease_id: str) -> Ask:
-    return Ask("remote-api-openai", lease_id, CallOptions())
+def ask(lease_id: str) -> Acquire:
+    return Acquire("remote-api-openai", lease_id, CallOptions(), "worker-1", started=True)
+
+
+def acquired(batches: list[list[Op[object]]]) -> list[list[str]]:
+    return [[op.lease_id for op in ops if isinstance(op, Acquire)] for ops in batches]
 
 
 async def test_a_lone_acquire_goes_at_once() -> None:
@@ -47,7 +63,7 @@ async def test_a_lone_acquire_goes_at_once() -> None:
     granted = await outbox.acquire(ask("a"))
 
     assert granted.id == "a"
-    assert [[a.lease_id for a in b.acquires] for b in manager.batches] == [["a"]]
+    assert acquired(manager.batches) == [["a"]]
 
 
 async def test_what_comes_while_a_batch_is_on_its_way_goes_together_in_the_next() -> None:
@@ -61,8 +77,8 @@ async def test_what_comes_while_a_batch_is_on_its_way_goes_together_in_the_next(
     manager.answer.set()
     await outbox.drain()
 
-    assert [[a.lease_id for a in b.acquires] for b in manager.batches] == [["a"], ["b", "c", "d"]]
-    assert manager.batches[1].releases == (("z", 3),)
+    assert acquired(manager.batches) == [["a"], ["b", "c", "d"]]
+    assert [op for op in manager.batches[1] if isinstance(op, Release)] == [Release("z", 3)]
     assert [g.result().id for g in (first, *later)] == ["a", "b", "c", "d"]
 
 
@@ -81,7 +97,7 @@ async def test_what_comes_in_the_interval_after_a_batch_goes_together_in_the_nex
     outbox.acquire(ask("a"))
     await outbox.drain()
 
-    assert [[a.lease_id for a in b.acquires] for b in manager.batches] == [["a"], ["b", "c"]]
+    assert acquired(manager.batches) == [["a"], ["b", "c"]]
     assert slept == [0.01, 0.01]  # the clock stood still: the whole interval after each
     assert [g.result().id for g in later] == ["b", "c"]
 
@@ -97,7 +113,7 @@ async def test_each_acquire_gets_its_own_answer_and_a_failed_batch_fails_its_acq
     with pytest.raises(CallerGone):
         await b
 
-    async def unreachable(batch: Batch) -> list[Lease | Exception]:
+    async def unreachable(ops: list[Op[object]]) -> list[object]:
         raise ConnectionError("the manager is gone")
 
     outbox.send = unreachable

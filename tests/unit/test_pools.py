@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from actors.errors import EmptyPool, PoolUnavailable, QueueFull, WaitTooLong
+from actors.errors import EmptyPool, OutOfRotation, QueueFull, WaitTooLong
 from actors.groups import Deployment, ModelEntry, classify, pool_of
 from actors.journal import GroupRecord, HeldLease
+from actors.ops import TakeOut
 from actors.options import CallOptions
 from actors.slots import NoSlots
 from pipelines.view import render
@@ -117,7 +118,7 @@ def test_a_slot_handed_over_to_a_pool_waiter_takes_it_out_of_the_other_queue() -
     successor = harness.ask(POOL, "next")
     held = harness.leases["a-busy"]
 
-    granted = harness.engine.hand_over(GPU_A.id, held.id, held.epoch, successor)
+    granted = harness.engine.hand_overs.hand_over(GPU_A.id, held.id, held.epoch, successor)
 
     assert [(lease.request_id, lease.group) for lease in granted] == [("next", GPU_A.id)]
     assert harness.engine.stats().pending_by_group[GPU_B.id] == 0
@@ -165,9 +166,9 @@ def test_a_server_out_of_rotation_is_skipped_and_its_pool_waiters_go_to_the_othe
     harness.ask(POOL, "b-busy")
     harness.ask(POOL, "waits")
 
-    failed, granted = harness.engine.mark_out(GPU_A.id, "connection refused", 30.0)
+    granted = harness.engine.take_out(GPU_A.id, "connection refused", 30.0)
 
-    assert (failed, granted) == ({}, [])  # it may still use B
+    assert (harness.engine.take_left(), granted) == ({}, [])  # it may still use B
     assert harness.done("a-busy") == []  # A is out: its freed slot goes to nobody
     assert harness.done("b-busy") == ["waits"]
     assert held_group(harness, "waits") == GPU_B.id
@@ -185,10 +186,12 @@ def test_waiters_left_without_a_server_in_rotation_fail_at_once_naming_each_reas
     harness.ask(POOL, "b-busy")
     pooled = harness.ask(POOL, "pooled")
     a_only = harness.ask(GPU_A, "a-only")
-    harness.engine.mark_out(GPU_A.id, "circuit open", 30.0)
+    harness.engine.take_out(GPU_A.id, "circuit open", 30.0)
+    assert set(harness.engine.take_left()) == {a_only}
 
-    failed, _ = harness.engine.mark_out(GPU_B.id, "node lost", 30.0)
+    harness.engine.take_out(GPU_B.id, "node lost", 30.0)
 
+    failed = harness.engine.take_left()
     assert set(failed) == {pooled}  # a-only failed when A went out
     assert str(failed[pooled]) == (
         "no server this call may use takes calls now "
@@ -196,7 +199,7 @@ def test_waiters_left_without_a_server_in_rotation_fail_at_once_naming_each_reas
     )
     assert a_only not in harness.engine.waiters
     assert harness.engine.stats().total_pending == 0
-    with pytest.raises(PoolUnavailable, match="node lost"):
+    with pytest.raises(OutOfRotation, match="node lost"):
         harness.ask(POOL, "refused")
 
 
@@ -205,15 +208,15 @@ def test_a_server_is_back_in_rotation_after_its_time_out_and_takes_its_waiter() 
     harness.ask(GPU_A, "a-busy")
     harness.ask(GPU_B, "b-busy")
     harness.ask(GPU_A, "waits-for-a")
-    harness.engine.mark_out(GPU_B.id, "server exited", 5.0)
+    harness.engine.take_out(GPU_B.id, "server exited", 5.0)
     harness.done("b-busy")
 
     # A is full and B has nobody waiting: only the held leases' deadlines wake the engine.
-    assert harness.engine.next_wake() == harness.clock.now + harness.engine.lease_ttl
+    assert harness.engine.timekeeper.next_wake() == harness.clock.now + harness.engine.lease_ttl
     harness.ask(POOL, "pooled")
-    assert harness.engine.next_wake() == harness.clock.now + 5.0
+    assert harness.engine.timekeeper.next_wake() == harness.clock.now + 5.0
     harness.clock.advance(5.0)
-    assert harness._record(harness.engine.tick()) == ["pooled"]
+    assert harness._record(harness.engine.timekeeper.tick()) == ["pooled"]
     assert held_group(harness, "pooled") == GPU_B.id
 
 
@@ -222,7 +225,7 @@ def probing(limit: int = 2) -> Harness:
     harness = pool(limit=limit)
     for n in range(limit):
         harness.ask(GPU_A, f"a-busy-{n}")
-    harness.engine.mark_out(GPU_B.id, "connection refused", 5.0)
+    harness.engine.take_out(GPU_B.id, "connection refused", 5.0)
     harness.clock.advance(5.0)
     return harness
 
@@ -250,12 +253,12 @@ def test_a_probe_that_finds_the_server_down_keeps_it_out_for_another_time_out() 
     harness.ask(GPU_B, "probe")
     harness.ask(POOL, "waits")
 
-    harness.engine.mark_out(GPU_B.id, "connection refused again", 5.0)  # then it releases
+    harness.engine.take_out(GPU_B.id, "connection refused again", 5.0)  # then it releases
 
     assert harness.done("probe") == []
     assert harness.engine.stats().groups[GPU_B.id].out_reason == "connection refused again"
     harness.clock.advance(5.0)
-    assert harness._record(harness.engine.tick()) == ["waits"]  # the next probe
+    assert harness._record(harness.engine.timekeeper.tick()) == ["waits"]  # the next probe
     assert held_group(harness, "waits") == GPU_B.id
 
 
@@ -264,7 +267,7 @@ def test_a_probe_whose_caller_died_lets_in_another() -> None:
     harness.engine.acquire(GPU_B.id, "probe", caller="dead")
     harness.ask(GPU_B, "waits")
 
-    _, granted = harness.engine.drop_caller("dead")
+    granted = harness.engine.drop_caller("dead")
 
     assert [lease.request_id for lease in granted] == ["waits"]
     assert harness.engine.stats().groups[GPU_B.id].probing  # its answer is the one awaited
@@ -275,8 +278,8 @@ def test_a_lease_restored_after_a_restart_is_found_again_though_its_pool_went_ou
     it holds its restored slot all the same (its call may be running)."""
     harness = pool()
     harness.engine.restore(GroupRecord(GPU_A, {"granted": HeldLease(7, "p1")}))
-    harness.engine.mark_out(GPU_A.id, "circuit open", 30.0)
-    harness.engine.mark_out(GPU_B.id, "circuit open", 30.0)
+    harness.engine.take_out(GPU_A.id, "circuit open", 30.0)
+    harness.engine.take_out(GPU_B.id, "circuit open", 30.0)
 
     again = harness.engine.acquire((GPU_A.id, GPU_B.id), "granted", caller="p1")
 
@@ -299,7 +302,7 @@ def test_a_pool_waiter_granted_elsewhere_while_a_slot_was_handed_to_it_moves_the
     a = harness.engine.leases.get("a-held")
     assert a is not None
 
-    moved = harness.engine.hand_over(GPU_A.id, "a-held", a.epoch, "pooled", caller="p1")
+    moved = harness.engine.hand_overs.hand_over(GPU_A.id, "a-held", a.epoch, "pooled", caller="p1")
 
     assert [(lease.id, lease.group) for lease in moved] == [("pooled", GPU_A.id)]
     stats = harness.engine.stats()
@@ -315,17 +318,15 @@ def test_the_stats_name_each_pools_servers_grants_and_the_fallbacks_taken() -> N
     harness.ask(POOL, "second")
     harness.engine.fell_back("llama", "gpt", "WaitTooLong")
     harness.engine.fell_back("llama", "gpt", "WaitTooLong")
-    harness.engine.fell_back("llama", "gpt", "PoolUnavailable")
+    harness.engine.fell_back("llama", "gpt", "OutOfRotation")
 
     stats = harness.engine.stats()
 
     assert list(stats.models) == ["llama"]  # gpt: one server, no fallbacks
     assert stats.models["llama"].groups == [GPU_A.id, GPU_B.id]
-    assert stats.models["llama"].fallbacks_taken == {
-        "gpt": {"WaitTooLong": 2, "PoolUnavailable": 1}
-    }
+    assert stats.models["llama"].fallbacks_taken == {"gpt": {"WaitTooLong": 2, "OutOfRotation": 1}}
     row = next(line for line in render(stats).splitlines() if line.startswith("llama"))
-    assert row.endswith("1 / 1  gpt after 2.0 s  3: WaitTooLong 2, PoolUnavailable 1")
+    assert row.endswith("1 / 1  gpt after 2.0 s  3: WaitTooLong 2, OutOfRotation 1")
 
 
 # -- fallbacks' cue: a wait estimated past what the call may wait -----------------------
@@ -375,10 +376,10 @@ async def test_without_the_queue_a_pool_takes_its_servers_in_turn_skipping_one_f
             return lease.group
 
     assert [await taken() for _ in range(4)] == [GPU_A.id, GPU_B.id, GPU_A.id, GPU_B.id]
-    await slots.mark_out(GPU_B.id, "connection refused", 30.0)
+    await slots.ask(TakeOut(GPU_B.id, "connection refused", 30.0))
     assert [await taken() for _ in range(2)] == [GPU_A.id, GPU_A.id]
-    await slots.mark_out(GPU_A.id, "circuit open", 30.0)
-    with pytest.raises(PoolUnavailable, match=r"circuit open; .*: connection refused"):
+    await slots.ask(TakeOut(GPU_A.id, "circuit open", 30.0))
+    with pytest.raises(OutOfRotation, match=r"circuit open; .*: connection refused"):
         await taken()
-    await slots.mark_out(GPU_A.id, "circuit open", 0.0)  # its time out over
+    await slots.ask(TakeOut(GPU_A.id, "circuit open", 0.0))  # its time out over
     assert await taken() == GPU_A.id

@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from actors.engine import SlotEngine
 from actors.gate import SlotGate
 from actors.groups import GroupSpec, classify
+from actors.ops import Stats
 from actors.slots import LocalSlots
 from providers.errors import (
     AuthenticationFailed,
@@ -144,7 +145,7 @@ def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
 
         async def sleep(seconds: float) -> None:
             # The retry loop waits here: the slot must be free while it does.
-            assert gate.stats().total_active == 0
+            assert gate.apply([Stats()])[0].total_active == 0
             waits.append(seconds)
 
         backend = build_backend(
@@ -170,7 +171,7 @@ async def started(rig: Rig) -> AsyncIterator[Rig]:
     await rig.provider.start()
     yield rig
     await rig.provider.aclose()
-    assert rig.gate.stats().total_active == 0
+    assert rig.gate.apply([Stats()])[0].total_active == 0
 
 
 async def test_answer_is_read_from_the_providers_format(started: Rig) -> None:

@@ -7,6 +7,7 @@ import asyncio
 
 from actors.engine import SlotEngine
 from actors.gate import SlotGate
+from actors.ops import Acquire, Release
 from actors.options import CallLabels, CallOptions
 from actors.queueview import HISTORY_STEP_SECONDS, HISTORY_STEPS, LevelHistory
 from tests.unit.conftest import EPOCH, LOCAL_OLLAMA, Harness
@@ -73,8 +74,10 @@ async def test_a_view_waiting_for_a_change_is_answered_by_the_release_that_makes
     engine.register(LOCAL_OLLAMA)
     gate = SlotGate(engine)
     try:
-        held = await gate.acquire(GROUP, "held", CallOptions(request_id="held"))
-        waiter = asyncio.create_task(gate.acquire(GROUP, "next", CallOptions(request_id="next")))
+        held = await gate.acquire(Acquire(GROUP, "held", CallOptions(request_id="held")))
+        waiter = asyncio.create_task(
+            gate.acquire(Acquire(GROUP, "next", CallOptions(request_id="next")))
+        )
         first = await gate.view(-1, first=10, wait=0.0)
         while first.stats.groups[GROUP].pending == 0:  # the waiter not queued yet
             first = await gate.view(first.version, first=10, wait=5.0)
@@ -82,7 +85,7 @@ async def test_a_view_waiting_for_a_change_is_answered_by_the_release_that_makes
         pushed = asyncio.create_task(gate.view(first.version, first=10, wait=60.0))
         await asyncio.sleep(0)
         assert not pushed.done()  # nothing changed: the view waits
-        gate.release(held.id, held.epoch)
+        gate.apply([Release(held.id, held.epoch)])
         view = await asyncio.wait_for(pushed, 5.0)
         await waiter
 

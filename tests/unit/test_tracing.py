@@ -15,6 +15,7 @@ from actors.engine import SlotEngine
 from actors.errors import AcquireTimeout
 from actors.gate import SlotGate
 from actors.groups import classify
+from actors.ops import Acquire
 from actors.options import CallLabels, CallOptions
 from actors.slots import LocalSlots
 from providers.factory import build_backend
@@ -89,7 +90,9 @@ async def test_an_acquire_that_times_out_is_an_error_span(
     provider: tuple[GatedProvider, SlotGate],
 ) -> None:
     gated, gate = provider
-    await gate.acquire(gated.spec.id, "holder", CallOptions(request_id="holder"))  # the only slot
+    await gate.acquire(
+        Acquire(gated.spec.id, "holder", CallOptions(request_id="holder"))
+    )  # the only slot
 
     with pytest.raises(AcquireTimeout):
         await gated.chat(REQUEST, CallOptions(queue_timeout=0.01))
@@ -146,7 +149,7 @@ async def test_streamed_and_whole_answers_are_reported_alike_with_their_labels(
 
     await gated.chat(REQUEST, options)
     _ = [d async for d in gated.stream(REQUEST.model_copy(update={"stream": True}), options)]
-    await gate.acquire(gated.spec.id, "holder", CallOptions())  # the only slot
+    await gate.acquire(Acquire(gated.spec.id, "holder", CallOptions()))  # the only slot
     with pytest.raises(AcquireTimeout):
         await gated.chat(REQUEST, CallOptions(queue_timeout=0.01, labels=options.labels))
     await gated.backend.aclose()

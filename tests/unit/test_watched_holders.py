@@ -16,7 +16,7 @@ def ask(h: Harness, request: str, caller: str) -> None:
 
 def test_a_watched_holder_that_never_renews_keeps_its_slot_past_many_ttls() -> None:
     h = Harness(lease_ttl=6.0)
-    h.engine.watched("holder-process")
+    h.engine.callers.watched("holder-process")
     ask(h, "held", "holder-process")
     ask(h, "waiting", "other-process")
 
@@ -30,14 +30,14 @@ def test_a_watched_holder_that_never_renews_keeps_its_slot_past_many_ttls() -> N
 
 def test_a_holder_no_longer_watched_expires_at_its_next_deadline() -> None:
     h = Harness(lease_ttl=6.0)
-    h.engine.watched("holder-process")
+    h.engine.callers.watched("holder-process")
     ask(h, "held", "holder-process")
     ask(h, "waiting", "other-process")
     h.clock.advance(6.0)
     assert h.reclaim() == []
 
     # Its lifeline was lost (a manager restart that Ray did not retry it across).
-    h.engine.unwatched("holder-process")
+    h.engine.callers.unwatched("holder-process")
     h.clock.advance(5.9)
     assert h.reclaim() == []
     h.clock.advance(0.1)
@@ -48,22 +48,22 @@ def test_a_holder_no_longer_watched_expires_at_its_next_deadline() -> None:
 def test_a_process_watched_twice_stays_watched_until_both_lifelines_end() -> None:
     # After a restart the manager follows the stored lifeline and Ray's retried one.
     h = Harness(lease_ttl=6.0)
-    h.engine.watched("holder-process")
-    h.engine.watched("holder-process")
+    h.engine.callers.watched("holder-process")
+    h.engine.callers.watched("holder-process")
     ask(h, "held", "holder-process")
     ask(h, "waiting", "other-process")
 
-    h.engine.unwatched("holder-process")
+    h.engine.callers.unwatched("holder-process")
     h.clock.advance(6.0)
     assert h.reclaim() == []
-    h.engine.unwatched("holder-process")
+    h.engine.callers.unwatched("holder-process")
     h.clock.advance(6.0)
     assert h.reclaim() == ["waiting"]
 
 
 def test_a_holder_that_asked_without_naming_its_process_expires_at_its_ttl() -> None:
     h = Harness(lease_ttl=6.0)
-    h.engine.watched("holder-process")
+    h.engine.callers.watched("holder-process")
     h.ask(LOCAL_OLLAMA, "anonymous")
     h.ask(LOCAL_OLLAMA, "waiting")
     h.clock.advance(6.0)
@@ -78,7 +78,7 @@ def restored_holding(h: Harness) -> None:
     h.engine.restore(
         GroupRecord(LOCAL_OLLAMA, {"held": HeldLease(EPOCH, "holder-process")}),
     )
-    h.engine.watched("holder-process")
+    h.engine.callers.watched("holder-process")
     ask(h, "waiting", "other-process")
 
 
@@ -89,14 +89,14 @@ def test_a_restored_lease_its_live_holder_never_renews_expires_at_its_ttl() -> N
 
     h.clock.advance(6.0)
 
-    assert [lease.request_id for lease in h.engine.reclaim_expired()] == ["waiting"]
+    assert [lease.request_id for lease in h.engine.timekeeper.reclaim_expired()] == ["waiting"]
 
 
 def test_a_restored_lease_renewed_by_its_live_holder_outlives_its_ttl() -> None:
     h = Harness(lease_ttl=6.0)
     restored_holding(h)
 
-    assert h.engine.renew("held", EPOCH)
+    assert h.engine.leases.renew("held", EPOCH)
     for _ in range(5):
         h.clock.advance(6.0)
         assert h.reclaim() == []

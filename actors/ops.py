@@ -1,0 +1,206 @@
+"""The manager's operations, each one message: what a caller asks of the slot engine.
+
+    caller ─ ManagerClient.ask(op) ─ ConcurrencyManager.apply([op, ...]) ─ SlotGate.apply
+        ─ SlotEngine.apply(op) ─ the engine's handler, named by the message
+
+A message is a frozen value whose fields are its handler's parameters; every layer
+between a caller and the engine forwards messages through one method, a list of them
+in one call (the gate applies them in order under one lock and answers each), and
+none restates an operation. Adding one touches its message here, its handler (a
+method of :class:`actors.engine.SlotEngine`) and, where callers want one, a friendly
+method of :class:`actors.client.ManagerClient` that makes it.
+
+``Op[T]``: a message answered with a ``T``. A handler that frees or hands slots
+returns the leases it granted to waiters (``grants``): the gate wakes those waiters,
+and the message answers None. Waiters that left the queue otherwise (failed, dropped)
+the engine keeps for the gate to end (:meth:`actors.engine.SlotEngine.take_left`).
+An acquire waits, so it also has a path of its own (:meth:`actors.gate.SlotGate.acquire`);
+in a list it never waits: only a ``started`` one, counted past any limit, belongs there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Generic, TypeVar
+
+from actors.groups import GroupSpec, Pool
+from actors.leases import Lease, TokensUsed
+from actors.options import DEFAULT_OPTIONS, CallOptions, Packed
+from actors.stats import GroupInfo, QueuePosition, QueueStats
+
+T = TypeVar("T", covariant=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Op(Generic[T]):
+    # The SlotEngine method that handles it, called with the message's fields.
+    handler: ClassVar[str]
+    # Whether the handler returns the leases it granted to waiters (see the module).
+    grants: ClassVar[bool] = False
+
+    def arguments(self) -> dict[str, object]:
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+
+# -- slots ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Acquire(Op[Lease | None]):
+    """A slot of ``group_id`` (or of any group of a pool) for the lease ``lease_id``, asked
+    by the process whose Caller id is ``caller``; None: queued (see SlotEngine.acquire)."""
+
+    handler = "acquire"
+    group_id: str | Pool
+    lease_id: str
+    options: CallOptions = DEFAULT_OPTIONS
+    caller: str | None = None
+    started: bool = False
+
+    def packed(self) -> Packed:
+        """As plain values, which Ray sends without pickling (see CallOptions.packed)."""
+        return (self.group_id, self.lease_id, self.options.packed(), self.caller, self.started)
+
+    @classmethod
+    def unpacked(cls, packed: Sequence[Any]) -> Acquire:
+        """The message :meth:`packed` made (Ray may hand its tuples over as lists)."""
+        group, lease_id, options, caller, started = packed
+        group = group if isinstance(group, str) else tuple(group)
+        return cls(group, lease_id, CallOptions.unpacked(options), caller, started)
+
+
+@dataclass(frozen=True, slots=True)
+class Release(Op[None]):
+    handler = "release"
+    grants = True
+    lease_id: str
+    epoch: int
+    used: TokensUsed | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HandOver(Op[None]):
+    """``lease_id``'s process started ``successor`` in its slot (see docs/architecture.md)."""
+
+    handler = "hand_overs.hand_over"
+    grants = True
+    group_id: str
+    lease_id: str
+    epoch: int
+    successor: str
+    caller: str | None = None
+    used: TokensUsed | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(Op[None]):
+    """The caller gave ``lease_id`` up: whether it waits, holds, or has not arrived yet."""
+
+    handler = "cancel"
+    grants = True
+    lease_id: str
+    timed_out: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Renew(Op[bool]):
+    """Push a held lease's deadline one ttl ahead; False if it is no longer held."""
+
+    handler = "leases.renew"
+    lease_id: str
+    epoch: int
+
+
+# -- what callers learn of a group's server ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TakeOut(Op[None]):
+    """The server of ``group_id`` was found down: out of rotation (see actors.rotation)."""
+
+    handler = "take_out"
+    grants = True
+    group_id: str
+    reason: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Throttled(Op[GroupInfo]):
+    """The call holding ``lease_id`` got a 429 (see actors.adaptive)."""
+
+    handler = "throttled"
+    group_id: str
+    lease_id: str
+    retry_after: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class FellBack(Op[None]):
+    """A call of ``model`` went to its ``fallback`` (see providers.fallback)."""
+
+    handler = "fell_back"
+    model: str
+    fallback: str
+    reason: str
+
+
+# -- callers ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DropCaller(Op[None]):
+    """``caller`` died: its waiters leave, its slots pass on."""
+
+    handler = "drop_caller"
+    grants = True
+    caller: str
+
+
+@dataclass(frozen=True, slots=True)
+class Watched(Op[None]):
+    """Ray will report the death of ``caller`` (see CallerIndex.watched)."""
+
+    handler = "callers.watched"
+    caller: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unwatched(Op[None]):
+    handler = "callers.unwatched"
+    caller: str
+
+
+# -- groups and queries -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Register(Op[GroupInfo]):
+    handler = "register"
+    spec: GroupSpec
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfoOf(Op[GroupInfo]):
+    handler = "group_info"
+    group_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CanRun(Op[bool]):
+    """Would a call of ``group_id`` get its slot now, without waiting?"""
+
+    handler = "can_run_immediately"
+    group_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stats(Op[QueueStats]):
+    handler = "stats"
+
+
+@dataclass(frozen=True, slots=True)
+class Position(Op[QueuePosition | None]):
+    handler = "position"
+    request_id: str
