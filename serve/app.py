@@ -67,6 +67,7 @@ from providers.models import StreamDelta, Usage
 from providers.pool import PooledProvider
 from serve.errors import HTTPAnswer, answer_for, documented, invalid, retry_after
 from serve.guard import Guard, client_of, json_answer, not_allowed
+from serve.keyguesses import KeyGuesses
 from serve.page import (
     ASSETS,
     SECURITY_HEADERS,
@@ -88,7 +89,6 @@ from serve.tenants import (
     stats_seen_by,
     view_seen_by,
 )
-from serve.throttle import KeyGuesses
 from serve.wire import (
     ChatCompletionBody,
     PipelineSubmission,

@@ -8,7 +8,7 @@ client's disconnect still reaches the handler and cancels its call.
   with it must also send the page's header), on every route but the health
   checks, the login and the page's files; the handlers find the key's tenant
   in ``request.state.tenant``. A client that keeps showing wrong keys is
-  slowed down (see :mod:`serve.throttle`).
+  slowed down (see :mod:`serve.keyguesses`).
 - The size: a body over ``serve.max_body_bytes`` gets 413 before it is read.
 - The method: a path that exists but not with this method gets 405 with
   ``Allow`` naming every method of that path (:func:`not_allowed`, which the
@@ -27,9 +27,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from actors.settings import Settings
 from serve.errors import HTTPAnswer, retry_after
+from serve.keyguesses import KeyGuesses
 from serve.page import PAGE_HEADER, SECURITY_HEADERS, login_page
 from serve.tenants import Tenants
-from serve.throttle import KeyGuesses
 from serve.wire import error
 
 # Routes anyone may call: a load balancer's health checks, the page's login and files.
