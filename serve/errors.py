@@ -40,6 +40,15 @@ class HTTPAnswer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+class Refused(Exception):
+    """A request turned away with ``answer`` before its route's work began, by a guard
+    (see :mod:`serve.guard`) or by the route itself; the app answers it as it is."""
+
+    def __init__(self, answer: HTTPAnswer) -> None:
+        super().__init__(answer)
+        self.answer = answer
+
+
 KINDS = {400: "invalid_request_error", 404: "invalid_request_error", 429: "rate_limit_error"}
 
 # What each error status of the endpoint means, for its OpenAPI document.

@@ -1,35 +1,45 @@
-"""What every request passes before a handler: its key, its size, its method.
+"""What a request passes before a handler: its key, its size, its method (every
+request), and what a route needs of it (the tenant asking, its job, the manager).
 
-A pure ASGI middleware, not Starlette's BaseHTTPMiddleware, so that a
-client's disconnect still reaches the handler and cancels its call.
+:class:`Guard` is a pure ASGI middleware, not Starlette's BaseHTTPMiddleware, so
+that a client's disconnect still reaches the handler and cancels its call.
 
 - The key: ``Authorization: Bearer <key>`` with a key of a tenant (see
   :mod:`serve.tenants`), or the queue page's session cookie (a change made
   with it must also send the page's header), on every route but the health
-  checks, the login and the page's files; the handlers find the key's tenant
-  in ``request.state.tenant``. A client that keeps showing wrong keys is
-  slowed down (see :mod:`serve.throttle`).
+  checks, the login and the page's files; the routes find the key's tenant
+  with :func:`tenant_asking`. A client that keeps showing wrong keys is
+  slowed down (see :mod:`serve.keyguesses`).
 - The size: a body over ``serve.max_body_bytes`` gets 413 before it is read.
 - The method: a path that exists but not with this method gets 405 with
   ``Allow`` naming every method of that path (:func:`not_allowed`, which the
   app answers instead of Starlette's own 405: that one names only the
   methods of the first route that matched the path).
+
+A route takes the rest as parameters (FastAPI dependencies), each refusing the
+request in one way for every route: :data:`TenantAsking`; :data:`TenantsJob`, the
+pipeline job of the path if it is the tenant's, else 404 as for an unknown one;
+:data:`PresentManager`, the manager, else the 404 that says there is no queue;
+and :func:`check_model`, a 404 for a model the tenant may not call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from actors.client import ManagerClient
 from actors.settings import Settings
-from serve.errors import HTTPAnswer, retry_after
+from pipelines.submitted import PipelineJobClient
+from serve.errors import HTTPAnswer, Refused, retry_after
 from serve.page import PAGE_HEADER, SECURITY_HEADERS, login_page
-from serve.tenants import Tenants
-from serve.throttle import KeyGuesses
+from serve.replica import ThisReplica, replica_of
+from serve.tenants import Tenant, may_use, no_such_model, owner_of
 from serve.wire import error
 
 # Routes anyone may call: a load balancer's health checks, the page's login and files.
@@ -66,9 +76,8 @@ class Guard:
 
     @staticmethod
     def _check(scope: Scope) -> Response | None:
-        settings: Settings = scope["app"].state.settings
-        guesses: KeyGuesses = scope["app"].state.guesses
-        tenants: Tenants = scope["app"].state.tenants
+        replica = replica_of(scope["app"])
+        settings, guesses, tenants = replica.settings, replica.guesses, replica.tenants
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path: str = scope["path"]
         if settings.serve.auth and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIX):
@@ -133,3 +142,44 @@ def _routes(router: Any) -> Iterator[BaseRoute]:
             yield from _routes(included)
         else:
             yield route
+
+
+async def tenant_asking(request: Request) -> Tenant | None:
+    """The tenant whose key the request showed (None with ``serve.auth`` off)."""
+    tenant: Tenant | None = getattr(request.state, "tenant", None)
+    return tenant
+
+
+def check_model(tenant: Tenant | None, model: str) -> None:
+    """Refuse a model ``tenant`` may not call with the 404 of a model that does not exist."""
+    if not may_use(tenant, model):
+        body = error(
+            no_such_model(model), "invalid_request_error", param="model", code="model_not_found"
+        )
+        raise Refused(HTTPAnswer(404, body))
+
+
+TenantAsking = Annotated[Tenant | None, Depends(tenant_asking)]
+
+
+async def tenants_job(job_id: str, tenant: TenantAsking) -> PipelineJobClient:
+    """The pipeline job ``job_id``, if it is the asking tenant's to see."""
+    job = PipelineJobClient.find(job_id, owner_of(tenant))
+    if job is None:
+        message = f"no pipeline job {job_id!r} (unknown, or ended longer ago than it is kept)"
+        raise Refused(
+            HTTPAnswer(404, error(message, "invalid_request_error", code="job_not_found"))
+        )
+    return job
+
+
+async def manager_present(replica: ThisReplica) -> ManagerClient:
+    """The cluster's manager; without one (``queue.enabled`` false), no route reads the queue."""
+    if replica.manager is None:
+        message = "queue.enabled is false: there is no queue"
+        raise Refused(HTTPAnswer(404, error(message, "invalid_request_error")))
+    return replica.manager
+
+
+TenantsJob = Annotated[PipelineJobClient, Depends(tenants_job)]
+PresentManager = Annotated[ManagerClient, Depends(manager_present)]

@@ -127,6 +127,11 @@ def asking(tenant: Tenant | None, priority: int) -> CallOptions:
     return CallOptions(priority=priority, flow=tenant.flow, weight=tenant.settings.weight)
 
 
+def owner_of(tenant: Tenant | None) -> str:
+    """Whose pipeline runs ``tenant`` sees: its own, or everyone's without tenants."""
+    return tenant.name if tenant is not None else ""
+
+
 def no_such_model(model: str) -> str:
     """What a tenant that may not call ``model`` is told: what OpenAI says of a model that
     does not exist or that the key has no access to."""

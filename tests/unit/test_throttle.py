@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serve.throttle import KeyGuesses
+from serve.keyguesses import KeyGuesses
 from tests.unit.conftest import FakeClock
 
 

@@ -7,15 +7,21 @@ present a key (a bearer header or the login form) are answered 429 with a
 clears its count. A request with no key at all is no guess, and gets its 401
 as always. Behind a proxy every client has the proxy's address: the limit
 then holds for all of them together.
+
+Not the manager's pause after a backend's 429: that one holds back raygate's
+own calls to a backend, this one answers a client.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 
-# How many clients' failures a replica remembers (least recently failed forgotten first).
+from actors.bounded import Bounded
+
+# How many clients' failures a replica remembers; the one it heard of least recently
+# (a failure, or a key checked against its count) is forgotten first.
 CLIENT_MEMORY = 10_000
 
 
@@ -26,7 +32,7 @@ class KeyGuesses:
         self.limit = limit
         self.window = window
         self._clock = clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._failures: Bounded[str, deque[float]] = Bounded(CLIENT_MEMORY)
 
     def retry_after(self, client: str) -> float | None:
         """Seconds until ``client`` may present a key again, or None if it may now."""
@@ -39,9 +45,6 @@ class KeyGuesses:
         failures = self._recent(client)
         failures.append(self._clock())
         self._failures[client] = failures
-        self._failures.move_to_end(client)
-        if len(self._failures) > CLIENT_MEMORY:
-            self._failures.popitem(last=False)
 
     def succeeded(self, client: str) -> None:
         self._failures.pop(client, None)
