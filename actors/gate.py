@@ -33,7 +33,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TypeVar, cast
 
 from actors.engine import SlotEngine
@@ -88,9 +90,11 @@ class SlotGate:
 
     async def acquire(self, op: Acquire) -> Lease:
         """A slot of ``op.group_id`` (or of a pool's groups), waiting at most
-        ``options.queue_timeout`` for it (then AcquireTimeout), and at most
-        ``options.max_wait`` (then WaitTooLong: the estimate at its arrival had nothing
-        to go by, or was wrong)."""
+        ``options.queue_timeout`` for it (then AcquireTimeout), and until ``options.max_wait``
+        has passed since the call was asked (then WaitTooLong: the estimate at its arrival
+        had nothing to go by, or was wrong)."""
+        may_wait = op.options.max_wait
+        op = _waiting_from_now(op)
         loop = asyncio.get_running_loop()
         with self.lock:
             lease = self.engine.acquire(
@@ -109,8 +113,8 @@ class SlotGate:
                 return await waiter
         except TimeoutError:
             self._abandon(op.lease_id, timed_out=True)
-            if options.max_wait is not None and options.max_wait == min(limits):
-                raise WaitTooLong(op.group_id, options.max_wait) from None
+            if may_wait is not None and options.max_wait == min(limits):
+                raise WaitTooLong(op.group_id, may_wait) from None
             asked = options.request_id or op.lease_id
             raise AcquireTimeout(op.group_id, asked, options.queue_timeout or 0.0) from None
         except asyncio.CancelledError:
@@ -235,6 +239,16 @@ class SlotGate:
                 waiter.get_loop().call_soon_threadsafe(_resolve, waiter, lease)
         if granted:
             self._reaper.wake_if_idle_locked()
+
+
+def _waiting_from_now(op: Acquire) -> Acquire:
+    """``op`` with its ``max_wait`` counted from now: what is left of it since the call was
+    asked (wall clock, as ``asked_at`` is), which may be nothing."""
+    options = op.options
+    if options.max_wait is None or options.asked_at is None:
+        return op
+    left = max(0.0, options.max_wait - max(0.0, time.time() - options.asked_at))
+    return replace(op, options=replace(options, max_wait=left))
 
 
 def _of(caller: str, named: dict[str, tuple[str, str]]) -> dict[str, str]:

@@ -164,3 +164,9 @@ class NoSlots:
             )
         finally:
             taken.active -= 1
+
+
+def slots_of(manager: SlotSource | None) -> SlotSource:
+    """Where a provider gets its slots: the cluster's manager (a ManagerClient), or none
+    (``queue.enabled: false``)."""
+    return manager if manager is not None else NoSlots()

@@ -401,11 +401,10 @@ async def raygate_driver(
     from actors.groups import ModelEntry, classify
     from actors.options import CallOptions
     from actors.settings import QueueSettings, Settings
-    from providers.actor import provider_for_model
     from providers.client import ChatProvider, ProviderClient
     from providers.gated import GatedProvider
-    from providers.inprocess import provider_in_reach
     from providers.models import ChatMessage, ChatRequest
+    from providers.routing import provider_for_model, provider_in_reach
 
     group = classify("openai-compatible", url).id
     settings = Settings(

@@ -41,7 +41,7 @@ from pipelines.job import Outcome, run_pipeline
 from pipelines.plateau import Service
 from pipelines.results import ResultsFile
 from pipelines.timeline import peak_overlap
-from providers.actor import provider_for_model
+from providers.routing import provider_for_model
 from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
 from providers.testing.plateau_backend import plateau_answer
 

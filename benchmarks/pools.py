@@ -122,8 +122,8 @@ async def through_raygate(
     from actors.ops import Acquire, Release
     from actors.options import CallOptions
     from actors.settings import ProviderSettings, QueueSettings, Settings
-    from providers.actor import provider_for_model
     from providers.models import ChatMessage, ChatRequest
+    from providers.routing import provider_for_model
 
     deployments = tuple(Deployment(provider="openai-compatible", base_url=url) for url in urls)
     settings = Settings(
@@ -287,8 +287,8 @@ async def fallback_burst(count: int, latency: float, after: float) -> list[str]:
     from actors.groups import ModelEntry
     from actors.options import CallOptions
     from actors.settings import QueueSettings, Settings
-    from providers.actor import provider_for_model
     from providers.models import ChatMessage, ChatRequest
+    from providers.routing import provider_for_model
 
     async with servers([latency, latency]) as pair:
         (local, _), (remote, _) = pair
@@ -337,8 +337,8 @@ async def weighted_split(count: int, latency: float, weights: list[float]) -> li
     from actors.client import ManagerClient
     from actors.groups import Deployment, ModelEntry
     from actors.settings import Settings
-    from providers.actor import provider_for_model
     from providers.models import ChatMessage, ChatRequest
+    from providers.routing import provider_for_model
 
     async with servers([latency, latency]) as pair:
         urls = [url for url, _ in pair]

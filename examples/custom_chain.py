@@ -21,8 +21,8 @@ async def write_book(chapters: int, config: str | None) -> list[dict[str, object
     from actors.client import ManagerClient
     from actors.settings import load_settings
     from pipelines.chain import Stage, StageChain, Upstream
-    from providers.actor import provider_for_model
     from providers.models import ChatMessage, ChatRequest
+    from providers.routing import provider_for_model
 
     settings = load_settings(config)
     manager = ManagerClient.connect(settings) if settings.queue.enabled else None

@@ -19,8 +19,8 @@ from pipelines.chain import Span
 from pipelines.plateau import Service, ServiceRecord
 from pipelines.results import ResultsFile
 from pipelines.timeline import peak_overlap
-from providers.actor import provider_for_model
 from providers.errors import ProviderActorLost
+from providers.routing import provider_for_model
 
 
 @dataclass

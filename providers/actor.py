@@ -25,27 +25,25 @@ from pydantic import SecretStr
 
 from actors.callers import Caller
 from actors.client import ManagerClient
-from actors.groups import GroupSpec, ModelEntry, Provider, ResourceKind, classify, model_entry
+from actors.groups import GroupSpec, Provider, ResourceKind, classify
 from actors.leases import Lease
-from actors.names import named_actor, this_node
+from actors.names import NAMESPACE, named_actor, this_node
 from actors.ops import CanRun
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import PROVIDER_DEFAULTS, CacheSettings, Settings, TelemetrySettings
-from actors.slots import NoSlots, SlotSource
+from actors.slots import SlotSource, slots_of
 from actors.telemetry import configure_telemetry
 from actors.watch import CallerCalls, LifelineHost
 from providers.breaker import CircuitBreaker
 from providers.cache import ResponseCache, get_or_create_cache
-from providers.client import EmbeddedModelClient, ModelProvider, ProviderClient
+from providers.client import EmbeddedModelClient, ProviderClient
 from providers.factory import api_key_for, build_backend
-from providers.fallback import FallbackProvider, Step
 from providers.gated import GatedProvider
 from providers.http import Backend
-from providers.llamacpp import DEFAULT_EMBEDDED, EmbeddedModel, LlamaCppServer, embedded_model
+from providers.llamacpp import DEFAULT_EMBEDDED, EmbeddedModel, LlamaCppServer
 from providers.metrics import CallMetrics
 from providers.models import ChatRequest, ChatResponse, StreamDelta
 from providers.openai import Quirks
-from providers.pool import PooledProvider, Server
 from providers.retry import RetryPolicy
 from providers.supervisor import RestartPolicy, ServerSupervisor, SupervisedBackend
 
@@ -167,7 +165,7 @@ class _ProviderShell(LifelineHost):
 
     async def ready(self) -> None:
         """Return once calls can be served (raises what stops them, e.g. a server that fails)."""
-        await self._provider.start()
+        await self._provider.ready()
 
     def server_restarts(self) -> list[str]:
         """How each restart of a server this actor runs came about (none for other backends)."""
@@ -175,7 +173,7 @@ class _ProviderShell(LifelineHost):
 
     async def can_run_immediately(self) -> bool:
         """Would a call start now, without waiting for a slot?"""
-        await self._provider.start()
+        await self._provider.ready()
         return await self._slots.ask(CanRun(self._provider.spec.id))
 
     def group(self) -> GroupSpec:
@@ -266,10 +264,34 @@ def get_or_create_provider(
     spec: GroupSpec, options: ProviderOptions, manager: ManagerClient | None
 ) -> ProviderClient:
     """The cluster's provider actor for this group; ``manager=None`` calls without gating."""
-    # Gated and direct (parity mode) actors of one group are different actors.
-    name = f"provider:{spec.id}" if manager is not None else f"provider:{spec.id}:direct"
+    name = _provider_name(spec, manager)
     handle = named_actor(ProviderActor, name, spec, options, manager, placement=placement(spec))
     return ProviderClient(handle, name)
+
+
+async def reached_from_here(spec: GroupSpec, manager: ManagerClient | None) -> bool:
+    """Whether this process reaches the server of ``spec`` itself: a remote one from any
+    node; one on loopback from the node its provider actor runs on, which is a named GPU
+    host's (known by its resource, no actor asked), else the node of the process that made
+    the actor: asked of the actor if one runs, this node if none does (whoever makes it
+    next from here makes it here)."""
+    if spec.kind is not ResourceKind.LOCAL_SERVER:
+        return True
+    if spec.host is not None:
+        here = ray.get_runtime_context().get_node_id()
+        resources = next(node["Resources"] for node in ray.nodes() if node["NodeID"] == here)
+        return GPU_HOST_RESOURCE.format(host=spec.host) in resources
+    name = _provider_name(spec, manager)
+    try:
+        actor = ProviderClient(ray.get_actor(name, namespace=NAMESPACE), name)
+    except ValueError:
+        return True
+    return await actor.on_this_node()
+
+
+def _provider_name(spec: GroupSpec, manager: ManagerClient | None) -> str:
+    # Gated and direct (parity mode) actors of one group are different actors.
+    return f"provider:{spec.id}" if manager is not None else f"provider:{spec.id}:direct"
 
 
 def get_or_create_embedded_model(
@@ -290,65 +312,3 @@ def get_or_create_embedded_model(
 def embedded_actor_name(model_id: str, host: str | None) -> str:
     """The name of the (gated) actor that serves the embedded model ``model_id`` on ``host``."""
     return f"provider:embedded-{model_id}@{host or 'local'}"
-
-
-def slots_of(manager: ManagerClient | None) -> SlotSource:
-    """Where a provider gets its slots: the manager, or none (``queue.enabled: false``)."""
-    return manager if manager is not None else NoSlots()
-
-
-def provider_for_model(
-    settings: Settings, model_id: str | None, manager: ManagerClient | None
-) -> tuple[ModelProvider, str]:
-    """The provider that serves ``model_id``: its server's provider actor, or a pool of
-    them (see :mod:`providers.pool`), with its fallbacks when it names some (see
-    :mod:`providers.fallback`); and the name its backends know it by.
-
-    ``model_id``: None (the default embedded model) or an embedded model's id
-    (served on ``pipeline.embedded_host``), a model of the registry, or
-    ``provider/model`` (see :func:`actors.groups.model_entry`). Raises
-    UnknownModel, ModelNotInstalled for an embedded model whose package is not
-    installed, or MissingAPIKey for a remote API without a key.
-    """
-    if model_id is None:
-        model_id = DEFAULT_EMBEDDED.id
-    if (embedded := embedded_model(model_id)) is not None:
-        options = options_for(Provider.OPENAI_COMPATIBLE, settings)
-        host = settings.pipeline.embedded_host
-        return get_or_create_embedded_model(options, manager, host, embedded), embedded.id
-    entry = model_entry(settings.models, model_id)
-    provider, name = _servers_of(settings, model_id, entry, manager)
-    if not entry.fallbacks:
-        return provider, name
-    steps = [Step(model_id, provider, name, entry.fallback_after_seconds)]
-    for fallback in entry.fallbacks:
-        then = model_entry(settings.models, fallback)
-        provider, backend_name = _servers_of(settings, fallback, then, manager)
-        steps.append(Step(fallback, provider, backend_name, then.fallback_after_seconds))
-    return FallbackProvider(steps, slots_of(manager)), name
-
-
-def _servers_of(
-    settings: Settings, model_id: str, entry: ModelEntry, manager: ManagerClient | None
-) -> tuple[ModelProvider, str]:
-    """The provider of ``entry``'s server or pool (see :func:`provider_for_model`)."""
-    name = entry.name or model_id
-    specs = entry.specs()
-    if len(specs) == 1:
-        options = options_for(specs[0].provider, settings)
-        return get_or_create_provider(specs[0], options, manager), name
-    slots = slots_of(manager)
-    servers = {}
-    for spec in specs:
-        options = options_for(spec.provider, settings)
-        actor = get_or_create_provider(spec, options, manager)
-        servers[spec.id] = Server(spec, actor, partial(gated_provider, spec, options, slots))
-    pool = PooledProvider(
-        model_id,
-        servers,
-        slots,
-        retry=options.retry,
-        cooldown=options.breaker_cooldown,
-        cache=options.cache,
-    )
-    return pool, name

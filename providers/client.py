@@ -56,6 +56,11 @@ class ModelProvider(ChatProvider, Protocol):
         """The group its calls take slots of (a pool: the pool's name)."""
         ...
 
+    async def aclose(self) -> None:
+        """Close the connections this process opened for it (once the answers on their
+        way to the response cache are kept)."""
+        ...
+
 
 class ProviderClient:
     def __init__(self, handle: ActorHandle, name: str) -> None:
@@ -106,6 +111,9 @@ class ProviderClient:
             spec: GroupSpec = await unwrap(self.handle.group.remote())
         return spec.id
 
+    async def aclose(self) -> None:
+        """Its connections are its actor's own."""
+
     async def can_run_immediately(self) -> bool:
         with self._actor_lost():
             answer: bool = await unwrap(self.handle.can_run_immediately.remote())
@@ -123,7 +131,7 @@ class ProviderClient:
 
     async def on_this_node(self) -> bool:
         """Whether the actor runs on the caller's node: where a loopback address means
-        the server it is pinned beside (see :mod:`providers.inprocess`)."""
+        the server it is pinned beside (see :mod:`providers.routing`)."""
         here: str = ray.get_runtime_context().get_node_id()
         return await self.node_id() == here
 

@@ -149,3 +149,7 @@ class FallbackProvider:
 
     async def group_id(self) -> str:
         return await self.steps[0].provider.group_id()
+
+    async def aclose(self) -> None:
+        for step in self.steps:
+            await step.provider.aclose()

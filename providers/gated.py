@@ -78,7 +78,7 @@ class GatedProvider:
         self._rng = rng or random.Random()
         self._started: asyncio.Future[GroupInfo] | None = None
 
-    async def start(self) -> None:
+    async def ready(self) -> None:
         """Register the group with the slot source, once: calls that arrive meanwhile wait
         for that one registration (shielded, so that one of them cancelled does not cancel
         it for the others); a registration that failed is tried again."""
@@ -103,7 +103,7 @@ class GatedProvider:
         """
 
         async def call() -> ChatResponse:
-            await self.start()
+            await self.ready()
             with self._observed(request, options) as answered:
                 response = await self._chat(request, options, held)
                 answered(response.latency_seconds)
@@ -205,7 +205,7 @@ class GatedProvider:
 
         Not retried: a caller may already have used the pieces it got.
         """
-        await self.start()
+        await self.ready()
         attributes = self._attributes(request, options)
         with self._observed(request, options) as answered, self.breaker.guard():
             asked = charged(request, options)
@@ -255,6 +255,13 @@ class GatedProvider:
 
     def _report(self, lease: Lease, usage: Usage) -> None:
         self.slots.report_usage(lease, TokensUsed(usage.input_tokens, usage.output_tokens))
+
+    async def server_restarts(self) -> list[str]:
+        """A backend called from here runs no server of its own."""
+        return []
+
+    async def group_id(self) -> str:
+        return self.spec.id
 
     async def aclose(self) -> None:
         """Close the backend's connections, once the answers on their way to the cache are

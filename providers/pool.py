@@ -91,11 +91,13 @@ class PooledProvider:
         self.identity = f"pool:{model}:{','.join(self.servers)}"
         # By group, the server's provider in this process; None: reached through its actor.
         self._near: dict[str, GatedProvider | None] = {}
+        # The finding of the servers not in _near yet, which the calls meanwhile share.
+        self._locating: asyncio.Future[None] | None = None
         self._cache: ResponseCache | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Another process finds its own way to each server and to the cache.
-        return {**self.__dict__, "_near": {}, "_cache": None}
+        return {**self.__dict__, "_near": {}, "_locating": None, "_cache": None}
 
     @property
     def pool(self) -> tuple[str, ...]:
@@ -188,10 +190,17 @@ class PooledProvider:
         """Before holding a slot: make the pool's groups known to the manager, and learn
         which servers this process reaches itself: a loopback server's, from its provider
         actor's node (which may first have to start; one that does not answer is called
-        through, and asked again next time)."""
-        unknown = [group for group in self.servers if group not in self._near]
-        if not unknown:
+        through, and asked again next time). Done once for the calls that arrive
+        meanwhile (a burst of them each building its own providers stalled the process
+        for seconds), shielded so that one of them cancelled does not cancel it."""
+        if all(group in self._near for group in self.servers):
             return
+        if self._locating is None or self._locating.done():
+            self._locating = asyncio.ensure_future(self._find())
+        await asyncio.shield(self._locating)
+
+    async def _find(self) -> None:
+        unknown = [group for group in self.servers if group not in self._near]
         await asyncio.gather(*(self.slots.ask(Register(self.servers[g].spec)) for g in unknown))
         reached = await asyncio.gather(
             *(self._in_reach(self.servers[group]) for group in unknown), return_exceptions=True

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -71,6 +72,8 @@ async def chat_completions(
         if not body.stream:
             response = await provider.chat(chat, options)
             used = response.usage
+            # How long the answer waited for its slot (0 without the queue, or cached).
+            headers["X-Queue-Wait"] = f"{response.queue_wait_seconds:.3f}"
             if response.fallback_from is not None:  # a fallback answered: say which
                 headers["X-Fallback-From"] = response.fallback_from
                 model = response.model
@@ -102,7 +105,8 @@ def _options(
     """Priority from the body or ``X-Priority`` (else the tenant's default, never above
     its ceiling); ``X-Queue-Timeout``, ``X-Request-Id``; the tenant as the flow; the
     response cache if ``cache`` (``serve.cache``), unless ``Cache-Control`` says no; the
-    model's fallbacks unless ``X-Fallback: off`` or the body's ``fallbacks: []``."""
+    model's fallbacks unless ``X-Fallback: off`` or the body's ``fallbacks: []``. Asked
+    now: a fallback's wait counts from the request's arrival, not its reaching the queue."""
     header = request.headers.get("x-priority")
     asked = body.priority if body.priority is not None else int(header) if header else None
     if asked is not None:
@@ -115,6 +119,7 @@ def _options(
     return replace(
         asking(tenant, priority),
         request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
+        asked_at=time.time(),
         queue_timeout=seconds,
         cache=wants_cache(request.headers.get("cache-control"), cache),
         fallbacks=body.fallbacks != [] and request.headers.get("x-fallback") != "off",

@@ -17,10 +17,8 @@ from starlette.applications import Starlette
 
 from actors.client import ManagerClient
 from actors.settings import Settings
-from providers.client import ChatProvider
-from providers.gated import GatedProvider
-from providers.inprocess import provider_in_reach
-from providers.pool import PooledProvider
+from providers.client import ModelProvider
+from providers.routing import provider_in_reach
 from serve.keyguesses import KeyGuesses
 from serve.quota import TenantQuotas
 from serve.tenants import Tenants
@@ -36,9 +34,9 @@ class Replica:
         self.manager = ManagerClient.create(settings) if settings.queue.enabled else None
         # model id -> its provider and the name its backend knows the model by; found
         # once for all the requests that arrive meanwhile, and forgotten if that failed.
-        self._providers: dict[str, asyncio.Future[tuple[ChatProvider, str]]] = {}
+        self._providers: dict[str, asyncio.Future[tuple[ModelProvider, str]]] = {}
 
-    async def provider(self, model: str) -> tuple[ChatProvider, str]:
+    async def provider(self, model: str) -> tuple[ModelProvider, str]:
         found = self._providers.get(model)
         if found is None:
             found = asyncio.ensure_future(provider_in_reach(self.settings, model, self.manager))
@@ -59,8 +57,7 @@ class Replica:
         for found in self._providers.values():
             if found.done() and not found.cancelled() and found.exception() is None:
                 provider, _ = found.result()
-                if isinstance(provider, GatedProvider | PooledProvider):
-                    await provider.aclose()
+                await provider.aclose()
 
 
 def replica_of(app: Starlette) -> Replica:

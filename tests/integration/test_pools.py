@@ -17,9 +17,9 @@ from actors.groups import Deployment, GroupSpec, ModelEntry, classify
 from actors.options import CallOptions
 from actors.settings import PipelineSettings, ProviderSettings, ServeSettings, Settings
 from pipelines.plateau import Service
-from providers.actor import provider_for_model
 from providers.errors import ContextTooLong
 from providers.models import ChatMessage, ChatRequest
+from providers.routing import provider_for_model
 from providers.testing.fake_llm import Fail, FakeLLMServer, OpenAIDialect
 from providers.testing.plateau_backend import plateau_answer
 from providers.testing.probe_server import ProbeServer
@@ -444,3 +444,90 @@ async def test_the_main_job_records_which_answers_its_models_fallback_gave(
         "features of plateau 1: remote",
         "mappings (data) of plateau 1: remote",
     ]
+
+
+# -- the first calls of a cold endpoint --------------------------------------------------
+
+
+async def _answered(http: httpx.AsyncClient, model: str, text: str) -> tuple[float, httpx.Response]:
+    """Post ``text`` to ``model``; how long it took, and the answer."""
+    started = asyncio.get_running_loop().time()
+    answer = await http.post("/v1/chat/completions", json={"model": model, "messages": ask(text)})
+    return asyncio.get_running_loop().time() - started, answer
+
+
+@pytest.mark.slow
+async def test_a_pools_first_burst_over_http_is_answered_within_a_few_call_times(
+    ray_session: None,
+) -> None:
+    """40 requests at once to a pool nothing has called yet (the endpoint warmed up on
+    another model): whatever serves the pool is made once while the others wait, and the
+    first answer comes within 3 s (it took 15 s when each request made its own)."""
+    with (
+        FakeLLMServer(OpenAIDialect(), responder=respond) as warm,
+        FakeLLMServer(OpenAIDialect(), responder=respond) as a,
+        FakeLLMServer(OpenAIDialect(), responder=respond) as b,
+    ):
+        settings = Settings(
+            models={
+                "warm": ModelEntry(provider="openai-compatible", base_url=warm.url + "/v1"),
+                "pooled": ModelEntry(deployments=deployed(a, b)),
+            },
+            serve=ServeSettings(api_keys=(SecretStr(KEY),)),
+        )
+        with serve_app(settings, KEY, "warm") as url:
+            headers = {"Authorization": f"Bearer {KEY}"}
+            async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120) as http:
+                burst = [_answered(http, "pooled", "slow:0.2") for _ in range(40)]
+                answers = await asyncio.gather(*burst)
+
+    assert [answer.status_code for _, answer in answers] == [200] * 40
+    assert min(took for took, _ in answers) < 3.0
+    assert (a.max_in_flight, b.max_in_flight) == (1, 1)
+    assert len(a.received) + len(b.received) == 40
+
+
+@pytest.mark.slow
+async def test_a_cold_models_calls_go_to_its_fallback_once_their_max_wait_passes(
+    ray_session: None,
+) -> None:
+    """20 requests at once to a cap-1 model of 0.3 s calls that falls back after 0.5 s,
+    nothing called before: no call ended yet, so the wait cannot be estimated at arrival;
+    a call still waiting 0.5 s after it reached the endpoint leaves the queue then, for
+    the fallback, and no call the model kept waited for its slot past its 0.5 s by more
+    than one call time (the answer's X-Queue-Wait; it took 5.3 s before this)."""
+    call, max_wait = 0.3, 0.5
+    with (
+        FakeLLMServer(OpenAIDialect(), responder=respond) as capped,
+        FakeLLMServer(OpenAIDialect(), responder=respond) as other,
+    ):
+        settings = Settings(
+            models={
+                "capped": ModelEntry(
+                    provider="openai-compatible",
+                    base_url=capped.url + "/v1",
+                    fallbacks=("other",),
+                    fallback_after_seconds=max_wait,
+                ),
+                "other": ModelEntry(provider="openai", base_url=other.url + "/v1"),
+            },
+            api_keys={"openai": SecretStr("sk-test-other")},
+            serve=ServeSettings(api_keys=(SecretStr(KEY),)),
+        )
+        with serve_app(settings, KEY, "other") as url:
+            headers = {"Authorization": f"Bearer {KEY}"}
+            async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120) as http:
+                burst = [_answered(http, "capped", f"slow:{call}") for _ in range(20)]
+                answers = await asyncio.gather(*burst)
+
+    kept = [
+        float(answer.headers["X-Queue-Wait"])
+        for _, answer in answers
+        if "X-Fallback-From" not in answer.headers
+    ]
+    fell_back = [answer for _, answer in answers if "X-Fallback-From" in answer.headers]
+    assert [answer.status_code for _, answer in answers] == [200] * 20
+    assert fell_back, "no call went to the fallback"
+    assert all(answer.json()["model"] == "other" for answer in fell_back)
+    assert max(kept) <= max_wait + call, sorted(kept)
+    assert capped.max_in_flight == 1

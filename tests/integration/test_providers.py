@@ -17,8 +17,8 @@ from actors.settings import Settings
 from providers.actor import ProviderOptions, get_or_create_provider
 from providers.client import ProviderClient
 from providers.errors import AuthenticationFailed
-from providers.inprocess import provider_in_reach
 from providers.models import ChatMessage, ChatRequest
+from providers.routing import provider_in_reach
 from providers.testing.fake_llm import AnthropicDialect, Fail, FakeLLMServer, OllamaDialect
 from tests.integration.conftest import GPU_HOST, REMOTE_API, ManagerFactory, Nodes
 from tests.support.polling import eventually

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from actors.budget import BudgetLimits
 from actors.engine import SlotEngine
-from actors.errors import AcquireTimeout
+from actors.errors import AcquireTimeout, WaitTooLong
 from actors.gate import SlotGate
 from actors.leases import Lease
 from actors.ops import Acquire, Cancel, Release, Stats
@@ -92,6 +93,26 @@ async def test_timeout_raises_typed_error_and_leaves_the_queue(
 
     assert str(caught.value) == (
         f"request 'late' got no slot in group '{GROUP}' within 0.01s; it left the queue"
+    )
+    stats = snapshot(gate)
+    assert (stats.total_pending, stats.groups[GROUP].timed_out) == (0, 1)
+
+
+async def test_a_waiter_with_nothing_to_estimate_by_leaves_once_its_max_wait_passes(
+    make_gate: GateFactory,
+) -> None:
+    # No call of the group has ended: the wait cannot be estimated at its arrival, so it
+    # queues; its max_wait counts from when it was asked, 29.9 s of its 30 before it got
+    # here (counted from here, it would still wait when wait_for gives up).
+    gate = make_gate()
+    await gate.acquire(Acquire(GROUP, "h", CallOptions(request_id="holder")))
+    asked = CallOptions(request_id="late", max_wait=30.0, asked_at=time.time() - 29.9)
+
+    with pytest.raises(WaitTooLong) as caught:
+        await asyncio.wait_for(gate.acquire(Acquire(GROUP, "l", asked)), timeout=10)
+
+    assert str(caught.value) == (
+        f"'{GROUP}' granted this call no slot within the 30s it may wait; it left the queue"
     )
     stats = snapshot(gate)
     assert (stats.total_pending, stats.groups[GROUP].timed_out) == (0, 1)

@@ -168,7 +168,7 @@ def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
 
 @pytest.fixture
 async def started(rig: Rig) -> AsyncIterator[Rig]:
-    await rig.provider.start()
+    await rig.provider.ready()
     yield rig
     await rig.provider.aclose()
     assert rig.gate.apply([Stats()])[0].total_active == 0

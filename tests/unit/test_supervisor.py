@@ -97,7 +97,7 @@ async def test_calls_in_flight_and_waiting_go_on_after_the_server_is_killed_and_
 ) -> None:
     supervisor = supervised(hold=2.0)
     provider = gated(supervisor)
-    await provider.start()
+    await provider.ready()
     await supervisor.ready()
 
     calls = [
@@ -156,7 +156,7 @@ async def test_past_the_restart_bound_every_call_fails_at_once_with_the_crash(
 ) -> None:
     supervisor = supervised(RestartPolicy(restarts=1, window=300.0))
     provider = gated(supervisor)
-    await provider.start()
+    await provider.ready()
     await supervisor.ready()
     await kill(supervisor, signal.SIGKILL)
     await supervisor.ready()  # restarted once
