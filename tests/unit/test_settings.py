@@ -219,8 +219,8 @@ def test_settings_are_frozen_and_picklable(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "document",
-    ["README.md", "docs/operations.md", "docs/configuration.md"],
-    ids=["readme", "operations", "configuration"],
+    ["README.md", "docs/guide.md", "docs/operations.md", "docs/configuration.md"],
+    ids=["readme", "guide", "operations", "configuration"],
 )
 def test_the_settings_examples_in_the_docs_load(document: str, tmp_path: Path) -> None:
     text = (Path(__file__).parents[2] / document).read_text(encoding="utf-8")
