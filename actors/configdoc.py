@@ -72,8 +72,8 @@ def _rows(name: str, model: type[BaseModel]) -> str:
 
 def _field_rows(name: str, info: FieldInfo) -> str:
     """The field's row; a mapping of names to models (``serve.tenants``) or a list of
-    models (``models.<name>.deployments``) gets a row per field of its entries too
-    (``serve.tenants.<name>.keys``, ``models.<name>.deployments.<n>.limit``)."""
+    models (``models.<name>.servers``) gets a row per field of its entries too
+    (``serve.tenants.<name>.keys``, ``models.<name>.servers.<n>.limit``)."""
     entries = _entries_of(info)
     return _row(name, info) + ("" if entries is None else _rows(f"{name}.{entries[0]}", entries[1]))
 

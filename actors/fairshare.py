@@ -7,17 +7,18 @@ al., OSDI 2024). The next grant at a priority goes to the backlogged flow with
 the least weighted service (:meth:`FairShare.rank`, the one key that the grant,
 the queue view and the wait estimate all order by).
 
-A call is charged twice. At its grant, an estimate (:meth:`granted`): the
+A call's service is counted twice. At its grant, an estimate (:meth:`granted`): the
 average cost of its flow's calls, or of the group's until one of the flow's
-ended; with several calls in flight, a flow of short calls charged the
+ended; with several calls in flight, a flow of short calls counted at the
 group's average would be held back, one of long calls let ahead. When it
 ends, the rest of its true cost (:meth:`ended`). A call's cost is VTC's: its
 tokens weighted as prompt + 2 x completion, where its answer reported them;
 where not (a stream without usage), its seconds in the slot at the group's
 rate of weighted tokens a second, learned from its calls that reported usage.
 A group none of whose calls has reported usage shares call-seconds; once one
-has, counters move in tokens, so the seconds charged before weigh next to
-nothing, alike for every flow. A charge is divided by the flow's weight.
+has, counters move in tokens, so the seconds counted before weigh next to
+nothing, alike for every flow. Service counted is divided by the flow's weight
+(budgets charge tokens: :mod:`actors.budget`; this counts service).
 
 A flow that starts waiting after it had nothing queued is lifted to the least
 service among the flows waiting (or, with none waiting, to that of the last
@@ -51,7 +52,7 @@ class _Account:
     cost: float | None = None
     waiting: int = 0
     running: int = 0
-    # What its ended calls had: seconds in a slot, and the cost they were charged.
+    # What its ended calls had: seconds in a slot, and the cost counted for them.
     served_seconds: float = 0.0
     served: float = 0.0
 
@@ -63,8 +64,8 @@ class FairShare:
     def __init__(self, *, fair: bool = True) -> None:
         self.fair = fair
         self._accounts: dict[str, _Account] = {}
-        # The lease of each call in flight: its flow and what it was charged at its grant.
-        self._charged: dict[str, tuple[str, float]] = {}
+        # The lease of each call in flight: its flow and what was counted at its grant.
+        self._counted: dict[str, tuple[str, float]] = {}
         # The service of the flow granted last: where a flow that comes back starts.
         self._floor = 0.0
         # The average cost of the group's calls, 0 until one has ended.
@@ -82,7 +83,7 @@ class FairShare:
         return self._floor if account is None else account.service
 
     def estimate(self, flow: str) -> float:
-        """What a grant to ``flow`` is charged before its call ends: the average cost of the
+        """What a grant to ``flow`` counts before its call ends: the average cost of the
         flow's calls, or of the group's while the flow has had none."""
         account = self._accounts.get(self.flow(flow))
         return self._estimate if account is None or account.cost is None else account.cost
@@ -120,26 +121,26 @@ class FairShare:
             self._floor = max(self._floor, account.service)
 
     def granted(self, lease_id: str, flow: str, weight: float) -> None:
-        """The call holding ``lease_id`` starts: its flow is charged the estimate now (a
+        """The call holding ``lease_id`` starts: its flow's service counts the estimate now (a
         flow first seen here, granted without waiting, starts at the floor, as a
         returning one would)."""
         account = self._account(flow, start=self._floor, weight=weight)
-        charge = self.estimate(flow)
-        account.service += charge / account.weight
+        counted = self.estimate(flow)
+        account.service += counted / account.weight
         account.running += 1
-        self._charged[lease_id] = (flow, charge)
+        self._counted[lease_id] = (flow, counted)
 
     def ended(
         self, lease_id: str, held: float, used: TokensUsed | None
     ) -> tuple[str, float] | None:
         """The call holding ``lease_id`` ended after ``held`` seconds in its slot, having used
-        ``used`` if its answer said: its flow is charged the rest of the call's cost,
+        ``used`` if its answer said: its flow's service counts the rest of the call's cost,
         which the averages then take in. Its flow (as the call named it) and cost; None
-        if it was never charged here (a lease restored after a restart)."""
-        charged = self._charged.pop(lease_id, None)
-        if charged is None:
+        if it was never counted here (a lease restored after a restart)."""
+        found = self._counted.pop(lease_id, None)
+        if found is None:
             return None
-        flow, charge = charged
+        flow, counted = found
         if used is not None and used.cost > 0:
             cost = float(used.cost)
             if held > 0:
@@ -147,7 +148,7 @@ class FairShare:
         else:
             cost = held * (self._per_second if self._per_second is not None else 1.0)
         account = self._account(flow, start=self._floor)
-        account.service += (cost - charge) / account.weight
+        account.service += (cost - counted) / account.weight
         account.running -= 1
         account.cost = _averaged(account.cost, cost)
         account.served_seconds += held
@@ -159,7 +160,7 @@ class FairShare:
 
     def running(self) -> Counter[str]:
         """The calls in flight, by flow."""
-        return Counter(self.flow(flow) for flow, _ in self._charged.values())
+        return Counter(self.flow(flow) for flow, _ in self._counted.values())
 
     def stats(self) -> dict[str, FlowStats]:
         """By flow known here: its waiting and running calls, what it was served and its

@@ -124,7 +124,8 @@ def is_loopback(base_url: str) -> bool:
 def classify(
     provider: str | Provider, base_url: str | None = None, host: str | None = None
 ) -> GroupSpec:
-    """Map a backend to its group, kind and default limit (table in DESIGN.md).
+    """Map a backend to its group, kind and default limit (the table of docs/guide.md,
+    "Concurrency groups").
 
     ``host`` names the GPU host a loopback server runs on; it is ignored for
     servers that are not on loopback, since those are one server for everyone.
@@ -153,7 +154,7 @@ def classify(
     )
 
 
-# What a server's settings mean, for a model of one server and for a pool's deployments.
+# What a server's settings mean, for a model of one server and for each server of a pool.
 _PROVIDER_DOC = (
     "The backend's API: `openai`, `anthropic`, `ollama`, `lmstudio`, or `openai-compatible` "
     "(vLLM, llama.cpp's server)."
@@ -165,7 +166,7 @@ _HOST_DOC = (
 )
 
 
-class Deployment(BaseModel):
+class ServerEntry(BaseModel):
     """One server of a model: its API, address, GPU host and limit."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -188,7 +189,7 @@ class Deployment(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _classifiable(self) -> Deployment:
+    def _classifiable(self) -> ServerEntry:
         # Fail at load, not at the first request, when it names no usable backend.
         try:
             self.spec()
@@ -206,14 +207,14 @@ class ModelEntry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     provider: Provider | None = Field(
-        default=None, description=_PROVIDER_DOC.removesuffix(".") + "; or name `deployments`."
+        default=None, description=_PROVIDER_DOC.removesuffix(".") + "; or name its `servers`."
     )
     base_url: str | None = Field(default=None, description=_BASE_URL_DOC)
     host: str | None = Field(default=None, description=_HOST_DOC)
     name: str | None = Field(
         default=None, description="The name the backend knows the model by; none: the id."
     )
-    deployments: tuple[Deployment, ...] = Field(
+    servers: tuple[ServerEntry, ...] = Field(
         default=(),
         description="The servers of a pool, instead of `provider`, `base_url` and `host`: "
         "a call waits once, for a slot of whichever server has room for it first, and a "
@@ -231,34 +232,41 @@ class ModelEntry(BaseModel):
         "to the fallbacks at once; none: calls wait for this model however long.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: object) -> object:
+        if isinstance(data, dict) and "deployments" in data:
+            raise ValueError("`deployments` is now `servers`: name a pool's servers there")
+        return data
+
     @model_validator(mode="after")
     def _one_form(self) -> ModelEntry:
-        if self.deployments and (self.provider, self.base_url, self.host) != (None,) * 3:
-            raise ValueError("name either deployments or provider, base_url and host, not both")
-        if not self.deployments and self.provider is None:
-            raise ValueError("name its provider (or its deployments)")
+        if self.servers and (self.provider, self.base_url, self.host) != (None,) * 3:
+            raise ValueError("name either servers or provider, base_url and host, not both")
+        if not self.servers and self.provider is None:
+            raise ValueError("name its provider (or its servers)")
         first: dict[str, int] = {}
         for n, spec in enumerate(self.specs()):
             if (before := first.setdefault(spec.id, n)) != n:
-                raise ValueError(f"deployments {before} and {n} are one server ({spec.id})")
+                raise ValueError(f"servers {before} and {n} are one server ({spec.id})")
         return self
 
     @property
     def routed(self) -> bool:
         """Whether its calls may go elsewhere than one server: a pool, or a model with
         fallbacks."""
-        return len(self.servers()) > 1 or bool(self.fallbacks)
+        return len(self.each_server()) > 1 or bool(self.fallbacks)
 
-    def servers(self) -> tuple[Deployment, ...]:
-        """Its deployments; the single form as one."""
-        if self.deployments:
-            return self.deployments
+    def each_server(self) -> tuple[ServerEntry, ...]:
+        """Its servers; the single form as one."""
+        if self.servers:
+            return self.servers
         assert self.provider is not None
-        return (Deployment(provider=self.provider, base_url=self.base_url, host=self.host),)
+        return (ServerEntry(provider=self.provider, base_url=self.base_url, host=self.host),)
 
     def specs(self) -> tuple[GroupSpec, ...]:
         """The group of each of its servers: one, or a pool's."""
-        return tuple(server.spec() for server in self.servers())
+        return tuple(server.spec() for server in self.each_server())
 
 
 def model_entry(models: Mapping[str, ModelEntry], model_id: str) -> ModelEntry:

@@ -86,9 +86,9 @@ class Holdings:
         flow: str = "",
         weight: float = 1.0,
     ) -> Lease:
-        """Hold ``lease`` for a call of ``flow`` that waited ``waited`` seconds, charged
-        ``tokens`` to the budget and its flow's estimated cost to the flow's fair share
-        (corrected by :meth:`free` with its true cost, see :mod:`actors.fairshare`). The
+        """Hold ``lease`` for a call of ``flow`` that waited ``waited`` seconds: ``tokens``
+        charged to the budget, its estimated cost counted in its flow's service (corrected
+        by :meth:`free` with its true cost, see :mod:`actors.fairshare`). The
         first grant of a group out of rotation whose cooldown has passed is its probe
         (see :mod:`actors.rotation`)."""
         self.hold(group, lease)

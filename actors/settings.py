@@ -34,7 +34,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from actors.budget import BudgetLimits
 from actors.errors import ConfigError, UnknownModel
-from actors.groups import Deployment, ModelEntry, Provider, model_entry
+from actors.groups import ModelEntry, Provider, ServerEntry, model_entry
 from actors.servesettings import ServeSettings, TenantSettings
 from actors.settingsfile import describe, read_source
 
@@ -245,7 +245,7 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Model ids users ask for, each with the backend serving it "
         "(`provider`, `base_url`, `host`, `name`), or the servers of its pool "
-        "(`deployments`).",
+        "(`servers`).",
     )
     providers: ProviderSettings = Field(default_factory=ProviderSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
@@ -260,7 +260,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _one_limit_per_server(self) -> Settings:
-        """A server named by several deployments (one Ollama serving two pooled models) is
+        """A server named by several models (one Ollama serving two pooled models) is
         one group with one limit and one weight: they may not disagree, nor with
         `queue.group_limits`."""
         for said in (self._limits_said(), self._weights_said()):
@@ -302,24 +302,24 @@ class Settings(BaseSettings):
 
     def _limits_said(self) -> Iterator[tuple[str, int | None, str]]:
         """Each limit the settings give a group, with the field that gives it:
-        `queue.group_limits` first, then the deployments' `limit`."""
+        `queue.group_limits` first, then the servers' `limit`."""
         for group, limit in self.queue.group_limits.items():
             yield group, limit, "queue.group_limits"
-        for group, server, where in self._deployments():
+        for group, server, where in self._servers_said():
             if server.limit is not None:
                 yield group, server.limit, f"{where}.limit"
 
     def _weights_said(self) -> Iterator[tuple[str, float, str]]:
-        """Each weight the deployments give a group, with the field that gives it."""
-        for group, server, where in self._deployments():
+        """Each weight the models' servers give a group, with the field that gives it."""
+        for group, server, where in self._servers_said():
             if server.weight is not None:
                 yield group, server.weight, f"{where}.weight"
 
-    def _deployments(self) -> Iterator[tuple[str, Deployment, str]]:
+    def _servers_said(self) -> Iterator[tuple[str, ServerEntry, str]]:
         """Each deployment of a pool: its group, itself, and where the settings name it."""
         for model_id, entry in self.models.items():
-            for n, server in enumerate(entry.deployments):
-                yield server.spec().id, server, f"models.{model_id}.deployments.{n}"
+            for n, server in enumerate(entry.servers):
+                yield server.spec().id, server, f"models.{model_id}.servers.{n}"
 
     @classmethod
     def settings_customise_sources(

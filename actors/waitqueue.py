@@ -203,7 +203,7 @@ class WaitQueue:
         return list(self._live)
 
     def first(self, count: int) -> list[str]:
-        """The ``count`` waiters granted first, in grant order, each grant charged its
+        """The ``count`` waiters granted first, in grant order, each grant counting its
         flow's estimate (O(n + count * flows))."""
         if len(self._flows) <= 1:
             best = heapq.nsmallest(count, self._live.items(), key=lambda item: item[1][0])

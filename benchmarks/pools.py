@@ -5,7 +5,7 @@
 On an embedded Ray, loopback servers of cap 1, each a process of its own that
 answers a call after its call time and records when each call started and
 ended there. ``--calls`` calls of random priority go to model "pooled"
-(``models.pooled.deployments``, see :mod:`providers.pool`) through its
+(``models.pooled.servers``, see :mod:`providers.pool`) through its
 provider; the run holds every server's slot until all of them wait in the
 manager, then lets go, so every call could have been granted in any order.
 
@@ -118,16 +118,16 @@ async def through_raygate(
     """``asked`` through model "pooled" on ``urls``; ``during(manager, started)`` runs
     beside the calls once the slots are let go."""
     from actors.client import ManagerClient
-    from actors.groups import Deployment, ModelEntry
+    from actors.groups import ModelEntry, ServerEntry
     from actors.ops import Acquire, Release
     from actors.options import CallOptions
     from actors.settings import ProviderSettings, QueueSettings, Settings
     from providers.models import ChatMessage, ChatRequest
     from providers.routing import provider_for_model
 
-    deployments = tuple(Deployment(provider="openai-compatible", base_url=url) for url in urls)
+    servers = tuple(ServerEntry(provider="openai-compatible", base_url=url) for url in urls)
     settings = Settings(
-        models={"pooled": ModelEntry(deployments=deployments)},
+        models={"pooled": ModelEntry(servers=servers)},
         queue=QueueSettings(max_pending_per_group=100_000),
         providers=ProviderSettings(timeout_seconds=30, retry_deadline_seconds=60),
     )
@@ -335,18 +335,18 @@ async def weighted_split(count: int, latency: float, weights: list[float]) -> li
     """``count`` calls one at a time (each finds both servers free) to a pool of two equal
     servers of these weights: the calls each server took."""
     from actors.client import ManagerClient
-    from actors.groups import Deployment, ModelEntry
+    from actors.groups import ModelEntry, ServerEntry
     from actors.settings import Settings
     from providers.models import ChatMessage, ChatRequest
     from providers.routing import provider_for_model
 
     async with servers([latency, latency]) as pair:
         urls = [url for url, _ in pair]
-        deployments = tuple(
-            Deployment(provider="openai-compatible", base_url=url, weight=weight)
+        weighted = tuple(
+            ServerEntry(provider="openai-compatible", base_url=url, weight=weight)
             for url, weight in zip(urls, weights, strict=True)
         )
-        settings = Settings(models={"pooled": ModelEntry(deployments=deployments)})
+        settings = Settings(models={"pooled": ModelEntry(servers=weighted)})
         manager = ManagerClient.create(settings, name=f"pools-{uuid.uuid4().hex[:6]}")
         provider, model = provider_for_model(settings, "pooled", manager)
         await provider.ready()

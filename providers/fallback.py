@@ -2,7 +2,7 @@
 
     models:
       llama:
-        deployments: [...]
+        servers: [...]
         fallbacks: [openai/gpt-4o-mini]
         fallback_after_seconds: 2
 
@@ -10,10 +10,10 @@ A call of ``llama`` goes to the next model of its fallbacks, at once, when
 the manager estimates its wait for llama past ``fallback_after_seconds`` (it
 is then not queued for llama at all: see ``CallOptions.max_wait``), when
 none of llama's servers takes calls (``OutOfRotation``, or a call that
-found its one server down: see :func:`providers.pool.server_down`), or when
+found its one server down: see :func:`providers.pool.takes_out`), or when
 llama's server says the request does not fit its context window
 (``ContextTooLong``). A fallback with a ``fallback_after_seconds`` of its
-own hands on the same way; the last one waits. The call keeps its options
+own falls back the same way; the last one waits. The call keeps its options
 (priority, flow, request id, labels); its request names the fallback's
 model, so the call's span (``gen_ai.request.model``) and metrics
 (``model_name``) name the model that answered, and the answer says which
@@ -36,17 +36,17 @@ from providers.client import ModelProvider
 from providers.errors import ContextTooLong
 from providers.metrics import FallbackMetrics
 from providers.models import ChatRequest, ChatResponse, StreamDelta
-from providers.pool import server_down
+from providers.pool import takes_out
 
 log = logging.getLogger(__name__)
 
 # What a model's fallbacks answer instead of it (and a server found down).
-HANDED_ON = (WaitTooLong, OutOfRotation, ContextTooLong)
+FALLS_BACK_ON = (WaitTooLong, OutOfRotation, ContextTooLong)
 
 
-def handed_on(error: Exception) -> bool:
+def falls_back(error: Exception) -> bool:
     """Whether a fallback answers a call that failed with ``error``."""
-    return isinstance(error, HANDED_ON) or server_down(error)
+    return isinstance(error, FALLS_BACK_ON) or takes_out(error)
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class FallbackProvider:
     def __init__(self, steps: Sequence[Step], slots: SlotSource) -> None:
         # The model asked for first, then its fallbacks in order.
         self.steps = tuple(steps)
-        # Told of each call handed on, for the queue's stats.
+        # Told of each call that fell back, for the queue's stats.
         self.slots = slots
         self._metrics: FallbackMetrics | None = None
 
@@ -84,15 +84,15 @@ class FallbackProvider:
             if last:
                 return
 
-    async def _hand_on(self, n: int, last: bool, error: Exception) -> None:
+    async def _fall_back(self, n: int, last: bool, error: Exception) -> None:
         """Step ``n`` failed with ``error``: raise it, unless the next step takes the call
         (counted in the metric ``llm_fallbacks`` and the queue's stats)."""
-        if last or not handed_on(error):
+        if last or not falls_back(error):
             raise error
         if self._metrics is None:
             self._metrics = FallbackMetrics()
         asked, fallback, reason = self.steps[0].model, self.steps[n + 1].model, type(error).__name__
-        self._metrics.handed_on(asked, fallback, reason)
+        self._metrics.fell_back(asked, fallback, reason)
         log.info("a call of %s goes to its fallback %s: %s", asked, fallback, error)
         try:
             await self.slots.ask(FellBack(asked, fallback, reason))
@@ -106,7 +106,7 @@ class FallbackProvider:
             try:
                 response = await provider.chat(asked, asking)
             except Exception as error:
-                await self._hand_on(n, last, error)
+                await self._fall_back(n, last, error)
                 continue
             if n == 0:
                 return response
@@ -125,7 +125,7 @@ class FallbackProvider:
             except StopAsyncIteration:
                 return
             except Exception as error:
-                await self._hand_on(n, last, error)
+                await self._fall_back(n, last, error)
                 continue
             yield first
             async for delta in pieces:

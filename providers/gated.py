@@ -123,7 +123,7 @@ class GatedProvider:
         async def attempt() -> ChatResponse:
             nonlocal waited, started_at
             with self.breaker.guard():
-                asked = charged(request, options)
+                asked = with_tokens(request, options)
                 async with self._acquired(attributes, asked, held) as (lease, wait):
                     waited += wait
                     started_at = time.time()
@@ -208,7 +208,7 @@ class GatedProvider:
         await self.ready()
         attributes = self._attributes(request, options)
         with self._observed(request, options) as answered, self.breaker.guard():
-            asked = charged(request, options)
+            asked = with_tokens(request, options)
             async with self._acquired(attributes, asked, held) as (lease, _):
                 started = self._clock()
                 with tracer().start_as_current_span("raygate.call", attributes=attributes) as span:
@@ -271,7 +271,7 @@ class GatedProvider:
         await self.backend.aclose()
 
 
-def charged(request: ChatRequest, options: CallOptions) -> CallOptions:
+def with_tokens(request: ChatRequest, options: CallOptions) -> CallOptions:
     """The options with what the request may use at most, for its group's token budget."""
     prompt = sum(len(message.content) for message in request.messages)
     limit = DEFAULT_MAX_TOKENS if request.max_tokens is None else request.max_tokens

@@ -48,6 +48,6 @@ class FallbackMetrics:
             ("model", "fallback", "reason"),
         )
 
-    def handed_on(self, model: str, fallback: str, reason: str) -> None:
+    def fell_back(self, model: str, fallback: str, reason: str) -> None:
         """``reason``: the type of the error that handed the call on."""
         self._taken.inc({"model": model, "fallback": fallback, "reason": reason})

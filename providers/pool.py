@@ -44,16 +44,16 @@ from actors.slots import SlotSource
 from providers.cache import ResponseCache, cache_key, get_or_create_cache
 from providers.client import ProviderClient
 from providers.errors import CircuitOpen, ProviderActorLost, ProviderError, ProviderUnavailable
-from providers.gated import GatedProvider, charged
+from providers.gated import GatedProvider, with_tokens
 from providers.models import ChatRequest, ChatResponse, StreamDelta, Usage
 from providers.retry import RetryPolicy, with_retries
 
 log = logging.getLogger(__name__)
 
 
-def server_down(error: BaseException) -> bool:
-    """Whether ``error`` says its server takes no calls (not just that it is busy, slow or
-    was asked something wrong)."""
+def takes_out(error: BaseException) -> bool:
+    """Whether ``error`` takes its server out of rotation: it says the server takes no
+    calls (not just that it is busy, slow or was asked something wrong)."""
     unreachable = isinstance(error, ProviderUnavailable) and error.status is None
     return unreachable or isinstance(error, ProviderActorLost | CircuitOpen)
 
@@ -109,7 +109,7 @@ class PooledProvider:
         """Answer from the response cache if the call allows it and it has the answer of
         any of the pool's servers (no slot, no server); else on the server granted, and
         keep the answer there."""
-        asking = charged(request, options)
+        asking = with_tokens(request, options)
         failed_over = False
 
         async def attempt() -> ChatResponse:
@@ -117,7 +117,7 @@ class PooledProvider:
             try:
                 return await self._call(request, asking)
             except ProviderError as error:
-                if failed_over or not server_down(error):
+                if failed_over or not takes_out(error):
                     raise
                 failed_over = True
             return await self._call(request, asking)
@@ -147,7 +147,7 @@ class PooledProvider:
     ) -> AsyncIterator[StreamDelta]:
         """One answer piece by piece, on the server granted; not retried (the caller may
         have used the pieces it got)."""
-        asking = charged(request, options)
+        asking = with_tokens(request, options)
         await self._locate()
         async with self.slots.slot(self.pool, asking) as lease, self._out_if_down(lease):
             async for delta in self._reach(lease.group).stream(request, options, held=lease):
@@ -230,7 +230,7 @@ class PooledProvider:
         try:
             yield
         except ProviderError as error:
-            if server_down(error):
+            if takes_out(error):
                 await self._mark_out(lease.group, error)
             raise
 

@@ -172,7 +172,7 @@ def model_object(
     model_id: str, entry: ModelEntry | None, groups: Mapping[str, GroupStats] | None
 ) -> dict[str, object]:
     """A model as ``GET /v1/models`` lists it: OpenAI's fields, then raygate's: its servers
-    (``deployments``: each one's group, provider and weight, and with the queue on, its
+    (``servers``: each one's group, provider and weight, and with the queue on, its
     limit, calls held, waiting and granted, and why it is out of rotation) and its
     fallbacks. The embedded model (``entry`` None) has OpenAI's fields only."""
     listed: dict[str, object] = {
@@ -184,14 +184,14 @@ def model_object(
     if entry is None:
         return listed
     servers = []
-    for server in entry.servers():
+    for server in entry.each_server():
         group = server.spec().id
         shown = {"group": group, "provider": server.provider.value, "weight": server.weight or 1.0}
         if groups is not None and (figures := groups.get(group)) is not None:
             shown |= figures.model_dump(include=SERVER_FIGURES)
         servers.append(shown)
     return listed | {
-        "deployments": servers,
+        "servers": servers,
         "fallbacks": list(entry.fallbacks),
         "fallback_after_seconds": entry.fallback_after_seconds,
     }

@@ -1,4 +1,5 @@
-"""The DESIGN's metrics on the nodes' Prometheus endpoints, and OpenTelemetry's in Prometheus."""
+"""The queue's metrics (llm_queue_*, llm_call_seconds) on the nodes' Prometheus endpoints, and
+OpenTelemetry's in Prometheus."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from actors.groups import Deployment, ModelEntry, classify
+from actors.groups import ModelEntry, ServerEntry, classify
 from actors.names import NAMESPACE
 from actors.settings import PipelineSettings, ProviderSettings, Settings
 from pipelines.plateau import Service
@@ -85,12 +85,12 @@ async def test_a_pools_server_on_a_lost_gpu_host_hands_its_calls_to_the_other(
         FakeLLMServer(OpenAIDialect(), hold=0.5, responder=plateau_answer) as on_a,
         FakeLLMServer(OpenAIDialect(), hold=0.5, responder=plateau_answer) as on_b,
     ):
-        deployments = (
-            Deployment(provider="openai-compatible", base_url=on_a.url + "/v1", host=GPU_HOST),
-            Deployment(provider="openai-compatible", base_url=on_b.url + "/v1", host=LOST_HOST),
+        servers = (
+            ServerEntry(provider="openai-compatible", base_url=on_a.url + "/v1", host=GPU_HOST),
+            ServerEntry(provider="openai-compatible", base_url=on_b.url + "/v1", host=LOST_HOST),
         )
         settings = Settings(
-            models={"pooled": ModelEntry(deployments=deployments)},
+            models={"pooled": ModelEntry(servers=servers)},
             pipeline=PipelineSettings(model="pooled", plateaus=1, mapping_types=("data",)),
             providers=ProviderSettings(retry_attempts=2, retry_deadline_seconds=30),
         )

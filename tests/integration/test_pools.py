@@ -13,7 +13,7 @@ import ray
 from pydantic import SecretStr
 
 from actors.client import ManagerClient
-from actors.groups import Deployment, GroupSpec, ModelEntry, classify
+from actors.groups import GroupSpec, ModelEntry, ServerEntry, classify
 from actors.options import CallOptions
 from actors.settings import PipelineSettings, ProviderSettings, ServeSettings, Settings
 from pipelines.plateau import Service
@@ -116,15 +116,15 @@ async def test_a_killed_callers_pool_waits_leave_both_queues_at_once(
     assert stats.total_pending == 0
 
 
-def deployed(*servers: FakeLLMServer) -> tuple[Deployment, ...]:
+def deployed(*servers: FakeLLMServer) -> tuple[ServerEntry, ...]:
     """A deployment of each loopback server (a cap-1 group each)."""
-    return tuple(Deployment(provider="openai-compatible", base_url=s.url + "/v1") for s in servers)
+    return tuple(ServerEntry(provider="openai-compatible", base_url=s.url + "/v1") for s in servers)
 
 
 def pooled(servers: list[FakeLLMServer]) -> Settings:
     """The main job on model "pooled": one deployment per server, each a cap-1 group."""
     return Settings(
-        models={"pooled": ModelEntry(deployments=deployed(*servers))},
+        models={"pooled": ModelEntry(servers=deployed(*servers))},
         pipeline=PipelineSettings(model="pooled", plateaus=2, mapping_types=("data",)),
         providers=ProviderSettings(retry_attempts=2, retry_deadline_seconds=10),
     )
@@ -188,7 +188,7 @@ async def test_a_server_back_after_its_cooldown_takes_a_probe_then_its_share(
         FakeLLMServer(OpenAIDialect(), responder=respond) as b,
     ):
         settings = Settings(
-            models={"pooled": ModelEntry(deployments=deployed(a, b))},
+            models={"pooled": ModelEntry(servers=deployed(a, b))},
             providers=ProviderSettings(breaker_cooldown_seconds=1.0),
         )
         group_a, group_b = (spec.id for spec in settings.models["pooled"].specs())
@@ -232,7 +232,7 @@ async def test_a_pools_answer_is_kept_for_the_pool_whichever_server_gave_it(
         FakeLLMServer(OpenAIDialect(), responder=respond) as a,
         FakeLLMServer(OpenAIDialect(), responder=respond) as b,
     ):
-        settings = Settings(models={"pooled": ModelEntry(deployments=deployed(a, b))})
+        settings = Settings(models={"pooled": ModelEntry(servers=deployed(a, b))})
         client = make_manager(*settings.models["pooled"].specs())
         provider, _ = provider_for_model(settings, "pooled", client)
         requests = [chat(f"question {i}").model_copy(update={"temperature": 0.0}) for i in range(4)]
@@ -265,7 +265,7 @@ async def test_pools_and_fallbacks_over_http(ray_session: None) -> None:
         settings = Settings(
             models={
                 "local": ModelEntry(provider="openai-compatible", base_url=a.url + "/v1"),
-                "pooled": ModelEntry(deployments=servers),
+                "pooled": ModelEntry(servers=servers),
                 "primary": ModelEntry(
                     provider="openai-compatible",
                     base_url=down.url + "/v1",
@@ -300,9 +300,9 @@ async def test_pools_and_fallbacks_over_http(ray_session: None) -> None:
                 queue = (await http.get("/v1/queue")).raise_for_status().json()
 
     by_id = {m["id"]: m for m in listed["data"]}
-    assert [s["group"] for s in by_id["pooled"]["deployments"]] == [s.spec().id for s in servers]
+    assert [s["group"] for s in by_id["pooled"]["servers"]] == [s.spec().id for s in servers]
     assert by_id["primary"]["fallbacks"] == ["local"]
-    pooled = {s["group"]: s for s in {m["id"]: m for m in after["data"]}["pooled"]["deployments"]}
+    pooled = {s["group"]: s for s in {m["id"]: m for m in after["data"]}["pooled"]["servers"]}
     group_a, group_b = (s.spec().id for s in servers)
     assert (pooled[group_a]["limit"], pooled[group_b]["out_reason"]) == (1, None)
     # Each call a server received was granted a slot of its group (a's: model "local"'s
@@ -379,7 +379,7 @@ async def test_a_pool_with_no_server_up_hands_its_calls_to_the_fallback(
         FakeLLMServer(OpenAIDialect(), responder=respond) as remote,
     ):
         servers = deployed(a, b)
-        settings = with_fallback(ModelEntry(deployments=servers, fallbacks=("remote",)), remote)
+        settings = with_fallback(ModelEntry(servers=servers, fallbacks=("remote",)), remote)
         client = make_manager()
         provider, _ = provider_for_model(settings, "primary", client)
         a.kill()
@@ -426,7 +426,7 @@ async def test_the_main_job_records_which_answers_its_models_fallback_gave(
         FakeLLMServer(OpenAIDialect(), responder=plateau_answer) as down,
         FakeLLMServer(OpenAIDialect(), responder=plateau_answer) as remote,
     ):
-        primary = ModelEntry(deployments=deployed(down), fallbacks=("remote",))
+        primary = ModelEntry(servers=deployed(down), fallbacks=("remote",))
         settings = with_fallback(primary, remote)
         settings = settings.model_copy(
             update={
@@ -471,7 +471,7 @@ async def test_a_pools_first_burst_over_http_is_answered_within_a_few_call_times
         settings = Settings(
             models={
                 "warm": ModelEntry(provider="openai-compatible", base_url=warm.url + "/v1"),
-                "pooled": ModelEntry(deployments=deployed(a, b)),
+                "pooled": ModelEntry(servers=deployed(a, b)),
             },
             serve=ServeSettings(api_keys=(SecretStr(KEY),)),
         )

@@ -23,7 +23,7 @@ from playwright.async_api import Page, async_playwright, expect
 from pydantic import SecretStr
 
 from actors.client import ManagerClient
-from actors.groups import Deployment, ModelEntry, classify
+from actors.groups import ModelEntry, ServerEntry, classify
 from actors.names import MANAGER_NAME, NAMESPACE
 from actors.ops import Acquire, Cancel, FellBack, Release, TakeOut
 from actors.options import CallLabels, CallOptions
@@ -86,12 +86,12 @@ def app(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         base_url = local.url + "/v1"
         # A pool of the local server and one nobody calls, handing on to the local server.
         servers = tuple(
-            Deployment(provider="openai-compatible", base_url=url) for url in (base_url, IDLE)
+            ServerEntry(provider="openai-compatible", base_url=url) for url in (base_url, IDLE)
         )
         settings = Settings(
             models={
                 "local": ModelEntry(provider="openai-compatible", base_url=base_url),
-                "pool": ModelEntry(deployments=servers, fallbacks=("local",)),
+                "pool": ModelEntry(servers=servers, fallbacks=("local",)),
             },
             queue=QueueSettings(max_pending_per_group=20_000),
             pipeline=PipelineSettings(

@@ -555,10 +555,10 @@ def test_a_dead_callers_waiters_leave_and_its_slots_pass_on(harness: Harness) ->
     engine.acquire(LOCAL_OLLAMA.id, "other", CallOptions(request_id="o"), "worker-alive")
     assert held is not None
 
-    handed_on = engine.drop_caller("worker-dead")
+    passed_on = engine.drop_caller("worker-dead")
 
     assert engine.take_left() == {"waits": None}
-    assert [lease.id for lease in handed_on] == ["other"]
+    assert [lease.id for lease in passed_on] == ["other"]
     stats = engine.stats()
     assert stats.groups[LOCAL_OLLAMA.id].abandoned == 2
     assert (stats.total_active, stats.total_pending) == (1, 0)

@@ -1,4 +1,4 @@
-"""Classification per the table in DESIGN.md, and the model registry."""
+"""Classification per the table in docs/guide.md ("Concurrency groups"), and the model registry."""
 
 from __future__ import annotations
 

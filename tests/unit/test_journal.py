@@ -193,9 +193,9 @@ async def test_a_restored_lease_keeps_its_caller_whose_death_frees_it(
 
     after = restarted(store)
     waiter = after.ask(LOCAL_OLLAMA, "new")
-    handed_on = after.engine.drop_caller("worker-1")
+    passed_on = after.engine.drop_caller("worker-1")
 
-    assert [lease.id for lease in handed_on] == [waiter]
+    assert [lease.id for lease in passed_on] == [waiter]
 
 
 def test_a_restart_restores_the_record_written_ahead_over_an_older_copy_behind() -> None:

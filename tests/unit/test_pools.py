@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from actors.errors import EmptyPool, OutOfRotation, QueueFull, WaitTooLong
-from actors.groups import Deployment, ModelEntry, classify, pool_of
+from actors.groups import ModelEntry, ServerEntry, classify, pool_of
 from actors.journal import GroupRecord, HeldLease
 from actors.ops import TakeOut
 from actors.options import CallOptions
@@ -311,8 +311,8 @@ def test_a_pool_waiter_granted_elsewhere_while_a_slot_was_handed_to_it_moves_the
 
 
 def test_the_stats_name_each_pools_servers_grants_and_the_fallbacks_taken() -> None:
-    servers = tuple(Deployment(provider="openai-compatible", base_url=s.base_url) for s in POOL)
-    llama = ModelEntry(deployments=servers, fallbacks=("gpt",), fallback_after_seconds=2)
+    servers = tuple(ServerEntry(provider="openai-compatible", base_url=s.base_url) for s in POOL)
+    llama = ModelEntry(servers=servers, fallbacks=("gpt",), fallback_after_seconds=2)
     harness = pool(models={"llama": llama, "gpt": ModelEntry(provider="openai")})
     harness.ask(POOL, "first")
     harness.ask(POOL, "second")

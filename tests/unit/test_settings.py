@@ -104,45 +104,48 @@ def test_config_path_can_come_from_the_environment(
             "or 'openai-compatible'",
         ),
         (
-            "models: {m: {deployments: [{base_url: 'http://gpu-a:8000'}]}}",
-            "models.m.deployments.0.provider: Field required",
+            "models: {m: {servers: [{base_url: 'http://gpu-a:8000'}]}}",
+            "models.m.servers.0.provider: Field required",
         ),
         (
-            "models: {m: {provider: ollama, deployments: [{provider: ollama}]}}",
-            "models.m: Value error, name either deployments or provider, base_url and host, "
-            "not both",
+            "models: {m: {provider: ollama, servers: [{provider: ollama}]}}",
+            "models.m: Value error, name either servers or provider, base_url and host, not both",
         ),
-        ("models: {m: {}}", "models.m: Value error, name its provider (or its deployments)"),
+        ("models: {m: {}}", "models.m: Value error, name its provider (or its servers)"),
         (
-            "models: {m: {deployments: [{provider: ollama}, "
+            "models: {m: {deployments: [{provider: ollama}]}}",
+            "models.m: Value error, `deployments` is now `servers`: name a pool's servers there",
+        ),
+        (
+            "models: {m: {servers: [{provider: ollama}, "
             "{provider: ollama, base_url: 'http://localhost:11434'}]}}",
-            "models.m: Value error, deployments 0 and 1 are one server "
+            "models.m: Value error, servers 0 and 1 are one server "
             "(local-ollama-http://localhost:11434)",
         ),
         (
-            "models: {m: {deployments: [{provider: vllm-like}]}}",
-            "models.m.deployments.0.provider: Input should be 'anthropic', 'openai', 'ollama', "
+            "models: {m: {servers: [{provider: vllm-like}]}}",
+            "models.m.servers.0.provider: Input should be 'anthropic', 'openai', 'ollama', "
             "'lmstudio' or 'openai-compatible'",
         ),
         (
             "models:\n"
-            "  m: {deployments: [{provider: ollama, base_url: 'http://gpu-a:11434', limit: 2}]}\n"
-            "  n: {deployments: [{provider: ollama, base_url: 'http://gpu-a:11434', limit: 3}]}",
-            "(top level): Value error, models.n.deployments.0.limit is 3, but "
-            "models.m.deployments.0.limit gives remote-ollama-http://gpu-a:11434 the limit 2: "
+            "  m: {servers: [{provider: ollama, base_url: 'http://gpu-a:11434', limit: 2}]}\n"
+            "  n: {servers: [{provider: ollama, base_url: 'http://gpu-a:11434', limit: 3}]}",
+            "(top level): Value error, models.n.servers.0.limit is 3, but "
+            "models.m.servers.0.limit gives remote-ollama-http://gpu-a:11434 the limit 2: "
             "one server, one limit",
         ),
         (
             "models:\n"
-            "  m: {deployments: [{provider: ollama, base_url: 'http://gpu-a:11434', weight: 2}]}\n"
-            "  n: {deployments: [{provider: ollama, base_url: 'http://gpu-a:11434', weight: 1}]}",
-            "(top level): Value error, models.n.deployments.0.weight is 1.0, but "
-            "models.m.deployments.0.weight gives remote-ollama-http://gpu-a:11434 the weight "
+            "  m: {servers: [{provider: ollama, base_url: 'http://gpu-a:11434', weight: 2}]}\n"
+            "  n: {servers: [{provider: ollama, base_url: 'http://gpu-a:11434', weight: 1}]}",
+            "(top level): Value error, models.n.servers.0.weight is 1.0, but "
+            "models.m.servers.0.weight gives remote-ollama-http://gpu-a:11434 the weight "
             "2.0: one server, one weight",
         ),
         (
-            "models: {m: {deployments: [{provider: ollama, weight: 0}]}}",
-            "models.m.deployments.0.weight: Input should be greater than 0 (got 0)",
+            "models: {m: {servers: [{provider: ollama, weight: 0}]}}",
+            "models.m.servers.0.weight: Input should be greater than 0 (got 0)",
         ),
         (
             "models: {m: {provider: ollama, fallbacks: [m]}}",
@@ -248,11 +251,11 @@ def test_a_pools_servers_are_its_groups_and_their_limits_the_groups_limits(tmp_p
             tmp_path,
             "models:\n"
             "  llama:\n"
-            "    deployments:\n"
+            "    servers:\n"
             "      - {provider: ollama, base_url: 'http://gpu-a:11434', limit: 2}\n"
             "      - {provider: ollama, base_url: 'http://gpu-b:11434', weight: 3}\n"
             "  qwen:\n"
-            "    deployments: [{provider: ollama, base_url: 'http://gpu-a:11434', limit: 2}]\n",
+            "    servers: [{provider: ollama, base_url: 'http://gpu-a:11434', limit: 2}]\n",
         )
     )
 
