@@ -7,20 +7,28 @@ leases each call returns into wake-ups.
 
 Vocabulary (after trio's CapacityLimiter): a *group* has a *limit* of slots; a
 *caller* (a process) asks for a slot on behalf of a request id and gets a
-*lease*. :class:`SlotEngine` composes the parts, each a module of its own:
+*lease*. Every operation is a message of :mod:`actors.ops`, which names its
+handler: a method of this engine, or of one of its parts, each a module of
+its own:
 
 - :mod:`actors.leases`: the lease table (held, deadlines, epochs, retired ids);
 - :mod:`actors.callers`: which caller asked for what, and which died;
-- :mod:`actors.waitqueue`: grant order (who goes next) and arrival numbering;
+- :mod:`actors.waitqueue` and :mod:`actors.fairshare`: grant order (who goes
+  next), arrival numbering, and each flow's service;
+- :mod:`actors.holdings`: the moves between waiting, holding and gone, and the
+  grant of the waiters that can run;
+- :mod:`actors.rotation`: servers out of rotation, and the choice of a pool's;
 - :mod:`actors.budget` and :mod:`actors.adaptive`: budgets, 429s and learned rates;
 - :mod:`actors.handover`: passing a freed slot on inside its holder's process;
 - :mod:`actors.groupstate`: each group's state and the table of groups;
-- :mod:`actors.reports`: outcomes, stats, positions, the queue view, estimates.
+- :mod:`actors.timekeeper`: what time does (expiry, budgets refilled, cooldowns);
+- :mod:`actors.tally` and :mod:`actors.reports`: outcomes, stats, positions, the
+  queue view, estimates.
 
 A group with a budget grants nobody while its best waiter does not fit it (no
 later, smaller call goes first). Budget comes back with time, not with a
-release, so the asyncio layer asks :meth:`SlotEngine.next_wake` when to call
-:meth:`SlotEngine.tick`.
+release, so the asyncio layer asks :meth:`Timekeeper.next_wake` when to call
+:meth:`Timekeeper.tick`.
 
 Invariant, restored at the end of every public method: no waiter could be
 granted. Either the global cap is reached or every group with waiters is
@@ -133,9 +141,9 @@ class SlotEngine:
         return attrgetter(op.handler)(self)(**op.arguments())
 
     def take_left(self) -> dict[str, Exception | None]:
-        """The waiters that left the queue since the last call, other than by a grant or
-        their own caller's cancel: each with its error (see :meth:`take_out`), or None
-        (its caller died, or gave it up through a message: see :meth:`cancel`)."""
+        """The waiters that left the queue since the last call other than by a grant: each
+        with the error that ends its wait (see :meth:`take_out`), or None (cancelled, or
+        its caller died). The gate ends the waits it still holds."""
         left, self._left = self._left, {}
         return left
 

@@ -74,6 +74,10 @@ class SlotGate:
         granted: list[Lease] = []
         with self.lock:
             for op in ops:
+                if isinstance(op, Acquire) and not op.started:
+                    # Its grant would find no waiter here to wake: see acquire().
+                    answers.append(ValueError("an acquire that may wait goes alone"))
+                    continue
                 try:
                     answer = self.engine.apply(op)
                 except Exception as error:

@@ -286,6 +286,23 @@ def test_the_queue_views_show_the_order_grants_then_take() -> None:
     assert [p.ahead for p in positions if p is not None] == list(range(12))
 
 
+def test_a_new_calls_wait_is_counted_in_the_order_grants_follow_not_by_key_alone() -> None:
+    # A's eight calls queued first; B has waited for nothing. By key alone all eight go
+    # before B's new call; by fair share it goes second, after A's next: that is what its
+    # fallback-on-wait decision must read (a max_wait of 2.5 calls keeps it here).
+    harness = capped(1)
+    simulate(harness, [Ask(0.0, "warm", "A")])  # the group learns its call time
+    harness.ask(LOCAL_OLLAMA, "hold", flow="C")
+    for i in range(8):
+        harness.ask(LOCAL_OLLAMA, f"a{i}", flow="A")
+
+    harness.ask(LOCAL_OLLAMA, "b", flow="B", max_wait=2.5 * CALL)
+
+    queue = harness.engine.groups[LOCAL_OLLAMA.id].queue
+    shown = [harness.engine.waiters[lease_id].request_id for lease_id in queue.first(3)]
+    assert shown == ["a0", "b", "a1"]
+
+
 def test_the_stats_show_each_flows_waiters_calls_running_service_and_share() -> None:
     harness = Harness()
     asks = [Ask(0.0, f"a{i}", "tenant:a", seconds=0.3) for i in range(2)]

@@ -262,3 +262,19 @@ async def test_a_waiter_that_a_release_leaves_short_of_budget_is_granted_once_it
     # Woken by the budget (about 0.5 s), not by the reaper's next lease deadline (60 s).
     lease = await asyncio.wait_for(waiter, timeout=10)
     assert lease.request_id == "waiter"
+
+
+async def test_a_list_of_operations_refuses_an_acquire_that_could_wait(
+    make_gate: GateFactory,
+) -> None:
+    # Applied there, a queued acquire's grant would find nobody to wake: its slot held
+    # for nobody until its lease expired.
+    gate = make_gate()
+
+    refused, counted = gate.apply(
+        [Acquire(GROUP, "may-wait"), Acquire(GROUP, "started", started=True)]
+    )
+
+    assert isinstance(refused, ValueError)
+    assert isinstance(counted, Lease)
+    assert snapshot(gate).total_active == 1
