@@ -30,7 +30,6 @@ would lift to the floor anyway) are forgotten, with what they were served.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 from actors.leases import TokensUsed
@@ -157,10 +156,6 @@ class FairShare:
         return flow, cost
 
     # -- reading it ----------------------------------------------------------------
-
-    def running(self) -> Counter[str]:
-        """The calls in flight, by flow."""
-        return Counter(self.flow(flow) for flow, _ in self._counted.values())
 
     def stats(self) -> dict[str, FlowStats]:
         """By flow known here: its waiting and running calls, what it was served and its

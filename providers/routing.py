@@ -25,7 +25,6 @@ connections are the caller's own, and a caller that dies takes its calls with it
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 
 from actors.client import ManagerClient
@@ -56,7 +55,7 @@ def provider_for_model(
     if found is not None:
         return found
     chain = _chain(settings, model_id or DEFAULT_EMBEDDED.id)
-    providers = [_servers(settings, m, entry, manager, _by_actor) for m, entry in chain]
+    providers = [_servers(settings, m, entry, manager) for m, entry in chain]
     return _chained(chain, providers, manager)
 
 
@@ -75,7 +74,7 @@ async def provider_in_reach(
         if len(specs) == 1:
             providers.append(await _in_reach(specs[0], settings, manager))
         else:
-            providers.append(_servers(settings, model, entry, manager, _by_actor))
+            providers.append(_servers(settings, model, entry, manager))
     return _chained(chain, providers, manager)
 
 
@@ -114,17 +113,13 @@ def _chained(
 
 
 def _servers(
-    settings: Settings,
-    model_id: str,
-    entry: ModelEntry,
-    manager: ManagerClient | None,
-    one: Callable[[GroupSpec, Settings, ManagerClient | None], ModelProvider],
+    settings: Settings, model_id: str, entry: ModelEntry, manager: ManagerClient | None
 ) -> ModelProvider:
-    """The provider of ``entry``'s server, or of its pool (whose calls reach each server
-    from here when it can, see :mod:`providers.pool`)."""
+    """The provider of ``entry``'s server, through its actor, or of its pool (whose calls
+    reach each server from here when it can, see :mod:`providers.pool`)."""
     specs = entry.specs()
     if len(specs) == 1:
-        return one(specs[0], settings, manager)
+        return get_or_create_provider(specs[0], options_for(specs[0].provider, settings), manager)
     slots = slots_of(manager)
     servers = {}
     for spec in specs:
@@ -139,10 +134,6 @@ def _servers(
         cooldown=options.breaker_cooldown,
         cache=options.cache,
     )
-
-
-def _by_actor(spec: GroupSpec, settings: Settings, manager: ManagerClient | None) -> ModelProvider:
-    return get_or_create_provider(spec, options_for(spec.provider, settings), manager)
 
 
 async def _in_reach(

@@ -6,7 +6,7 @@ Each request takes a slot of its model's group from the cluster's manager,
 like every other caller: the endpoint limits nothing itself. The replica
 calls the backend itself when it can reach it (a remote API, or a loopback
 server on the replica's own node), else hands the call to the group's
-provider actor (see :mod:`providers.inprocess`). Its replicas take every
+provider actor (see :mod:`providers.routing`). Its replicas take every
 request at once (``serve.max_ongoing_requests``) so that each waits in the
 manager's queue, where priority decides, not in Serve's own, first come
 first served.
