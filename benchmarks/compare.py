@@ -396,7 +396,7 @@ async def raygate_driver(
 ) -> AsyncIterator[Send]:
     """Calls through the group's provider actor, or (``in_process``) from this process,
     which calls the backend itself with its slots from the manager, as a Serve replica
-    does (``providers.inprocess``)."""
+    does (``providers.routing``)."""
     from actors.client import ManagerClient
     from actors.groups import ModelEntry, classify
     from actors.options import CallOptions

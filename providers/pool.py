@@ -10,7 +10,7 @@ the first slot it is the best waiter for), then runs on the server of the
 group it was granted, in the slot the caller holds: from the caller's own
 process where the server is in reach (a remote server; a server on loopback
 of the caller's node), else through the server's provider actor, pinned to
-its GPU host (see :mod:`providers.inprocess`).
+its GPU host (see :mod:`providers.routing`).
 
 A server found down (its provider actor lost with its node, its server
 refusing connections, its circuit open) is taken out of rotation in the
