@@ -7,8 +7,9 @@ A message is a frozen value whose fields are its handler's parameters; every lay
 between a caller and the engine forwards messages through one method, a list of them
 in one call (the gate applies them in order under one lock and answers each), and
 none restates an operation. Adding one touches its message here, its handler (a
-method of :class:`actors.engine.SlotEngine`) and, where callers want one, a friendly
-method of :class:`actors.client.ManagerClient` that makes it.
+method of :class:`actors.engine.SlotEngine` or of one of its parts) and, where
+callers want one, a friendly method of :class:`actors.client.ManagerClient` that
+makes it.
 
 ``Op[T]``: a message answered with a ``T``. A handler that frees or hands slots
 returns the leases it granted to waiters (``grants``): the gate wakes those waiters,
@@ -34,7 +35,8 @@ T = TypeVar("T", covariant=True)
 
 @dataclass(frozen=True, slots=True)
 class Op(Generic[T]):
-    # The SlotEngine method that handles it, called with the message's fields.
+    # Its handler, called with the message's fields: a SlotEngine method, or one of a
+    # part of the engine's ("leases.renew").
     handler: ClassVar[str]
     # Whether the handler returns the leases it granted to waiters (see the module).
     grants: ClassVar[bool] = False
