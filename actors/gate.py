@@ -62,6 +62,10 @@ class SlotGate:
         # knows, its future).
         self._lines: list[tuple[str, dict[str, str], asyncio.Future[dict[str, str]]]] = []
         self._journal = journal
+        # The engine's version when the last operations were settled: an operation that
+        # changed nothing a waiter, a view or the reaper could see (a renewal, a query)
+        # wakes none of them.
+        self._settled = engine.version
         self._journal_changes_locked()
         self._reaper = _Reaper(self)
         self._reaper.start()
@@ -185,10 +189,16 @@ class SlotGate:
                 self._settle_locked(granted)
 
     def _settle_locked(self, granted: list[Lease]) -> None:
-        """After the engine changed: end the waits of waiters that left the queue, wake
-        those granted, the views and the callers whose next in line changed; journal;
-        and let the reaper plan again, budgets may have moved."""
-        for lease_id, error in self.engine.take_left().items():
+        """After operations: journal what they changed; if they moved the queue (a grant,
+        a waiter gone, new levels or a pause: the engine's version), end the waits of
+        waiters that left, wake those granted, the views and the callers whose next in
+        line changed, and let the reaper plan again, budgets may have moved."""
+        left = self.engine.take_left()
+        if not granted and not left and self.engine.version == self._settled:
+            self._journal_changes_locked()  # a registration changes no level
+            return
+        self._settled = self.engine.version
+        for lease_id, error in left.items():
             waiter = self._waiters.pop(lease_id, None)
             if waiter is not None:
                 waiter.get_loop().call_soon_threadsafe(_end, waiter, error)
