@@ -52,7 +52,7 @@ class ManagerClient:
         self.handle = handle
         # What this client last heard of each group (a throttled group waits from then on).
         self._groups: dict[str, GroupInfo] = {}
-        self._slots = SlotKeeper(handle, self._groups, self.ask)
+        self._slots = SlotKeeper(handle, self._groups, self.ask, self.apply)
 
     @classmethod
     def connect(
@@ -106,13 +106,19 @@ class ManagerClient:
         if isinstance(op, TakeOut | Throttled):
             self._slots.forget(op.group_id)
             ops.append(GroupInfoOf(op.group_id))
+        answer = (await self.apply(ops))[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return cast(A, answer)
+
+    async def apply(self, ops: list[Op[object]]) -> list[object]:
+        """Operations in one manager call: each one's answer, or the error it raised. What
+        the answers say of a group (its info) is kept for this client's next slots."""
         answers: list[object] = await unwrap(self.handle.apply.remote(ops))
         for answer in answers:
             if isinstance(answer, GroupInfo):
                 self._groups[answer.id] = answer
-        if isinstance(answers[0], Exception):
-            raise answers[0]
-        return cast(A, answers[0])
+        return answers
 
     async def register(self, spec: GroupSpec) -> GroupInfo:
         return await self.ask(Register(spec))

@@ -39,7 +39,6 @@ import asyncio
 import time
 import warnings
 from pathlib import Path
-from typing import cast
 from urllib.parse import quote
 
 import ray
@@ -59,7 +58,6 @@ from actors.ops import Acquire, CanRun, DropCaller, Op, Register, Unwatched, Wat
 from actors.options import Packed
 from actors.queueview import QueueView
 from actors.settings import Settings
-from actors.stats import GroupInfo
 from actors.telemetry import configure_telemetry
 from actors.watch import CallerWatch, LifelineHost
 
@@ -169,9 +167,8 @@ class ConcurrencyManager(LifelineHost):
     async def can_run_immediately(self, model_id: str) -> bool:
         """Would a call of ``model_id`` (on any server of its pool) get a slot now?"""
         specs = resolve_model(self._settings.models, model_id)
-        infos = self._gate.apply([Register(spec) for spec in specs])
-        answers = self._gate.apply([CanRun(cast(GroupInfo, info).id) for info in infos])
-        return any(answer is True for answer in answers)
+        ops = [*(Register(spec) for spec in specs), *(CanRun(spec.id) for spec in specs)]
+        return any(answer is True for answer in self._gate.apply(ops)[len(specs) :])
 
     async def view(self, after: int = -1, first: int = 50, wait: float = 0.0) -> QueueView:
         """The queue as the queue page shows it, once it differs from version ``after``

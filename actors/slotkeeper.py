@@ -38,7 +38,7 @@ from actors.groups import Pool, pool_of
 from actors.leases import Lease, TokensUsed
 from actors.ops import Acquire, Cancel, GroupInfoOf, HandOver, Op, Release, Renew
 from actors.options import DEFAULT_OPTIONS, CallOptions
-from actors.outbox import Outbox
+from actors.outbox import Outbox, Send
 from actors.stats import GroupInfo
 from actors.successors import Successors
 from actors.watch import caller_of
@@ -74,12 +74,14 @@ def _settle_first(
 
 
 class SlotKeeper:
-    def __init__(self, handle: ActorHandle, groups: dict[str, GroupInfo], ask: Asks) -> None:
+    def __init__(
+        self, handle: ActorHandle, groups: dict[str, GroupInfo], ask: Asks, apply: Send
+    ) -> None:
         self.handle = handle
-        # The client's knowledge of each group, which the answers of the outbox's batches
-        # keep up to date too.
+        # The client's knowledge of each group, kept up to date by its ask and apply.
         self._groups = groups
         self._ask = ask
+        self._apply = apply
         # Calls no caller waits for (fast-path grants, releases, cancels): kept so
         # that their errors are logged and drain() can wait for them.
         self._in_flight: set[asyncio.Future[Any]] = set()
@@ -277,11 +279,7 @@ class SlotKeeper:
         where calls now wait (after a 429) makes its next calls from here ask and wait."""
         groups = {op.group_id for op in ops if isinstance(op, Acquire)}
         infos = [GroupInfoOf(group) for group in groups if isinstance(group, str)]
-        answers: list[object] = await unwrap(self.handle.apply.remote([*ops, *infos]))
-        for answer in answers[len(ops) :]:
-            if isinstance(answer, GroupInfo):
-                self._groups[answer.id] = answer
-        return answers[: len(ops)]
+        return (await self._apply([*ops, *infos]))[: len(ops)]
 
     def _track(self, call: Awaitable[T]) -> asyncio.Future[T]:
         future = asyncio.ensure_future(call)
