@@ -269,29 +269,37 @@ def get_or_create_provider(
     return ProviderClient(handle, name)
 
 
-async def reached_from_here(spec: GroupSpec, manager: ManagerClient | None) -> bool:
+def running_provider(spec: GroupSpec, manager: ManagerClient | None) -> ProviderClient | None:
+    """The provider actor of this group if one runs (nothing made)."""
+    name = _provider_name(spec, manager)
+    try:
+        return ProviderClient(ray.get_actor(name, namespace=NAMESPACE), name)
+    except ValueError:
+        return None
+
+
+async def reached_from_here(spec: GroupSpec, actor: ProviderClient | None) -> bool:
     """Whether this process reaches the server of ``spec`` itself: a remote one from any
-    node; one on loopback from the node its provider actor runs on, which is a named GPU
-    host's (known by its resource, no actor asked), else the node of the process that made
-    the actor: asked of the actor if one runs, this node if none does (whoever makes it
-    next from here makes it here)."""
+    node; one on loopback from the node its provider actor (``actor``, if one runs) runs
+    on, which is a named GPU host's (known by its resource, no actor asked), else the
+    node of the process that made the actor: asked of the actor, this node if none runs
+    (whoever makes it next from here makes it here)."""
     if spec.kind is not ResourceKind.LOCAL_SERVER:
         return True
     if spec.host is not None:
         here = ray.get_runtime_context().get_node_id()
         resources = next(node["Resources"] for node in ray.nodes() if node["NodeID"] == here)
         return GPU_HOST_RESOURCE.format(host=spec.host) in resources
-    name = _provider_name(spec, manager)
-    try:
-        actor = ProviderClient(ray.get_actor(name, namespace=NAMESPACE), name)
-    except ValueError:
-        return True
-    return await actor.on_this_node()
+    return actor is None or await actor.on_this_node()
 
 
 def _provider_name(spec: GroupSpec, manager: ManagerClient | None) -> str:
-    # Gated and direct (parity mode) actors of one group are different actors.
-    return f"provider:{spec.id}" if manager is not None else f"provider:{spec.id}:direct"
+    return _gated_or_direct(f"provider:{spec.id}", manager)
+
+
+def _gated_or_direct(name: str, manager: ManagerClient | None) -> str:
+    # Gated and direct (parity mode) actors of one backend are different actors.
+    return name if manager is not None else f"{name}:direct"
 
 
 def get_or_create_embedded_model(
@@ -302,7 +310,7 @@ def get_or_create_embedded_model(
 ) -> EmbeddedModelClient:
     """The cluster's server of the embedded ``model`` on ``host`` (the caller's node when
     None)."""
-    name = embedded_actor_name(model.id, host) + ("" if manager is not None else ":direct")
+    name = _gated_or_direct(embedded_actor_name(model.id, host), manager)
     handle = named_actor(
         EmbeddedModelActor, name, model, options, manager, host, placement=local_placement(host)
     )

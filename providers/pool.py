@@ -31,16 +31,17 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-from actors.groups import GroupSpec, ResourceKind
+from actors.groups import GroupSpec
 from actors.leases import Lease, TokensUsed
 from actors.ops import Register, TakeOut
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import CacheSettings
 from actors.slots import SlotSource
+from providers.actor import reached_from_here
 from providers.cache import ResponseCache, cache_key, get_or_create_cache
 from providers.client import ProviderClient
 from providers.errors import CircuitOpen, ProviderActorLost, ProviderError, ProviderUnavailable
@@ -66,6 +67,10 @@ class Server:
     spec: GroupSpec
     actor: ProviderClient
     nearby: Callable[[], GatedProvider]
+    # Whether this process made the actor (none ran), so it runs on this node: the reach
+    # of its server is known without waiting for the actor to start. Not in another
+    # process the pool travels to.
+    made_here: bool = False
 
 
 class PooledProvider:
@@ -97,7 +102,14 @@ class PooledProvider:
 
     def __getstate__(self) -> dict[str, Any]:
         # Another process finds its own way to each server and to the cache.
-        return {**self.__dict__, "_near": {}, "_locating": None, "_cache": None}
+        servers = {g: replace(s, made_here=False) for g, s in self.servers.items()}
+        return {
+            **self.__dict__,
+            "servers": servers,
+            "_near": {},
+            "_locating": None,
+            "_cache": None,
+        }
 
     @property
     def pool(self) -> tuple[str, ...]:
@@ -203,7 +215,7 @@ class PooledProvider:
         unknown = [group for group in self.servers if group not in self._near]
         await asyncio.gather(*(self.slots.ask(Register(self.servers[g].spec)) for g in unknown))
         reached = await asyncio.gather(
-            *(self._in_reach(self.servers[group]) for group in unknown), return_exceptions=True
+            *(self._reached(self.servers[g]) for g in unknown), return_exceptions=True
         )
         for group, near in zip(unknown, reached, strict=True):
             if isinstance(near, BaseException) and not isinstance(near, Exception):
@@ -212,11 +224,8 @@ class PooledProvider:
                 self._near[group] = self.servers[group].nearby() if near else None
 
     @staticmethod
-    async def _in_reach(server: Server) -> bool:
-        """A remote server is in reach from any node; one on loopback from its actor's."""
-        return (
-            server.spec.kind is not ResourceKind.LOCAL_SERVER or await server.actor.on_this_node()
-        )
+    async def _reached(server: Server) -> bool:
+        return await reached_from_here(server.spec, None if server.made_here else server.actor)
 
     def _reach(self, group: str) -> GatedProvider | ProviderClient:
         """Who calls the server of ``group`` from here: this process, when it reaches the

@@ -37,6 +37,7 @@ from providers.actor import (
     get_or_create_provider,
     options_for,
     reached_from_here,
+    running_provider,
 )
 from providers.client import ModelProvider
 from providers.fallback import FallbackProvider, Step
@@ -124,8 +125,10 @@ def _servers(
     servers = {}
     for spec in specs:
         options = options_for(spec.provider, settings)
+        made_here = running_provider(spec, manager) is None
         actor = get_or_create_provider(spec, options, manager)
-        servers[spec.id] = Server(spec, actor, partial(gated_provider, spec, options, slots))
+        nearby = partial(gated_provider, spec, options, slots)
+        servers[spec.id] = Server(spec, actor, nearby, made_here)
     return PooledProvider(
         model_id,
         servers,
@@ -142,6 +145,6 @@ async def _in_reach(
     """One server, called from here unless it is on loopback of another node (then
     through its provider actor)."""
     options = options_for(spec.provider, settings)
-    if await reached_from_here(spec, manager):
+    if await reached_from_here(spec, running_provider(spec, manager)):
         return gated_provider(spec, options, slots_of(manager))
     return get_or_create_provider(spec, options, manager)
