@@ -90,6 +90,7 @@ class _Server:
     """A group as the path without a queue sees it: its calls running from here, its
     weight (1: without the settings' weights) and its turn (see actors.rotation)."""
 
+    group: str
     active: int = 0
     weight: float = 1.0
     turn: float = 0.0
@@ -149,14 +150,12 @@ class NoSlots:
         if out is not None:
             raise out
         up = [g for g in pool if g not in self._out or not self._out[g].excludes(now)]
-        servers = {g: self._servers.setdefault(g, _Server()) for g in up}
-        taken = least_busy(list(servers.values()))
-        chosen = next(g for g, server in servers.items() if server is taken)
+        taken = least_busy([self._servers.setdefault(g, _Server(g)) for g in up])
         taken.active += 1
         try:
             yield Lease(
                 id=uuid.uuid4().hex,
-                group=chosen,
+                group=taken.group,
                 request_id=options.request_id or "",
                 priority=options.priority,
                 epoch=0,
