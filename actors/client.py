@@ -19,6 +19,7 @@ import ray
 from ray.actor import ActorHandle
 
 from actors.calls import cancellable, unwrap
+from actors.courier import Courier
 from actors.groups import GroupSpec, Pool
 from actors.leases import Lease, TokensUsed
 from actors.manager import get_or_create_manager
@@ -52,7 +53,8 @@ class ManagerClient:
         self.handle = handle
         # What this client last heard of each group (a throttled group waits from then on).
         self._groups: dict[str, GroupInfo] = {}
-        self._slots = SlotKeeper(handle, self._groups, self.ask, self.apply)
+        self._courier = Courier(self._call)
+        self._slots = SlotKeeper(handle, self._groups, self.ask, self.apply, self._courier)
 
     @classmethod
     def connect(
@@ -112,12 +114,17 @@ class ManagerClient:
         return cast(A, answer)
 
     async def apply(self, ops: list[Op[object]]) -> list[object]:
-        """Operations in one manager call: each one's answer, or the error it raised. What
-        the answers say of a group (its info) is kept for this client's next slots."""
-        answers: list[object] = await unwrap(self.handle.apply.remote(ops))
+        """Operations in this client's next manager call, with whatever else it sends
+        meanwhile (see :mod:`actors.courier`): each one's answer, or the error it raised.
+        What the answers say of a group (its info) is kept for this client's next slots."""
+        answers = [await answer for answer in self._courier.send(ops)]
         for answer in answers:
             if isinstance(answer, GroupInfo):
                 self._groups[answer.id] = answer
+        return answers
+
+    async def _call(self, ops: list[Op[object]]) -> list[object]:
+        answers: list[object] = await unwrap(self.handle.apply.remote(ops))
         return answers
 
     async def register(self, spec: GroupSpec) -> GroupInfo:

@@ -14,9 +14,13 @@ never wake its waiter. Expiry and budget are a reaper thread that sleeps
 until the earliest lease deadline or the time a budgeted group's best waiter
 fits its budget (:meth:`actors.timekeeper.Timekeeper.next_wake`).
 
-Every operation but the two that wait (an acquire, a process's question of its
-next in line) and the queue view reaches the engine through :meth:`SlotGate.apply`,
-as a message (see :mod:`actors.ops`): a list of them under one lock.
+Every operation reaches the engine through :meth:`SlotGate.apply`, as a message
+(see :mod:`actors.ops`): a list of them under one lock, a process's batch (see
+:mod:`actors.courier`). An acquire there that must wait is answered ``Queued``;
+its grant goes to its caller's mailbox (:mod:`actors.mailbox`), which the
+caller's one waiting :meth:`SlotGate.collect` call empties. In-process callers
+(:class:`actors.slots.LocalSlots`, tests) may instead await
+:meth:`SlotGate.acquire`, whose future the grant resolves.
 
 A queue view (:mod:`actors.queueview`) waits the same way: a future that the
 next change of the engine's version resolves; and so does a process's
@@ -39,9 +43,9 @@ from dataclasses import replace
 from typing import TypeVar, cast
 
 from actors.engine import SlotEngine
-from actors.errors import AcquireTimeout, WaitTooLong
 from actors.journal import Journal
 from actors.leases import Lease
+from actors.mailbox import Delivery, Mailboxes, Queued
 from actors.ops import Acquire, Op
 from actors.queueview import QueueView
 
@@ -56,6 +60,8 @@ class SlotGate:
         self.lock = threading.Lock()
         # Futures of queued acquires. Whoever pops an entry owns the clean-up.
         self._waiters: dict[str, asyncio.Future[Lease]] = {}
+        # The grants of acquires that came in a batch, by caller.
+        self._mail = Mailboxes()
         # Views waiting for the engine's version to move past theirs.
         self._watchers: list[tuple[int, asyncio.Future[None]]] = []
         # Callers waiting for a change of their waiters next in line: (caller, what it
@@ -78,10 +84,13 @@ class SlotGate:
         granted: list[Lease] = []
         with self.lock:
             for op in ops:
-                if isinstance(op, Acquire) and not op.started:
-                    # Its grant would find no waiter here to wake: see acquire().
-                    answers.append(ValueError("an acquire that may wait goes alone"))
-                    continue
+                # An acquire that may wait: its grant goes to its caller's mailbox.
+                mailed = op if isinstance(op, Acquire) and not op.started else None
+                if mailed is not None:
+                    if mailed.caller is None:
+                        answers.append(ValueError("an acquire that may wait names its caller"))
+                        continue
+                    op = mailed = _waiting_from_now(mailed)
                 try:
                     answer = self.engine.apply(op)
                 except Exception as error:
@@ -92,16 +101,46 @@ class SlotGate:
                     answer = None
                 elif isinstance(answer, Lease):  # an acquire's: its expiry must be timed
                     granted.append(answer)
+                elif mailed is not None:
+                    self._mail.expect_locked(mailed.lease_id, cast(str, mailed.caller))
+                    answer = Queued(self.engine.epoch)
                 answers.append(answer)
             self._settle_locked(granted)
         return answers
+
+    async def collect(self, caller: str, epoch: int | None, read: int, wait: float) -> Delivery:
+        """The grants (and failures) of ``caller``'s waiters from its batches, numbered past
+        ``read``: at once if there are any, else as soon as one comes, or after ``wait``
+        seconds. Of a manager of another ``epoch`` (None: not known yet), the epoch, at
+        once (see :mod:`actors.mailbox`)."""
+        with self.lock:
+            if epoch != self.engine.epoch:
+                return Delivery(self.engine.epoch)
+            items = self._mail.unread_locked(caller, read)
+            if items:
+                return Delivery(epoch, tuple(items))
+            posted = self._mail.wait_locked(caller)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await posted
+        finally:
+            with self.lock:
+                self._mail.stop_waiting_locked(caller, posted)
+        with self.lock:
+            return Delivery(epoch, tuple(self._mail.unread_locked(caller, read)))
+
+    def forget_caller(self, caller: str) -> None:
+        """``caller`` died (after its DropCaller): its mailbox goes."""
+        with self.lock:
+            self._mail.forget_locked(caller)
 
     async def acquire(self, op: Acquire) -> Lease:
         """A slot of ``op.group_id`` (or of a pool's groups), waiting at most
         ``options.queue_timeout`` for it (then AcquireTimeout), and until ``options.max_wait``
         has passed since the call was asked (then WaitTooLong: the estimate at its arrival
         had nothing to go by, or was wrong)."""
-        may_wait = op.options.max_wait
+        patience = op.patience(time.time())
         op = _waiting_from_now(op)
         loop = asyncio.get_running_loop()
         with self.lock:
@@ -114,17 +153,13 @@ class SlotGate:
             waiter: asyncio.Future[Lease] = loop.create_future()
             self._waiters[op.lease_id] = waiter
             self._settle_locked([])
-        options = op.options
-        limits = [t for t in (options.queue_timeout, options.max_wait) if t is not None]
         try:
-            async with asyncio.timeout(min(limits, default=None)):
+            async with asyncio.timeout(None if patience is None else patience[0]):
                 return await waiter
         except TimeoutError:
             self._abandon(op.lease_id, timed_out=True)
-            if may_wait is not None and options.max_wait == min(limits):
-                raise WaitTooLong(op.group_id, may_wait) from None
-            asked = options.request_id or op.lease_id
-            raise AcquireTimeout(op.group_id, asked, options.queue_timeout or 0.0) from None
+            assert patience is not None
+            raise patience[1] from None
         except asyncio.CancelledError:
             self._abandon(op.lease_id)
             raise
@@ -202,16 +237,16 @@ class SlotGate:
             waiter = self._waiters.pop(lease_id, None)
             if waiter is not None:
                 waiter.get_loop().call_soon_threadsafe(_end, waiter, error)
+            else:
+                self._mail.post_locked(lease_id, error)
         self._deliver_locked(granted)
         self._budget_changed_locked()
 
     def _journal_changes_locked(self) -> None:
         """After anything that may change a group's record."""
-        groups = self.engine.groups
-        changed = groups.take_changed()
-        if self._journal is not None and changed:
-            leases, callers = self.engine.leases, self.engine.callers
-            self._journal.write({g: groups.record(g, leases, callers) for g in changed})
+        changes = self.engine.groups.changes(self.engine.leases, self.engine.callers)
+        if self._journal is not None and changes:
+            self._journal.write(changes)
 
     def _budget_changed_locked(self) -> None:
         """After a change that may move a budgeted group's next grant sooner (a waiter
@@ -251,6 +286,8 @@ class SlotGate:
                 # A waiter cancelled before this ran: its coroutine's _abandon finds the
                 # lease held in the engine and passes it on.
                 waiter.get_loop().call_soon_threadsafe(_resolve, waiter, lease)
+            else:
+                self._mail.post_locked(lease.id, lease)
         if granted:
             self._reaper.wake_if_idle_locked()
 

@@ -18,7 +18,7 @@ from actors.budget import Budget, BudgetLimits
 from actors.callers import CallerIndex
 from actors.errors import UnknownGroup
 from actors.groups import GroupSpec
-from actors.journal import GroupRecord, HeldLease
+from actors.journal import Entries, HeldLease, held_entry, spec_entry
 from actors.leases import LeaseTable
 from actors.options import CallLabels, CallOptions
 from actors.rotation import Out
@@ -154,8 +154,10 @@ class GroupTable(Mapping[str, Group]):
         self._global_limit = global_limit
         self._clock = clock
         self._groups: dict[str, Group] = {}
-        # Groups whose record (spec, held leases) changed since take_changed().
-        self._changed: set[str] = set()
+        # What the journal has not written yet (see changes()): groups registered, and
+        # leases of journaled groups held or freed (lease id -> group id).
+        self._registered: set[str] = set()
+        self._moved: dict[str, str] = {}
 
     def __getitem__(self, group_id: str) -> Group:
         try:
@@ -195,25 +197,25 @@ class GroupTable(Mapping[str, Group]):
                 queue=WaitQueue(fair=self._fair),
                 weight=self._weights.get(spec.id, 1.0),
             )
-            self._changed.add(spec.id)
+            self._registered.add(spec.id)
         return group
 
-    def changed(self, group: Group) -> None:
-        """The group's held leases changed: the journal writes it if it keeps it."""
+    def changed(self, group: Group, lease_id: str) -> None:
+        """``lease_id`` of ``group`` was held or freed: the journal writes it if it keeps
+        the group."""
         if group.journaled:
-            self._changed.add(group.spec.id)
+            self._moved[lease_id] = group.spec.id
 
-    def take_changed(self) -> set[str]:
-        changed, self._changed = self._changed, set()
-        return changed
-
-    def record(self, group_id: str, leases: LeaseTable, callers: CallerIndex) -> GroupRecord:
-        """What the journal keeps of a group: its spec, and each held lease's epoch and
-        caller."""
-        group = self[group_id]
-        held = {}
-        for lease_id in sorted(group.leases):
+    def changes(self, leases: LeaseTable, callers: CallerIndex) -> Entries:
+        """The journal's entries changed since the last call (see :mod:`actors.journal`):
+        each group registered, each lease held (its epoch and caller) or freed."""
+        entries: dict[str, bytes | None] = dict(
+            spec_entry(self._groups[g].spec) for g in self._registered
+        )
+        for lease_id, group_id in self._moved.items():
             lease = leases.get(lease_id)
-            assert lease is not None
-            held[lease_id] = HeldLease(lease.epoch, callers.of(lease_id))
-        return GroupRecord(spec=group.spec, held=held)
+            held = None if lease is None else HeldLease(lease.epoch, callers.of(lease_id))
+            key, value = held_entry(group_id, lease_id, held)
+            entries[key] = value
+        self._registered, self._moved = set(), {}
+        return entries

@@ -105,7 +105,7 @@ class Holdings:
         group.leases.add(lease.id)
         group.active += 1
         self.total_active += 1
-        self.groups.changed(group)
+        self.groups.changed(group, lease.id)
 
     def free(
         self, lease_id: str, used: TokensUsed | None = None, *, released: bool = False
@@ -127,7 +127,7 @@ class Holdings:
         if (ended := group.queue.share.ended(lease_id, held, used)) is not None:
             flow, cost = ended
             self.recorder.served(group, flow, held, cost)
-        self.groups.changed(group)
+        self.groups.changed(group, lease_id)
         now = self.clock()
         if group.budget is not None:
             group.budget.returned(lease_id, used.total if used is not None else None, now)

@@ -4,29 +4,33 @@ A manager restarted by Ray starts with an empty engine. Two things would be
 lost: the groups registered at run time (their waiting acquires, retried by
 Ray, would fail with UnknownGroup), and the slots still held by callers that
 keep running (the new manager would grant them again, past the group's
-limit). So each group's record, its spec and the ids of the leases it holds,
-is written down, one entry per group, in two places:
+limit). So each group's spec, and each lease a capped group holds (its id,
+epoch and caller), is written down as it changes: an entry per group spec and
+one per held lease, keyed, a release writing its lease's key gone. A change
+costs its own entry, whatever else its group holds. The entries go to two
+places:
 
 - **ahead**, to a file on the manager's own machine (the head node, where
   Ray restarts it), before the change is told to anyone: a capped group's
   lease is handed to its caller only after the write that includes it. A
   file write outlives the manager's process (the kernel keeps it, no fsync
   needed for that) and costs microseconds on the grant's path, where a write
-  to Ray's GCS costs a round trip and two thread hops;
+  to Ray's GCS costs a round trip and two thread hops; a batch's changes are
+  one write;
 - **behind**, a copy in Ray's GCS key-value store, written by a thread of its
-  own, coalesced (``LAZY_SECONDS``): for a head node that comes back on a new
+  own, coalesced by key (``LAZY_SECONDS``): for a head node that comes back on a new
   machine under GCS fault tolerance, whose files are gone. That copy may lack
   the changes of its last moments: a grant made then is unknown to the new
   manager, which may grant the slot again until its holder's next renewal.
 
-A restarted manager restores each record (the file's where there is one):
-the held leases are held again, with a fresh ttl. Their holders renew them
+A restarted manager restores each group's record, its spec and held leases
+(the file's where it has the group): the held leases are held again, with a
+fresh ttl. Their holders renew them
 as usual (Ray retries the renewals that were in flight) and release them
 when done; the leases of holders that died meanwhile expire after one ttl.
 Until then the group is full, which is the fencing: no slot is granted twice.
 
-One entry per group keeps recovery per group, so groups can later be spread
-over several managers.
+Recovery is per group, so groups can be spread over several managers.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -52,8 +57,9 @@ RETRY_SECONDS = 0.5
 LAZY_SECONDS = 0.05
 # A FileStore is rewritten no sooner than at this size.
 COMPACT_BYTES = 1 << 20
-# Before each put's key and value: their sizes.
+# Before each entry's key and value: their sizes; a key written gone has no value.
 _HEADER = struct.Struct("<II")
+_GONE = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,27 +75,49 @@ class GroupRecord:
     held: dict[str, HeldLease]
 
 
-_RECORD = TypeAdapter(GroupRecord)
+# Entries by key: a group's spec under its id, a held lease under HELD_KEY; None: gone.
+Entries = Mapping[str, bytes | None]
+# Between a group's id and a held lease's: no group id has a line break.
+_SEPARATOR = "\n"
+_SPEC = TypeAdapter(GroupSpec)
+_HELD = TypeAdapter(HeldLease)
 
 
-def encode(record: GroupRecord) -> bytes:
-    return _RECORD.dump_json(record)
+def spec_entry(spec: GroupSpec) -> tuple[str, bytes]:
+    return spec.id, _SPEC.dump_json(spec)
 
 
-def decode(data: bytes) -> GroupRecord:
-    return _RECORD.validate_json(data)
+def held_entry(group_id: str, lease_id: str, held: HeldLease | None) -> tuple[str, bytes | None]:
+    """A held lease's entry; None: no longer held."""
+    return group_id + _SEPARATOR + lease_id, None if held is None else _HELD.dump_json(held)
+
+
+def records(entries: Mapping[str, bytes]) -> dict[str, GroupRecord]:
+    """The groups' records that ``entries`` make up, by group id (a lease without its
+    group's spec is dropped: the spec is written first)."""
+    specs: dict[str, GroupSpec] = {}
+    held: dict[str, dict[str, HeldLease]] = {}
+    for key, value in entries.items():
+        group_id, _, lease_id = key.partition(_SEPARATOR)
+        if lease_id:
+            held.setdefault(group_id, {})[lease_id] = _HELD.validate_json(value)
+        else:
+            specs[group_id] = _SPEC.validate_json(value)
+    return {g: GroupRecord(spec, held.get(g, {})) for g, spec in specs.items()}
 
 
 def recorded(ahead: Store, behind: Store) -> list[GroupRecord]:
     """What a restarted manager restores: each group's record, the one written ahead
     where both stores have it (the copy behind is never the newer)."""
-    return [decode(data) for data in {**behind.load(), **ahead.load()}.values()]
+    return list({**records(behind.load()), **records(ahead.load())}.values())
 
 
 class Store(Protocol):
     """Bytes by key, outliving the manager."""
 
-    def put(self, key: str, value: bytes) -> None: ...
+    def write(self, entries: Entries) -> None:
+        """Each entry's value by its key, or its key gone (None)."""
+        ...
 
     def load(self) -> dict[str, bytes]: ...
 
@@ -97,10 +125,11 @@ class Store(Protocol):
 
 
 class FileStore:
-    """Bytes by key in one file, each put appended to it (a few microseconds: no open,
-    no rename). Reading it back, the last value of each key wins; a put cut short by a
-    crash is dropped. Once the file has grown to twice its size after the last
-    rewrite (and past ``compact_at`` bytes), it is rewritten with each key's last value."""
+    """Bytes by key in one file, each write appended to it (a few microseconds: no open,
+    no rename). Reading it back, the last value of each key wins, a key written gone
+    is dropped, and a write cut short by a crash is dropped. Once the file has grown
+    to twice its size after the last rewrite (and past ``compact_at`` bytes), it is
+    rewritten with each key's last value."""
 
     def __init__(self, path: Path, compact_at: int = COMPACT_BYTES) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,14 +139,18 @@ class FileStore:
         self._fd = -1
         self._rewrite()
 
-    def put(self, key: str, value: bytes) -> None:
-        self._latest[key] = value
-        self._size += os.write(self._fd, _frame(key, value))
+    def write(self, entries: Entries) -> None:
+        for key, value in entries.items():
+            if value is None:
+                self._latest.pop(key, None)
+            else:
+                self._latest[key] = value
+        self._size += os.write(self._fd, b"".join(_frame(k, v) for k, v in entries.items()))
         if self._size > max(self._compact_at, 2 * self._compacted):
             self._rewrite()
 
     def load(self) -> dict[str, bytes]:
-        """Each key's last value: what the file held when opened, and every put since."""
+        """Each key's last value: what the file held when opened, and every write since."""
         return dict(self._latest)
 
     def _read(self) -> dict[str, bytes]:
@@ -125,14 +158,19 @@ class FileStore:
             data = self._path.read_bytes()
         except FileNotFoundError:
             return {}
-        values, at = {}, 0
+        values: dict[str, bytes] = {}
+        at = 0
         while at + _HEADER.size <= len(data):
             key_size, value_size = _HEADER.unpack_from(data, at)
-            end = at + _HEADER.size + key_size + value_size
+            gone = value_size == _GONE
+            end = at + _HEADER.size + key_size + (0 if gone else value_size)
             if end > len(data):
                 break  # cut short
             key = data[at + _HEADER.size : at + _HEADER.size + key_size].decode()
-            values[key] = data[end - value_size : end]
+            if gone:
+                values.pop(key, None)
+            else:
+                values[key] = data[end - value_size : end]
             at = end
         return values
 
@@ -150,33 +188,33 @@ class FileStore:
         self._size = self._compacted = os.fstat(self._fd).st_size
 
 
-def _frame(key: str, value: bytes) -> bytes:
+def _frame(key: str, value: bytes | None) -> bytes:
     encoded = key.encode()
+    if value is None:
+        return _HEADER.pack(len(encoded), _GONE) + encoded
     return _HEADER.pack(len(encoded), len(value)) + encoded + value
 
 
 class Journal:
-    """Writes the records of changed groups ahead, in the caller's thread, and hands them
-    to a thread that copies them behind (see the module's docstring)."""
+    """Writes changed entries ahead, in the caller's thread, and hands them to a thread
+    that copies them behind (see the module's docstring)."""
 
     def __init__(self, ahead: Store, behind: Store | None = None) -> None:
         self._ahead = ahead
         self._behind = None if behind is None else _Copier(behind)
 
-    def write(self, records: dict[str, GroupRecord]) -> None:
-        for group, record in sorted(records.items()):
-            data = encode(record)
-            try:
-                self._ahead.put(group, data)
-            except OSError:
-                log.error(
-                    "writing group %r's record ahead failed: a restarted manager knows "
-                    "only its copy behind",
-                    group,
-                    exc_info=True,
-                )
-            if self._behind is not None:
-                self._behind.keep(group, data)
+    def write(self, entries: Entries) -> None:
+        try:
+            self._ahead.write(entries)
+        except OSError:
+            log.error(
+                "writing %d journal entries ahead failed: a restarted manager knows only "
+                "their copy behind",
+                len(entries),
+                exc_info=True,
+            )
+        if self._behind is not None:
+            self._behind.keep(entries)
 
     def stop(self) -> None:
         """Write what the copy behind still lacks, and stop its thread."""
@@ -185,20 +223,20 @@ class Journal:
 
 
 class _Copier:
-    """The copy behind: the newest record of each group changed since the last write,
+    """The copy behind: the newest value of each key changed since the last write,
     written by a thread of its own, retried until the store takes it."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._changed = threading.Condition()
-        self._newest: dict[str, bytes] = {}
+        self._newest: dict[str, bytes | None] = {}
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="raygate-journal", daemon=True)
         self._thread.start()
 
-    def keep(self, group: str, data: bytes) -> None:
+    def keep(self, entries: Entries) -> None:
         with self._changed:
-            self._newest[group] = data
+            self._newest.update(entries)
             self._changed.notify()
 
     def stop(self) -> None:
@@ -215,16 +253,18 @@ class _Copier:
                 self._changed.wait_for(lambda: self._stopped, LAZY_SECONDS)
                 newest, self._newest = self._newest, {}
                 stopped = self._stopped
-            for group, data in sorted(newest.items()):
-                self._put(group, data)
+            if newest:
+                self._put(newest)
             if stopped:
                 return
 
-    def _put(self, group: str, data: bytes) -> None:
+    def _put(self, entries: Entries) -> None:
         while True:
             try:
-                self._store.put(group, data)
+                self._store.write(entries)
                 return
             except Exception:
-                log.warning("copying group %r's record failed; retrying", group, exc_info=True)
+                log.warning(
+                    "copying %d journal entries failed; retrying", len(entries), exc_info=True
+                )
                 time.sleep(RETRY_SECONDS)

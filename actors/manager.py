@@ -1,9 +1,11 @@
 """The ConcurrencyManager Ray actor: one per cluster, a thin shell over SlotGate.
 
-Why two Ray concurrency groups: acquires wait in the default group, while
-release, cancel, renew and the queries run in ``control``, on a thread and
-event loop of their own, so no number of waiting acquires can delay them. The
-gate is safe to call from both (see :mod:`actors.gate`).
+Why two Ray concurrency groups: every process's batches of operations (see
+:mod:`actors.courier`) run in ``control``, on a thread and event loop of their
+own, while the calls that wait (each process's collect of its grants, its
+question of its next in line, the queue page's view) wait in the default
+group, so no number of them can delay a batch. The gate is safe to call from
+both (see :mod:`actors.gate`).
 
 Why ``max_concurrency`` is so high: Ray lets an async actor run 1,000 calls at
 once by default and holds the rest in an overflow queue of its own, which is
@@ -17,10 +19,11 @@ to Ray's GCS key-value store (see :mod:`actors.journal`). A restarted
 manager starts a new epoch, restores the groups and holds their leases
 again for one ttl; their holders renew and release them as before. Ray
 retries the calls that were in flight against the new actor
-(``max_task_retries=-1``): waiting acquires queue again under their own lease
-and request ids and priorities, before any new arrival and in the order they
-first asked (``CallOptions.asked_at``), and an acquire whose grant was
-journaled but never answered gets that lease. A manager created anew (not
+(``max_task_retries=-1``), and each process asks again for the waiters it
+still expects (see :mod:`actors.deliveries`): they queue again under their own
+lease and request ids and priorities, before any new arrival and in the order
+they first asked (``CallOptions.asked_at``), and an acquire whose grant was
+journaled but never delivered gets that lease. A manager created anew (not
 restarted by Ray) clears its name's journal.
 
 Dead callers: an acquire names its caller process, which the manager watches
@@ -50,12 +53,11 @@ from actors.callers import Caller
 from actors.engine import SlotEngine
 from actors.gate import SlotGate
 from actors.groups import resolve_model
-from actors.journal import FileStore, Journal, recorded
-from actors.leases import Lease
+from actors.journal import Entries, FileStore, Journal, recorded
+from actors.mailbox import Delivery
 from actors.metrics import QueueMetrics
 from actors.names import HEAD_NODE, MANAGER_NAME, NAMESPACE, named_actor
-from actors.ops import Acquire, CanRun, DropCaller, Op, Register, Unwatched, Watched
-from actors.options import Packed
+from actors.ops import CanRun, DropCaller, Op, Register, Unwatched, Watched
 from actors.queueview import QueueView
 from actors.settings import Settings
 from actors.telemetry import configure_telemetry
@@ -65,6 +67,8 @@ CONTROL = "control"
 MAX_CONCURRENT_CALLS = 200_000
 # How long a caller's question of its next in line waits unanswered before it asks again.
 NEXT_IN_LINE_WAIT_SECONDS = 60.0
+# How long a caller's collect of its grants waits for one before it asks again.
+COLLECT_WAIT_SECONDS = 60.0
 
 
 @ray.remote(
@@ -127,18 +131,22 @@ class ConcurrencyManager(LifelineHost):
     def _dropped(self, caller: Caller) -> None:
         """Ray reported ``caller`` dead."""
         self._gate.apply([DropCaller(caller.id)])
-
-    async def acquire(self, packed: Packed) -> Lease:
-        """The slot an :class:`~actors.ops.Acquire` asks for (packed: see
-        :meth:`Acquire.packed`), once it is granted. Not in the control group: waiting
-        acquires wait here."""
-        return await self._gate.acquire(Acquire.unpacked(packed))
+        self._gate.forget_caller(caller.id)
 
     @ray.method(concurrency_group=CONTROL)
     async def apply(self, ops: list[Op[object]]) -> list[object]:
-        """Operations that never wait (see :mod:`actors.ops`), in order under one lock:
-        each one's answer, or the error it raised."""
+        """A batch of operations (see :mod:`actors.ops`), in order under one lock: each
+        one's answer, or the error it raised. An acquire that must wait is answered
+        ``Queued``; its grant comes by :meth:`collect`."""
         return self._gate.apply(ops)
+
+    async def collect(
+        self, caller: str, epoch: int | None, read: int, wait: float = COLLECT_WAIT_SECONDS
+    ) -> Delivery:
+        """The grants of the caller's (by id) waiters, past item ``read`` (see
+        :meth:`SlotGate.collect`). Not in the control group: a call of every caller
+        process waits here."""
+        return await self._gate.collect(caller, epoch, read, wait)
 
     async def watch(self, caller: Caller, lifeline: list[ObjectRef[None]]) -> None:
         # The lifeline is kept outside the actor too, for the manager's next life.
@@ -198,6 +206,13 @@ class GcsStore:
 
     def put(self, key: str, value: bytes) -> None:
         internal_kv._internal_kv_put(self._prefix + key, value, namespace=NAMESPACE)
+
+    def write(self, entries: Entries) -> None:
+        for key, value in entries.items():
+            if value is None:
+                self.delete(key)
+            else:
+                self.put(key, value)
 
     def load(self) -> dict[str, bytes]:
         records = {}

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Generic, TypeVar
 
+from actors.errors import AcquireTimeout, QueueError, WaitTooLong
 from actors.groups import GroupSpec, Pool
 from actors.leases import Lease, TokensUsed
 from actors.options import DEFAULT_OPTIONS, CallOptions, Packed
@@ -70,6 +71,22 @@ class Acquire(Op[Lease | None]):
         group, lease_id, options, caller, started = packed
         group = group if isinstance(group, str) else tuple(group)
         return cls(group, lease_id, CallOptions.unpacked(options), caller, started)
+
+    def patience(self, now: float) -> tuple[float, QueueError] | None:
+        """How long, from ``now`` (wall clock), this acquire may still wait for its slot,
+        and the error that ends its wait then; None: as long as it takes. Its
+        ``queue_timeout`` counts from now, its ``max_wait`` from when it was asked."""
+        options = self.options
+        limits: list[tuple[float, QueueError]] = []
+        if options.max_wait is not None:
+            asked = options.asked_at if options.asked_at is not None else now
+            left = max(0.0, options.max_wait - max(0.0, now - asked))
+            limits.append((left, WaitTooLong(self.group_id, options.max_wait)))
+        if options.queue_timeout is not None:
+            asked_by = options.request_id or self.lease_id
+            error = AcquireTimeout(self.group_id, asked_by, options.queue_timeout)
+            limits.append((options.queue_timeout, error))
+        return min(limits, key=lambda limit: limit[0], default=None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,14 @@
 """A process's side of its slots: waiting for one, keeping it, passing it on, giving it
 back (for :class:`actors.client.ManagerClient`, which hands it the operations to send).
 
-``slot`` makes exactly two manager calls: acquire and release. While the
+``slot`` sends the manager two operations, acquire and release, each in its
+client's next batch (see :mod:`actors.courier`); a grant that is not in the
+acquire's answer comes by mail (see :mod:`actors.deliveries`). While the
 caller holds the slot, a background task renews the lease every third of its
-ttl; the release runs in ``finally`` whatever happens; a caller cancelled
-while waiting tells the manager, which drops the waiter or, if the grant was
-already on its way back, passes the slot on.
+ttl; the release runs in ``finally`` whatever happens; a caller cancelled, or
+out of patience (its queue timeout, its max wait), while waiting tells the
+manager, which drops the waiter or, if the grant was already on its way back,
+passes the slot on.
 
 A freed slot whose next waiter is one of this process's own is handed over here,
 without the manager's round trip (the hand-over: docs/architecture.md tells how
@@ -15,30 +18,29 @@ A group with no limit under no global cap can never make anyone wait, so the
 caller does not wait for its acquire: the call starts at once, the manager
 still counts it, and the renewals and the release follow the grant when its
 answer is back (so a release can never overtake its own acquire, and uses
-the epoch of the manager that granted it). Those acquires and releases go
-to the manager in batches (see :mod:`actors.outbox`).
+the epoch of the manager that granted it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
-from ray import ObjectRef
 from ray.actor import ActorHandle
 
-from actors.calls import unwrap, unwrapped
+from actors.calls import unwrap
+from actors.courier import Courier, Send
+from actors.deliveries import Deliveries
 from actors.groups import Pool, pool_of
 from actors.leases import Lease, TokensUsed
 from actors.ops import Acquire, Cancel, GroupInfoOf, HandOver, Op, Release, Renew
 from actors.options import DEFAULT_OPTIONS, CallOptions
-from actors.outbox import Outbox, Send
 from actors.stats import GroupInfo
 from actors.successors import Successors
 from actors.watch import caller_of
@@ -55,37 +57,25 @@ class Asks(Protocol):
     async def __call__(self, op: Op[A]) -> A: ...
 
 
-def _settle_first(
-    passed: asyncio.Future[Lease], acquired: concurrent.futures.Future[Lease]
-) -> None:
-    """The acquire's answer, for a waiter whose slot no release here passed on first."""
-    if acquired.cancelled():
-        return
-    error = acquired.exception()
-    if error is not None:
-        error = unwrapped(error)
-    if passed.done():
-        if error is not None:
-            log.debug("an acquire answered %r after its slot was passed on", error)
-    elif error is not None:
-        passed.set_exception(error)
-    else:
-        passed.set_result(acquired.result())
-
-
 class SlotKeeper:
     def __init__(
-        self, handle: ActorHandle, groups: dict[str, GroupInfo], ask: Asks, apply: Send
+        self,
+        handle: ActorHandle,
+        groups: dict[str, GroupInfo],
+        ask: Asks,
+        apply: Send,
+        courier: Courier,
     ) -> None:
         self.handle = handle
         # The client's knowledge of each group, kept up to date by its ask and apply.
         self._groups = groups
         self._ask = ask
         self._apply = apply
+        self._courier = courier
         # Calls no caller waits for (fast-path grants, releases, cancels): kept so
         # that their errors are logged and drain() can wait for them.
         self._in_flight: set[asyncio.Future[Any]] = set()
-        self._outbox = Outbox(self._count)
+        self._deliveries = Deliveries(handle, apply)
         # Tokens used by calls that hold a slot of a gated group, sent with their release.
         self._used: dict[str, TokensUsed] = {}
         self._successors = Successors(handle)
@@ -140,16 +130,23 @@ class SlotKeeper:
         """A gated group, or a pool: wait for the grant (the manager's, or a slot passed on
         here), keep it alive, give it back."""
         passed = self._successors.waiter(lease_id, options)
-        caller = caller_of(self.handle).id
-        call = self.handle.acquire.remote(Acquire(group, lease_id, options, caller).packed())
+        op = Acquire(group, lease_id, options, caller_of(self.handle).id)
+        patience = op.patience(time.time())
+        self._deliveries.expect(op, passed)
+        [answer] = self._courier.send([op])
+        answer.add_done_callback(lambda a: self._deliveries.answered(lease_id, a.result()))
         try:
-            lease = await self._granted(call, passed)
-        except asyncio.CancelledError:
-            # ray.cancel cannot reach a grant already on its way back; an explicit
-            # cancel drops the waiter, or releases the slot granted meanwhile (a cancel
-            # that overtakes the hand-over naming it is refused there).
+            async with asyncio.timeout(None if patience is None else patience[0]):
+                lease = await passed
+        except (asyncio.CancelledError, TimeoutError) as stopped:
+            # The manager drops the waiter, or releases the slot granted meanwhile (a
+            # cancel that overtakes the hand-over naming it is refused there).
+            timed_out = isinstance(stopped, TimeoutError)
+            self._deliveries.gone(lease_id)
             self._handed_over.pop(lease_id, None)
-            self._note(self._ask(Cancel(lease_id)))
+            self._note(self._ask(Cancel(lease_id, timed_out=timed_out)))
+            if patience is not None and timed_out:
+                raise patience[1] from None
             raise
         finally:
             self._successors.gone(lease_id)
@@ -196,22 +193,6 @@ class SlotKeeper:
         caller = caller_of(self.handle).id
         await self._ask(HandOver(lease.group, lease.id, lease.epoch, successor, caller, used))
 
-    async def _granted(self, call: ObjectRef[Lease], passed: asyncio.Future[Lease]) -> Lease:
-        """The acquire's lease, or the slot a release here passed on first (the acquire's
-        answer, which the manager sends once it hears of that, is then let go). One
-        future is awaited, so that a release here wakes this waiter at once; the
-        acquire's answer settles it straight from Ray's thread (a task or a future
-        between would each cost the event loop a turn, a tenth of a pair's time)."""
-        loop = asyncio.get_running_loop()
-
-        def answered(acquired: concurrent.futures.Future[Lease]) -> None:
-            # The loop may have closed meanwhile: then nobody waits for this answer.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle_first, passed, acquired)
-
-        call.future().add_done_callback(answered)
-        return await passed
-
     def named_next(self, group: str) -> str | None:
         """See :meth:`actors.successors.Successors.named_next`."""
         return self._successors.named_next(group)
@@ -227,7 +208,8 @@ class SlotKeeper:
         the lease as asked for, its epoch the group's as last seen by this client.
         """
         caller = caller_of(self.handle).id
-        grant = self._outbox.acquire(Acquire(group, lease_id, options, caller, started=True))
+        acquire = Acquire(group, lease_id, options, caller, started=True)
+        grant = self._track(self._counted(acquire, group))
         keeper = asyncio.create_task(self._keep_alive(grant))
         try:
             yield Lease(
@@ -272,14 +254,16 @@ class SlotKeeper:
             )
 
     async def _release_when_granted(self, grant: asyncio.Future[Lease]) -> None:
-        self._outbox.release(await grant)
+        lease = await grant
+        await self._ask(Release(lease.id, lease.epoch))
 
-    async def _count(self, ops: list[Op[object]]) -> list[object]:
-        """Send the outbox's operations, and ask each group's info with them: a group
-        where calls now wait (after a 429) makes its next calls from here ask and wait."""
-        groups = {op.group_id for op in ops if isinstance(op, Acquire)}
-        infos = [GroupInfoOf(group) for group in groups if isinstance(group, str)]
-        return (await self._apply([*ops, *infos]))[: len(ops)]
+    async def _counted(self, op: Acquire, group: str) -> Lease:
+        """The lease of a started acquire, sent with its group's info: a group where calls
+        now wait (after a 429) makes its next calls from here ask and wait."""
+        answer, _ = await self._apply([op, GroupInfoOf(group)])
+        if isinstance(answer, Exception):
+            raise answer
+        return cast(Lease, answer)
 
     def _track(self, call: Awaitable[T]) -> asyncio.Future[T]:
         future = asyncio.ensure_future(call)
@@ -301,4 +285,4 @@ class SlotKeeper:
         """Wait until every call this client sent without waiting has been answered."""
         while self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
-        await self._outbox.drain()
+        await self._courier.drain()

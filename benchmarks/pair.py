@@ -1,18 +1,21 @@
 """The gated pair (acquire + release, nothing inside) against another checkout's, in one run.
 
-    python -m benchmarks.pair [--against PATH | --fifo] [--seconds 1] [--rounds 20]
+    python -m benchmarks.pair [--against PATH | --fifo] [--seconds 1] [--rounds 10]
+                              [--scenarios 1x1,64x1,1024x1,64x4,1024x4]
 
-Callers (1 and 64) loop ``async with client.slot(group)`` on a capped group
-(limit above the callers: nobody waits); pairs per second. With
-``--against PATH`` (a checkout of another commit, e.g. ``git worktree add
-/tmp/base 3512c50``) both checkouts' code runs at once, each in a process of
-its own on an embedded Ray of its own, set up and warmed once; then they
-take turns: one measures for ``--seconds`` while the other idles, then the
-other, the one going first alternating, ``--rounds`` times for each number
-of callers. Each round's two windows are a second apart, so a round's ratio
-compares the two on nearly the same machine (these machines drift by 2x
-from one day to the next, and by 1.5x from one minute to the next); the
-result is the median of the rounds' ratios, beside the ratio of the medians.
+Callers loop ``async with client.slot(group)`` on a capped group (limit above
+the callers: nobody waits); gated pairs per second, in all. A scenario
+``CxP`` runs C callers in each of P processes (Ray actors, each with a
+client of its own, started at the same moment). With ``--against PATH`` (a
+checkout of another commit, e.g. ``git worktree add /tmp/base 239e2d1``) both
+checkouts' code runs at once, each in a process of its own on an embedded
+Ray of its own, set up and warmed once; then they take turns: one measures
+for ``--seconds`` while the other idles, then the other, the one going first
+alternating, ``--rounds`` times for each scenario. Each round's two windows
+are a second apart, so a round's ratio compares the two on nearly the same
+machine (these machines drift by 2x from one day to the next, and by 1.5x
+from one minute to the next); the result is the median of the rounds'
+ratios, beside the ratio of the medians.
 
 With ``--fifo`` instead, this checkout against itself, one process with
 ``queue.fairness: fair`` and one with ``fifo``, each caller a flow of its
@@ -34,9 +37,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).parents[1]
-CALLERS = (1, 64)
+SCENARIOS = "1x1,64x1,1024x1,64x4,1024x4"
 
-# Reads "<callers> <seconds>" lines; measures; answers each with the pairs per second.
+# Reads "<callers> <processes> <seconds>" lines; measures; answers each with the pairs per
+# second in all.
 MEASURE = """
 import asyncio, json, os, sys, time, uuid
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -58,33 +62,48 @@ def options(caller: int) -> tuple[object, ...]:
     return (CallOptions(flow=f"caller-{caller}"),)
 
 
-async def rate(client: ManagerClient, callers: int, seconds: float) -> float:
-    done = 0
-    end = time.monotonic() + seconds
+@ray.remote(num_cpus=0)
+class Callers:
+    def __init__(self, manager) -> None:
+        self.client = ManagerClient(manager)
 
-    async def loop(caller: int) -> None:
-        nonlocal done
-        asked = options(caller)
-        while time.monotonic() < end:
-            async with client.slot(group.id, *asked):
-                pass
-            done += 1
+    async def run(self, callers: int, start: float, end: float) -> int:
+        done = 0
 
-    started = time.monotonic()
-    await asyncio.gather(*(loop(caller) for caller in range(callers)))
-    return done / (time.monotonic() - started)
+        async def loop(caller: int) -> None:
+            nonlocal done
+            asked = options(caller)
+            while time.time() < end:
+                async with self.client.slot(group.id, *asked):
+                    pass
+                if time.time() >= start:
+                    done += 1
+
+        await asyncio.gather(*(loop(caller) for caller in range(callers)))
+        return done
+
+
+async def rate(processes: list, callers: int, seconds: float) -> float:
+    # A quarter second to start every process's callers, then the window.
+    start = time.time() + 0.25
+    end = start + seconds
+    done = await asyncio.gather(*(p.run.remote(callers, start, end) for p in processes))
+    return sum(done) / seconds
 
 
 async def main() -> None:
     fair = {} if fairness is None else {"fairness": fairness}
-    settings = Settings(queue=QueueSettings(group_limits={group.id: 1_000}, **fair))
-    client = ManagerClient(get_or_create_manager(settings, name=f"pair-{uuid.uuid4().hex[:6]}"))
-    await client.register(group)
-    await rate(client, 64, 1.0)  # warm up: workers, connections, the caller's watch
+    settings = Settings(queue=QueueSettings(group_limits={group.id: 100_000}, **fair))
+    manager = get_or_create_manager(settings, name=f"pair-{uuid.uuid4().hex[:6]}")
+    await ManagerClient(manager).register(group)
+    pool = [Callers.remote(manager) for _ in range(4)]
+    # Warm up: workers, connections, each caller's watch.
+    await rate(pool, 64, 1.0)
     print("ready", flush=True)
     while line := await asyncio.to_thread(sys.stdin.readline):
-        callers, seconds = line.split()
-        print(json.dumps(await rate(client, int(callers), float(seconds))), flush=True)
+        callers, processes, seconds = line.split()
+        pairs = await rate(pool[: int(processes)], int(callers), float(seconds))
+        print(json.dumps(pairs), flush=True)
 
 
 ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -110,9 +129,9 @@ class Measurer:
         )
         self._answer()  # "ready"
 
-    def rate(self, callers: int, seconds: float) -> float:
+    def rate(self, callers: int, processes: int, seconds: float) -> float:
         assert self._process.stdin is not None
-        self._process.stdin.write(f"{callers} {seconds}\n")
+        self._process.stdin.write(f"{callers} {processes} {seconds}\n")
         self._process.stdin.flush()
         pairs: float = json.loads(self._answer())
         return pairs
@@ -139,8 +158,12 @@ def main() -> None:
         "--fifo", action="store_true", help="this checkout with fair share against fifo"
     )
     parser.add_argument("--seconds", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument(
+        "--scenarios", default=SCENARIOS, help="callers x processes, comma-separated"
+    )
     args = parser.parse_args()
+    scenarios = [tuple(int(n) for n in s.split("x")) for s in args.scenarios.split(",")]
     # Each run: its checkout and its environment; the first is "this", the second the base.
     checkouts: dict[str, tuple[Path, dict[str, str]]] = {"this checkout": (REPO, {})}
     if args.against is not None:
@@ -152,31 +175,34 @@ def main() -> None:
         }
     measurers = {name: Measurer(*run) for name, run in checkouts.items()}
     try:
-        rates: dict[str, dict[int, list[float]]] = {
-            name: {count: [] for count in CALLERS} for name in checkouts
+        rates: dict[str, dict[tuple[int, ...], list[float]]] = {
+            name: {scenario: [] for scenario in scenarios} for name in checkouts
         }
         for n in range(args.rounds):
-            for count in CALLERS:
+            for scenario in scenarios:
                 # Each checkout goes first in every other round: neither always meets a
                 # warmer machine.
                 for name in sorted(checkouts, reverse=n % 2 == 1):
-                    rates[name][count].append(measurers[name].rate(count, args.seconds))
+                    callers, processes = scenario
+                    rate = measurers[name].rate(callers, processes, args.seconds)
+                    rates[name][scenario].append(rate)
     finally:
         for measurer in measurers.values():
             measurer.close()
-    print(f"gated pairs per second, {args.rounds} rounds of {args.seconds:g} s, interleaved")
-    for count in CALLERS:
-        medians = {name: statistics.median(rates[name][count]) for name in checkouts}
+    print(f"gated pairs per second in all, {args.rounds} rounds of {args.seconds:g} s, interleaved")
+    for scenario in scenarios:
+        where = f"{scenario[0]:>4} x {scenario[1]}"
+        medians = {name: statistics.median(rates[name][scenario]) for name in checkouts}
         for name in checkouts:
-            listed = " ".join(f"{rate:.0f}" for rate in rates[name][count])
-            print(f"{count:>3} callers  {name:<14} median {medians[name]:>5.0f}  ({listed})")
+            listed = " ".join(f"{rate:.0f}" for rate in rates[name][scenario])
+            print(f"{where}  {name:<14} median {medians[name]:>6.0f}  ({listed})")
         if len(checkouts) == 2:
             this, base = checkouts
-            pairs = zip(rates[this][count], rates[base][count], strict=True)
+            pairs = zip(rates[this][scenario], rates[base][scenario], strict=True)
             paired = sorted(against / measured for measured, against in pairs)
             quartiles = statistics.quantiles(paired, n=4)
             print(
-                f"{count:>3} callers  time per pair, {this} / {base}: "
+                f"{where}  time per pair, {this} / {base}: "
                 f"median of the rounds {statistics.median(paired):.2f}x "
                 f"(quartiles {quartiles[0]:.2f}x-{quartiles[2]:.2f}x), "
                 f"of the medians {medians[base] / medians[this]:.2f}x"

@@ -22,6 +22,7 @@ from actors.client import ManagerClient
 from actors.errors import AcquireTimeout, InvalidPriority, QueueFull, UnknownGroup, UnknownModel
 from actors.groups import ModelEntry
 from actors.leases import TokensUsed
+from actors.mailbox import Queued
 from actors.manager import get_or_create_manager
 from actors.names import NAMESPACE
 from actors.ops import Acquire, Cancel, Release, Stats
@@ -74,6 +75,16 @@ class Calls:
 Caller = ray.remote(num_cpus=0)(Calls)
 
 
+# A process that sends its acquires by hand; nobody watches it.
+WAITER = "a-waiting-process"
+
+
+def waiting_acquire(lease_id: str, caller: str = WAITER) -> Acquire:
+    """An acquire of the local server that waits, if it must, with its grant mailed to
+    ``caller``."""
+    return Acquire(LOCAL_SERVER.id, lease_id, CallOptions(request_id=lease_id), caller)
+
+
 async def test_cap_one_server_sees_one_call_at_a_time_in_priority_order(
     make_manager: ManagerFactory,
 ) -> None:
@@ -104,29 +115,29 @@ async def test_release_and_stats_answer_while_5000_acquires_wait(
 ) -> None:
     client = make_manager(LOCAL_SERVER)
     handle = client.handle
-    holder = await handle.acquire.remote(
-        Acquire(LOCAL_SERVER.id, "holder", CallOptions(request_id="holder")).packed()
-    )
-    waiting = [
-        handle.acquire.remote(
-            Acquire(LOCAL_SERVER.id, f"w{i}", CallOptions(request_id=f"w{i}")).packed()
+    [holder] = await handle.apply.remote([waiting_acquire("holder")])
+    # 5,000 callers' acquires, in batches of 500 as their processes would send them.
+    waiting = [f"w{i}" for i in range(5000)]
+    queued = await asyncio.gather(
+        *(
+            handle.apply.remote([waiting_acquire(lease_id) for lease_id in waiting[i : i + 500]])
+            for i in range(0, 5000, 500)
         )
-        for i in range(5000)
-    ]
-    # All 5,000 are in the manager's own queue: Ray's 1,000-call default did not hold any back.
-    await eventually(pending_is(client, LOCAL_SERVER.id, 5000), "5,000 queued acquires")
+    )
+    assert {type(answer) for batch in queued for answer in batch} == {Queued}
+    # The one process's call waiting for its grants.
+    delivery = handle.collect.remote(WAITER, holder.epoch, -1)
 
-    # These would hang if control calls shared the default group with the waiters.
+    # These would hang if control calls shared the default group with the waiting call.
     stats = await asyncio.wait_for(client.stats(), timeout=30)
     assert stats.total_pending == 5000
     await asyncio.wait_for(handle.apply.remote([Release(holder.id, holder.epoch)]), timeout=30)
 
-    ready, _ = await asyncio.to_thread(ray.wait, waiting, num_returns=1, timeout=30)
-    assert len(ready) == 1
+    [(_, granted, lease)] = (await asyncio.wait_for(delivery, timeout=30)).items
+    assert granted == lease.id == "w0"  # the first to arrive
     stats = await asyncio.wait_for(client.stats(), timeout=30)
     assert (stats.total_active, stats.total_pending) == (1, 4999)
-    for ref in waiting:
-        ray.cancel(ref)
+    await handle.apply.remote([Cancel(lease_id) for lease_id in waiting])
 
 
 @pytest.mark.slow
@@ -138,41 +149,34 @@ async def test_a_live_holder_keeps_its_slot_while_5000_acquires_arrive_past_its_
     must not expire all the same: Ray would report its death."""
     client = make_manager(LOCAL_SERVER, lease_ttl_seconds=6.0)
     handle = client.handle
-    holder = await handle.acquire.remote(
-        Acquire(
-            LOCAL_SERVER.id, "holder", CallOptions(request_id="holder"), caller_of(handle).id
-        ).packed()
-    )
+    [holder] = await handle.apply.remote([waiting_acquire("holder", caller_of(handle).id)])
     granted_at = time.monotonic()
-    waiting = [
-        handle.acquire.remote(
-            Acquire(LOCAL_SERVER.id, f"w{i}", CallOptions(request_id=f"w{i}")).packed()
-        )
-        for i in range(5000)
-    ]
+    waiting = [f"w{i}" for i in range(5000)]
+    await asyncio.gather(
+        *(handle.apply.remote([waiting_acquire(lease_id)]) for lease_id in waiting)
+    )
     await eventually(pending_is(client, LOCAL_SERVER.id, 5000), "5,000 queued acquires")
     # Held for 15 s, two and a half ttls, as a long call holds its slot.
     await asyncio.sleep(15 - (time.monotonic() - granted_at))
-    ready, _ = await asyncio.to_thread(ray.wait, waiting, num_returns=1, timeout=0)
+    nothing = await handle.collect.remote(WAITER, holder.epoch, -1, wait=0)
     group = (await client.stats()).groups[LOCAL_SERVER.id]
-    assert (len(ready), group.granted, group.active, group.expired) == (0, 1, 1, 0)
+    assert (nothing.items, group.granted, group.active, group.expired) == ((), 1, 1, 0)
 
     await handle.apply.remote([Release(holder.id, holder.epoch)])
-    ready, _ = await asyncio.to_thread(ray.wait, waiting, num_returns=1, timeout=60)
-    assert len(ready) == 1
+    delivery = await handle.collect.remote(WAITER, holder.epoch, -1, wait=60)
+    assert len(delivery.items) == 1
     group = (await client.stats()).groups[LOCAL_SERVER.id]
     assert (group.granted, group.expired, group.active) == (2, 0, 1)
-    for ref in waiting:
-        ray.cancel(ref)
+    await handle.apply.remote([Cancel(lease_id) for lease_id in waiting])
 
 
 async def test_slot_of_a_holder_nobody_watches_comes_back_after_the_ttl(
     make_manager: ManagerFactory,
 ) -> None:
     client = make_manager(LOCAL_SERVER, lease_ttl_seconds=1.0)
-    # Asked without naming its process, as a caller whose death Ray cannot report; never
+    # Asked by a process the manager does not watch, whose death Ray cannot report; never
     # renewed.
-    await client.handle.acquire.remote(Acquire(LOCAL_SERVER.id, "orphan", CallOptions()).packed())
+    await client.handle.apply.remote([waiting_acquire("orphan")])
 
     async with client.slot(LOCAL_SERVER.id, CallOptions(queue_timeout=30)) as lease:
         assert lease.group == LOCAL_SERVER.id
@@ -405,6 +409,29 @@ async def test_cancelled_waiter_leaves_the_managers_queue(make_manager: ManagerF
     assert (await client.stats()).total_active == 0
 
 
+async def test_waiters_cancelled_while_their_batch_is_in_flight_leave_nothing_behind(
+    make_manager: ManagerFactory,
+) -> None:
+    client = make_manager(LOCAL_SERVER)
+
+    async with client.slot(LOCAL_SERVER.id) as holder:
+        waiters = [asyncio.create_task(wait_for_grant(client)) for _ in range(20)]
+        await asyncio.sleep(0)  # the waiters' acquires leave in one batch
+        await asyncio.sleep(0)
+        for waiter in waiters:
+            waiter.cancel()
+        ended = await asyncio.gather(*waiters, return_exceptions=True)
+        assert all(isinstance(end, asyncio.CancelledError) for end in ended)
+    await client.drain()
+
+    stats = await client.stats()
+    assert (stats.total_pending, stats.total_active) == (0, 0)
+    assert stats.groups[LOCAL_SERVER.id].cancelled == 20
+    # The slot is free for the next caller at once: no cancelled waiter kept it.
+    async with client.slot(LOCAL_SERVER.id, CallOptions(queue_timeout=5)) as lease:
+        assert lease.id != holder.id
+
+
 async def test_unlimited_group_calls_are_counted_without_waiting(
     make_manager: ManagerFactory,
 ) -> None:
@@ -456,10 +483,8 @@ async def test_full_queue_refuses_through_the_actor(make_manager: ManagerFactory
     handle = client.handle
 
     async with client.slot(LOCAL_SERVER.id):
-        handle.acquire.remote(
-            Acquire(LOCAL_SERVER.id, "queued", CallOptions(request_id="queued")).packed()
-        )
-        await eventually(pending_is(client, LOCAL_SERVER.id, 1), "one queued acquire")
+        [queued] = await handle.apply.remote([waiting_acquire("queued")])
+        assert isinstance(queued, Queued)
         with pytest.raises(QueueFull) as caught:
             async with client.slot(LOCAL_SERVER.id):
                 pass

@@ -271,15 +271,15 @@ async def test_the_page_shows_the_queue_live_and_cancels_a_run(app: App) -> None
         handle = manager.handle
         ray.kill(ray.get_actor(the_replica(), namespace="serve"))
         await expect(status).to_have_attribute("data-state", "reconnecting")
-        held = await handle.acquire.remote(
-            Acquire(app.group, _lease(), CallOptions(request_id="hold")).packed()
+        # Asked by hand, as a process that collects no grants would.
+        caller = "page-test"
+        [held] = await handle.apply.remote(
+            [Acquire(app.group, _lease(), CallOptions(request_id="hold"), caller)]
         )
         late_labels = CallLabels("features", "svc-late", plateau=1, run="driver")
         late_id = _lease()
         late_options = CallOptions(request_id="late", priority=8, labels=late_labels)
-        late = handle.acquire.remote(
-            Acquire(app.group, late_id, late_options.identified()).packed()
-        )
+        await handle.apply.remote([Acquire(app.group, late_id, late_options.identified(), caller)])
         await eventually(app.levels_are(1, 1), "a call queued while the page reconnects")
         await expect(status).to_have_attribute("data-state", "live", timeout=90_000)
         await expect(rows).to_have_count(1)
@@ -304,20 +304,16 @@ async def test_the_page_shows_the_queue_live_and_cancels_a_run(app: App) -> None
 
         # 10,000 more waiters: the first 50 rows and the count of the others.
         bulk = [_lease() for _ in range(10_000)]
-        acquires = [
-            handle.acquire.remote(
-                Acquire(app.group, lease_id, CallOptions(request_id=lease_id)).packed()
-            )
-            for lease_id in bulk
-        ]
+        await handle.apply.remote(
+            [Acquire(app.group, i, CallOptions(request_id=i), caller) for i in bulk]
+        )
         await eventually(app.levels_are(1, 10_001), "10,000 more waiters")
         await expect(rows).to_have_count(50)
         more = page.locator(f'article[data-group="{app.group}"] .more')
         await expect(more).to_have_text("and 9,951 more waiting (10,001 in all)")
         await page.screenshot(path=SCREENSHOTS / "queue-page-10000.png")
 
-        await asyncio.gather(*(handle.apply.remote([Cancel(i)]) for i in [late_id, *bulk]))
-        await asyncio.gather(late, *acquires, return_exceptions=True)
+        await handle.apply.remote([Cancel(i) for i in [late_id, *bulk]])
         await handle.apply.remote([Release(held.id, held.epoch)])
         await eventually(app.levels_are(0, 0), "the waiters cancelled and the slot released")
         await expect(rows).to_have_count(0)

@@ -11,6 +11,7 @@ from actors.errors import UnknownGroup
 from actors.groupstate import GroupTable, Waiter
 from actors.handover import HandOvers
 from actors.holdings import Holdings
+from actors.journal import HeldLease, held_entry
 from actors.leases import Lease, LeaseTable
 from actors.options import CallLabels, CallOptions
 from actors.reports import Recorder, estimate
@@ -176,22 +177,22 @@ def test_only_a_caller_holding_a_slot_of_the_group_is_told_its_waiter_is_next() 
 # -- actors/groupstate.py and actors/holdings.py ----------------------------------------
 
 
-def test_the_group_table_registers_once_and_marks_journaled_groups_on_each_change() -> None:
+def test_the_group_table_registers_once_and_journals_each_lease_held_or_freed() -> None:
     clock = FakeClock()
     groups = GroupTable(limits={ANTHROPIC.id: 3}, budgets={}, global_limit=None, clock=clock)
     local, remote = groups.register(LOCAL_OLLAMA), groups.register(ANTHROPIC)
     assert groups.register(LOCAL_OLLAMA) is local
     assert (local.limit, remote.limit) == (1, 3)  # the override beats the default
-    assert groups.take_changed() == {LOCAL_OLLAMA.id, ANTHROPIC.id}
+    leases, callers = LeaseTable(10.0, clock), CallerIndex()
+    assert groups.changes(leases, callers).keys() == {LOCAL_OLLAMA.id, ANTHROPIC.id}
 
-    holdings = Holdings(
-        groups, LeaseTable(10.0, clock), CallerIndex(), Recorder(None, clock), clock, EPOCH, None
-    )
+    holdings = Holdings(groups, leases, callers, Recorder(None, clock), clock, EPOCH, None)
     holdings.grant(local, lease("a"), waited=0.0, tokens=0)
-    assert groups.take_changed() == {GROUP}
+    assert groups.changes(leases, callers) == dict([held_entry(GROUP, "a", HeldLease(1))])
     assert (local.active, holdings.total_active, local.has_room()) == (1, 1, False)
     assert holdings.free("a") is local
     assert local.active == 0
+    assert groups.changes(leases, callers) == dict([held_entry(GROUP, "a", None)])
     assert "nope" not in groups
     with pytest.raises(UnknownGroup, match="nope"):
         groups["nope"]

@@ -1,5 +1,5 @@
-"""A restarted manager's memory: the journal writes group records ahead and copies them
-behind, a new engine restores them."""
+"""A restarted manager's memory: the journal writes each change ahead and copies it
+behind, a new engine restores the groups' records they make up."""
 
 from __future__ import annotations
 
@@ -12,7 +12,17 @@ import pytest
 
 from actors.engine import SlotEngine
 from actors.gate import SlotGate
-from actors.journal import FileStore, GroupRecord, HeldLease, Journal, decode, encode, recorded
+from actors.journal import (
+    Entries,
+    FileStore,
+    GroupRecord,
+    HeldLease,
+    Journal,
+    held_entry,
+    recorded,
+    records,
+    spec_entry,
+)
 from actors.ops import Acquire, Register, Release
 from actors.options import CallOptions
 from tests.unit.conftest import ANTHROPIC, EPOCH, LOCAL_OLLAMA, Harness
@@ -25,12 +35,18 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.records: dict[str, bytes] = {}
+        self.writes: list[Entries] = []
         self.open = threading.Event()
         self.open.set()
 
-    def put(self, key: str, value: bytes) -> None:
+    def write(self, entries: Entries) -> None:
         self.open.wait()
-        self.records[key] = value
+        self.writes.append(entries)
+        for key, value in entries.items():
+            if value is None:
+                self.records.pop(key, None)
+            else:
+                self.records[key] = value
 
     def load(self) -> dict[str, bytes]:
         return dict(self.records)
@@ -43,8 +59,8 @@ def restarted(store: MemoryStore, **engine_kwargs: object) -> Harness:
     """A new engine (a later epoch) that restores every record in ``store``."""
     harness = Harness(**engine_kwargs)
     harness.engine.epoch = EPOCH + 1
-    for data in store.load().values():
-        harness.engine.restore(decode(data))
+    for record in records(store.load()).values():
+        harness.engine.restore(record)
     return harness
 
 
@@ -69,7 +85,7 @@ def gate(store: MemoryStore, behind: MemoryStore) -> Iterator[SlotGate]:
 
 
 def record(store: MemoryStore, group: str) -> GroupRecord:
-    return decode(store.records[group])
+    return records(store.records)[group]
 
 
 async def test_a_capped_lease_is_written_ahead_when_handed_out_and_copied_behind_later(
@@ -99,6 +115,28 @@ async def test_a_waiter_granted_by_a_release_is_written_ahead_when_handed_out(
     second = await asyncio.wait_for(waiting, 5)
 
     assert record(store, GROUP).held == {second.id: HeldLease(EPOCH)}
+
+
+def test_a_grant_and_a_release_write_their_own_lease_whatever_the_group_holds(
+    store: MemoryStore,
+) -> None:
+    engine = SlotEngine(epoch=EPOCH, group_limits={GROUP: 1_000})
+    engine.register(LOCAL_OLLAMA)
+    gate = SlotGate(engine, Journal(store))
+    try:
+        held = gate.apply([Acquire(GROUP, f"l{n}", CallOptions(), "p") for n in range(500)])
+        store.writes.clear()
+
+        gate.apply([Acquire(GROUP, "one-more", CallOptions(), "p")])
+        gate.apply([Release("l7", EPOCH)])
+    finally:
+        gate.close()
+
+    assert store.writes == [
+        dict([held_entry(GROUP, "one-more", HeldLease(EPOCH, "p"))]),
+        dict([held_entry(GROUP, "l7", None)]),
+    ]
+    assert len(record(store, GROUP).held) == len(held) == 500
 
 
 def test_register_returns_once_the_group_is_written(gate: SlotGate, store: MemoryStore) -> None:
@@ -175,12 +213,11 @@ async def test_an_acquire_retried_after_its_grant_was_written_gets_that_lease(
 def test_a_group_registered_at_run_time_is_known_after_a_restart(store: MemoryStore) -> None:
     engine = SlotEngine(epoch=EPOCH)
     engine.register(LOCAL_OLLAMA)
-    for group in engine.groups.take_changed():
-        store.put(group, encode(engine.groups.record(group, engine.leases, engine.callers)))
+    store.write(engine.groups.changes(engine.leases, engine.callers))
 
     after = SlotEngine(epoch=EPOCH + 1)
-    for data in store.load().values():
-        after.restore(decode(data))
+    for restored in records(store.load()).values():
+        after.restore(restored)
 
     assert after.group_info(GROUP).limit == 1
 
@@ -200,10 +237,10 @@ async def test_a_restored_lease_keeps_its_caller_whose_death_frees_it(
 
 def test_a_restart_restores_the_record_written_ahead_over_an_older_copy_behind() -> None:
     ahead, behind = MemoryStore(), MemoryStore()
-    older = GroupRecord(LOCAL_OLLAMA, {"gone": HeldLease(EPOCH)})
-    behind.put(GROUP, encode(older))
-    ahead.put(GROUP, encode(GroupRecord(LOCAL_OLLAMA, {})))
-    behind.put(ANTHROPIC.id, encode(GroupRecord(ANTHROPIC, {})))  # only behind: still restored
+    # Behind still holds a lease that ahead has written gone.
+    behind.write(dict([spec_entry(LOCAL_OLLAMA), held_entry(GROUP, "gone", HeldLease(EPOCH))]))
+    ahead.write(dict([spec_entry(LOCAL_OLLAMA), held_entry(GROUP, "gone", None)]))
+    behind.write(dict([spec_entry(ANTHROPIC)]))  # only behind: still restored
 
     records = {record.spec.id: record for record in recorded(ahead, behind)}
 
@@ -215,9 +252,8 @@ def test_a_file_store_keeps_each_keys_last_value_and_outlives_its_writer(tmp_pat
     path = tmp_path / "session" / "manager.journal"
     key = "local-openai-compatible-http://gpu-box:1234"
     first = FileStore(path)
-    first.put(key, b"old")
-    first.put(key, b"new")
-    first.put("other", b"x")
+    first.write({key: b"old", "gone": b"y"})
+    first.write({key: b"new", "other": b"x", "gone": None})
 
     assert FileStore(path).load() == {key: b"new", "other": b"x"}  # a restarted manager's
 
@@ -225,8 +261,8 @@ def test_a_file_store_keeps_each_keys_last_value_and_outlives_its_writer(tmp_pat
 def test_a_file_store_drops_a_put_cut_short(tmp_path: Path) -> None:
     path = tmp_path / "manager.journal"
     store = FileStore(path)
-    store.put("a", b"kept")
-    store.put("b", b"cut short")
+    store.write({"a": b"kept"})
+    store.write({"b": b"cut short"})
     path.write_bytes(path.read_bytes()[:-3])  # the process died inside the last write
 
     assert FileStore(path).load() == {"a": b"kept"}
@@ -236,7 +272,7 @@ def test_a_file_store_rewrites_itself_with_the_last_values_once_grown(tmp_path: 
     path = tmp_path / "manager.journal"
     store = FileStore(path, compact_at=1_000)
     for n in range(1_000):
-        store.put(f"group-{n % 3}", f"record {n}".encode())
+        store.write({f"group-{n % 3}": f"record {n}".encode()})
 
     assert path.stat().st_size < 2_000
     assert FileStore(path).load() == {
