@@ -168,7 +168,8 @@ class ManagerClient:
         return self._slots.named_next(group)
 
     async def drain(self) -> None:
-        """Wait until every call this client sent without waiting has been answered."""
+        """Give back the slots lent to this process and kept idle (see actors.lending), and
+        wait until every call this client sent without waiting has been answered."""
         await self._slots.drain()
 
     # -- queries -------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ray.actor import ActorHandle
@@ -25,6 +26,7 @@ from actors.calls import unwrap
 from actors.courier import Send
 from actors.errors import DuplicateLease
 from actors.leases import Lease
+from actors.lending import Recall
 from actors.mailbox import Queued
 from actors.ops import Acquire
 from actors.watch import caller_of
@@ -41,9 +43,13 @@ class _Expected:
 
 
 class Deliveries:
-    def __init__(self, manager: ActorHandle, send: Send) -> None:
+    def __init__(
+        self, manager: ActorHandle, send: Send, recalled: Callable[[Recall], None]
+    ) -> None:
         self._manager = manager
         self._send = send
+        # Told each recall of lent slots that comes by mail (see actors.lending).
+        self._recalled = recalled
         self._expected: dict[str, _Expected] = {}
         # The manager's epoch, as the last collect said.
         self._epoch: int | None = None
@@ -53,7 +59,7 @@ class Deliveries:
     def expect(self, op: Acquire, grant: asyncio.Future[Lease]) -> None:
         """``op`` is on its way (sent by the caller): its grant, or the error ending its
         wait, settles ``grant``, whether it comes with its answer or by mail."""
-        self._collect()
+        self.listen()
         self._expected[op.lease_id] = _Expected(op, grant)
 
     def answered(self, lease_id: str, answer: object) -> None:
@@ -83,7 +89,7 @@ class Deliveries:
         else:
             expected.grant.set_exception(TypeError(f"an acquire answered {answer!r}"))
 
-    def _collect(self) -> None:
+    def listen(self) -> None:
         """Keep one collect call waiting, from one task: started again if it ended, or if
         it runs on another event loop than this call (one that may have closed)."""
         task = self._collecting
@@ -108,7 +114,10 @@ class Deliveries:
                         self._ask_again(stale)
                 for number, lease_id, answer in delivery.items:
                     read = number
-                    self._settle(lease_id, answer)
+                    if isinstance(answer, Recall):
+                        self._recalled(answer)
+                    else:
+                        self._settle(lease_id, answer)
         except Exception as error:
             # The manager is gone for good (or Ray is): nothing will be granted.
             log.warning("collecting grants from the manager failed", exc_info=True)

@@ -53,7 +53,6 @@ from actors.errors import (
     LeaseRetired,
     OutOfRotation,
     QueueFull,
-    WaitTooLong,
 )
 from actors.groups import GroupSpec, ModelEntry, Pool, pool_of
 from actors.groupstate import Group, GroupTable, Waiter
@@ -61,6 +60,7 @@ from actors.handover import HandOvers
 from actors.holdings import Holdings
 from actors.journal import GroupRecord
 from actors.leases import Lease, LeaseTable, TokensUsed
+from actors.lending import Lending
 from actors.ops import Op
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.queueview import QueueView
@@ -69,7 +69,7 @@ from actors.rotation import Out, least_busy, none_in_rotation
 from actors.stats import GroupInfo, QueuePosition, QueueStats
 from actors.tally import ModelTally, Outcome
 from actors.timekeeper import Timekeeper
-from actors.waitqueue import Arrivals, GrantKey, grant_key, width
+from actors.waitqueue import Arrivals, grant_key, width
 
 __all__ = ["Observer", "Outcome", "SlotEngine"]
 
@@ -87,6 +87,7 @@ class SlotEngine:
         group_weights: Mapping[str, float] | None = None,
         adaptive: bool = True,
         hand_over: bool = True,
+        lend: bool = True,
         fair: bool = True,
         clock: Callable[[], float] = time.monotonic,
         observer: Observer | None = None,
@@ -115,8 +116,16 @@ class SlotEngine:
         self.callers = CallerIndex()
         self.arrivals = Arrivals(restarted_at)
         self.recorder = Recorder(observer, clock)
+        self.lending = Lending(epoch, enabled=lend)
         self.holdings = Holdings(
-            self.groups, self.leases, self.callers, self.recorder, clock, epoch, global_limit
+            self.groups,
+            self.leases,
+            self.callers,
+            self.recorder,
+            clock,
+            epoch,
+            global_limit,
+            self.lending,
         )
         self.timekeeper = Timekeeper(self.holdings)
         self.hand_overs = HandOvers(hand_over, self.holdings)
@@ -163,6 +172,8 @@ class SlotEngine:
                 lease = self.holdings.lease(group, lease_id, epoch=held.epoch)
                 self.holdings.hold(group, lease, restored=True)
                 self.callers.note(lease_id, held.caller)
+                if held.lent and held.caller is not None:
+                    self.lending.held(group.spec.id, lease_id, held.caller)
         self.recorder.levels(group)
 
     def group_info(self, group_id: str) -> GroupInfo:
@@ -226,6 +237,7 @@ class SlotEngine:
                 tokens=options.tokens,
                 flow=options.flow or "",
                 weight=options.weight,
+                lendable=len(pool) == 1 and not started,
             )
         full = max(groups, key=lambda g: len(g.queue))
         if len(full.queue) >= self.max_pending_per_group:
@@ -236,19 +248,25 @@ class SlotEngine:
             raise QueueFull(full.spec.id, ahead, self.max_pending_per_group, wait)
         room = width(_pool_limit(groups), self.global_limit)
         key = grant_key(options.priority, arrival, unit=unit, critical=options.critical, width=room)
-        if options.max_wait is not None and (late := self._too_long(groups, key, options, now)):
+        if options.max_wait is not None and (
+            late := reports.too_long(groups, self.global_limit, key, options, now)
+        ):
             self.callers.forget(lease_id)
             self.recorder.finished(group, Outcome.REJECTED)
             raise late
         self.holdings.queue(Waiter.of(lease_id, pool, options, key, now))
         return None
 
-    def release(self, lease_id: str, epoch: int, used: TokensUsed | None = None) -> list[Lease]:
+    def release(
+        self, lease_id: str, epoch: int, used: TokensUsed | None = None, idle: bool = False
+    ) -> list[Lease]:
         """Give a slot back (idempotent); returns the leases this hands to waiters.
         ``used``: what the call used, as its answer said: corrects its group's budget
-        and its flow's service. A release that frees nothing is counted (see
+        and its flow's service; ``idle``: a lent slot, given back between calls (see
+        :mod:`actors.lending`). A release that frees nothing is counted (see
         LeaseTable.releasable)."""
-        return self.holdings.dispatch() if self.holdings.released(lease_id, epoch, used) else []
+        freed = self.holdings.released(lease_id, epoch, used, idle)
+        return self.holdings.dispatch() if freed else []
 
     def next_in_line(self) -> dict[str, tuple[str, str]]:
         """See :meth:`actors.handover.HandOvers.next_in_line`."""
@@ -262,6 +280,7 @@ class SlotEngine:
         group = self.groups[group_id]
         now = self.clock()
         group.out = Out(reason, now + seconds)
+        self.lending.recall([group_id])
         self.recorder.rotation(group)
         for lease_id in group.queue.lease_ids():
             waiter = self.waiters[lease_id]
@@ -285,6 +304,7 @@ class SlotEngine:
         :mod:`actors.adaptive`), unless not ``adaptive``. Returns the group's info."""
         group = self.groups[group_id]
         group.throttle.count += 1
+        self.lending.recall([group_id])
         if self.adaptive:
             pause = DEFAULT_PAUSE_SECONDS if retry_after is None else retry_after
             granted_at = self.leases.granted_at(lease_id)
@@ -341,23 +361,6 @@ class SlotEngine:
         return reports.view(self, first)
 
     # -- internals ------------------------------------------------------------
-
-    def _too_long(
-        self, groups: list[Group], key: GrantKey, options: CallOptions, now: float
-    ) -> WaitTooLong | None:
-        """The error of a call whose estimated wait, at its best group, is past its
-        ``max_wait``; None if it is not, or nothing is known to estimate it by yet (the
-        gate then ends its wait when ``max_wait`` has passed)."""
-        waits = []
-        for g in groups:
-            ahead = g.queue.ahead_of_new(key, options.flow or "")
-            wait = reports.estimate(g, self.global_limit, ahead, options.tokens, now)
-            if wait is None:
-                return None  # a group with no call ended yet: no estimate to go by
-            waits.append((wait, g.spec.id))
-        wait, group_id = min(waits)
-        assert options.max_wait is not None
-        return WaitTooLong(group_id, options.max_wait, wait) if wait > options.max_wait else None
 
     def _none_in_rotation(self, groups: list[Group], now: float) -> OutOfRotation | None:
         return none_in_rotation({g.spec.id: g.out for g in groups}, now)

@@ -228,6 +228,9 @@ class SlotGate:
         a waiter gone, new levels or a pause: the engine's version), end the waits of
         waiters that left, wake those granted, the views and the callers whose next in
         line changed, and let the reaper plan again, budgets may have moved."""
+        for caller, recalls in self.engine.lending.take_mail().items():
+            for recall in recalls:
+                self._mail.recall_locked(caller, recall)
         left = self.engine.take_left()
         if not granted and not left and self.engine.version == self._settled:
             self._journal_changes_locked()  # a registration changes no level

@@ -214,7 +214,11 @@ class GroupTable(Mapping[str, Group]):
         )
         for lease_id, group_id in self._moved.items():
             lease = leases.get(lease_id)
-            held = None if lease is None else HeldLease(lease.epoch, callers.of(lease_id))
+            held = (
+                None
+                if lease is None
+                else HeldLease(lease.epoch, callers.of(lease_id), lease.lent is not None)
+            )
             key, value = held_entry(group_id, lease_id, held)
             entries[key] = value
         self._registered, self._moved = set(), {}

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from actors.callers import CallerIndex
 from actors.groupstate import Group, GroupTable, Waiter
 from actors.leases import Lease, LeaseTable, TokensUsed
+from actors.lending import Lending
 from actors.reports import Recorder
 from actors.tally import Outcome
 from actors.waitqueue import DEFAULT_PRIORITY, GrantKey
@@ -31,8 +32,10 @@ class Holdings:
         clock: Callable[[], float],
         epoch: int,
         global_limit: int | None,
+        lending: Lending | None = None,
     ) -> None:
         self.clock = clock
+        self.lending = lending if lending is not None else Lending(epoch, enabled=False)
         self._epoch = epoch
         self._global_limit = global_limit
         self.groups = groups
@@ -50,6 +53,9 @@ class Holdings:
             group = self.groups[group_id]
             group.queue.push(waiter.lease_id, waiter.key, waiter.flow, waiter.weight)
             self.recorder.levels(group)
+        # Slots lent where it waits (under a global cap: anywhere) come back.
+        capped = self._global_limit is not None
+        self.lending.recall(self.lending.lending_groups() if capped else list(waiter.groups))
 
     def unqueue(self, lease_id: str) -> Group | None:
         """Take a waiter out of its groups' queues; its first group (where its outcome is
@@ -85,12 +91,18 @@ class Holdings:
         tokens: int,
         flow: str = "",
         weight: float = 1.0,
+        lendable: bool = False,
     ) -> Lease:
         """Hold ``lease`` for a call of ``flow`` that waited ``waited`` seconds: ``tokens``
         charged to the budget, its estimated cost counted in its flow's service (corrected
         by :meth:`free` with its true cost, see :mod:`actors.fairshare`). The
         first grant of a group out of rotation whose cooldown has passed is its probe
-        (see :mod:`actors.rotation`)."""
+        (see :mod:`actors.rotation`). ``lendable``: a single group's call, whose slot
+        may be lent to its process (see :mod:`actors.lending`)."""
+        if lendable:
+            anyone_waits = self._global_limit is not None and bool(self.waiters)
+            caller = self.callers.of(lease.id)
+            lease = self.lending.lend(group, lease, caller, anyone_waits)
         self.hold(group, lease)
         if group.out is not None:
             group.out.granted(lease.id, self.clock())
@@ -108,7 +120,12 @@ class Holdings:
         self.groups.changed(group, lease.id)
 
     def free(
-        self, lease_id: str, used: TokensUsed | None = None, *, released: bool = False
+        self,
+        lease_id: str,
+        used: TokensUsed | None = None,
+        *,
+        released: bool = False,
+        counted: bool = True,
     ) -> Group:
         """Forget a held lease (see LeaseTable.free); ``used``: what its call used, if its
         answer said; ``released``: by its holder. A probe released brings its group back
@@ -121,9 +138,11 @@ class Holdings:
             group.out = None
             self.recorder.rotation(group)
         group.leases.discard(lease_id)
+        self.lending.freed(group.spec.id, lease_id)
         group.active -= 1
         self.total_active -= 1
-        group.tally.held(held)
+        if counted:  # else a lent slot's calls were timed as they ended (see reused)
+            group.tally.held(held)
         if (ended := group.queue.share.ended(lease_id, held, used)) is not None:
             flow, cost = ended
             self.recorder.served(group, flow, held, cost)
@@ -137,6 +156,18 @@ class Holdings:
         return group
 
     # -- grants ---------------------------------------------------------------------
+
+    def reused(self, group_id: str, started: int, ended: int, seconds: float) -> None:
+        """Calls of a process in slots lent to it (see :mod:`actors.lending`): ``started``
+        without asking, counted as granted at once; ``ended`` keeping their slot,
+        counted as released, held ``seconds`` in all."""
+        group = self.groups[group_id]
+        for _ in range(started):
+            self.recorder.submitted(group)
+            self.recorder.granted(group, 0.0, "")
+        for _ in range(ended):
+            group.tally.held(seconds / ended)
+            self.recorder.finished(group, Outcome.RELEASED)
 
     def room(self) -> bool:
         """Below the global cap, if there is one."""
@@ -168,6 +199,7 @@ class Holdings:
             tokens=waiter.tokens,
             flow=waiter.flow,
             weight=waiter.weight,
+            lendable=len(waiter.groups) == 1,
         )
 
     def dispatch(self) -> list[Lease]:
@@ -189,10 +221,17 @@ class Holdings:
             granted.append(self.grant_waiter(group, self.waiters[lease_id]))
         return granted
 
-    def released(self, lease_id: str, epoch: int, used: TokensUsed | None) -> bool:
+    def released(
+        self, lease_id: str, epoch: int, used: TokensUsed | None, idle: bool = False
+    ) -> bool:
         """Free the slot of a release under ``epoch``, without granting it again; False if
-        it is not held (see LeaseTable.releasable)."""
+        it is not held (see LeaseTable.releasable). ``idle``: a lent slot between calls,
+        whose calls were counted as they ended (see :meth:`reused`)."""
         if not self.leases.releasable(lease_id, epoch, self._epoch):
             return False
-        self.recorder.finished(self.free(lease_id, used, released=True), Outcome.RELEASED)
+        group = self.free(lease_id, used, released=True, counted=not idle)
+        if idle:
+            self.recorder.levels(group)
+        else:
+            self.recorder.finished(group, Outcome.RELEASED)
         return True

@@ -18,7 +18,9 @@ places:
   to Ray's GCS costs a round trip and two thread hops; a batch's changes are
   one write;
 - **behind**, a copy in Ray's GCS key-value store, written by a thread of its
-  own, coalesced by key (``LAZY_SECONDS``): for a head node that comes back on a new
+  own: each changed group's entries as one value, at most once a group per
+  ``LAZY_SECONDS`` (a GCS write is a round trip; a lease held and freed within
+  that time costs it nothing): for a head node that comes back on a new
   machine under GCS fault tolerance, whose files are gone. That copy may lack
   the changes of its last moments: a grant made then is unknown to the new
   manager, which may grant the slot again until its holder's next renewal.
@@ -64,9 +66,11 @@ _GONE = 0xFFFFFFFF
 
 @dataclass(frozen=True, slots=True)
 class HeldLease:
-    # The epoch of the manager that granted it, and the caller that holds it.
+    # The epoch of the manager that granted it, the caller that holds it, and whether it
+    # is lent to that caller's process (see actors.lending).
     epoch: int
     caller: str | None = None
+    lent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +113,8 @@ def records(entries: Mapping[str, bytes]) -> dict[str, GroupRecord]:
 def recorded(ahead: Store, behind: Store) -> list[GroupRecord]:
     """What a restarted manager restores: each group's record, the one written ahead
     where both stores have it (the copy behind is never the newer)."""
-    return list({**records(behind.load()), **records(ahead.load())}.values())
+    copied = {key: v for data in behind.load().values() for key, v in _parsed(data).items()}
+    return list({**records(copied), **records(ahead.load())}.values())
 
 
 class Store(Protocol):
@@ -145,7 +150,7 @@ class FileStore:
                 self._latest.pop(key, None)
             else:
                 self._latest[key] = value
-        self._size += os.write(self._fd, b"".join(_frame(k, v) for k, v in entries.items()))
+        self._size += os.write(self._fd, _framed(entries))
         if self._size > max(self._compact_at, 2 * self._compacted):
             self._rewrite()
 
@@ -155,24 +160,9 @@ class FileStore:
 
     def _read(self) -> dict[str, bytes]:
         try:
-            data = self._path.read_bytes()
+            return _parsed(self._path.read_bytes())
         except FileNotFoundError:
             return {}
-        values: dict[str, bytes] = {}
-        at = 0
-        while at + _HEADER.size <= len(data):
-            key_size, value_size = _HEADER.unpack_from(data, at)
-            gone = value_size == _GONE
-            end = at + _HEADER.size + key_size + (0 if gone else value_size)
-            if end > len(data):
-                break  # cut short
-            key = data[at + _HEADER.size : at + _HEADER.size + key_size].decode()
-            if gone:
-                values.pop(key, None)
-            else:
-                values[key] = data[end - value_size : end]
-            at = end
-        return values
 
     def clear(self) -> None:
         self._latest = {}
@@ -180,7 +170,7 @@ class FileStore:
 
     def _rewrite(self) -> None:
         partial = self._path.with_name(self._path.name + ".partial")
-        partial.write_bytes(b"".join(_frame(k, v) for k, v in self._latest.items()))
+        partial.write_bytes(_framed(self._latest))
         os.replace(partial, self._path)
         if self._fd >= 0:
             os.close(self._fd)
@@ -188,11 +178,36 @@ class FileStore:
         self._size = self._compacted = os.fstat(self._fd).st_size
 
 
-def _frame(key: str, value: bytes | None) -> bytes:
-    encoded = key.encode()
-    if value is None:
-        return _HEADER.pack(len(encoded), _GONE) + encoded
-    return _HEADER.pack(len(encoded), len(value)) + encoded + value
+def _framed(entries: Entries) -> bytes:
+    """``entries`` as the file holds them: each its key's and value's sizes, then both."""
+    frames = []
+    for key, value in entries.items():
+        encoded = key.encode()
+        if value is None:
+            frames.append(_HEADER.pack(len(encoded), _GONE) + encoded)
+        else:
+            frames.append(_HEADER.pack(len(encoded), len(value)) + encoded + value)
+    return b"".join(frames)
+
+
+def _parsed(data: bytes) -> dict[str, bytes]:
+    """Each key's last value in ``data`` (see :func:`_framed`), a key written gone left
+    out; a last entry cut short is dropped."""
+    values: dict[str, bytes] = {}
+    at = 0
+    while at + _HEADER.size <= len(data):
+        key_size, value_size = _HEADER.unpack_from(data, at)
+        gone = value_size == _GONE
+        end = at + _HEADER.size + key_size + (0 if gone else value_size)
+        if end > len(data):
+            break  # cut short
+        key = data[at + _HEADER.size : at + _HEADER.size + key_size].decode()
+        if gone:
+            values.pop(key, None)
+        else:
+            values[key] = data[end - value_size : end]
+        at = end
+    return values
 
 
 class Journal:
@@ -223,20 +238,30 @@ class Journal:
 
 
 class _Copier:
-    """The copy behind: the newest value of each key changed since the last write,
-    written by a thread of its own, retried until the store takes it."""
+    """The copy behind: every group's entries, each changed group's written as one value
+    by a thread of its own, retried until the store takes it."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._changed = threading.Condition()
-        self._newest: dict[str, bytes | None] = {}
+        # Each group's entries (its spec, its held leases), and the groups changed since
+        # the last write.
+        self._groups: dict[str, dict[str, bytes]] = {}
+        self._dirty: set[str] = set()
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="raygate-journal", daemon=True)
         self._thread.start()
 
     def keep(self, entries: Entries) -> None:
         with self._changed:
-            self._newest.update(entries)
+            for key, value in entries.items():
+                group_id = key.partition(_SEPARATOR)[0]
+                kept = self._groups.setdefault(group_id, {})
+                if value is None:
+                    kept.pop(key, None)
+                else:
+                    kept[key] = value
+                self._dirty.add(group_id)
             self._changed.notify()
 
     def stop(self) -> None:
@@ -248,23 +273,26 @@ class _Copier:
     def _run(self) -> None:
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: self._newest or self._stopped)
+                self._changed.wait_for(lambda: self._dirty or self._stopped)
                 # A burst's changes join this write.
                 self._changed.wait_for(lambda: self._stopped, LAZY_SECONDS)
-                newest, self._newest = self._newest, {}
+                changed = {g: _framed(self._groups[g]) for g in self._dirty}
+                self._dirty = set()
                 stopped = self._stopped
-            if newest:
-                self._put(newest)
+            if changed:
+                self._put(changed)
             if stopped:
                 return
 
-    def _put(self, entries: Entries) -> None:
+    def _put(self, groups: Entries) -> None:
         while True:
             try:
-                self._store.write(entries)
+                self._store.write(groups)
                 return
             except Exception:
                 log.warning(
-                    "copying %d journal entries failed; retrying", len(entries), exc_info=True
+                    "copying %d groups' journal entries failed; retrying",
+                    len(groups),
+                    exc_info=True,
                 )
                 time.sleep(RETRY_SECONDS)

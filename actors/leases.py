@@ -24,7 +24,13 @@ RETIRED_MEMORY = 65_536
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """A granted slot: renew it every ``ttl / 3`` under ``epoch``, release it by ``id``."""
+    """A granted slot: renew it every ``ttl / 3`` under ``epoch``, release it by ``id``.
+
+    ``lent``: the slot is lent to its holder's process, which may keep it for its
+    next call of the group instead of giving it back, until the manager calls it
+    back (see :mod:`actors.lending`): the group's count of recalls when it was
+    granted. None: give it back after the call.
+    """
 
     id: str
     group: str
@@ -32,6 +38,7 @@ class Lease:
     priority: int
     epoch: int
     ttl: float
+    lent: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from actors.leases import Lease
+from actors.lending import Recall
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +38,9 @@ class Queued:
     epoch: int
 
 
-# One item of a mailbox: its number, the lease id, and its grant or the error ending it.
-Mail = tuple[int, str, Lease | Exception]
+# One item of a mailbox: its number, the lease id, and its grant or the error ending it;
+# or a recall of lent slots (no lease id).
+Mail = tuple[int, str, Lease | Exception | Recall]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,13 +77,20 @@ class Mailboxes:
         if caller is None:
             return False
         if answer is not None:
-            box = self._boxes.setdefault(caller, _Mailbox())
-            box.items.append((box.numbered, lease_id, answer))
-            box.numbered += 1
-            if box.waiting is not None:
-                waiting, box.waiting = box.waiting, None
-                waiting.get_loop().call_soon_threadsafe(_wake, waiting)
+            self._post_locked(caller, lease_id, answer)
         return True
+
+    def recall_locked(self, caller: str, recall: Recall) -> None:
+        """Mail ``caller`` that the manager calls its lent slots back (see actors.lending)."""
+        self._post_locked(caller, "", recall)
+
+    def _post_locked(self, caller: str, lease_id: str, item: Lease | Exception | Recall) -> None:
+        box = self._boxes.setdefault(caller, _Mailbox())
+        box.items.append((box.numbered, lease_id, item))
+        box.numbered += 1
+        if box.waiting is not None:
+            waiting, box.waiting = box.waiting, None
+            waiting.get_loop().call_soon_threadsafe(_wake, waiting)
 
     def unread_locked(self, caller: str, read: int) -> list[Mail]:
         """``caller``'s items numbered past ``read`` (those up to it are dropped)."""

@@ -98,6 +98,7 @@ class ConcurrencyManager(LifelineHost):
             group_weights=settings.group_weights(),
             adaptive=queue.adaptive,
             hand_over=queue.hand_over,
+            lend=queue.lend,
             fair=queue.fairness == "fair",
             observer=QueueMetrics(),
             restarted_at=time.time() if restarted else None,

@@ -91,11 +91,15 @@ class Acquire(Op[Lease | None]):
 
 @dataclass(frozen=True, slots=True)
 class Release(Op[None]):
+    """``idle``: a lent slot given back idle, whose calls were counted as they ended (see
+    Reused)."""
+
     handler = "release"
     grants = True
     lease_id: str
     epoch: int
     used: TokensUsed | None = None
+    idle: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +124,19 @@ class Cancel(Op[None]):
     grants = True
     lease_id: str
     timed_out: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reused(Op[None]):
+    """Calls of the sender in slots of ``group_id`` lent to it (see actors.lending), for
+    the group's stats: ``started`` in a kept slot, without asking; ``ended`` keeping
+    their slot, held ``seconds`` in all."""
+
+    handler = "holdings.reused"
+    group_id: str
+    started: int
+    ended: int
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)

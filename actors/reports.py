@@ -14,12 +14,14 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from actors.budget import Budget
+from actors.errors import WaitTooLong
 from actors.groupstate import Group, Waiter
 from actors.leases import LeaseTable
-from actors.options import flow_tenant
+from actors.options import CallOptions, flow_tenant
 from actors.queueview import GroupActivity, QueueView, WaitingCall
 from actors.stats import GroupStats, QueuePosition, QueueStats, percentile
 from actors.tally import ModelTally, Outcome
+from actors.waitqueue import GrantKey
 
 
 class HandOverCounts(Protocol):
@@ -27,6 +29,11 @@ class HandOverCounts(Protocol):
     def overtaken(self) -> int: ...
     @property
     def answers(self) -> int: ...
+
+
+class LendingCounts(Protocol):
+    @property
+    def recalls(self) -> Mapping[str, int]: ...
 
 
 class EngineState(Protocol):
@@ -53,6 +60,8 @@ class EngineState(Protocol):
     def hand_overs(self) -> HandOverCounts: ...
     @property
     def models(self) -> ModelTally: ...
+    @property
+    def lending(self) -> LendingCounts: ...
 
 
 class Observer(Protocol):
@@ -146,6 +155,28 @@ class Recorder:
             self._observer.learned_rpm(group.spec.id, group.spec.kind, adaptation.rpm)
 
 
+def too_long(
+    groups: list[Group],
+    global_limit: int | None,
+    key: GrantKey,
+    options: CallOptions,
+    now: float,
+) -> WaitTooLong | None:
+    """The error of a call whose estimated wait, at its best group, is past its
+    ``max_wait``; None if it is not, or nothing is known to estimate it by yet (the
+    call's own patience then ends its wait when ``max_wait`` has passed)."""
+    waits = []
+    for g in groups:
+        ahead = g.queue.ahead_of_new(key, options.flow or "")
+        wait = estimate(g, global_limit, ahead, options.tokens, now)
+        if wait is None:
+            return None  # a group with no call ended yet: no estimate to go by
+        waits.append((wait, g.spec.id))
+    wait, group_id = min(waits)
+    assert options.max_wait is not None
+    return WaitTooLong(group_id, options.max_wait, wait) if wait > options.max_wait else None
+
+
 def estimate(
     group: Group, global_limit: int | None, ahead: int, tokens: int, now: float
 ) -> float | None:
@@ -190,7 +221,7 @@ def position(engine: EngineState, request_id: str) -> QueuePosition | None:
     return None
 
 
-def group_stats(group: Group, now: float) -> GroupStats:
+def group_stats(group: Group, now: float, recalls: int = 0) -> GroupStats:
     tally, budget, limits, throttle = group.tally, group.budget, group.budget_limits, group.throttle
     left = (None, None) if budget is None else budget.left(now)
     return GroupStats(
@@ -214,6 +245,7 @@ def group_stats(group: Group, now: float) -> GroupStats:
         wait_p95_seconds=percentile(tally.waits, 0.95),
         granted=tally.granted,
         handed_over=tally.handed_over,
+        recalls=recalls,
         **{outcome.value: tally.ended[outcome] for outcome in Outcome},
         flows=group.queue.share.stats(),
     )
@@ -225,7 +257,10 @@ def _paused(budget: Budget | None, now: float) -> float:
 
 def stats(engine: EngineState) -> QueueStats:
     now = engine.clock()
-    groups = {gid: group_stats(group, now) for gid, group in engine.groups.items()}
+    recalls = engine.lending.recalls
+    groups = {
+        gid: group_stats(group, now, recalls.get(gid, 0)) for gid, group in engine.groups.items()
+    }
     leases = engine.leases
     return QueueStats(
         epoch=engine.epoch,

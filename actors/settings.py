@@ -91,6 +91,13 @@ class QueueSettings(BaseModel):
         "handed over there, without the manager's round trip (see the hand-over in "
         "docs/architecture.md); false: every freed slot goes through the manager.",
     )
+    lend: bool = Field(
+        default=True,
+        description="A slot granted while nobody waits for its group is lent to the "
+        "caller's process, which keeps it for its next calls of the group without asking "
+        "until a waiter elsewhere makes the manager call it back (see actors/lending.py); "
+        "false: every slot goes back to the manager after its call.",
+    )
     fairness: Literal["fair", "fifo"] = Field(
         default="fair",
         description="Within one priority of a group: `fair` grants the flow (tenant, or "

@@ -85,6 +85,10 @@ class GroupStats(Snapshot):
     # Of the grants, those handed over in the holder's process (see "The hand-over" in
     # docs/architecture.md).
     handed_over: int = 0
+    # How often slots lent to processes were called back for a waiter (see
+    # actors/lending.py): each a priority inversion across processes of one round trip
+    # at most.
+    recalls: int = 0
     released: int
     expired: int
     cancelled: int

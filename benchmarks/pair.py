@@ -1,10 +1,12 @@
 """The gated pair (acquire + release, nothing inside) against another checkout's, in one run.
 
     python -m benchmarks.pair [--against PATH | --fifo] [--seconds 1] [--rounds 10]
+                              [--limit 100000]
                               [--scenarios 1x1,64x1,1024x1,64x4,1024x4]
 
-Callers loop ``async with client.slot(group)`` on a capped group (limit above
-the callers: nobody waits); gated pairs per second, in all. A scenario
+Callers loop ``async with client.slot(group)`` on a capped group (by default
+its limit is above the callers: nobody waits; ``--limit`` sets it, below them
+the callers wait for each other); gated pairs per second, in all. A scenario
 ``CxP`` runs C callers in each of P processes (Ray actors, each with a
 client of its own, started at the same moment). With ``--against PATH`` (a
 checkout of another commit, e.g. ``git worktree add /tmp/base 239e2d1``) both
@@ -52,6 +54,7 @@ from actors.settings import QueueSettings, Settings
 
 group = classify("openai-compatible", "http://gpu-box:8000")
 fairness = os.environ.get("PAIR_FAIRNESS")
+limit = int(os.environ["PAIR_LIMIT"])
 
 
 # With a fairness set, each caller is a flow of its own.
@@ -93,7 +96,7 @@ async def rate(processes: list, callers: int, seconds: float) -> float:
 
 async def main() -> None:
     fair = {} if fairness is None else {"fairness": fairness}
-    settings = Settings(queue=QueueSettings(group_limits={group.id: 100_000}, **fair))
+    settings = Settings(queue=QueueSettings(group_limits={group.id: limit}, **fair))
     manager = get_or_create_manager(settings, name=f"pair-{uuid.uuid4().hex[:6]}")
     await ManagerClient(manager).register(group)
     pool = [Callers.remote(manager) for _ in range(4)]
@@ -158,6 +161,7 @@ def main() -> None:
         "--fifo", action="store_true", help="this checkout with fair share against fifo"
     )
     parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--limit", type=int, default=100_000, help="the group's limit")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument(
         "--scenarios", default=SCENARIOS, help="callers x processes, comma-separated"
@@ -173,7 +177,8 @@ def main() -> None:
             "fair": (REPO, {"PAIR_FAIRNESS": "fair"}),
             "fifo": (REPO, {"PAIR_FAIRNESS": "fifo"}),
         }
-    measurers = {name: Measurer(*run) for name, run in checkouts.items()}
+    limit = {"PAIR_LIMIT": str(args.limit)}
+    measurers = {name: Measurer(path, {**env, **limit}) for name, (path, env) in checkouts.items()}
     try:
         rates: dict[str, dict[tuple[int, ...], list[float]]] = {
             name: {scenario: [] for scenario in scenarios} for name in checkouts
@@ -189,7 +194,10 @@ def main() -> None:
     finally:
         for measurer in measurers.values():
             measurer.close()
-    print(f"gated pairs per second in all, {args.rounds} rounds of {args.seconds:g} s, interleaved")
+    print(
+        f"gated pairs per second in all, limit {args.limit}, "
+        f"{args.rounds} rounds of {args.seconds:g} s, interleaved"
+    )
     for scenario in scenarios:
         where = f"{scenario[0]:>4} x {scenario[1]}"
         medians = {name: statistics.median(rates[name][scenario]) for name in checkouts}

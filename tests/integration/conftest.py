@@ -23,9 +23,11 @@ from actors.names import NAMESPACE
 from actors.ops import Register
 from actors.options import CallOptions
 from actors.settings import QueueSettings, Settings
+from actors.stats import QueueStats
 from pipelines.job import Outcome, run_pipeline
 from pipelines.plateau import Service
 from pipelines.results import ResultsFile
+from tests.support.polling import eventually
 
 LOCAL_SERVER = classify("ollama", "http://localhost:11434")
 REMOTE_API = classify("anthropic")
@@ -112,6 +114,20 @@ def write_services(path: Path, services: list[Service]) -> Path:
 
 def records(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+async def settled(client: ManagerClient) -> QueueStats:
+    """The manager's stats once no slot is held and nobody waits: this client's lent slots
+    given back at once (its drain), other processes' after their linger (see actors.lent).
+    A slot that leaked never comes back, and this fails."""
+    await client.drain()
+
+    async def idle() -> bool:
+        stats = await client.stats()
+        return (stats.total_active, stats.total_pending) == (0, 0)
+
+    await eventually(idle, "every slot back and nobody waiting")
+    return await client.stats()
 
 
 def pending_is(client: ManagerClient, group: str, count: int) -> Callable[[], Awaitable[bool]]:

@@ -15,7 +15,7 @@ from providers.models import ChatMessage, ChatRequest
 from providers.retry import RetryPolicy
 from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect, RateLimit
 from providers.testing.rate_limits import ProviderLimits
-from tests.integration.conftest import ManagerFactory
+from tests.integration.conftest import ManagerFactory, settled
 from tests.support.polling import eventually
 
 KEY = "sk-budget-0123"
@@ -112,7 +112,7 @@ async def test_a_manager_killed_while_a_group_is_paused_loses_no_call(
         client.kill(restart=True)
 
         answers = await asyncio.gather(refused, *waiting)
-        stats = (await client.stats()).groups[spec.id]
+        stats = (await settled(client)).groups[spec.id]
 
     assert [a.text for a in answers] == ["ok"] * 6
     assert len(server.received) == 7  # the refused one twice

@@ -13,7 +13,7 @@ import ray
 from actors.client import ManagerClient
 from actors.options import CallOptions
 from providers.testing.probe_server import ProbeServer
-from tests.integration.conftest import LOCAL_SERVER, ManagerFactory, pending_is
+from tests.integration.conftest import LOCAL_SERVER, ManagerFactory, pending_is, settled
 from tests.support.polling import eventually
 
 GROUP = LOCAL_SERVER.id
@@ -88,7 +88,7 @@ async def test_a_slot_passed_back_and_forth_faster_than_the_manager_hears_of_it_
 
     await asyncio.wait_for(asyncio.gather(ping_pong(), ping_pong()), timeout=60)
 
-    stats = await client.stats()
+    stats = await settled(client)
     group = stats.groups[GROUP]
     assert (group.active, group.pending, group.expired) == (0, 0, 0)
     assert group.granted == group.released == 2 * rounds
@@ -111,7 +111,7 @@ async def test_a_better_waiter_of_another_process_goes_before_the_holders_own(
         await asyncio.gather(mine, theirs)
 
     assert [body["tag"] for body in server.bodies] == ["theirs", "mine"]
-    stats = await client.stats()
+    stats = await settled(client)
     assert (stats.total_active, stats.total_pending, stats.overtaken) == (0, 0, 0)
     ray.kill(other)
 
@@ -151,6 +151,6 @@ async def test_a_process_killed_mid_chain_leaves_no_slot_waiter_or_call_behind(
 
     # Granted: the poster's first call, the one it passed on to, the test's own slot;
     # the rest of the poster's, one holding and four waiting, ended with it.
-    group = (await client.stats()).groups[GROUP]
+    group = (await settled(client)).groups[GROUP]
     assert (group.granted, group.handed_over, group.released) == (3, 1, 2)
     assert (group.abandoned, group.expired) == (5, 0)

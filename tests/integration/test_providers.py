@@ -20,7 +20,7 @@ from providers.errors import AuthenticationFailed
 from providers.models import ChatMessage, ChatRequest
 from providers.routing import provider_in_reach
 from providers.testing.fake_llm import AnthropicDialect, Fail, FakeLLMServer, OllamaDialect
-from tests.integration.conftest import GPU_HOST, REMOTE_API, ManagerFactory, Nodes
+from tests.integration.conftest import GPU_HOST, REMOTE_API, ManagerFactory, Nodes, settled
 from tests.support.polling import eventually
 
 KEY = "sk-ant-integration-0123"
@@ -118,7 +118,7 @@ async def test_stream_through_the_actor_holds_the_slot_until_the_end(local: Loca
 
     assert "".join(p.text for p in pieces) == "ok"
     assert pieces[-1].finish_reason == "stop"
-    group = (await local.client.stats()).groups[local.spec.id]
+    group = (await settled(local.client)).groups[local.spec.id]
     assert (group.granted, group.released, group.active) == (1, 1, 0)
 
 

@@ -85,7 +85,19 @@ def gate(store: MemoryStore, behind: MemoryStore) -> Iterator[SlotGate]:
 
 
 def record(store: MemoryStore, group: str) -> GroupRecord:
+    """The group's record as written ahead to ``store``."""
     return records(store.records)[group]
+
+
+def copied(behind: MemoryStore, group: str) -> GroupRecord:
+    """The group's record as copied behind to ``behind``."""
+    return {r.spec.id: r for r in recorded(MemoryStore(), behind)}[group]
+
+
+def copy_behind(behind: MemoryStore, entries: Entries) -> None:
+    journal = Journal(MemoryStore(), behind)
+    journal.write(entries)
+    journal.stop()
 
 
 async def test_a_capped_lease_is_written_ahead_when_handed_out_and_copied_behind_later(
@@ -101,7 +113,7 @@ async def test_a_capped_lease_is_written_ahead_when_handed_out_and_copied_behind
     assert GROUP not in behind.records
     behind.open.set()
     gate.close()  # writes what the copy behind lacks
-    assert record(behind, GROUP).held == {lease.id: HeldLease(EPOCH)}
+    assert copied(behind, GROUP).held == {lease.id: HeldLease(EPOCH)}
 
 
 async def test_a_waiter_granted_by_a_release_is_written_ahead_when_handed_out(
@@ -133,10 +145,30 @@ def test_a_grant_and_a_release_write_their_own_lease_whatever_the_group_holds(
         gate.close()
 
     assert store.writes == [
-        dict([held_entry(GROUP, "one-more", HeldLease(EPOCH, "p"))]),
+        dict([held_entry(GROUP, "one-more", HeldLease(EPOCH, "p", lent=True))]),
         dict([held_entry(GROUP, "l7", None)]),
     ]
     assert len(record(store, GROUP).held) == len(held) == 500
+
+
+def test_the_copy_behind_writes_each_changed_group_once_a_window(
+    store: MemoryStore, behind: MemoryStore
+) -> None:
+    """A GCS write is a round trip: a burst of grants and releases costs one a group."""
+    engine = SlotEngine(epoch=EPOCH, group_limits={GROUP: 1_000})
+    engine.register(LOCAL_OLLAMA)
+    behind.open.clear()  # the burst all comes while the copy behind waits
+    gate = SlotGate(engine, Journal(store, behind))
+    try:
+        gate.apply([Acquire(GROUP, f"l{n}", CallOptions(), "p") for n in range(200)])
+        gate.apply([Release(f"l{n}", EPOCH) for n in range(100)])
+    finally:
+        behind.open.set()
+        gate.close()
+
+    assert [list(write) for write in behind.writes] == [[GROUP]] * len(behind.writes)
+    assert len(behind.writes) <= 2
+    assert copied(behind, GROUP).held.keys() == {f"l{n}" for n in range(100, 200)}
 
 
 def test_register_returns_once_the_group_is_written(gate: SlotGate, store: MemoryStore) -> None:
@@ -163,7 +195,7 @@ async def test_a_burst_of_grants_and_releases_ends_written_as_it_is(
 
     assert record(store, GROUP).held == {}
     gate.close()
-    assert record(behind, GROUP).held == {}
+    assert copied(behind, GROUP).held == {}
 
 
 async def test_a_restarted_engine_holds_the_leases_until_their_holders_release(
@@ -226,7 +258,7 @@ async def test_a_restored_lease_keeps_its_caller_whose_death_frees_it(
     gate: SlotGate, store: MemoryStore
 ) -> None:
     held = await gate.acquire(Acquire(GROUP, "held", CallOptions(request_id="r"), "worker-1"))
-    assert record(store, GROUP).held == {held.id: HeldLease(EPOCH, "worker-1")}
+    assert record(store, GROUP).held == {held.id: HeldLease(EPOCH, "worker-1", lent=True)}
 
     after = restarted(store)
     waiter = after.ask(LOCAL_OLLAMA, "new")
@@ -238,9 +270,10 @@ async def test_a_restored_lease_keeps_its_caller_whose_death_frees_it(
 def test_a_restart_restores_the_record_written_ahead_over_an_older_copy_behind() -> None:
     ahead, behind = MemoryStore(), MemoryStore()
     # Behind still holds a lease that ahead has written gone.
-    behind.write(dict([spec_entry(LOCAL_OLLAMA), held_entry(GROUP, "gone", HeldLease(EPOCH))]))
+    gone = held_entry(GROUP, "gone", HeldLease(EPOCH))
+    copy_behind(behind, dict([spec_entry(LOCAL_OLLAMA), gone]))
     ahead.write(dict([spec_entry(LOCAL_OLLAMA), held_entry(GROUP, "gone", None)]))
-    behind.write(dict([spec_entry(ANTHROPIC)]))  # only behind: still restored
+    copy_behind(behind, dict([spec_entry(ANTHROPIC)]))  # only behind: still restored
 
     records = {record.spec.id: record for record in recorded(ahead, behind)}
 

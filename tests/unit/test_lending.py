@@ -1,0 +1,160 @@
+"""Slots lent to a busy process: granted lent while nobody waits, called back the moment
+someone does, kept idle in the process until then."""
+
+from __future__ import annotations
+
+from actors.budget import BudgetLimits
+from actors.engine import SlotEngine
+from actors.leases import Lease
+from actors.lending import Recall
+from actors.lent import LentSlots
+from actors.options import CallOptions
+from tests.unit.conftest import EPOCH, LOCAL_OLLAMA, REMOTE_OLLAMA
+
+GROUP = LOCAL_OLLAMA.id
+
+
+def engine(**kwargs: object) -> SlotEngine:
+    made = SlotEngine(epoch=EPOCH, group_limits={GROUP: 4}, **kwargs)  # type: ignore[arg-type]
+    made.register(LOCAL_OLLAMA)
+    made.register(REMOTE_OLLAMA)
+    return made
+
+
+def ask(made: SlotEngine, lease_id: str, caller: str, priority: int = 5) -> Lease | None:
+    return made.acquire(GROUP, lease_id, CallOptions(priority=priority), caller)
+
+
+def test_a_slot_granted_while_nobody_waits_is_lent_to_its_process() -> None:
+    made = engine()
+
+    lease = ask(made, "a", "p1")
+
+    assert lease is not None
+    assert lease.lent == 0
+
+
+def test_no_slot_is_lent_without_a_caller_or_when_lending_is_off() -> None:
+    assert engine().acquire(GROUP, "a", CallOptions()).lent is None  # type: ignore[union-attr]
+    lease = ask(engine(lend=False), "a", "p1")
+    assert lease is not None
+    assert lease.lent is None
+
+
+def test_a_waiter_calls_back_the_slots_lent_since_the_last_recall() -> None:
+    made = engine()
+    for n in range(3):
+        ask(made, f"a{n}", "p1")
+    ask(made, "b0", "p2")
+
+    assert ask(made, "late", "p3") is None  # the group is full: it waits
+
+    recall = Recall(GROUP, EPOCH, 1)
+    assert made.lending.take_mail() == {"p1": [recall], "p2": [recall]}
+    assert made.lending.recalls[GROUP] == 1
+    # A second waiter calls nothing back again: nothing was lent since.
+    assert ask(made, "later", "p3") is None
+    assert made.lending.take_mail() == {}
+
+
+def test_a_slot_granted_to_a_waiter_with_others_behind_it_is_not_lent() -> None:
+    made = engine()
+    held = [ask(made, f"a{n}", "p1") for n in range(4)]
+    ask(made, "w1", "p2")
+    ask(made, "w2", "p2")
+
+    [granted] = made.release("a0", EPOCH)
+
+    assert held[0] is not None
+    assert (granted.id, granted.lent) == ("w1", None)
+    # The last waiter's grant leaves nobody waiting: lent again, after the recall.
+    [last] = made.release("a1", EPOCH)
+    assert (last.id, last.lent) == ("w2", 1)
+
+
+def test_a_budgeted_groups_slots_are_never_lent() -> None:
+    made = SlotEngine(epoch=EPOCH, group_budgets={GROUP: BudgetLimits(rpm=600)})
+    made.register(LOCAL_OLLAMA)
+
+    lease = ask(made, "a", "p1")
+
+    assert lease is not None
+    assert lease.lent is None
+
+
+def test_a_server_taken_out_calls_its_lent_slots_back() -> None:
+    made = engine()
+    ask(made, "a", "p1")
+
+    made.take_out(GROUP, "connection refused", 30.0)
+
+    assert made.lending.take_mail() == {"p1": [Recall(GROUP, EPOCH, 1)]}
+
+
+def test_under_a_global_cap_a_waiter_anywhere_calls_back_every_group() -> None:
+    made = SlotEngine(epoch=EPOCH, global_limit=2)
+    made.register(LOCAL_OLLAMA)
+    made.register(REMOTE_OLLAMA)
+    made.acquire(REMOTE_OLLAMA.id, "r", CallOptions(), "p1")
+    ask(made, "a", "p2")  # the group's one slot
+
+    assert ask(made, "late", "p3") is None
+
+    assert made.lending.take_mail() == {
+        "p1": [Recall(REMOTE_OLLAMA.id, EPOCH, 1)],
+        "p2": [Recall(GROUP, EPOCH, 1)],
+    }
+
+
+def lease(lease_id: str, lent: int | None, epoch: int = EPOCH) -> Lease:
+    return Lease(lease_id, GROUP, lease_id, 5, epoch, 30.0, lent)
+
+
+def test_a_process_keeps_a_lent_slot_and_its_next_call_takes_it() -> None:
+    slots = LentSlots()
+
+    assert slots.keep(lease("a", 0), now=0.0, held=0.25)
+    assert not slots.keep(lease("b", None), now=0.0, held=0.5)  # not lent: given back
+
+    assert slots.take(GROUP) == lease("a", 0)
+    assert slots.take(GROUP) is None
+    # One call started in a kept slot, one ended keeping its slot after 0.25 s.
+    assert slots.take_reused() == {GROUP: (1, 1, 0.25)}
+    assert slots.held() == [lease("a", 0)]  # in a call now, still renewed here
+
+
+def test_a_recall_gives_back_the_idle_slots_and_keeps_no_slot_lent_before_it() -> None:
+    slots = LentSlots()
+    slots.keep(lease("idle", 0), now=0.0, held=0.0)
+
+    assert slots.recall(Recall(GROUP, EPOCH, 1)) == [lease("idle", 0)]
+
+    assert not slots.keep(lease("busy-at-the-recall", 0), now=0.0, held=0.0)
+    assert slots.keep(lease("lent-after", 1), now=0.0, held=0.0)
+    # A restarted manager's recall also covers slots lent before the restart.
+    assert slots.recall(Recall(GROUP, EPOCH + 1, 1)) == [lease("lent-after", 1)]
+    assert not slots.keep(lease("lent-after", 1), now=0.0, held=0.0)
+    assert slots.held() == []
+
+
+def test_a_slot_idle_past_its_linger_goes_back() -> None:
+    slots = LentSlots(linger=0.5)
+    slots.keep(lease("old", 0), now=0.0, held=0.0)
+    slots.keep(lease("new", 0), now=0.4, held=0.0)
+
+    assert slots.lingered(now=0.6) == [lease("old", 0)]
+
+    assert slots.take(GROUP) == lease("new", 0)
+    assert slots.held() == [lease("new", 0)]
+
+
+def test_a_slot_found_no_longer_held_is_never_kept_again() -> None:
+    slots = LentSlots()
+    slots.keep(lease("a", 0), now=0.0, held=0.0)
+    taken = slots.take(GROUP)
+    assert taken is not None
+
+    slots.lost(taken)  # its renewal said so, while a call ran in it
+
+    assert not slots.keep(taken, now=1.0, held=0.0)
+    assert slots.held() == []
