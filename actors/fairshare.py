@@ -155,6 +155,32 @@ class FairShare:
         self._estimate = _averaged(self._estimate or None, cost)
         return flow, cost
 
+    def refund(self, lease_id: str) -> None:
+        """A lent slot goes back (see actors.lending): its grant's estimate comes off, its
+        calls having been counted as they ended (:meth:`reused`)."""
+        found = self._counted.pop(lease_id, None)
+        if found is not None:
+            flow, counted = found
+            account = self._account(flow, start=self._floor)
+            account.service -= counted / account.weight
+            account.running -= 1
+
+    def reused(self, flow: str, calls: int, seconds: float, cost: float, costed: float) -> float:
+        """``calls`` calls of ``flow`` ended in slots lent to their process, held ``seconds``
+        in all: those that said what they used cost ``cost`` in ``costed`` of those seconds,
+        the others their time at the group's cost per second. Their cost in all."""
+        rate = self._per_second if self._per_second is not None else 1.0
+        total = cost + (seconds - costed) * rate
+        if costed > 0 and cost > 0:
+            self._per_second = _averaged(self._per_second, cost / costed)
+        account = self._account(flow, start=self._floor)
+        account.service += total / account.weight
+        account.cost = _averaged(account.cost, total / calls)
+        account.served_seconds += seconds
+        account.served += total
+        self._estimate = _averaged(self._estimate or None, total / calls)
+        return total
+
     # -- reading it ----------------------------------------------------------------
 
     def stats(self) -> dict[str, FlowStats]:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from actors.callers import CallerIndex
 from actors.groupstate import Group, GroupTable, Waiter
 from actors.leases import Lease, LeaseTable, TokensUsed
-from actors.lending import Lending
+from actors.lending import Lending, LentUse
 from actors.reports import Recorder
 from actors.tally import Outcome
 from actors.waitqueue import DEFAULT_PRIORITY, GrantKey
@@ -141,11 +141,13 @@ class Holdings:
         self.lending.freed(group.spec.id, lease_id)
         group.active -= 1
         self.total_active -= 1
-        if counted:  # else a lent slot's calls were timed as they ended (see reused)
+        if not counted:  # a lent slot's calls were counted as they ended (see reused)
+            group.queue.share.refund(lease_id)
+        else:
             group.tally.held(held)
-        if (ended := group.queue.share.ended(lease_id, held, used)) is not None:
-            flow, cost = ended
-            self.recorder.served(group, flow, held, cost)
+            if (ended := group.queue.share.ended(lease_id, held, used)) is not None:
+                flow, cost = ended
+                self.recorder.served(group, flow, held, cost)
         self.groups.changed(group, lease_id)
         now = self.clock()
         if group.budget is not None:
@@ -157,17 +159,21 @@ class Holdings:
 
     # -- grants ---------------------------------------------------------------------
 
-    def reused(self, group_id: str, started: int, ended: int, seconds: float) -> None:
-        """Calls of a process in slots lent to it (see :mod:`actors.lending`): ``started``
-        without asking, counted as granted at once; ``ended`` keeping their slot,
-        counted as released, held ``seconds`` in all."""
-        group = self.groups[group_id]
-        for _ in range(started):
+    def reused(self, use: LentUse) -> None:
+        """Calls of a process in slots lent to it (see :mod:`actors.lending`): those started
+        without asking, counted as granted at once; those ended, counted as released and
+        in their flow's service."""
+        group = self.groups[use.group_id]
+        for _ in range(use.started):
             self.recorder.submitted(group)
-            self.recorder.granted(group, 0.0, "")
-        for _ in range(ended):
-            group.tally.held(seconds / ended)
-            self.recorder.finished(group, Outcome.RELEASED)
+            self.recorder.granted(group, 0.0, use.flow)
+        if use.ended:
+            for _ in range(use.ended):
+                group.tally.held(use.seconds / use.ended)
+                self.recorder.finished(group, Outcome.RELEASED)
+            share = group.queue.share
+            cost = share.reused(use.flow, use.ended, use.seconds, use.cost, use.costed)
+            self.recorder.served(group, use.flow, use.seconds, cost)
 
     def room(self) -> bool:
         """Below the global cap, if there is one."""

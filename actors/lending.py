@@ -6,8 +6,8 @@ batch makes them. Where nobody waits for a group, that is work for nothing: the
 slot a call gives back would be granted at once to the next call asking,
 often of the same process. So a slot granted while nobody waits for its group
 (and, under a global cap, for any group) is *lent*: its process may keep it
-when the call ends, idle, and start its next call of the group in it without
-asking (see :mod:`actors.lent`). The manager counts a lent slot as held, idle
+when the call ends, idle, and start its next call of the group for the same
+flow in it without asking (see :mod:`actors.lent`). The manager counts a lent slot as held, idle
 or not, so no limit is ever passed; the holder renews it as any lease.
 
 The moment a waiter queues in a group with slots lent since the last recall
@@ -44,6 +44,22 @@ class Recall:
     group: str
     epoch: int
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class LentUse:
+    """What calls of one flow did in slots of ``group_id`` lent to their process, since
+    its last report: ``started`` without asking; ``ended``, having held their slots
+    ``seconds`` in all, of which ``costed`` seconds were of calls whose answers said
+    what they used, ``cost`` in all (see actors.fairshare)."""
+
+    group_id: str
+    flow: str
+    started: int = 0
+    ended: int = 0
+    seconds: float = 0.0
+    cost: float = 0.0
+    costed: float = 0.0
 
 
 class Lending:

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from actors.errors import AcquireTimeout, QueueError, WaitTooLong
 from actors.groups import GroupSpec, Pool
 from actors.leases import Lease, TokensUsed
+from actors.lending import LentUse
 from actors.options import DEFAULT_OPTIONS, CallOptions, Packed
 from actors.stats import GroupInfo, QueuePosition, QueueStats
 
@@ -128,15 +129,11 @@ class Cancel(Op[None]):
 
 @dataclass(frozen=True, slots=True)
 class Reused(Op[None]):
-    """Calls of the sender in slots of ``group_id`` lent to it (see actors.lending), for
-    the group's stats: ``started`` in a kept slot, without asking; ``ended`` keeping
-    their slot, held ``seconds`` in all."""
+    """What the sender's calls did in slots lent to it (see actors.lending), for the
+    group's stats and its flows' service."""
 
     handler = "holdings.reused"
-    group_id: str
-    started: int
-    ended: int
-    seconds: float
+    use: LentUse
 
 
 @dataclass(frozen=True, slots=True)

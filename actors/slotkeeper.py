@@ -40,9 +40,8 @@ from actors.courier import Courier, Send
 from actors.deliveries import Deliveries
 from actors.groups import Pool, pool_of
 from actors.leases import Lease, TokensUsed
-from actors.lending import Recall
-from actors.lent import LINGER_SECONDS, LentSlots
-from actors.ops import Acquire, Cancel, GroupInfoOf, HandOver, Op, Release, Renew, Reused
+from actors.lent import Fate, Lent
+from actors.ops import Acquire, Cancel, GroupInfoOf, HandOver, Op, Release, Renew
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.stats import GroupInfo
 from actors.successors import Successors
@@ -78,11 +77,10 @@ class SlotKeeper:
         # Calls no caller waits for (fast-path grants, releases, cancels): kept so
         # that their errors are logged and drain() can wait for them.
         self._in_flight: set[asyncio.Future[Any]] = set()
-        self._deliveries = Deliveries(handle, apply, self._recalled)
-        # Slots lent to this process, kept idle between calls; the task renewing them.
-        self._lent = LentSlots()
-        self._renewing: asyncio.Task[None] | None = None
-        self._reporting = False
+        # Slots lent to this process, kept between its calls.
+        self._lent = Lent(handle, apply, self._note)
+        self._deliveries = Deliveries(handle, apply, self._lent.recalled)
+        self._lent.listen = self._deliveries.listen
         # Tokens used by calls that hold a slot of a gated group, sent with their release.
         self._used: dict[str, TokensUsed] = {}
         self._successors = Successors(handle)
@@ -94,7 +92,7 @@ class SlotKeeper:
         """The group's next grant is the manager's to make (it waits for time too): no slot
         is passed on here, and none kept."""
         self._successors.forget(group)
-        self._give_back_idle(self._lent.drop(group))
+        self._lent.forget(group)
 
     def slot(
         self, group: str | Pool, options: CallOptions = DEFAULT_OPTIONS
@@ -139,11 +137,11 @@ class SlotKeeper:
         """A gated group, or a pool: a slot lent to this process and kept idle here, else
         wait for the grant (the manager's, or a slot passed on here); keep it alive, keep
         it for the next call if it is lent, else give it back."""
-        kept = self._lent.take(group) if isinstance(group, str) else None
-        if kept is not None:
-            self._report_reused()
-            asked = options.request_id or kept.id
-            lease = replace(kept, request_id=asked, priority=options.priority)
+        flow = options.flow or ""
+        idle = self._lent.take(group, flow) if isinstance(group, str) else None
+        if idle is not None:
+            asked = options.request_id or idle.id
+            lease = replace(idle, request_id=asked, priority=options.priority)
         else:
             lease = await self._waited(group, lease_id, options)
         began = time.monotonic()
@@ -163,16 +161,19 @@ class SlotKeeper:
             used = self._used.pop(lease.id, None)
             after = self._handed_over.pop(lease.id, None)
             successor = self._successors.hand_over(lease, cancelled=cancelled)
-            keeps = not cancelled and successor is None
-            now = time.monotonic()
-            if keeps and self._lent.keep(lease, now, now - began):
-                self._keep_lent()
-                self._report_reused()
-            else:
+            held = time.monotonic() - began
+            handed_over = successor is not None
+            fate = self._lent.ended(
+                lease, flow, held, used, cancelled=cancelled, handed_over=handed_over
+            )
+            if fate is not Fate.KEPT:
                 # A task of its own, shielded: a caller cancelled right here still gives
                 # its slot back, and a successor woken just now starts its call before
                 # this one takes the loop to tell the manager.
-                ended = asyncio.ensure_future(self._give_back(lease, used, successor, after))
+                counted = fate is Fate.COUNTED
+                ended = asyncio.ensure_future(
+                    self._give_back(lease, None if counted else used, successor, after, counted)
+                )
                 if successor is not None:
                     self._handed_over[successor] = ended
                 await asyncio.shield(ended)
@@ -202,76 +203,23 @@ class SlotKeeper:
             self._successors.gone(lease_id)
             self._deliveries.gone(lease_id)
 
-    # -- lent slots (see actors.lending) ---------------------------------------------
-
-    def _keep_lent(self) -> None:
-        """A lent slot was kept idle: hear the manager's recalls, and renew what is kept."""
-        self._deliveries.listen()
-        task = self._renewing
-        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
-            self._renewing = asyncio.create_task(self._renew_kept())
-
-    async def _renew_kept(self) -> None:
-        """While this process holds lent slots: give back those idle past their linger, and
-        renew them all every third of their ttl. Cancelled (its event loop ends: a
-        driver's asyncio.run returns), it gives the idle ones back: nothing here would
-        renew them, nor hear the manager call them back."""
-        renewed = time.monotonic()
-        try:
-            while self._lent.held():
-                await asyncio.sleep(LINGER_SECONDS / 2)
-                self._give_back_idle(self._lent.lingered(time.monotonic()))
-                held = self._lent.held()
-                if not held or time.monotonic() - renewed < min(h.ttl for h in held) / 3:
-                    continue
-                renewed = time.monotonic()
-                answers = await self._apply([Renew(lease.id, lease.epoch) for lease in held])
-                for lease, still in zip(held, answers, strict=True):
-                    if still is not True:
-                        log.warning("lent slot %s of %r is no longer held", lease.id, lease.group)
-                        self._lent.lost(lease)
-        except asyncio.CancelledError:
-            # Sent straight, not through the courier, whose loop is ending.
-            idle = [lease for group in self._lent.groups() for lease in self._lent.drop(group)]
-            if idle:
-                self.handle.apply.remote(_idle_releases(idle))
-            raise
-
-    def _recalled(self, recall: Recall) -> None:
-        """The manager calls the group's lent slots back: the idle ones go at once."""
-        self._give_back_idle(self._lent.recall(recall))
-
-    def _give_back_idle(self, idle: list[Lease]) -> None:
-        if idle:
-            self._note(self._apply(_idle_releases(idle)))
-
-    def _report_reused(self) -> None:
-        """Tell the manager, in a batch soon, of the calls run in kept slots."""
-        if not self._reporting:
-            self._reporting = True
-            asyncio.get_running_loop().call_soon(self._send_reused)
-
-    def _send_reused(self) -> None:
-        self._reporting = False
-        reused = self._lent.take_reused()
-        if reused:
-            self._note(self._apply([Reused(group, *counts) for group, counts in reused.items()]))
-
     async def _give_back(
         self,
         lease: Lease,
         used: TokensUsed | None,
         successor: str | None,
         after: asyncio.Future[None] | None,
+        idle: bool = False,
     ) -> None:
         """Release ``lease``, or hand it over to ``successor``, once the manager has heard of
         the hand-over ``after`` that gave it to this process, if one did: a release that
-        overtook it would find the lease not yet held, and the hand-over then hold it."""
+        overtook it would find the lease not yet held, and the hand-over then hold it.
+        ``idle``: a lent slot whose calls were counted as they ended (see actors.lent)."""
         if after is not None:
             with contextlib.suppress(Exception):
                 await after
         if successor is None:
-            await self._ask(Release(lease.id, lease.epoch, used))
+            await self._ask(Release(lease.id, lease.epoch, used, idle))
             return
         caller = caller_of(self.handle).id
         await self._ask(HandOver(lease.group, lease.id, lease.epoch, successor, caller, used))
@@ -367,13 +315,7 @@ class SlotKeeper:
     async def drain(self) -> None:
         """Give back the lent slots kept idle here, and wait until every call this client
         sent without waiting has been answered."""
-        self._give_back_idle([idle for g in self._lent.groups() for idle in self._lent.drop(g)])
-        self._send_reused()
+        self._lent.give_back()
         while self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
         await self._courier.drain()
-
-
-def _idle_releases(idle: list[Lease]) -> list[Op[object]]:
-    """Give back lent slots kept idle, whose calls were counted as they ended."""
-    return [Release(lease.id, lease.epoch, idle=True) for lease in idle]

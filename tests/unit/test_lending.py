@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from actors.budget import BudgetLimits
 from actors.engine import SlotEngine
-from actors.leases import Lease
-from actors.lending import Recall
+from actors.leases import Lease, TokensUsed
+from actors.lending import LentUse, Recall
 from actors.lent import LentSlots
 from actors.options import CallOptions
 from tests.unit.conftest import EPOCH, LOCAL_OLLAMA, REMOTE_OLLAMA
@@ -113,48 +113,68 @@ def lease(lease_id: str, lent: int | None, epoch: int = EPOCH) -> Lease:
 def test_a_process_keeps_a_lent_slot_and_its_next_call_takes_it() -> None:
     slots = LentSlots()
 
-    assert slots.keep(lease("a", 0), now=0.0, held=0.25)
-    assert not slots.keep(lease("b", None), now=0.0, held=0.5)  # not lent: given back
+    assert slots.keep(lease("a", 0), "f", now=0.0)
+    assert not slots.keep(lease("b", None), "f", now=0.0)  # not lent: given back
 
-    assert slots.take(GROUP) == lease("a", 0)
-    assert slots.take(GROUP) is None
-    # One call started in a kept slot, one ended keeping its slot after 0.25 s.
-    assert slots.take_reused() == {GROUP: (1, 1, 0.25)}
+    assert slots.take(GROUP, "f") == lease("a", 0)
+    assert slots.take(GROUP, "f") is None
     assert slots.held() == [lease("a", 0)]  # in a call now, still renewed here
+
+
+def test_the_calls_in_lent_slots_are_counted_by_flow_for_the_manager() -> None:
+    slots = LentSlots()
+    slots.ended(lease("a", 0), "f", 0.25, TokensUsed(input=10, output=5))
+    slots.keep(lease("a", 0), "f", now=0.0)
+    slots.take(GROUP, "f")
+    slots.ended(lease("a", 0), "f", 0.5, None)  # its answer said nothing of tokens
+
+    assert slots.take_uses() == [
+        LentUse(GROUP, "f", started=1, ended=2, seconds=0.75, cost=20.0, costed=0.25)
+    ]
+    assert slots.take_uses() == []
 
 
 def test_a_recall_gives_back_the_idle_slots_and_keeps_no_slot_lent_before_it() -> None:
     slots = LentSlots()
-    slots.keep(lease("idle", 0), now=0.0, held=0.0)
+    slots.keep(lease("idle", 0), "f", now=0.0)
 
     assert slots.recall(Recall(GROUP, EPOCH, 1)) == [lease("idle", 0)]
 
-    assert not slots.keep(lease("busy-at-the-recall", 0), now=0.0, held=0.0)
-    assert slots.keep(lease("lent-after", 1), now=0.0, held=0.0)
+    assert not slots.keep(lease("busy-at-the-recall", 0), "f", now=0.0)
+    assert slots.keep(lease("lent-after", 1), "f", now=0.0)
     # A restarted manager's recall also covers slots lent before the restart.
     assert slots.recall(Recall(GROUP, EPOCH + 1, 1)) == [lease("lent-after", 1)]
-    assert not slots.keep(lease("lent-after", 1), now=0.0, held=0.0)
+    assert not slots.keep(lease("lent-after", 1), "f", now=0.0)
     assert slots.held() == []
 
 
 def test_a_slot_idle_past_its_linger_goes_back() -> None:
     slots = LentSlots(linger=0.5)
-    slots.keep(lease("old", 0), now=0.0, held=0.0)
-    slots.keep(lease("new", 0), now=0.4, held=0.0)
+    slots.keep(lease("old", 0), "f", now=0.0)
+    slots.keep(lease("new", 0), "f", now=0.4)
 
     assert slots.lingered(now=0.6) == [lease("old", 0)]
 
-    assert slots.take(GROUP) == lease("new", 0)
+    assert slots.take(GROUP, "f") == lease("new", 0)
     assert slots.held() == [lease("new", 0)]
 
 
 def test_a_slot_found_no_longer_held_is_never_kept_again() -> None:
     slots = LentSlots()
-    slots.keep(lease("a", 0), now=0.0, held=0.0)
-    taken = slots.take(GROUP)
+    slots.keep(lease("a", 0), "f", now=0.0)
+    taken = slots.take(GROUP, "f")
     assert taken is not None
 
     slots.lost(taken)  # its renewal said so, while a call ran in it
 
-    assert not slots.keep(taken, now=1.0, held=0.0)
+    assert not slots.keep(taken, "f", now=1.0)
     assert slots.held() == []
+
+
+def test_a_kept_slot_serves_only_calls_of_the_flow_that_kept_it() -> None:
+    """Another tenant's call asks the manager: each flow's calls and share stay its own."""
+    slots = LentSlots()
+    slots.keep(lease("a", 0), "tenant:a", now=0.0)
+
+    assert slots.take(GROUP, "tenant:b") is None
+    assert slots.take(GROUP, "tenant:a") == lease("a", 0)
