@@ -124,6 +124,10 @@ class LentSlots:
         for flow, kept in flows.items():
             flows[flow] = [(held, at) for held, at in kept if held.id != lease.id]
 
+    def keeps(self, group: str) -> bool:
+        """Whether idle slots of ``group`` are kept here (for any flow)."""
+        return any(self._idle.get(group, {}).values())
+
     def groups(self) -> list[str]:
         """The groups with idle slots kept."""
         return [group for group, flows in self._idle.items() if any(flows.values())]
@@ -161,6 +165,10 @@ class Lent:
         self.listen: Callable[[], None] = lambda: None
         self._renewing: asyncio.Task[None] | None = None
         self._reporting = False
+
+    def keeps(self, group: str) -> bool:
+        """Whether slots of ``group`` are kept here, idle."""
+        return self._slots.keeps(group)
 
     def take(self, group: str, flow: str) -> Lease | None:
         """A kept slot of ``group`` for a call of ``flow`` starting now, if one is idle

@@ -138,7 +138,13 @@ class SlotKeeper:
         wait for the grant (the manager's, or a slot passed on here); keep it alive, keep
         it for the next call if it is lent, else give it back."""
         flow = options.flow or ""
-        idle = self._lent.take(group, flow) if isinstance(group, str) else None
+        idle = None
+        if isinstance(group, str) and self._lent.keeps(group):
+            # One turn of the loop first, as a manager call would take: a recall that came
+            # meanwhile is heard, and a caller that loops on kept slots awaiting nothing
+            # else lets the process's other work run.
+            await asyncio.sleep(0)
+            idle = self._lent.take(group, flow)
         if idle is not None:
             asked = options.request_id or idle.id
             lease = replace(idle, request_id=asked, priority=options.priority)

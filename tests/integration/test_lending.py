@@ -4,13 +4,14 @@ back for a waiter elsewhere, and never lost when the process or the manager dies
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import ray
 
 from actors.client import ManagerClient
 from actors.options import CallOptions
-from tests.integration.conftest import LOCAL_SERVER, ManagerFactory, settled
+from tests.integration.conftest import LOCAL_SERVER, ManagerFactory, active_is, settled
 from tests.support.polling import eventually
 
 LIMIT = 4
@@ -34,6 +35,19 @@ class Busy:
 
         await asyncio.gather(*(loop() for _ in range(LIMIT)))
         await self.client.drain()
+        return self.calls
+
+    async def spin(self, seconds: float) -> int:
+        """Calls that await nothing inside their slot, ``LIMIT`` at a time, for ``seconds``."""
+        end = time.monotonic() + seconds
+
+        async def loop() -> None:
+            while time.monotonic() < end:
+                async with self.client.slot(LOCAL_SERVER.id, CallOptions(priority=3)):
+                    pass
+                self.calls += 1
+
+        await asyncio.gather(*(loop() for _ in range(LIMIT)))
         return self.calls
 
     def done(self) -> int:
@@ -114,3 +128,20 @@ async def test_a_restarted_manager_calls_back_the_slots_it_restored_lent(
     await running
     group = (await settled(client)).groups[LOCAL_SERVER.id]
     assert (group.expired, group.abandoned) == (0, 0)
+
+
+async def test_a_process_looping_on_kept_slots_awaiting_nothing_still_gives_them_back(
+    make_manager: ManagerFactory,
+) -> None:
+    """Each call in a kept slot takes a turn of its process's loop first: the recall is
+    heard there, though no call in it ever waits for anything else."""
+    client = make_manager(LOCAL_SERVER, group_limits={LOCAL_SERVER.id: LIMIT})
+    busy = BusyProcess.remote(client.handle)
+    spinning = busy.spin.remote(30.0)
+    await eventually(active_is(client, LOCAL_SERVER.id, LIMIT), "the busy process's slots")
+
+    # Well before the spinning ends.
+    async with client.slot(LOCAL_SERVER.id, CallOptions(priority=9, queue_timeout=10)):
+        assert (await client.stats()).groups[LOCAL_SERVER.id].recalls >= 1
+
+    ray.cancel(spinning)
