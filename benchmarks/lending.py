@@ -105,15 +105,15 @@ def ms(seconds: float) -> str:
 async def main(rounds: int, limit: int) -> None:
     print(f"a priority-9 call from process B while process A runs {limit} callers at 3")
     print(f"on a group of limit {limit}; {rounds} rounds each")
-    print("| queue.lend | B's wait p50 / p95 | round trip p50 | wait / round trip, p50 / p95 |")
-    print("|---|---:|---:|---:| recalls")
+    print("| queue.lend | B's wait p50 / p95 | round trip p50 | wait / round trip | recalls |")
+    print("|---|---:|---:|---:|---:|")
     for lend in (True, False):
         waits, trips, recalls = await measure(lend, rounds, limit)
         trip = statistics.median(trips)
         p50, p95 = statistics.median(waits), statistics.quantiles(waits, n=20)[18]
         print(
             f"| {str(lend).lower()} | {ms(p50)} / {ms(p95)} | {ms(trip)} | "
-            f"{p50 / trip:.1f} / {p95 / trip:.1f} | {recalls}"
+            f"{p50 / trip:.1f} / {p95 / trip:.1f} | {recalls} |"
         )
 
 
