@@ -204,7 +204,7 @@ class SlotEngine:
         several takes the least busy for its weight (see :mod:`actors.rotation`).
         ``caller``: the id of the process that asked, whose waiters and leases
         :meth:`drop_caller` ends. ``started``: the call already runs (its caller
-        took a group where nobody waits, see :mod:`actors.outbox`): it is
+        took a group where nobody waits, see :mod:`actors.slotkeeper`): it is
         counted, past any limit or budget.
         """
         pool = pool_of(group_id)

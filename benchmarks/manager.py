@@ -34,7 +34,7 @@ import ray
 
 from actors.client import ManagerClient
 from actors.groups import classify
-from actors.ops import Acquire, Release
+from actors.ops import Acquire, Cancel, Release
 from actors.options import CallOptions, Packed
 from actors.settings import QueueSettings, Settings
 from actors.watch import caller_of
@@ -46,6 +46,8 @@ CAP_ONE = classify("ollama", "http://localhost:11434")
 # Long enough for the manager's notice of the waiter next in line to arrive, as it does
 # for any LLM call; far shorter than one.
 HAND_OFF_HOLD_SECONDS = 0.02
+# The process, named by hand, whose mailbox gets the grant latency's grants.
+GRANT_LATENCY_CALLER = "grant-latency"
 
 
 @ray.remote(num_cpus=0, max_concurrency=10_000)
@@ -126,28 +128,37 @@ async def bare_turnover_gaps(noop: Any, rounds: int) -> list[float]:
 
 
 async def grant_latency(client: ManagerClient, pending: int, rounds: int) -> float:
-    """Median release -> grant time for a priority-10 request with ``pending`` others queued."""
+    """Median release -> grant time for a priority-10 request with ``pending`` others queued:
+    from the release sent to the grant collected from the caller's mailbox."""
     handle = client.handle
-    holder = await handle.acquire.remote(Acquire(CAP_ONE.id, uuid.uuid4().hex).packed())
-    background = [
-        handle.acquire.remote(
-            Acquire(CAP_ONE.id, uuid.uuid4().hex, CallOptions(priority=1)).packed()
-        )
-        for _ in range(pending)
-    ]
-    await wait_pending(client, pending)
+
+    def ask(priority: int) -> Acquire:
+        options = CallOptions(priority=priority)
+        return Acquire(CAP_ONE.id, uuid.uuid4().hex, options, GRANT_LATENCY_CALLER)
+
+    [holder] = await handle.apply.remote([ask(5)])
+    background = [ask(1) for _ in range(pending)]
+    await handle.apply.remote(background)
+    # Read past what the mailbox holds already (the holder's slot called back).
+    mail = await handle.collect.remote(GRANT_LATENCY_CALLER, holder.epoch, -1, 0.0)
+    read = max((number for number, _, _ in mail.items), default=-1)
     samples = []
     for _ in range(rounds):
-        probe = handle.acquire.remote(
-            Acquire(CAP_ONE.id, uuid.uuid4().hex, CallOptions(priority=10)).packed()
-        )
-        await wait_pending(client, pending + 1)
+        probe = ask(10)
+        await handle.apply.remote([probe])
         start = time.perf_counter()
         await handle.apply.remote([Release(holder.id, holder.epoch)])
-        holder = await probe
+        while True:
+            mail = await handle.collect.remote(GRANT_LATENCY_CALLER, holder.epoch, read)
+            read = max((number for number, _, _ in mail.items), default=read)
+            granted = [item for _, lease_id, item in mail.items if lease_id == probe.lease_id]
+            if granted:
+                break
         samples.append(time.perf_counter() - start)
-    for ref in background:
-        ray.cancel(ref)
+        holder = granted[0]
+    await handle.apply.remote(
+        [Cancel(op.lease_id) for op in background] + [Release(holder.id, holder.epoch)]
+    )
     return statistics.median(samples)
 
 

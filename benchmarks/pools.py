@@ -148,10 +148,9 @@ async def through_raygate(
     # Held by no process's client: let go, each slot goes to the best waiter then (a
     # client's own release may pass it on in its process to the waiter it last heard was
     # next, which the last arrivals may have overtaken a moment before; see the module).
-    held = [
-        await manager.handle.acquire.remote(Acquire(spec.id, f"held-{spec.id}").packed())
-        for spec in specs
-    ]
+    held = await manager.handle.apply.remote(
+        [Acquire(spec.id, f"held-{spec.id}", CallOptions(), "pools-benchmark") for spec in specs]
+    )
     tasks = [asyncio.ensure_future(chat(request)) for request in asked]
     while (await manager.stats()).total_pending < len(asked):  # noqa: ASYNC110
         await asyncio.sleep(0.02)
