@@ -35,7 +35,6 @@ from typing import Any, Protocol, TypeVar, cast
 
 from ray.actor import ActorHandle
 
-from actors.calls import unwrap
 from actors.courier import Courier, Send
 from actors.deliveries import Deliveries
 from actors.groups import Pool, pool_of
@@ -309,14 +308,10 @@ class SlotKeeper:
         return future
 
     def _note(self, call: Awaitable[object]) -> None:
-        self._track(self._settle(call))
-
-    @staticmethod
-    async def _settle(call: Awaitable[object]) -> None:
-        try:
-            await unwrap(call)
-        except Exception:
-            log.warning("a fire-and-forget manager call failed", exc_info=True)
+        """Send ``call`` without waiting for it: drain() waits for it, its failure is logged.
+        Its own task, not one awaiting it: a task its ending loop cancels before it
+        starts leaves no coroutine behind that nothing ever awaited."""
+        self._track(call).add_done_callback(_logged)
 
     async def drain(self) -> None:
         """Give back the lent slots kept idle here, and wait until every call this client
@@ -325,3 +320,9 @@ class SlotKeeper:
         while self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
         await self._courier.drain()
+
+
+def _logged(call: asyncio.Future[object]) -> None:
+    """The end of a manager call nobody waits for: its failure logged (not its loop's end)."""
+    if not call.cancelled() and (error := call.exception()) is not None:
+        log.warning("a fire-and-forget manager call failed", exc_info=error)

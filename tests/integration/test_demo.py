@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipelines.demo import CLAUDE, LOCAL, peak_overlap_by_group, report, run_scenario
-from tests.integration.conftest import ManagerFactory
+from tests.integration.conftest import ManagerFactory, settled
 
 
 async def test_demo_runs_remote_calls_at_once_and_local_ones_by_priority(
@@ -21,5 +21,4 @@ async def test_demo_runs_remote_calls_at_once_and_local_ones_by_priority(
     peaks = peak_overlap_by_group(runs)
     assert (peaks[LOCAL.id], peaks[CLAUDE.id]) == (1, 2)
     assert report(runs).splitlines()[1].startswith("A ")
-    stats = await client.stats()
-    assert (stats.total_active, stats.total_pending) == (0, 0)
+    await settled(client)  # nothing held, nobody waiting
