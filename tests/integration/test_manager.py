@@ -118,15 +118,14 @@ async def test_release_and_stats_answer_while_5000_acquires_wait(
     client = make_manager(LOCAL_SERVER)
     handle = client.handle
     [holder] = await handle.apply.remote([waiting_acquire("holder")])
-    # 5,000 callers' acquires, in batches of 500 as their processes would send them.
+    # 5,000 callers' acquires, in batches of 500 as a process would send them: one after
+    # the other (Ray keeps no order between calls in flight at once).
     waiting = [f"w{i}" for i in range(5000)]
-    queued = await asyncio.gather(
-        *(
-            handle.apply.remote([waiting_acquire(lease_id) for lease_id in waiting[i : i + 500]])
-            for i in range(0, 5000, 500)
-        )
-    )
-    assert {type(answer) for batch in queued for answer in batch} == {Queued}
+    queued = []
+    for i in range(0, 5000, 500):
+        batch = [waiting_acquire(lease_id) for lease_id in waiting[i : i + 500]]
+        queued.extend(await handle.apply.remote(batch))
+    assert {type(answer) for answer in queued} == {Queued}
     # The holder's slot, lent while nobody waited, is called back from its process.
     [(read, _, recall)] = (await handle.collect.remote(WAITER, holder.epoch, -1)).items
     assert recall == Recall(LOCAL_SERVER.id, holder.epoch, 1)
