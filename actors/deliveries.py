@@ -119,8 +119,9 @@ class Deliveries:
                     else:
                         self._settle(lease_id, answer)
         except Exception as error:
-            # The manager is gone for good (or Ray is): nothing will be granted.
-            log.warning("collecting grants from the manager failed", exc_info=True)
+            # The manager is gone for good (or Ray is): nothing will be granted, and each
+            # waiter gets the error itself.
+            log.debug("collecting grants from the manager failed", exc_info=True)
             expected, self._expected = self._expected, {}
             for waiting in expected.values():
                 if not waiting.grant.done():

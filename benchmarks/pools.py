@@ -148,6 +148,9 @@ async def through_raygate(
     # Held by no process's client: let go, each slot goes to the best waiter then (a
     # client's own release may pass it on in its process to the waiter it last heard was
     # next, which the last arrivals may have overtaken a moment before; see the module).
+    # The warm-up's slots, lent to its process, come back after their linger.
+    while (await manager.stats()).total_active:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
     held = await manager.handle.apply.remote(
         [Acquire(spec.id, f"held-{spec.id}", CallOptions(), "pools-benchmark") for spec in specs]
     )
