@@ -154,15 +154,19 @@ class Lent:
     give idle ones back; the calls in kept slots are reported in the next batch."""
 
     def __init__(
-        self, manager: ActorHandle, apply: Send, note: Callable[[Awaitable[object]], None]
+        self,
+        manager: ActorHandle,
+        apply: Send,
+        note: Callable[[Awaitable[object]], None],
+        listen: Callable[[], None],
     ) -> None:
         self._manager = manager
         self._apply = apply
         # Fire-and-forget manager calls go through the slot keeper's note (drained there).
         self._note = note
+        # Keeps this process's collect call waiting, where recalls come.
+        self._listen = listen
         self._slots = LentSlots()
-        # Keeps this process's collect call waiting, where recalls come (set by the keeper).
-        self.listen: Callable[[], None] = lambda: None
         self._renewing: asyncio.Task[None] | None = None
         self._reporting = False
 
@@ -198,7 +202,7 @@ class Lent:
         if cancelled or not self._slots.keep(lease, flow, time.monotonic()):
             self._slots.let_go(lease)
             return Fate.COUNTED
-        self.listen()
+        self._listen()
         self._report()
         task = self._renewing
         if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():

@@ -21,15 +21,14 @@ in a list it never waits: only a ``started`` one, counted past any limit, belong
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 from actors.errors import AcquireTimeout, QueueError, WaitTooLong
 from actors.groups import GroupSpec, Pool
 from actors.leases import Lease, TokensUsed
 from actors.lending import LentUse
-from actors.options import DEFAULT_OPTIONS, CallOptions, Packed
+from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.stats import GroupInfo, QueuePosition, QueueStats
 
 T = TypeVar("T", covariant=True)
@@ -61,17 +60,6 @@ class Acquire(Op[Lease | None]):
     options: CallOptions = DEFAULT_OPTIONS
     caller: str | None = None
     started: bool = False
-
-    def packed(self) -> Packed:
-        """As plain values, which Ray sends without pickling (see CallOptions.packed)."""
-        return (self.group_id, self.lease_id, self.options.packed(), self.caller, self.started)
-
-    @classmethod
-    def unpacked(cls, packed: Sequence[Any]) -> Acquire:
-        """The message :meth:`packed` made (Ray may hand its tuples over as lists)."""
-        group, lease_id, options, caller, started = packed
-        group = group if isinstance(group, str) else tuple(group)
-        return cls(group, lease_id, CallOptions.unpacked(options), caller, started)
 
     def patience(self, now: float) -> tuple[float, QueueError] | None:
         """How long, from ``now`` (wall clock), this acquire may still wait for its slot,

@@ -5,19 +5,16 @@
 
 Each layer passes the :class:`CallOptions` it got on whole; none copies its
 fields into a parameter list of its own. The engine reads the ordering
-fields (see :mod:`actors.waitqueue`), the gate the queue timeout, the
-provider the labels for its metrics and spans. On the way to the manager's
-acquire they travel packed (:meth:`CallOptions.packed`): plain values, which
-Ray sends without pickling, a tenth of a millisecond less per acquire.
+fields (see :mod:`actors.waitqueue`), the caller's slot keeper the queue
+timeout and max wait (see :meth:`actors.ops.Acquire.patience`), the provider
+the labels for its metrics and spans.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import ray
 
@@ -105,20 +102,6 @@ class CallOptions:
             flow=self.flow if self.flow is not None else _this_job(),
         )
 
-    def packed(self) -> Packed:
-        """These options as plain values (see :meth:`unpacked`)."""
-        labels = self.labels
-        return (
-            *(getattr(self, name) for name in _FIELDS),
-            tuple(getattr(labels, name) for name in _LABELS),
-        )
-
-    @classmethod
-    def unpacked(cls, packed: Sequence[Any]) -> CallOptions:
-        """The options :meth:`packed` made (Ray may hand its tuples over as lists)."""
-        *values, labels = packed
-        return cls(**dict(zip(_FIELDS, values, strict=True)), labels=CallLabels(*labels))
-
     def flowing(self) -> CallOptions:
         """These options with a flow: this process's Ray job where none was given. Called
         where a call starts (a driver, a pipeline run), so that a call passed on to a
@@ -144,9 +127,4 @@ def _this_job() -> str:
 
 
 DEFAULT_OPTIONS = CallOptions()
-# CallOptions' fields in order, and CallLabels', as packed: labels last.
-_FIELDS = tuple(f.name for f in fields(CallOptions) if f.name != "labels")
-_LABELS = tuple(f.name for f in fields(CallLabels))
-# CallOptions as plain values.
-Packed = tuple[Any, ...]
 TENANT_FLOW = "tenant:"

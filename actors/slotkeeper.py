@@ -76,10 +76,10 @@ class SlotKeeper:
         # Calls no caller waits for (fast-path grants, releases, cancels): kept so
         # that their errors are logged and drain() can wait for them.
         self._in_flight: set[asyncio.Future[Any]] = set()
-        # Slots lent to this process, kept between its calls.
-        self._lent = Lent(handle, apply, self._note)
-        self._deliveries = Deliveries(handle, apply, self._lent.recalled)
-        self._lent.listen = self._deliveries.listen
+        # Grants by mail, recalls among them; and the slots lent to this process, kept
+        # between its calls, whose recalls that mail must be listened for.
+        self._deliveries = Deliveries(handle, apply, lambda recall: self._lent.recalled(recall))
+        self._lent = Lent(handle, apply, self._note, self._deliveries.listen)
         # Tokens used by calls that hold a slot of a gated group, sent with their release.
         self._used: dict[str, TokensUsed] = {}
         self._successors = Successors(handle)

@@ -5,7 +5,8 @@
 Rows, each the mean over many calls from this driver:
   raw no-op x2          two calls without arguments to an empty async actor method
   raw x2, same args     the same two calls carrying the acquire's and the release's
-                        arguments (each Ray argument costs serialization)
+                        batches, one operation each (each Ray argument costs
+                        serialization)
   gated pair, capped    acquire + release on a group with a limit (no waiting: limit > callers)
   gated pair, unlimited the same on a group with no limit and no global cap (fast path)
   asyncio.Semaphore     an in-process acquire + release: the physical floor
@@ -34,8 +35,8 @@ import ray
 
 from actors.client import ManagerClient
 from actors.groups import classify
-from actors.ops import Acquire, Cancel, Release
-from actors.options import CallOptions, Packed
+from actors.ops import Acquire, Cancel, Op, Release
+from actors.options import CallOptions
 from actors.settings import QueueSettings, Settings
 from actors.watch import caller_of
 from benchmarks import on_embedded_ray
@@ -60,13 +61,8 @@ class Noop:
     async def noop(self) -> None:
         return None
 
-    async def noop_acquire(
-        self, group: str, lease_id: str, options: Packed, caller: str | None
-    ) -> None:
-        return None
-
-    async def noop_release(self, lease_id: str, epoch: int) -> None:
-        return None
+    async def noop_apply(self, ops: list[Op[object]]) -> list[object]:
+        return [None] * len(ops)
 
     def _turn(self, turn: int) -> asyncio.Future[None]:
         return self._turns.setdefault(turn, asyncio.get_running_loop().create_future())
@@ -195,8 +191,8 @@ async def main(pairs: int, pending: int) -> None:
         options = CallOptions(request_id=uuid.uuid4().hex)
         # The caller the manager gets, lifeline ref and all.
         caller = caller_of(client.handle).id
-        await noop.noop_acquire.remote(CAPPED.id, lease_id, options.packed(), caller)
-        await noop.noop_release.remote(lease_id, 1)
+        await noop.noop_apply.remote([Acquire(CAPPED.id, lease_id, options, caller)])
+        await noop.noop_apply.remote([Release(lease_id, 1)])
 
     async def gated(group: str) -> None:
         async with client.slot(group):

@@ -13,7 +13,7 @@ from actors.handover import HandOvers
 from actors.holdings import Holdings
 from actors.journal import HeldLease, held_entry
 from actors.leases import Lease, LeaseTable
-from actors.options import CallLabels, CallOptions
+from actors.options import CallOptions
 from actors.reports import Recorder, estimate
 from actors.tally import GroupTally, Outcome
 from actors.waitqueue import Arrivals, grant_key, width
@@ -226,26 +226,3 @@ def test_the_estimate_is_unknown_before_a_release_then_holds_per_slot() -> None:
 
     group.tally.held(4.0)
     assert estimate(group, None, ahead=3, tokens=0, now=clock.now) == 8.0  # 4 grants / 2 slots
-
-
-# -- actors/options.py ------------------------------------------------------------
-
-
-def test_options_packed_to_plain_values_unpack_to_the_same_options() -> None:
-    options = CallOptions(
-        priority=7,
-        critical=True,
-        unit="svc-1",
-        queue_timeout=2.5,
-        tokens=300,
-        cache=True,
-        flow="tenant:team-a",
-        weight=2.0,
-        labels=CallLabels(stage="mappings", service_id="svc-1", plateau=3, mapping_type="data"),
-    ).identified()
-    packed = options.packed()
-
-    plain = (str, int, float, bool, type(None))
-    assert all(isinstance(value, plain) for value in (*packed[:-1], *packed[-1]))
-    assert CallOptions.unpacked(packed) == options
-    assert CallOptions.unpacked([*packed[:-1], list(packed[-1])]) == options  # as Ray may
