@@ -79,7 +79,8 @@ class GroupRecord:
     held: dict[str, HeldLease]
 
 
-# Entries by key: a group's spec under its id, a held lease under HELD_KEY; None: gone.
+# Entries by key: a group's spec under its id, a held lease under its group's id and
+# its own (see held_entry); None: gone.
 Entries = Mapping[str, bytes | None]
 # Between a group's id and a held lease's: no group id has a line break.
 _SEPARATOR = "\n"
