@@ -70,15 +70,12 @@ class Mailboxes:
         """``lease_id`` waits; its grant or failure goes to ``caller``'s mailbox."""
         self._posted[lease_id] = caller
 
-    def post_locked(self, lease_id: str, answer: Lease | Exception | None) -> bool:
-        """End the wait of ``lease_id`` if it waits by mail (else False): its grant or
-        error goes to its caller; None (its caller cancelled it, or died) posts nothing."""
+    def post_locked(self, lease_id: str, answer: Lease | Exception | None) -> None:
+        """End the wait of ``lease_id`` if it waits by mail: its grant or error goes to its
+        caller; None (its caller cancelled it, or died) posts nothing."""
         caller = self._posted.pop(lease_id, None)
-        if caller is None:
-            return False
-        if answer is not None:
+        if caller is not None and answer is not None:
             self._post_locked(caller, lease_id, answer)
-        return True
 
     def recall_locked(self, caller: str, recall: Recall) -> None:
         """Mail ``caller`` that the manager calls its lent slots back (see actors.lending)."""
