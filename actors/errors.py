@@ -15,6 +15,7 @@ say what was wrong and what to do.
     └── QueueError                  a slot request was refused or did not complete
         ├── InvalidPriority         (also a ValueError)
         ├── EmptyPool               a pool that names no group (also a ValueError)
+        ├── PoolAcrossShards        a pool whose groups different managers decide (a ValueError)
         ├── UnknownGroup
         ├── DuplicateLease
         ├── LeaseRetired            the lease id was cancelled or released before it arrived
@@ -141,6 +142,21 @@ class WaitTooLong(QueueError):
 class EmptyPool(QueueError, ValueError):
     def __str__(self) -> str:
         return "a pool names no group: ask for one group's id, or a tuple of at least one"
+
+
+class PoolAcrossShards(QueueError, ValueError):
+    def __init__(self, pool: tuple[str, ...], shards: int) -> None:
+        super().__init__(pool, shards)
+        self.pool = pool
+        self.shards = shards
+
+    def __str__(self) -> str:
+        return (
+            f"the pool {_listing(self.pool)} spans groups that {self.shards} manager shards "
+            "decide for apart (queue.shards), so no one of them can make its calls wait "
+            "once: name the pool's servers as one model's `servers` in the settings, "
+            "which puts them on one shard"
+        )
 
 
 class InvalidPriority(QueueError, ValueError):

@@ -1,4 +1,5 @@
-"""The ConcurrencyManager Ray actor: one per cluster, a thin shell over SlotGate.
+"""The ConcurrencyManager Ray actor: one per cluster (or one per shard of the groups, with
+``queue.shards``: see :mod:`actors.shards`), a thin shell over SlotGate.
 
 Why two Ray concurrency groups: every process's batches of operations (see
 :mod:`actors.courier`) run in ``control``, on a thread and event loop of their
@@ -25,6 +26,10 @@ lease and request ids and priorities, before any new arrival and in the order
 they first asked (``CallOptions.asked_at``), and an acquire whose grant was
 journaled but never delivered gets that lease. A manager created anew (not
 restarted by Ray) clears its name's journal.
+
+A shard is a manager like any other, under its own name (``concurrency-manager-1``)
+with its own journal and lifelines: it registers only the settings' models whose
+servers it decides for, and restarts alone.
 
 Dead callers: an acquire names its caller process, which the manager watches
 through the lifeline it hosts for it (see :mod:`actors.watch`): when Ray
@@ -60,6 +65,7 @@ from actors.names import HEAD_NODE, MANAGER_NAME, NAMESPACE, named_actor
 from actors.ops import CanRun, DropCaller, Op, Register, Unwatched, Watched
 from actors.queueview import QueueView
 from actors.settings import Settings
+from actors.shards import Routes, shard_name
 from actors.telemetry import configure_telemetry
 from actors.watch import CallerWatch, LifelineHost
 
@@ -79,8 +85,10 @@ COLLECT_WAIT_SECONDS = 60.0
     num_cpus=0,
 )
 class ConcurrencyManager(LifelineHost):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, shard: int = 0) -> None:
         self._settings = settings
+        # The settings' models whose servers this shard decides for (see actors.shards).
+        models = Routes(settings.queue.shards, settings.models).own_models(shard)
         configure_telemetry(settings.telemetry)
         queue = settings.queue
         context = ray.get_runtime_context()
@@ -102,9 +110,9 @@ class ConcurrencyManager(LifelineHost):
             fair=queue.fairness == "fair",
             observer=QueueMetrics(),
             restarted_at=time.time() if restarted else None,
-            models=settings.models,
+            models=models,
         )
-        name = context.get_actor_name() or MANAGER_NAME
+        name = context.get_actor_name() or shard_name(shard)
         ahead, behind = FileStore(_journal_file(name)), GcsStore(f"{name}/groups/")
         self._lifelines = GcsStore(f"{name}/callers/")
         lifelines = {}
@@ -115,7 +123,7 @@ class ConcurrencyManager(LifelineHost):
         else:
             for store in (ahead, behind, self._lifelines):
                 store.clear()
-        for entry in settings.models.values():
+        for entry in models.values():
             for spec in entry.specs():
                 engine.register(spec)
         self._gate = SlotGate(engine, Journal(ahead, behind))
@@ -235,8 +243,13 @@ class GcsStore:
         return keys
 
 
-def get_or_create_manager(settings: Settings, *, name: str = MANAGER_NAME) -> ActorHandle:
-    """The handle of the cluster's manager, on the head node: the running one if any, else
-    a new one with ``settings``. Returns at once (no round trip). Wrapped by
-    :class:`actors.client.ManagerClient`, which is what the rest of raygate passes."""
-    return named_actor(ConcurrencyManager, name, settings, placement=HEAD_NODE)
+def get_or_create_manager(
+    settings: Settings, *, name: str = MANAGER_NAME, shard: int = 0
+) -> ActorHandle:
+    """The handle of the cluster's manager (its shard ``shard``, see actors.shards), on the
+    head node: the running one if any, else a new one with ``settings``. Returns at once
+    (no round trip). Wrapped by :class:`actors.client.ManagerClient`, which is what the
+    rest of raygate passes."""
+    return named_actor(
+        ConcurrencyManager, shard_name(shard, name), settings, shard, placement=HEAD_NODE
+    )

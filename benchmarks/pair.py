@@ -1,6 +1,6 @@
 """The gated pair (acquire + release, nothing inside) against another checkout's, in one run.
 
-    python -m benchmarks.pair [--against PATH | --fifo] [--seconds 1] [--rounds 10]
+    python -m benchmarks.pair [--against PATH | --fifo | --shards] [--seconds 1] [--rounds 10]
                               [--limit 100000]
                               [--scenarios 1x1,64x1,1024x1,64x4,1024x4]
 
@@ -23,6 +23,14 @@ With ``--fifo`` instead, this checkout against itself, one process with
 ``queue.fairness: fair`` and one with ``fifo``, each caller a flow of its
 own in both: the cost of fair share on the grant path.
 
+With ``--shards`` instead, this checkout against itself, one process with one
+manager and one with ``queue.shards: 2``; in both, every other caller calls a
+second group, one the hash puts on the second shard (see actors.shards).
+
+Beside each median, the cores (CPU seconds a second) that the manager's
+processes and the callers' used while it measured: on this 2-core machine
+their sum near 2 says the machine, not one manager, is the limit.
+
 Each checkout's process runs the script below with that checkout on
 ``PYTHONPATH``: it uses only what both have (``ManagerClient.slot``,
 ``get_or_create_manager``, ``Settings``).
@@ -42,10 +50,11 @@ REPO = Path(__file__).parents[1]
 SCENARIOS = "1x1,64x1,1024x1,64x4,1024x4"
 
 # Reads "<callers> <processes> <seconds>" lines; measures; answers each with the pairs per
-# second in all.
+# second in all, and the cores the manager's processes and the callers' used meanwhile.
 MEASURE = """
 import asyncio, json, os, sys, time, uuid
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+from pathlib import Path
 import ray
 from actors.client import ManagerClient
 from actors.groups import classify
@@ -55,6 +64,15 @@ from actors.settings import QueueSettings, Settings
 group = classify("openai-compatible", "http://gpu-box:8000")
 fairness = os.environ.get("PAIR_FAIRNESS")
 limit = int(os.environ["PAIR_LIMIT"])
+shards = os.environ.get("PAIR_SHARDS")
+# With shards, every other caller calls a group the hash puts on another shard.
+specs = [group]
+if shards is not None:
+    from actors.shards import Routes
+    others = (classify("openai-compatible", f"http://gpu-box:{8001 + n}") for n in range(64))
+    first = Routes(2).of_group(group.id)
+    specs.append(next(g for g in others if Routes(2).of_group(g.id) != first))
+groups = [spec.id for spec in specs]
 
 
 # With a fairness set, each caller is a flow of its own.
@@ -67,8 +85,8 @@ def options(caller: int) -> tuple[object, ...]:
 
 @ray.remote(num_cpus=0)
 class Callers:
-    def __init__(self, manager) -> None:
-        self.client = ManagerClient(manager)
+    def __init__(self, client) -> None:
+        self.client = client
 
     async def run(self, callers: int, start: float, end: float) -> int:
         done = 0
@@ -76,8 +94,9 @@ class Callers:
         async def loop(caller: int) -> None:
             nonlocal done
             asked = options(caller)
+            called = groups[caller % len(groups)]
             while time.time() < end:
-                async with self.client.slot(group.id, *asked):
+                async with self.client.slot(called, *asked):
                     pass
                 if time.time() >= start:
                     done += 1
@@ -86,27 +105,55 @@ class Callers:
         return done
 
 
-async def rate(processes: list, callers: int, seconds: float) -> float:
+# The CPU seconds used so far by each role's processes on the machine (the other
+# checkout's idle meanwhile), from Linux's /proc.
+def cpu() -> dict[str, float]:
+    used = {"manager": 0.0, "callers": 0.0}
+    tick = os.sysconf("SC_CLK_TCK")
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            line = (process / "cmdline").read_bytes().replace(b"\\0", b" ").decode()
+            fields = (process / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        for role, name in (("manager", "ray::ConcurrencyManager"), ("callers", "ray::Callers")):
+            if line.startswith(name):
+                # utime and stime: the 14th and 15th fields, counted from the pid.
+                used[role] += (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
+async def rate(processes: list, callers: int, seconds: float) -> list[float]:
     # A quarter second to start every process's callers, then the window.
     start = time.time() + 0.25
     end = start + seconds
+    before, began = cpu(), time.time()
     done = await asyncio.gather(*(p.run.remote(callers, start, end) for p in processes))
-    return sum(done) / seconds
+    after, took = cpu(), time.time() - began
+    return [sum(done) / seconds, *((after[r] - before[r]) / took for r in ("manager", "callers"))]
 
 
 async def main() -> None:
-    fair = {} if fairness is None else {"fairness": fairness}
-    settings = Settings(queue=QueueSettings(group_limits={group.id: limit}, **fair))
-    manager = get_or_create_manager(settings, name=f"pair-{uuid.uuid4().hex[:6]}")
-    await ManagerClient(manager).register(group)
-    pool = [Callers.remote(manager) for _ in range(4)]
+    queue = {} if fairness is None else {"fairness": fairness}
+    if shards is not None:
+        queue["shards"] = int(shards)
+    limits = {called: limit for called in groups}
+    settings = Settings(queue=QueueSettings(group_limits=limits, **queue))
+    name = f"pair-{uuid.uuid4().hex[:6]}"
+    if shards is None:
+        client = ManagerClient(get_or_create_manager(settings, name=name))
+    else:
+        client = ManagerClient.create(settings, name=name)
+    for spec in specs:
+        await client.register(spec)
+    pool = [Callers.remote(client) for _ in range(4)]
     # Warm up: workers, connections, each caller's watch.
     await rate(pool, 64, 1.0)
     print("ready", flush=True)
     while line := await asyncio.to_thread(sys.stdin.readline):
         callers, processes, seconds = line.split()
-        pairs = await rate(pool[: int(processes)], int(callers), float(seconds))
-        print(json.dumps(pairs), flush=True)
+        measured = await rate(pool[: int(processes)], int(callers), float(seconds))
+        print(json.dumps(measured), flush=True)
 
 
 ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -132,12 +179,13 @@ class Measurer:
         )
         self._answer()  # "ready"
 
-    def rate(self, callers: int, processes: int, seconds: float) -> float:
+    def rate(self, callers: int, processes: int, seconds: float) -> tuple[float, float, float]:
+        """Pairs a second, and the cores the manager's and the callers' processes used."""
         assert self._process.stdin is not None
         self._process.stdin.write(f"{callers} {processes} {seconds}\n")
         self._process.stdin.flush()
-        pairs: float = json.loads(self._answer())
-        return pairs
+        pairs, manager, callers_cpu = json.loads(self._answer())
+        return pairs, manager, callers_cpu
 
     def close(self) -> None:
         assert self._process.stdin is not None
@@ -160,6 +208,9 @@ def main() -> None:
     runs.add_argument(
         "--fifo", action="store_true", help="this checkout with fair share against fifo"
     )
+    runs.add_argument(
+        "--shards", action="store_true", help="this checkout with 2 manager shards against 1"
+    )
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--limit", type=int, default=100_000, help="the group's limit")
     parser.add_argument("--rounds", type=int, default=10)
@@ -177,10 +228,18 @@ def main() -> None:
             "fair": (REPO, {"PAIR_FAIRNESS": "fair"}),
             "fifo": (REPO, {"PAIR_FAIRNESS": "fifo"}),
         }
+    if args.shards:
+        checkouts = {
+            "2 shards": (REPO, {"PAIR_SHARDS": "2"}),
+            "1 shard": (REPO, {"PAIR_SHARDS": "1"}),
+        }
     limit = {"PAIR_LIMIT": str(args.limit)}
     measurers = {name: Measurer(path, {**env, **limit}) for name, (path, env) in checkouts.items()}
     try:
         rates: dict[str, dict[tuple[int, ...], list[float]]] = {
+            name: {scenario: [] for scenario in scenarios} for name in checkouts
+        }
+        cores: dict[str, dict[tuple[int, ...], list[tuple[float, float]]]] = {
             name: {scenario: [] for scenario in scenarios} for name in checkouts
         }
         for n in range(args.rounds):
@@ -189,8 +248,9 @@ def main() -> None:
                 # warmer machine.
                 for name in sorted(checkouts, reverse=n % 2 == 1):
                     callers, processes = scenario
-                    rate = measurers[name].rate(callers, processes, args.seconds)
+                    rate, manager, used = measurers[name].rate(callers, processes, args.seconds)
                     rates[name][scenario].append(rate)
+                    cores[name][scenario].append((manager, used))
     finally:
         for measurer in measurers.values():
             measurer.close()
@@ -203,7 +263,11 @@ def main() -> None:
         medians = {name: statistics.median(rates[name][scenario]) for name in checkouts}
         for name in checkouts:
             listed = " ".join(f"{rate:.0f}" for rate in rates[name][scenario])
-            print(f"{where}  {name:<14} median {medians[name]:>6.0f}  ({listed})")
+            manager, used = (statistics.median(c) for c in zip(*cores[name][scenario], strict=True))
+            print(
+                f"{where}  {name:<14} median {medians[name]:>6.0f}  ({listed})  "
+                f"cores used: manager {manager:.2f}, callers {used:.2f}"
+            )
         if len(checkouts) == 2:
             this, base = checkouts
             pairs = zip(rates[this][scenario], rates[base][scenario], strict=True)

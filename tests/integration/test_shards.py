@@ -1,0 +1,128 @@
+"""Groups split between two manager shards, through real actors: each group decided by its
+own shard, one merged view, and a shard killed alone losing nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+import ray
+
+from actors.client import ManagerClient
+from actors.groups import classify
+from actors.settings import QueueSettings, Settings
+from actors.shards import Routes
+from tests.integration.conftest import settled
+from tests.support.polling import eventually
+
+LIMIT = 2
+SERVERS = [classify("ollama", f"http://localhost:{12000 + n}") for n in range(16)]
+# One group on each of the two shards.
+A, B = (next(s for s in SERVERS if Routes(2).of_group(s.id) == shard) for shard in (0, 1))
+
+
+class Caller:
+    """A process that runs calls of one group at a time each, counting how many ran at once."""
+
+    def __init__(self, client: ManagerClient) -> None:
+        self.client = client
+        self.running: Counter[str] = Counter()
+        self.most: Counter[str] = Counter()
+        self.finished: Counter[str] = Counter()
+
+    async def run(self, group: str, calls: int, hold: float) -> int:
+        async def one() -> None:
+            async with self.client.slot(group):
+                self.running[group] += 1
+                self.most[group] = max(self.most[group], self.running[group])
+                await asyncio.sleep(hold)
+                self.running[group] -= 1
+            self.finished[group] += 1
+
+        await asyncio.gather(*(one() for _ in range(calls)))
+        await self.client.drain()
+        return self.finished[group]
+
+    def done(self, group: str) -> int:
+        return self.finished[group]
+
+    def at_once(self) -> dict[str, int]:
+        return dict(self.most)
+
+
+CallerProcess = ray.remote(num_cpus=0)(Caller)
+
+
+@pytest.fixture
+def sharded(ray_session: None) -> Iterator[ManagerClient]:
+    """Two shards under a unique name, each group capped at LIMIT; killed after."""
+    queue = QueueSettings(shards=2, group_limits={A.id: LIMIT, B.id: LIMIT})
+    client = ManagerClient.create(Settings(queue=queue), name=f"manager-{uuid.uuid4().hex[:8]}")
+    yield client
+    client.kill()
+
+
+async def test_each_group_is_decided_by_its_own_shard_and_the_stats_merge(
+    sharded: ManagerClient,
+) -> None:
+    await sharded.register(A)
+    await sharded.register(B)
+    caller = CallerProcess.remote(sharded)  # the client travels, its routes with it
+
+    done = await asyncio.gather(
+        caller.run.remote(A.id, 20, 0.01), caller.run.remote(B.id, 20, 0.01)
+    )
+
+    assert done == [20, 20]
+    assert await caller.at_once.remote() == {A.id: LIMIT, B.id: LIMIT}
+    first, second = [await ManagerClient(h).stats() for h in sharded.handles]
+    assert (set(first.groups), set(second.groups)) == ({A.id}, {B.id})
+    merged = await settled(sharded)
+    assert set(merged.groups) >= {A.id, B.id}
+    assert merged.groups[A.id].granted + merged.groups[B.id].granted > 0
+
+
+async def test_a_shard_killed_alone_loses_nothing_and_the_other_is_untouched(
+    sharded: ManagerClient,
+) -> None:
+    await sharded.register(A)
+    await sharded.register(B)
+    before = [(await ManagerClient(h).stats()).epoch for h in sharded.handles]
+    caller = CallerProcess.remote(sharded)
+    runs = [caller.run.remote(A.id, 30, 0.05), caller.run.remote(B.id, 30, 0.05)]
+
+    async def midway() -> bool:
+        return await caller.done.remote(B.id) >= 5
+
+    await eventually(midway, "the second shard's group a few calls in")
+    ray.kill(sharded.handles[1], no_restart=False)
+
+    assert await asyncio.gather(*runs) == [30, 30]
+    assert await caller.at_once.remote() == {A.id: LIMIT, B.id: LIMIT}
+    after = [(await ManagerClient(h).stats()).epoch for h in sharded.handles]
+    assert after[0] == before[0]
+    assert after[1] != before[1]
+    first = await ManagerClient(sharded.handles[0]).stats()
+    assert (first.stale_epoch_releases, first.groups[A.id].expired) == (0, 0)
+    # The restarted shard held its leases again, and their holders gave them back.
+    stats = await settled(sharded)
+    assert (stats.groups[B.id].expired, stats.groups[B.id].abandoned) == (0, 0)
+
+
+async def test_a_merged_view_waiting_for_a_change_wakes_at_any_shards(
+    sharded: ManagerClient,
+) -> None:
+    await sharded.register(A)
+    await sharded.register(B)
+    view = await sharded.view()
+    waiting = asyncio.ensure_future(sharded.view(after=view.version, wait=60.0))
+
+    async with sharded.slot(B.id):
+        changed = await asyncio.wait_for(waiting, 30.0)
+
+    assert changed.version != view.version
+    assert changed.stats.active_by_group[B.id] == 1
+    assert set(changed.groups) >= {A.id, B.id}
