@@ -4,19 +4,26 @@ own shard, one merged view, and a shard killed alone losing nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import ray
+from pydantic import SecretStr
 
 from actors.client import ManagerClient
-from actors.groups import classify
-from actors.settings import QueueSettings, Settings
-from actors.shards import Routes
+from actors.groups import ModelEntry, classify
+from actors.names import NAMESPACE
+from actors.ops import Stats
+from actors.settings import QueueSettings, ServeSettings, Settings
+from actors.shards import Routes, shard_name
+from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
 from tests.integration.conftest import settled
 from tests.support.polling import eventually
+from tests.support.serve_app import ask, respond, serve_app
 
 LIMIT = 2
 SERVERS = [classify("ollama", f"http://localhost:{12000 + n}") for n in range(16)]
@@ -126,3 +133,39 @@ async def test_a_merged_view_waiting_for_a_change_wakes_at_any_shards(
     assert changed.version != view.version
     assert changed.stats.active_by_group[B.id] == 1
     assert set(changed.groups) >= {A.id, B.id}
+
+
+def test_the_endpoint_over_two_shards_serves_both_and_shows_one_queue(ray_session: None) -> None:
+    key = "sk-test-shards"
+    with contextlib.ExitStack() as servers:
+        first = servers.enter_context(FakeLLMServer(OpenAIDialect(), responder=respond))
+        group = classify("openai-compatible", first.url + "/v1").id
+        # Loopback servers until one's group falls on the other shard.
+        while True:
+            second = servers.enter_context(FakeLLMServer(OpenAIDialect(), responder=respond))
+            other = classify("openai-compatible", second.url + "/v1").id
+            if Routes(2).of_group(other) != Routes(2).of_group(group):
+                break
+        models = {
+            name: ModelEntry(provider="openai-compatible", base_url=server.url + "/v1")
+            for name, server in (("first", first), ("second", second))
+        }
+        settings = Settings(
+            models=models,
+            queue=QueueSettings(shards=2),
+            serve=ServeSettings(api_keys=(SecretStr(key),)),
+        )
+        with serve_app(settings, key, model="first") as url:
+            headers = {"Authorization": f"Bearer {key}"}
+            with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+                body = {"model": "second", "messages": ask("on the other shard")}
+                answer = http.post("/v1/chat/completions", json=body).raise_for_status()
+                queue = http.get("/v1/queue").raise_for_status().json()
+
+            assert answer.json()["choices"][0]["message"]["content"] == "echo: on the other shard"
+            assert {group, other} <= set(queue["groups"])
+            for shard, own in enumerate(sorted((group, other), key=Routes(2).of_group)):
+                handle = ray.get_actor(shard_name(shard), namespace=NAMESPACE)
+                stats = ray.get(handle.apply.remote([Stats()]))[0]
+                assert own in stats.groups
+                assert ({group, other} - {own}).isdisjoint(stats.groups)

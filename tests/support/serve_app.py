@@ -53,8 +53,14 @@ def ask(text: str) -> list[dict[str, str]]:
 
 
 def kill_the_clusters_manager() -> None:
-    with contextlib.suppress(ValueError):
-        ray.kill(ray.get_actor(MANAGER_NAME, namespace=NAMESPACE))
+    """The cluster's manager, each of its shards (see actors.shards)."""
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        name = actor["name"]
+        if actor["namespace"] == NAMESPACE and (
+            name == MANAGER_NAME or name.removeprefix(MANAGER_NAME + "-").isdigit()
+        ):
+            with contextlib.suppress(ValueError):
+                ray.kill(ray.get_actor(name, namespace=NAMESPACE))
 
 
 def the_replica() -> str:
