@@ -96,10 +96,12 @@ class ManagerClient:
         one with ``settings``; returns at once (no round trip, and no word if the running
         one's settings differ)."""
         routes = Routes(settings.queue.shards, settings.models)
-        handles = [
-            get_or_create_manager(settings, name=name, shard=shard) for shard in range(routes.count)
+        root = get_or_create_manager(settings, name=name)
+        others = [
+            get_or_create_manager(settings, name=name, shard=shard, root=root)
+            for shard in range(1, routes.count)
         ]
-        return cls(*handles, routes=routes)
+        return cls(root, *others, routes=routes)
 
     @classmethod
     def running(cls, *, name: str = MANAGER_NAME) -> ManagerClient | None:

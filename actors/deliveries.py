@@ -44,10 +44,17 @@ class _Expected:
 
 class Deliveries:
     def __init__(
-        self, manager: ActorHandle, send: Send, recalled: Callable[[Recall], None]
+        self,
+        manager: ActorHandle,
+        send: Send,
+        recalled: Callable[[Recall], None],
+        caller: str | None = None,
     ) -> None:
         self._manager = manager
         self._send = send
+        # Whose mail: this process's, watched by the manager (see actors.watch), unless
+        # it names another caller (a shard, see actors.capacity).
+        self._caller = caller
         # Told each recall of lent slots that comes by mail (see actors.lending).
         self._recalled = recalled
         self._expected: dict[str, _Expected] = {}
@@ -101,7 +108,7 @@ class Deliveries:
         read = -1
         try:
             while True:
-                caller = caller_of(self._manager).id
+                caller = self._caller or caller_of(self._manager).id
                 delivery = await unwrap(self._manager.collect.remote(caller, self._epoch, read))
                 if delivery.epoch != self._epoch:
                     self._epoch, read = delivery.epoch, -1

@@ -38,7 +38,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TypeVar, cast
 
@@ -68,6 +68,9 @@ class SlotGate:
         # knows, its future).
         self._lines: list[tuple[str, dict[str, str], asyncio.Future[dict[str, str]]]] = []
         self._journal = journal
+        # Told (under the lock: it must only schedule) of every change of the queue: a
+        # shard under another's global cap asks for slots or gives them back then.
+        self.on_change: Callable[[], None] | None = None
         # The engine's version when the last operations were settled: an operation that
         # changed nothing a waiter, a view or the reaper could see (a renewal, a query)
         # wakes none of them.
@@ -261,6 +264,8 @@ class SlotGate:
     def _changed_locked(self) -> None:
         """Wake the views waiting for a change, if there was one, and the callers whose
         waiters next in line changed."""
+        if self.on_change is not None:
+            self.on_change()
         version = self.engine.version
         waking = [changed for after, changed in self._watchers if after != version]
         if waking:

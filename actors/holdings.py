@@ -12,6 +12,7 @@ restored by it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 from actors.callers import CallerIndex
 from actors.groupstate import Group, GroupTable, Waiter
@@ -20,6 +21,19 @@ from actors.lending import Lending, LentUse
 from actors.reports import Recorder
 from actors.tally import Outcome
 from actors.waitqueue import DEFAULT_PRIORITY, GrantKey
+
+
+class Want(NamedTuple):
+    """What a shard's calls want of a global cap another shard keeps (see actors.capacity):
+    the calls it holds; the waiters that the cap alone keeps waiting (as many of each
+    group's as it has room for, if its best may run now: a pool's waiter may be counted
+    in each of its groups); the best priority of those (None: none); and how many of
+    its slots calls gave up as they ended, so far (see :meth:`Holdings.allow`)."""
+
+    held: int
+    blocked: int
+    best: int | None
+    given_up: int
 
 
 class Holdings:
@@ -44,6 +58,13 @@ class Holdings:
         self.recorder = recorder
         self.waiters: dict[str, Waiter] = {}
         self.total_active = 0
+        # Under a global cap that another shard keeps, the slots it lent this one, which
+        # bound the calls held here instead of the cap (see actors.capacity); None: the
+        # cap. Of them, ``returning`` go back as calls end: each freed slot lowers it, and
+        # counts one more ``given_up``.
+        self.allowance: int | None = None
+        self.returning = 0
+        self.given_up = 0
 
     def queue(self, waiter: Waiter) -> None:
         """Queue ``waiter`` in each of its groups: whichever frees a slot first for it
@@ -141,6 +162,9 @@ class Holdings:
         self.lending.freed(group.spec.id, lease_id)
         group.active -= 1
         self.total_active -= 1
+        if self.returning and self.allowance is not None:
+            self.allowance, self.returning = self.allowance - 1, self.returning - 1
+            self.given_up += 1
         if not counted:  # a lent slot's calls were counted as they ended (see reused)
             group.queue.share.refund(lease_id)
         else:
@@ -176,8 +200,43 @@ class Holdings:
             self.recorder.served(group, use.flow, use.seconds, cost)
 
     def room(self) -> bool:
-        """Below the global cap, if there is one."""
-        return self._global_limit is None or self.total_active < self._global_limit
+        """Below the global cap, if there is one (this shard's part of it, if it has one)."""
+        limit = self._global_limit if self.allowance is None else self.allowance
+        return limit is None or self.total_active < limit
+
+    def allow(self, slots: int, returning: int = 0, seen: int | None = None) -> list[Lease]:
+        """This shard's part of the global cap is now ``slots``, of which ``returning`` go
+        back as calls end (see actors.capacity): the waiters it lets run. ``seen``: the
+        slots given up when these were counted; calls that ended since gave up more, and
+        lower these as much."""
+        ended = 0 if seen is None else self.given_up - seen
+        self.allowance, self.returning = slots - ended, max(0, returning - ended)
+        return self.dispatch()
+
+    def demand(self) -> Want:
+        """What this shard's calls want of the global cap (see :class:`Want`)."""
+        now = self.clock()
+        blocked, best = 0, None
+        for group in self.groups.values():
+            room = len(group.queue) if group.limit is None else group.limit - group.active
+            top = group.queue.peek() if room > 0 else None
+            if top is None or group.ready_at(self.waiters[top[1]], now) > now:
+                continue
+            blocked += min(room, len(group.queue))
+            priority = self.waiters[top[1]].priority
+            best = priority if best is None else max(best, priority)
+        return Want(self.total_active, min(blocked, len(self.waiters)), best, self.given_up)
+
+    def held_by(self, caller: str) -> tuple[list[Lease], list[str]]:
+        """The leases ``caller`` holds, and the lease ids of its waiters."""
+        held, waiting = [], []
+        for lease_id in self.callers.leases(caller):
+            lease = self.leases.get(lease_id)
+            if lease is not None:
+                held.append(lease)
+            elif lease_id in self.waiters:
+                waiting.append(lease_id)
+        return held, waiting
 
     def lease(
         self,

@@ -114,6 +114,11 @@ class Lending:
                 self._mail.setdefault(caller, []).append(recall)
             callers.clear()
 
+    def recall_all(self) -> None:
+        """Call back every slot lent since its group's last recall: under a global cap kept
+        by another shard, a waiter there needs them (see actors.capacity)."""
+        self.recall(self.lending_groups())
+
     def lending_groups(self) -> list[str]:
         """The groups with slots lent since their last recall."""
         return [group_id for group_id, callers in self._since_recall.items() if callers]

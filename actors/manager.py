@@ -29,7 +29,8 @@ restarted by Ray) clears its name's journal.
 
 A shard is a manager like any other, under its own name (``concurrency-manager-1``)
 with its own journal and lifelines: it registers only the settings' models whose
-servers it decides for, and restarts alone.
+servers it decides for, and restarts alone. Under a global cap, the first shard
+keeps it and the others hold its slots (see :mod:`actors.capacity`).
 
 Dead callers: an acquire names its caller process, which the manager watches
 through the lifeline it hosts for it (see :mod:`actors.watch`): when Ray
@@ -55,6 +56,7 @@ from ray.actor import ActorHandle
 from ray.experimental import internal_kv
 
 from actors.callers import Caller
+from actors.capacity import CAPACITY, ShardCapacity
 from actors.engine import SlotEngine
 from actors.gate import SlotGate
 from actors.groups import resolve_model
@@ -85,7 +87,7 @@ COLLECT_WAIT_SECONDS = 60.0
     num_cpus=0,
 )
 class ConcurrencyManager(LifelineHost):
-    def __init__(self, settings: Settings, shard: int = 0) -> None:
+    def __init__(self, settings: Settings, shard: int = 0, root: ActorHandle | None = None) -> None:
         self._settings = settings
         # The settings' models whose servers this shard decides for (see actors.shards).
         models = Routes(settings.queue.shards, settings.models).own_models(shard)
@@ -126,7 +128,13 @@ class ConcurrencyManager(LifelineHost):
         for entry in models.values():
             for spec in entry.specs():
                 engine.register(spec)
+        # A global cap over several shards: the first keeps it, the others hold its slots.
+        capped = queue.shards > 1 and queue.concurrency is not None
+        if capped and root is None:
+            engine.register(CAPACITY)
         self._gate = SlotGate(engine, Journal(ahead, behind))
+        if capped and root is not None:
+            self._capacity = ShardCapacity(root, self._gate, name, queue.lease_ttl_seconds)
         self._watch = CallerWatch(self._dropped)
         # Callers of the manager before the restart, some of which died meanwhile
         # (Ray retries no call for a dead caller). __init__ runs on the actor's loop.
@@ -244,12 +252,17 @@ class GcsStore:
 
 
 def get_or_create_manager(
-    settings: Settings, *, name: str = MANAGER_NAME, shard: int = 0
+    settings: Settings,
+    *,
+    name: str = MANAGER_NAME,
+    shard: int = 0,
+    root: ActorHandle | None = None,
 ) -> ActorHandle:
-    """The handle of the cluster's manager (its shard ``shard``, see actors.shards), on the
-    head node: the running one if any, else a new one with ``settings``. Returns at once
-    (no round trip). Wrapped by :class:`actors.client.ManagerClient`, which is what the
-    rest of raygate passes."""
+    """The handle of the cluster's manager (its shard ``shard``, see actors.shards; every
+    other than the first knows the first's handle, ``root``), on the head node: the
+    running one if any, else a new one with ``settings``. Returns at once (no round
+    trip). Wrapped by :class:`actors.client.ManagerClient`, which is what the rest of
+    raygate passes."""
     return named_actor(
-        ConcurrencyManager, shard_name(shard, name), settings, shard, placement=HEAD_NODE
+        ConcurrencyManager, shard_name(shard, name), settings, shard, root, placement=HEAD_NODE
     )

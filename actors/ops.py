@@ -26,6 +26,7 @@ from typing import ClassVar, Generic, TypeVar
 
 from actors.errors import AcquireTimeout, QueueError, WaitTooLong
 from actors.groups import GroupSpec, Pool
+from actors.holdings import Want
 from actors.leases import Lease, TokensUsed
 from actors.lending import LentUse
 from actors.options import DEFAULT_OPTIONS, CallOptions
@@ -191,6 +192,44 @@ class Watched(Op[None]):
 class Unwatched(Op[None]):
     handler = "callers.unwatched"
     caller: str
+
+
+# -- a global cap over shards (see actors.capacity) ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Allow(Op[None]):
+    """This shard may hold ``slots`` calls at once in all, the global cap's slots another
+    shard lent it; ``returning`` of them go back as calls end; counted when calls had given
+    up ``seen`` slots (see Holdings.allow)."""
+
+    handler = "holdings.allow"
+    grants = True
+    slots: int
+    returning: int = 0
+    seen: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Demand(Op[Want]):
+    """What this shard's calls want of the global cap (see actors.holdings.Want)."""
+
+    handler = "holdings.demand"
+
+
+@dataclass(frozen=True, slots=True)
+class HeldBy(Op[tuple[list[Lease], list[str]]]):
+    """The leases ``caller`` holds, and the lease ids of its waiters."""
+
+    handler = "holdings.held_by"
+    caller: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecallLent(Op[None]):
+    """Call back every slot lent to a process (see actors.lending)."""
+
+    handler = "lending.recall_all"
 
 
 # -- groups and queries -------------------------------------------------------------------

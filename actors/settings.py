@@ -124,18 +124,9 @@ class QueueSettings(BaseModel):
         description="Manager actors the groups are split between, each group decided by "
         "one of them (a pool's servers together), each with its own journal "
         "(actors/shards.py): for more gated calls a second than one manager's event loop "
-        "takes. Not with a global cap (`concurrency`), which one manager keeps.",
+        "takes. Under a global cap (`concurrency`), the first keeps it and lends its slots "
+        "to the others (actors/capacity.py).",
     )
-
-    @model_validator(mode="after")
-    def _one_shard_under_a_global_cap(self) -> QueueSettings:
-        if self.shards > 1 and self.concurrency is not None:
-            raise ValueError(
-                f"shards is {self.shards}, but a global cap (concurrency "
-                f"{self.concurrency}) is kept by one manager: set shards to 1, or drop "
-                "the global cap and cap each group (group_limits)"
-            )
-        return self
 
 
 class ProviderSettings(BaseModel):

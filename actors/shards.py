@@ -14,8 +14,8 @@ string differs between processes). The groups of a pool wait once, on the set,
 so they must be decided in one place: every group of a pool (and of pools that
 share a server with it) hashes as the pool's least group id.
 
-A global cap (``queue.concurrency``) couples every group, so with a global
-cap the settings ask for one shard (see ``Settings``).
+A global cap (``queue.concurrency``) couples every group: the first shard
+keeps it and lends its slots to the others (see :mod:`actors.capacity`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from typing import TypeVar
 
+from actors.capacity import CAPACITY
 from actors.errors import PoolAcrossShards
 from actors.groups import ModelEntry, Pool, model_entry
 from actors.names import MANAGER_NAME
@@ -111,15 +112,19 @@ def _least_of_each_set(linked: Iterable[list[str]]) -> dict[str, str]:
 
 def merged_stats(each: Sequence[QueueStats]) -> QueueStats:
     """The shards' stats as one manager's: their groups side by side, their counts added.
-    The epoch is the latest shard's, so that it moves when any shard restarts."""
+    The epoch is the latest shard's, so that it moves when any shard restarts. The
+    global cap's slots that the first shard lent the others (its group
+    ``shard-capacity``) are listed, not counted again in the totals."""
     groups = [stats.groups for stats in each]
+    active = _union(stats.active_by_group for stats in each)
+    pending = _union(stats.pending_by_group for stats in each)
     return QueueStats(
         epoch=max(stats.epoch for stats in each),
         global_limit=each[0].global_limit,
-        active_by_group=_union(stats.active_by_group for stats in each),
-        pending_by_group=_union(stats.pending_by_group for stats in each),
-        total_active=sum(stats.total_active for stats in each),
-        total_pending=sum(stats.total_pending for stats in each),
+        active_by_group=active,
+        pending_by_group=pending,
+        total_active=sum(stats.total_active for stats in each) - active.get(CAPACITY.id, 0),
+        total_pending=sum(stats.total_pending for stats in each) - pending.get(CAPACITY.id, 0),
         groups=_union(groups),
         stale_epoch_releases=sum(stats.stale_epoch_releases for stats in each),
         unknown_releases=sum(stats.unknown_releases for stats in each),

@@ -1,12 +1,13 @@
 """The gated pair (acquire + release, nothing inside) against another checkout's, in one run.
 
     python -m benchmarks.pair [--against PATH | --fifo | --shards] [--seconds 1] [--rounds 10]
-                              [--limit 100000]
+                              [--limit 100000] [--cap N]
                               [--scenarios 1x1,64x1,1024x1,64x4,1024x4]
 
 Callers loop ``async with client.slot(group)`` on a capped group (by default
 its limit is above the callers: nobody waits; ``--limit`` sets it, below them
-the callers wait for each other); gated pairs per second, in all. A scenario
+the callers wait for each other; ``--cap`` adds a global cap); gated pairs per
+second, in all. A scenario
 ``CxP`` runs C callers in each of P processes (Ray actors, each with a
 client of its own, started at the same moment). With ``--against PATH`` (a
 checkout of another commit, e.g. ``git worktree add /tmp/base 239e2d1``) both
@@ -64,6 +65,7 @@ from actors.settings import QueueSettings, Settings
 group = classify("openai-compatible", "http://gpu-box:8000")
 fairness = os.environ.get("PAIR_FAIRNESS")
 limit = int(os.environ["PAIR_LIMIT"])
+cap = os.environ.get("PAIR_CAP")
 shards = os.environ.get("PAIR_SHARDS")
 # With shards, every other caller calls a group the hash puts on another shard.
 specs = [group]
@@ -137,6 +139,8 @@ async def main() -> None:
     queue = {} if fairness is None else {"fairness": fairness}
     if shards is not None:
         queue["shards"] = int(shards)
+    if cap is not None:
+        queue["concurrency"] = int(cap)
     limits = {called: limit for called in groups}
     settings = Settings(queue=QueueSettings(group_limits=limits, **queue))
     name = f"pair-{uuid.uuid4().hex[:6]}"
@@ -213,6 +217,7 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--limit", type=int, default=100_000, help="the group's limit")
+    parser.add_argument("--cap", type=int, help="a global cap (queue.concurrency)")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument(
         "--scenarios", default=SCENARIOS, help="callers x processes, comma-separated"
@@ -234,6 +239,8 @@ def main() -> None:
             "1 shard": (REPO, {"PAIR_SHARDS": "1"}),
         }
     limit = {"PAIR_LIMIT": str(args.limit)}
+    if args.cap is not None:
+        limit["PAIR_CAP"] = str(args.cap)
     measurers = {name: Measurer(path, {**env, **limit}) for name, (path, env) in checkouts.items()}
     try:
         rates: dict[str, dict[tuple[int, ...], list[float]]] = {
@@ -254,8 +261,9 @@ def main() -> None:
     finally:
         for measurer in measurers.values():
             measurer.close()
+    capped = "" if args.cap is None else f", global cap {args.cap}"
     print(
-        f"gated pairs per second in all, limit {args.limit}, "
+        f"gated pairs per second in all, limit {args.limit}{capped}, "
         f"{args.rounds} rounds of {args.seconds:g} s, interleaved"
     )
     for scenario in scenarios:

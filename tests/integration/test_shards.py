@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import httpx
 import pytest
@@ -18,10 +19,11 @@ from actors.client import ManagerClient
 from actors.groups import ModelEntry, classify
 from actors.names import NAMESPACE
 from actors.ops import Stats
+from actors.options import CallOptions
 from actors.settings import QueueSettings, ServeSettings, Settings
 from actors.shards import Routes, shard_name
 from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
-from tests.integration.conftest import settled
+from tests.integration.conftest import active_is, pending_is, settled
 from tests.support.polling import eventually
 from tests.support.serve_app import ask, respond, serve_app
 
@@ -39,12 +41,23 @@ class Caller:
         self.running: Counter[str] = Counter()
         self.most: Counter[str] = Counter()
         self.finished: Counter[str] = Counter()
+        # Calls of every group at once: the most, and the groups that ran beside another.
+        self.most_in_all = 0
+        self.side_by_side: set[str] = set()
+        # When each group's first call here started (wall clock, for other processes).
+        self.started: dict[str, float] = {}
+        self.released = asyncio.Event()
 
-    async def run(self, group: str, calls: int, hold: float) -> int:
+    async def run(self, group: str, calls: int, hold: float, priority: int = 5) -> int:
         async def one() -> None:
-            async with self.client.slot(group):
+            async with self.client.slot(group, CallOptions(priority=priority)):
+                self.started.setdefault(group, time.time())
                 self.running[group] += 1
                 self.most[group] = max(self.most[group], self.running[group])
+                in_all = sum(self.running.values())
+                self.most_in_all = max(self.most_in_all, in_all)
+                if in_all > self.running[group]:
+                    self.side_by_side.add(group)
                 await asyncio.sleep(hold)
                 self.running[group] -= 1
             self.finished[group] += 1
@@ -59,8 +72,25 @@ class Caller:
     def at_once(self) -> dict[str, int]:
         return dict(self.most)
 
+    def in_all(self) -> tuple[int, set[str]]:
+        return self.most_in_all, self.side_by_side
+
+    def first_start(self, group: str) -> float:
+        return self.started[group]
+
+    async def hold(self, group: str) -> int:
+        """One slot of ``group``, held until :meth:`let_go`."""
+        async with self.client.slot(group):
+            await self.released.wait()
+        return 1
+
+    def let_go(self) -> None:
+        self.released.set()
+
 
 CallerProcess = ray.remote(num_cpus=0)(Caller)
+# Two shards under a global cap (its size, each group's limit), A and B registered.
+Capped = Callable[[int, int], Awaitable[ManagerClient]]
 
 
 @pytest.fixture
@@ -169,3 +199,124 @@ def test_the_endpoint_over_two_shards_serves_both_and_shows_one_queue(ray_sessio
                 stats = ray.get(handle.apply.remote([Stats()]))[0]
                 assert own in stats.groups
                 assert ({group, other} - {own}).isdisjoint(stats.groups)
+
+
+CAP = 3
+# Each group's own limit under the cap: only calls of both shards at once reach it.
+UNDER_CAP = 2
+
+
+@pytest.fixture
+def capped(ray_session: None) -> Iterator[Capped]:
+    """Two shards under a global cap, A and B registered, each group's limit given; a ttl
+    no test outlasts, so that a slot of the cap that leaked never comes back. Killed
+    after."""
+    made: list[ManagerClient] = []
+
+    async def make(cap: int, limit: int) -> ManagerClient:
+        limits = {A.id: limit, B.id: limit}
+        queue = QueueSettings(shards=2, concurrency=cap, group_limits=limits, lease_ttl_seconds=600)
+        client = ManagerClient.create(Settings(queue=queue), name=f"manager-{uuid.uuid4().hex[:8]}")
+        made.append(client)
+        await client.register(A)
+        await client.register(B)
+        return client
+
+    yield make
+    for client in made:
+        client.kill()
+
+
+async def capacity_back(client: ManagerClient) -> None:
+    """Every slot of the cap lent to the second shard given back, none held anywhere."""
+
+    async def back() -> bool:
+        root = await ManagerClient(client.handles[0]).stats()
+        return root.total_active == 0 and (await client.stats()).total_active == 0
+
+    await client.drain()
+    await eventually(back, "every slot of the global cap back at the first shard")
+
+
+async def test_a_global_cap_over_two_shards_holds_across_both(capped: Capped) -> None:
+    client = await capped(CAP, UNDER_CAP)
+    caller = CallerProcess.remote(client)
+
+    done = await asyncio.gather(
+        caller.run.remote(A.id, 30, 0.02), caller.run.remote(B.id, 30, 0.02)
+    )
+
+    assert done == [30, 30]
+    # The cap was reached, which needs calls of both shards at once, and never passed (a
+    # cap of each shard's own would have let both groups' limits run: 4).
+    most, side_by_side = await caller.in_all.remote()
+    assert most == CAP
+    assert side_by_side
+    await capacity_back(client)
+
+
+async def test_a_waiter_at_one_shard_is_not_passed_over_by_the_others_next_call(
+    capped: Capped,
+) -> None:
+    """The second shard holds the cap of 1; a priority-3 call waits there, then a
+    priority-9 call at the first shard. The slot freed goes to the priority-9 call."""
+    client = await capped(1, 10)
+    holder, low, high = (CallerProcess.remote(client) for _ in range(3))
+    await asyncio.gather(holder.done.remote(B.id), low.done.remote(B.id), high.done.remote(A.id))
+    held = holder.hold.remote(B.id)
+    await eventually(active_is(client, B.id, 1), "the second shard holding the cap")
+    low_done = low.run.remote(B.id, 1, 0.2, 3)
+    await eventually(pending_is(client, B.id, 1), "the priority-3 call waiting")
+    high_done = high.run.remote(A.id, 1, 0.2, 9)
+    await eventually(pending_is(client, A.id, 1), "the priority-9 call waiting")
+
+    await holder.let_go.remote()
+
+    assert await asyncio.gather(held, high_done, low_done) == [1, 1, 1]
+    assert await high.first_start.remote(A.id) < await low.first_start.remote(B.id)
+    await capacity_back(client)
+
+
+async def test_a_shard_killed_under_a_global_cap_takes_its_slots_back_and_keeps_the_cap(
+    capped: Capped,
+) -> None:
+    client = await capped(CAP, UNDER_CAP)
+    caller = CallerProcess.remote(client)
+    runs = [caller.run.remote(A.id, 30, 0.05), caller.run.remote(B.id, 30, 0.05)]
+
+    async def midway() -> bool:
+        return await caller.done.remote(B.id) >= 5
+
+    await eventually(midway, "the second shard's group a few calls in")
+    epoch = (await ManagerClient(client.handles[1]).stats()).epoch
+    ray.kill(client.handles[1], no_restart=False)
+
+    assert await asyncio.gather(*runs) == [30, 30]
+    most, _ = await caller.in_all.remote()
+    assert most <= CAP
+    assert (await ManagerClient(client.handles[1]).stats()).epoch != epoch
+    # The restarted shard took over what its last life held and gave it back: nothing
+    # waits for the ttl.
+    await capacity_back(client)
+
+
+async def test_the_first_shard_killed_while_its_slots_are_lent_keeps_the_cap(
+    capped: Capped,
+) -> None:
+    client = await capped(CAP, UNDER_CAP)
+    caller = CallerProcess.remote(client)
+    runs = [caller.run.remote(A.id, 30, 0.05), caller.run.remote(B.id, 30, 0.05)]
+
+    async def midway() -> bool:
+        return await caller.done.remote(B.id) >= 5
+
+    await eventually(midway, "the second shard's group a few calls in")
+    epoch = (await ManagerClient(client.handles[0]).stats()).epoch
+    ray.kill(client.handles[0], no_restart=False)
+
+    assert await asyncio.gather(*runs) == [30, 30]
+    most, _ = await caller.in_all.remote()
+    assert most <= CAP
+    assert (await ManagerClient(client.handles[0]).stats()).epoch != epoch
+    # It restored the slots it had lent; the second shard gave them back as before.
+    await capacity_back(client)

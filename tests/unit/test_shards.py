@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import pytest
 
+from actors.capacity import CAPACITY
 from actors.engine import SlotEngine
-from actors.errors import ConfigError, PoolAcrossShards
+from actors.errors import PoolAcrossShards
 from actors.groups import ModelEntry, ServerEntry, classify
-from actors.settings import load_settings
 from actors.shards import Routes, ViewVersions, merged_stats, merged_view, shard_name
 from tests.unit.conftest import EPOCH
 
@@ -130,14 +129,15 @@ def test_a_merged_views_version_names_the_shards_versions_behind_it() -> None:
     assert set(before.groups) == {SERVERS[0].id, SERVERS[1].id}
 
 
-def test_several_shards_under_a_global_cap_fail_at_load_naming_both(tmp_path: Path) -> None:
-    path = tmp_path / "raygate.yaml"
-    path.write_text("queue:\n  shards: 2\n  concurrency: 8\n")
+def test_the_caps_slots_lent_between_shards_are_listed_not_counted_twice() -> None:
+    first = SlotEngine(epoch=EPOCH, global_limit=4)
+    second = SlotEngine(epoch=EPOCH, global_limit=4)
+    first.register(CAPACITY)
+    second.register(SERVERS[1])
+    first.acquire(CAPACITY.id, "lent-to-the-second")
+    second.acquire(SERVERS[1].id, "held-there")
 
-    with pytest.raises(ConfigError) as caught:
-        load_settings(path)
+    stats = merged_stats([first.stats(), second.stats()])
 
-    assert caught.value.problems == (
-        "queue: Value error, shards is 2, but a global cap (concurrency 8) is kept by one "
-        "manager: set shards to 1, or drop the global cap and cap each group (group_limits)",
-    )
+    assert stats.total_active == 1
+    assert stats.active_by_group == {CAPACITY.id: 1, SERVERS[1].id: 1}
