@@ -206,7 +206,9 @@ class ShardCapacity:
             held = [*self._kept.values(), *self._returned.values()]
             answers = await self._apply([Renew(lease.id, lease.epoch) for lease in held])
             for lease, renewed in zip(held, answers, strict=True):
-                if renewed is not True:
+                if isinstance(renewed, Exception):
+                    log.warning("renewing capacity %s failed", lease.id, exc_info=renewed)
+                elif renewed is False:
                     log.warning("capacity %s of the global cap is no longer held", lease.id)
                     self._kept.pop(lease.id, None)
                     self._returned.pop(lease.id, None)
