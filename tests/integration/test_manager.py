@@ -107,8 +107,8 @@ async def test_cap_one_server_sees_one_call_at_a_time_in_priority_order(
 
     assert server.max_in_flight == 1
     assert [body["priority"] for body in server.bodies] == sorted(priorities, reverse=True)
-    stats = await client.stats()
-    assert (stats.total_active, stats.total_pending) == (0, 0)
+    # The last call's slot, granted with nobody waiting, is lent: back after its linger.
+    stats = await settled(client)
     assert stats.groups[LOCAL_SERVER.id].granted == 201
 
 
