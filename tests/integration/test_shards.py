@@ -300,3 +300,17 @@ async def test_a_shard_killed_under_a_global_cap_loses_no_slot_of_it_and_keeps_i
     assert most <= CAP
     assert (await ManagerClient(client.handles[killed]).stats()).epoch != epoch
     await capacity_back(client)
+
+
+async def test_the_running_manager_is_found_with_all_its_shards(ray_session: None) -> None:
+    name = f"manager-{uuid.uuid4().hex[:8]}"
+    made = ManagerClient.create(Settings(queue=QueueSettings(shards=2)), name=name)
+    try:
+        await made.register(B)  # a group of the second shard
+        found = ManagerClient.running(name=name)
+
+        assert found is not None
+        assert len(found.handles) == 2
+        assert B.id in (await found.stats()).groups
+    finally:
+        made.kill()
