@@ -235,7 +235,13 @@ async def capacity_back(client: ManagerClient) -> None:
         return root.total_active == 0 and (await client.stats()).total_active == 0
 
     await client.drain()
-    await eventually(back, "every slot of the global cap back at the first shard")
+    try:
+        await eventually(back, "every slot of the global cap back at the first shard")
+    except AssertionError as gave_up:
+        # Which slots stayed, for the run that finds one.
+        first, second = [await ManagerClient(h).stats() for h in client.handles]
+        held = (first.active_by_group, second.active_by_group)
+        raise AssertionError(f"{gave_up}; held by group at each shard: {held}") from None
 
 
 async def test_a_global_cap_over_two_shards_holds_across_both(capped: Capped) -> None:
