@@ -88,8 +88,10 @@ class ShardCapacity:
         self._kept: dict[str, Lease] = {}
         self._returned: dict[str, Lease] = {}
         self._asking: dict[str, asyncio.Task[object]] = {}
-        # Since when capacity that could back new calls has none to back (None: not idle).
+        # Since when capacity that could back new calls has none to back (None: not idle),
+        # and the timer of the rebalance due when it will have been idle long enough.
         self._idle_since: float | None = None
+        self._linger: asyncio.TimerHandle | None = None
         # The slots given up by calls that ended (see Holdings.free), given back so far.
         self._given_up = 0
         self._poked = False
@@ -131,22 +133,36 @@ class ShardCapacity:
         # Capacity that may not be kept goes back once neither a call holds it nor a
         # waiter it was asked for may take it (the engine gives it back as calls end).
         giving += self._take_returned(len(self._returned) - want.held - want.blocked)
-        now = time.monotonic()
         idle = len(self._kept) + len(self._returned) - want.held - want.blocked
-        if idle <= 0:
-            self._idle_since = None
-        elif self._idle_since is None:
-            self._idle_since = now
-            self._loop.call_later(LINGER_SECONDS, self.poke)
-        elif now - self._idle_since >= LINGER_SECONDS:
-            giving += self._take(idle)
-            self._idle_since = None
+        giving += self._take(idle if self._lingered(idle) else 0)
         # The allowance first, then the releases: the calls held never pass the capacity.
         slots = len(self._kept) + len(self._returned)
         self._gate.apply([Allow(slots, returning=len(self._returned), seen=want.given_up)])
         if giving:
             self._note(self._apply([Release(lease.id, lease.epoch) for lease in giving]))
         self._ask(want.held + want.blocked - slots, want.best)
+
+    def _lingered(self, idle: int) -> bool:
+        """Whether ``idle`` slots (none: nothing is idle) have been idle for LINGER_SECONDS;
+        if not yet, a rebalance is due when they will have. A loop's timer may fire a
+        little early, so the time left is measured again each time, never assumed."""
+        if idle <= 0:
+            self._idle_since = None
+            return False
+        now = time.monotonic()
+        if self._idle_since is None:
+            self._idle_since = now
+        left = self._idle_since + LINGER_SECONDS - now
+        if left <= 0:
+            self._idle_since = None
+            return True
+        if self._linger is None:
+            self._linger = self._loop.call_later(left, self._linger_ended)
+        return False
+
+    def _linger_ended(self) -> None:
+        self._linger = None
+        self.poke()
 
     def _take(self, count: int) -> list[Lease]:
         """Up to ``count`` of the capacity held, what must go back first."""
