@@ -195,7 +195,7 @@ class ManagerClient:
 
     async def can_run_immediately(self, model_id: str) -> bool:
         """Would a call of ``model_id`` (on any server of its pool) get a slot now?"""
-        handle = self.handles[self.routes.of_model(model_id) if len(self.handles) > 1 else 0]
+        handle = self.handles[self.routes.of_model(model_id)]
         return await unwrap(handle.can_run_immediately.remote(model_id))
 
     # -- slots -------------------------------------------------------------------
@@ -204,8 +204,7 @@ class ManagerClient:
         self, group: str | Pool, options: CallOptions = DEFAULT_OPTIONS
     ) -> AbstractAsyncContextManager[Lease]:
         """See :meth:`actors.slotkeeper.SlotKeeper.slot`."""
-        shard = self.routes.of_pool(pool_of(group)) if len(self._shards) > 1 else 0
-        return self._shards[shard].slots.slot(group, options)
+        return self._shards[self.routes.of_pool(pool_of(group))].slots.slot(group, options)
 
     def report_usage(self, lease: Lease, used: TokensUsed) -> None:
         """See :meth:`actors.slotkeeper.SlotKeeper.report_usage`."""

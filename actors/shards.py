@@ -66,13 +66,18 @@ class Routes:
     def of_pool(self, pool: Pool) -> int:
         """The shard of every group of ``pool``; a pool whose groups the settings do not
         pool together may fall on several, and is refused."""
+        if self.count == 1:
+            return 0
         shards = {self.of_group(group) for group in pool}
         if len(shards) > 1:
             raise PoolAcrossShards(pool, self.count)
         return shards.pop()
 
     def of_model(self, model_id: str) -> int:
-        """The shard of the groups of ``model_id``'s servers."""
+        """The shard of the groups of ``model_id``'s servers (one shard: without resolving
+        the model, whose errors are then the manager's to say)."""
+        if self.count == 1:
+            return 0
         return self.of_pool(tuple(spec.id for spec in model_entry(self.models, model_id).specs()))
 
     def own_models(self, shard: int) -> dict[str, ModelEntry]:
