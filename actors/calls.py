@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
@@ -13,6 +14,8 @@ from ray import ObjectRef, ObjectRefGenerator
 from ray.exceptions import RayTaskError
 
 from actors.errors import RaygateError
+
+log = logging.getLogger(__name__)
 
 # How long a cancelled streaming call may take to clean up before its reader goes on.
 CANCEL_GRACE_SECONDS = 10.0
@@ -67,3 +70,35 @@ async def cancellable_stream(refs: ObjectRefGenerator) -> AsyncIterator[Any]:
                 async for _ in refs:
                     pass
         raise
+
+
+class Background:
+    """Work started without waiting for it (calls sent, loops run): each kept until it
+    ends, since an event loop holds its tasks only weakly, and all of it awaitable at
+    once (a client's drain)."""
+
+    def __init__(self) -> None:
+        self._running: set[asyncio.Future[Any]] = set()
+
+    def start(self, work: Awaitable[T]) -> asyncio.Future[T]:
+        future = asyncio.ensure_future(work)
+        self._running.add(future)
+        future.add_done_callback(self._running.discard)
+        return future
+
+    def send(self, call: Awaitable[object]) -> None:
+        """Start ``call``, which nobody awaits: its failure is logged. Its own task, not one
+        awaiting it: a task its ending loop cancels before it starts leaves no coroutine
+        behind that nothing ever awaited."""
+        self.start(call).add_done_callback(_logged)
+
+    async def drain(self) -> None:
+        """Wait until everything started here, and what that started meanwhile, ended."""
+        while self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+
+def _logged(call: asyncio.Future[object]) -> None:
+    """The end of a call nobody waits for: its failure logged (not its loop's end)."""
+    if not call.cancelled() and (error := call.exception()) is not None:
+        log.warning("a call nobody waited for failed", exc_info=error)

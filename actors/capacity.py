@@ -41,12 +41,11 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable
 from typing import cast
 
 from ray.actor import ActorHandle
 
-from actors.calls import unwrap
+from actors.calls import Background, unwrap
 from actors.courier import Courier
 from actors.deliveries import Deliveries
 from actors.gate import SlotGate
@@ -87,7 +86,7 @@ class ShardCapacity:
         # back as its calls end), by lease id.
         self._kept: dict[str, Lease] = {}
         self._returned: dict[str, Lease] = {}
-        self._asking: dict[str, asyncio.Task[object]] = {}
+        self._asking: dict[str, asyncio.Future[None]] = {}
         # Since when capacity that could back new calls has none to back (None: not idle),
         # and the timer of the rebalance due when it will have been idle long enough.
         self._idle_since: float | None = None
@@ -95,10 +94,10 @@ class ShardCapacity:
         # The slots given up by calls that ended (see Holdings.free), given back so far.
         self._given_up = 0
         self._poked = False
-        self._tasks: set[asyncio.Task[object]] = set()
+        self._background = Background()
         # Nothing runs under the cap here until the capacity of a last life is known.
         self._gate.apply([Allow(0)])
-        self._started = self._spawn(self._start())
+        self._started = self._background.start(self._start())
 
     def poke(self) -> None:
         """The queue changed (from any thread, under the gate's lock): rebalance soon, once
@@ -118,7 +117,7 @@ class ShardCapacity:
         if waiting:
             await self._apply([Cancel(lease_id) for lease_id in waiting])
         self._gate.on_change = self.poke
-        self._spawn(self._renew())
+        self._background.start(self._renew())
         self._rebalance()
 
     def _rebalance(self) -> None:
@@ -139,7 +138,7 @@ class ShardCapacity:
         slots = len(self._kept) + len(self._returned)
         self._gate.apply([Allow(slots, returning=len(self._returned), seen=want.given_up)])
         if giving:
-            self._note(self._apply([Release(lease.id, lease.epoch) for lease in giving]))
+            self._background.send(self._apply([Release(lease.id, lease.epoch) for lease in giving]))
         self._ask(want.held + want.blocked - slots, want.best)
 
     def _lingered(self, idle: int) -> bool:
@@ -184,7 +183,7 @@ class ShardCapacity:
             more += 1
         for _ in range(more if priority is not None else 0):
             lease_id = uuid.uuid4().hex
-            self._asking[lease_id] = self._spawn(self._asked(lease_id, priority or 1))
+            self._asking[lease_id] = self._background.start(self._asked(lease_id, priority or 1))
 
     async def _asked(self, lease_id: str, priority: int) -> None:
         options = CallOptions(priority=priority, flow=self.caller)
@@ -196,7 +195,7 @@ class ShardCapacity:
         try:
             lease = await grant
         except asyncio.CancelledError:
-            self._note(self._apply([Cancel(lease_id)]))
+            self._background.send(self._apply([Cancel(lease_id)]))
             raise
         except Exception:
             log.warning("shard 0 refused this shard a slot of the global cap", exc_info=True)
@@ -236,17 +235,3 @@ class ShardCapacity:
     async def _call(self, ops: list[Op[object]]) -> list[object]:
         answers: list[object] = await unwrap(self._root.apply.remote(ops))
         return answers
-
-    def _spawn(self, work: Awaitable[object]) -> asyncio.Task[object]:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    def _note(self, call: Awaitable[object]) -> None:
-        self._spawn(call).add_done_callback(_logged)
-
-
-def _logged(task: asyncio.Task[object]) -> None:
-    if not task.cancelled() and (error := task.exception()) is not None:
-        log.warning("a call to shard 0 failed", exc_info=error)

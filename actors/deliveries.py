@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ray.actor import ActorHandle
 
-from actors.calls import unwrap
+from actors.calls import Background, unwrap
 from actors.courier import Send
 from actors.errors import DuplicateLease
 from actors.leases import Lease
@@ -61,7 +61,7 @@ class Deliveries:
         # The manager's epoch, as the last collect said.
         self._epoch: int | None = None
         self._collecting: asyncio.Task[None] | None = None
-        self._asking: set[asyncio.Task[None]] = set()
+        self._asking = Background()
 
     def expect(self, op: Acquire, grant: asyncio.Future[Lease]) -> None:
         """``op`` is on its way (sent by the caller): its grant, or the error ending its
@@ -138,10 +138,7 @@ class Deliveries:
         """Acquire ``stale`` again: they waited at a manager that has since restarted."""
         for expected in stale:
             expected.epoch = None
-        task = asyncio.create_task(self._acquired_again([expected.op for expected in stale]))
-        # Kept until done: the loop holds its tasks only weakly.
-        self._asking.add(task)
-        task.add_done_callback(self._asking.discard)
+        self._asking.send(self._acquired_again([expected.op for expected in stale]))
 
     async def _acquired_again(self, ops: list[Acquire]) -> None:
         answers = await self._send(list(ops))

@@ -28,13 +28,14 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
-from typing import Any, Protocol, TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 from ray.actor import ActorHandle
 
+from actors.calls import Background
 from actors.courier import Courier, Send
 from actors.deliveries import Deliveries
 from actors.groups import Pool, pool_of
@@ -48,7 +49,6 @@ from actors.watch import caller_of
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 A = TypeVar("A")
 
 
@@ -75,11 +75,11 @@ class SlotKeeper:
         self._courier = courier
         # Calls no caller waits for (fast-path grants, releases, cancels): kept so
         # that their errors are logged and drain() can wait for them.
-        self._in_flight: set[asyncio.Future[Any]] = set()
+        self._background = Background()
         # Grants by mail, recalls among them; and the slots lent to this process, kept
         # between its calls, whose recalls that mail must be listened for.
         self._deliveries = Deliveries(handle, apply, lambda recall: self._lent.recalled(recall))
-        self._lent = Lent(handle, apply, self._note, self._deliveries.listen)
+        self._lent = Lent(handle, apply, self._background.send, self._deliveries.listen)
         # Tokens used by calls that hold a slot of a gated group, sent with their release.
         self._used: dict[str, TokensUsed] = {}
         self._successors = Successors(handle)
@@ -200,7 +200,7 @@ class SlotKeeper:
             # cancel that overtakes the hand-over naming it is refused there).
             timed_out = isinstance(stopped, TimeoutError)
             self._handed_over.pop(lease_id, None)
-            self._note(self._ask(Cancel(lease_id, timed_out=timed_out)))
+            self._background.send(self._ask(Cancel(lease_id, timed_out=timed_out)))
             if patience is not None and timed_out:
                 raise patience[1] from None
             raise
@@ -245,7 +245,7 @@ class SlotKeeper:
         """
         caller = caller_of(self.handle).id
         acquire = Acquire(group, lease_id, options, caller, started=True)
-        grant = self._track(self._counted(acquire, group))
+        grant = self._background.start(self._counted(acquire, group))
         keeper = asyncio.create_task(self._keep_alive(grant))
         try:
             yield Lease(
@@ -259,7 +259,7 @@ class SlotKeeper:
         finally:
             keeper.cancel()
             self._used.pop(lease_id, None)
-            self._note(self._release_when_granted(grant))
+            self._background.send(self._release_when_granted(grant))
 
     def report_usage(self, lease: Lease, used: TokensUsed) -> None:
         """The tokens the call holding ``lease`` used, sent with its release (a group where
@@ -301,28 +301,9 @@ class SlotKeeper:
             raise answer
         return cast(Lease, answer)
 
-    def _track(self, call: Awaitable[T]) -> asyncio.Future[T]:
-        future = asyncio.ensure_future(call)
-        self._in_flight.add(future)
-        future.add_done_callback(self._in_flight.discard)
-        return future
-
-    def _note(self, call: Awaitable[object]) -> None:
-        """Send ``call`` without waiting for it: drain() waits for it, its failure is logged.
-        Its own task, not one awaiting it: a task its ending loop cancels before it
-        starts leaves no coroutine behind that nothing ever awaited."""
-        self._track(call).add_done_callback(_logged)
-
     async def drain(self) -> None:
         """Give back the lent slots kept idle here, and wait until every call this client
         sent without waiting has been answered."""
         self._lent.give_back()
-        while self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await self._background.drain()
         await self._courier.drain()
-
-
-def _logged(call: asyncio.Future[object]) -> None:
-    """The end of a manager call nobody waits for: its failure logged (not its loop's end)."""
-    if not call.cancelled() and (error := call.exception()) is not None:
-        log.warning("a fire-and-forget manager call failed", exc_info=error)

@@ -50,6 +50,7 @@ from pydantic import ValidationError
 from ray import ObjectRef
 from ray.actor import ActorHandle
 
+from actors.calls import Background
 from actors.metrics import Counter, Gauge
 from actors.names import CACHE_NAME, HEAD_NODE, named_actor
 from actors.settings import CacheSettings
@@ -260,7 +261,7 @@ class ResponseCache:
         self._handle: ActorHandle | None = None
         self._lost_at = -RECONNECT_SECONDS
         self._warned_at = -WARN_EVERY_SECONDS
-        self._writes: set[asyncio.Future[None]] = set()
+        self._writes = Background()
 
     async def get(self, key: str) -> ChatResponse | None:
         handle = self._reach()
@@ -311,12 +312,10 @@ class ResponseCache:
 
     async def drain(self) -> None:
         """Wait for the stores under way (a process that ends would lose them)."""
-        await asyncio.gather(*self._writes, return_exceptions=True)
+        await self._writes.drain()
 
     def _keep(self, ref: ObjectRef[None]) -> None:
-        future = asyncio.ensure_future(self._settle(ref))
-        self._writes.add(future)
-        future.add_done_callback(self._writes.discard)
+        self._writes.start(self._settle(ref))
 
     async def _settle(self, ref: ObjectRef[None]) -> None:
         try:
