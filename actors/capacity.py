@@ -48,11 +48,12 @@ from ray.actor import ActorHandle
 from actors.calls import Background, unwrap
 from actors.courier import Courier
 from actors.deliveries import Deliveries
+from actors.errors import RaygateError
 from actors.gate import SlotGate
 from actors.groups import GroupSpec, Provider, ResourceKind
 from actors.holdings import Want
 from actors.leases import Lease
-from actors.lending import Recall
+from actors.lending import Recall, called_back
 from actors.lent import LINGER_SECONDS
 from actors.ops import Acquire, Allow, Cancel, Demand, HeldBy, Op, RecallLent, Release, Renew
 from actors.options import CallOptions
@@ -197,8 +198,13 @@ class ShardCapacity:
         except asyncio.CancelledError:
             self._background.send(self._apply([Cancel(lease_id)]))
             raise
-        except Exception:
+        except RaygateError:
             log.warning("shard 0 refused this shard a slot of the global cap", exc_info=True)
+            return
+        except Exception:
+            # The grant's way here failed: whatever shard 0 still holds of this ask goes.
+            log.warning("asking shard 0 for a slot of the global cap failed", exc_info=True)
+            self._background.send(self._apply([Cancel(lease_id)]))
             return
         finally:
             self._deliveries.gone(lease_id)
@@ -210,7 +216,7 @@ class ShardCapacity:
         """Someone waits at shard 0: no capacity lent before is kept, and the slots this
         shard lent its processes come back too."""
         for lease_id, lease in list(self._kept.items()):
-            if lease.lent is not None and lease.lent < recall.count:
+            if called_back(lease, (recall.epoch, recall.count)):
                 self._returned[lease_id] = self._kept.pop(lease_id)
         self._gate.apply([RecallLent()])
         self._rebalance()

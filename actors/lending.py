@@ -46,6 +46,13 @@ class Recall:
     count: int
 
 
+def called_back(lease: Lease, recall: tuple[int, int]) -> bool:
+    """Whether ``lease`` is a lent slot that the recall ``(epoch, count)`` calls back:
+    lent before it at its epoch, or at any older epoch (a restarted manager counts its
+    recalls anew)."""
+    return lease.lent is not None and (lease.epoch, lease.lent) < recall
+
+
 @dataclass(frozen=True, slots=True)
 class LentUse:
     """What calls of one flow did in slots of ``group_id`` lent to their process, since

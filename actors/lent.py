@@ -31,7 +31,7 @@ from ray.actor import ActorHandle
 
 from actors.courier import Send
 from actors.leases import Lease, TokensUsed
-from actors.lending import LentUse, Recall
+from actors.lending import LentUse, Recall, called_back
 from actors.ops import Op, Release, Renew, Reused
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class LentSlots:
         back since it was granted; else it goes back (the caller gives it)."""
         recalled = self._recalled.get(lease.group, (0, 0))
         lost = lease.id in self._lost
-        if lost or lease.lent is None or (lease.epoch, lease.lent) < recalled:
+        if lost or lease.lent is None or called_back(lease, recalled):
             self._lost.discard(lease.id)
             self._held.pop(lease.id, None)
             return False

@@ -38,6 +38,7 @@ from ray.actor import ActorHandle
 from actors.calls import Background
 from actors.courier import Courier, Send
 from actors.deliveries import Deliveries
+from actors.errors import RaygateError
 from actors.groups import Pool, pool_of
 from actors.leases import Lease, TokensUsed
 from actors.lent import Fate, Lent
@@ -203,6 +204,13 @@ class SlotKeeper:
             self._background.send(self._ask(Cancel(lease_id, timed_out=timed_out)))
             if patience is not None and timed_out:
                 raise patience[1] from None
+            raise
+        except RaygateError:
+            raise  # the manager's own answer: it keeps nothing of the waiter
+        except Exception:
+            # The grant's way here failed (the manager gone, or Ray): whatever the manager
+            # still holds of the waiter goes, or it would hold a slot for nobody.
+            self._background.send(self._ask(Cancel(lease_id)))
             raise
         finally:
             self._successors.gone(lease_id)

@@ -431,6 +431,48 @@ async def test_waiters_cancelled_while_their_batch_is_in_flight_leave_nothing_be
         assert lease.id != holder.id
 
 
+class MailLost:
+    """A manager's handle whose mail never arrives: every other call goes to ``manager``,
+    and each collect fails as a call the transport lost would."""
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+
+    async def apply(self, ops: list[Any]) -> list[object]:
+        answers: list[object] = await self.manager.apply.remote(ops)
+        return answers
+
+    async def collect(self, *args: Any) -> None:
+        raise ConnectionError("the mail was lost on its way")
+
+    async def next_in_line(self, *args: Any) -> dict[str, str]:
+        known: dict[str, str] = await self.manager.next_in_line.remote(*args)
+        return known
+
+    async def lifeline(self, caller_id: str) -> None:
+        await self.manager.lifeline.remote(caller_id)
+
+    async def watch(self, caller: Any, lifeline: list[ObjectRef[None]]) -> None:
+        await self.manager.watch.remote(caller, lifeline)
+
+
+async def test_a_waiter_whose_grant_cannot_arrive_leaves_the_queue_not_a_slot_held(
+    make_manager: ManagerFactory,
+) -> None:
+    """A waiter's grant comes by mail; when the mail fails, the waiter ends with that
+    error and the manager drops it, or it would later grant the slot to nobody."""
+    client = make_manager(LOCAL_SERVER)
+    lossy = ManagerClient(ray.remote(num_cpus=0)(MailLost).remote(client.handles[0]))
+
+    async with client.slot(LOCAL_SERVER.id):
+        with pytest.raises(ConnectionError, match="mail was lost"):
+            await wait_for_grant(lossy)
+        await lossy.drain()
+
+    stats = await settled(client)
+    assert stats.groups[LOCAL_SERVER.id].cancelled == 1
+
+
 async def test_unlimited_group_calls_are_counted_without_waiting(
     make_manager: ManagerFactory,
 ) -> None:

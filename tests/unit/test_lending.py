@@ -6,7 +6,7 @@ from __future__ import annotations
 from actors.budget import BudgetLimits
 from actors.engine import SlotEngine
 from actors.leases import Lease, TokensUsed
-from actors.lending import LentUse, Recall
+from actors.lending import LentUse, Recall, called_back
 from actors.lent import LentSlots
 from actors.options import CallOptions
 from tests.unit.conftest import EPOCH, LOCAL_OLLAMA, REMOTE_OLLAMA
@@ -146,6 +146,18 @@ def test_a_recall_gives_back_the_idle_slots_and_keeps_no_slot_lent_before_it() -
     assert slots.recall(Recall(GROUP, EPOCH + 1, 1)) == [lease("lent-after", 1)]
     assert not slots.keep(lease("lent-after", 1), "f", now=0.0)
     assert slots.held() == []
+
+
+def test_a_recall_calls_back_what_was_lent_before_it_or_before_a_restart() -> None:
+    recall = (EPOCH + 1, 2)
+
+    assert called_back(lease("lent-before", 1), (EPOCH, 2))
+    assert not called_back(lease("lent-after", 2), (EPOCH, 2))
+    # A restarted manager counts its recalls anew: a slot of its last life is called back
+    # however many recalls that life had counted.
+    assert called_back(lease("lent-last-life", 7), recall)
+    assert not called_back(lease("lent-this-life", 2, epoch=EPOCH + 1), recall)
+    assert not called_back(lease("not-lent", None), recall)
 
 
 def test_a_slot_idle_past_its_linger_goes_back() -> None:
