@@ -11,7 +11,8 @@ say what was wrong and what to do.
     ├── ClassificationError         provider / base URL / model cannot be mapped to a group
     │   ├── UnknownProvider
     │   ├── InvalidBaseURL
-    │   └── UnknownModel
+    │   ├── UnknownModel
+    │   └── AmbiguousModel          a bare model id that servers of no one pool serve
     └── QueueError                  a slot request was refused or did not complete
         ├── InvalidPriority         (also a ValueError)
         ├── EmptyPool               a pool that names no group (also a ValueError)
@@ -94,6 +95,23 @@ class UnknownModel(ClassificationError):
             f"unknown model {self.model_id!r}; {known}. Name a model as provider/model "
             "(openai/gpt-4o-mini, anthropic/claude-sonnet-4-5, ollama/llama3.2, "
             "lmstudio/qwen2.5-7b-instruct), or add it under `models:` in the settings"
+        )
+
+
+class AmbiguousModel(ClassificationError):
+    """A bare model id that two servers or more list, no one pool of the settings joining
+    them (see providers.discovery)."""
+
+    def __init__(self, model_id: str, servers: tuple[str, ...]) -> None:
+        super().__init__(model_id, servers)
+        self.model_id = model_id
+        self.servers = servers
+
+    def __str__(self) -> str:
+        return (
+            f"model {self.model_id!r} is served by {_listing(self.servers)}, which are not one "
+            "pool: name it under `models:` with one of them, or with all of them as its "
+            "`servers` (a pool), so that a call knows where to go"
         )
 
 

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 from actors.errors import (
+    AmbiguousModel,
     ClassificationError,
     EmptyPool,
     InvalidBaseURL,
@@ -269,9 +270,30 @@ class ModelEntry(BaseModel):
         return tuple(server.spec() for server in self.each_server())
 
 
+class Registry(dict[str, ModelEntry]):
+    """Model ids with their entries, as the settings' ``models`` are, and the ids known
+    but refused: names that servers of no one pool list (see providers.discovery), whose
+    entry raises AmbiguousModel."""
+
+    def __init__(
+        self, entries: Mapping[str, ModelEntry], ambiguous: Mapping[str, tuple[str, ...]]
+    ) -> None:
+        super().__init__(entries)
+        self.ambiguous = dict(ambiguous)
+
+    def __contains__(self, model_id: object) -> bool:
+        return super().__contains__(model_id) or model_id in self.ambiguous
+
+    def __getitem__(self, model_id: str) -> ModelEntry:
+        if not super().__contains__(model_id) and model_id in self.ambiguous:
+            raise AmbiguousModel(model_id, self.ambiguous[model_id])
+        return super().__getitem__(model_id)
+
+
 def model_entry(models: Mapping[str, ModelEntry], model_id: str) -> ModelEntry:
     """The registry's entry for ``model_id``, else one for a ``provider/model`` id
-    (``openai/gpt-4o-mini``, ``ollama/llama3.2``) on the provider's usual address."""
+    (``openai/gpt-4o-mini``, ``ollama/llama3.2``) on the provider's usual address. A
+    :class:`Registry` may refuse an id it knows (AmbiguousModel)."""
     if model_id in models:
         return models[model_id]
     provider, slash, name = model_id.partition("/")

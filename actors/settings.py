@@ -163,6 +163,17 @@ class ProviderSettings(BaseModel):
     model_server_restart_window_seconds: float = Field(
         default=300.0, gt=0, description="The window of `model_server_restarts`."
     )
+    servers: tuple[ServerEntry, ...] = Field(
+        default=(),
+        description="Model servers whose models are called by the names they list "
+        "(Ollama's tags, a `/v1/models`), besides the servers `models:` names.",
+    )
+    discovery_seconds: PositiveFloat | None = Field(
+        default=60.0,
+        description="How often, at most, raygate asks the servers which models they "
+        "serve (at the first call of a model the settings do not name, then when that "
+        "answer is this old); none: never, every model is named in `models:`.",
+    )
 
 
 # The one place of each provider default: the cores that run without settings
@@ -333,10 +344,12 @@ class Settings(BaseSettings):
                 yield group, server.weight, f"{where}.weight"
 
     def _servers_said(self) -> Iterator[tuple[str, ServerEntry, str]]:
-        """Each deployment of a pool: its group, itself, and where the settings name it."""
+        """Each server a pool or `providers.servers` names: its group, itself, and where."""
         for model_id, entry in self.models.items():
             for n, server in enumerate(entry.servers):
                 yield server.spec().id, server, f"models.{model_id}.servers.{n}"
+        for n, server in enumerate(self.providers.servers):
+            yield server.spec().id, server, f"providers.servers.{n}"
 
     @classmethod
     def settings_customise_sources(

@@ -19,6 +19,7 @@ from pipelines.chain import Span
 from pipelines.plateau import Service, ServiceRecord
 from pipelines.results import ResultsFile
 from pipelines.timeline import peak_overlap
+from providers.discovery import Catalog
 from providers.errors import ProviderActorLost
 from providers.routing import provider_for_model
 
@@ -156,7 +157,8 @@ async def run_pipeline(
     Progress goes to ``progress_out``, or to ``progress`` when given (made by
     :func:`progress_for`, so that its counters can be read while the run goes on).
     """
-    provider, model = provider_for_model(settings, settings.pipeline.model, manager)
+    found = await Catalog(settings, manager).resolving(settings.pipeline.model)
+    provider, model = provider_for_model(found, settings.pipeline.model, manager)
     # A backend that cannot serve (a model server that fails to start) ends the run here.
     await provider.ready()
     # The provider may serve other runs too: this run reports the restarts during it.

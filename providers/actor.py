@@ -171,6 +171,11 @@ class _ProviderShell(LifelineHost):
         """How each restart of a server this actor runs came about (none for other backends)."""
         return []
 
+    async def model_names(self) -> list[str]:
+        """The models the server lists (see providers.discovery): asked from here, the node
+        where its loopback address means it."""
+        return await self._provider.backend.model_names()
+
     async def can_run_immediately(self) -> bool:
         """Would a call start now, without waiting for a slot?"""
         await self._provider.ready()

@@ -33,6 +33,7 @@ STOP_REASONS: dict[str | None, FinishReason] = {
 class AnthropicBackend(Backend):
     provider = "anthropic"
     path = "/v1/messages"
+    models_path = "/v1/models"
 
     def headers(self) -> dict[str, str]:
         headers = {"anthropic-version": API_VERSION}

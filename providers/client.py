@@ -124,6 +124,12 @@ class ProviderClient:
             restarts: list[str] = await unwrap(self.handle.server_restarts.remote())
         return restarts
 
+    async def model_names(self) -> list[str]:
+        """The models its server lists (see providers.discovery)."""
+        with self._actor_lost():
+            names: list[str] = await cancellable(self.handle.model_names.remote())
+        return names
+
     async def node_id(self) -> str:
         with self._actor_lost():
             node: str = await unwrap(self.handle.node_id.remote())

@@ -66,6 +66,8 @@ class Answer:
 class Backend(ABC):
     provider: str
     path: str
+    # Where the server lists the models it serves (OpenAI's form: ``GET {base}/models``).
+    models_path = "/models"
     default_max_tokens = DEFAULT_MAX_TOKENS
 
     def __init__(
@@ -123,6 +125,10 @@ class Backend(ABC):
     def error_message(self, payload: Any) -> str | None:
         """The provider's own explanation in an error body, if it gave one."""
 
+    def read_models(self, payload: Any) -> list[str]:
+        """The model ids a models list names (OpenAI's form: ``data[].id``)."""
+        return [str(model["id"]) for model in payload["data"]]
+
     # -- calls ------------------------------------------------------------------------
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
@@ -154,6 +160,20 @@ class Backend(ABC):
             model=request.model,
             data=data,
         )
+
+    async def model_names(self) -> list[str]:
+        """The models the server serves, as it lists them (not gated: no model runs)."""
+        with self._mapped():
+            response = await next(self._turns).get(
+                self.base_url + self.models_path, headers=self.headers()
+            )
+            self._check_status(response)
+        try:
+            return self.read_models(self._json(response.content))
+        except (KeyError, IndexError, TypeError) as exc:
+            raise BadResponse(
+                self.provider, f"its models list is not in the {self.provider} format ({exc!r})"
+            ) from None
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
         with self._mapped():

@@ -1,4 +1,4 @@
-"""Ollama's native chat API (``POST {base}/api/chat``).
+"""Ollama's native chat API (``POST {base}/api/chat``); its models at ``GET {base}/api/tags``.
 
 ``stream`` defaults to true in Ollama, so a whole answer asks ``stream: false``.
 Structured output is ``format`` set to the JSON schema. Sampling settings go in
@@ -23,6 +23,7 @@ DONE_REASONS: dict[str | None, FinishReason] = {"stop": "stop", "length": "lengt
 class OllamaBackend(Backend):
     provider = "ollama"
     path = "/api/chat"
+    models_path = "/api/tags"
 
     def headers(self) -> dict[str, str]:
         if self._api_key is None:
@@ -68,6 +69,9 @@ class OllamaBackend(Backend):
                     usage=_usage(chunk),
                 )
                 return
+
+    def read_models(self, payload: Any) -> list[str]:
+        return [str(model["name"]) for model in payload["models"]]
 
     def error_message(self, payload: Any) -> str | None:
         error = payload.get("error")

@@ -15,6 +15,7 @@ from typing import Any
 
 from actors.errors import (
     AcquireTimeout,
+    AmbiguousModel,
     ClassificationError,
     InvalidPriority,
     QueueFull,
@@ -53,7 +54,10 @@ KINDS = {400: "invalid_request_error", 404: "invalid_request_error", 429: "rate_
 
 # What each error status of the endpoint means, for its OpenAPI document.
 MEANINGS = {
-    400: "A body that is not JSON, or one the backend refused.",
+    400: (
+        "A body that is not JSON, one the backend refused, or a model id that servers of "
+        "no one pool list."
+    ),
     401: "No API key, or a wrong one.",
     403: "A change sent with the queue page's session cookie but without its header.",
     404: (
@@ -112,8 +116,10 @@ def answer_for(exc: Exception) -> HTTPAnswer:
         case InvalidPriority():
             return HTTPAnswer(422, error(message, "invalid_request_error", param="priority"))
         case ClassificationError():
-            body = error(message, "invalid_request_error", param="model", code="model_not_found")
-            return HTTPAnswer(404, body)
+            ambiguous = isinstance(exc, AmbiguousModel)
+            code = "model_ambiguous" if ambiguous else "model_not_found"
+            body = error(message, "invalid_request_error", param="model", code=code)
+            return HTTPAnswer(400 if ambiguous else 404, body)
         case QueueFull():
             return answer(429, "queue_full", retry_after(exc.estimated_wait))
         case AcquireTimeout():

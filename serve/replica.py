@@ -3,8 +3,8 @@
 Each replica builds its own FastAPI app around one :class:`Replica` (see
 :func:`serve.app.gateway_api`), which a route takes as a parameter of type
 :data:`ThisReplica`: the settings, the tenants and their quotas, the clients
-that guessed keys, the manager (None with ``queue.enabled`` false), and each
-model's provider, found once.
+that guessed keys, the manager (None with ``queue.enabled`` false), the models
+the servers list (see providers.discovery), and each model's provider, found once.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from actors.client import ManagerClient
 from actors.settings import Settings
 from providers.client import ModelProvider
+from providers.discovery import Catalog
 from providers.routing import provider_in_reach
 from serve.keyguesses import KeyGuesses
 from serve.quota import TenantQuotas
@@ -32,6 +33,8 @@ class Replica:
         self.quotas = TenantQuotas(serving.replicas)
         self.guesses = KeyGuesses(serving.auth_failure_limit, serving.auth_failure_window_seconds)
         self.manager = ManagerClient.create(settings) if settings.queue.enabled else None
+        # The models the servers list, for model ids the settings do not name.
+        self.catalog = Catalog(settings, self.manager)
         # model id -> its provider and the name its backend knows the model by; found
         # once for all the requests that arrive meanwhile, and forgotten if that failed.
         self._providers: dict[str, asyncio.Future[tuple[ModelProvider, str]]] = {}
@@ -39,7 +42,7 @@ class Replica:
     async def provider(self, model: str) -> tuple[ModelProvider, str]:
         found = self._providers.get(model)
         if found is None:
-            found = asyncio.ensure_future(provider_in_reach(self.settings, model, self.manager))
+            found = asyncio.ensure_future(self._found(model))
             self._providers[model] = found
         try:
             return await asyncio.shield(found)
@@ -47,6 +50,10 @@ class Replica:
             if self._providers.get(model) is found:
                 del self._providers[model]
             raise
+
+    async def _found(self, model: str) -> tuple[ModelProvider, str]:
+        settings = await self.catalog.resolving(model)
+        return await provider_in_reach(settings, model, self.manager)
 
     def forget_provider(self, model: str) -> None:
         """Find ``model``'s provider again for the next request (its actor was lost)."""

@@ -169,12 +169,17 @@ def usage_chunk(delta: StreamDelta, model: str, completion_id: str) -> dict[str,
 
 
 def model_object(
-    model_id: str, entry: ModelEntry | None, groups: Mapping[str, GroupStats] | None
+    model_id: str,
+    entry: ModelEntry | None,
+    groups: Mapping[str, GroupStats] | None,
+    *,
+    discovered: bool = False,
 ) -> dict[str, object]:
     """A model as ``GET /v1/models`` lists it: OpenAI's fields, then raygate's: its servers
     (``servers``: each one's group, provider and weight, and with the queue on, its
-    limit, calls held, waiting and granted, and why it is out of rotation) and its
-    fallbacks. The embedded model (``entry`` None) has OpenAI's fields only."""
+    limit, calls held, waiting and granted, and why it is out of rotation), its
+    fallbacks, and whether it is ``discovered`` (listed by its servers, not named in the
+    settings). The embedded model (``entry`` None) has OpenAI's fields only."""
     listed: dict[str, object] = {
         "id": model_id,
         "object": "model",
@@ -194,6 +199,7 @@ def model_object(
         "servers": servers,
         "fallbacks": list(entry.fallbacks),
         "fallback_after_seconds": entry.fallback_after_seconds,
+        "discovered": discovered,
     }
 
 

@@ -84,9 +84,23 @@ def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None
 
 class Dialect:
     path: str
+    # Where the server lists its models.
+    models_path = "/v1/models"
 
     def __init__(self, api_key: str | None = None) -> None:
         self.api_key = api_key
+
+    def listing(self, models: tuple[str, ...]) -> Reply:
+        """The server's list of the models it serves (OpenAI's shape)."""
+        return _json(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 0, "owned_by": "library"}
+                    for m in models
+                ],
+            }
+        )
 
     def check(self, request: Received) -> None:
         if request.path != self.path:
@@ -269,6 +283,24 @@ class AnthropicDialect(Dialect):
 
 class OllamaDialect(Dialect):
     path = "/api/chat"
+    models_path = "/api/tags"
+
+    def listing(self, models: tuple[str, ...]) -> Reply:
+        return _json(
+            {
+                "models": [
+                    {
+                        "name": m,
+                        "model": m,
+                        "modified_at": "2026-11-23T00:00:00Z",
+                        "size": 13780173839,
+                        "digest": "a" * 64,
+                        "details": {"format": "gguf", "family": "llama"},
+                    }
+                    for m in models
+                ]
+            }
+        )
 
     def streaming(self, body: dict[str, object]) -> bool:
         return body.get("stream", True) is not False  # Ollama streams unless told not to
@@ -314,7 +346,8 @@ class OllamaDialect(Dialect):
 
 
 class FakeLLMServer(ProbeServer):
-    """Replies with the scripted items in order, then as ``responder`` says (``Say()``)."""
+    """Replies with the scripted items in order, then as ``responder`` says (``Say()``);
+    lists ``models`` as the models it serves."""
 
     def __init__(
         self,
@@ -323,10 +356,12 @@ class FakeLLMServer(ProbeServer):
         responder: Callable[[Received], Script] | None = None,
         *,
         stop_on_disconnect: bool = False,
+        models: tuple[str, ...] = (),
     ) -> None:
         super().__init__(hold=hold, stop_on_disconnect=stop_on_disconnect)
         self.dialect = dialect
         self.responder = responder
+        self.models = models
         self._script: deque[Script] = deque()
         self._script_lock = threading.Lock()
 
@@ -336,6 +371,8 @@ class FakeLLMServer(ProbeServer):
 
     def respond(self, request: Received) -> Reply:
         dialect = self.dialect
+        if request.path == dialect.models_path and request.body is None:
+            return dialect.listing(self.models)
         try:
             dialect.check(request)
         except Reject as rejected:
