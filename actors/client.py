@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TypeVar, cast
 
@@ -28,7 +28,7 @@ from ray.actor import ActorHandle
 
 from actors.calls import cancellable, unwrap
 from actors.courier import Courier
-from actors.groups import GroupSpec, Pool, pool_of
+from actors.groups import GroupSpec, ModelEntry, Pool, model_entry, pool_of
 from actors.leases import Lease, TokensUsed
 from actors.manager import get_or_create_manager
 from actors.names import MANAGER_NAME, NAMESPACE
@@ -39,6 +39,7 @@ from actors.ops import (
     GroupInfoOf,
     HandOver,
     Op,
+    OutlookOf,
     Position,
     Register,
     Stats,
@@ -50,7 +51,8 @@ from actors.queueview import QueueView
 from actors.settings import Settings, load_settings
 from actors.shards import Routes, ViewVersions, merged_stats, merged_view, shard_name
 from actors.slotkeeper import SlotKeeper
-from actors.stats import GroupInfo, QueuePosition, QueueStats
+from actors.stats import GroupInfo, Outlook, QueuePosition, QueueStats
+from actors.tickets import Ticket, Tickets
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class ManagerClient:
         self.handle = handles[0]
         self._shards = tuple(_Shard(handle) for handle in handles)
         self._views = ViewVersions()
+        self._tickets = Tickets()
 
     @classmethod
     def connect(
@@ -165,6 +168,8 @@ class ManagerClient:
                 return self._shards[self.routes.of_group(spec.id)]
             case GroupInfoOf() | CanRun() | TakeOut() | Throttled() | HandOver():
                 return self._shards[self.routes.of_group(op.group_id)]
+            case OutlookOf(group_id=group):
+                return self._shards[self.routes.of_pool(pool_of(group))]
             case FellBack(model=model):
                 return self._shards[self.routes.of_model(model)]
         raise ValueError(
@@ -193,10 +198,51 @@ class ManagerClient:
     async def can_group_run_immediately(self, group_id: str) -> bool:
         return await self.ask(CanRun(group_id))
 
-    async def can_run_immediately(self, model_id: str) -> bool:
-        """Would a call of ``model_id`` (on any server of its pool) get a slot now?"""
-        handle = self.handles[self.routes.of_model(model_id)]
-        return await unwrap(handle.can_run_immediately.remote(model_id))
+    async def can_run_immediately(
+        self, model_id: str, models: Mapping[str, ModelEntry] | None = None
+    ) -> bool:
+        """Would a call of ``model_id`` (on any server of its pool) get a slot now?
+        ``models`` as for :meth:`outlook`."""
+        return (await self.outlook(model_id, models=models)).runs_now
+
+    async def outlook(
+        self,
+        model_id: str,
+        options: CallOptions = DEFAULT_OPTIONS,
+        models: Mapping[str, ModelEntry] | None = None,
+    ) -> Outlook:
+        """What a new call of ``model_id`` at ``options`` would meet now: whether it runs
+        at once, the slots free, who waits by priority, its estimated wait. ``models``:
+        the registry to find it in (by default this client's settings'; a
+        providers.discovery.Catalog's to know the names the servers list)."""
+        return await self.ask(OutlookOf(await self._model_pool(model_id, models), options))
+
+    # -- slots by model id (see actors.tickets) --------------------------------------
+
+    async def acquire_slot(
+        self,
+        model_id: str,
+        options: CallOptions = DEFAULT_OPTIONS,
+        models: Mapping[str, ModelEntry] | None = None,
+    ) -> Ticket:
+        """Wait for a slot of ``model_id`` (of any server of its pool) and hold it until
+        :meth:`release_slot`; ``models`` as for :meth:`outlook`."""
+        pool = await self._model_pool(model_id, models)
+        group = pool[0] if len(pool) == 1 else pool
+        return await self._tickets.take(model_id, self.slot(group, options))
+
+    async def release_slot(self, ticket: Ticket) -> None:
+        """Give back the slot of a ticket :meth:`acquire_slot` gave this client; a ticket
+        released already, or another client's, raises TicketNotHeld and releases nothing."""
+        await self._tickets.give_back(ticket)
+
+    async def _model_pool(self, model_id: str, models: Mapping[str, ModelEntry] | None) -> Pool:
+        """The groups of ``model_id``'s servers, each known to its shard."""
+        specs = model_entry(self.routes.models if models is None else models, model_id).specs()
+        for spec in specs:
+            if spec.id not in self._shards[self.routes.of_group(spec.id)].groups:
+                await self.register(spec)
+        return tuple(spec.id for spec in specs)
 
     # -- slots -------------------------------------------------------------------
 

@@ -66,7 +66,7 @@ from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.queueview import QueueView
 from actors.reports import Observer, Recorder
 from actors.rotation import Out, least_busy, none_in_rotation
-from actors.stats import GroupInfo, QueuePosition, QueueStats
+from actors.stats import GroupInfo, Outlook, QueuePosition, QueueStats
 from actors.tally import ModelTally, Outcome
 from actors.timekeeper import Timekeeper
 from actors.waitqueue import Arrivals, grant_key, width
@@ -350,6 +350,9 @@ class SlotEngine:
 
     def can_run_immediately(self, group_id: str) -> bool:
         return self.holdings.room() and self.groups[group_id].fits_now(0, self.clock())
+
+    def outlook(self, group_id: str | Pool, options: CallOptions = DEFAULT_OPTIONS) -> Outlook:
+        return reports.outlook(self, pool_of(group_id), self.holdings.room_left(), options)
 
     def position(self, request_id: str) -> QueuePosition | None:
         return reports.position(self, request_id)

@@ -20,6 +20,7 @@ say what was wrong and what to do.
         ├── UnknownGroup
         ├── DuplicateLease
         ├── LeaseRetired            the lease id was cancelled or released before it arrived
+        ├── TicketNotHeld           a ticket released twice, or by a client that did not take it
         ├── QueueFull               the group's pending bound is reached
         ├── OutOfRotation           no server the call may use takes calls now
         ├── WaitTooLong             the wait would pass, or passed, the call's max_wait
@@ -223,6 +224,21 @@ class LeaseRetired(QueueError):
         return (
             f"lease id {self.lease_id!r} was cancelled or released before its acquire "
             "arrived; nothing was queued"
+        )
+
+
+class TicketNotHeld(QueueError):
+    """A ticket given back that its client does not hold (see actors.tickets)."""
+
+    def __init__(self, request_id: str, model: str) -> None:
+        super().__init__(request_id, model)
+        self.request_id = request_id
+        self.model = model
+
+    def __str__(self) -> str:
+        return (
+            f"the ticket of request {self.request_id!r} ({self.model}) is not held by this "
+            "client: released already, or taken by another one; nothing was released"
         )
 
 

@@ -300,8 +300,3 @@ def model_entry(models: Mapping[str, ModelEntry], model_id: str) -> ModelEntry:
     if slash and name and provider in DEFAULT_BASE_URLS:
         return ModelEntry(provider=Provider(provider), name=name)
     raise UnknownModel(model_id, tuple(models))
-
-
-def resolve_model(models: Mapping[str, ModelEntry], model_id: str) -> tuple[GroupSpec, ...]:
-    """The groups of the servers of ``model_id``: one, or a pool's."""
-    return model_entry(models, model_id).specs()

@@ -201,8 +201,13 @@ class Holdings:
 
     def room(self) -> bool:
         """Below the global cap, if there is one (this shard's part of it, if it has one)."""
+        left = self.room_left()
+        return left is None or left > 0
+
+    def room_left(self) -> int | None:
+        """The calls the global cap (this shard's part of it) lets start now; None: no cap."""
         limit = self._global_limit if self.allowance is None else self.allowance
-        return limit is None or self.total_active < limit
+        return None if limit is None else max(0, limit - self.total_active)
 
     def allow(self, slots: int, returning: int = 0, seen: int | None = None) -> list[Lease]:
         """This shard's part of the global cap is now ``slots``, of which ``returning`` go

@@ -59,12 +59,11 @@ from actors.callers import Caller
 from actors.capacity import CAPACITY, ShardCapacity
 from actors.engine import SlotEngine
 from actors.gate import SlotGate
-from actors.groups import resolve_model
 from actors.journal import Entries, FileStore, Journal, recorded
 from actors.mailbox import Delivery
 from actors.metrics import QueueMetrics
 from actors.names import HEAD_NODE, MANAGER_NAME, NAMESPACE, named_actor
-from actors.ops import CanRun, DropCaller, Op, Register, Unwatched, Watched
+from actors.ops import DropCaller, Op, Unwatched, Watched
 from actors.queueview import QueueView
 from actors.settings import Settings
 from actors.shards import Routes, shard_name
@@ -187,13 +186,6 @@ class ConcurrencyManager(LifelineHost):
         to, once that differs from ``known`` (or after ``wait`` seconds). Not in the control
         group: a call of every caller process waits here."""
         return await self._gate.next_in_line(caller, known, wait)
-
-    @ray.method(concurrency_group=CONTROL)
-    async def can_run_immediately(self, model_id: str) -> bool:
-        """Would a call of ``model_id`` (on any server of its pool) get a slot now?"""
-        specs = resolve_model(self._settings.models, model_id)
-        ops = [*(Register(spec) for spec in specs), *(CanRun(spec.id) for spec in specs)]
-        return any(answer is True for answer in self._gate.apply(ops)[len(specs) :])
 
     async def view(self, after: int = -1, first: int = 50, wait: float = 0.0) -> QueueView:
         """The queue as the queue page shows it, once it differs from version ``after``

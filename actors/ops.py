@@ -30,7 +30,7 @@ from actors.holdings import Want
 from actors.leases import Lease, TokensUsed
 from actors.lending import LentUse
 from actors.options import DEFAULT_OPTIONS, CallOptions
-from actors.stats import GroupInfo, QueuePosition, QueueStats
+from actors.stats import GroupInfo, Outlook, QueuePosition, QueueStats
 
 T = TypeVar("T", covariant=True)
 
@@ -253,6 +253,16 @@ class CanRun(Op[bool]):
 
     handler = "can_run_immediately"
     group_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutlookOf(Op[Outlook]):
+    """What a new call of ``group_id`` (a group, or a pool) at ``options`` would meet now:
+    whether it runs at once, the slots free, who waits, its wait (see reports.outlook)."""
+
+    handler = "outlook"
+    group_id: str | Pool
+    options: CallOptions = DEFAULT_OPTIONS
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,18 +10,21 @@ build the snapshots of :mod:`actors.stats` and :mod:`actors.queueview`.
 from __future__ import annotations
 
 import math
+import sys
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from actors.budget import Budget
 from actors.errors import WaitTooLong
+from actors.groups import Pool
 from actors.groupstate import Group, Waiter
 from actors.leases import LeaseTable
 from actors.options import CallOptions, flow_tenant
 from actors.queueview import GroupActivity, QueueView, WaitingCall
-from actors.stats import GroupStats, QueuePosition, QueueStats, percentile
+from actors.stats import GroupStats, Outlook, QueuePosition, QueueStats, percentile
 from actors.tally import ModelTally, Outcome
-from actors.waitqueue import GrantKey
+from actors.waitqueue import GrantKey, grant_key
 
 
 class HandOverCounts(Protocol):
@@ -194,6 +197,41 @@ def estimate(
     if group.budget is not None:
         waits.append(group.budget.wait_for(ahead + 1, tokens, now))
     return max(waits, default=None)
+
+
+def outlook(
+    engine: EngineState, pool: Pool, room_left: int | None, options: CallOptions
+) -> Outlook:
+    """What a new call of ``pool``'s groups at ``options`` would meet now (``room_left``:
+    the calls the global cap lets start, None: no cap): it would wait behind every call
+    asked so far at its priority and above, in the order grants follow (the fair share
+    among flows included)."""
+    now = engine.clock()
+    groups = [engine.groups[group_id] for group_id in pool]
+    waiting = {lease_id for group in groups for lease_id in group.queue.lease_ids()}
+    room = room_left is None or room_left > 0
+    runs_now = room and any(group.fits_now(options.tokens, now) for group in groups)
+    limits = [group.limit for group in groups]
+    free = None if None in limits else sum(max(0, (g.limit or 0) - g.active) for g in groups)
+    if room_left is not None:
+        free = room_left if free is None else min(free, room_left)
+    wait: float | None = 0.0
+    if not runs_now:
+        key = grant_key(options.priority, sys.maxsize, unit=sys.maxsize)
+        flow = options.flow or ""
+        waits = [
+            estimate(g, engine.global_limit, g.queue.ahead_of_new(key, flow), options.tokens, now)
+            for g in groups
+        ]
+        wait = min((w for w in waits if w is not None), default=None)
+    return Outlook(
+        groups=pool,
+        priority=options.priority,
+        runs_now=runs_now,
+        free=free,
+        waiting_by_priority=dict(Counter(engine.waiters[w].priority for w in waiting)),
+        estimated_wait_seconds=wait,
+    )
 
 
 def position(engine: EngineState, request_id: str) -> QueuePosition | None:

@@ -150,6 +150,22 @@ class QueuePosition(Snapshot):
     estimated_wait_seconds: float | None
 
 
+class Outlook(Snapshot):
+    """What a new call of a group or a pool (``groups``) at ``priority`` would meet now."""
+
+    groups: tuple[str, ...]
+    priority: int
+    # Whether it would start at once.
+    runs_now: bool
+    # Slots free now in all its groups, within the global cap; None: no limit.
+    free: int | None
+    # Calls waiting for its groups, by priority.
+    waiting_by_priority: dict[int, int]
+    # How long it would wait: 0 if it runs now; None until a slot of its groups was
+    # released (no hold time measured yet).
+    estimated_wait_seconds: float | None
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     """Nearest-rank percentile (``fraction`` 0.5 is the median); 0.0 for no values."""
     if not values:

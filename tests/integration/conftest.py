@@ -66,6 +66,21 @@ def ray_session(cluster: Nodes) -> None:
 ManagerFactory = Callable[..., ManagerClient]
 
 
+def manager_name() -> str:
+    """A name no other manager of the session has (the real name is a singleton)."""
+    return f"manager-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def manager_of(settings: Settings) -> Iterator[ManagerClient]:
+    """A manager of ``settings`` (each of its shards) under its own name, killed after."""
+    client = ManagerClient.create(settings, name=manager_name())
+    try:
+        yield client
+    finally:
+        client.kill()
+
+
 @pytest.fixture
 def make_manager(ray_session: None) -> Iterator[ManagerFactory]:
     """Start a manager under a unique name (the real name is a singleton); kill it after."""
@@ -73,7 +88,7 @@ def make_manager(ray_session: None) -> Iterator[ManagerFactory]:
 
     def make(*groups: GroupSpec, **queue: Any) -> ManagerClient:
         settings = Settings(queue=QueueSettings(**queue))
-        handle = get_or_create_manager(settings, name=f"manager-{uuid.uuid4().hex[:8]}")
+        handle = get_or_create_manager(settings, name=manager_name())
         handles.append(handle)
         for spec in groups:
             ray.get(handle.apply.remote([Register(spec)]))

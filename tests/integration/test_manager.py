@@ -8,8 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -19,7 +18,14 @@ import ray
 from ray import ObjectRef
 
 from actors.client import ManagerClient
-from actors.errors import AcquireTimeout, InvalidPriority, QueueFull, UnknownGroup, UnknownModel
+from actors.errors import (
+    AcquireTimeout,
+    InvalidPriority,
+    QueueFull,
+    TicketNotHeld,
+    UnknownGroup,
+    UnknownModel,
+)
 from actors.groups import ModelEntry
 from actors.leases import TokensUsed
 from actors.lending import Recall
@@ -37,6 +43,8 @@ from tests.integration.conftest import (
     REMOTE_API,
     ManagerFactory,
     active_is,
+    manager_name,
+    manager_of,
     pending_is,
     settled,
 )
@@ -360,7 +368,7 @@ async def test_a_holder_that_dies_with_the_manager_frees_its_restored_slot_withi
 
 
 async def test_a_killed_drivers_slot_and_waits_end_within_seconds(ray_session: None) -> None:
-    name = f"manager-{uuid.uuid4().hex[:8]}"
+    name = manager_name()
     handle = get_or_create_manager(Settings(), name=name)  # lease ttl 60 s
     client = ManagerClient(handle)
     await client.register(LOCAL_SERVER)
@@ -549,16 +557,60 @@ async def test_bad_requests_get_typed_errors_through_the_actor(
         await client.can_run_immediately("gpt-5")
 
 
-async def test_can_run_immediately_answers_for_a_model_id(ray_session: None) -> None:
-    settings = Settings(models={"gpt-oss:20b": ModelEntry(provider="ollama")})
-    handle = get_or_create_manager(settings, name=f"manager-{uuid.uuid4().hex[:8]}")
-    client = ManagerClient(handle)
-    try:
-        assert await client.can_run_immediately("gpt-oss:20b")
-        async with client.slot(LOCAL_SERVER.id):
-            assert not await client.can_run_immediately("gpt-oss:20b")
-    finally:
-        ray.kill(handle)
+# A model of the local server's group.
+MODELS = {"gpt-oss:20b": ModelEntry(provider="ollama")}
+
+
+class TicketHolder:
+    """A process that takes a slot of a model as a ticket, and keeps it."""
+
+    def __init__(self, client: ManagerClient) -> None:
+        self.client = client
+
+    async def take(self, model: str) -> str:
+        self.ticket = await self.client.acquire_slot(model)
+        return self.ticket.request_id
+
+
+@pytest.fixture
+def by_model(ray_session: None) -> Iterator[ManagerClient]:
+    with manager_of(Settings(models=MODELS)) as client:
+        yield client
+
+
+async def test_a_model_is_asked_for_by_id_and_its_slot_held_as_a_ticket_given_back_once(
+    by_model: ManagerClient,
+) -> None:
+    assert await by_model.can_run_immediately("gpt-oss:20b")
+
+    ticket = await by_model.acquire_slot("gpt-oss:20b", CallOptions(request_id="req-1"))
+
+    assert (ticket.request_id, ticket.group) == ("req-1", LOCAL_SERVER.id)
+    assert not await by_model.can_run_immediately("gpt-oss:20b")
+    outlook = await by_model.outlook("gpt-oss:20b", CallOptions(priority=7))
+    assert (outlook.runs_now, outlook.free, outlook.priority) == (False, 0, 7)
+    # Another client of the same manager holds no such ticket: nothing is released.
+    stranger = ManagerClient(*by_model.handles, routes=by_model.routes)
+    with pytest.raises(TicketNotHeld, match="not held by this client"):
+        await stranger.release_slot(ticket)
+    assert (await by_model.stats()).active_by_group == {LOCAL_SERVER.id: 1}
+    await by_model.release_slot(ticket)
+    with pytest.raises(TicketNotHeld, match="released already"):
+        await by_model.release_slot(ticket)
+    assert (await settled(by_model)).groups[LOCAL_SERVER.id].granted == 1
+
+
+async def test_a_process_killed_holding_a_ticket_gives_its_slot_back(
+    by_model: ManagerClient,
+) -> None:
+    holder = ray.remote(num_cpus=0)(TicketHolder).remote(by_model)
+    await holder.take.remote("gpt-oss:20b")
+    assert not await by_model.can_run_immediately("gpt-oss:20b")
+
+    ray.kill(holder)
+
+    stats = await settled(by_model)
+    assert stats.groups[LOCAL_SERVER.id].abandoned == 1
 
 
 DRIVER = """
@@ -573,7 +625,7 @@ print(ray.get(handle.apply.remote([Stats()]))[0].epoch)
 
 
 def test_get_if_exists_from_two_drivers_gives_the_same_manager(ray_session: None) -> None:
-    name = f"manager-{uuid.uuid4().hex[:8]}"
+    name = manager_name()
     address = ray.get_runtime_context().gcs_address
     handle = get_or_create_manager(Settings(queue=QueueSettings()), name=name)
     try:

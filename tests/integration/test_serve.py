@@ -295,6 +295,56 @@ async def test_a_tenant_is_served_at_its_ceiling_and_sees_and_calls_only_its_mod
     assert invalid.status_code == 422  # above 10 is invalid, not capped
 
 
+async def test_a_models_outlook_says_whether_a_call_runs_now_and_who_waits(
+    gateway: Gateway,
+) -> None:
+    """One slot, held; a priority-2 call waits. A new call at 9 would wait behind nobody,
+    at 1 behind the waiter, both for the slot the held call frees."""
+    async with gateway.client() as client, gateway.http() as http:
+        # The last test's slot back (a slot lent to the replica lingers idle a moment).
+        await eventually(lambda: _is(gateway.active, 0), "the slot free")
+        free = (await http.get("/v1/models/local")).raise_for_status().json()
+        RELEASE.clear()
+        try:
+            holder = asyncio.create_task(
+                client.chat.completions.create(model="local", messages=ask("hold"))
+            )
+            await eventually(lambda: _is(gateway.active, 1), "the held call to take the slot")
+            waiter = asyncio.create_task(
+                client.chat.completions.create(
+                    model="local", messages=ask("waits"), extra_headers={"X-Priority": "2"}
+                )
+            )
+            await eventually(lambda: _is(gateway.pending, 1), "the priority-2 call to wait")
+            high, low = [
+                (await http.get("/v1/models/local", params={"priority": p})).json()["outlook"]
+                for p in (9, 1)
+            ]
+        finally:
+            RELEASE.set()
+        await asyncio.gather(holder, waiter)
+        team = await http.get("/v1/models/local", headers={"Authorization": f"Bearer {TEAM_KEY}"})
+        other = await http.get(
+            f"/v1/models/{EMBEDDED_MODEL_ID}", headers={"Authorization": f"Bearer {TEAM_KEY}"}
+        )
+        unknown = await http.get("/v1/models/no-such-model")
+        invalid = await http.get("/v1/models/local", params={"priority": 11})
+
+    assert free["id"] == "local"
+    assert free["servers"][0]["group"] == gateway.group
+    assert (free["outlook"]["runs_now"], free["outlook"]["free"]) == (True, 1)
+    assert (high["runs_now"], high["free"], high["priority"]) == (False, 0, 9)
+    assert high["waiting_by_priority"] == low["waiting_by_priority"] == {"2": 1}
+    # Estimated from the calls that ended before (the warm-up's at least): at priority 1,
+    # the waiter's hold more.
+    assert high["estimated_wait_seconds"] > 0
+    assert low["estimated_wait_seconds"] == pytest.approx(2 * high["estimated_wait_seconds"])
+    assert team.json()["outlook"]["priority"] == 3  # the team's ceiling
+    assert other.status_code == unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "model_not_found"
+    assert invalid.status_code == 422
+
+
 async def test_at_one_priority_a_tenant_waits_beside_another_tenants_flood_not_behind_it(
     gateway: Gateway,
 ) -> None:
@@ -499,7 +549,7 @@ def test_schemathesis_with_every_check_finds_the_openapi_document_true(
     )
 
     assert run.returncode == 0, run.stdout[-20_000:] + run.stderr[-5_000:]
-    assert "Tested: 10" in run.stdout  # every operation of the document
+    assert "Tested: 11" in run.stdout  # every operation of the document
 
 
 async def test_a_path_without_the_method_answers_405_naming_all_its_methods(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -23,7 +22,7 @@ from actors.options import CallOptions
 from actors.settings import QueueSettings, ServeSettings, Settings
 from actors.shards import Routes, shard_name
 from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
-from tests.integration.conftest import active_is, pending_is, settled
+from tests.integration.conftest import active_is, manager_name, manager_of, pending_is, settled
 from tests.support.polling import eventually
 from tests.support.serve_app import ask, respond, serve_app
 
@@ -95,11 +94,10 @@ Capped = Callable[[int, int], Awaitable[ManagerClient]]
 
 @pytest.fixture
 def sharded(ray_session: None) -> Iterator[ManagerClient]:
-    """Two shards under a unique name, each group capped at LIMIT; killed after."""
+    """Two shards, each group capped at LIMIT."""
     queue = QueueSettings(shards=2, group_limits={A.id: LIMIT, B.id: LIMIT})
-    client = ManagerClient.create(Settings(queue=queue), name=f"manager-{uuid.uuid4().hex[:8]}")
-    yield client
-    client.kill()
+    with manager_of(Settings(queue=queue)) as client:
+        yield client
 
 
 async def test_each_group_is_decided_by_its_own_shard_and_the_stats_merge(
@@ -216,7 +214,7 @@ def capped(ray_session: None) -> Iterator[Capped]:
     async def make(cap: int, limit: int) -> ManagerClient:
         limits = {A.id: limit, B.id: limit}
         queue = QueueSettings(shards=2, concurrency=cap, group_limits=limits, lease_ttl_seconds=600)
-        client = ManagerClient.create(Settings(queue=queue), name=f"manager-{uuid.uuid4().hex[:8]}")
+        client = ManagerClient.create(Settings(queue=queue), name=manager_name())
         made.append(client)
         await client.register(A)
         await client.register(B)
@@ -309,7 +307,7 @@ async def test_a_shard_killed_under_a_global_cap_loses_no_slot_of_it_and_keeps_i
 
 
 async def test_the_running_manager_is_found_with_all_its_shards(ray_session: None) -> None:
-    name = f"manager-{uuid.uuid4().hex[:8]}"
+    name = manager_name()
     made = ManagerClient.create(Settings(queue=QueueSettings(shards=2)), name=name)
     try:
         await made.register(B)  # a group of the second shard

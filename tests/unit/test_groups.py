@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actors.errors import InvalidBaseURL, UnknownModel, UnknownProvider
-from actors.groups import ModelEntry, ResourceKind, classify, model_entry, resolve_model
+from actors.groups import ModelEntry, ResourceKind, classify, model_entry
 
 LOCAL, REMOTE_SERVER, REMOTE_API = (
     ResourceKind.LOCAL_SERVER,
@@ -115,15 +115,18 @@ def test_registry_maps_a_model_id_to_its_group() -> None:
         "claude-sonnet": ModelEntry(provider="anthropic"),
     }
 
-    assert resolve_model(models, "gpt-oss:20b")[0].id == "local-ollama-http://localhost:11434@gpu-a"
-    assert resolve_model(models, "claude-sonnet")[0].id == "remote-api-anthropic"
+    assert (
+        model_entry(models, "gpt-oss:20b").specs()[0].id
+        == "local-ollama-http://localhost:11434@gpu-a"
+    )
+    assert model_entry(models, "claude-sonnet").specs()[0].id == "remote-api-anthropic"
 
 
 def test_unknown_model_names_the_known_ones() -> None:
     models = {"b-model": ModelEntry(provider="openai"), "a-model": ModelEntry(provider="openai")}
 
     with pytest.raises(UnknownModel) as caught:
-        resolve_model(models, "gpt-5")
+        model_entry(models, "gpt-5").specs()
 
     assert str(caught.value).startswith(
         "unknown model 'gpt-5'; known models: 'a-model', 'b-model'. Name a model as provider/model"
@@ -136,11 +139,19 @@ def test_a_provider_slash_model_id_resolves_without_configuration() -> None:
     assert model_entry(models, "openai/gpt-4o-mini") == ModelEntry(
         provider="openai", name="gpt-4o-mini"
     )
-    assert resolve_model(models, "ollama/llama3.2")[0].id == "local-ollama-http://localhost:11434"
-    assert resolve_model(models, "lmstudio/qwen")[0].id == "local-lmstudio-http://localhost:1234"
+    assert (
+        model_entry(models, "ollama/llama3.2").specs()[0].id
+        == "local-ollama-http://localhost:11434"
+    )
+    assert (
+        model_entry(models, "lmstudio/qwen").specs()[0].id == "local-lmstudio-http://localhost:1234"
+    )
     # The registry comes first, also for ids with a slash.
-    assert resolve_model(models, "meta/llama")[0].id == "local-ollama-http://localhost:11434@gpu-a"
+    assert (
+        model_entry(models, "meta/llama").specs()[0].id
+        == "local-ollama-http://localhost:11434@gpu-a"
+    )
     # A provider without a usual address, or none at all, needs the registry.
     for model_id in ("openai-compatible/qwen", "vllm/qwen", "gpt-4o-mini/"):
         with pytest.raises(UnknownModel):
-            resolve_model(models, model_id)
+            model_entry(models, model_id).specs()
