@@ -300,3 +300,43 @@ def model_entry(models: Mapping[str, ModelEntry], model_id: str) -> ModelEntry:
     if slash and name and provider in DEFAULT_BASE_URLS:
         return ModelEntry(provider=Provider(provider), name=name)
     raise UnknownModel(model_id, tuple(models))
+
+
+def fallback_problem(models: Mapping[str, ModelEntry]) -> str | None:
+    """What is wrong with the models' fallbacks, if anything: each must name a model there
+    is (not the one it is for), and following fallbacks from any model must never come
+    back to it."""
+    for model_id, entry in models.items():
+        for n, fallback in enumerate(entry.fallbacks):
+            where = f"models.{model_id}.fallbacks.{n}"
+            if fallback == model_id:
+                return f"{where} names the model itself"
+            try:
+                model_entry(models, fallback)
+            except UnknownModel as exc:
+                return f"{where}: {exc}"
+    if (cycle := _fallback_cycle(models)) is not None:
+        return f"models' fallbacks go round: {' -> '.join(cycle)}"
+    return None
+
+
+def _fallback_cycle(models: Mapping[str, ModelEntry]) -> list[str] | None:
+    """Models whose fallbacks lead back to the first of them (named again at the end), if
+    any do."""
+    done: set[str] = set()
+
+    def visit(model: str, path: list[str]) -> list[str] | None:
+        if model in path:
+            return [*path[path.index(model) :], model]
+        if model in done or model not in models:
+            return None
+        for fallback in models[model].fallbacks:
+            if (cycle := visit(fallback, [*path, model])) is not None:
+                return cycle
+        done.add(model)
+        return None
+
+    for model in models:
+        if (cycle := visit(model, [])) is not None:
+            return cycle
+    return None

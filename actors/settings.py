@@ -6,8 +6,8 @@ nests), the YAML file, the defaults here. The file is the ``path`` given to
 validated at load and frozen; a bad value fails with the field's dotted name.
 
 This module holds :class:`Settings`, its sections, the rules that span sections
-(one limit and one weight per server, fallbacks known and acyclic) and
-:func:`load_settings`. Two parts live next door, and are imported from here as
+(one limit and one weight per server; fallbacks known and acyclic, as
+:func:`actors.groups.fallback_problem` says) and :func:`load_settings`. Two parts live next door, and are imported from here as
 before: the HTTP endpoint's section, with its tenants and their rules
 (:mod:`actors.servesettings`), and reading the file and wording its errors
 (:mod:`actors.settingsfile`).
@@ -15,7 +15,7 @@ before: the HTTP endpoint's section, with its tenants and their rules
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -33,8 +33,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from actors.budget import BudgetLimits
-from actors.errors import ConfigError, UnknownModel
-from actors.groups import ModelEntry, Provider, ServerEntry, model_entry
+from actors.errors import ConfigError
+from actors.groups import ModelEntry, Provider, ServerEntry, fallback_problem
 from actors.servesettings import ServeSettings, TenantSettings
 from actors.settingsfile import describe, read_source
 
@@ -305,19 +305,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fallbacks_known_and_acyclic(self) -> Settings:
-        """A fallback names a model there is (not the one it is for), and following
-        fallbacks from any model never comes back to it."""
-        for model_id, entry in self.models.items():
-            for n, fallback in enumerate(entry.fallbacks):
-                where = f"models.{model_id}.fallbacks.{n}"
-                if fallback == model_id:
-                    raise ValueError(f"{where} names the model itself")
-                try:
-                    model_entry(self.models, fallback)
-                except UnknownModel as exc:
-                    raise ValueError(f"{where}: {exc}") from None
-        if (cycle := _fallback_cycle(self.models)) is not None:
-            raise ValueError(f"models' fallbacks go round: {' -> '.join(cycle)}")
+        if (problem := fallback_problem(self.models)) is not None:
+            raise ValueError(problem)
         return self
 
     def group_limits(self) -> dict[str, int | None]:
@@ -362,28 +351,6 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The YAML file arrives as init kwargs; the environment overrides it.
         return (env_settings, init_settings)
-
-
-def _fallback_cycle(models: Mapping[str, ModelEntry]) -> list[str] | None:
-    """Models whose fallbacks lead back to the first of them (named again at the end), if
-    any do."""
-    done: set[str] = set()
-
-    def visit(model: str, path: list[str]) -> list[str] | None:
-        if model in path:
-            return [*path[path.index(model) :], model]
-        if model in done or model not in models:
-            return None
-        for fallback in models[model].fallbacks:
-            if (cycle := visit(fallback, [*path, model])) is not None:
-                return cycle
-        done.add(model)
-        return None
-
-    for model in models:
-        if (cycle := visit(model, [])) is not None:
-            return cycle
-    return None
 
 
 def load_settings(path: str | Path | None = None) -> Settings:
