@@ -7,8 +7,9 @@ validated at load and frozen; a bad value fails with the field's dotted name.
 
 This module holds :class:`Settings`, its sections, the rules that span sections
 (one limit and one weight per server; fallbacks known and acyclic, as
-:func:`actors.groups.fallback_problem` says) and :func:`load_settings`. Two parts live next door, and are imported from here as
-before: the HTTP endpoint's section, with its tenants and their rules
+:func:`actors.groups.fallback_problem` says) and :func:`load_settings`. Two
+parts live next door, and are imported from here as before: the HTTP
+endpoint's section, with its tenants and their rules
 (:mod:`actors.servesettings`), and reading the file and wording its errors
 (:mod:`actors.settingsfile`).
 """
