@@ -210,6 +210,15 @@ class PipelineSettings(BaseModel):
         description="Whether its calls use the response cache: a rerun of a finished "
         "job then takes no backend call.",
     )
+    transcripts: bool = Field(
+        default=False,
+        description="Write, beside a run's results (`<out>.transcript.jsonl`), one JSON "
+        "line per backend call: who asked, where it went, its wait, time, tokens, outcome.",
+    )
+    transcripts_text: bool = Field(
+        default=True,
+        description="Whether a transcript line holds the call's messages and its answer.",
+    )
 
 
 class TelemetrySettings(BaseModel):

@@ -3,6 +3,7 @@
 python -m pipelines run INPUT.jsonl --out OUT.jsonl   the plateau job
 python -m pipelines stats [--watch [SECONDS]]          the queue of a running cluster
 python -m pipelines demo                              the seed's scenario through a manager
+python -m pipelines transcript OUT.jsonl [--service ID]  a run's calls, one JSON line each
 
 Exit status of ``run``: 0 when every service has an ok record, 1 when a
 service failed or an input line was bad (the rest still ran), 2 for unusable
@@ -64,6 +65,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--address", help="Ray cluster to join (default: start an embedded local Ray)"
     )
     demo.add_argument("--config", help="raygate settings YAML (default: $RAYGATE_CONFIG)")
+    transcript = commands.add_parser(
+        "transcript", help="print the transcript of a run (with pipeline.transcripts: true)"
+    )
+    transcript.add_argument("out", type=Path, help="the run's results file (its --out)")
+    transcript.add_argument("--service", metavar="ID", help="only the calls of this service")
     return parser.parse_args(argv)
 
 
@@ -73,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return show_stats(args.address, args.watch)
     if args.command == "demo":
         return run_demo(args.address, args.config)
+    if args.command == "transcript":
+        return show_transcript(args.out, args.service)
     return run_job(args)
 
 
@@ -148,6 +156,23 @@ def show_stats(address: str, every: float | None) -> int:
                 time.sleep(every)
         except KeyboardInterrupt:
             return 0
+
+
+def show_transcript(out: Path, service: str | None) -> int:
+    from pipelines.transcripts import TranscriptFile, transcript_path
+
+    transcript = TranscriptFile(transcript_path(out))
+    if not transcript.path.exists():
+        print(
+            f"raygate: no transcript at {transcript.path}: runs write one with "
+            "pipeline.transcripts: true (RAYGATE_PIPELINE__TRANSCRIPTS=true)",
+            file=sys.stderr,
+        )
+        return 2
+    for line in transcript.read():
+        if service is None or line.service_id == service:
+            print(line.model_dump_json())
+    return 0
 
 
 def run_demo(address: str | None, config: str | None) -> int:

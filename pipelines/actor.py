@@ -21,6 +21,7 @@ from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.settings import PipelineSettings
 from pipelines.chain import Span, together
 from pipelines.plateau import PlateauJob, Service, ServiceRecord
+from pipelines.transcripts import TranscriptLine, transcribed
 from providers.client import ModelProvider
 from providers.models import ChatRequest, ChatResponse
 
@@ -57,6 +58,16 @@ class ServiceDone:
 
 
 @dataclass(frozen=True)
+class Transcribed:
+    """A call ended, as its transcript says (with ``pipeline.transcripts``)."""
+
+    line: TranscriptLine
+
+
+RunEvent = CallDone | ServiceDone | Transcribed
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """Everything one run needs besides its services. ``model``: the name the backend
     is asked for; ``asking``: the priority of the run's calls and whose they are (flow
@@ -82,13 +93,15 @@ class PipelineActor:
         self._sequential = spec.sequential
         self._group: str | None = None
         self._calls: list[CallRecord] = []
-        self._events: asyncio.Queue[CallDone | ServiceDone] | None = None
+        self._events: asyncio.Queue[RunEvent] | None = None
         self._job = PlateauJob(self._ask, spec.settings, spec.model, sequential=spec.sequential)
+        self._transcripts = spec.settings.transcripts
+        self._transcripts_text = spec.settings.transcripts_text
 
-    async def run(self, services: Sequence[Service]) -> AsyncIterator[CallDone | ServiceDone]:
+    async def run(self, services: Sequence[Service]) -> AsyncIterator[RunEvent]:
         """Call as ``actor.run.options(num_returns="streaming").remote(services)``."""
         self._group = await self._provider.group_id()
-        events: asyncio.Queue[CallDone | ServiceDone] = asyncio.Queue()
+        events: asyncio.Queue[RunEvent] = asyncio.Queue()
         self._events = events
 
         async def one(service: Service) -> None:
@@ -104,6 +117,8 @@ class PipelineActor:
                 done += isinstance(event, ServiceDone)
                 yield event
             await runner
+            while not events.empty():  # what calls cancelled last sent on their way out
+                yield events.get_nowait()
         finally:
             # Cancelled (the caller stopped reading): cancel the services' calls, which
             # cancels them in the provider actors too, before this run ends.
@@ -131,9 +146,11 @@ class PipelineActor:
             # Cancelled (a sibling call of the service failed, the run was cancelled):
             # the provider's call is cancelled too, and leaves the queue or its slot.
             response = await self._provider.chat(request, options)
-        except BaseException:
+        except BaseException as stopped:
             self._calls.append(call)
+            self._transcribe(request, options, stopped)
             raise
+        self._transcribe(request, options, response)
         self._calls.append(
             replace(
                 call,
@@ -148,6 +165,15 @@ class PipelineActor:
         if self._events is not None:
             self._events.put_nowait(CallDone(labels.stage, service_id))
         return response
+
+    def _transcribe(
+        self, request: ChatRequest, options: CallOptions, ended: ChatResponse | BaseException
+    ) -> None:
+        if self._transcripts and self._events is not None:
+            line = transcribed(
+                request, options, self._group or "", ended, text=self._transcripts_text
+            )
+            self._events.put_nowait(Transcribed(line))
 
     def calls(self) -> list[CallRecord]:
         return list(self._calls)
@@ -175,7 +201,7 @@ class PipelineRun:
         )
         return cls(handle)
 
-    async def events(self, services: Sequence[Service]) -> AsyncIterator[CallDone | ServiceDone]:
+    async def events(self, services: Sequence[Service]) -> AsyncIterator[RunEvent]:
         stream = self.handle.run.options(num_returns="streaming").remote(list(services))
         # Left early, the run cancels its provider calls before anyone ends its actor:
         # calls whose caller was killed would run on for nobody.

@@ -19,6 +19,7 @@ from pipelines.chain import Span
 from pipelines.plateau import Service, ServiceRecord
 from pipelines.results import ResultsFile
 from pipelines.timeline import peak_overlap
+from pipelines.transcripts import TranscriptFile, transcript_path
 from providers.discovery import Catalog
 from providers.errors import ProviderActorLost
 from providers.routing import provider_for_model
@@ -175,6 +176,7 @@ async def run_pipeline(
         )
     )
     progress = progress or progress_for(len(services), job, progress_out)
+    transcript = TranscriptFile(transcript_path(results.path)) if job.transcripts else None
     records: list[ServiceRecord] = []
     started = time.monotonic()
     try:
@@ -185,6 +187,8 @@ async def run_pipeline(
                 results.append(event.record)
                 records.append(event.record)
                 progress.service(event.record)
+            elif transcript is not None:
+                transcript.append(event.line)
         calls = await run.calls()
         spans = await run.spans()
         try:

@@ -35,6 +35,7 @@ from actors.settings import Settings
 from pipelines.job import progress_for, run_pipeline
 from pipelines.plateau import Service, ServiceRecord
 from pipelines.results import ResultsFile
+from pipelines.transcripts import TranscriptFile, TranscriptLine, transcript_path
 
 JobState = Literal["running", "finished", "failed", "cancelled"]
 
@@ -136,6 +137,10 @@ class PipelineJob:
     async def records(self) -> list[ServiceRecord]:
         return list(self._results.load().values())
 
+    async def transcript(self) -> list[TranscriptLine]:
+        """Its calls so far (none unless ``pipeline.transcripts``)."""
+        return TranscriptFile(transcript_path(self._results.path)).read()
+
     async def cancel(self) -> JobStatus:
         """Cancel a running run and wait until its calls are cancelled."""
         if not self._done.is_set():
@@ -207,6 +212,10 @@ class PipelineJobClient:
     async def records(self) -> list[ServiceRecord]:
         records: list[ServiceRecord] = await unwrap(self.handle.records.remote())
         return records
+
+    async def transcript(self) -> list[TranscriptLine]:
+        lines: list[TranscriptLine] = await unwrap(self.handle.transcript.remote())
+        return lines
 
     async def cancel(self) -> JobStatus:
         status: JobStatus = await unwrap(self.handle.cancel.remote())

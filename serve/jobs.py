@@ -1,5 +1,6 @@
 """Pipeline jobs over HTTP: ``POST /v1/pipelines`` starts a run of the plateau job,
-``GET /v1/pipelines/{id}`` and ``/results`` read it, ``DELETE`` cancels it.
+``GET /v1/pipelines/{id}``, ``/results`` and ``/transcript`` read it, ``DELETE``
+cancels it.
 
 Each run is an actor of its own (see :mod:`pipelines.submitted`), so it outlives
 the replica that started it. A run is its tenant's: another tenant's key gets
@@ -68,6 +69,24 @@ async def pipeline_results(job: TenantsJob) -> StreamingResponse:
     """The records written so far, one JSON line each."""
     records = await job.records()
     lines = (record.model_dump_json() + "\n" for record in records)
+    return StreamingResponse(lines, media_type="application/x-ndjson")
+
+
+@router.get(
+    "/v1/pipelines/{job_id}/transcript",
+    response_model=None,
+    responses={
+        200: {
+            "description": "One JSON line for each backend call that ended so far (none "
+            "unless pipeline.transcripts is on).",
+            "content": {"application/x-ndjson": {}},
+        },
+        **documented(404, 422),
+    },
+)
+async def pipeline_transcript(job: TenantsJob) -> StreamingResponse:
+    """The run's calls that ended so far, one JSON line each (see pipelines.transcripts)."""
+    lines = (line.model_dump_json() + "\n" for line in await job.transcript())
     return StreamingResponse(lines, media_type="application/x-ndjson")
 
 

@@ -228,6 +228,18 @@ def run_cli(
 SERVICES = [
     Service(id=f"svc-{i}", name=f"Service {i}", description=f"Does thing {i}.") for i in range(3)
 ]
+TRANSCRIPTS = {"RAYGATE_PIPELINE__TRANSCRIPTS": "true"}
+
+
+def transcript(out: Path, *only: str) -> list[dict[str, Any]]:
+    """The run's transcript as ``python -m pipelines transcript`` prints it."""
+    printed = subprocess.run(
+        [sys.executable, "-m", "pipelines", "transcript", str(out), *only],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [json.loads(line) for line in printed.stdout.splitlines()]
 
 
 def test_queue_on_and_off_write_identical_files(backend: FakeLLMServer, tmp_path: Path) -> None:
@@ -279,6 +291,7 @@ def test_killed_run_resumes_and_every_service_appears_once(
         cli(str(services), "--out", str(out), "--config", str(config), "--address", address),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **TRANSCRIPTS},
     )
     deadline = time.monotonic() + 120
     while not (out.exists() and out.read_text().count("\n") >= 1):
@@ -290,13 +303,17 @@ def test_killed_run_resumes_and_every_service_appears_once(
     written_before = len(records(out))
     assert 1 <= written_before < len(many)
 
-    second = run_cli(services, out, config)
+    second = run_cli(services, out, config, **TRANSCRIPTS)
 
     assert second.returncode == 0, second.stderr
     assert f"{written_before} already done" in second.stdout
     ids = [r["service_id"] for r in records(out)]
     assert ids == [s.id for s in many]
     assert all(r["status"] == "ok" for r in records(out))
+    # The resumed run appended to the transcript the first one began (a line the kill
+    # tore is left out): each service's calls answered there.
+    answered = {line["service_id"] for line in transcript(out) if line["outcome"] == "ok"}
+    assert answered == set(ids)
 
 
 def test_bad_lines_are_reported_and_a_failing_service_is_recorded(
@@ -318,6 +335,32 @@ def test_bad_lines_are_reported_and_a_failing_service_is_recorded(
     assert by_id["svc-good"]["status"] == "ok"
     assert by_id["svc-broken"]["status"] == "failed"
     assert "backend exploded (HTTP 500)" in by_id["svc-broken"]["error"]
+
+
+def test_a_runs_transcript_has_a_line_for_each_call_with_its_messages_and_outcome(
+    backend: FakeLLMServer, tmp_path: Path
+) -> None:
+    good, broken = Service(id="svc-good", name="Good"), Service(id="svc-broken", name="Broken")
+    services = write_services(tmp_path / "in.jsonl", [good, broken])
+    config = write_config(tmp_path / "raygate.yaml", backend)
+    out = tmp_path / "out.jsonl"
+
+    result = run_cli(services, out, config, **TRANSCRIPTS)
+
+    assert result.returncode == 1  # the broken service failed
+    lines = transcript(out)
+    good_lines = [line for line in lines if line["service_id"] == "svc-good"]
+    asked_of_good = [b for b in backend.bodies if "Service: Good" in json.dumps(b["messages"])]
+    assert len(good_lines) == len(asked_of_good)  # one line a call, none of them retried
+    assert {line["outcome"] for line in good_lines} == {"ok"}
+    assert {line["group"] for line in good_lines} == {group_of(backend)}
+    assert len({line["request_id"] for line in lines}) == len(lines)
+    assert all(line["messages"] and line["answer"] for line in good_lines)
+    assert all(line["input_tokens"] == 11 for line in good_lines)
+    broken_lines = transcript(out, "--service", "svc-broken")
+    assert broken_lines == [line for line in lines if line["service_id"] == "svc-broken"]
+    assert all(line["outcome"] != "ok" for line in broken_lines)
+    assert any("backend exploded" in (line["error"] or "") for line in broken_lines)
 
 
 def test_the_custom_chain_example_runs_its_own_stages(

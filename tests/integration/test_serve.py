@@ -84,7 +84,11 @@ def gateway(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 queue=QueueSettings(max_pending_per_group=MAX_PENDING),
                 # Jobs over HTTP call the backend each time (their tests count calls).
                 pipeline=PipelineSettings(
-                    model="local", plateaus=1, mapping_types=("data",), cache=False
+                    model="local",
+                    plateaus=1,
+                    mapping_types=("data",),
+                    cache=False,
+                    transcripts=True,
                 ),
                 serve=ServeSettings(
                     api_keys=(SecretStr(KEY),),
@@ -549,7 +553,7 @@ def test_schemathesis_with_every_check_finds_the_openapi_document_true(
     )
 
     assert run.returncode == 0, run.stdout[-20_000:] + run.stderr[-5_000:]
-    assert "Tested: 11" in run.stdout  # every operation of the document
+    assert "Tested: 12" in run.stdout  # every operation of the document
 
 
 async def test_a_path_without_the_method_answers_405_naming_all_its_methods(
@@ -606,6 +610,7 @@ async def test_a_pipeline_job_over_http_runs_to_the_end(gateway: Gateway) -> Non
         await eventually(lambda: ended(file_job), "the file's job to end")
         status = (await http.get(f"/v1/pipelines/{job}")).json()
         results = await http.get(f"/v1/pipelines/{job}/results")
+        transcript = await http.get(f"/v1/pipelines/{job}/transcript")
         from_file_results = await http.get(f"/v1/pipelines/{file_job}/results")
         refused = [
             await http.post("/v1/pipelines", json=body)
@@ -624,6 +629,14 @@ async def test_a_pipeline_job_over_http_runs_to_the_end(gateway: Gateway) -> Non
     records = [json.loads(line) for line in results.text.splitlines()]
     assert sorted(r["service_id"] for r in records) == ["svc-0", "svc-1"]
     assert all(r["status"] == "ok" for r in records)
+    # One line per call: an ambition, features and a mapping for each service.
+    calls = [json.loads(line) for line in transcript.text.splitlines()]
+    assert sorted((c["service_id"], c["stage"]) for c in calls) == [
+        (service, stage)
+        for service in ("svc-0", "svc-1")
+        for stage in ("ambitions", "features", "mappings")
+    ]
+    assert {(c["run"], c["priority"], c["outcome"]) for c in calls} == {(job, 7, "ok")}
     assert [json.loads(line)["service_id"] for line in from_file_results.text.splitlines()] == [
         "svc-f"
     ]
