@@ -75,6 +75,11 @@ class TenantSettings(BaseModel):
         description="Its requests waiting or running at once; over them: 429. Each of "
         "`serve.replicas` admits its equal share (rounded down).",
     )
+    max_jobs: PositiveInt | None = Field(
+        default=None,
+        description="Its pipeline jobs running at once; a job submitted or retried over "
+        "them: 429. None: no bound.",
+    )
 
     sees_all: bool = Field(
         default=False,
@@ -149,11 +154,14 @@ class ServeSettings(BaseModel):
     )
     results_dir: Path = Field(
         default=Path(tempfile.gettempdir()) / "raygate-results",
-        description="Each HTTP pipeline job's records go to `<results_dir>/<id>.jsonl` "
-        "on the node that runs it.",
+        description="Each HTTP pipeline job's files: its record (`<id>.job.json`), input, "
+        "results (`<id>.jsonl`) and transcript, written as it runs, on the node that "
+        "runs it; a folder every replica's node sees (the head's, or shared storage).",
     )
     job_retention_seconds: float = Field(
-        default=3600.0, gt=0, description="A finished job is kept this long for its status."
+        default=3600.0,
+        gt=0,
+        description="A finished job's actor is kept this long; its files stay after.",
     )
 
     @model_validator(mode="after")

@@ -7,7 +7,8 @@ errors cross from the pipeline actor to the driver.
     └── PipelineError
         ├── InvalidOutput       a stage got no valid answer in its attempts
         ├── ResultsFileError    the output file holds a line that is not a raygate result
-        └── UnusablePath        an input or output path the job cannot use
+        ├── UnusablePath        an input or output path the job cannot use
+        └── JobNotRetried       a job over HTTP asked to run again while it runs, or when done
 """
 
 from __future__ import annotations
@@ -55,3 +56,12 @@ class UnusablePath(PipelineError):
 
     def __str__(self) -> str:
         return f"{self.role} {self.path}: {self.reason}"
+
+
+class JobNotRetried(PipelineError):
+    def __init__(self, job_id: str, why: str) -> None:
+        super().__init__(job_id, why)
+        self.job_id, self.why = job_id, why
+
+    def __str__(self) -> str:
+        return f"pipeline job {self.job_id!r} is not run again: {self.why}"

@@ -64,11 +64,13 @@ MEANINGS = {
         "No such model, pipeline job, waiting request or input file; or no queue "
         "(queue.enabled false)."
     ),
+    409: "A pipeline job asked to run again while it runs, or once every service finished.",
     413: "The request body is over serve.max_body_bytes.",
     422: "A malformed body, field or header; the message names it.",
     429: (
-        "The model's queue is full or the wait timed out, the backend's rate limit, or "
-        "too many wrong API keys from this client; Retry-After says when to try again."
+        "The model's queue is full or the wait timed out, the backend's rate limit, the "
+        "tenant's max_jobs running, or too many wrong API keys from this client; "
+        "Retry-After says when to try again."
     ),
     502: "The backend answered with an error or with an answer that is not its format.",
     503: (

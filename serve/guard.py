@@ -35,11 +35,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from actors.client import ManagerClient
 from actors.settings import Settings
-from pipelines.submitted import PipelineJobClient
+from pipelines.submitted import SubmittedJob
 from serve.errors import HTTPAnswer, Refused, retry_after
 from serve.page import PAGE_HEADER, SECURITY_HEADERS, login_page
 from serve.replica import ThisReplica, replica_of
-from serve.tenants import Tenant, may_use, no_such_model, owner_of
+from serve.tenants import Tenant, jobs_owner, may_use, no_such_model
 from serve.wire import error
 
 # Routes anyone may call: a load balancer's health checks, the page's login and files.
@@ -162,11 +162,13 @@ def check_model(tenant: Tenant | None, model: str) -> None:
 TenantAsking = Annotated[Tenant | None, Depends(tenant_asking)]
 
 
-async def tenants_job(job_id: str, tenant: TenantAsking) -> PipelineJobClient:
-    """The pipeline job ``job_id``, if it is the asking tenant's to see."""
-    job = PipelineJobClient.find(job_id, owner_of(tenant))
+async def tenants_job(job_id: str, tenant: TenantAsking, replica: ThisReplica) -> SubmittedJob:
+    """The pipeline job ``job_id``, if it is the asking tenant's to see (a key that sees
+    all sees every tenant's)."""
+    folder = replica.settings.serve.results_dir
+    job = SubmittedJob.find(folder, job_id, jobs_owner(tenant))
     if job is None:
-        message = f"no pipeline job {job_id!r} (unknown, or ended longer ago than it is kept)"
+        message = f"no pipeline job {job_id!r}"
         raise Refused(
             HTTPAnswer(404, error(message, "invalid_request_error", code="job_not_found"))
         )
@@ -181,5 +183,5 @@ async def manager_present(replica: ThisReplica) -> ManagerClient:
     return replica.manager
 
 
-TenantsJob = Annotated[PipelineJobClient, Depends(tenants_job)]
+TenantsJob = Annotated[SubmittedJob, Depends(tenants_job)]
 PresentManager = Annotated[ManagerClient, Depends(manager_present)]

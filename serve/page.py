@@ -33,7 +33,8 @@ from pydantic import SecretStr
 
 from actors.client import ManagerClient
 from actors.queueview import QueueView
-from pipelines.submitted import JobStatus, PipelineJobClient
+from pipelines.jobrecords import JobStatus
+from pipelines.submitted import PipelineJobClient
 
 COOKIE = "raygate_session"
 PAGE_HEADER = "x-raygate-page"

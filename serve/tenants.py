@@ -132,6 +132,12 @@ def owner_of(tenant: Tenant | None) -> str:
     return tenant.name if tenant is not None else ""
 
 
+def jobs_owner(tenant: Tenant | None) -> str | None:
+    """Whose pipeline jobs ``tenant`` sees and may cancel or retry: its own, or every
+    tenant's (None) for a tenant that sees all, or anyone with ``serve.auth`` off."""
+    return None if sees_all(tenant) else owner_of(tenant)
+
+
 def no_such_model(model: str) -> str:
     """What a tenant that may not call ``model`` is told: what OpenAI says of a model that
     does not exist or that the key has no access to."""

@@ -42,6 +42,9 @@ KEY = "sk-test-raygate"
 TEAM_KEY = "sk-test-team-a"
 # A tenant with a quota: 3 requests a minute, 1 at once.
 QUOTA_KEY = "sk-test-quota"
+# A tenant with no bounds; and one that runs one pipeline job at a time.
+TEAM_B_KEY = "sk-test-team-b"
+ONE_JOB_KEY = "sk-test-one-job"
 MAX_PENDING = 100
 
 
@@ -97,6 +100,8 @@ def gateway(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
                             keys=(SecretStr(TEAM_KEY),), max_priority=3, models=("local",)
                         ),
                         "quota": TenantSettings(keys=(SecretStr(QUOTA_KEY),), rpm=3, max_pending=1),
+                        "team-b": TenantSettings(keys=(SecretStr(TEAM_B_KEY),)),
+                        "one-job": TenantSettings(keys=(SecretStr(ONE_JOB_KEY),), max_jobs=1),
                     },
                     max_body_bytes=64 * 1024,
                     data_dir=data,
@@ -553,7 +558,7 @@ def test_schemathesis_with_every_check_finds_the_openapi_document_true(
     )
 
     assert run.returncode == 0, run.stdout[-20_000:] + run.stderr[-5_000:]
-    assert "Tested: 12" in run.stdout  # every operation of the document
+    assert "Tested: 14" in run.stdout  # every operation of the document
 
 
 async def test_a_path_without_the_method_answers_405_naming_all_its_methods(
@@ -646,6 +651,102 @@ async def test_a_pipeline_job_over_http_runs_to_the_end(gateway: Gateway) -> Non
     assert unknown.status_code == 404
 
 
+async def job_ended(http: httpx.AsyncClient, job: str) -> dict[str, Any]:
+    """The job's status once it is no longer running."""
+
+    async def ended() -> bool:
+        return bool((await http.get(f"/v1/pipelines/{job}")).json()["state"] != "running")
+
+    await eventually(ended, f"job {job} to end")
+    status: dict[str, Any] = (await http.get(f"/v1/pipelines/{job}")).json()
+    return status
+
+
+async def test_a_job_whose_actor_died_fails_naming_why_and_its_retry_keeps_what_finished(
+    gateway: Gateway,
+) -> None:
+    """A quick service, then two slow ones (2 s a call); the job's actor killed once the
+    quick one's record is written: the job answers from its record, and a retry runs the
+    two others only."""
+    services = [
+        {"id": "quick", "name": "Quick"},
+        {"id": "slow-1", "name": "Slowpoke 1"},
+        {"id": "slow-2", "name": "Slowpoke 2"},
+    ]
+    async with gateway.http() as http:
+        job = (await http.post("/v1/pipelines", json={"services": services})).json()["id"]
+
+        async def quick_written() -> bool:
+            return "quick" in (await http.get(f"/v1/pipelines/{job}/results")).text
+
+        await eventually(quick_written, "the quick service's record")
+        asked_of_quick = _asked(gateway, "Service: Quick")
+        ray.kill(ray.get_actor(f"pipeline-job:default:{job}", namespace=NAMESPACE))
+        died = await job_ended(http, job)
+        retried = await http.post(f"/v1/pipelines/{job}/retry")
+        again = await job_ended(http, job)
+        results = await http.get(f"/v1/pipelines/{job}/results")
+        once_more = await http.post(f"/v1/pipelines/{job}/retry")
+
+    assert died["state"] == "failed"
+    assert "actor is gone" in died["error"]
+    assert retried.status_code == 202
+    assert (retried.json()["retries"], retried.json()["services"]["total"]) == (1, 2)
+    assert (again["state"], again["failed_services"]) == ("finished", 0)
+    written = [json.loads(line) for line in results.text.splitlines()]
+    assert sorted(r["service_id"] for r in written) == ["quick", "slow-1", "slow-2"]
+    assert _asked(gateway, "Service: Quick") == asked_of_quick  # not run again
+    assert once_more.status_code == 409
+    assert once_more.json()["error"]["code"] == "job_not_retried"
+
+
+async def test_jobs_are_listed_by_tenant_and_a_key_that_sees_all_sees_and_cancels_each(
+    gateway: Gateway,
+) -> None:
+    slow = [{"id": "slow-t", "name": "Slowpoke t"}]
+    async with gateway.http(TEAM_B_KEY) as team, gateway.http() as operator:
+        first = (await team.post("/v1/pipelines", json={"services": slow})).json()["id"]
+        second = (await team.post("/v1/pipelines", json={"services": slow})).json()["id"]
+        theirs = (await team.get("/v1/pipelines")).json()
+        page = (await operator.get("/v1/pipelines", params={"limit": 1})).json()
+        next_page = await operator.get(
+            "/v1/pipelines", params={"limit": 1, "after": page["data"][0]["id"]}
+        )
+        seen = await operator.get(f"/v1/pipelines/{first}")
+        cancelled = [await operator.delete(f"/v1/pipelines/{j}") for j in (first, second)]
+        shown_to_team = (await team.get(f"/v1/pipelines/{first}")).json()
+
+    assert [j["id"] for j in theirs["data"]] == [second, first]  # the newest first
+    assert theirs["has_more"] is False
+    assert page["has_more"] is True
+    assert [j["id"] for j in page["data"]] == [second]
+    assert [j["id"] for j in next_page.json()["data"]] == [first]
+    assert seen.status_code == 200
+    assert [r.json()["state"] for r in cancelled] == ["cancelled", "cancelled"]
+    assert shown_to_team["state"] == "cancelled"
+
+
+async def test_a_tenant_at_its_max_jobs_gets_429_until_one_ends(gateway: Gateway) -> None:
+    slow = [{"id": "slow-m", "name": "Slowpoke m"}]
+    async with gateway.http(ONE_JOB_KEY) as http:
+        running = (await http.post("/v1/pipelines", json={"services": slow})).json()["id"]
+        refused = await http.post("/v1/pipelines", json={"services": slow})
+        await job_ended(http, running)
+        accepted = await http.post("/v1/pipelines", json={"services": slow})
+        await job_ended(http, accepted.json()["id"])
+
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "too_many_jobs"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert accepted.status_code == 202
+
+
+def _asked(gateway: Gateway, text: str) -> int:
+    """How many calls the backend got whose messages hold ``text``."""
+    bodies = [body for body in gateway.local.bodies if body is not None]  # not the GETs
+    return sum(text in json.dumps(body.get("messages")) for body in bodies)
+
+
 async def test_a_tenant_over_its_quota_gets_429_and_nobody_else_does(gateway: Gateway) -> None:
     local = {"model": "local", "messages": ask("hold")}
     async with gateway.http(QUOTA_KEY) as quota, gateway.http() as other:
@@ -679,11 +780,17 @@ async def test_a_pipeline_job_is_its_tenants_alone_and_waits_at_its_tenants_ceil
 ) -> None:
     manager = ManagerClient(ray.get_actor(MANAGER_NAME, namespace=NAMESPACE))
     inline = [{"id": "svc-team", "name": "Team service"}]
-    async with gateway.http(TEAM_KEY) as team, gateway.http() as other:
+    async with (
+        gateway.http(TEAM_KEY) as team,
+        gateway.http() as operator,
+        gateway.http(TEAM_B_KEY) as other,
+    ):
         RELEASE.clear()
         try:
             holder = asyncio.create_task(
-                other.post("/v1/chat/completions", json={"model": "local", "messages": ask("hold")})
+                operator.post(
+                    "/v1/chat/completions", json={"model": "local", "messages": ask("hold")}
+                )
             )
             await eventually(lambda: _is(gateway.active, 1), "the held call to take the slot")
             submitted = await team.post("/v1/pipelines", json={"services": inline, "priority": 9})
