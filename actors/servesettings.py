@@ -16,6 +16,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from croniter import croniter
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -23,6 +24,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     SecretStr,
+    field_validator,
     model_validator,
 )
 
@@ -101,6 +103,32 @@ DEFAULT_TENANT = "default"
 TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
+class ScheduleSettings(BaseModel):
+    """A pipeline job run on a schedule (see serve.schedules)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cron: str = Field(
+        description="When, in UTC: a cron expression (`0 2 * * *`: each night at 02:00); "
+        "a sixth field gives seconds."
+    )
+    input: str = Field(description="Its services: a JSONL file under `serve.data_dir`.")
+    priority: int | None = Field(
+        default=None, description="Its calls' priority; none: its tenant's default."
+    )
+    tenant: str = Field(
+        default=DEFAULT_TENANT,
+        description="Whose job it is: a tenant of `serve.tenants`, or `default`.",
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, cron: str) -> str:
+        if not croniter.is_valid(cron):
+            raise ValueError(f"{cron!r} is not a cron expression (minute hour day month weekday)")
+        return cron
+
+
 class ServeSettings(BaseModel):
     """The HTTP endpoint (``serve run serve.app:build``)."""
 
@@ -163,6 +191,11 @@ class ServeSettings(BaseModel):
         gt=0,
         description="A finished job's actor is kept this long; its files stay after.",
     )
+    schedules: dict[str, ScheduleSettings] = Field(
+        default_factory=dict,
+        description="Pipeline jobs run on schedules, by name: each a cron expression, an "
+        "input file, a priority and a tenant.",
+    )
 
     @model_validator(mode="after")
     def _one_tenant_per_key(self) -> ServeSettings:
@@ -191,6 +224,19 @@ class ServeSettings(BaseModel):
                 other = owners.setdefault(key.get_secret_value(), name)
                 if other != name or tenant.keys.count(key) > 1:
                     raise ValueError(f"a key of tenant {name!r} is also a key of {other!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _schedules_runnable(self) -> ServeSettings:
+        tenants = {DEFAULT_TENANT, *self.tenants}
+        for name, schedule in self.schedules.items():
+            if self.data_dir is None:
+                raise ValueError(f"serve.schedules.{name}: its input needs serve.data_dir")
+            if schedule.tenant not in tenants:
+                raise ValueError(
+                    f"serve.schedules.{name}.tenant: no tenant {schedule.tenant!r} "
+                    "(a name of serve.tenants, or default)"
+                )
         return self
 
     def tenant_list(self) -> list[tuple[str, TenantSettings]]:

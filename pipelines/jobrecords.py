@@ -103,7 +103,7 @@ class JobFiles:
         self.results = folder / f"{job_id}.jsonl"
 
     def write(self, record: JobRecord) -> None:
-        _replace(self.record, record.model_dump_json())
+        write_whole(self.record, record.model_dump_json())
 
     def read(self) -> JobRecord | None:
         """Its record; None if it has none (unknown, or a torn write lost it)."""
@@ -113,7 +113,7 @@ class JobFiles:
             return None
 
     def write_input(self, services: Sequence[Service]) -> None:
-        _replace(self.input, "".join(s.model_dump_json() + "\n" for s in services))
+        write_whole(self.input, "".join(s.model_dump_json() + "\n" for s in services))
 
     def read_input(self) -> list[Service]:
         services, _ = read_services(self.input.read_text(encoding="utf-8").splitlines())
@@ -126,7 +126,7 @@ def job_ids(folder: Path) -> list[str]:
     return sorted(job_id for job_id in names if JOB_ID.fullmatch(job_id))
 
 
-def _replace(path: Path, text: str) -> None:
+def write_whole(path: Path, text: str) -> None:
     """Write ``path`` whole: a reader sees the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

@@ -12,9 +12,11 @@ manager's queue, where priority decides, not in Serve's own, first come
 first served.
 
 Routes, one router each: ``POST /v1/chat/completions`` (:mod:`serve.chat`);
-pipeline jobs, ``POST /v1/pipelines``, ``GET /v1/pipelines/{id}`` and
-``/results``, ``DELETE /v1/pipelines/{id}`` (:mod:`serve.jobs`); ``GET
-/v1/models`` (:mod:`serve.models`); ``GET /v1/queue``, ``GET
+pipeline jobs, ``POST`` and ``GET /v1/pipelines``, ``GET /v1/pipelines/{id}``,
+``/results`` and ``/transcript``, ``POST /v1/pipelines/{id}/retry``, ``DELETE
+/v1/pipelines/{id}`` (:mod:`serve.jobs`); ``GET /v1/schedules``
+(:mod:`serve.schedules`); ``GET /v1/models`` and ``GET /v1/models/{id}``
+(:mod:`serve.models`); ``GET /v1/queue``, ``GET
 /v1/queue/{request_id}`` and the queue page, ``GET /``, its stream ``GET
 /v1/queue/events``, ``POST /login`` and ``GET /static/{name}``
 (:mod:`serve.queue`); ``GET /healthz`` and ``GET /readyz`` (:mod:`serve.health`).
@@ -45,10 +47,11 @@ from starlette.middleware import Middleware
 
 from actors.errors import ConfigError
 from actors.settings import Settings, load_settings
-from serve import chat, health, jobs, models, queue
+from serve import chat, health, jobs, models, queue, schedules
 from serve.errors import HTTPAnswer, Refused, invalid
 from serve.guard import Guard, json_answer, not_allowed
 from serve.replica import Replica
+from serve.schedules import scheduler
 from serve.wire import error
 
 log = logging.getLogger(__name__)
@@ -100,7 +103,7 @@ def gateway_api(replica: Replica) -> FastAPI:
         },
     )
     api.state.replica = replica
-    for routes in (chat, jobs, models, queue, health):
+    for routes in (chat, jobs, models, queue, schedules, health):
         api.include_router(routes.router)
     return api
 
@@ -113,6 +116,8 @@ class Gateway:
         if not settings.serve.auth:
             log.warning("serve.auth is false: every route answers without an API key")
         self._replica = Replica(settings)
+        if settings.serve.schedules:
+            self._replica.scheduler = scheduler(settings)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve asks for the replica's app once this replica is made. The app is built

@@ -25,7 +25,7 @@ import hmac
 import html
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from http.cookies import CookieError, SimpleCookie
 from importlib import resources
 
@@ -112,20 +112,27 @@ class RunList:
 
 
 async def queue_events(
-    manager: ManagerClient, owner: str, seen: Callable[[QueueView], QueueView]
+    manager: ManagerClient,
+    owner: str,
+    seen: Callable[[QueueView], QueueView],
+    schedules: Callable[[], Awaitable[list[dict[str, object]]]],
 ) -> AsyncIterator[str]:
     """The page's stream: the whole state at once, then again after each change, as
     ``seen`` shows it to the reader; the pipeline runs shown are ``owner``'s (see
-    :class:`RunList`)."""
+    :class:`RunList`), the ``schedules`` those the reader may see (read as often)."""
     yield f"retry: {RECONNECT_MILLISECONDS}\n\n"
     runs = RunList(owner)
-    version = -1
+    scheduled: list[dict[str, object]] = []
+    version, read_at = -1, -float("inf")
     while True:
         view = await manager.view(version, FIRST_WAITERS, HEARTBEAT_SECONDS)
+        if time.monotonic() - read_at >= RUNS_REFRESH_SECONDS:
+            scheduled, read_at = await schedules(), time.monotonic()
         state: dict[str, object] = {
             "now": time.time(),
             "queue": seen(view).model_dump(mode="json", by_alias=True),
             "runs": [run.model_dump(mode="json") for run in await runs.statuses()],
+            "schedules": scheduled,
         }
         yield f"event: state\ndata: {json.dumps(state, separators=(',', ':'))}\n\n"
         version = view.version

@@ -28,7 +28,8 @@ from serve.page import (
     session_token,
 )
 from serve.replica import ThisReplica
-from serve.tenants import owner_of, sees, stats_seen_by, view_seen_by
+from serve.schedules import seen_schedules
+from serve.tenants import jobs_owner, owner_of, sees, stats_seen_by, view_seen_by
 from serve.wire import error
 
 router = APIRouter()
@@ -42,11 +43,18 @@ async def queue(tenant: TenantAsking, manager: PresentManager) -> dict[str, obje
 
 
 @router.get("/v1/queue/events", include_in_schema=False, response_model=None)
-async def queue_stream(tenant: TenantAsking, manager: PresentManager) -> StreamingResponse:
+async def queue_stream(
+    tenant: TenantAsking, manager: PresentManager, replica: ThisReplica
+) -> StreamingResponse:
     """The queue page's stream of server-sent events (see :mod:`serve.page`). Declared
     before ``/v1/queue/{request_id}``, which would take "events" for a request id."""
+
+    async def schedules() -> list[dict[str, object]]:
+        seen = await seen_schedules(replica.scheduler, jobs_owner(tenant))
+        return [schedule.model_dump(mode="json") for schedule in seen]
+
     return StreamingResponse(
-        queue_events(manager, owner_of(tenant), partial(view_seen_by, tenant)),
+        queue_events(manager, owner_of(tenant), partial(view_seen_by, tenant), schedules),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -13,6 +13,7 @@ import asyncio
 from typing import Annotated
 
 from fastapi import Depends, Request
+from ray.actor import ActorHandle
 from starlette.applications import Starlette
 
 from actors.client import ManagerClient
@@ -35,6 +36,8 @@ class Replica:
         self.manager = ManagerClient.create(settings) if settings.queue.enabled else None
         # The models the servers list, for model ids the settings do not name.
         self.catalog = Catalog(settings, self.manager)
+        # The cluster's scheduler of serve.schedules, if any (see serve.schedules).
+        self.scheduler: ActorHandle | None = None
         # model id -> its provider and the name its backend knows the model by; found
         # once for all the requests that arrive meanwhile, and forgotten if that failed.
         self._providers: dict[str, asyncio.Future[tuple[ModelProvider, str]]] = {}

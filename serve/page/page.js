@@ -255,6 +255,27 @@ function updateRun(row, run) {
   action.querySelector("button").hidden = run.state !== "running";
 }
 
+// -- schedules ----------------------------------------------------------------
+
+function makeSchedule() {
+  const row = document.createElement("tr");
+  cells(row, 7);
+  row.cells[4].dataset.until = "";
+  return row;
+}
+
+function updateSchedule(row, s) {
+  const [name, tenant, cron, lastRun, next, job, skipped] = row.cells;
+  text(name, s.name);
+  text(tenant, s.tenant);
+  text(cron, s.cron);
+  const ran = s.last_run_at === null ? "not yet" : new Date(s.last_run_at * 1000).toISOString();
+  text(lastRun, s.last_error ? `${ran}: ${s.last_error}` : ran);
+  next.dataset.until = String(s.next_run_at);
+  text(job, s.last_job ?? "—");
+  text(skipped, String(s.skipped));
+}
+
 function confirmCancel(runId, button) {
   const dialog = $("confirm");
   text($("confirm-run"), runId);
@@ -300,6 +321,8 @@ function render(state) {
   reconcile($("runs").tBodies[0], state.runs, (run) => run.id, makeRun, updateRun);
   $("runs").hidden = state.runs.length === 0;
   $("no-runs").hidden = state.runs.length > 0;
+  reconcile($("schedules").tBodies[0], state.schedules, (s) => s.name, makeSchedule, updateSchedule);
+  $("schedules-section").hidden = state.schedules.length === 0;
   tick();
 }
 

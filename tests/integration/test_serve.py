@@ -558,7 +558,7 @@ def test_schemathesis_with_every_check_finds_the_openapi_document_true(
     )
 
     assert run.returncode == 0, run.stdout[-20_000:] + run.stderr[-5_000:]
-    assert "Tested: 14" in run.stdout  # every operation of the document
+    assert "Tested: 15" in run.stdout  # every operation of the document
 
 
 async def test_a_path_without_the_method_answers_405_naming_all_its_methods(
