@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from actors.settings import Settings
 from pipelines.errors import JobNotRetried
@@ -86,39 +88,38 @@ async def pipeline_status(job: TenantsJob) -> dict[str, object]:
     return (await job.status()).model_dump(mode="json")
 
 
+def _lines(description: str) -> dict[int | str, dict[str, object]]:
+    """The answers of a route of JSON lines: 200 with ``description``, 404 and 422."""
+    lines: dict[str, object] = {"description": description, "content": {"application/x-ndjson": {}}}
+    return {200: lines, **documented(404, 422)}
+
+
+def _streamed(items: Iterable[BaseModel]) -> StreamingResponse:
+    lines = (item.model_dump_json() + "\n" for item in items)
+    return StreamingResponse(lines, media_type="application/x-ndjson")
+
+
 @router.get(
     "/v1/pipelines/{job_id}/results",
     response_model=None,
-    responses={
-        200: {
-            "description": "The records written so far, one JSON line each.",
-            "content": {"application/x-ndjson": {}},
-        },
-        **documented(404, 422),
-    },
+    responses=_lines("The records written so far, one JSON line each."),
 )
 async def pipeline_results(job: TenantsJob) -> StreamingResponse:
     """The records written so far, one JSON line each."""
-    lines = (record.model_dump_json() + "\n" for record in job.records())
-    return StreamingResponse(lines, media_type="application/x-ndjson")
+    return _streamed(job.records())
 
 
 @router.get(
     "/v1/pipelines/{job_id}/transcript",
     response_model=None,
-    responses={
-        200: {
-            "description": "One JSON line for each backend call that ended so far (none "
-            "unless pipeline.transcripts is on).",
-            "content": {"application/x-ndjson": {}},
-        },
-        **documented(404, 422),
-    },
+    responses=_lines(
+        "One JSON line for each backend call that ended so far (none unless "
+        "pipeline.transcripts is on)."
+    ),
 )
 async def pipeline_transcript(job: TenantsJob) -> StreamingResponse:
     """The run's calls that ended so far, one JSON line each (see pipelines.transcripts)."""
-    lines = (line.model_dump_json() + "\n" for line in job.transcript())
-    return StreamingResponse(lines, media_type="application/x-ndjson")
+    return _streamed(job.transcript())
 
 
 @router.post(
