@@ -108,6 +108,11 @@ class FakeLLMServer(ProbeServer):
         self._script: deque[Script] = deque()
         self._script_lock = threading.Lock()
 
+    @property
+    def calls(self) -> list[Received]:
+        """The chat requests it received (not its models list's)."""
+        return [request for request in self.received if request.path == self.dialect.path]
+
     def script(self, *replies: Script) -> None:
         with self._script_lock:
             self._script.extend(replies)

@@ -141,7 +141,12 @@ async def settled(client: ManagerClient) -> QueueStats:
         stats = await client.stats()
         return (stats.total_active, stats.total_pending) == (0, 0)
 
-    await eventually(idle, "every slot back and nobody waiting")
+    try:
+        await eventually(idle, "every slot back and nobody waiting")
+    except AssertionError as gave_up:
+        stats = await client.stats()  # which slots stayed, for the run that finds one
+        held = (stats.active_by_group, stats.pending_by_group, stats.epoch)
+        raise AssertionError(f"{gave_up}; held, waiting by group, epoch: {held}") from None
     return await client.stats()
 
 

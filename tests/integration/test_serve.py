@@ -743,8 +743,7 @@ async def test_a_tenant_at_its_max_jobs_gets_429_until_one_ends(gateway: Gateway
 
 def _asked(gateway: Gateway, text: str) -> int:
     """How many calls the backend got whose messages hold ``text``."""
-    bodies = [body for body in gateway.local.bodies if body is not None]  # not the GETs
-    return sum(text in json.dumps(body.get("messages")) for body in bodies)
+    return sum(text in json.dumps(call.body["messages"]) for call in gateway.local.calls)
 
 
 async def test_a_tenant_over_its_quota_gets_429_and_nobody_else_does(gateway: Gateway) -> None:
