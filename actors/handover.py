@@ -66,7 +66,8 @@ class HandOvers:
         leaves room for. An overtaken successor keeps the slot (its call runs), and is
         counted; so does one whose wait ended here (a queue timeout) meanwhile; one its
         caller cancelled does not. A pool's waiter granted a slot of another of its
-        groups meanwhile moves here, where its call runs, and frees that one."""
+        groups meanwhile moves here, where its call runs, and frees that one; one granted
+        a slot of this group meanwhile keeps it, under the handed slot's epoch."""
         holdings = self._holdings
         group = holdings.groups[group_id]
         holdings.released(lease_id, epoch, used)
@@ -83,6 +84,12 @@ class HandOvers:
             holdings.callers.note(successor, caller)
             lease = holdings.lease(group, successor, held.request_id, held.priority, epoch)
             granted.append(holdings.grant(group, lease, waited=0.0, tokens=0))
+        elif (held := holdings.leases.get(successor)) is not None and held.epoch != epoch:
+            # Granted meanwhile under another epoch than the slot handed over (a restart
+            # came between): its process holds it under the handed slot's epoch, as the
+            # lease it made there says, and renews and releases it so.
+            holdings.leases.known_as(successor, epoch)
+            holdings.groups.changed(group, successor)
         elif successor not in holdings.leases and not holdings.leases.retired(successor):
             holdings.callers.note(successor, caller)
             lease = holdings.lease(group, successor, epoch=epoch)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from actors.bounded import Bounded
 
@@ -93,6 +93,10 @@ class LeaseTable:
         self._push(lease.id, now + self.ttl)
         if restored:
             self._restored.add(lease.id)
+
+    def known_as(self, lease_id: str, epoch: int) -> None:
+        """Hold ``lease_id`` under ``epoch`` from now on: the epoch its holder knows it by."""
+        self._held[lease_id] = replace(self._held[lease_id], epoch=epoch)
 
     def free(self, lease_id: str) -> tuple[Lease, float]:
         """Forget a held lease and retire its id; returns it and how long it was held.

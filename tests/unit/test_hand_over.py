@@ -12,6 +12,7 @@ from actors.budget import BudgetLimits
 from actors.engine import SlotEngine
 from actors.errors import LeaseRetired
 from actors.gate import SlotGate
+from actors.journal import GroupRecord, HeldLease
 from actors.leases import Lease
 from actors.ops import Acquire, Release
 from actors.options import CallOptions
@@ -164,6 +165,24 @@ def test_the_successor_holds_its_slot_under_the_epoch_its_process_was_granted() 
     p.engine.hand_overs.hand_over(GROUP, holder.id, holder.epoch, successor, "a")
     assert p.engine.leases.renew(successor, holder.epoch)
     assert not p.engine.leases.renew(successor, old_epoch)
+
+
+def test_a_successor_granted_meanwhile_after_a_restart_is_held_under_the_handed_epoch() -> None:
+    """The slot handed over was restored from the manager's last life, and the manager
+    granted the successor a slot of its own meanwhile: its process made its lease with the
+    handed slot's epoch, and its release under that epoch frees the slot (else held by a
+    live process, it would never come back)."""
+    engine = SlotEngine(epoch=EPOCH, group_limits={GROUP: 2})
+    restored = HeldLease(epoch=EPOCH - 1, caller="a")
+    engine.restore(GroupRecord(LOCAL_OLLAMA, {"a-restored": restored}))
+    granted = engine.acquire(GROUP, "a-next", CallOptions(), "a")
+    assert granted is not None
+    assert granted.epoch == EPOCH
+
+    engine.hand_overs.hand_over(GROUP, "a-restored", EPOCH - 1, "a-next", "a")
+    engine.release("a-next", EPOCH - 1)
+
+    assert engine.stats().total_active == 0
 
 
 async def test_a_process_is_told_when_a_better_waiter_of_another_takes_its_place() -> None:
