@@ -164,28 +164,42 @@ async def check_running(tenant: Tenant | None, settings: Settings) -> None:
         raise Refused(HTTPAnswer(429, body, retry_after(wait)))
 
 
-def read_input(settings: Settings, name: str) -> list[Service]:
-    """The services of a JSONL file under ``serve.data_dir``; else the request is refused,
-    404 if there is no such file there, 422 if it lists no valid services."""
+class NoInput(Exception):
+    """An input file a job cannot take: ``missing`` (no such file there), else unusable."""
 
-    def not_found(why: str) -> Refused:
-        body = error(why, "invalid_request_error", param="file", code="file_not_found")
-        return Refused(HTTPAnswer(404, body))
+    def __init__(self, why: str, *, missing: bool) -> None:
+        super().__init__(why)
+        self.why = why
+        self.missing = missing
 
-    def unusable(why: str) -> Refused:
-        return Refused(HTTPAnswer(422, error(why, "invalid_request_error", param="file")))
 
+def input_services(settings: Settings, name: str) -> list[Service]:
+    """The services of a JSONL file under ``serve.data_dir``; NoInput if there is no such
+    file there, or it lists no valid services."""
     folder = settings.serve.data_dir
     if folder is None:
-        raise not_found("serve.data_dir is not set: send the services inline")
+        raise NoInput("serve.data_dir is not set: send the services inline", missing=True)
     path = (folder / name).resolve()
     if not path.is_relative_to(folder.resolve()):
-        raise not_found(f"{name!r} is outside the data folder")
+        raise NoInput(f"{name!r} is outside the data folder", missing=True)
     if not path.is_file():
-        raise not_found(f"no file {name!r} in the data folder")
+        raise NoInput(f"no file {name!r} in the data folder", missing=True)
     services, problems = read_services(path.read_text(encoding="utf-8").splitlines())
     if problems:
-        raise unusable(f"{name}: " + "; ".join(problems[:10]))
+        raise NoInput(f"{name}: " + "; ".join(problems[:10]), missing=False)
     if not services:
-        raise unusable(f"{name} lists no services")
+        raise NoInput(f"{name} lists no services", missing=False)
     return services
+
+
+def read_input(settings: Settings, name: str) -> list[Service]:
+    """:func:`input_services`, else the request is refused: 404 if there is no such file
+    there, 422 if it lists no valid services."""
+    try:
+        return input_services(settings, name)
+    except NoInput as exc:
+        if exc.missing:
+            body = error(exc.why, "invalid_request_error", param="file", code="file_not_found")
+            raise Refused(HTTPAnswer(404, body)) from None
+        body = error(exc.why, "invalid_request_error", param="file")
+        raise Refused(HTTPAnswer(422, body)) from None

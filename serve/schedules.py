@@ -44,10 +44,10 @@ from actors.names import HEAD_NODE, named_actor
 from actors.servesettings import ScheduleSettings
 from actors.settings import Settings
 from pipelines.jobrecords import write_whole
-from pipelines.plateau import Service, read_services
 from pipelines.submitted import SubmittedJob
 from serve.errors import documented
 from serve.guard import TenantAsking
+from serve.jobs import NoInput, input_services
 from serve.replica import ThisReplica
 from serve.tenants import Tenant, asking, jobs_owner, served_priority
 
@@ -198,8 +198,8 @@ class Scheduler:
             self._schedules.skipped(name, now)
             return
         try:
-            services = _input(self._settings, schedule.input)
-        except (OSError, ValueError) as exc:
+            services = input_services(self._settings, schedule.input)
+        except (OSError, NoInput) as exc:
             log.error("schedule %r could not start: %s", name, exc)
             self._schedules.ran(name, now, None, str(exc))
             return
@@ -214,19 +214,6 @@ class Scheduler:
 
     def view(self) -> list[ScheduleView]:
         return self._schedules.view(time.time())
-
-
-def _input(settings: Settings, name: str) -> list[Service]:
-    """The services of the schedule's input file under ``serve.data_dir``."""
-    folder = settings.serve.data_dir
-    assert folder is not None  # the settings refuse schedules without it
-    path = (folder / name).resolve()
-    if not path.is_relative_to(folder.resolve()):
-        raise ValueError(f"{name!r} is outside the data folder")
-    services, problems = read_services(path.read_text(encoding="utf-8").splitlines())
-    if not services:
-        raise ValueError(f"{name!r} lists no valid service ({'; '.join(problems)})")
-    return services
 
 
 def scheduler(settings: Settings) -> ActorHandle:
