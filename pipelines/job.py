@@ -110,15 +110,17 @@ class Progress:
 
 def progress_for(services: int, job: PipelineSettings, out: TextIO) -> Progress:
     """The counters of a run of the plateau job over ``services`` services."""
-    return Progress(
-        {
-            "ambitions": services,
-            "features": services * job.plateaus,
-            "mappings": services * job.plateaus * len(job.mapping_types),
-            "services": services,
-        },
-        out,
-    )
+    return Progress(totals_of(services, job), out)
+
+
+def totals_of(services: int, job: PipelineSettings) -> dict[str, int]:
+    """The calls of each stage, and the services, of a run over ``services`` services."""
+    return {
+        "ambitions": services,
+        "features": services * job.plateaus,
+        "mappings": services * job.plateaus * len(job.mapping_types),
+        "services": services,
+    }
 
 
 def _duration(seconds: float) -> str:

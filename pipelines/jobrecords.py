@@ -63,6 +63,23 @@ class JobStatus(BaseModel):
     # Times it was run again (POST /v1/pipelines/{id}/retry).
     retries: int = 0
 
+    @classmethod
+    def started(
+        cls, job_id: str, services: int, submitted_at: float, retries: int = 0
+    ) -> JobStatus:
+        """A run of ``services`` services, starting: nothing done yet."""
+        return cls(
+            id=job_id,
+            state="running",
+            services=StageProgress(done=0, total=services),
+            failed_services=0,
+            stages={},
+            submitted_at=submitted_at,
+            ended_at=None,
+            estimated_completion_at=None,
+            retries=retries,
+        )
+
 
 class JobRecord(BaseModel):
     """A job's record: its tenant (``owner``, "" without tenants), how its calls ask (as

@@ -38,7 +38,7 @@ from actors.names import NAMESPACE, named_actor, this_node
 from actors.options import CallOptions
 from actors.settings import PipelineSettings, Settings
 from pipelines.errors import JobNotRetried
-from pipelines.job import Progress, progress_for, run_pipeline
+from pipelines.job import Progress, run_pipeline, totals_of
 from pipelines.jobrecords import (
     JOB_ID,
     JobFiles,
@@ -143,7 +143,7 @@ class _Recorded(Progress):
     """A job's progress, its record written again as each service ends."""
 
     def __init__(self, save: Callable[[], None], services: int, job: PipelineSettings) -> None:
-        super().__init__(progress_for(services, job, io.StringIO()).totals, io.StringIO())
+        super().__init__(totals_of(services, job), io.StringIO())
         self._save = save
 
     def service(self, record: ServiceRecord) -> None:
@@ -199,16 +199,7 @@ class SubmittedJob:
         tenant ``owner``; its input and record written first."""
         files = JobFiles(folder, job_id)
         files.write_input(services)
-        status = JobStatus(
-            id=job_id,
-            state="running",
-            services=StageProgress(done=0, total=len(services)),
-            failed_services=0,
-            stages={},
-            submitted_at=time.time(),
-            ended_at=None,
-            estimated_completion_at=None,
-        )
+        status = JobStatus.started(job_id, len(services), time.time())
         record = JobRecord(
             owner=owner,
             priority=asking.priority,
@@ -293,17 +284,7 @@ class SubmittedJob:
             raise JobNotRetried(status.id, "every service of it finished")
         if self._handle is not None:
             ray.kill(self._handle)  # the last run's, kept for its retention only
-        again = JobStatus(
-            id=status.id,
-            state="running",
-            services=StageProgress(done=0, total=len(left)),
-            failed_services=0,
-            stages={},
-            submitted_at=status.submitted_at,
-            ended_at=None,
-            estimated_completion_at=None,
-            retries=status.retries + 1,
-        )
+        again = JobStatus.started(status.id, len(left), status.submitted_at, status.retries + 1)
         record = self.record.model_copy(update={"status": again})
         return self._started(self.files, record, left, settings, manager)
 
