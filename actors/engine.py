@@ -349,7 +349,7 @@ class SlotEngine:
     # -- queries (see actors.reports) -------------------------------------------
 
     def can_run_immediately(self, group_id: str) -> bool:
-        return self.holdings.room() and self.groups[group_id].fits_now(0, self.clock())
+        return self.outlook(group_id).runs_now
 
     def outlook(self, group_id: str | Pool, options: CallOptions = DEFAULT_OPTIONS) -> Outlook:
         return reports.outlook(self, pool_of(group_id), self.holdings.room_left(), options)
