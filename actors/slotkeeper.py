@@ -139,7 +139,9 @@ class SlotKeeper:
         it for the next call if it is lent, else give it back."""
         flow = options.flow or ""
         idle = None
-        if isinstance(group, str) and self._lent.keeps(group):
+        # A waiter of this process queued for the group goes first, in the manager's order:
+        # no kept slot is taken past it (nor kept, below), and the manager calls them back.
+        if isinstance(group, str) and self._lent.keeps(group) and not self._waits_in(group):
             # One turn of the loop first, as a manager call would take: a recall that came
             # meanwhile is heard, and a caller that loops on kept slots awaiting nothing
             # else lets the process's other work run.
@@ -170,7 +172,12 @@ class SlotKeeper:
             held = time.monotonic() - began
             handed_over = successor is not None
             fate = self._lent.ended(
-                lease, flow, held, used, cancelled=cancelled, handed_over=handed_over
+                lease,
+                flow,
+                held,
+                used,
+                give_back=cancelled or self._waits_in(lease.group),
+                handed_over=handed_over,
             )
             if fate is not Fate.KEPT:
                 # A task of its own, shielded: a caller cancelled right here still gives
@@ -187,7 +194,7 @@ class SlotKeeper:
     async def _waited(self, group: str | Pool, lease_id: str, options: CallOptions) -> Lease:
         """The grant of an acquire that may wait (the manager's, or a slot passed on here),
         within its patience (queue timeout, max wait)."""
-        passed = self._successors.waiter(lease_id, options)
+        passed = self._successors.waiter(lease_id, group, options)
         op = Acquire(group, lease_id, options, caller_of(self.handle).id)
         patience = op.patience(time.time())
         self._deliveries.expect(op, passed)
@@ -236,6 +243,9 @@ class SlotKeeper:
             return
         caller = caller_of(self.handle).id
         await self._ask(HandOver(lease.group, lease.id, lease.epoch, successor, caller, used))
+
+    def _waits_in(self, group: str) -> bool:
+        return self._successors.waits_in(group)
 
     def named_next(self, group: str) -> str | None:
         """See :meth:`actors.successors.Successors.named_next`."""

@@ -145,3 +145,28 @@ async def test_a_process_looping_on_kept_slots_awaiting_nothing_still_gives_them
         assert (await client.stats()).groups[LOCAL_SERVER.id].recalls >= 1
 
     ray.cancel(spinning)
+
+
+async def test_a_new_call_takes_no_kept_slot_past_a_waiter_of_its_own_process(
+    make_manager: ManagerFactory,
+) -> None:
+    """A slot kept for flow x; a call of flow y in the same process waits for the group;
+    a call of flow x that comes next queues behind it, before any recall is heard."""
+    client = make_manager(LOCAL_SERVER, group_limits={LOCAL_SERVER.id: 1})
+    async with client.slot(LOCAL_SERVER.id, CallOptions(flow="x")):
+        pass  # granted while nobody waits: lent, and kept here for flow x
+    assert (await client.stats()).groups[LOCAL_SERVER.id].active == 1
+    started: list[str] = []
+
+    async def call(flow: str) -> None:
+        async with client.slot(LOCAL_SERVER.id, CallOptions(flow=flow, queue_timeout=20)):
+            started.append(flow)
+            await asyncio.sleep(0.05)
+
+    waiting = asyncio.create_task(call("y"))
+    await asyncio.sleep(0)  # y asks the manager (it may not take flow x's slot)
+    await asyncio.gather(waiting, call("x"))
+
+    assert started == ["y", "x"]
+    group = (await settled(client)).groups[LOCAL_SERVER.id]
+    assert group.recalls == 1
