@@ -162,8 +162,8 @@ _PROVIDER_DOC = (
 )
 _BASE_URL_DOC = "The server's address; none: the provider's usual one."
 _HOST_DOC = (
-    "The GPU host of a server on loopback: its provider actor runs on the node with the "
-    "resource `gpu_host:<host>`; none: the caller's node."
+    "The GPU host of a server on loopback: its provider actor runs on the node labelled "
+    "`raygate.io/gpu-host=<host>`; none: the caller's node."
 )
 
 

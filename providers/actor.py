@@ -3,8 +3,11 @@
 A thin shell over :class:`providers.gated.GatedProvider`. Where it runs:
 
 - a remote API or remote server: anywhere (it only makes HTTP calls);
-- a server on loopback of a named GPU host: only on the node that carries the
-  custom resource ``gpu_host:<host>`` (``ray start --resources='{"gpu_host:a": 1}'``);
+- a server on loopback of a named GPU host: only on a node labelled
+  ``raygate.io/gpu-host=<host>`` (``ray start --labels raygate.io/gpu-host=a``; on
+  KubeRay, the worker group's labels), by Ray's ``label_selector``; with no live
+  node so labelled, :class:`providers.errors.NoGpuHost` says so instead of an actor
+  pending for good;
 - a server on loopback with no host named: on the node of the caller that
   creates it, the machine where that loopback address was meant.
 
@@ -37,6 +40,7 @@ from actors.watch import CallerCalls, LifelineHost
 from providers.breaker import CircuitBreaker
 from providers.cache import ResponseCache, get_or_create_cache
 from providers.client import EmbeddedModelClient, ProviderClient
+from providers.errors import NoGpuHost
 from providers.factory import api_key_for, build_backend
 from providers.gated import GatedProvider
 from providers.http import Backend
@@ -47,7 +51,8 @@ from providers.openai import Quirks
 from providers.retry import RetryPolicy
 from providers.supervisor import RestartPolicy, ServerSupervisor, SupervisedBackend
 
-GPU_HOST_RESOURCE = "gpu_host:{host}"
+# The node label that names a GPU host: its value is the host's name (``host: a``).
+GPU_HOST_LABEL = "raygate.io/gpu-host"
 
 
 @dataclass(frozen=True)
@@ -252,7 +257,7 @@ def placement(spec: GroupSpec) -> dict[str, object]:
     would keep it restarting until the node is back, and a call pending on
     it may then neither answer nor fail. Not restarted, it is dead at once,
     every call to it fails with ProviderActorLost, and the next run gets a new
-    one, pending on the GPU host until that node is back.
+    one once that node is back (until then, NoGpuHost).
     """
     if spec.kind is not ResourceKind.LOCAL_SERVER:
         return {"max_restarts": -1}
@@ -260,9 +265,15 @@ def placement(spec: GroupSpec) -> dict[str, object]:
 
 
 def local_placement(host: str | None) -> dict[str, object]:
-    if host:
-        return {"resources": {GPU_HOST_RESOURCE.format(host=host): 0.001}}
-    return this_node()
+    """On the node labelled GPU host ``host`` (one must be alive: else NoGpuHost), or
+    the caller's node when None."""
+    if not host:
+        return this_node()
+    if not any(
+        node["Alive"] and node.get("Labels", {}).get(GPU_HOST_LABEL) == host for node in ray.nodes()
+    ):
+        raise NoGpuHost(host)
+    return {"label_selector": {GPU_HOST_LABEL: host}}
 
 
 def get_or_create_provider(
@@ -286,15 +297,14 @@ def running_provider(spec: GroupSpec, manager: ManagerClient | None) -> Provider
 async def reached_from_here(spec: GroupSpec, actor: ProviderClient | None) -> bool:
     """Whether this process reaches the server of ``spec`` itself: a remote one from any
     node; one on loopback from the node its provider actor (``actor``, if one runs) runs
-    on, which is a named GPU host's (known by its resource, no actor asked), else the
+    on, which is a named GPU host's (known by its label, no actor asked), else the
     node of the process that made the actor: asked of the actor, this node if none runs
     (whoever makes it next from here makes it here)."""
     if spec.kind is not ResourceKind.LOCAL_SERVER:
         return True
     if spec.host is not None:
-        here = ray.get_runtime_context().get_node_id()
-        resources = next(node["Resources"] for node in ray.nodes() if node["NodeID"] == here)
-        return GPU_HOST_RESOURCE.format(host=spec.host) in resources
+        labels: dict[str, str] = ray.get_runtime_context().get_node_labels()
+        return labels.get(GPU_HOST_LABEL) == spec.host
     return actor is None or await actor.on_this_node()
 
 

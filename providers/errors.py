@@ -18,6 +18,8 @@ key. ``retryable`` says whether the retry loop may try again.
         ├── CircuitOpen             the group failed too often; failing fast
         ├── ProviderActorLost       the provider actor died or is restarting (e.g. its
         │                           GPU host's node was lost)
+        ├── NoGpuHost               no live node is labelled the GPU host a local
+        │                           server is pinned to
         └── ModelServerError        raygate's own model server (the embedded llama.cpp)
             ├── ModelNotInstalled   the local extra is missing
             ├── ModelServerFailedToStart   it exited, or could not answer, before it was ready
@@ -118,6 +120,21 @@ class ProviderActorLost(ProviderError):
         )
         self.args = (actor, reason)
         self.reason = reason
+
+
+class NoGpuHost(ProviderError):
+    """No live node carries the label of the GPU host ``host``: a local server pinned
+    there has nowhere to run (see providers.actor.local_placement)."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(
+            f"gpu-host:{host}",
+            f"no live node is labelled raygate.io/gpu-host={host}, the GPU host named by "
+            f"`host: {host}`; start that host's node with `ray start --labels "
+            f"raygate.io/gpu-host={host}` (on KubeRay: its worker group's labels)",
+        )
+        self.args = (host,)
+        self.host = host
 
 
 class ModelServerError(ProviderError):

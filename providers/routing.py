@@ -25,6 +25,7 @@ connections are the caller's own, and a caller that dies takes its calls with it
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 from actors.client import ManagerClient
@@ -40,9 +41,12 @@ from providers.actor import (
     running_provider,
 )
 from providers.client import ModelProvider
+from providers.errors import NoGpuHost
 from providers.fallback import FallbackProvider, Step
 from providers.llamacpp import DEFAULT_EMBEDDED, embedded_model
 from providers.pool import PooledProvider, Server
+
+log = logging.getLogger(__name__)
 
 
 def provider_for_model(
@@ -50,8 +54,10 @@ def provider_for_model(
 ) -> tuple[ModelProvider, str]:
     """The provider that serves ``model_id`` (None: the default embedded model) through
     provider actors, and the name its backends know it by. Raises UnknownModel,
-    ModelNotInstalled for an embedded model whose package is not installed, or
-    MissingAPIKey for a remote API without a key."""
+    ModelNotInstalled for an embedded model whose package is not installed,
+    MissingAPIKey for a remote API without a key, or NoGpuHost for a local server on a
+    GPU host no live node is labelled (a pool leaves such a server out while it has
+    others)."""
     found = _embedded(settings, model_id, manager)
     if found is not None:
         return found
@@ -123,12 +129,20 @@ def _servers(
         return get_or_create_provider(specs[0], options_for(specs[0].provider, settings), manager)
     slots = slots_of(manager)
     servers = {}
+    hostless: list[NoGpuHost] = []
     for spec in specs:
         options = options_for(spec.provider, settings)
         made_here = running_provider(spec, manager) is None
-        actor = get_or_create_provider(spec, options, manager)
+        try:
+            actor = get_or_create_provider(spec, options, manager)
+        except NoGpuHost as missing:  # the pool serves on its other hosts
+            log.warning("model %r: server %s left out of its pool: %s", model_id, spec.id, missing)
+            hostless.append(missing)
+            continue
         nearby = partial(gated_provider, spec, options, slots)
         servers[spec.id] = Server(spec, actor, nearby, made_here)
+    if not servers:
+        raise hostless[0]
     return PooledProvider(
         model_id,
         servers,

@@ -27,6 +27,7 @@ from actors.stats import QueueStats
 from pipelines.job import Outcome, run_pipeline
 from pipelines.plateau import Service
 from pipelines.results import ResultsFile
+from providers.actor import GPU_HOST_LABEL
 from tests.support.polling import eventually
 
 LOCAL_SERVER = classify("ollama", "http://localhost:11434")
@@ -48,7 +49,7 @@ class Nodes:
 def cluster() -> Iterator[Nodes]:
     """A real two-node local cluster: a head, and a node that is GPU host "a"."""
     local = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    gpu = local.add_node(num_cpus=1, resources={f"gpu_host:{GPU_HOST}": 1})
+    gpu = local.add_node(num_cpus=1, labels={GPU_HOST_LABEL: GPU_HOST})
     try:
         ray.init(address=local.address, namespace=NAMESPACE)
         local.wait_for_nodes()

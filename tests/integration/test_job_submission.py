@@ -115,7 +115,7 @@ def started_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RaySta
         )
         gpu_node = ray_start(
             f"--address=127.0.0.2:{gcs}", "--node-ip-address=127.0.0.3",
-            '--resources={"gpu_host:a": 1}', log=logs / "gpu.log",
+            "--labels=raygate.io/gpu-host=a", log=logs / "gpu.log",
         )  # fmt: skip
         asyncio.run(
             eventually(
@@ -159,7 +159,7 @@ ray.init()
 actor = ray.get_actor(sys.argv[1], namespace="raygate")
 print("actor-node", ray.get(actor.node_id.remote()))
 for node in ray.nodes():
-    if node["Alive"] and "gpu_host:a" in node["Resources"]:
+    if node["Alive"] and node["Labels"].get("raygate.io/gpu-host") == "a":
         print("gpu-node", node["NodeID"])
 for listed in list_actors(filters=[("ray_namespace", "=", "raygate")]):
     print("listed", listed.name, listed.state)

@@ -13,6 +13,7 @@ from actors.groups import ModelEntry, ServerEntry, classify
 from actors.names import NAMESPACE
 from actors.settings import PipelineSettings, ProviderSettings, Settings
 from pipelines.plateau import Service
+from providers.actor import GPU_HOST_LABEL
 from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
 from providers.testing.plateau_backend import plateau_answer
 from tests.integration.conftest import (
@@ -33,7 +34,7 @@ LOST_HOST = "b"
 async def test_a_lost_gpu_host_fails_its_calls_clearly_and_the_run_still_ends(
     cluster: Nodes, make_manager: ManagerFactory, tmp_path: Path
 ) -> None:
-    node = cluster.cluster.add_node(num_cpus=1, resources={f"gpu_host:{LOST_HOST}": 1})
+    node = cluster.cluster.add_node(num_cpus=1, labels={GPU_HOST_LABEL: LOST_HOST})
     cluster.cluster.wait_for_nodes()
     with FakeLLMServer(OpenAIDialect(), hold=2.0, responder=plateau_answer) as server:
         url = server.url + "/v1"
@@ -79,7 +80,7 @@ async def test_a_pools_server_on_a_lost_gpu_host_hands_its_calls_to_the_other(
     """Model "pooled" on two GPU hosts' servers, a (the cluster's) and b (removed mid-run):
     the call running on b fails over to a, b leaves the rotation naming its lost actor,
     and every service is written."""
-    node = cluster.cluster.add_node(num_cpus=1, resources={f"gpu_host:{LOST_HOST}": 1})
+    node = cluster.cluster.add_node(num_cpus=1, labels={GPU_HOST_LABEL: LOST_HOST})
     cluster.cluster.wait_for_nodes()
     with (
         FakeLLMServer(OpenAIDialect(), hold=0.5, responder=plateau_answer) as on_a,

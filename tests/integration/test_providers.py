@@ -12,11 +12,12 @@ from pydantic import SecretStr
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.client import ManagerClient
-from actors.groups import GroupSpec, ModelEntry, Provider, classify
+from actors.groups import GroupSpec, ModelEntry, Provider, ServerEntry, classify
+from actors.names import NAMESPACE
 from actors.settings import Settings
 from providers.actor import ProviderOptions, get_or_create_provider
 from providers.client import ProviderClient
-from providers.errors import AuthenticationFailed
+from providers.errors import AuthenticationFailed, NoGpuHost
 from providers.models import ChatMessage, ChatRequest
 from providers.routing import provider_in_reach
 from providers.testing.fake_llm import AnthropicDialect, Fail, FakeLLMServer, OllamaDialect
@@ -205,3 +206,32 @@ async def test_a_caller_calls_a_backend_itself_only_where_it_can_reach_it(
     await eventually(counted(client, REMOTE_API.id, 2), "the remote calls counted")
     local_group = classify("ollama", local_ollama.url, host=GPU_HOST).id
     assert (await client.stats()).groups[local_group].granted == 2
+
+
+async def test_a_host_no_node_is_labelled_is_a_clear_error_and_a_pool_serves_without_it(
+    make_manager: ManagerFactory, local_ollama: FakeLLMServer
+) -> None:
+    client = make_manager()
+    on_a = ServerEntry(provider="ollama", base_url=local_ollama.url, host=GPU_HOST)
+    settings = Settings(
+        models={
+            "nowhere": ModelEntry(provider="ollama", base_url=local_ollama.url, host="z"),
+            "pooled": ModelEntry(servers=(on_a, on_a.model_copy(update={"host": "z"}))),
+        }
+    )
+
+    with pytest.raises(NoGpuHost) as missing:
+        await provider_in_reach(settings, "nowhere", client)
+    assert "no live node is labelled raygate.io/gpu-host=z" in str(missing.value)
+    assert "ray start --labels raygate.io/gpu-host=z" in str(missing.value)
+    nowhere = settings.models["nowhere"].specs()[0]
+    with pytest.raises(ValueError, match="Failed to look up actor"):  # none made to pend
+        ray.get_actor(f"provider:{nowhere.id}", namespace=NAMESPACE)
+
+    pool, name = await provider_in_reach(settings, "pooled", client)
+    try:
+        response = await pool.chat(REQUEST.model_copy(update={"model": name}))
+        assert response.text == "ok"
+        assert response.group == on_a.spec().id
+    finally:
+        ray.kill(ray.get_actor(f"provider:{on_a.spec().id}", namespace=NAMESPACE))

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from providers.actor import GPU_HOST_RESOURCE
+from providers.actor import GPU_HOST_LABEL
 
 CLUSTER_YAML = Path(__file__).parents[2] / "cluster.yaml"
 
@@ -25,16 +25,16 @@ def test_cluster_yaml_passes_rays_validator() -> None:
     validate_config(prepare_config(load()))
 
 
-def test_gpu_host_node_type_carries_the_resource_local_servers_are_pinned_by() -> None:
+def test_gpu_host_node_type_carries_the_label_local_servers_are_pinned_by() -> None:
     gpu = load()["available_node_types"]["gpu_a"]
 
-    assert gpu["resources"][GPU_HOST_RESOURCE.format(host="a")] == 1
+    assert gpu["labels"] == {GPU_HOST_LABEL: "a"}
     assert gpu["min_workers"] == gpu["max_workers"] == 1
 
 
 def test_the_validator_refuses_a_broken_copy() -> None:
     broken = copy.deepcopy(load())
-    broken["available_node_types"]["gpu_a"]["resorces"] = {"gpu_host:a": 1}
+    broken["available_node_types"]["gpu_a"]["lables"] = {GPU_HOST_LABEL: "a"}
 
-    with pytest.raises(jsonschema.ValidationError, match="resorces"):
+    with pytest.raises(jsonschema.ValidationError, match="lables"):
         validate_config(prepare_config(broken))
