@@ -4,12 +4,12 @@ its caller, and :class:`Lent`, its upkeep (renewals, recalls, reports) for
 :class:`actors.slotkeeper.SlotKeeper`.
 
 A call that ends in a lent slot keeps it here, unless the manager has called the
-group's lent slots back since it was granted, or another call of this process waits
-for the group (queued at the manager, it goes first in the manager's order: nor does
-a new call take a kept slot past it); the process's next call of the group for the
-same flow takes it without asking (the manager's view of each
+group's lent slots back since it was granted; the process's next call of the
+group for the same flow takes it without asking (the manager's view of each
 flow's calls, and its fair share, stay right: a kept slot is never used by
-another tenant's call). A recall gives back every idle slot of the
+another tenant's call). Not while another call of this process waits for the
+group: asked of the manager, that one goes first in the manager's order, so the
+new call asks too, and queues behind it. A recall gives back every idle slot of the
 group at once, and marks the group's count of recalls, so that no slot lent
 before it is kept again. A slot idle for ``LINGER_SECONDS`` goes back too: a
 busy process takes its kept slots again within microseconds, and one whose
@@ -191,19 +191,17 @@ class Lent:
         held: float,
         used: TokensUsed | None,
         *,
-        give_back: bool,
+        cancelled: bool,
         handed_over: bool,
     ) -> Fate:
         """The call of ``flow`` in ``lease`` ended after ``held`` seconds, having used
-        ``used`` if its answer said: what becomes of its slot (see :class:`Fate`).
-        ``give_back``: not to be kept (the call was cancelled, or another call of this
-        process waits for the group)."""
+        ``used`` if its answer said: what becomes of its slot (see :class:`Fate`)."""
         if lease.lent is None or handed_over:
             self._slots.let_go(lease)
             return Fate.RETURNED
         self._slots.ended(lease, flow, held, used)
         self._report()
-        if give_back or not self._slots.keep(lease, flow, time.monotonic()):
+        if cancelled or not self._slots.keep(lease, flow, time.monotonic()):
             self._slots.let_go(lease)
             return Fate.COUNTED
         self._listen()
@@ -271,8 +269,7 @@ class Lent:
 
 class Fate(Enum):
     """What becomes of a lent slot when its call ends: ``KEPT`` here; ``COUNTED``, its
-    call counted as lent use, it goes back idle (called back, its call cancelled, or a
-    call of this process waits for the group);
+    call counted as lent use, it goes back idle (called back, or its call cancelled);
     ``RETURNED`` as any slot (not lent, or handed over)."""
 
     KEPT = "kept"

@@ -139,9 +139,13 @@ class SlotKeeper:
         it for the next call if it is lent, else give it back."""
         flow = options.flow or ""
         idle = None
-        # A waiter of this process queued for the group goes first, in the manager's order:
-        # no kept slot is taken past it (nor kept, below), and the manager calls them back.
-        if isinstance(group, str) and self._lent.keeps(group) and not self._waits_in(group):
+        # A waiter of this process for the group goes first, in the manager's order: no
+        # kept slot is taken past it (the manager calls them back, as it queued there).
+        if (
+            isinstance(group, str)
+            and self._lent.keeps(group)
+            and not self._successors.waits_in(group)
+        ):
             # One turn of the loop first, as a manager call would take: a recall that came
             # meanwhile is heard, and a caller that loops on kept slots awaiting nothing
             # else lets the process's other work run.
@@ -172,12 +176,7 @@ class SlotKeeper:
             held = time.monotonic() - began
             handed_over = successor is not None
             fate = self._lent.ended(
-                lease,
-                flow,
-                held,
-                used,
-                give_back=cancelled or self._waits_in(lease.group),
-                handed_over=handed_over,
+                lease, flow, held, used, cancelled=cancelled, handed_over=handed_over
             )
             if fate is not Fate.KEPT:
                 # A task of its own, shielded: a caller cancelled right here still gives
@@ -243,9 +242,6 @@ class SlotKeeper:
             return
         caller = caller_of(self.handle).id
         await self._ask(HandOver(lease.group, lease.id, lease.epoch, successor, caller, used))
-
-    def _waits_in(self, group: str) -> bool:
-        return self._successors.waits_in(group)
 
     def named_next(self, group: str) -> str | None:
         """See :meth:`actors.successors.Successors.named_next`."""
