@@ -5,15 +5,19 @@ Each is a Ray metric (``ray.util.metrics``): each node's Prometheus endpoint
 dashboard's Grafana panels can chart it. Each is also an OpenTelemetry
 instrument of the same name and labels (meter ``raygate``), exported where
 ``telemetry.metrics`` says (see actors.telemetry). Names and labels follow
-the seed "LLM Queue Migration Plan".
+the seed "LLM Queue Migration Plan". A name or label with dots (OpenTelemetry's
+``gen_ai.client.token.usage``) is the Ray metric's in its Prometheus form
+(:func:`prometheus_name`).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from opentelemetry.util.types import AttributeValue
 from ray.util import metrics as ray_metrics
 
 from actors.telemetry import meter
@@ -25,49 +29,99 @@ WAIT_BUCKETS = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0]
 # How often the queue's metrics noted since are recorded (see QueueMetrics).
 EXPORT_SECONDS = 1.0
 Labels = dict[str, str]
+# What a record is told: its labels' values among others (see _Twin).
+Attributes = Mapping[str, AttributeValue]
 # A metric's label values, in the order of its label names.
 Key = tuple[str, ...]
+# The Prometheus suffix of a unit (UCUM, as OpenTelemetry's); one in braces, an
+# annotation like {token}, has none.
+UNIT_SUFFIXES = {"s": "seconds"}
 
 
-class Counter:
-    def __init__(self, name: str, description: str, labels: Sequence[str]) -> None:
+def prometheus_name(name: str, unit: str = "") -> str:
+    """``name`` as OpenTelemetry's Prometheus exporter writes it: what Prometheus does not
+    allow (dots) as ``_``, and the unit's suffix unless the name ends with it already.
+
+    Ray's metric takes this name, since Ray refuses dots: a series is then named alike on
+    Ray's endpoint (after ``ray_``) and on OpenTelemetry's. The names without dots of
+    raygate's own metrics are their own Prometheus form.
+    """
+    base = re.sub(r"[^a-zA-Z0-9_:]", "_", name)
+    suffix = UNIT_SUFFIXES.get(unit)
+    return base if suffix is None or base.endswith(f"_{suffix}") else f"{base}_{suffix}"
+
+
+class _Twin:
+    """A Ray metric and an OpenTelemetry instrument of one name and labels: the
+    OpenTelemetry one takes the name and label names as given, the Ray one their
+    Prometheus forms (see :func:`prometheus_name`).
+
+    A record keeps its metric's labels and drops any other attribute it is given. A
+    label it leaves out is absent: OpenTelemetry gets no such attribute, Ray the value ""
+    (Ray wants every label, and Prometheus reads "" as absent). Ray wants strings, so
+    a number (``server.port``) is a number to OpenTelemetry only.
+    """
+
+    def __init__(self, name: str, labels: Sequence[str], unit: str = "") -> None:
         self.labels = tuple(labels)
-        self._ray = ray_metrics.Counter(name, description, tag_keys=tuple(labels))
+        self.ray_name = prometheus_name(name, unit)
+        self.tag_keys = tuple(prometheus_name(label) for label in self.labels)
+
+    def _picked(self, attributes: Attributes) -> dict[str, AttributeValue]:
+        return {label: attributes[label] for label in self.labels if label in attributes}
+
+    def _tags(self, attributes: Attributes) -> dict[str, str]:
+        return {
+            key: str(attributes.get(label, ""))
+            for label, key in zip(self.labels, self.tag_keys, strict=True)
+        }
+
+
+class Counter(_Twin):
+    def __init__(self, name: str, description: str, labels: Sequence[str]) -> None:
+        super().__init__(name, labels)
+        self._ray = ray_metrics.Counter(self.ray_name, description, tag_keys=self.tag_keys)
         self._otel = meter().create_counter(name, description=description)
 
-    def inc(self, labels: Labels, amount: float = 1.0) -> None:
-        self._ray.inc(amount, tags=labels)
-        self._otel.add(amount, attributes=labels)
+    def inc(self, labels: Attributes, amount: float = 1.0) -> None:
+        self._ray.inc(amount, tags=self._tags(labels))
+        self._otel.add(amount, attributes=self._picked(labels))
 
 
-class Gauge:
+class Gauge(_Twin):
     def __init__(self, name: str, description: str, labels: Sequence[str]) -> None:
-        self.labels = tuple(labels)
-        self._ray = ray_metrics.Gauge(name, description, tag_keys=tuple(labels))
+        super().__init__(name, labels)
+        self._ray = ray_metrics.Gauge(self.ray_name, description, tag_keys=self.tag_keys)
         self._otel = meter().create_gauge(name, description=description)
 
-    def set(self, value: float, labels: Labels) -> None:
-        self._ray.set(value, tags=labels)
-        self._otel.set(value, attributes=labels)
+    def set(self, value: float, labels: Attributes) -> None:
+        self._ray.set(value, tags=self._tags(labels))
+        self._otel.set(value, attributes=self._picked(labels))
 
 
-class Histogram:
-    """Seconds, in the given buckets."""
+class Histogram(_Twin):
+    """Values in the given buckets, in ``unit``: seconds unless it says otherwise."""
 
     def __init__(
-        self, name: str, description: str, labels: Sequence[str], buckets: Sequence[float]
+        self,
+        name: str,
+        description: str,
+        labels: Sequence[str],
+        buckets: Sequence[float],
+        *,
+        unit: str = "s",
     ) -> None:
-        self.labels = tuple(labels)
+        super().__init__(name, labels, unit)
         self._ray = ray_metrics.Histogram(
-            name, description, boundaries=list(buckets), tag_keys=tuple(labels)
+            self.ray_name, description, boundaries=list(buckets), tag_keys=self.tag_keys
         )
         self._otel = meter().create_histogram(
-            name, unit="s", description=description, explicit_bucket_boundaries_advisory=buckets
+            name, unit=unit, description=description, explicit_bucket_boundaries_advisory=buckets
         )
 
-    def observe(self, seconds: float, labels: Labels) -> None:
-        self._ray.observe(seconds, tags=labels)
-        self._otel.record(seconds, attributes=labels)
+    def observe(self, value: float, labels: Attributes) -> None:
+        self._ray.observe(value, tags=self._tags(labels))
+        self._otel.record(value, attributes=self._picked(labels))
 
 
 class QueueMetrics:

@@ -83,6 +83,7 @@ class AnthropicBackend(Backend):
                 output_tokens=usage.get("output_tokens", 0),
             ),
             data=data,
+            model=payload.get("model"),
         )
 
     async def read_stream(self, lines: AsyncIterator[str]) -> AsyncIterator[StreamDelta]:

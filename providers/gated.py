@@ -18,12 +18,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from typing import Protocol
+from urllib.parse import urlsplit
 
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from actors.budget import estimate_tokens
 from actors.groups import GroupSpec
 from actors.leases import Lease, TokensUsed
+from actors.metrics import Attributes
 from actors.ops import Register, Throttled
 from actors.options import DEFAULT_OPTIONS, CallOptions
 from actors.slots import SlotSource
@@ -33,6 +36,7 @@ from providers.breaker import CircuitBreaker
 from providers.cache import ResponseCache, cache_key
 from providers.errors import RateLimited
 from providers.http import Backend
+from providers.metrics import Operation, error_type
 from providers.models import DEFAULT_MAX_TOKENS, ChatRequest, ChatResponse, StreamDelta, Usage
 from providers.retry import RetryPolicy, with_retries
 
@@ -40,11 +44,14 @@ log = logging.getLogger(__name__)
 
 
 class CallObserver(Protocol):
-    """Told how each call ended (the provider actor turns this into metrics)."""
+    """Told how each call ended, and each call to the backend, every try of a call retried
+    (the provider actor turns these into metrics: see providers.metrics)."""
 
     def answered(self, seconds: float, call: dict[str, str], service_id: str) -> None: ...
 
     def failed(self, error: BaseException, call: dict[str, str]) -> None: ...
+
+    def operation_ended(self, operation: Operation) -> None: ...
 
 
 class GatedProvider:
@@ -76,6 +83,7 @@ class GatedProvider:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._server = server_attributes(backend.base_url)
         self._started: asyncio.Future[GroupInfo] | None = None
 
     async def ready(self) -> None:
@@ -127,14 +135,15 @@ class GatedProvider:
                 async with self._acquired(attributes, asked, held) as (lease, wait):
                     waited += wait
                     started_at = time.time()
-                    with tracer().start_as_current_span(
-                        "raygate.call", attributes=attributes
-                    ) as span:
+                    with self._operation(attributes) as learned:
                         async with self._throttling(lease):
                             response = await self.backend.chat(request)
-                        span.set_attributes(answered_attributes(response.usage))
-                        span.set_attribute(
-                            "gen_ai.response.finish_reasons", (response.finish_reason,)
+                        learned(
+                            {
+                                **answered_attributes(response.usage),
+                                "gen_ai.response.model": response.model,
+                                "gen_ai.response.finish_reasons": (response.finish_reason,),
+                            }
                         )
                     if held is None:
                         self._report(lease, response.usage)
@@ -150,14 +159,16 @@ class GatedProvider:
 
     def _attributes(self, request: ChatRequest, options: CallOptions) -> dict[str, str | int]:
         """What every span of a call carries: OpenTelemetry's GenAI attributes (the
-        operation, the provider, the model and the tokens asked for) and raygate's (the
-        group, the flow, that is the tenant or Ray job, the priority, and the labels)."""
+        operation, the provider, the model and the tokens asked for, the server) and
+        raygate's (the group, the flow, that is the tenant or Ray job, the priority, and
+        the labels)."""
         labels = options.labels
         attributes: dict[str, str | int] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": self.spec.provider.value,
             "gen_ai.request.model": request.model,
             "gen_ai.request.max_tokens": self.backend.max_tokens(request),
+            **self._server,
             "raygate.group": self.spec.id,
             "raygate.flow": options.flow or "",
             "raygate.stage": labels.stage,
@@ -211,15 +222,47 @@ class GatedProvider:
             asked = with_tokens(request, options)
             async with self._acquired(attributes, asked, held) as (lease, _):
                 started = self._clock()
-                with tracer().start_as_current_span("raygate.call", attributes=attributes) as span:
+                with self._operation(attributes) as learned:
                     async with self._throttling(lease):
                         async for delta in self.backend.stream(request):
                             if delta.usage is not None:
                                 if held is None:
                                     self._report(lease, delta.usage)
-                                span.set_attributes(answered_attributes(delta.usage))
+                                learned(answered_attributes(delta.usage))
                             yield delta
                 answered(self._clock() - started)
+
+    @contextmanager
+    def _operation(
+        self, attributes: dict[str, str | int]
+    ) -> Iterator[Callable[[Attributes], None]]:
+        """One call to the backend: its span, named ``chat {model}`` as OpenTelemetry's
+        GenAI conventions name it, and its GenAI metrics, told to the observer once it
+        answered or failed (with ``error.type``; cancelled, or a stream its reader left,
+        it did neither). What the answer says (its usage, its model) is given to the
+        function yielded, which puts it on both."""
+        told: dict[str, AttributeValue] = dict(attributes)
+        name = f"{attributes['gen_ai.operation.name']} {attributes['gen_ai.request.model']}"
+        started = self._clock()
+        with tracer().start_as_current_span(
+            name, kind=SpanKind.CLIENT, attributes=attributes
+        ) as span:
+
+            def learned(more: Attributes) -> None:
+                span.set_attributes(more)
+                told.update(more)
+
+            def ended() -> None:
+                if self.observer is not None:
+                    self.observer.operation_ended(Operation(told, self._clock() - started))
+
+            try:
+                yield learned
+            except Exception as error:
+                learned({"error.type": error_type(error)})
+                ended()
+                raise
+            ended()
 
     @contextmanager
     def _observed(
@@ -279,8 +322,22 @@ def with_tokens(request: ChatRequest, options: CallOptions) -> CallOptions:
 
 
 def answered_attributes(usage: Usage) -> dict[str, int]:
-    """A call span's GenAI attributes once its answer says what it used."""
+    """A call span's GenAI attributes once its answer says what it used: none if it said
+    nothing (a provider that sends no usage leaves both counts 0; an answer asked with a
+    prompt has at least one input token)."""
+    if usage == Usage():
+        return {}
     return {
         "gen_ai.usage.input_tokens": usage.input_tokens,
         "gen_ai.usage.output_tokens": usage.output_tokens,
     }
+
+
+def server_attributes(base_url: str) -> dict[str, str | int]:
+    """``server.address`` and ``server.port`` of a backend's base URL (the port its scheme
+    implies if it names none); none if it names no host."""
+    parts = urlsplit(base_url)
+    if not parts.hostname:
+        return {}
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return {"server.address": parts.hostname, "server.port": port}

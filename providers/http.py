@@ -61,6 +61,8 @@ class Answer:
     finish_reason: FinishReason
     usage: Usage
     data: Any = None
+    # The model that answered, as the answer names it (a snapshot of an alias asked for).
+    model: str | None = None
 
 
 class Backend(ABC):
@@ -157,7 +159,7 @@ class Backend(ABC):
             latency_seconds=self._clock() - started,
             provider=self.provider,
             group=self.group,
-            model=request.model,
+            model=answer.model or request.model,
             data=data,
         )
 

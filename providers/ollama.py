@@ -51,6 +51,7 @@ class OllamaBackend(Backend):
             text=payload["message"]["content"],
             finish_reason=DONE_REASONS.get(payload.get("done_reason"), "other"),
             usage=_usage(payload),
+            model=payload.get("model"),
         )
 
     async def read_stream(self, lines: AsyncIterator[str]) -> AsyncIterator[StreamDelta]:

@@ -75,6 +75,7 @@ class OpenAIBackend(Backend):
             text=choice["message"]["content"] or "",
             finish_reason=FINISH_REASONS.get(choice.get("finish_reason"), "other"),
             usage=_usage(payload.get("usage") or {}),
+            model=payload.get("model"),
         )
 
     async def read_stream(self, lines: AsyncIterator[str]) -> AsyncIterator[StreamDelta]:

@@ -33,6 +33,14 @@ class Dialect:
 
     def __init__(self, api_key: str | None = None) -> None:
         self.api_key = api_key
+        # The model an answer names for the one asked, where they differ (OpenAI answers
+        # a snapshot, e.g. gpt-4o-2024-08-06 for gpt-4o).
+        self.snapshots: dict[str, str] = {}
+
+    def answered_by(self, body: dict[str, object]) -> str:
+        """The model an answer to ``body`` names."""
+        asked = str(body["model"])
+        return self.snapshots.get(asked, asked)
 
     def listing(self, models: tuple[str, ...]) -> Reply:
         """The server's list of the models it serves (OpenAI's shape)."""
@@ -95,7 +103,7 @@ class OpenAIDialect(Dialect):
                 "id": "chatcmpl-1",
                 "object": "chat.completion",
                 "created": 1,
-                "model": body["model"],
+                "model": self.answered_by(body),
                 "choices": [
                     {
                         "index": 0,
@@ -182,7 +190,7 @@ class AnthropicDialect(Dialect):
                 "id": "msg_1",
                 "type": "message",
                 "role": "assistant",
-                "model": body["model"],
+                "model": self.answered_by(body),
                 "content": content,
                 "stop_reason": stop,
                 "stop_sequence": None,
@@ -252,7 +260,7 @@ class OllamaDialect(Dialect):
     def answer(self, text: str, body: dict[str, object], usage: tuple[int, int]) -> Reply:
         return _json(
             {
-                "model": body["model"],
+                "model": self.answered_by(body),
                 "created_at": "2026-11-23T00:00:00Z",
                 "message": {"role": "assistant", "content": text},
                 "done": True,

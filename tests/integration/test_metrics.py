@@ -91,16 +91,22 @@ async def test_call_seconds_reach_the_prometheus_endpoint_of_the_providers_node(
     port = next(n["MetricsExportPort"] for n in ray.nodes() if n["NodeID"] == node)
     call = {"group": spec.id, "model_name": "m", "stage": "features"}
     labels = {**call, "service_id": "svc-metrics"}
+    # OpenTelemetry's GenAI client metrics, by the conventions' attributes (dots as _).
+    genai = {"gen_ai_provider_name": "ollama", "gen_ai_request_model": "m"}
+    durations = "ray_gen_ai_client_operation_duration_seconds_count"
 
     async def exported() -> bool:
         samples = await asyncio.to_thread(scrape, port)
-        return value(samples, "ray_llm_call_seconds_count", **labels) == 3
+        calls = value(samples, "ray_llm_call_seconds_count", **labels)
+        return calls == 3 and value(samples, durations, **genai) == 3
 
-    await eventually(exported, "llm_call_seconds on the provider's node", timeout=90)
+    await eventually(exported, "the call metrics on the provider's node", timeout=90)
     samples = await asyncio.to_thread(scrape, port)
     # Three calls of at least 0.05 s each at the server.
     assert value(samples, "ray_llm_call_seconds_sum", **labels) >= 0.15
     assert value(samples, "ray_llm_calls_total", **call, outcome="ok") == 3
+    tokens = "ray_gen_ai_client_token_usage_count"
+    assert value(samples, tokens, **genai, gen_ai_token_type="output") == 3
 
 
 async def test_a_provider_serves_its_opentelemetry_metrics_to_prometheus_when_told(
@@ -131,12 +137,13 @@ DASHBOARD = Path(__file__).parents[2] / "docs" / "grafana" / "raygate.json"
 
 
 def series_in(expr: str) -> dict[str, set[str]]:
-    """The ray_llm_* series a PromQL expression reads, with the labels it names for each."""
+    """The series of raygate's (ray_llm_*, ray_gen_ai_*) a PromQL expression reads, with
+    the labels it names for each."""
     grouped = set(re.findall(r"by \(([^)]*)\)", expr))
     by = {label.strip() for group in grouped for label in group.split(",")}
     return {
         name: by | set(re.findall(r"(\w+)=~?\"", matchers or ""))
-        for name, matchers in re.findall(r"(ray_llm_\w+)(?:\{([^}]*)\})?", expr)
+        for name, matchers in re.findall(r"(ray_(?:llm|gen_ai)_\w+)(?:\{([^}]*)\})?", expr)
     }
 
 
@@ -149,7 +156,7 @@ async def test_the_grafana_dashboard_reads_series_and_labels_the_nodes_export(
         for target in panel["targets"]:
             for name, labels in series_in(target["expr"]).items():
                 wanted.setdefault(name, set()).update(labels)
-    assert len(wanted) == 7  # each panel's series
+    assert len(wanted) == 9  # each panel's series
     client = make_manager()
     with FakeLLMServer(OllamaDialect()) as backend:
         spec = classify("ollama", backend.url, host=GPU_HOST)

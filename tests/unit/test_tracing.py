@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 from actors.engine import SlotEngine
 from actors.errors import AcquireTimeout
@@ -18,10 +19,12 @@ from actors.groups import classify
 from actors.ops import Acquire
 from actors.options import CallLabels, CallOptions
 from actors.slots import LocalSlots
+from providers.errors import BadRequest
 from providers.factory import build_backend
 from providers.gated import GatedProvider
+from providers.metrics import Operation
 from providers.models import ChatMessage, ChatRequest
-from providers.testing.fake_llm import FakeLLMServer, OllamaDialect
+from providers.testing.fake_llm import Fail, FakeLLMServer, OllamaDialect
 
 EXPORTER = InMemorySpanExporter()
 REQUEST = ChatRequest(model="llama3", messages=(ChatMessage(role="user", content="hi"),))
@@ -35,20 +38,25 @@ def tracing() -> None:
 
 
 @pytest.fixture
-def provider() -> Iterator[tuple[GatedProvider, SlotGate]]:
+def server() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer(OllamaDialect()) as fake:
+        yield fake
+
+
+@pytest.fixture
+def provider(server: FakeLLMServer) -> Iterator[tuple[GatedProvider, SlotGate]]:
     EXPORTER.clear()
-    with FakeLLMServer(OllamaDialect()) as server:
-        spec = classify("ollama", server.url)
-        engine = SlotEngine(epoch=1)
-        engine.register(spec)
-        gate = SlotGate(engine)
-        backend = build_backend(spec, api_key=None, timeout=5)
-        yield GatedProvider(backend, spec, LocalSlots(gate)), gate
-        gate.close()
+    spec = classify("ollama", server.url)
+    engine = SlotEngine(epoch=1)
+    engine.register(spec)
+    gate = SlotGate(engine)
+    backend = build_backend(spec, api_key=None, timeout=5)
+    yield GatedProvider(backend, spec, LocalSlots(gate)), gate
+    gate.close()
 
 
 async def test_acquire_and_call_spans_carry_genai_and_raygate_attributes_and_the_usage(
-    provider: tuple[GatedProvider, SlotGate],
+    provider: tuple[GatedProvider, SlotGate], server: FakeLLMServer
 ) -> None:
     gated, _ = provider
 
@@ -60,7 +68,10 @@ async def test_acquire_and_call_spans_carry_genai_and_raygate_attributes_and_the
     await gated.backend.aclose()
 
     acquire, call = sorted(EXPORTER.get_finished_spans(), key=lambda s: s.start_time or 0)
-    assert (acquire.name, call.name) == ("raygate.acquire", "raygate.call")
+    # The call's span is named as OpenTelemetry's GenAI conventions name it:
+    # "{gen_ai.operation.name} {gen_ai.request.model}", a client's.
+    assert (acquire.name, call.name) == ("raygate.acquire", "chat llama3")
+    assert call.kind is SpanKind.CLIENT
     assert acquire.attributes is not None
     assert call.attributes is not None
     common = {
@@ -68,6 +79,8 @@ async def test_acquire_and_call_spans_carry_genai_and_raygate_attributes_and_the
         "gen_ai.provider.name": "ollama",
         "gen_ai.request.model": "llama3",
         "gen_ai.request.max_tokens": 1024,
+        "server.address": "127.0.0.1",
+        "server.port": urlsplit(server.url).port,
         "raygate.group": gated.spec.id,
         "raygate.flow": "tenant:team-a",
         "raygate.stage": "features",
@@ -81,6 +94,7 @@ async def test_acquire_and_call_spans_carry_genai_and_raygate_attributes_and_the
         **common,
         "gen_ai.usage.input_tokens": response.usage.input_tokens,
         "gen_ai.usage.output_tokens": response.usage.output_tokens,
+        "gen_ai.response.model": "llama3",
         "gen_ai.response.finish_reasons": (response.finish_reason,),
     }
     assert response.usage.output_tokens > 0
@@ -113,7 +127,7 @@ async def test_a_stream_gets_the_same_acquire_and_call_spans(
 
     assert "".join(p.text for p in pieces) == "ok"
     spans = sorted(EXPORTER.get_finished_spans(), key=lambda s: s.start_time or 0)
-    assert [s.name for s in spans] == ["raygate.acquire", "raygate.call"]
+    assert [s.name for s in spans] == ["raygate.acquire", "chat llama3"]
     assert all(s.attributes and s.attributes["raygate.group"] == gated.spec.id for s in spans)
     call = spans[1].attributes
     assert call is not None
@@ -130,6 +144,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.told: list[tuple[str, dict[str, str], str]] = []
+        self.operations: list[Operation] = []
 
     def answered(self, seconds: float, call: dict[str, str], service_id: str) -> None:
         assert seconds >= 0
@@ -137,6 +152,10 @@ class Recorder:
 
     def failed(self, error: BaseException, call: dict[str, str]) -> None:
         self.told.append((type(error).__name__, call, ""))
+
+    def operation_ended(self, operation: Operation) -> None:
+        assert operation.seconds >= 0
+        self.operations.append(operation)
 
 
 async def test_streamed_and_whole_answers_are_reported_alike_with_their_labels(
@@ -160,3 +179,31 @@ async def test_streamed_and_whole_answers_are_reported_alike_with_their_labels(
         ("answered", call, "svc-2"),
         ("AcquireTimeout", call, ""),
     ]
+    # A backend call each for the whole answer and the stream; none for the call that
+    # never got a slot, which asked no model.
+    assert [o.attributes["gen_ai.request.model"] for o in recorder.operations] == ["llama3"] * 2
+    assert [o.attributes.get("gen_ai.response.model") for o in recorder.operations] == [
+        "llama3",
+        None,  # a stream does not say its model
+    ]
+
+
+async def test_a_call_the_backend_refused_is_an_error_span_with_its_error_type(
+    provider: tuple[GatedProvider, SlotGate], server: FakeLLMServer
+) -> None:
+    plain, gate = provider
+    recorder = Recorder()
+    gated = GatedProvider(plain.backend, plain.spec, LocalSlots(gate), observer=recorder)
+    server.script(Fail(400, "unknown option"))
+
+    with pytest.raises(BadRequest):
+        await gated.chat(REQUEST)
+    await gated.backend.aclose()
+
+    call = next(s for s in EXPORTER.get_finished_spans() if s.name == "chat llama3")
+    assert call.status.status_code is StatusCode.ERROR
+    assert call.attributes is not None
+    assert call.attributes["error.type"] == "providers.errors.BadRequest"
+    assert "gen_ai.usage.input_tokens" not in call.attributes
+    (operation,) = recorder.operations
+    assert operation.attributes == call.attributes  # the metrics say what the span says
