@@ -31,7 +31,12 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from actors.budget import BudgetLimits
 from actors.errors import ConfigError
@@ -370,3 +375,5 @@ def load_settings(path: str | Path | None = None) -> Settings:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(source, describe(exc)) from None
+    except SettingsError as exc:  # a RAYGATE_ variable whose value is not the JSON due
+        raise ConfigError("the environment", (f"{exc}: its value is not JSON",)) from None

@@ -265,3 +265,12 @@ def test_a_pools_servers_are_its_groups_and_their_limits_the_groups_limits(tmp_p
     ]
     assert settings.group_limits() == {"remote-ollama-http://gpu-a:11434": 2}
     assert settings.group_weights() == {"remote-ollama-http://gpu-b:11434": 3}
+
+
+def test_an_environment_variable_that_is_not_json_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RAYGATE_SERVE__API_KEYS", "[not-json")
+
+    with pytest.raises(ConfigError, match='field "serve" .*: its value is not JSON'):
+        load_settings()
