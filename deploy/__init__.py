@@ -1,0 +1,1 @@
+"""raygate's deployments (``deploy/kuberay``) and their offline checks (:mod:`deploy.check`)."""
