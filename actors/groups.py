@@ -113,7 +113,11 @@ def origin(base_url: str) -> str:
 
 
 def is_loopback(base_url: str) -> bool:
-    host = urlsplit(normalize_base_url(base_url)).hostname or ""
+    return is_loopback_host(urlsplit(normalize_base_url(base_url)).hostname or "")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name or an address, no port) means this machine's loopback."""
     if host == "localhost":
         return True
     try:

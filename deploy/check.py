@@ -26,7 +26,6 @@ status is 1 when there is one.
 from __future__ import annotations
 
 import importlib
-import ipaddress
 import os
 import re
 import sys
@@ -44,7 +43,7 @@ from ray.serve import Deployment
 from ray.serve.schema import ServeDeploySchema
 
 from actors.errors import ConfigError
-from actors.groups import GroupSpec, Provider, ResourceKind
+from actors.groups import GroupSpec, Provider, ResourceKind, is_loopback_host
 from actors.settings import Settings, load_settings
 from deploy.manifests import Loaded, Problem, Resource, dotted, load, schema_problems
 from providers.actor import GPU_HOST_LABEL
@@ -290,7 +289,7 @@ def _ollama_problems(
         listens = str(env.get("OLLAMA_HOST") or f"127.0.0.1:{_OLLAMA_PORT}")
         address = urlsplit(listens if "//" in listens else f"//{listens}")
         field = f"{where}.containers[{n}].env.OLLAMA_HOST"
-        if not _loopback(address.hostname or ""):
+        if not is_loopback_host(address.hostname or ""):
             wrong = f"listens on {listens}: past the Pod's loopback, past the gate"
         elif (address.port or _OLLAMA_PORT) != port:
             wrong = f"listens on {listens}, but the settings call {spec.id} at port {port}"
@@ -299,15 +298,6 @@ def _ollama_problems(
         return [Problem(service, field, f"Ollama {wrong}")]
     missing = f"no Ollama container, where the settings call {spec.id}"
     return [Problem(service, f"{where}.containers", missing)]
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def ray_version_problems(service: Resource, dockerfile: Path) -> list[Problem]:

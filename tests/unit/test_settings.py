@@ -272,5 +272,5 @@ def test_an_environment_variable_that_is_not_json_is_a_config_error(
 ) -> None:
     monkeypatch.setenv("RAYGATE_SERVE__API_KEYS", "[not-json")
 
-    with pytest.raises(ConfigError, match='field "serve" .*: its value is not JSON'):
+    with pytest.raises(ConfigError, match=r'field "serve" .*: its value is not JSON'):
         load_settings()
