@@ -7,8 +7,9 @@ slot a call gives back would be granted at once to the next call asking,
 often of the same process. So a slot granted while nobody waits for its group
 (and, under a global cap, for any group) is *lent*: its process may keep it
 when the call ends, idle, and start its next call of the group for the same
-flow in it without asking (see :mod:`actors.lent`). The manager counts a lent slot as held, idle
-or not, so no limit is ever passed; the holder renews it as any lease.
+flow and unit of work in it without asking (see :mod:`actors.lent`). The manager
+counts a lent slot as held, idle or not, so no limit is ever passed; the holder
+renews it as any lease.
 
 The moment a waiter queues in a group with slots lent since the last recall
 (under a global cap: in any group), the manager calls them back: it counts a

@@ -4,16 +4,15 @@ its caller, and :class:`Lent`, its upkeep (renewals, recalls, reports) for
 :class:`actors.slotkeeper.SlotKeeper`.
 
 A call that ends in a lent slot keeps it here, unless the manager has called the
-group's lent slots back since it was granted; the process's next call of the
-group for the same flow takes it without asking (the manager's view of each
-flow's calls, and its fair share, stay right: a kept slot is never used by
-another tenant's call). Not while another call of this process waits for the
-group: asked of the manager, that one goes first in the manager's order, so the
-new call asks too, and queues behind it. A recall gives back every idle slot of the
-group at once, and marks the group's count of recalls, so that no slot lent
-before it is kept again. A slot idle for ``LINGER_SECONDS`` goes back too: a
-busy process takes its kept slots again within microseconds, and one whose
-work has ended holds nothing for long (the group's stats show it idle).
+group's lent slots back since it was granted; the process's next call of the group
+for the same flow and unit of work takes it without asking (the manager's view of
+each flow's calls, and its fair share, stay right: a kept slot is never used by
+another tenant's call; nor by a later unit's, which would go ahead of the started
+units the manager serves first, see actors.waitqueue). A recall gives back every
+idle slot of the group at once, and marks the group's count of recalls, so that no
+slot lent before it is kept again. A slot idle for ``LINGER_SECONDS`` goes back too:
+a busy process takes its kept slots again within microseconds, and one whose work
+has ended holds nothing for long (the group's stats show it idle).
 
 Every lent slot this process holds, idle or in a call, is renewed here
 together (:meth:`LentSlots.held`): a slot taken by call after call of a few
@@ -40,13 +39,16 @@ log = logging.getLogger(__name__)
 
 # How long a lent slot stays idle here before it goes back to the manager.
 LINGER_SECONDS = 0.5
+# Whom an idle slot is kept for: the flow and the unit of work of the call that kept it.
+KeptFor = tuple[str, str | None]
 
 
 class LentSlots:
     def __init__(self, linger: float = LINGER_SECONDS) -> None:
         self._linger = linger
-        # By group and flow: the idle slots, each with when it was kept, newest last.
-        self._idle: dict[str, dict[str, list[tuple[Lease, float]]]] = {}
+        # By group, and flow and unit: the idle slots, each with when it was kept, newest
+        # last.
+        self._idle: dict[str, dict[KeptFor, list[tuple[Lease, float]]]] = {}
         # Every lent slot held here, idle or in a call, by lease id.
         self._held: dict[str, Lease] = {}
         # By group: the newest recall heard, as (epoch, count).
@@ -56,10 +58,10 @@ class LentSlots:
         # By group and flow, not yet told to the manager: what calls did in lent slots.
         self._uses: dict[tuple[str, str], LentUse] = {}
 
-    def take(self, group: str, flow: str) -> Lease | None:
-        """An idle slot of ``group`` for a call of ``flow`` in this process, if one is
-        kept."""
-        idle = self._idle.get(group, {}).get(flow)
+    def take(self, group: str, flow: str, unit: str | None = None) -> Lease | None:
+        """An idle slot of ``group`` for a call of ``flow`` and ``unit`` in this process,
+        if one is kept."""
+        idle = self._idle.get(group, {}).get((flow, unit))
         if not idle:
             return None
         self._use(group, flow, started=1)
@@ -71,16 +73,16 @@ class LentSlots:
         cost = float(used.cost) if used is not None and used.cost > 0 else 0.0
         self._use(lease.group, flow, ended=1, seconds=held, cost=cost, costed=held if cost else 0)
 
-    def keep(self, lease: Lease, flow: str, now: float) -> bool:
-        """Keep ``lease`` idle for the next call of ``flow`` if it is lent and not called
-        back since it was granted; else it goes back (the caller gives it)."""
+    def keep(self, lease: Lease, flow: str, now: float, unit: str | None = None) -> bool:
+        """Keep ``lease`` idle for the next call of ``flow`` and ``unit`` if it is lent and
+        not called back since it was granted; else it goes back (the caller gives it)."""
         recalled = self._recalled.get(lease.group, (0, 0))
         lost = lease.id in self._lost
         if lost or lease.lent is None or called_back(lease, recalled):
             self._lost.discard(lease.id)
             self._held.pop(lease.id, None)
             return False
-        self._idle.setdefault(lease.group, {}).setdefault(flow, []).append((lease, now))
+        self._idle.setdefault(lease.group, {}).setdefault((flow, unit), []).append((lease, now))
         self._held[lease.id] = lease
         return True
 
@@ -106,8 +108,8 @@ class LentSlots:
         """The slots idle for ``LINGER_SECONDS`` or more, to give back."""
         gone: list[Lease] = []
         for flows in self._idle.values():
-            for flow, idle in flows.items():
-                flows[flow] = [(lease, kept) for lease, kept in idle if now - kept < self._linger]
+            for kept_for, idle in flows.items():
+                flows[kept_for] = [(lease, at) for lease, at in idle if now - at < self._linger]
                 gone.extend(lease for lease, kept in idle if now - kept >= self._linger)
         return self._gone(gone)
 
@@ -119,12 +121,12 @@ class LentSlots:
         """``lease`` is no longer held at the manager (its renewal said so)."""
         self._held.pop(lease.id, None)
         flows = self._idle.get(lease.group, {})
-        idle = [(held, flow, at) for flow, kept in flows.items() for held, at in kept]
-        if all(held.id != lease.id for held, _, _ in idle):
+        idle = [(held, at) for kept in flows.values() for held, at in kept]
+        if all(held.id != lease.id for held, _ in idle):
             self._lost.add(lease.id)  # in a call now: not kept after it
             return
-        for flow, kept in flows.items():
-            flows[flow] = [(held, at) for held, at in kept if held.id != lease.id]
+        for kept_for, kept in flows.items():
+            flows[kept_for] = [(held, at) for held, at in kept if held.id != lease.id]
 
     def keeps(self, group: str) -> bool:
         """Whether idle slots of ``group`` are kept here (for any flow)."""
@@ -176,10 +178,10 @@ class Lent:
         """Whether slots of ``group`` are kept here, idle."""
         return self._slots.keeps(group)
 
-    def take(self, group: str, flow: str) -> Lease | None:
-        """A kept slot of ``group`` for a call of ``flow`` starting now, if one is idle
-        here."""
-        lease = self._slots.take(group, flow)
+    def take(self, group: str, flow: str, unit: str | None) -> Lease | None:
+        """A kept slot of ``group`` for a call of ``flow`` and ``unit`` starting now, if one
+        is idle here."""
+        lease = self._slots.take(group, flow, unit)
         if lease is not None:
             self._report()
         return lease
@@ -188,20 +190,22 @@ class Lent:
         self,
         lease: Lease,
         flow: str,
+        unit: str | None,
         held: float,
         used: TokensUsed | None,
         *,
         cancelled: bool,
         handed_over: bool,
     ) -> Fate:
-        """The call of ``flow`` in ``lease`` ended after ``held`` seconds, having used
-        ``used`` if its answer said: what becomes of its slot (see :class:`Fate`)."""
+        """The call of ``flow`` and ``unit`` in ``lease`` ended after ``held`` seconds,
+        having used ``used`` if its answer said: what becomes of its slot (see
+        :class:`Fate`)."""
         if lease.lent is None or handed_over:
             self._slots.let_go(lease)
             return Fate.RETURNED
         self._slots.ended(lease, flow, held, used)
         self._report()
-        if cancelled or not self._slots.keep(lease, flow, time.monotonic()):
+        if cancelled or not self._slots.keep(lease, flow, time.monotonic(), unit):
             self._slots.let_go(lease)
             return Fate.COUNTED
         self._listen()

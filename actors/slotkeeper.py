@@ -139,18 +139,12 @@ class SlotKeeper:
         it for the next call if it is lent, else give it back."""
         flow = options.flow or ""
         idle = None
-        # A waiter of this process for the group goes first, in the manager's order: no
-        # kept slot is taken past it (the manager calls them back, as it queued there).
-        if (
-            isinstance(group, str)
-            and self._lent.keeps(group)
-            and not self._successors.waits_in(group)
-        ):
+        if isinstance(group, str) and self._lent.keeps(group):
             # One turn of the loop first, as a manager call would take: a recall that came
             # meanwhile is heard, and a caller that loops on kept slots awaiting nothing
             # else lets the process's other work run.
             await asyncio.sleep(0)
-            idle = self._lent.take(group, flow)
+            idle = self._lent.take(group, flow, options.unit)
         if idle is not None:
             asked = options.request_id or idle.id
             lease = replace(idle, request_id=asked, priority=options.priority)
@@ -176,7 +170,7 @@ class SlotKeeper:
             held = time.monotonic() - began
             handed_over = successor is not None
             fate = self._lent.ended(
-                lease, flow, held, used, cancelled=cancelled, handed_over=handed_over
+                lease, flow, options.unit, held, used, cancelled=cancelled, handed_over=handed_over
             )
             if fate is not Fate.KEPT:
                 # A task of its own, shielded: a caller cancelled right here still gives
@@ -193,7 +187,7 @@ class SlotKeeper:
     async def _waited(self, group: str | Pool, lease_id: str, options: CallOptions) -> Lease:
         """The grant of an acquire that may wait (the manager's, or a slot passed on here),
         within its patience (queue timeout, max wait)."""
-        passed = self._successors.waiter(lease_id, group, options)
+        passed = self._successors.waiter(lease_id, options)
         op = Acquire(group, lease_id, options, caller_of(self.handle).id)
         patience = op.patience(time.time())
         self._deliveries.expect(op, passed)

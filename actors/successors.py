@@ -9,7 +9,6 @@ import logging
 from ray.actor import ActorHandle
 
 from actors.calls import unwrap
-from actors.groups import Pool, pool_of
 from actors.leases import Lease
 from actors.options import CallOptions
 from actors.watch import caller_of
@@ -24,37 +23,20 @@ class Successors:
         # with its slot, with its options; and by group, the one the manager last named
         # next in line, followed by one task.
         self._waiting: dict[str, tuple[asyncio.Future[Lease], CallOptions]] = {}
-        # By group: how many of those wait for it (a pool's waiter, for each of its groups).
-        self._waiting_in: dict[str, int] = {}
-        self._groups_of: dict[str, Pool] = {}
         self._next: dict[str, str] = {}
         self._following: asyncio.Task[None] | None = None
 
-    def waiter(
-        self, lease_id: str, group: str | Pool, options: CallOptions
-    ) -> asyncio.Future[Lease]:
-        """A waiter of this process for ``group``: the future a slot handed over here
-        resolves (until :meth:`gone`). Starts following the manager's word of who is next
-        in line."""
+    def waiter(self, lease_id: str, options: CallOptions) -> asyncio.Future[Lease]:
+        """A waiter of this process: the future a slot handed over here resolves (until
+        :meth:`gone`). Starts following the manager's word of who is next in line."""
         self._follow()
         passed: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         self._waiting[lease_id] = (passed, options)
-        self._groups_of[lease_id] = groups = pool_of(group)
-        for each in groups:
-            self._waiting_in[each] = self._waiting_in.get(each, 0) + 1
         return passed
 
     def gone(self, lease_id: str) -> None:
         """The waiter got its slot, or gave up."""
         del self._waiting[lease_id]
-        for each in self._groups_of.pop(lease_id):
-            self._waiting_in[each] -= 1
-            if not self._waiting_in[each]:
-                del self._waiting_in[each]
-
-    def waits_in(self, group: str) -> bool:
-        """Whether a waiter of this process waits for ``group``."""
-        return group in self._waiting_in
 
     def hand_over(self, lease: Lease, *, cancelled: bool) -> str | None:
         """Start the waiter the manager named next in line for the group of ``lease``, in

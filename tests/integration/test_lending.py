@@ -147,26 +147,18 @@ async def test_a_process_looping_on_kept_slots_awaiting_nothing_still_gives_them
     ray.cancel(spinning)
 
 
-async def test_a_new_call_takes_no_kept_slot_past_a_waiter_of_its_own_process(
+async def test_a_slot_kept_for_one_unit_is_not_taken_by_another_units_call(
     make_manager: ManagerFactory,
 ) -> None:
-    """A slot kept for flow x; a call of flow y in the same process waits for the group;
-    a call of flow x that comes next queues behind it, before any recall is heard."""
+    """The other unit's call asks the manager, which calls the kept slot back for it."""
     client = make_manager(LOCAL_SERVER, group_limits={LOCAL_SERVER.id: 1})
-    async with client.slot(LOCAL_SERVER.id, CallOptions(flow="x")):
-        pass  # granted while nobody waits: lent, and kept here for flow x
+    async with client.slot(LOCAL_SERVER.id, CallOptions(unit="run:svc-0")):
+        pass  # granted while nobody waits: lent, and kept here for its unit
     assert (await client.stats()).groups[LOCAL_SERVER.id].active == 1
-    started: list[str] = []
 
-    async def call(flow: str) -> None:
-        async with client.slot(LOCAL_SERVER.id, CallOptions(flow=flow, queue_timeout=20)):
-            started.append(flow)
-            await asyncio.sleep(0.05)
+    async with client.slot(LOCAL_SERVER.id, CallOptions(unit="run:svc-3", queue_timeout=20)):
+        group = (await client.stats()).groups[LOCAL_SERVER.id]
 
-    waiting = asyncio.create_task(call("y"))
-    await asyncio.sleep(0)  # y asks the manager (it may not take flow x's slot)
-    await asyncio.gather(waiting, call("x"))
-
-    assert started == ["y", "x"]
+    assert (group.active, group.recalls) == (1, 1)
     group = (await settled(client)).groups[LOCAL_SERVER.id]
-    assert group.recalls == 1
+    assert (group.active, group.granted, group.released) == (0, 2, 2)

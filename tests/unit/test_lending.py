@@ -190,3 +190,13 @@ def test_a_kept_slot_serves_only_calls_of_the_flow_that_kept_it() -> None:
 
     assert slots.take(GROUP, "tenant:b") is None
     assert slots.take(GROUP, "tenant:a") == lease("a", 0)
+
+
+def test_a_kept_slot_serves_only_calls_of_the_unit_that_kept_it() -> None:
+    """Another unit's call asks the manager, which serves the units started first first."""
+    slots = LentSlots()
+    slots.keep(lease("a", 0), "f", now=0.0, unit="run:svc-0")
+
+    assert slots.take(GROUP, "f", "run:svc-3") is None
+    assert slots.take(GROUP, "f") is None  # a call of no unit is a unit of its own
+    assert slots.take(GROUP, "f", "run:svc-0") == lease("a", 0)
