@@ -43,10 +43,10 @@ from ray.serve import Deployment
 from ray.serve.schema import ServeDeploySchema
 
 from actors.errors import ConfigError
-from actors.groups import GroupSpec, Provider, ResourceKind, is_loopback_host
+from actors.groups import GPU_HOST_LABEL, GroupSpec, Provider, ResourceKind, is_loopback_host
 from actors.settings import Settings, load_settings
 from deploy.manifests import Loaded, Problem, Resource, dotted, load, schema_problems
-from providers.actor import GPU_HOST_LABEL
+from providers.discovery import servers_asked
 
 SERVE_CONFIG = "spec.serveConfigV2"
 _OLLAMA_PORT = 11434
@@ -265,13 +265,11 @@ def gpu_host_problems(service: Resource, settings: Settings) -> list[Problem]:
 
 
 def hosts_named(settings: Settings) -> dict[str, list[GroupSpec]]:
-    """Each GPU host the settings name, with the servers they place there."""
-    specs = [spec for entry in settings.models.values() for spec in entry.specs()]
-    specs += [server.spec() for server in settings.providers.servers]
+    """Each GPU host the settings name, with the servers they place there (once each)."""
     hosts: dict[str, list[GroupSpec]] = {}
     if settings.pipeline.embedded_host is not None:
         hosts[settings.pipeline.embedded_host] = []
-    for spec in specs:
+    for spec in (server.spec() for server in servers_asked(settings)):
         if spec.host is not None:
             hosts.setdefault(spec.host, []).append(spec)
     return hosts
