@@ -165,9 +165,11 @@ _PROVIDER_DOC = (
     "(vLLM, llama.cpp's server)."
 )
 _BASE_URL_DOC = "The server's address; none: the provider's usual one."
+# The Ray node label that names a GPU host: its value is the host's name (``host: a``).
+GPU_HOST_LABEL = "raygate.io/gpu-host"
 _HOST_DOC = (
     "The GPU host of a server on loopback: its provider actor runs on the node labelled "
-    "`raygate.io/gpu-host=<host>`; none: the caller's node."
+    f"`{GPU_HOST_LABEL}=<host>`; none: the caller's node."
 )
 
 

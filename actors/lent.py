@@ -110,7 +110,7 @@ class LentSlots:
         for flows in self._idle.values():
             for kept_for, idle in flows.items():
                 flows[kept_for] = [(lease, at) for lease, at in idle if now - at < self._linger]
-                gone.extend(lease for lease, kept in idle if now - kept >= self._linger)
+                gone.extend(lease for lease, at in idle if now - at >= self._linger)
         return self._gone(gone)
 
     def held(self) -> list[Lease]:

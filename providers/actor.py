@@ -28,7 +28,7 @@ from pydantic import SecretStr
 
 from actors.callers import Caller
 from actors.client import ManagerClient
-from actors.groups import GroupSpec, Provider, ResourceKind, classify
+from actors.groups import GPU_HOST_LABEL, GroupSpec, Provider, ResourceKind, classify
 from actors.leases import Lease
 from actors.names import NAMESPACE, named_actor, this_node
 from actors.ops import CanRun
@@ -50,9 +50,6 @@ from providers.models import ChatRequest, ChatResponse, StreamDelta
 from providers.openai import Quirks
 from providers.retry import RetryPolicy
 from providers.supervisor import RestartPolicy, ServerSupervisor, SupervisedBackend
-
-# The node label that names a GPU host: its value is the host's name (``host: a``).
-GPU_HOST_LABEL = "raygate.io/gpu-host"
 
 
 @dataclass(frozen=True)

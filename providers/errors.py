@@ -29,6 +29,7 @@ key. ``retryable`` says whether the retry loop may try again.
 from __future__ import annotations
 
 from actors.errors import RaygateError
+from actors.groups import GPU_HOST_LABEL
 
 
 class ProviderError(RaygateError):
@@ -129,9 +130,9 @@ class NoGpuHost(ProviderError):
     def __init__(self, host: str) -> None:
         super().__init__(
             f"gpu-host:{host}",
-            f"no live node is labelled raygate.io/gpu-host={host}, the GPU host named by "
+            f"no live node is labelled {GPU_HOST_LABEL}={host}, the GPU host named by "
             f"`host: {host}`; start that host's node with `ray start --labels "
-            f"raygate.io/gpu-host={host}` (on KubeRay: its worker group's labels)",
+            f"{GPU_HOST_LABEL}={host}` (on KubeRay: its worker group's labels)",
         )
         self.args = (host,)
         self.host = host

@@ -17,7 +17,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from actors.client import ManagerClient
-from actors.groups import GroupSpec, classify
+from actors.groups import GPU_HOST_LABEL, GroupSpec, classify
 from actors.manager import get_or_create_manager
 from actors.names import NAMESPACE
 from actors.ops import Register
@@ -27,7 +27,6 @@ from actors.stats import QueueStats
 from pipelines.job import Outcome, run_pipeline
 from pipelines.plateau import Service
 from pipelines.results import ResultsFile
-from providers.actor import GPU_HOST_LABEL
 from tests.support.polling import eventually
 
 LOCAL_SERVER = classify("ollama", "http://localhost:11434")

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import ray
 
-from actors.groups import ModelEntry, ServerEntry, classify
+from actors.groups import GPU_HOST_LABEL, ModelEntry, ServerEntry, classify
 from actors.names import NAMESPACE
 from actors.settings import PipelineSettings, ProviderSettings, Settings
 from pipelines.plateau import Service
-from providers.actor import GPU_HOST_LABEL
 from providers.testing.fake_llm import FakeLLMServer, OpenAIDialect
 from providers.testing.plateau_backend import plateau_answer
 from tests.integration.conftest import (

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from providers.actor import GPU_HOST_LABEL
+from actors.groups import GPU_HOST_LABEL
 
 CLUSTER_YAML = Path(__file__).parents[2] / "cluster.yaml"
 
